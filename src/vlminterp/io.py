@@ -1,0 +1,67 @@
+"""Atomic file output and tidy-table I/O shared by every stage.
+
+    with atomic_path("results/x/table.csv") as tmp:   # write to tmp, renamed on success
+        df.to_csv(tmp, index=False)
+    write_table(df, "results/x/table.csv")            # same, csv or parquet by suffix
+    write_json({"a": 1}, "results/x/summary.json")
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; move it onto `path` only if the block succeeds.
+
+    An interrupted or failing writer never leaves a partial file under the final name.
+    With `is_dir=True` the temporary is a directory that replaces `path` as a whole.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}.tmp-"
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent, suffix=final.suffix)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a long-format table atomically (.csv or .parquet by suffix)."""
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by `write_table`."""
+    return pd.read_parquet(path) if Path(path).suffix == ".parquet" else pd.read_csv(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically, with sorted keys so reruns are byte-identical."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
