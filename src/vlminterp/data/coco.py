@@ -283,7 +283,9 @@ class SelectionSpec:
     seed: seed of that sample.
     targets_per_image: "first" gives one row per image, the qualifying annotation with the
         smallest annotation id; "all" gives one row per qualifying annotation. Either way
-        `n_qualifying` says how many annotations of the image qualified.
+        `n_qualifying` says how many annotations of the image qualified. "first" keeps N1's
+        one-target-per-image design; the smallest id is independent of file order and seed, and
+        `n_qualifying > 1` lets an analysis drop images where another candidate object remains.
     """
 
     split: str = "train2017"
