@@ -1,0 +1,76 @@
+"""Process set-up shared by every rule script: logging to the rule's log, threads, seeds.
+
+    from vlminterp.runtime import rule_context
+    with rule_context(snakemake.log[0], threads=snakemake.threads, seed=snakemake.params.seed):
+        ...  # library call; logging, warnings and tqdm bars go to the log file and the console
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import IO, Iterator
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Tee:
+    """A text stream that writes to several streams (the console and a log file)."""
+
+    def __init__(self, *streams: IO[str]):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+            stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def rule_context(log_path: str | os.PathLike, *, threads: int | None = None,
+                 seed: int | None = None) -> Iterator[logging.Logger]:
+    """Tee stderr and `logging` into `log_path`, set torch threads and seeds, log any failure."""
+    path = Path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", buffering=1) as log_file:
+        original_stderr = sys.stderr
+        sys.stderr = _Tee(original_stderr, log_file)
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)
+        logging.captureWarnings(True)
+        logger = logging.getLogger("vlminterp.rule")
+        try:
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(max(1, int(threads)))
+            if seed is not None:
+                seed_everything(int(seed))
+            yield logger
+        except BaseException:
+            log_file.write(traceback.format_exc())
+            raise
+        finally:
+            sys.stderr = original_stderr
+            logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)

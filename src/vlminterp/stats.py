@@ -1,0 +1,40 @@
+"""Summary statistics with uncertainty, shared by every figure and summary table.
+
+    low, high = bootstrap_ci(flips, seed=0)             # 95% percentile bootstrap of the mean
+    summary = grouped_mean_ci(df, by=["condition"], value="flipped", seed=0)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, *, level: float = 0.95,
+                 n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (NaNs dropped; empty -> NaN, NaN)."""
+    data = np.asarray(values, dtype=np.float64)
+    data = data[~np.isnan(data)]
+    if data.size == 0:
+        return float("nan"), float("nan")
+    if data.size == 1 or np.all(data == data[0]):
+        return float(data[0]), float(data[0])
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def grouped_mean_ci(df: pd.DataFrame, *, by: Sequence[str], value: str, level: float = 0.95,
+                    n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Mean, bootstrap interval and count of `value` per group: columns by + mean, low, high, n."""
+    rows = []
+    for key, group in df.groupby(list(by), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        values = group[value].astype(float).to_numpy()
+        low, high = bootstrap_ci(values, level=level, n_resamples=n_resamples, seed=seed)
+        rows.append({**dict(zip(by, key)), "mean": float(np.nanmean(values)) if len(values) else np.nan,
+                     "low": low, "high": high, "n": int(np.sum(~np.isnan(values)))})
+    return pd.DataFrame(rows, columns=[*by, "mean", "low", "high", "n"])

@@ -1,0 +1,29 @@
+"""Bootstrap intervals cover the mean, shrink with n and are deterministic for a seed."""
+import numpy as np
+import pandas as pd
+
+from vlminterp.stats import bootstrap_ci, grouped_mean_ci
+
+
+def test_interval_contains_mean_and_shrinks_with_more_data():
+    rng = np.random.default_rng(1)
+    small = rng.binomial(1, 0.3, size=50)
+    large = rng.binomial(1, 0.3, size=5000)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3
+
+
+def test_interval_is_deterministic_and_handles_degenerate_input():
+    values = [0, 1, 1, 0, 1]
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0)
+    assert all(np.isnan(bootstrap_ci([])))
+
+
+def test_grouped_mean_ci_one_row_per_group():
+    df = pd.DataFrame({"cond": ["a"] * 4 + ["b"] * 2, "hit": [1, 1, 0, 1, 0, 0]})
+    out = grouped_mean_ci(df, by=["cond"], value="hit").set_index("cond")
+    assert out.loc["a", "mean"] == 0.75 and out.loc["a", "n"] == 4
+    assert out.loc["b", "low"] == 0.0 and out.loc["b", "high"] == 0.0
