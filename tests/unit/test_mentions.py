@@ -59,3 +59,19 @@ def test_bad_vocabulary_is_rejected():
         MentionMatcher({"cat": "cat"})
     with pytest.raises(ValueError, match="both"):
         MentionMatcher({"cat": ["pet"], "dog": ["pet"]})
+
+
+def test_ignored_phrases_win_the_longest_match_but_are_not_reported():
+    ignore = ["flower bed"]
+    vocab = {"bed": ["bed"], "person": ["man"]}
+    assert mentioned_categories("A flower bed and flower beds by a bed.", vocab, ignore=ignore) == {"bed"}
+    assert [m.surface for m in find_mentions("two flower-beds, one bed", vocab, ignore=ignore)] == ["bed"]
+    with pytest.raises(ValueError, match="also a surface form"):
+        MentionMatcher(vocab, ignore=["man"])
+    with pytest.raises(TypeError, match="ignore"):
+        MentionMatcher(vocab, ignore="flower bed")
+
+
+def test_forms_written_with_a_hyphen_match_hyphen_or_space():
+    vocab = {"shirt": ["t-shirt"]}
+    assert [m.surface for m in find_mentions("a T-shirt and two t shirts", vocab)] == ["T-shirt", "t shirts"]

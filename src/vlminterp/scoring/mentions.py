@@ -12,6 +12,10 @@ words ("cat" never matches inside "located"); case is ignored; regular plurals o
 match automatically (cat/cats, bus/buses, berry/berries, knife/knives); multi-word forms match
 across a space or hyphen; where matches overlap, the longest wins ("hot dog" is not a "dog").
 Irregular plurals (person/people) must be listed as synonyms.
+
+Ignored phrases (``ignore=``) take part in the longest-match race but are never reported: with
+``ignore=["flower bed"]`` the text "a flower bed" mentions no "bed". They get plurals too.
+Matching is leftmost, then longest: of two overlapping candidates the one starting first wins.
 """
 from __future__ import annotations
 
@@ -49,6 +53,14 @@ def plural_forms(word: str) -> list[str]:
     return [prefix + f for f in forms]
 
 
+_IGNORED = "\x00ignored"  # owner of ignored phrases; no real category can be named this
+
+
+def _normalise(form: str) -> str:
+    """Lower case, hyphens and runs of whitespace as one space: the key a match is looked up by."""
+    return " ".join(w for w in re.split(r"[\s\-]+", form.lower()) if w)
+
+
 def _form_pattern(form: str) -> str:
     words = [re.escape(w) for w in form.split()]
     return r"[\s\-]+".join(words)
@@ -57,9 +69,11 @@ def _form_pattern(form: str) -> str:
 class MentionMatcher:
     """A compiled vocabulary; reuse it to score many texts."""
 
-    def __init__(self, vocabulary: Vocabulary, *, plurals: bool = True) -> None:
+    def __init__(self, vocabulary: Vocabulary, *, plurals: bool = True, ignore: Sequence[str] = ()) -> None:
         if not vocabulary:
             raise ValueError("vocabulary is empty")
+        if isinstance(ignore, str):
+            raise TypeError("ignore must be a list of phrases, not a string")
         # Explicit forms first (a clash between two categories is an error), then generated
         # plurals, which never override an explicit form.
         self._category_of: dict[str, str] = {}
@@ -68,12 +82,19 @@ class MentionMatcher:
             if isinstance(forms, str):
                 raise TypeError(f"vocabulary[{category!r}] must be a list of surface forms, not a string")
             for form in list(forms) + [category]:
-                form = " ".join(form.lower().split())
+                form = _normalise(form)
                 if form:
                     owner = self._category_of.setdefault(form, category)
                     if owner != category:
                         raise ValueError(f"surface form {form!r} belongs to both {owner!r} and {category!r}")
                     explicit.append((category, form))
+        for phrase in ignore:
+            phrase = _normalise(phrase)
+            if phrase:
+                owner = self._category_of.setdefault(phrase, _IGNORED)
+                if owner != _IGNORED:
+                    raise ValueError(f"ignored phrase {phrase!r} is also a surface form of {owner!r}")
+                explicit.append((_IGNORED, phrase))
         if plurals:
             for category, form in explicit:
                 for variant in plural_forms(form):
@@ -86,16 +107,20 @@ class MentionMatcher:
     def find(self, text: str) -> list[Mention]:
         mentions = []
         for match in self._regex.finditer(text):
-            key = " ".join(re.split(r"[\s\-]+", match.group(1).lower()))
+            key = _normalise(match.group(1))
+            if self._category_of[key] == _IGNORED:
+                continue
             mentions.append(Mention(self._category_of[key], match.start(1), match.end(1), match.group(1)))
         return mentions
 
 
-def find_mentions(text: str, vocabulary: Vocabulary, *, plurals: bool = True) -> list[Mention]:
+def find_mentions(text: str, vocabulary: Vocabulary, *, plurals: bool = True,
+                  ignore: Sequence[str] = ()) -> list[Mention]:
     """Every mention of a vocabulary category in ``text``, left to right, non-overlapping."""
-    return MentionMatcher(vocabulary, plurals=plurals).find(text)
+    return MentionMatcher(vocabulary, plurals=plurals, ignore=ignore).find(text)
 
 
-def mentioned_categories(text: str, vocabulary: Vocabulary, *, plurals: bool = True) -> set[str]:
+def mentioned_categories(text: str, vocabulary: Vocabulary, *, plurals: bool = True,
+                         ignore: Sequence[str] = ()) -> set[str]:
     """The set of categories ``text`` mentions."""
-    return {m.category for m in find_mentions(text, vocabulary, plurals=plurals)}
+    return {m.category for m in find_mentions(text, vocabulary, plurals=plurals, ignore=ignore)}
