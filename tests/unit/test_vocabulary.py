@@ -1,0 +1,151 @@
+"""Tests of the synonym vocabularies: packaged files, loading, fallbacks, CHAIR's traps."""
+from __future__ import annotations
+
+import importlib.resources
+
+import pytest
+import yaml
+
+from vlminterp.data.shapes import PALETTE, SHAPE_OUTLINES
+from vlminterp.scoring.vocabulary import (SynonymVocabulary, as_vocabulary, available_vocabularies, load_vocabulary,
+                                          vocabulary_from_categories, vocabulary_from_dict)
+
+#: The 80 COCO 2017 instance categories, in category-id order.
+COCO_2017 = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+]
+
+
+@pytest.fixture(scope="module")
+def coco():
+    return load_vocabulary("coco")
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return load_vocabulary("shapes")
+
+
+def test_packaged_files_are_package_data():
+    folder = importlib.resources.files("vlminterp.scoring").joinpath("synonyms")
+    assert folder.joinpath("coco.yaml").is_file() and folder.joinpath("shapes.yaml").is_file()
+    assert {"coco", "shapes"} <= set(available_vocabularies())
+
+
+def test_coco_has_exactly_the_80_categories(coco):
+    assert len(COCO_2017) == 80 == len(set(COCO_2017))
+    assert set(coco.categories) == set(COCO_2017)
+    assert coco.name == "coco" and "coco.yaml" in coco.source
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("A man and two women with children.", {"person"}),
+    ("He eats a hot dog.", {"hot dog"}),
+    ("Two hot-dogs and a dog.", {"hot dog", "dog"}),
+    ("A teddy bear on a bed.", {"teddy bear", "bed"}),
+    ("A polar bear.", {"bear"}),
+    ("The batter swings a baseball bat.", {"person", "baseball bat"}),
+    ("A baseball glove and a ball.", {"baseball glove", "sports ball"}),
+    ("A baby elephant and a baby.", {"elephant", "person"}),
+    ("A toilet seat and a toilet bowl.", {"toilet"}),
+    ("A cat on a love seat.", {"cat", "couch"}),
+    ("A pit bull.", {"dog"}),
+    ("A bull.", {"cow"}),
+    ("A microwave oven above an oven.", {"microwave", "oven"}),
+    ("A computer mouse and a computer keyboard.", {"mouse", "keyboard"}),
+    ("A passenger train.", {"train"}),
+    ("A cell phone, a cellphone and a mobile phone.", {"cell phone"}),
+    ("Flower beds in a remote area, man-made.", set()),
+    ("The knives and forks.", {"knife", "fork"}),
+    ("Geese, oxen and mice.", {"bird", "cow", "mouse"}),
+    ("The category is located near a catwalk.", set()),
+])
+def test_coco_synonyms_and_traps(coco, text, expected):
+    assert coco.categories_in(text) == expected
+
+
+def test_shapes_vocabulary(shapes):
+    assert set(shapes.categories) == set(SHAPE_OUTLINES)
+    assert shapes.categories_in("There is a red circle, a blue square and an orange star.") == {"circle", "square", "star"}
+    assert shapes.categories_in("Two crosses, a rhombus, a hexagonal shape.") == {"cross", "diamond", "hexagon"}
+    # no form is a colour or a background word
+    for word in [*PALETTE, "plain", "noise", "stripes", "grey", "gray", "background"]:
+        assert shapes.categories_in(f"a {word} thing") == set(), word
+
+
+def test_packaged_files_keep_every_form_lowercase_and_unique():
+    for name in ("coco", "shapes"):
+        text = importlib.resources.files("vlminterp.scoring").joinpath("synonyms", f"{name}.yaml").read_text()
+        data = yaml.safe_load(text)
+        forms = [f for fs in data["categories"].values() for f in fs]
+        assert all(f == f.lower().strip() for f in forms)
+        assert text.startswith("#") and ("CHAIR" in text if name == "coco" else True)
+
+
+def test_load_from_path_bare_mapping_and_file_format(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("cat: [kitten]\nhot dog: [hotdog]\n")
+    vocab = load_vocabulary(bare)
+    assert vocab.name == "bare" and vocab.categories["cat"] == ("cat", "kitten")
+    assert vocab.categories_in("kittens and a hotdog") == {"cat", "hot dog"}
+    full = tmp_path / "full.yml"
+    full.write_text("name: pets\nplurals: false\ncategories: {cat: [kitten]}\nignore: [cat walk]\n")
+    vocab = load_vocabulary(str(full))
+    assert vocab.name == "pets" and vocab.categories_in("cats, a cat walk, a cat") == {"cat"}
+    assert len(vocab.find("cats, a cat walk, a cat")) == 1
+    assert vocabulary_from_dict(vocab.to_dict()).to_dict() == vocab.to_dict()
+
+
+@pytest.mark.parametrize("content, match", [
+    ("categories: {cat: kitten}\n", "list of strings"),
+    ("categories: {cat: [1]}\n", "strings"),
+    ("categories: {}\n", "non-empty"),
+    ("categories: {cat: [pet], dog: [pet]}\n", "both"),
+    ("categories: {cat: [x]}\nsynonyms: 1\n", "unknown top-level"),
+    ("categories: {cat: [x]}\nignore: cat walk\n", "ignore"),
+    ("[1, 2]\n", "mapping"),
+    ("cat: [kitten\n", "YAML"),
+])
+def test_bad_files_name_the_file(tmp_path, content, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_vocabulary(path)
+    assert "bad.yaml" in str(info.value)
+
+
+def test_unknown_name_missing_file_and_fallback():
+    with pytest.raises(ValueError, match="coco"):
+        load_vocabulary("lvis")
+    with pytest.raises(FileNotFoundError):
+        load_vocabulary("no/such/file.yaml")
+    built = load_vocabulary("lvis", categories=[{"id": 1, "name": "traffic cone"}, {"id": 2, "name": "box"}])
+    assert built.name == "lvis" and set(built.categories) == {"traffic cone", "box"}
+    assert built.categories_in("Two traffic cones and three boxes.") == {"traffic cone", "box"}
+
+
+def test_dataset_categories_extend_a_packaged_vocabulary():
+    vocab = load_vocabulary("shapes", categories=["circle", "ellipse"])
+    assert "ellipse" in vocab and "hexagon" in vocab
+    assert vocab.categories_in("two ellipses and a disc") == {"ellipse", "circle"}
+    assert load_vocabulary("shapes", categories=["circle"]).categories == load_vocabulary("shapes").categories
+
+
+def test_vocabulary_from_categories_and_as_vocabulary():
+    vocab = vocabulary_from_categories(["bus", "knife", "berry"])
+    assert vocab.categories_in("buses, knives, berries") == {"bus", "knife", "berry"}
+    assert as_vocabulary(vocab) is vocab
+    assert as_vocabulary({"cat": ["kitten"]}).categories_in("a kitten") == {"cat"}
+    with pytest.raises(TypeError):
+        as_vocabulary(["cat"])
+    with pytest.raises(ValueError, match="no categories"):
+        vocabulary_from_categories([])
+    assert isinstance(vocab, SynonymVocabulary) and len(vocab) == 3
