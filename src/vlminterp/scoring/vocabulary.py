@@ -56,7 +56,8 @@ class SynonymVocabulary:
         cats = {}
         for category, forms in self.categories.items():
             if not isinstance(category, str) or not category.strip():
-                raise ValueError(f"vocabulary {self.name!r}: category names must be non-empty strings, got {category!r}")
+                raise ValueError(f"vocabulary {self.name!r}: category names must be non-empty strings, "
+                                 f"got {category!r}")
             if isinstance(forms, str) or not all(isinstance(f, str) for f in forms):
                 raise TypeError(f"vocabulary {self.name!r}: forms of {category!r} must be a list of strings")
             cats[category] = tuple(dict.fromkeys([category, *forms]))
