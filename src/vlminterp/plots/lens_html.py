@@ -24,8 +24,8 @@ y1) in ORIGINAL-image pixels (see `vlminterp.data.cells`); boxes may reach past 
 Safety: tokens may hold any characters. The data sits in a `<script type="application/json">`
 block with `<`, `>`, `&` (and U+2028/9) written as \\u escapes, so no token can close the block,
 and the page puts tokens on screen with `textContent` only. Control characters (newline, tab, ...)
-are shown as their Unicode "control picture" glyphs (U+2400 block) so that a newline token stays
-visible and on one line; every other character is shown as is.
+are shown as escapes in a distinct colour (`\\n`, `\\t`, `\\x00`) so that a newline token stays visible
+and on one line; every other character is shown as is (spaces kept: `white-space: pre`).
 """
 from __future__ import annotations
 
@@ -244,6 +244,7 @@ td:hover { outline:2px solid var(--sel); outline-offset:-2px; }
 td.locked { outline:2px solid var(--accent); outline-offset:-2px; }
 td.hit { font-weight:700; color:var(--accent); }
 .tok { white-space:pre; }
+.ctl { color:#ae3ec9; background:rgba(174,62,201,.10); border-radius:2px; padding:0 1px; }
 #tablewrap.only-obj tbody tr:not(.obj) { display:none; }
 #tip { position:fixed; z-index:10; display:none; background:var(--panel); color:var(--ink);
   border:1px solid var(--line); border-radius:6px; padding:8px 10px; min-width:220px;
@@ -268,11 +269,26 @@ _JS = r"""
   "use strict";
   var D = JSON.parse(document.getElementById("lens-data").textContent);
   var L = D.layers.length, K = D.k, W = D.image.w, H = D.image.h;
-  var CTRL = /[\u0000-\u001f\u007f]/g;
-  function show(t) {          // control characters -> visible "control pictures"
-    return t.replace(CTRL, function (c) {
-      var n = c.charCodeAt(0); return String.fromCharCode(n === 127 ? 0x2421 : 0x2400 + n);
-    });
+  var CTRL = /[\u0000-\u001f\u007f]/;
+  var NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"};
+  function esc(c) {            // a control character as an escape, e.g. "\\n", "\\x00"
+    if (NAMED[c]) return NAMED[c];
+    var h = c.charCodeAt(0).toString(16); return "\\x" + (h.length < 2 ? "0" + h : h);
+  }
+  function plain(t) {          // one-line text form, for title attributes
+    return t.split("").map(function (c) { return CTRL.test(c) ? esc(c) : c; }).join("");
+  }
+  function putTok(span, t) {   // token into span: text nodes, control characters as styled escapes
+    if (!CTRL.test(t)) { span.textContent = t; return span; }
+    var buf = "";
+    for (var n = 0; n < t.length; n++) {
+      var c = t.charAt(n);
+      if (!CTRL.test(c)) { buf += c; continue; }
+      if (buf) { span.appendChild(document.createTextNode(buf)); buf = ""; }
+      span.appendChild(el("span", "ctl", esc(c)));
+    }
+    if (buf) span.appendChild(document.createTextNode(buf));
+    return span;
   }
   function fmt(p) {
     if (p >= 0.1) return (100 * p).toFixed(1) + "%";
@@ -351,7 +367,7 @@ _JS = r"""
     for (var j = 0; j < L; j++) {
       var o = (i * L + j) * K, tok = D.vocab[D.tok[o]], p = D.prob[o];
       var td = el("td"); td.dataset.j = j;
-      td.appendChild(el("span", "tok", show(tok)));
+      td.appendChild(putTok(el("span", "tok"), tok));
       td.style.backgroundColor = "rgba(28,126,214," + (0.75 * Math.sqrt(p)).toFixed(3) + ")";
       if (isHit(tok)) td.classList.add("hit");
       tr.appendChild(td);
@@ -380,7 +396,7 @@ _JS = r"""
     for (var q = 0; q < K; q++) {
       var o = (i * L + j) * K + q, tok = D.vocab[D.tok[o]], p = D.prob[o];
       var li = el("li"); li.appendChild(el("span", "rk", String(q + 1)));
-      var ts = el("span", "tok", show(tok)); ts.title = show(tok); li.appendChild(ts);
+      var ts = putTok(el("span", "tok"), tok); ts.title = plain(tok); li.appendChild(ts);
       var pb = el("span", "pb"), bar = el("i"); bar.style.width = (100 * p).toFixed(1) + "%";
       pb.appendChild(bar); li.appendChild(pb);
       li.appendChild(el("span", "pv", fmt(p)));
