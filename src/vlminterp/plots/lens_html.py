@@ -24,8 +24,8 @@ y1) in ORIGINAL-image pixels (see `vlminterp.data.cells`); boxes may reach past 
 Safety: tokens may hold any characters. The data sits in a `<script type="application/json">`
 block with `<`, `>`, `&` (and U+2028/9) written as \\u escapes, so no token can close the block,
 and the page puts tokens on screen with `textContent` only. Control characters (newline, tab, ...)
-are shown as escapes in a distinct colour (`\\n`, `\\t`, `\\x00`) so that a newline token stays visible
-and on one line; every other character is shown as is (spaces kept: `white-space: pre`).
+are shown as escapes in a distinct colour (`\\n`, `\\t`, `\\x00`) so that a newline token stays
+visible and on one line; every other character is shown as is (spaces kept: `white-space: pre`).
 """
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def _image_data_uri(image: Image.Image | str | os.PathLike | np.ndarray) -> tupl
     elif isinstance(image, Image.Image):
         img = image
     else:
-        raise TypeError(f"image must be a PIL image, a path or an array, got {type(image).__name__}")
+        raise TypeError("image must be a PIL image, a path or an array, "
+                        f"got {type(image).__name__}")
     width, height = img.size
     mode = "RGBA" if ("A" in img.getbands() or "transparency" in img.info) else "RGB"
     img = img.convert(mode)
@@ -90,7 +91,8 @@ def _image_data_uri(image: Image.Image | str | os.PathLike | np.ndarray) -> tupl
                          Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), width, height
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return uri, width, height
 
 
 def _round_prob(p: np.ndarray) -> list[float]:
@@ -105,7 +107,8 @@ def _page_data(table: pd.DataFrame, cell_boxes: np.ndarray, object_cells: np.nda
                object_name: str | None, title: str, width: int, height: int) -> dict:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"logit-lens table lacks columns {missing}; needs {list(REQUIRED_COLUMNS)}")
+        raise ValueError(f"logit-lens table lacks columns {missing}; "
+                         f"needs {list(REQUIRED_COLUMNS)}")
     if len(table) == 0:
         raise ValueError("logit-lens table is empty")
     if "image_id" in table.columns and table["image_id"].nunique() > 1:
@@ -142,7 +145,8 @@ def _page_data(table: pd.DataFrame, cell_boxes: np.ndarray, object_cells: np.nda
                            np.broadcast_to(np.arange(1, k + 1)[None, None, :], (n_p, n_l, k))))
     if not complete:
         raise ValueError(f"logit-lens table is not complete: expected every one of {n_p} positions "
-                         f"x {n_l} layers to have ranks 1..{k} exactly once ({n_p * n_l * k} rows), "
+                         f"x {n_l} layers to have ranks 1..{k} exactly once "
+                         f"({n_p * n_l * k} rows), "
                          f"got {len(t)} rows")
 
     cell_r = t["cell_row"].to_numpy().reshape(n_p, n_l * k)
