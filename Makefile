@@ -32,7 +32,8 @@ bench: install
 	$(BIN)/python -m benchmarks.run_all
 
 lock:
-	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+	( echo '# Exact pins of every Python package (direct and transitive). Regenerate with: make lock'; \
+	  $(BIN)/pip freeze --exclude-editable | sed "s/^torch==\(.*\)+cpu/torch==\1/" | sort -f ) > requirements.lock
 
 clean:
 	rm -rf results .snakemake
