@@ -1,0 +1,25 @@
+# Reproduces Neo et al. (2025) and Kaduri et al. (2025) on LLaVA-style models.
+#   snakemake --cores all                                  # default run: shapes world + organism
+#   snakemake --cores all --configfile configs/<run>.yaml  # another run
+#   snakemake --report results/report.html                 # HTML report of the last run
+# No logic here: validation and input functions live in workflow/rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/organism.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,34 @@
+"""A bad config fails before any job runs, with a message that names the key."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .conftest import TINY_CONFIG, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def _bad_config(tmp_path, edit):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    edit(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("edit, key_in_message", [
+    (lambda c: c.update(sed=1), "sed"),
+    (lambda c: c.update(seed="zero"), "zero"),
+    (lambda c: c.update(seed=-1), "seed"),
+    (lambda c: c["dataset"].update(kind="imagenet"), "imagenet"),
+    (lambda c: c["evaluation"].update(batch_sizes=4), "batch_sizes"),
+    (lambda c: c["evaluation"].update(batch_size=0), "batch_size"),
+], ids=["unknown-top-key", "wrong-type", "out-of-range", "bad-enum", "unknown-nested-key",
+        "nested-out-of-range"])
+def test_bad_config_names_the_key_and_runs_nothing(tmp_path, edit, key_in_message):
+    proc = snakemake(tmp_path, "--cores", "1", configfile=_bad_config(tmp_path, edit), check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert key_in_message in message, message[-3000:]
+    assert not (tmp_path / "results").exists(), "a job ran despite the invalid config"

@@ -1,0 +1,59 @@
+"""The whole DAG runs with the real Snakemake CLI on the tiny config, resumes and reruns stages."""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import TINY_CONFIG, snakemake
+
+pytestmark = [pytest.mark.slow, pytest.mark.workflow]
+
+RUN = yaml.safe_load(TINY_CONFIG.read_text())["run"]
+
+
+def _planned_rules(dry_run_stdout: str) -> set[str]:
+    """Rule names a dry run (`-n`) would execute."""
+    return set(re.findall(r"^rule (\w+):", dry_run_stdout, flags=re.M))
+
+
+def test_dag_produces_every_final_output(tiny_run):
+    out = tiny_run / "results" / RUN
+    for path in ["organism/training_loss.png", "organism/training_loss.pdf",
+                 "organism/evaluation.png", "organism/evaluation_summary.csv",
+                 "model/config.json", "data/shapes/annotations/instances_val.json"]:
+        assert (out / path).is_file(), f"missing {path}"
+    for log in ["generate_world", "train_organism", "evaluate_organism"]:
+        assert (out / "logs" / f"{log}.log").stat().st_size > 0, f"empty log {log}"
+
+
+def test_trained_organism_beats_chance(tiny_run):
+    summary = pd.read_csv(tiny_run / "results" / RUN / "organism" / "evaluation_summary.csv")
+    polling = summary.set_index("task").loc["polling", "accuracy"]
+    assert polling > 0.7, f"polling accuracy {polling:.2f} is near chance (0.5)"
+
+
+def test_nothing_left_to_do_after_a_full_run(tiny_run):
+    proc = snakemake(tiny_run, "-n", "--cores", "1")
+    assert _planned_rules(proc.stdout) == set(), proc.stdout
+
+
+def test_deleted_output_reruns_only_its_rule(tiny_run):
+    (tiny_run / "results" / RUN / "organism" / "evaluation.png").unlink()
+    planned = _planned_rules(snakemake(tiny_run, "-n", "--cores", "1").stdout)
+    assert planned == {"plot_organism_evaluation", "all"}
+    snakemake(tiny_run, "--cores", "1")
+    assert (tiny_run / "results" / RUN / "organism" / "evaluation.png").is_file()
+
+
+def test_forcerun_reruns_the_stage_and_its_dependents_only(tiny_run):
+    proc = snakemake(tiny_run, "-n", "--cores", "1", "--forcerun", "evaluate_organism")
+    assert _planned_rules(proc.stdout) == {"evaluate_organism", "plot_organism_evaluation", "all"}
+
+
+def test_report_is_written(tiny_run):
+    snakemake(tiny_run, "--report", "results/report.html", "--cores", "1")
+    html = (tiny_run / "results" / "report.html").read_text(errors="replace")
+    assert "training_loss.png" in html and "evaluation.png" in html

@@ -1,0 +1,61 @@
+# Config validation, output paths and input functions shared by every stage.
+# Rules in the other .smk files only call the helpers defined here.
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RUN = config["run"]
+SEED = config["seed"]
+
+
+def results(path):
+    """Path of an output of this run: results/<run>/<path>."""
+    return f"results/{RUN}/{path}"
+
+
+def logs(rule_name):
+    """Log file of one rule (or one rule instance) of this run."""
+    return f"results/{RUN}/logs/{rule_name}.log"
+
+
+def caption(name):
+    """Report caption shipped in workflow/report/."""
+    return f"../report/{name}.rst"
+
+
+def figure(path, name, category, subcategory=None):
+    """A PNG figure that appears in the Snakemake report with its caption."""
+    return report(results(path), caption=caption(name), category=category,
+                  subcategory=subcategory)
+
+
+def uses_organism():
+    """True when the run trains the model organism instead of loading a published model."""
+    return config["model"]["kind"] == "organism"
+
+
+def get_dataset_dir():
+    """Directory of the COCO-format dataset this run reads (images/ and annotations/)."""
+    if config["dataset"]["kind"] == "shapes":
+        return results("data/shapes")
+    raise WorkflowError(f"dataset.kind={config['dataset']['kind']!r} is not supported yet")
+
+
+def get_model_dir():
+    """Input list for rules that load the model: the organism's directory, or nothing."""
+    return [results("model")] if uses_organism() else []
+
+
+def get_final_outputs():
+    """Every figure and table `snakemake --cores all` produces for this run."""
+    outputs = []
+    if uses_organism():
+        outputs += [
+            results("organism/training_loss.png"),
+            results("organism/evaluation_summary.csv"),
+            results("organism/evaluation.png"),
+        ]
+    return outputs

@@ -1,0 +1,61 @@
+# Model organism: a tiny LLaVA trained from scratch on the shapes world, then evaluated.
+
+
+rule train_organism:
+    input:
+        world=get_dataset_dir(),
+    output:
+        model=directory(results("model")),
+        loss=results("organism/training_loss.csv"),
+    params:
+        spec=config["model"]["organism"],
+        seed=SEED,
+    threads: workflow.cores
+    log:
+        logs("train_organism"),
+    script:
+        "../scripts/train_organism.py"
+
+
+rule plot_training_curve:
+    input:
+        results("organism/training_loss.csv"),
+    output:
+        png=figure("organism/training_loss.png", "training_loss", "Model organism"),
+        pdf=results("organism/training_loss.pdf"),
+    log:
+        logs("plot_training_curve"),
+    script:
+        "../scripts/plot_training_curve.py"
+
+
+rule evaluate_organism:
+    input:
+        model=results("model"),
+        world=get_dataset_dir(),
+    output:
+        table=results("organism/evaluation.csv"),
+        summary=report(results("organism/evaluation_summary.csv"),
+                       caption=caption("evaluation_summary"), category="Model organism"),
+    params:
+        split=config["evaluation"]["split"],
+        max_images=config["evaluation"]["max_images"],
+        batch_size=config["evaluation"]["batch_size"],
+        seed=SEED,
+    threads: workflow.cores
+    log:
+        logs("evaluate_organism"),
+    script:
+        "../scripts/evaluate_organism.py"
+
+
+rule plot_organism_evaluation:
+    input:
+        results("organism/evaluation_summary.csv"),
+    output:
+        png=figure("organism/evaluation.png", "evaluation", "Model organism"),
+        pdf=results("organism/evaluation.pdf"),
+    log:
+        logs("plot_organism_evaluation"),
+    script:
+        "../scripts/plot_organism_evaluation.py"
