@@ -66,6 +66,7 @@ def evaluate_organism(model_dir: Path, world_dir: Path, split: str = "val", max_
     examples = [ex for scene in scenes for ex in task_examples(scene, world.shapes, seed=EVALUATION_SEED)]
     matcher = MentionMatcher({shape: [shape] for shape in world.shapes})
     present = {scene.image_id: scene.shapes for scene in scenes}
+    objects_of = {scene.image_id: scene.objects for scene in scenes}
     max_objects = max((len(s.objects) for s in scenes), default=1)
     new_tokens = {"describe": 6 + 5 * max_objects, "polling": 4, "color": 4, "shape": 8}
 
@@ -75,10 +76,9 @@ def evaluate_organism(model_dir: Path, world_dir: Path, split: str = "val", max_
         if task == "describe":  # one generation per image, scored once per object
             answers = _generate(model, processor, selected, images, new_tokens[task], batch_size)
             for ex, answer in zip(selected, answers):
-                scene_objects = next(s.objects for s in scenes if s.image_id == ex.image_id)
                 mentioned = [m.category for m in matcher.find(answer)]
                 hallucinated = len(set(mentioned) - present[ex.image_id])
-                for index, obj in enumerate(scene_objects):
+                for index, obj in enumerate(objects_of[ex.image_id]):
                     rows.append(_row(ex, answer, obj.shape in mentioned, f"{obj.color} {obj.shape}" in answer,
                                      object_index=index, target_shape=obj.shape, target_color=obj.color,
                                      hallucinated=hallucinated))

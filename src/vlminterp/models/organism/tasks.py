@@ -10,8 +10,9 @@
     # USER: <image>\\nWhat shape is the red object? ASSISTANT:  It is a circle.
 
 Training and evaluation share these functions, so the questions the model is scored on are the
-questions it was taught. Polling is balanced: every shape present is asked about (answer Yes) and
-as many absent shapes (answer No). The Neo et al. VQA readout uses the "shape" question with the
+questions it was taught. Polling is balanced within every image: n present shapes (answer Yes) and
+n absent shapes (answer No), n = min(#present, #absent), so every present shape is asked about
+whenever the world has enough shapes. The Neo et al. VQA readout uses the "shape" question with the
 answer prefix ``It is a`` appended to the prompt (``VQA_ANSWER_PREFIX``); the next token must be
 the shape name.
 """
@@ -134,14 +135,18 @@ def task_examples(scene: Scene, shapes: tuple[str, ...] | list[str], seed: int,
     if "describe" in tasks:
         examples.append(TaskExample(iid, "describe", QUESTIONS["describe"], describe_answer(scene.objects)))
     if "polling" in tasks:
+        # Exactly as many Yes as No questions per image: n present and n absent shapes, where n is
+        # the smaller of the two counts (all present shapes whenever enough shapes are absent).
         rng = np.random.default_rng([seed, iid])
         absent = [s for s in shapes if s not in scene.shapes]
-        n_absent = min(len(scene.objects), len(absent))
-        picked = [absent[int(i)] for i in sorted(rng.choice(len(absent), size=n_absent, replace=False))]
-        for index, obj in enumerate(scene.objects):
+        n = min(len(scene.objects), len(absent))
+        asked_present = sorted(int(i) for i in rng.choice(len(scene.objects), size=n, replace=False))
+        asked_absent = [absent[int(i)] for i in sorted(rng.choice(len(absent), size=n, replace=False))]
+        for index in asked_present:
+            obj = scene.objects[index]
             examples.append(TaskExample(iid, "polling", QUESTIONS["polling"].format(shape=obj.shape),
                                         POLLING_ANSWERS[True], obj.shape, obj.color, index))
-        for shape in picked:
+        for shape in asked_absent:
             examples.append(TaskExample(iid, "polling", QUESTIONS["polling"].format(shape=shape),
                                         POLLING_ANSWERS[False], shape))
     for task, answer_of in (("color", lambda o: o.color), ("shape", lambda o: shape_answer(o.shape))):

@@ -265,7 +265,7 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path) -> pd.D
     threads_before = torch.get_num_threads()
     torch.set_num_threads(spec.num_threads)
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         torch.manual_seed(spec.seed)
         generator = torch.Generator().manual_seed(spec.seed)
         processor = build_processor(vocabulary_words(world.shapes, world.colors), world.image_size, spec.patch_size)
@@ -278,7 +278,7 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path) -> pd.D
         rows = train_vision_tower(model, data, spec, len(world.shapes), len(world.colors), generator)
         vision_done = time.perf_counter()
         rows += train_language(model, data, spec, generator, step_offset=spec.vision_steps)
-        finished = time.perf_counter()
+        finished, cpu_finished = time.perf_counter(), time.process_time()
     finally:
         torch.set_num_threads(threads_before)
     model.eval()
@@ -289,7 +289,9 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path) -> pd.D
         "image_tokens": num_image_tokens(world.image_size, spec.patch_size),
         "train_images": int(len(data.pixel_values)), "train_examples": int(len(data.input_ids)),
         "seconds": {"prepare": round(prepared - started, 2), "vision": round(vision_done - prepared, 2),
-                    "language": round(finished - vision_done, 2), "total": round(finished - started, 2)},
+                    "language": round(finished - vision_done, 2), "total": round(finished - started, 2),
+                    # CPU time over all threads: unlike wall time, not inflated by other processes.
+                    "cpu_total": round(cpu_finished - cpu_started, 2), "threads": spec.num_threads},
     }
     with atomic_path(model_dir, is_dir=True) as tmp:
         model.save_pretrained(tmp)
