@@ -198,9 +198,9 @@ class ShapesWorldSpec:
             fail("max_object_cells", f"must be >= min_object_cells={self.min_object_cells}")
         if self.max_object_cells > self.grid:
             fail("max_object_cells", f"objects would not fit the {self.grid}x{self.grid} grid")
-        if not self.allow_overlap and self.max_objects * self.max_object_cells**2 > self.grid**2:
-            fail("max_objects", f"{self.max_objects} objects of {self.max_object_cells}x{self.max_object_cells} "
-                 f"cells cannot fit without overlap on a {self.grid}x{self.grid} grid")
+        if not self.allow_overlap and self.max_objects > (self.grid // self.max_object_cells) ** 2:
+            fail("max_objects", f"{self.max_objects} objects of up to {self.max_object_cells}x{self.max_object_cells} "
+                 f"cells are not guaranteed to fit without overlap on a {self.grid}x{self.grid} grid")
         if self.margin < 0 or 2 * self.margin >= self.min_object_cells * self.cell_size - 2:
             fail("margin", "must be >= 0 and leave at least 3 pixels for the smallest object")
         if self.background not in BACKGROUNDS:
@@ -371,24 +371,32 @@ def _draw_categories(rng: np.random.Generator, options: tuple[str, ...], n: int,
 
 
 def _place_boxes(spec: ShapesWorldSpec, rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
-    """Random cell-aligned square boxes; disjoint unless ``allow_overlap``."""
-    occupied = np.zeros((spec.grid, spec.grid), dtype=bool)
-    boxes: list[tuple[int, int, int]] = []
-    for _ in range(n):
-        side = int(rng.integers(spec.min_object_cells, spec.max_object_cells + 1))
-        free = [(r, c) for r in range(spec.grid - side + 1) for c in range(spec.grid - side + 1)
-                if spec.allow_overlap or not occupied[r:r + side, c:c + side].any()]
-        if not free:  # a larger box does not fit: fall back to the smallest
-            side = spec.min_object_cells
+    """Random cell-aligned square boxes; disjoint unless ``allow_overlap``.
+
+    Boxes are placed one by one at uniformly drawn free positions; if a partial placement leaves
+    no room, it restarts (a few times), then falls back to drawing from a tiling of the grid by
+    the largest box, which ``validate`` guarantees has room for ``max_objects``.
+    """
+    sides = [int(rng.integers(spec.min_object_cells, spec.max_object_cells + 1)) for _ in range(n)]
+    if spec.allow_overlap:
+        return [(int(rng.integers(spec.grid - s + 1)), int(rng.integers(spec.grid - s + 1)), s) for s in sides]
+    for _ in range(20):
+        occupied = np.zeros((spec.grid, spec.grid), dtype=bool)
+        boxes: list[tuple[int, int, int]] = []
+        for side in sides:
             free = [(r, c) for r in range(spec.grid - side + 1) for c in range(spec.grid - side + 1)
                     if not occupied[r:r + side, c:c + side].any()]
-        if not free:
-            raise RuntimeError(f"cannot place {n} objects on a {spec.grid}x{spec.grid} grid; "
-                               "reduce max_objects or max_object_cells")
-        row, col = free[int(rng.integers(len(free)))]
-        occupied[row:row + side, col:col + side] = True
-        boxes.append((row, col, side))
-    return boxes
+            if not free:
+                break
+            row, col = free[int(rng.integers(len(free)))]
+            occupied[row:row + side, col:col + side] = True
+            boxes.append((row, col, side))
+        else:
+            return boxes
+    tile = spec.max_object_cells
+    tiles = [(r * tile, c * tile) for r in range(spec.grid // tile) for c in range(spec.grid // tile)]
+    picks = rng.choice(len(tiles), size=n, replace=False)
+    return [(tiles[int(i)][0], tiles[int(i)][1], side) for i, side in zip(picks, sides)]
 
 
 def _shape_polygon(spec: ShapesWorldSpec, shape: str, box: tuple[int, int, int]) -> list[float]:

@@ -1,0 +1,191 @@
+"""The organism's specification and its Hugging Face LLaVA configuration.
+
+    from vlminterp.models.organism.architecture import OrganismSpec, build_model
+    spec = OrganismSpec()                 # the default organism; OrganismSpec.tiny() for tests
+    model = build_model(spec, vocab_size=80, image_token_id=4, pad_token_id=1, bos_token_id=2,
+                        eos_token_id=3, image_size=96)
+
+The model is a stock ``transformers.LlavaForConditionalGeneration``: a ``CLIPVisionModel`` tower
+(CLS token + one token per patch), the LLaVA 2-layer GELU projector, and a Llama language model.
+Features are taken from the tower's last layer (``vision_feature_layer=-1``: with a 2-layer tower
+the penultimate layer LLaVA-1.5 uses would be nearly raw patches) with the CLS token dropped
+(``vision_feature_select_strategy="default"``), so an image yields (image_size / patch_size)^2
+image tokens in row-major order, exactly like LLaVA-1.5's 24 x 24.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """Architecture sizes and the staged training recipe of the model organism.
+
+    Stage 1 ("vision") trains the vision tower alone with a per-patch loss: a temporary linear head
+    predicts, for every patch, the shape and the colour of the object covering it (or background),
+    labels read from the annotation masks. This stands in for LLaVA's pretrained CLIP encoder.
+    Stage 2 ("language") trains the projector and the language model on the task mix with the
+    loss on answer tokens only; the tower is frozen (``tower_lr_scale=0``) or fine-tuned at
+    ``language_lr * tower_lr_scale``.
+
+    Attributes:
+        seed: seeds initialisation, data order and polling negatives; same seed, same weights (CPU).
+        patch_size: vision patch side in pixels; must divide the world's image size.
+        vision_hidden_size / vision_layers / vision_heads / vision_intermediate_size: CLIP tower.
+        text_hidden_size / text_layers / text_heads / text_intermediate_size: Llama LM.
+        max_position_embeddings: longest sequence the LM supports (image tokens + text).
+        vision_initializer_range: std of the tower's weight init (CLIP's default is 0.02).
+        text_initializer_range: std of the LM/projector init; 0.07 (not Llama's 0.02) lets the LM
+            leave the "ignore the image" loss plateau within ~200 steps.
+        vision_steps / vision_batch_size / vision_lr: stage 1 (0 steps skips the stage).
+        language_steps / language_batch_size / language_lr: stage 2.
+        tower_lr_scale: stage-2 learning-rate multiplier of the vision tower (0 = frozen).
+        warmup_steps: linear warm-up at the start of each stage, then cosine decay to 10%.
+        weight_decay: AdamW weight decay (both stages).
+        grad_clip: gradient-norm clip (both stages).
+        task_weights: relative sampling frequency of each task in stage 2, as (task, weight) pairs.
+        log_every: record the loss table every this many steps.
+        num_threads: torch CPU threads used by training.
+        max_train_images: use only the first N training images (None = all).
+    """
+
+    seed: int = 0
+    patch_size: int = 16
+    vision_hidden_size: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_intermediate_size: int = 256
+    text_hidden_size: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate_size: int = 256
+    max_position_embeddings: int = 256
+    vision_initializer_range: float = 0.02
+    text_initializer_range: float = 0.07
+    vision_steps: int = 200
+    vision_batch_size: int = 64
+    vision_lr: float = 2e-3
+    language_steps: int = 1000
+    language_batch_size: int = 64
+    language_lr: float = 2e-3
+    tower_lr_scale: float = 0.0
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    task_weights: tuple[tuple[str, float], ...] = (("describe", 1.0), ("polling", 1.0), ("color", 1.0), ("shape", 1.0))
+    log_every: int = 10
+    num_threads: int = 2
+    max_train_images: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task_weights", tuple((str(t), float(w)) for t, w in dict(self.task_weights).items()))
+        self.validate()
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "OrganismSpec":
+        """A small, fast organism for the test suite (trains in well under a minute on 2 cores)."""
+        values: dict[str, Any] = dict(vision_hidden_size=64, vision_intermediate_size=128, text_hidden_size=64,
+                                      text_intermediate_size=128, vision_steps=60, language_steps=150,
+                                      language_batch_size=32, vision_batch_size=32, language_lr=3e-3, log_every=5)
+        values.update(overrides)
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+        def fail(name: str, message: str) -> None:
+            raise ValueError(f"OrganismSpec.{name}={getattr(self, name)!r}: {message}")
+
+        for name in ("patch_size", "vision_hidden_size", "vision_layers", "vision_heads", "text_hidden_size",
+                     "text_layers", "text_heads", "vision_batch_size", "language_batch_size", "log_every",
+                     "num_threads", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                fail(name, "must be >= 1")
+        if self.vision_hidden_size % self.vision_heads:
+            fail("vision_heads", f"must divide vision_hidden_size={self.vision_hidden_size}")
+        if self.text_hidden_size % self.text_heads:
+            fail("text_heads", f"must divide text_hidden_size={self.text_hidden_size}")
+        for name in ("vision_steps", "language_steps", "warmup_steps"):
+            if getattr(self, name) < 0:
+                fail(name, "must be >= 0")
+        for name in ("vision_lr", "language_lr"):
+            if getattr(self, name) <= 0:
+                fail(name, "must be > 0")
+        if self.tower_lr_scale < 0:
+            fail("tower_lr_scale", "must be >= 0")
+        from vlminterp.models.organism.tasks import TASKS
+
+        weights = dict(self.task_weights)
+        if set(weights) - set(TASKS) or any(w < 0 for w in weights.values()) or not any(weights.values()):
+            fail("task_weights", f"tasks must be among {TASKS} with non-negative weights, not all zero")
+        if self.max_train_images is not None and self.max_train_images < 1:
+            fail("max_train_images", "must be >= 1 or None")
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["task_weights"] = dict(self.task_weights)
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "OrganismSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown OrganismSpec fields {unknown}")
+        values = dict(values)
+        if isinstance(values.get("task_weights"), dict):
+            values["task_weights"] = tuple(values["task_weights"].items())
+        return cls(**values)
+
+
+def num_image_tokens(image_size: int, patch_size: int) -> int:
+    """Image tokens per image after dropping CLS: one per patch."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
+    return (image_size // patch_size) ** 2
+
+
+def build_config(spec: OrganismSpec, *, vocab_size: int, image_token_id: int, pad_token_id: int,
+                 bos_token_id: int, eos_token_id: int, image_size: int) -> LlavaConfig:
+    """The LlavaConfig of the organism for a tokenizer and a world image size."""
+    n_tokens = num_image_tokens(image_size, spec.patch_size)
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_intermediate_size,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads, image_size=image_size,
+        patch_size=spec.patch_size, num_channels=3, hidden_act="quick_gelu",
+        initializer_range=spec.vision_initializer_range, projection_dim=spec.vision_hidden_size,
+    )
+    text = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=spec.text_hidden_size, intermediate_size=spec.text_intermediate_size,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads, max_position_embeddings=spec.max_position_embeddings,
+        initializer_range=spec.text_initializer_range, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id, tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=image_token_id, image_seq_length=n_tokens,
+        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-1,
+        multimodal_projector_bias=True, tie_word_embeddings=False,
+    )
+    config.pad_token_id = pad_token_id
+    config.bos_token_id = bos_token_id
+    config.eos_token_id = eos_token_id
+    return config
+
+
+def build_model(spec: OrganismSpec, **config_kwargs: Any) -> LlavaForConditionalGeneration:
+    """A freshly initialised organism (seeded by ``spec.seed``); keyword arguments as ``build_config``."""
+    import torch
+
+    torch.manual_seed(spec.seed)
+    model = LlavaForConditionalGeneration(build_config(spec, **config_kwargs))
+    generation = model.generation_config
+    generation.pad_token_id = config_kwargs["pad_token_id"]
+    generation.bos_token_id = config_kwargs["bos_token_id"]
+    generation.eos_token_id = config_kwargs["eos_token_id"]
+    generation.do_sample = False
+    generation.max_new_tokens = 32
+    return model

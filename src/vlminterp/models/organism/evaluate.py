@@ -1,0 +1,182 @@
+"""Evaluate a trained organism on held-out images of its world with greedy decoding.
+
+    from vlminterp.models.organism import evaluate_organism, summarize_evaluation
+    table = evaluate_organism(Path("results/organism"), Path("data/shapes"), split="val")
+    summarize_evaluation(table)       # one row per task: n, accuracy, strict_accuracy, 95% CI
+
+The table has one row per image x task (x object where the task is about one object) with the
+prompt, the generated answer, the expected answer and two flags:
+
+- describe (one row per object): ``correct`` = the shape is mentioned (word-boundary match,
+  ``scoring.mentions``); ``correct_strict`` = "<colour> <shape>" appears; ``hallucinated`` =
+  number of shapes mentioned that are not in the image (same on each row of an image).
+- polling: ``correct`` = the answer's first word is yes/no as expected (case-insensitive);
+  strict = exactly "Yes"/"No".
+- color: first word is the colour; strict = the whole answer is the colour.
+- shape: the first shape mentioned is the target; strict = exactly "It is a <shape>.".
+- shape_vqa (Neo et al.'s VQA readout): prompt + " It is a", one forward pass; correct = the
+  top-1 next token is the shape name (``generated`` holds that token, ``target_probability``
+  its probability).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from vlminterp.data.shapes import load_world_spec
+from vlminterp.models.organism.tasks import VQA_ANSWER_PREFIX, TaskExample, load_scenes, task_examples
+from vlminterp.scoring.mentions import MentionMatcher
+
+EVALUATION_SEED = 12345  # draws the absent shapes of polling questions; fixed so every model sees the same set
+EVAL_TASKS: tuple[str, ...] = ("describe", "polling", "color", "shape", "shape_vqa")
+EVALUATION_COLUMNS = ["image_id", "task", "object_index", "target_shape", "target_color", "prompt", "generated",
+                      "expected", "correct", "correct_strict", "hallucinated", "target_probability"]
+
+
+def load_organism(model_dir: Path) -> tuple[LlavaForConditionalGeneration, object]:
+    """Model (eval mode) and processor, loaded the way any llava-hf checkpoint is."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir / 'config.json'} not found: not a saved model directory")
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
+    model.eval()
+    return model, processor
+
+
+def evaluate_organism(model_dir: Path, world_dir: Path, split: str = "val", max_images: int | None = None,
+                      batch_size: int = 64) -> pd.DataFrame:
+    """Greedy-decode every task question on ``split`` images and score the answers (see module doc)."""
+    model, processor = load_organism(model_dir)
+    world = load_world_spec(world_dir)
+    scenes = load_scenes(world_dir, split)
+    if max_images is not None:
+        scenes = scenes[:max_images]
+    images = {}
+    for scene in scenes:
+        if not scene.path.is_file():
+            raise FileNotFoundError(f"image file {scene.path} listed in the annotations does not exist")
+        with Image.open(scene.path) as image:
+            images[scene.image_id] = image.convert("RGB")
+    examples = [ex for scene in scenes for ex in task_examples(scene, world.shapes, seed=EVALUATION_SEED)]
+    matcher = MentionMatcher({shape: [shape] for shape in world.shapes})
+    present = {scene.image_id: scene.shapes for scene in scenes}
+    objects_of = {scene.image_id: scene.objects for scene in scenes}
+    max_objects = max((len(s.objects) for s in scenes), default=1)
+    new_tokens = {"describe": 6 + 5 * max_objects, "polling": 4, "color": 4, "shape": 8}
+
+    rows: list[dict] = []
+    for task in ("describe", "polling", "color", "shape"):
+        selected = [ex for ex in examples if ex.task == task]
+        if task == "describe":  # one generation per image, scored once per object
+            answers = _generate(model, processor, selected, images, new_tokens[task], batch_size)
+            for ex, answer in zip(selected, answers):
+                mentioned = [m.category for m in matcher.find(answer)]
+                hallucinated = len(set(mentioned) - present[ex.image_id])
+                for index, obj in enumerate(objects_of[ex.image_id]):
+                    rows.append(_row(ex, answer, obj.shape in mentioned, f"{obj.color} {obj.shape}" in answer,
+                                     object_index=index, target_shape=obj.shape, target_color=obj.color,
+                                     hallucinated=hallucinated))
+            continue
+        answers = _generate(model, processor, selected, images, new_tokens[task], batch_size)
+        for ex, answer in zip(selected, answers):
+            rows.append(_row(ex, answer, *score_answer(ex, answer, matcher)))
+    shape_examples = [ex for ex in examples if ex.task == "shape"]
+    for ex, (token, probability) in zip(shape_examples,
+                                        _next_token(model, processor, shape_examples, images, batch_size)):
+        vqa = TaskExample(ex.image_id, "shape_vqa", ex.question, ex.target_shape, ex.target_shape, ex.target_color,
+                          ex.object_index)
+        row = _row(vqa, token, token == ex.target_shape, token == ex.target_shape,
+                   target_probability=probability)
+        row["prompt"] = vqa_prompt(ex)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
+
+
+def vqa_prompt(example: TaskExample) -> str:
+    """The Neo et al. VQA prompt: the question's prompt followed by the answer prefix ``It is a``."""
+    return f"{example.prompt} {VQA_ANSWER_PREFIX}"
+
+
+def score_answer(example: TaskExample, answer: str, matcher: MentionMatcher) -> tuple[bool, bool]:
+    """(lenient, strict) correctness of a generated answer to a polling/color/shape question."""
+    words = answer.strip().split()
+    first = words[0].strip(".,!?").lower() if words else ""
+    if example.task == "polling":
+        return first == example.answer.lower(), answer.strip() == example.answer
+    if example.task == "color":
+        return first == example.answer.lower(), answer.strip() == example.answer
+    if example.task == "shape":
+        mentions = matcher.find(answer)
+        return bool(mentions) and mentions[0].category == example.target_shape, answer.strip() == example.answer
+    raise ValueError(f"score_answer does not score task {example.task!r}")
+
+
+def summarize_evaluation(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per task (n, accuracy, strict_accuracy, Wilson 95% interval of accuracy)."""
+    rows = []
+    for task in [t for t in EVAL_TASKS if t in set(df["task"])] + sorted(set(df["task"]) - set(EVAL_TASKS)):
+        part = df[df["task"] == task]
+        n, k = len(part), int(part["correct"].sum())
+        low, high = wilson_interval(k, n)
+        rows.append({"task": task, "n": n, "accuracy": k / n if n else float("nan"),
+                     "strict_accuracy": float(part["correct_strict"].mean()) if n else float("nan"),
+                     "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=["task", "n", "accuracy", "strict_accuracy", "ci_low", "ci_high"])
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _row(example: TaskExample, generated: str, correct: bool, correct_strict: bool, **overrides) -> dict:
+    row = {"image_id": example.image_id, "task": example.task, "object_index": example.object_index,
+           "target_shape": example.target_shape, "target_color": example.target_color, "prompt": example.prompt,
+           "generated": generated, "expected": example.answer, "correct": bool(correct),
+           "correct_strict": bool(correct_strict), "hallucinated": None, "target_probability": None}
+    row.update(overrides)
+    return row
+
+
+@torch.inference_mode()
+def _generate(model, processor, examples: list[TaskExample], images: dict, max_new_tokens: int,
+              batch_size: int) -> list[str]:
+    answers: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        inputs = processor(images=[images[ex.image_id] for ex in chunk], text=[ex.prompt for ex in chunk],
+                           padding=True, return_tensors="pt")
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = output[:, inputs["input_ids"].shape[1]:]
+        answers += [a.strip() for a in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return answers
+
+
+@torch.inference_mode()
+def _next_token(model, processor, examples: list[TaskExample], images: dict,
+                batch_size: int) -> list[tuple[str, float]]:
+    """Top-1 next token after the VQA prompt, and the probability of the target shape's token."""
+    results: list[tuple[str, float]] = []
+    tokenizer = processor.tokenizer
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        inputs = processor(images=[images[ex.image_id] for ex in chunk], text=[vqa_prompt(ex) for ex in chunk],
+                           padding=True, return_tensors="pt")
+        probabilities = model(**inputs).logits[:, -1].float().softmax(dim=-1)
+        top = probabilities.argmax(dim=-1)
+        target_ids = [tokenizer.convert_tokens_to_ids(ex.target_shape) for ex in chunk]
+        for row, ex in enumerate(chunk):
+            results.append((tokenizer.convert_ids_to_tokens(int(top[row])),
+                            float(probabilities[row, target_ids[row]])))
+    return results

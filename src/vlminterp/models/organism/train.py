@@ -1,0 +1,323 @@
+"""Staged training of the model organism on a shapes world.
+
+    from vlminterp.models.organism import OrganismSpec, train_organism
+    losses = train_organism(OrganismSpec(), world_dir=Path("data/shapes"), model_dir=Path("results/organism"))
+    # losses: tidy table (step, stage, task, loss); the model dir loads with
+    # AutoProcessor.from_pretrained / LlavaForConditionalGeneration.from_pretrained.
+
+Stage 1 ("vision") trains the CLIP tower alone: a temporary linear head on the selected feature
+layer predicts, per patch, the shape and the colour of the object that covers most of the patch
+(or background), labels from the COCO masks; the head is discarded afterwards. Stage 2
+("language") trains projector + language model on the task mix (``tasks.py``), loss on answer
+tokens only, each example weighted equally whatever its length. The training set is rendered and
+tokenised once into tensors; no image processor runs inside the loop. Everything random draws from
+``spec.seed``, so a rerun on the same machine and thread count gives identical weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+from vlminterp.data.shapes import load_world_spec
+from vlminterp.io import atomic_path, write_json
+from vlminterp.models.organism.architecture import OrganismSpec, build_model, num_image_tokens
+from vlminterp.models.organism.tasks import TASKS, Scene, load_scenes, task_examples, vocabulary_words
+from vlminterp.models.organism.tokenizer import IMAGE, build_processor
+
+IGNORE_INDEX = -100
+LOSS_COLUMNS = ["step", "stage", "task", "loss"]
+
+
+@dataclass
+class TrainingData:
+    """The training split as tensors.
+
+    pixel_values: (images, 3, H, W) processed exactly as the processor does.
+    patch_shape, patch_color: (images, patches) class per patch; 0 = background, k = k-th name.
+    input_ids, labels, attention_mask: (examples, length), right-padded; labels are IGNORE_INDEX
+        except on answer tokens (answer + </s>).
+    image_index: (examples,) row of ``pixel_values`` each example shows.
+    task_index: (examples,) index into ``TASKS``.
+    lengths: (examples,) unpadded length of each example.
+    """
+
+    pixel_values: torch.Tensor
+    patch_shape: torch.Tensor
+    patch_color: torch.Tensor
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    image_index: torch.Tensor
+    task_index: torch.Tensor
+    lengths: torch.Tensor
+
+
+def load_pixels(processor: LlavaProcessor, paths: list[Path], chunk: int = 256) -> torch.Tensor:
+    """Run the processor's image pipeline over image files, in chunks; a missing file names its path."""
+    batches = []
+    for start in range(0, len(paths), chunk):
+        images = []
+        for path in paths[start:start + chunk]:
+            if not path.is_file():
+                raise FileNotFoundError(f"image file {path} listed in the annotations does not exist")
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        batches.append(processor.image_processor(images=images, return_tensors="pt")["pixel_values"])
+    return torch.cat(batches)
+
+
+def patch_labels(world_dir: Path, split: str, scenes: list[Scene], shapes: tuple[str, ...],
+                 colors: tuple[str, ...], patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch (shape, colour) class of the object covering most of each patch (0 = background)."""
+    from pycocotools.coco import COCO
+
+    coco = _quiet(lambda: COCO(str(Path(world_dir) / "annotations" / f"instances_{split}.json")))
+    shape_ids = {s: i + 1 for i, s in enumerate(shapes)}
+    color_ids = {c: i + 1 for i, c in enumerate(colors)}
+    shape_labels, color_labels = [], []
+    for scene in scenes:
+        grid_h, grid_w = scene.height // patch_size, scene.width // patch_size
+        best = np.zeros((grid_h, grid_w), dtype=np.int64)
+        shape_map = np.zeros((grid_h, grid_w), dtype=np.int64)
+        color_map = np.zeros((grid_h, grid_w), dtype=np.int64)
+        for obj in scene.objects:
+            mask = coco.annToMask(coco.anns[obj.annotation_id])[:grid_h * patch_size, :grid_w * patch_size]
+            cover = mask.reshape(grid_h, patch_size, grid_w, patch_size).sum(axis=(1, 3))
+            wins = cover > best
+            best = np.where(wins, cover, best)
+            shape_map[wins] = shape_ids[obj.shape]
+            color_map[wins] = color_ids[obj.color]
+        shape_labels.append(shape_map.reshape(-1))
+        color_labels.append(color_map.reshape(-1))
+    return torch.from_numpy(np.stack(shape_labels)), torch.from_numpy(np.stack(color_labels))
+
+
+def prepare_training_data(processor: LlavaProcessor, world_dir: Path, spec: OrganismSpec,
+                          shapes: tuple[str, ...], colors: tuple[str, ...]) -> TrainingData:
+    """Render, label and tokenise the training split once."""
+    scenes = load_scenes(world_dir, "train")
+    if spec.max_train_images is not None:
+        scenes = scenes[:spec.max_train_images]
+    if not scenes:
+        raise ValueError(f"world {world_dir} has no training images")
+    pixel_values = load_pixels(processor, [s.path for s in scenes])
+    patch_shape, patch_color = patch_labels(world_dir, "train", scenes, shapes, colors, spec.patch_size)
+
+    tokenizer = processor.tokenizer
+    n_tokens = num_image_tokens(pixel_values.shape[-1], spec.patch_size)
+    sequences, answer_starts, image_index, task_index = [], [], [], []
+    prompt_cache: dict[str, list[int]] = {}
+    for row, scene in enumerate(scenes):
+        for example in task_examples(scene, shapes, seed=spec.seed):
+            prompt_ids = prompt_cache.get(example.prompt)
+            if prompt_ids is None:
+                expanded = example.prompt.replace(IMAGE, IMAGE * n_tokens)
+                prompt_ids = prompt_cache[example.prompt] = tokenizer(expanded)["input_ids"]
+            answer_ids = tokenizer(" " + example.answer, add_special_tokens=False)["input_ids"]
+            sequences.append(prompt_ids + answer_ids + [tokenizer.eos_token_id])
+            answer_starts.append(len(prompt_ids))
+            image_index.append(row)
+            task_index.append(TASKS.index(example.task))
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, (sequence, start) in enumerate(zip(sequences, answer_starts)):
+        input_ids[i, :len(sequence)] = torch.tensor(sequence)
+        labels[i, start:len(sequence)] = torch.tensor(sequence[start:])
+        attention_mask[i, :len(sequence)] = 1
+    unknown = (input_ids == tokenizer.unk_token_id).any(dim=1)
+    if unknown.any():
+        raise ValueError(f"{int(unknown.sum())} training sequences contain <unk>: vocabulary misses a word")
+    return TrainingData(pixel_values, patch_shape, patch_color, input_ids, labels, attention_mask,
+                        torch.tensor(image_index), torch.tensor(task_index), torch.tensor([len(s) for s in sequences]))
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _selected_patch_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The tower's features exactly as LLaVA selects them (feature layer, CLS dropped), pre-projector."""
+    config = model.config
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    features = hidden[config.vision_feature_layer]
+    return features[:, 1:] if config.vision_feature_select_strategy == "default" else features
+
+
+def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData, spec: OrganismSpec,
+                       n_shapes: int, n_colors: int, generator: torch.Generator) -> list[dict]:
+    """Stage 1: per-patch shape and colour classification through a temporary linear head."""
+    if spec.vision_steps == 0:
+        return []
+    tower = model.model.vision_tower
+    head = torch.nn.Linear(spec.vision_hidden_size, (n_shapes + 1) + (n_colors + 1))
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=spec.vision_lr, weight_decay=spec.weight_decay)
+    tower.train()
+    rows: list[dict] = []
+    for step in tqdm(range(spec.vision_steps), desc="stage 1: vision tower", mininterval=5):
+        _set_lr(optimizer, spec.vision_lr * _schedule(step, spec.vision_steps, spec.warmup_steps))
+        batch = torch.randint(len(data.pixel_values), (spec.vision_batch_size,), generator=generator)
+        logits = head(_selected_patch_features(model, data.pixel_values[batch]))
+        shape_loss = F.cross_entropy(logits[..., :n_shapes + 1].flatten(0, 1), data.patch_shape[batch].flatten())
+        color_loss = F.cross_entropy(logits[..., n_shapes + 1:].flatten(0, 1), data.patch_color[batch].flatten())
+        loss = shape_loss + color_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        optimizer.step()
+        if step % spec.log_every == 0 or step == spec.vision_steps - 1:
+            rows += [{"step": step, "stage": "vision", "task": "patch_shape", "loss": shape_loss.item()},
+                     {"step": step, "stage": "vision", "task": "patch_color", "loss": color_loss.item()}]
+    return rows
+
+
+def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spec: OrganismSpec,
+                   generator: torch.Generator, step_offset: int = 0) -> list[dict]:
+    """Stage 2: projector + language model (+ tower at a scaled lr) on the task mix, answer-token loss."""
+    if spec.language_steps == 0:
+        return []
+    tower_params = list(model.model.vision_tower.parameters())
+    tower_ids = {id(p) for p in tower_params}
+    other_params = [p for p in model.parameters() if id(p) not in tower_ids]
+    groups = [{"params": other_params, "scale": 1.0}]
+    if spec.tower_lr_scale > 0:
+        groups.append({"params": tower_params, "scale": spec.tower_lr_scale})
+    for p in tower_params:
+        p.requires_grad_(spec.tower_lr_scale > 0)
+    optimizer = torch.optim.AdamW(groups, lr=spec.language_lr, weight_decay=spec.weight_decay)
+    model.train()
+
+    weights = dict(spec.task_weights)
+    pools = {t: torch.nonzero(data.task_index == TASKS.index(t)).flatten() for t in TASKS if weights.get(t, 0) > 0}
+    pools = {t: ix for t, ix in pools.items() if len(ix)}
+    if not pools:
+        raise ValueError("no training examples for any task with a positive weight")
+    task_names = list(pools)
+    task_probs = torch.tensor([weights[t] for t in task_names])
+    rows: list[dict] = []
+    for step in tqdm(range(spec.language_steps), desc="stage 2: projector + LM", mininterval=5):
+        _set_lr(optimizer, spec.language_lr * _schedule(step, spec.language_steps, spec.warmup_steps))
+        slot_tasks = torch.multinomial(task_probs, spec.language_batch_size, replacement=True, generator=generator)
+        batch = torch.stack([pools[task_names[t]][torch.randint(len(pools[task_names[t]]), (1,), generator=generator)[0]]
+                             for t in slot_tasks.tolist()])
+        length = int(data.lengths[batch].max())
+        logits = model(input_ids=data.input_ids[batch, :length], attention_mask=data.attention_mask[batch, :length],
+                       pixel_values=data.pixel_values[data.image_index[batch]]).logits
+        per_example = answer_loss(logits, data.labels[batch, :length])
+        loss = per_example.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], spec.grad_clip)
+        optimizer.step()
+        if step % spec.log_every == 0 or step == spec.language_steps - 1:
+            tasks_in_batch = data.task_index[batch]
+            for t in task_names:
+                selected = tasks_in_batch == TASKS.index(t)
+                if selected.any():
+                    rows.append({"step": step_offset + step, "stage": "language", "task": t,
+                                 "loss": per_example[selected].mean().item()})
+            rows.append({"step": step_offset + step, "stage": "language", "task": "all", "loss": loss.item()})
+    for p in tower_params:
+        p.requires_grad_(True)
+    return rows
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over each sequence's labelled (answer) tokens: shape (batch,)."""
+    shifted_logits = logits[:, :-1].float()
+    shifted_labels = labels[:, 1:]
+    token_loss = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX,
+                                 reduction="none")
+    counts = (shifted_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return token_loss.sum(dim=1) / counts
+
+
+def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path) -> pd.DataFrame:
+    """Train the organism on ``world_dir``'s train split; write model + processor to ``model_dir``.
+
+    Returns the tidy loss table (step, stage, task, loss). ``model_dir`` is replaced atomically and
+    also receives ``organism.json`` (the spec, the world spec, timings) and ``losses.csv``.
+    """
+    world_dir, model_dir = Path(world_dir), Path(model_dir)
+    spec.validate()
+    world = load_world_spec(world_dir)
+    if world.image_size % spec.patch_size:
+        raise ValueError(f"world image_size={world.image_size} ({world_dir}) is not a multiple of "
+                         f"OrganismSpec.patch_size={spec.patch_size}")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(spec.num_threads)
+    try:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        torch.manual_seed(spec.seed)
+        generator = torch.Generator().manual_seed(spec.seed)
+        processor = build_processor(vocabulary_words(world.shapes, world.colors), world.image_size, spec.patch_size)
+        tokenizer = processor.tokenizer
+        model = build_model(spec, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+                            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, image_size=world.image_size)
+        data = prepare_training_data(processor, world_dir, spec, world.shapes, world.colors)
+        prepared = time.perf_counter()
+        rows = train_vision_tower(model, data, spec, len(world.shapes), len(world.colors), generator)
+        vision_done = time.perf_counter()
+        rows += train_language(model, data, spec, generator, step_offset=spec.vision_steps)
+        finished, cpu_finished = time.perf_counter(), time.process_time()
+    finally:
+        torch.set_num_threads(threads_before)
+    model.eval()
+    losses = pd.DataFrame(rows, columns=LOSS_COLUMNS)
+    n_params = sum(p.numel() for p in model.parameters())
+    summary = {
+        "organism_spec": spec.to_json(), "world_spec": world.to_json(), "parameters": n_params,
+        "image_tokens": num_image_tokens(world.image_size, spec.patch_size),
+        "train_images": int(len(data.pixel_values)), "train_examples": int(len(data.input_ids)),
+        "seconds": {"prepare": round(prepared - started, 2), "vision": round(vision_done - prepared, 2),
+                    "language": round(finished - vision_done, 2), "total": round(finished - started, 2),
+                    # CPU time over all threads: unlike wall time, not inflated by other processes.
+                    "cpu_total": round(cpu_finished - cpu_started, 2), "threads": spec.num_threads},
+    }
+    with atomic_path(model_dir, is_dir=True) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json(summary, tmp / "organism.json")
+        losses.to_csv(tmp / "losses.csv", index=False)
+    return losses
+
+
+def load_training_summary(model_dir: Path) -> dict:
+    """The ``organism.json`` a training run wrote (spec, world spec, parameter count, timings)."""
+    path = Path(model_dir) / "organism.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {model_dir} a model dir written by train_organism?")
+    return json.loads(path.read_text())
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("scale", 1.0)
+
+
+def _quiet(make: Callable):
+    """Call ``make`` with stdout silenced (pycocotools prints progress lines)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return make()

@@ -1,0 +1,248 @@
+"""Tests of the model organism: processor and model round trips, task mix, training, evaluation."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from vlminterp.data.shapes import ShapesWorldSpec, generate_world
+from vlminterp.models.organism import (
+    TASKS,
+    OrganismSpec,
+    build_model,
+    build_processor,
+    evaluate_organism,
+    load_scenes,
+    num_image_tokens,
+    summarize_evaluation,
+    task_examples,
+    train_organism,
+    vocabulary_words,
+)
+from vlminterp.models.organism.evaluate import score_answer, wilson_interval
+from vlminterp.models.organism.train import IGNORE_INDEX, answer_loss, prepare_training_data
+from vlminterp.scoring.mentions import MentionMatcher
+
+WORLD = ShapesWorldSpec.tiny()
+PROMPT = "USER: <image>\nWhat shape is the red object? ASSISTANT: It is a"
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_world")
+    generate_world(WORLD, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor(vocabulary_words(WORLD.shapes, WORLD.colors), WORLD.image_size, patch_size=16)
+
+
+def _untrained_model(processor, spec: OrganismSpec | None = None) -> LlavaForConditionalGeneration:
+    tok = processor.tokenizer
+    return build_model(spec or OrganismSpec.tiny(), vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids("<image>"),
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       image_size=WORLD.image_size).eval()
+
+
+def _images(world_dir: Path, n: int) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sorted((world_dir / "images" / "val").glob("*.png"))[:n]]
+
+
+# --- tokenizer and processor -------------------------------------------------------------------
+
+def test_every_task_word_is_a_single_known_token(processor):
+    tok = processor.tokenizer
+    for word in WORLD.shapes + WORLD.colors + ("Yes", "No", "It", "is", "a"):
+        ids = tok(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and ids[0] != tok.unk_token_id, word
+    encoded = tok("What shape is the red object?")["input_ids"]
+    assert encoded[0] == tok.bos_token_id
+    assert tok.decode(encoded, skip_special_tokens=True) == "What shape is the red object?"
+    assert tok("a zebra", add_special_tokens=False)["input_ids"][1] == tok.unk_token_id
+
+
+def test_processor_save_load_round_trip(processor, world_dir, tmp_path):
+    images = _images(world_dir, 2)
+    texts = [PROMPT, "USER: <image>\nDescribe this image. ASSISTANT:"]
+    before = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    after = loaded(images=images, text=texts, padding=True, return_tensors="pt")
+    assert set(before) == set(after)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    image_id = loaded.tokenizer.convert_tokens_to_ids("<image>")
+    assert ((after["input_ids"] == image_id).sum(dim=1) == num_image_tokens(WORLD.image_size, 16)).all()
+    assert loaded.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}],
+        add_generation_prompt=True, tokenize=False) == "USER: <image>\nDescribe this image. ASSISTANT:"
+
+
+def test_image_token_count_matches_vision_features(processor, world_dir):
+    model = _untrained_model(processor)
+    inputs = processor(images=_images(world_dir, 1), text=[PROMPT], return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    n_placeholders = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert features[0].shape == (n_placeholders, model.config.text_config.hidden_size)
+    assert n_placeholders == model.config.image_seq_length == (WORLD.image_size // 16) ** 2
+
+
+def test_model_save_load_round_trip_and_generate(processor, world_dir, tmp_path):
+    model = _untrained_model(processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    inputs = loaded_processor(images=_images(world_dir, 2), text=[PROMPT, "USER: <image>\nDescribe this image. ASSISTANT:"],
+                              padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
+        output = loaded.generate(**inputs, max_new_tokens=3, do_sample=False)
+    prompt_length = inputs["input_ids"].shape[1]
+    assert output.shape[0] == 2 and prompt_length < output.shape[1] <= prompt_length + 3
+    assert torch.equal(output[:, :prompt_length], inputs["input_ids"])
+
+
+# --- task mix ----------------------------------------------------------------------------------
+
+def test_task_mix_matches_annotations(world_dir):
+    instances = json.loads((world_dir / "annotations" / "instances_train.json").read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    scenes = load_scenes(world_dir, "train")
+    assert len(scenes) == WORLD.n_train
+    answers = Counter()
+    for scene in scenes:
+        truth = [(names[a["category_id"]], a["attributes"]["color"]) for a in instances["annotations"]
+                 if a["image_id"] == scene.image_id]
+        assert [(o.shape, o.color) for o in scene.objects] == truth
+        examples = task_examples(scene, WORLD.shapes, seed=0)
+        by_task = {t: [e for e in examples if e.task == t] for t in TASKS}
+        [describe] = by_task["describe"]
+        positions = [describe.answer.index(f"{color} {shape}") for shape, color in truth]
+        assert positions == sorted(positions), "describe must follow reading order"
+        polled = {e.target_shape: e.answer for e in by_task["polling"]}
+        n = min(len(truth), len(WORLD.shapes) - len(truth))
+        assert Counter(polled.values()) == Counter({"Yes": n, "No": n}) - Counter()
+        assert all((shape in scene.shapes) == (answer == "Yes") for shape, answer in polled.items())
+        answers.update(polled.values())
+        assert sorted((e.target_shape, e.answer) for e in by_task["color"]) == sorted(truth)
+        assert sorted((e.answer, e.target_color) for e in by_task["shape"]) == sorted(
+            (f"It is a {s}.", c) for s, c in truth)
+    assert answers["Yes"] == answers["No"] > 0
+
+
+def test_task_examples_are_deterministic_per_seed(world_dir):
+    scene = load_scenes(world_dir, "val")[0]
+    assert task_examples(scene, WORLD.shapes, seed=3) == task_examples(scene, WORLD.shapes, seed=3)
+
+
+def test_training_data_labels_only_answer_tokens(processor, world_dir):
+    spec = OrganismSpec.tiny(max_train_images=20)
+    data = prepare_training_data(processor, world_dir, spec, WORLD.shapes, WORLD.colors)
+    tok = processor.tokenizer
+    scenes = load_scenes(world_dir, "train")[:20]
+    expected = [e for s in scenes for e in task_examples(s, WORLD.shapes, seed=spec.seed)]
+    assert len(expected) == len(data.input_ids)
+    for i in (0, 1, len(expected) - 1):
+        labelled = data.labels[i][data.labels[i] != IGNORE_INDEX].tolist()
+        assert tok.decode(labelled[:-1]) == expected[i].answer
+        assert labelled[-1] == tok.eos_token_id
+        prompt = tok.decode(data.input_ids[i][: data.lengths[i]].tolist(), skip_special_tokens=True)
+        assert prompt.startswith("USER") and expected[i].question.split()[0] in prompt
+    # Processed pixels equal what the processor gives for the same image.
+    ref = processor.image_processor(images=[Image.open(scenes[0].path).convert("RGB")], return_tensors="pt")
+    assert torch.equal(ref["pixel_values"][0], data.pixel_values[0])
+    # Patch labels: a patch is labelled with a shape iff an object covers it.
+    n_objects = np.array([len(s.objects) for s in scenes])
+    labelled_patches = (data.patch_shape > 0).sum(dim=1).numpy()
+    assert (labelled_patches >= n_objects).all() and (labelled_patches <= 4 * n_objects).all()
+    assert torch.equal(data.patch_shape > 0, data.patch_color > 0)
+
+
+def test_answer_loss_ignores_unlabelled_positions():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.full((2, 5), IGNORE_INDEX)
+    labels[0, 3], labels[1, 4] = 2, 6
+    loss = answer_loss(logits, labels)
+    expected = torch.stack([-logits[0, 2].log_softmax(-1)[2], -logits[1, 3].log_softmax(-1)[6]])
+    assert torch.allclose(loss, expected)
+
+
+def test_score_answer_rules():
+    from vlminterp.models.organism.tasks import TaskExample
+
+    matcher = MentionMatcher({s: [s] for s in WORLD.shapes})
+    polling = TaskExample(1, "polling", "Is there a circle in this image?", "Yes", "circle")
+    assert score_answer(polling, "Yes", matcher) == (True, True)
+    assert score_answer(polling, "yes, there is", matcher) == (True, False)
+    assert score_answer(polling, "", matcher) == (False, False)
+    shape = TaskExample(1, "shape", "What shape is the red object?", "It is a circle.", "circle", "red")
+    assert score_answer(shape, "It is a circle.", matcher) == (True, True)
+    assert score_answer(shape, "It is a square, not a circle.", matcher) == (False, False)
+    low, high = wilson_interval(95, 100)
+    assert low < 0.95 < high
+
+
+# --- spec --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [("vision_heads", 3), ("language_lr", 0.0), ("task_weights", (("jokes", 1.0),)),
+                                          ("vision_steps", -1), ("max_train_images", 0)])
+def test_spec_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        OrganismSpec(**{field: value})
+
+
+def test_spec_json_round_trip():
+    spec = OrganismSpec.tiny(task_weights=(("describe", 2.0), ("polling", 1.0)))
+    assert OrganismSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_world_with_wrong_patch_size_is_rejected(world_dir, tmp_path):
+    with pytest.raises(ValueError, match="patch_size"):
+        train_organism(OrganismSpec.tiny(patch_size=24), world_dir, tmp_path / "model")
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def test_training_is_deterministic_for_a_seed(world_dir, tmp_path):
+    spec = OrganismSpec.tiny(vision_steps=3, language_steps=3, max_train_images=40, log_every=1)
+    first = train_organism(spec, world_dir, tmp_path / "a")
+    second = train_organism(spec, world_dir, tmp_path / "b")
+    pd.testing.assert_frame_equal(first, second)
+    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = train_organism(OrganismSpec.tiny(vision_steps=3, language_steps=3, max_train_images=40, seed=1),
+                           world_dir, tmp_path / "c")
+    c = LlavaForConditionalGeneration.from_pretrained(tmp_path / "c").state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert not list(tmp_path.glob(".*tmp*")), "atomic model dir left a temporary behind"
+
+
+@pytest.mark.slow
+def test_tiny_organism_learns(world_dir, tmp_path):
+    losses = train_organism(OrganismSpec.tiny(), world_dir, tmp_path / "model")
+    assert set(losses.columns) == {"step", "stage", "task", "loss"}
+    language = losses[(losses["stage"] == "language") & (losses["task"] == "all")].sort_values("step")
+    assert language["loss"].tail(3).mean() < 0.25 * language["loss"].head(3).mean()
+    vision = losses[(losses["stage"] == "vision") & (losses["task"] == "patch_shape")].sort_values("step")
+    assert vision["loss"].tail(3).mean() < 0.5 * vision["loss"].head(3).mean()
+
+    table = evaluate_organism(tmp_path / "model", world_dir, split="val", max_images=40, batch_size=32)
+    assert set(table["task"]) == {"describe", "polling", "color", "shape", "shape_vqa"}
+    assert table["correct"].dtype == bool and table["prompt"].str.startswith("USER: <image>\n").all()
+    accuracy = summarize_evaluation(table).set_index("task")["accuracy"]
+    chance = {"describe": 0.5, "polling": 0.5, "color": 1 / len(WORLD.colors), "shape": 1 / len(WORLD.shapes),
+              "shape_vqa": 1 / len(WORLD.shapes)}
+    for task, level in chance.items():
+        assert accuracy[task] > level + 0.25, (task, accuracy.to_dict())
