@@ -18,6 +18,16 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+def _default_mode(base: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
+_FILE_MODE = _default_mode(0o666)
+_DIR_MODE = _default_mode(0o777)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; move it onto `path` only if the block succeeds.
@@ -36,6 +46,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
+        tmp.chmod(_DIR_MODE if is_dir else _FILE_MODE)  # mkstemp/mkdtemp make private files
         if is_dir:
             if final.exists():
                 shutil.rmtree(final)

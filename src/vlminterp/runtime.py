@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import IO, Iterator
@@ -60,6 +61,8 @@ def rule_context(log_path: str | os.PathLike, *, threads: int | None = None,
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)
         logging.captureWarnings(True)
         logger = logging.getLogger("vlminterp.rule")
+        started = time.perf_counter()
+        logger.info("started (log: %s)", path)
         try:
             if threads is not None:
                 import torch
@@ -68,6 +71,7 @@ def rule_context(log_path: str | os.PathLike, *, threads: int | None = None,
             if seed is not None:
                 seed_everything(int(seed))
             yield logger
+            logger.info("finished in %.1f s", time.perf_counter() - started)
         except BaseException:
             log_file.write(traceback.format_exc())
             raise

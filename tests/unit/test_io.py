@@ -1,0 +1,46 @@
+"""Atomic writes leave either the complete new file or the old one, never a partial file."""
+import os
+import stat
+
+import pandas as pd
+import pytest
+
+from vlminterp.io import atomic_path, read_table, write_json, write_table
+
+
+def test_failed_write_leaves_no_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half a table")
+            raise RuntimeError("interrupted")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "out.json"
+    write_json({"a": 1}, target)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("{")
+            raise KeyboardInterrupt
+    assert target.read_text().strip().startswith("{\n")
+
+
+def test_directory_output_replaced_as_a_whole(tmp_path):
+    target = tmp_path / "model"
+    with atomic_path(target, is_dir=True) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with atomic_path(target, is_dir=True) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    target = tmp_path / "t.csv"
+    write_table(pd.DataFrame({"x": [1, 2]}), target)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert read_table(target)["x"].tolist() == [1, 2]
