@@ -18,15 +18,21 @@ def _spec_sections():
     from vlminterp.data.shapes import ShapesWorldSpec
     from vlminterp.models.organism import OrganismSpec
 
-    return [("shapes", ShapesWorldSpec, {"seed"}), ("organism", OrganismSpec, {"seed", "num_threads"})]
+    return [("dataset.shapes", ShapesWorldSpec, {"seed"}),
+            ("model.organism", OrganismSpec, {"seed", "num_threads"})]
+
+
+def _section(dotted: str) -> dict:
+    schema = SCHEMA
+    for key in dotted.split("."):
+        schema = schema["properties"][key]
+    return schema
 
 
 def _walk(schema, path=""):
     yield path, schema
     for name, sub in schema.get("properties", {}).items():
         yield from _walk(sub, f"{path}.{name}" if path else name)
-    for name, sub in schema.get("$defs", {}).items():
-        yield from _walk(sub, f"$defs.{name}")
 
 
 def test_every_key_is_documented():
@@ -42,10 +48,10 @@ def test_every_object_rejects_unknown_keys():
 
 @pytest.mark.parametrize("name, spec_cls, filled", _spec_sections(), ids=lambda v: str(v))
 def test_schema_section_matches_spec_dataclass(name, spec_cls, filled):
-    section = SCHEMA["$defs"][name]["properties"]
+    section = _section(name)["properties"]
     fields = {f.name: f for f in dataclasses.fields(spec_cls) if f.name not in filled}
     assert set(section) == set(fields), (
-        f"schema $defs.{name} and {spec_cls.__name__} disagree: "
+        f"schema {name} and {spec_cls.__name__} disagree: "
         f"only in schema {set(section) - set(fields)}, only in spec {set(fields) - set(section)}")
     default_spec = spec_cls()
     for key, sub in section.items():
@@ -69,4 +75,4 @@ def test_defaults_are_filled_in():
     validate(config, str(SCHEMA_PATH), set_default=True)
     assert config["seed"] == 0
     assert config["evaluation"]["batch_size"] == 64
-    assert config["dataset"]["shapes"]["image_size"] == SCHEMA["$defs"]["shapes"]["properties"]["image_size"]["default"]
+    assert config["dataset"]["shapes"]["image_size"] == _section("dataset.shapes")["properties"]["image_size"]["default"]

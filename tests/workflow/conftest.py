@@ -1,29 +1,11 @@
-"""Fixtures that run the real Snakemake CLI on the repository's Snakefile in a temporary dir."""
+"""Fixtures for the workflow tests: the whole DAG run once on the tiny config."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
-
-
-def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG,
-              check: bool = True) -> subprocess.CompletedProcess:
-    """Run `snakemake` on the repository's Snakefile inside `workdir` and return the result."""
-    cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), *args]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
-    return proc
+from snakemake_runner import snakemake
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from .conftest import TINY_CONFIG, snakemake
+from snakemake_runner import TINY_CONFIG, snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import TINY_CONFIG, snakemake
+from snakemake_runner import TINY_CONFIG, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 
