@@ -21,5 +21,5 @@ report: "workflow/report/workflow.rst"
 
 rule all:
     input:
-        get_final_outputs(),
+        FINAL_OUTPUTS,
     default_target: True

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from vlminterp.sharding import shard_names
+
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -49,13 +51,15 @@ def get_model_dir():
     return [results("model")] if uses_organism() else []
 
 
-def get_final_outputs():
-    """Every figure and table `snakemake --cores all` produces for this run."""
-    outputs = []
-    if uses_organism():
-        outputs += [
-            results("organism/training_loss.png"),
-            results("organism/evaluation_summary.csv"),
-            results("organism/evaluation.png"),
-        ]
-    return outputs
+# Every stage's .smk appends the figures and tables it contributes to `rule all`.
+FINAL_OUTPUTS = []
+
+
+def shards(n_images):
+    """Shard ids ("000", ...) splitting `n_images` per-image jobs (sharding.images_per_shard)."""
+    return shard_names(n_images, config["sharding"]["images_per_shard"])
+
+
+def shard_outputs(pattern, n_images):
+    """The per-shard files a gather rule concatenates: `pattern` with each `{shard}` filled in."""
+    return expand(results(pattern), shard=shards(n_images))

@@ -1,5 +1,12 @@
 # Model organism: a tiny LLaVA trained from scratch on the shapes world, then evaluated.
 
+if uses_organism():
+    FINAL_OUTPUTS.extend([
+        results("organism/training_loss.png"),
+        results("organism/evaluation_summary.csv"),
+        results("organism/evaluation.png"),
+    ])
+
 
 rule train_organism:
     input:
