@@ -11,6 +11,10 @@ from PIL import Image
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.synthetic import build_synthetic
 
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread pool
+# oversubscribes badly (measured: test_engine.py 47 s with the default pool, 3 s with one thread).
+torch.set_num_threads(1)
+
 
 @lru_cache(maxsize=None)
 def _cached(variant: str, attn_implementation: str):

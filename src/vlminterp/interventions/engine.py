@@ -183,8 +183,6 @@ class InterventionEngine:
         tokens: list[list[int]] = []
         for _, chunk in _chunks(conds, self.max_batch_size):
             batch = len(chunk)
-            generated = torch.empty(batch, 0, dtype=torch.long, device=self.device)
-            finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
             with self._row_context(chunk):
                 hidden, cache = self.adapter.language_model_forward(
                     self._suffix_embeds(prepared, chunk, prefix),
@@ -192,24 +190,44 @@ class InterventionEngine:
                     position_ids=self._positions(prefix, length, batch),
                     use_cache=True,
                 )
-                for step in range(max_new_tokens):
-                    next_ids = self.adapter.unembed(hidden[:, -1]).argmax(dim=-1)
-                    generated = torch.cat([generated, next_ids[:, None]], dim=1)
-                    if eos is not None:
-                        finished |= next_ids == eos
-                    if bool(finished.all()) or step == max_new_tokens - 1:
-                        break
-                    hidden, cache = self.adapter.language_model_forward(
-                        self.adapter.embed_tokens(next_ids[:, None]),
-                        past_key_values=cache,
-                        position_ids=self._positions(length + step, length + step + 1, batch),
-                        use_cache=True,
-                    )
-            tokens.extend(_until_eos(row, eos) for row in generated.tolist())
+                generated = greedy_continue(self.adapter, hidden, cache, length, max_new_tokens, eos)
+            tokens.extend(until_eos(row, eos) for row in generated.tolist())
         return GenerationOutput(tokens=tokens, prefix_length=prefix)
 
 
-def _until_eos(ids: list[int], eos: int | None) -> list[int]:
+def greedy_continue(
+    adapter: VLMAdapter,
+    hidden: torch.Tensor,
+    cache: DynamicCache,
+    next_position: int,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+) -> torch.Tensor:
+    """Greedy decoding from the last hidden state of a prefill: (B, <= max_new_tokens) token ids.
+
+    `next_position` is the RoPE position of the first generated token; rows that produced EOS keep
+    running (their extra tokens are cut by `until_eos`) until every row is done.
+    """
+    batch = hidden.shape[0]
+    device = hidden.device
+    generated = torch.empty(batch, 0, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        next_ids = adapter.unembed(hidden[:, -1]).argmax(dim=-1)
+        generated = torch.cat([generated, next_ids[:, None]], dim=1)
+        if eos_token_id is not None:
+            finished |= next_ids == eos_token_id
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        position = torch.full((batch, 1), next_position + step, dtype=torch.long, device=device)
+        hidden, cache = adapter.language_model_forward(
+            adapter.embed_tokens(next_ids[:, None]), past_key_values=cache, position_ids=position, use_cache=True
+        )
+    return generated
+
+
+def until_eos(ids: list[int], eos: int | None) -> list[int]:
+    """`ids` cut after the first EOS (kept)."""
     if eos is not None and eos in ids:
         return ids[: ids.index(eos) + 1]
     return ids
