@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ..models.adapters import VLMAdapter, adapter_for
 from .ablation import apply_ablations
@@ -61,15 +62,57 @@ def shared_prefix_length(conditions: Sequence[Condition], length: int) -> int:
     return max(0, min(touched + [length - 1]))
 
 
-def expand_cache(cache: DynamicCache | None, batch_size: int) -> DynamicCache | None:
-    """A new cache holding `cache`'s (batch-1) keys/values repeated for `batch_size` rows."""
-    if cache is None:
-        return None
-    data = []
-    for layer in cache.layers:
-        keys, values = layer.keys, layer.values
-        data.append((keys.expand(batch_size, *keys.shape[1:]), values.expand(batch_size, *values.shape[1:])))
-    return DynamicCache(ddp_cache_data=data)
+class PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` with room reserved up front: appends write in place instead of re-copying
+    the whole cache with `torch.cat` at every decode step. Keys/values are views of the filled part,
+    so the cache length (and the engine's query-slot convention) is exactly as for `DynamicLayer`."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        batch, heads, length, _ = keys.shape
+        if capacity < length:
+            raise ValueError(f"capacity {capacity} < {length} cached positions")
+        self._key_buffer = keys.new_empty(batch, heads, capacity, keys.shape[-1])
+        self._value_buffer = values.new_empty(batch, heads, capacity, values.shape[-1])
+        self._key_buffer[:, :, :length] = keys
+        self._value_buffer[:, :, :length] = values
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._set_length(length)
+
+    def _set_length(self, length: int) -> None:
+        self.length = length
+        self.keys = self._key_buffer[:, :, :length]
+        self.values = self._value_buffer[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self._key_buffer.shape[2]:
+            raise RuntimeError(f"preallocated cache full ({self._key_buffer.shape[2]} slots)")
+        self._key_buffer[:, :, self.length : end] = key_states
+        self._value_buffer[:, :, self.length : end] = value_states
+        self._set_length(end)
+        return self.keys, self.values
+
+
+def preallocated_cache(
+    source: DynamicCache | None, batch_size: int, capacity: int, adapter: VLMAdapter
+) -> DynamicCache:
+    """A cache for `batch_size` rows with room for `capacity` positions, starting from `source`'s
+    (batch-1) keys/values repeated for every row (or empty when `source` is None)."""
+    layers = []
+    for index in range(adapter.n_layers):
+        if source is not None:
+            keys, values = source.layers[index].keys, source.layers[index].values
+            keys = keys.expand(batch_size, *keys.shape[1:])
+            values = values.expand(batch_size, *values.shape[1:])
+        else:
+            weight = adapter.embed_tokens.weight
+            keys = values = weight.new_empty(batch_size, adapter.n_kv_heads, 0, adapter.head_dim)
+        layers.append(PreallocatedLayer(keys, values, capacity))
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
 
 
 def _chunks(items: list, size: int):
@@ -154,9 +197,9 @@ class InterventionEngine:
             with self._row_context(chunk):
                 hidden, _ = self.adapter.language_model_forward(
                     self._suffix_embeds(prepared, chunk, prefix),
-                    past_key_values=expand_cache(prefix_cache, batch),
+                    past_key_values=preallocated_cache(prefix_cache, batch, length, self.adapter),
                     position_ids=self._positions(prefix, length, batch),
-                    use_cache=prefix_cache is not None,
+                    use_cache=True,
                 )
             columns = []
             for p in wanted:
@@ -186,7 +229,7 @@ class InterventionEngine:
             with self._row_context(chunk):
                 hidden, cache = self.adapter.language_model_forward(
                     self._suffix_embeds(prepared, chunk, prefix),
-                    past_key_values=expand_cache(prefix_cache, batch),
+                    past_key_values=preallocated_cache(prefix_cache, batch, length + max_new_tokens, self.adapter),
                     position_ids=self._positions(prefix, length, batch),
                     use_cache=True,
                 )

@@ -127,13 +127,16 @@ class _KnockoutSlot:
         self.head_on = self.head_on.to(device) if self.head_on is not None else None
         self.queries = _PositionSet([k.query_positions if k is not None else None for k in knockouts], device)
         self.keys = _PositionSet([k.key_positions if k is not None else None for k in knockouts], device)
+        self._keys_for: tuple[int, torch.Tensor | None] = (-1, None)
 
     def blocked(self, layer: int, q_slots: torch.Tensor, num_keys: int) -> torch.Tensor | None:
         active = self.layer_on[:, layer]
         if not bool(active.any()):
             return None
         queries = self.queries.contains(q_slots) & active[:, None]  # (rows, Q)
-        keys = self.keys.contains(torch.arange(num_keys, device=q_slots.device))  # (rows, K)
+        if self._keys_for[0] != num_keys:  # same for every layer of one forward: compute once
+            self._keys_for = (num_keys, self.keys.contains(torch.arange(num_keys, device=q_slots.device)))
+        keys = self._keys_for[1]  # (rows, K)
         pairs = queries[:, None, :, None] & keys[:, None, None, :]  # (rows, 1, Q, K)
         if self.head_on is not None:
             pairs = pairs & self.head_on[:, :, None, None]  # (rows, H, Q, K)
