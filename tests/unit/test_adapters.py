@@ -162,6 +162,16 @@ def test_image_positions_and_cells(variant, synthetic, make_inputs):
     assert adapter.grid.cell_of_token(adapter.grid.cols + 1) == (1, 1)
 
 
+def test_positions_of_cells(synthetic, make_inputs):
+    _, processor, adapter = synthetic("tiny-odd-grid")
+    ids = make_inputs(processor, adapter)["input_ids"]
+    (image,) = adapter.image_positions(ids)
+    got = adapter.positions_of_cells(ids, [(1, 2), (0, 0), 24])
+    assert got.tolist() == [int(image[0]), int(image[7]), int(image[24])]
+    with pytest.raises(IndexError):
+        adapter.positions_of_cells(ids, [(5, 0)])
+
+
 def test_image_positions_per_row_of_a_padded_batch(synthetic, random_image):
     _, processor, adapter = synthetic("tiny-llama")
     processor.tokenizer.padding_side = "left"

@@ -223,6 +223,19 @@ class VLMAdapter(ABC):
             out.append(np.tile(self.grid.cells(), (len(positions) // self.grid.num_cells, 1)))
         return out
 
+    def positions_of_cells(self, input_ids: torch.Tensor, cells, image_index: int = 0) -> torch.Tensor:
+        """Sequence indices (in a single row of input_ids) of the given cells of one image.
+
+        `cells` is an iterable of (row, col) pairs or of flat cell indices (row * cols + col).
+        """
+        row_ids = input_ids[0] if input_ids.ndim == 2 else input_ids
+        (positions,) = self.image_positions(row_ids)
+        n = self.grid.num_cells
+        flat = [c if isinstance(c, (int, np.integer)) else c[0] * self.grid.cols + c[1] for c in cells]
+        if any(not 0 <= f < n for f in flat):
+            raise IndexError(f"cell outside the {self.grid.rows}x{self.grid.cols} grid")
+        return positions[image_index * n : (image_index + 1) * n][torch.as_tensor(sorted(flat), dtype=torch.long)]
+
     def cell_boxes(self, original_size: tuple[int, int], geometry: ImageGeometry = "crop") -> np.ndarray:
         return self.grid.cell_boxes(original_size, geometry)
 
