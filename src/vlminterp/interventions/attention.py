@@ -75,15 +75,6 @@ def use_attention_function(adapter, attention_function: Callable, label: str = "
         AttentionMaskInterface._global_mapping.pop(name, None)
 
 
-def backend_of(config) -> str:
-    """'sdpa' or 'eager': the backend a (possibly patched) text config really computes with."""
-    name = config._attn_implementation
-    for backend in SUPPORTED_BACKENDS:
-        if name == backend or (name.startswith("vlminterp") and f"_{backend}_" in name):
-            return backend
-    return name
-
-
 def query_slots(num_queries: int, num_keys: int, device) -> torch.Tensor:
     """Cache slots of the queries of one attention call (the last `num_queries` of `num_keys`)."""
     return torch.arange(num_keys - num_queries, num_keys, device=device)
@@ -216,7 +207,3 @@ def edit_attention(adapter, edit: AttentionEdit) -> Iterator[AttentionEdit]:
         finally:
             delattr(owner, _EDITOR_ATTRIBUTE)
 
-
-def active_attention_name(adapter) -> str:
-    """The text model's current attention implementation name (for checks and tests)."""
-    return adapter.text_config._attn_implementation

@@ -189,7 +189,8 @@ class InterventionEngine:
         length = prepared.length
         wanted = list(range(length)) if positions is None else [p % length for p in positions]
         prefix, prefix_hidden, prefix_cache = self._prefix(prepared, conds)
-        from_prefix = [p for p in wanted if p < prefix]
+        from_prefix = sorted({p for p in wanted if p < prefix})
+        column_of = {p: i for i, p in enumerate(from_prefix)}
         prefix_logits = self.adapter.unembed(prefix_hidden[:, from_prefix]) if from_prefix else None
         out = []
         for _, chunk in _chunks(conds, self.max_batch_size):
@@ -204,7 +205,7 @@ class InterventionEngine:
             columns = []
             for p in wanted:
                 if p < prefix:
-                    columns.append(prefix_logits[:, from_prefix.index(p)].expand(batch, -1))
+                    columns.append(prefix_logits[:, column_of[p]].expand(batch, -1))
                 else:
                     columns.append(self.adapter.unembed(hidden[:, p - prefix]))
             out.append(torch.stack(columns, dim=1))
