@@ -1,1 +1,37 @@
+"""Interventions on the language model of a VLM, and the engine that runs many of them fast.
 
+    from vlminterp.interventions import (Ablation, Knockout, From, Condition, InterventionEngine,
+        replace_embeddings, knockout, capture_residual, capture_attention, capture_image_embeddings,
+        StreamingMean, reference_logits, reference_generate)
+
+Module map: ablation (embedding replacement), knockout (attention-edge blocking), attention (the
+registry patch both knockout and attention capture use), capture, cache (KV-cache surgery),
+engine (batched + prefix-shared), reference (naive oracle), stats (streaming mean), conditions.
+"""
+from .ablation import Ablation, apply_ablations, replace_embeddings
+from .capture import capture_attention, capture_image_embeddings, capture_residual
+from .conditions import Condition, as_condition
+from .engine import GenerationOutput, InterventionEngine, PreparedInput
+from .knockout import From, Knockout, knockout
+from .reference import reference_generate, reference_logits
+from .stats import StreamingMean
+
+__all__ = [
+    "Ablation",
+    "Condition",
+    "From",
+    "GenerationOutput",
+    "InterventionEngine",
+    "Knockout",
+    "PreparedInput",
+    "StreamingMean",
+    "apply_ablations",
+    "as_condition",
+    "capture_attention",
+    "capture_image_embeddings",
+    "capture_residual",
+    "knockout",
+    "reference_generate",
+    "reference_logits",
+    "replace_embeddings",
+]

@@ -1,0 +1,83 @@
+"""Embedding replacement (token ablation): overwrite the language model's input embeddings at chosen
+positions (post-projector image embeddings for image positions) with a given vector.
+
+    mean = running_mean.mean()                                    # from stats.StreamingMean
+    with replace_embeddings(adapter, Ablation(object_positions, mean)):        # all rows
+        logits = model(**inputs).logits
+    with replace_embeddings(adapter, [[Ablation(pos_a, mean)], [Ablation(pos_b)]]):  # per row; vector=None -> zeros
+        ...
+    embeds = apply_ablations(embeds, [[Ablation(...)], []])       # the pure function the engine uses
+
+The context manager is a forward pre-hook on the language model that acts only on the prefill
+(the call that sees the whole prompt), so it also works inside `model.generate`. It is removed on exit.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .knockout import explicit_positions
+
+
+@dataclass(frozen=True, eq=False)
+class Ablation:
+    """Replace the input embeddings at `positions` with `vector` (shape (hidden,); None = zeros)."""
+
+    positions: Sequence[int] | torch.Tensor
+    vector: torch.Tensor | None = None
+
+    def earliest_position(self) -> int | None:
+        positions = explicit_positions(self.positions)
+        return int(positions[0]) if len(positions) else None
+
+
+def apply_ablations(inputs_embeds: torch.Tensor, rows: Sequence[Sequence[Ablation]]) -> torch.Tensor:
+    """A copy of `inputs_embeds` (B, T, d) with each row's ablations applied (one list per row, or one for all)."""
+    if len(rows) not in (1, inputs_embeds.shape[0]):
+        raise ValueError(f"ablations given for {len(rows)} rows but the batch has {inputs_embeds.shape[0]}")
+    out = inputs_embeds.clone()
+    length, hidden = inputs_embeds.shape[1:]
+    for row_index in range(inputs_embeds.shape[0]):
+        for ablation in rows[row_index if len(rows) > 1 else 0]:
+            positions = explicit_positions(ablation.positions).to(out.device)
+            if len(positions) and int(positions[-1]) >= length:
+                raise IndexError(f"ablation position {int(positions[-1])} beyond the {length}-token input")
+            if ablation.vector is None:
+                out[row_index, positions] = 0
+            else:
+                if ablation.vector.shape != (hidden,):
+                    raise ValueError(f"ablation vector has shape {tuple(ablation.vector.shape)}, expected ({hidden},)")
+                out[row_index, positions] = ablation.vector.to(out.device, out.dtype)
+    return out
+
+
+def _as_rows(ablations: Ablation | Sequence[Sequence[Ablation]]) -> list[list[Ablation]]:
+    if isinstance(ablations, Ablation):
+        return [[ablations]]
+    return [list(r) for r in ablations]
+
+
+def _is_prefill(kwargs: dict) -> bool:
+    cache = kwargs.get("past_key_values")
+    return cache is None or cache.get_seq_length() == 0
+
+
+@contextlib.contextmanager
+def replace_embeddings(adapter, ablations: Ablation | Sequence[Sequence[Ablation]]) -> Iterator[None]:
+    """Apply ablations to the language model's input embeddings on every prefill inside the block."""
+    rows = _as_rows(ablations)
+
+    def pre_hook(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or not _is_prefill(kwargs):
+            return None
+        return args, {**kwargs, "inputs_embeds": apply_ablations(embeds, rows)}
+
+    handle = adapter.language_model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

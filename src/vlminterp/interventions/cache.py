@@ -1,0 +1,106 @@
+"""KV-cache surgery for image re-prompting (Kaduri et al. K4): keep a chosen subset of positions
+per layer, then ask a new question after it, positions continuing, greedy decoding.
+
+    cache = prefill_cache(adapter, input_ids, pixel_values)           # the describe prompt, once
+    kept = select_cache(cache, keep=system_and_prompt + top_image)     # same positions in every layer
+    kept = select_cache(cache, keep=[positions_for_layer(l) for l in range(L)])  # or per layer
+    answer = continue_generation(adapter, kept, question_ids, max_new_tokens=8)
+
+RoPE: kept keys keep the rotation of their ORIGINAL positions (they are gathered, not recomputed),
+and the new tokens get positions original_length, original_length + 1, ... When layers keep
+different numbers of positions, each layer's slots are padded to a common width and the padding
+slots are knocked out for every new query (so they receive exactly zero attention).
+`select_cache` never modifies the source cache, so one prefill serves many selections.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .engine import greedy_continue, until_eos
+from .knockout import From, Knockout, Positions, explicit_positions, knockout
+
+
+@torch.no_grad()
+def prefill_cache(adapter, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> DynamicCache:
+    """Run one input (batch 1) through the language model and return its KV cache."""
+    _, cache = adapter.language_model_forward(adapter.embed(input_ids, pixel_values), use_cache=True)
+    return cache
+
+
+@dataclass
+class KeptCache:
+    """A cache holding a subset of an input's positions (per layer), ready for a continuation."""
+
+    cache: DynamicCache  # per layer: kept slots (original order), then zero padding up to `width`
+    kept_positions: list[torch.Tensor]  # per layer: the original positions kept
+    original_length: int  # length of the sequence the source cache was built from
+
+    @property
+    def width(self) -> int:
+        return max(len(k) for k in self.kept_positions)
+
+    def padding_knockouts(self) -> list[Knockout]:
+        """Block every new query from the padding slots of layers that kept fewer positions."""
+        return [
+            Knockout(query_positions=From(self.width), key_positions=range(len(kept), self.width), layers=[layer])
+            for layer, kept in enumerate(self.kept_positions)
+            if len(kept) < self.width
+        ]
+
+
+def select_cache(cache: DynamicCache, keep: Positions | Sequence[Positions]) -> KeptCache:
+    """Gather the kept positions of each layer (one Positions for all layers, or one per layer)."""
+    layers = cache.layers
+    original_length = layers[0].keys.shape[-2]
+    if isinstance(keep, Sequence) and len(keep) == len(layers) and all(
+        not isinstance(k, int) and not (isinstance(k, torch.Tensor) and k.ndim == 0) for k in keep
+    ):
+        per_layer = [explicit_positions(k) for k in keep]
+    else:
+        per_layer = [explicit_positions(keep)] * len(layers)
+    if any(len(k) == 0 for k in per_layer):
+        raise ValueError("every layer must keep at least one position")
+    if any(int(k[-1]) >= original_length for k in per_layer):
+        raise IndexError(f"kept positions must be < the cached length {original_length}")
+    width = max(len(k) for k in per_layer)
+    data = []
+    for layer, kept in zip(layers, per_layer):
+        index = kept.to(layer.keys.device)
+        keys, values = layer.keys[:, :, index], layer.values[:, :, index]
+        if len(kept) < width:
+            pad = (0, 0, 0, width - len(kept))
+            keys, values = torch.nn.functional.pad(keys, pad), torch.nn.functional.pad(values, pad)
+        data.append((keys, values))
+    return KeptCache(DynamicCache(ddp_cache_data=data), per_layer, original_length)
+
+
+@torch.no_grad()
+def continue_generation(
+    adapter,
+    kept: KeptCache,
+    new_input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+) -> list[int]:
+    """Append `new_input_ids` (1, n) after the kept cache and decode greedily; ids up to EOS."""
+    if new_input_ids.ndim == 1:
+        new_input_ids = new_input_ids[None]
+    eos = adapter.eos_token_id if eos_token_id is None else eos_token_id
+    # A fresh copy of the kept cache, so the same KeptCache can answer several questions.
+    cache = DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in kept.cache.layers])
+    start = kept.original_length
+    n = new_input_ids.shape[1]
+    positions = torch.arange(start, start + n, device=new_input_ids.device)[None]
+    padding = kept.padding_knockouts()
+    context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
+    with context:
+        hidden, cache = adapter.language_model_forward(
+            adapter.embed_tokens(new_input_ids), past_key_values=cache, position_ids=positions, use_cache=True
+        )
+        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos)
+    return until_eos(generated[0].tolist(), eos)

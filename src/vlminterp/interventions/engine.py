@@ -1,0 +1,277 @@
+"""The fast engine: C conditions of one input as one batch, with the untouched prefix computed once.
+
+    engine = InterventionEngine(model, adapter)
+    prepared = engine.prepare(input_ids, pixel_values)       # vision tower + projector run once
+    conditions = [Knockout([T - 1], cells, layers=w) for w in windows]   # or Ablation(...), Condition(...)
+    logits = engine.logits(prepared, conditions)             # (C, 1, V): last position by default
+    out = engine.generate(prepared, [None, Knockout(From(T), image_positions)], max_new_tokens=64)
+    out.tokens[c]                                            # generated ids of condition c (up to EOS)
+
+Why it is fast (see DESIGN.md): an intervention whose earliest touched position is p leaves every
+position before p unchanged, so positions < p run once (KV cache, batch 1) and each condition runs
+only positions >= p, the cache expanded across the batch; conditions are batched (each row its own
+ablation or knockout mask, see knockout.py); greedy decoding of C rows costs about one row's
+memory traffic. Blocking the last prompt token is one token of work per condition.
+
+`share_prefix=False, max_batch_size=1` turns both tricks off (a sequential baseline for benchmarks);
+`reference.py` is the naive oracle the tests compare against.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from ..models.adapters import VLMAdapter, adapter_for
+from .ablation import apply_ablations
+from .conditions import Condition, ConditionLike, as_condition
+from .knockout import KnockoutMasks
+from .attention import edit_attention
+
+
+@dataclass
+class PreparedInput:
+    """One tokenized input with its language-model input embeddings (image features included)."""
+
+    input_ids: torch.Tensor  # (1, T)
+    inputs_embeds: torch.Tensor  # (1, T, d)
+
+    @property
+    def length(self) -> int:
+        return self.input_ids.shape[1]
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # per condition: generated ids, up to and including the first EOS
+    prefix_length: int  # positions computed once and shared by every condition
+
+    def as_tensor(self, pad_id: int) -> torch.Tensor:
+        width = max([len(t) for t in self.tokens] + [0])
+        return torch.tensor([t + [pad_id] * (width - len(t)) for t in self.tokens], dtype=torch.long)
+
+
+def shared_prefix_length(conditions: Sequence[Condition], length: int) -> int:
+    """Number of leading positions no condition touches, capped so each condition runs >= 1 token."""
+    touched = [c.earliest_touched() for c in conditions]
+    touched = [t for t in touched if t is not None]
+    return max(0, min(touched + [length - 1]))
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` with room reserved up front: appends write in place instead of re-copying
+    the whole cache with `torch.cat` at every decode step. Keys/values are views of the filled part,
+    so the cache length (and the engine's query-slot convention) is exactly as for `DynamicLayer`."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        batch, heads, length, _ = keys.shape
+        if capacity < length:
+            raise ValueError(f"capacity {capacity} < {length} cached positions")
+        self._key_buffer = keys.new_empty(batch, heads, capacity, keys.shape[-1])
+        self._value_buffer = values.new_empty(batch, heads, capacity, values.shape[-1])
+        self._key_buffer[:, :, :length] = keys
+        self._value_buffer[:, :, :length] = values
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._set_length(length)
+
+    def _set_length(self, length: int) -> None:
+        self.length = length
+        self.keys = self._key_buffer[:, :, :length]
+        self.values = self._value_buffer[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self._key_buffer.shape[2]:
+            raise RuntimeError(f"preallocated cache full ({self._key_buffer.shape[2]} slots)")
+        self._key_buffer[:, :, self.length : end] = key_states
+        self._value_buffer[:, :, self.length : end] = value_states
+        self._set_length(end)
+        return self.keys, self.values
+
+
+def preallocated_cache(
+    source: DynamicCache | None, batch_size: int, capacity: int, adapter: VLMAdapter
+) -> DynamicCache:
+    """A cache for `batch_size` rows with room for `capacity` positions, starting from `source`'s
+    (batch-1) keys/values repeated for every row (or empty when `source` is None)."""
+    layers = []
+    for index in range(adapter.n_layers):
+        if source is not None:
+            keys, values = source.layers[index].keys, source.layers[index].values
+            keys = keys.expand(batch_size, *keys.shape[1:])
+            values = values.expand(batch_size, *values.shape[1:])
+        else:
+            weight = adapter.embed_tokens.weight
+            keys = values = weight.new_empty(batch_size, adapter.n_kv_heads, 0, adapter.head_dim)
+        layers.append(PreallocatedLayer(keys, values, capacity))
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+class InterventionEngine:
+    """Batched, prefix-shared forward passes and greedy generation under per-row interventions."""
+
+    def __init__(
+        self,
+        model,
+        adapter: VLMAdapter | None = None,
+        *,
+        max_batch_size: int = 64,
+        share_prefix: bool = True,
+    ):
+        self.model = model
+        self.adapter = adapter if adapter is not None else adapter_for(model)
+        self.max_batch_size = max_batch_size
+        self.share_prefix = share_prefix
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.embed_tokens.weight.device
+
+    @torch.no_grad()
+    def prepare(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> PreparedInput:
+        """Embed one input (batch of 1); the vision tower runs here, once for all conditions."""
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if input_ids.shape[0] != 1:
+            raise ValueError("the engine runs the conditions of ONE input; got a batch of inputs")
+        input_ids = input_ids.to(self.device)
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.device)
+        return PreparedInput(input_ids, self.adapter.embed(input_ids, pixel_values))
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _prefix(self, prepared: PreparedInput, conditions: list[Condition]):
+        prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
+        if prefix == 0:
+            return 0, None, None
+        hidden, cache = self.adapter.language_model_forward(prepared.inputs_embeds[:, :prefix], use_cache=True)
+        return prefix, hidden, cache
+
+    def _row_context(self, chunk: list[Condition]):
+        rows = [list(c.knockouts) for c in chunk]
+        if not any(rows):
+            return contextlib.nullcontext()
+        masks = KnockoutMasks(rows, self.adapter.n_layers, self.adapter.n_heads, self.device)
+        return edit_attention(self.adapter, masks)
+
+    def _suffix_embeds(self, prepared: PreparedInput, chunk: list[Condition], prefix: int) -> torch.Tensor:
+        embeds = prepared.inputs_embeds.expand(len(chunk), -1, -1)
+        if any(c.ablations for c in chunk):
+            embeds = apply_ablations(embeds, [list(c.ablations) for c in chunk])
+        return embeds[:, prefix:]
+
+    def _positions(self, start: int, stop: int, batch: int) -> torch.Tensor:
+        return torch.arange(start, stop, device=self.device)[None].expand(batch, -1)
+
+    # ---- public API -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(
+        self,
+        prepared: PreparedInput,
+        conditions: Sequence[ConditionLike],
+        positions: Sequence[int] | None = (-1,),
+    ) -> torch.Tensor:
+        """(C, P, V) logits at `positions` (default: the last; None = all) for each condition."""
+        conds = [as_condition(c) for c in conditions]
+        length = prepared.length
+        wanted = list(range(length)) if positions is None else [p % length for p in positions]
+        prefix, prefix_hidden, prefix_cache = self._prefix(prepared, conds)
+        from_prefix = sorted({p for p in wanted if p < prefix})
+        column_of = {p: i for i, p in enumerate(from_prefix)}
+        prefix_logits = self.adapter.unembed(prefix_hidden[:, from_prefix]) if from_prefix else None
+        out = []
+        for _, chunk in _chunks(conds, self.max_batch_size):
+            batch = len(chunk)
+            with self._row_context(chunk):
+                hidden, _ = self.adapter.language_model_forward(
+                    self._suffix_embeds(prepared, chunk, prefix),
+                    past_key_values=preallocated_cache(prefix_cache, batch, length, self.adapter),
+                    position_ids=self._positions(prefix, length, batch),
+                    use_cache=True,
+                )
+            columns = []
+            for p in wanted:
+                if p < prefix:
+                    columns.append(prefix_logits[:, column_of[p]].expand(batch, -1))
+                else:
+                    columns.append(self.adapter.unembed(hidden[:, p - prefix]))
+            out.append(torch.stack(columns, dim=1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prepared: PreparedInput,
+        conditions: Sequence[ConditionLike],
+        max_new_tokens: int,
+        eos_token_id: int | None = None,
+    ) -> GenerationOutput:
+        """Greedy generation, one row per condition; knockouts also act on the decode steps."""
+        conds = [as_condition(c) for c in conditions]
+        eos = self.adapter.eos_token_id if eos_token_id is None else eos_token_id
+        length = prepared.length
+        prefix, _, prefix_cache = self._prefix(prepared, conds)
+        tokens: list[list[int]] = []
+        for _, chunk in _chunks(conds, self.max_batch_size):
+            batch = len(chunk)
+            with self._row_context(chunk):
+                hidden, cache = self.adapter.language_model_forward(
+                    self._suffix_embeds(prepared, chunk, prefix),
+                    past_key_values=preallocated_cache(prefix_cache, batch, length + max_new_tokens, self.adapter),
+                    position_ids=self._positions(prefix, length, batch),
+                    use_cache=True,
+                )
+                generated = greedy_continue(self.adapter, hidden, cache, length, max_new_tokens, eos)
+            tokens.extend(until_eos(row, eos) for row in generated.tolist())
+        return GenerationOutput(tokens=tokens, prefix_length=prefix)
+
+
+def greedy_continue(
+    adapter: VLMAdapter,
+    hidden: torch.Tensor,
+    cache: DynamicCache,
+    next_position: int,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+) -> torch.Tensor:
+    """Greedy decoding from the last hidden state of a prefill: (B, <= max_new_tokens) token ids.
+
+    `next_position` is the RoPE position of the first generated token; rows that produced EOS keep
+    running (their extra tokens are cut by `until_eos`) until every row is done.
+    """
+    batch = hidden.shape[0]
+    device = hidden.device
+    generated = torch.empty(batch, 0, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        next_ids = adapter.unembed(hidden[:, -1]).argmax(dim=-1)
+        generated = torch.cat([generated, next_ids[:, None]], dim=1)
+        if eos_token_id is not None:
+            finished |= next_ids == eos_token_id
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        position = torch.full((batch, 1), next_position + step, dtype=torch.long, device=device)
+        hidden, cache = adapter.language_model_forward(
+            adapter.embed_tokens(next_ids[:, None]), past_key_values=cache, position_ids=position, use_cache=True
+        )
+    return generated
+
+
+def until_eos(ids: list[int], eos: int | None) -> list[int]:
+    """`ids` cut after the first EOS (kept)."""
+    if eos is not None and eos in ids:
+        return ids[: ids.index(eos) + 1]
+    return ids

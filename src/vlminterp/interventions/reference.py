@@ -1,0 +1,117 @@
+"""The naive reference: one full forward (or one `model.generate`) per condition, no sharing, no
+batching, written to be obviously right. The tests assert the fast engine equals it; the
+benchmarks report the speed ratio against it.
+
+    logits = reference_logits(model, adapter, input_ids, pixel_values, condition)      # (T, V)
+    tokens = reference_generate(model, adapter, input_ids, pixel_values, condition, max_new_tokens=32)
+
+Knockout here does not use the engine's mask code: a dense (heads, Q, K) "blocked" table is filled
+straight from the Knockout objects and plain softmax attention is computed with it (batch 1).
+Ablation uses `replace_embeddings` (a pre-hook on the language model's prefill).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers.integrations.sdpa_attention import repeat_kv
+
+from .ablation import replace_embeddings
+from .attention import use_attention_function
+from .conditions import ConditionLike, as_condition
+from .knockout import Knockout, explicit_positions, open_start
+
+
+def _positions_below(positions, limit: int) -> list[int]:
+    """All positions < limit in a Positions value (explicit list or From)."""
+    if (start := open_start(positions)) is not None:
+        return list(range(start, limit))
+    return [p for p in explicit_positions(positions).tolist() if p < limit]
+
+
+def dense_knockout_attention(knockouts: list[Knockout], n_layers: int):
+    """A plain attention function applying `knockouts` to a batch-1 input, for the oracle."""
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        batch, heads, num_queries, head_dim = query.shape
+        num_keys = key.shape[2]
+        if batch != 1:
+            raise ValueError("the reference attention handles one sequence at a time")
+        first_query = num_keys - num_queries  # queries are the last slots of the cache
+        blocked = torch.zeros(heads, num_queries, num_keys, dtype=torch.bool)
+        for ko in knockouts:
+            layers = range(n_layers) if ko.layers is None else [l % n_layers for l in ko.layers]
+            if module.layer_idx not in layers:
+                continue
+            head_list = range(heads) if ko.heads is None else list(ko.heads)
+            queries = [q - first_query for q in _positions_below(ko.query_positions, num_keys) if q >= first_query]
+            keys = _positions_below(ko.key_positions, num_keys)
+            for h in head_list:
+                for q in queries:
+                    blocked[h, q, keys] = True
+        query_slot = torch.arange(first_query, num_keys)[:, None]
+        future = torch.arange(num_keys)[None, :] > query_slot
+        disallowed = (blocked | future).to(query.device)
+        # never a fully masked row: a query may always attend to itself
+        own = (torch.arange(num_keys)[None, :] == query_slot).to(query.device)
+        disallowed = disallowed & ~(disallowed.all(dim=-1, keepdim=True) & own)
+        keys_full = repeat_kv(key, heads // key.shape[1])
+        values_full = repeat_kv(value, heads // value.shape[1])
+        scale = scaling if scaling is not None else head_dim**-0.5
+        scores = torch.matmul(query.float(), keys_full.float().transpose(2, 3)) * scale
+        scores = scores.masked_fill(disallowed[None], float("-inf"))
+        probabilities = torch.softmax(scores, dim=-1)
+        output = torch.matmul(probabilities, values_full.float()).to(query.dtype)
+        return output.transpose(1, 2).contiguous(), probabilities
+
+    return attention
+
+
+@contextlib.contextmanager
+def reference_interventions(adapter, condition: ConditionLike):
+    """Apply one condition to a batch-1 run, the plain way."""
+    condition = as_condition(condition)
+    with contextlib.ExitStack() as stack:
+        if condition.ablations:
+            stack.enter_context(replace_embeddings(adapter, [list(condition.ablations)]))
+        if condition.knockouts:
+            attention = dense_knockout_attention(list(condition.knockouts), adapter.n_layers)
+            stack.enter_context(use_attention_function(adapter, attention, label="vlminterp_reference"))
+        yield
+
+
+@torch.no_grad()
+def reference_logits(model, adapter, input_ids, pixel_values, condition: ConditionLike = None) -> torch.Tensor:
+    """(T, V) logits of one full forward of one input under `condition`."""
+    with reference_interventions(adapter, condition):
+        return model(input_ids=input_ids, pixel_values=pixel_values).logits[0]
+
+
+@torch.no_grad()
+def reference_generate(
+    model,
+    adapter,
+    input_ids,
+    pixel_values,
+    condition: ConditionLike = None,
+    max_new_tokens: int = 32,
+    eos_token_id: int | None = None,
+) -> list[int]:
+    """Greedy `model.generate` of one input under `condition`; generated ids up to and including EOS."""
+    eos = adapter.eos_token_id if eos_token_id is None else eos_token_id
+    with reference_interventions(adapter, condition):
+        sequences = model.generate(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=adapter.text_config.pad_token_id if adapter.text_config.pad_token_id is not None else eos,
+        )
+    generated = sequences[0, input_ids.shape[1] :].tolist()
+    if eos is not None and eos in generated:
+        generated = generated[: generated.index(eos) + 1]
+    return generated

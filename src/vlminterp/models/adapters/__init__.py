@@ -1,0 +1,58 @@
+"""Per-architecture adapters and the registry that picks one for a model.
+
+    from vlminterp.models.adapters import adapter_for
+    adapter = adapter_for(model, processor)   # LlavaAdapter for LlavaForConditionalGeneration
+
+A new family: subclass `VLMAdapter` in its own module and call `register_adapter(ThatAdapter)`.
+"""
+from __future__ import annotations
+
+from .base import GEOMETRIES, ImageGeometry, PatchGrid, PromptTemplate, VLMAdapter, pad_to_square
+from .llava import LlavaAdapter
+
+ADAPTERS: list[type[VLMAdapter]] = []
+
+
+class UnsupportedModelError(ValueError):
+    """No adapter knows this model family."""
+
+
+def register_adapter(adapter_class: type[VLMAdapter]) -> type[VLMAdapter]:
+    """Add an adapter class to the registry (usable as a decorator)."""
+    if adapter_class not in ADAPTERS:
+        ADAPTERS.append(adapter_class)
+    return adapter_class
+
+
+def adapter_class_for_config(config) -> type[VLMAdapter]:
+    """The adapter class serving a model with this top-level config."""
+    for adapter_class in ADAPTERS:
+        if adapter_class.matches(config):
+            return adapter_class
+    known = ", ".join(a.family for a in ADAPTERS)
+    raise UnsupportedModelError(
+        f"no adapter for model_type={getattr(config, 'model_type', None)!r} (known families: {known})"
+    )
+
+
+def adapter_for(model, processor=None) -> VLMAdapter:
+    """The adapter instance for a loaded model (optionally with its processor, for geometry sizes)."""
+    return adapter_class_for_config(model.config)(model, processor)
+
+
+register_adapter(LlavaAdapter)
+
+__all__ = [
+    "ADAPTERS",
+    "GEOMETRIES",
+    "ImageGeometry",
+    "LlavaAdapter",
+    "PatchGrid",
+    "PromptTemplate",
+    "UnsupportedModelError",
+    "VLMAdapter",
+    "adapter_class_for_config",
+    "adapter_for",
+    "pad_to_square",
+    "register_adapter",
+]

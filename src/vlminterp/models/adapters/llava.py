@@ -1,0 +1,136 @@
+"""Adapter for `LlavaForConditionalGeneration` (llava-hf/llava-1.5-7b-hf, xtuner/llava-phi-3-mini-hf,
+the shapes organism, the synthetic test models).
+
+    adapter = LlavaAdapter(model, processor)
+    adapter.format_prompt("Describe this image.")   # 'USER: <image>\\nDescribe this image. ASSISTANT:'
+
+Module paths: model.model.vision_tower -> model.model.multi_modal_projector -> model.model.language_model
+(embed_tokens, layers, norm) -> model.lm_head. One image = rows x cols tokens (CLS dropped), row-major.
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .base import ImageGeometry, PatchGrid, PromptTemplate, VLMAdapter, pad_to_square
+
+VICUNA_TEMPLATE = PromptTemplate(user_turn="USER: {image}\n{text} ASSISTANT:", system_turn="{system} ")
+PHI3_TEMPLATE = PromptTemplate(
+    user_turn="<|user|>\n{image}\n{text}<|end|>\n<|assistant|>\n", system_turn="<|system|>\n{system}<|end|>\n"
+)
+# Text model type -> chat template of the LLaVA checkpoints built on it.
+TEMPLATES_BY_TEXT_MODEL = {"llama": VICUNA_TEMPLATE, "phi3": PHI3_TEMPLATE}
+
+
+class LlavaAdapter(VLMAdapter):
+    family = "llava"
+
+    def __init__(self, model: nn.Module, processor=None):
+        super().__init__(model, processor)
+        strategy = model.config.vision_feature_select_strategy
+        if strategy != "default":
+            raise NotImplementedError(
+                f"vision_feature_select_strategy={strategy!r}: only 'default' (CLS dropped) has a cell grid here"
+            )
+        vision = model.config.vision_config
+        input_size, shortest_edge = vision.image_size, vision.image_size
+        image_processor = getattr(processor, "image_processor", None)
+        if image_processor is not None:
+            crop = getattr(image_processor, "crop_size", None) or {}
+            size = getattr(image_processor, "size", None) or {}
+            input_size = _get(crop, "height", input_size)
+            shortest_edge = _get(size, "shortest_edge", input_size)
+        side = input_size // vision.patch_size
+        self._grid = PatchGrid(
+            rows=side, cols=side, patch_size=vision.patch_size, input_size=input_size, shortest_edge=shortest_edge
+        )
+
+    @classmethod
+    def matches(cls, config) -> bool:
+        return getattr(config, "model_type", None) == "llava"
+
+    @classmethod
+    def model_class(cls):
+        from transformers import LlavaForConditionalGeneration
+
+        return LlavaForConditionalGeneration
+
+    # ---- structure ---------------------------------------------------------------------------------
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.language_model.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.language_model.embed_tokens
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.model.model.multi_modal_projector
+
+    @property
+    def text_config(self):
+        return self.language_model.config
+
+    # ---- image -------------------------------------------------------------------------------------
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    @property
+    def grid(self) -> PatchGrid:
+        return self._grid
+
+    def prepare_image(self, image: Image.Image, geometry: ImageGeometry = "crop") -> Image.Image:
+        if geometry == "crop":
+            return image
+        if geometry == "pad":
+            mean = getattr(getattr(self.processor, "image_processor", None), "image_mean", None)
+            mean = mean if mean is not None else (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP mean
+            return pad_to_square(image.convert("RGB"), tuple(int(m * 255) for m in mean))
+        raise ValueError(f"unknown geometry {geometry!r}; expected 'crop' or 'pad'")
+
+    # ---- prompts -----------------------------------------------------------------------------------
+    @property
+    def prompt_template(self) -> PromptTemplate:
+        text_type = getattr(self.text_config, "model_type", "llama")
+        return TEMPLATES_BY_TEXT_MODEL.get(text_type, VICUNA_TEMPLATE)
+
+    # ---- computation -------------------------------------------------------------------------------
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vision_dtype = next(self.model.model.vision_tower.parameters()).dtype
+        out = self.model.model.get_image_features(pixel_values=pixel_values.to(vision_dtype), return_dict=True)
+        return torch.stack(list(out.pooler_output))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        embeds = self.embed_tokens(input_ids)
+        is_image = input_ids == self.image_token_id
+        if pixel_values is None:
+            if bool(is_image.any()):
+                raise ValueError("input_ids contain image tokens but no pixel_values were given")
+            return embeds
+        features = self.image_features(pixel_values).to(embeds.dtype)
+        if int(is_image.sum()) != features.shape[0] * features.shape[1]:
+            raise ValueError(
+                f"{int(is_image.sum())} image tokens in input_ids but {features.shape[0]} images x "
+                f"{features.shape[1]} features"
+            )
+        return embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]))
+
+
+def _get(mapping, key: str, default):
+    value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
+    return value if value is not None else default

@@ -1,0 +1,57 @@
+"""Fixtures for the unit tests: cached random-weight LLaVA models and ready-made inputs."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlminterp.models.adapters import adapter_for
+from vlminterp.models.synthetic import build_synthetic
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread pool
+# oversubscribes badly (measured: test_engine.py 47 s with the default pool, 3 s with one thread).
+torch.set_num_threads(1)
+
+
+@lru_cache(maxsize=None)
+def _cached(variant: str, attn_implementation: str):
+    model, processor = build_synthetic(variant, seed=0, attn_implementation=attn_implementation)
+    return model, processor, adapter_for(model, processor)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """synthetic(variant, attn="sdpa") -> (model, processor, adapter); built once per session."""
+    return lambda variant, attn="sdpa": _cached(variant, attn)
+
+
+def random_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+
+
+def encode(processor, adapter, text: str = "Describe this image.", seed: int = 0, system_prompt=None):
+    """Tokenized single-image prompt: dict with input_ids (1, T) and pixel_values (1, 3, S, S)."""
+    prompt = adapter.format_prompt(text, system_prompt)
+    enc = processor(images=random_image(seed), text=prompt, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "pixel_values": enc["pixel_values"]}
+
+
+@pytest.fixture(scope="session", name="random_image")
+def random_image_fixture():
+    """random_image(seed, size=(w, h)) -> a PIL image of uniform noise."""
+    return random_image
+
+
+@pytest.fixture(scope="session")
+def make_inputs():
+    return encode
+
+
+@pytest.fixture
+def no_grad():
+    with torch.no_grad():
+        yield

@@ -1,0 +1,161 @@
+"""The fast engine (batched, prefix-shared) equals the naive reference; KV-cache surgery."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlminterp.interventions import (
+    Ablation,
+    Condition,
+    From,
+    InterventionEngine,
+    Knockout,
+    reference_generate,
+    reference_logits,
+)
+from vlminterp.interventions.cache import continue_generation, prefill_cache, select_cache
+from vlminterp.interventions.engine import shared_prefix_length
+
+VARIANTS = ["tiny-llama", "tiny-gqa", "tiny-odd-grid", "tiny-phi3"]
+BACKENDS = ["sdpa", "eager"]
+
+
+def _setup(synthetic, make_inputs, variant, attn, seed=0):
+    model, processor, adapter = synthetic(variant, attn)
+    inputs = make_inputs(processor, adapter, seed=seed)
+    ids, pixels = inputs["input_ids"], inputs["pixel_values"]
+    return model, processor, adapter, ids, pixels
+
+
+def _mixed_conditions(adapter, ids) -> list:
+    """Ablations, knockouts in several layer windows / heads, combinations, and the clean run."""
+    length = ids.shape[1]
+    image = adapter.image_positions(ids)[0]
+    after_image = int(image[-1]) + 1
+    last_layer = adapter.n_layers - 1
+    mean = torch.randn(adapter.hidden_size, generator=torch.Generator().manual_seed(1))
+    return [
+        None,
+        Knockout([length - 1], image, layers=[0, 1]),
+        Knockout([length - 1], image[:4], layers=range(1, last_layer + 1)),
+        Knockout([length - 1, length - 2], image[::2], heads=[1]),
+        Knockout(range(after_image, length), image),  # all text after the image, all layers
+        Ablation(image[2:6], mean),
+        Ablation(image[-3:]),  # zeros
+        Condition(ablations=(Ablation(image[:2], mean),), knockouts=(Knockout([length - 1], image[5:9], layers=[2]),)),
+        Knockout(From(length), image[:6], heads=[0, adapter.n_heads - 1]),  # per-head, decode steps only
+        Knockout(From(length), image),  # decode steps only
+    ]
+
+
+@pytest.mark.parametrize("attn", BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_logits_equal_the_reference(variant, attn, synthetic, make_inputs):
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, variant, attn)
+    conditions = _mixed_conditions(adapter, ids)
+    expected = torch.stack([reference_logits(model, adapter, ids, pixels, c) for c in conditions])
+    engine = InterventionEngine(model, adapter)
+    prepared = engine.prepare(ids, pixels)
+    fast = engine.logits(prepared, conditions, positions=None)  # every position, prefix shared
+    assert fast.shape == expected.shape
+    assert (fast - expected).abs().max() < 1e-4
+    # the conditions really differ from the clean run (so the comparison can fail)
+    assert all((expected[i, -1] - expected[0, -1]).abs().max() > 1e-3 for i in range(1, len(conditions) - 2))
+
+
+@pytest.mark.parametrize("attn", BACKENDS)
+def test_last_token_conditions_share_all_but_one_position(attn, synthetic, make_inputs):
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-gqa", attn)
+    length = ids.shape[1]
+    image = adapter.image_positions(ids)[0]
+    conditions = [Knockout([length - 1], image, layers=[l]) for l in range(adapter.n_layers)]
+    conditions += [Knockout([length - 1], image[i::4]) for i in range(4)]
+    from vlminterp.interventions import as_condition
+
+    assert shared_prefix_length([as_condition(c) for c in conditions], length) == length - 1
+    expected = torch.stack([reference_logits(model, adapter, ids, pixels, c)[-1:] for c in conditions])
+    for engine in (
+        InterventionEngine(model, adapter),
+        InterventionEngine(model, adapter, max_batch_size=3),
+        InterventionEngine(model, adapter, share_prefix=False, max_batch_size=1),
+    ):
+        got = engine.logits(engine.prepare(ids, pixels), conditions)
+        assert (got - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("attn", BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_batched_generation_equals_sequential_generate(variant, attn, synthetic, make_inputs):
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, variant, attn)
+    conditions = _mixed_conditions(adapter, ids)
+    expected = [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=10) for c in conditions]
+    engine = InterventionEngine(model, adapter)
+    out = engine.generate(engine.prepare(ids, pixels), conditions, max_new_tokens=10)
+    assert out.tokens == expected
+    assert out.tokens[-1] != out.tokens[0], "blocking the image from generated tokens must matter"
+    assert out.prefix_length > 0
+
+
+def test_generation_stops_each_row_at_its_own_eos(synthetic, make_inputs):
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-llama", "sdpa")
+    conditions = _mixed_conditions(adapter, ids)
+    engine = InterventionEngine(model, adapter)
+    prepared = engine.prepare(ids, pixels)
+    free_running = engine.generate(prepared, conditions, max_new_tokens=12, eos_token_id=-1).tokens
+    eos = free_running[1][3]  # some token row 1 emits at step 3 acts as EOS
+    out = engine.generate(prepared, conditions, max_new_tokens=12, eos_token_id=eos)
+    expected = [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=12, eos_token_id=eos) for c in conditions]
+    assert out.tokens == expected
+    lengths = {len(t) for t in out.tokens}
+    assert len(out.tokens[1]) <= 4 and len(lengths) > 1, "rows must stop independently"
+    assert all(t[-1] == eos or len(t) == 12 for t in out.tokens)
+
+
+def test_engine_rejects_a_batch_of_inputs(synthetic, make_inputs):
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-llama", "sdpa")
+    with pytest.raises(ValueError, match="ONE input"):
+        InterventionEngine(model, adapter).prepare(torch.cat([ids, ids]), torch.cat([pixels, pixels]))
+
+
+# ---- KV-cache surgery ---------------------------------------------------------------------------
+
+
+def _question(processor):
+    return processor.tokenizer(" Is there a cat? ASSISTANT:", add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ]
+
+
+@pytest.mark.parametrize("variant", ["tiny-llama", "tiny-gqa", "tiny-phi3"])
+def test_cache_keeping_every_position_reproduces_the_full_context_answer(variant, synthetic, make_inputs):
+    model, processor, adapter, ids, pixels = _setup(synthetic, make_inputs, variant, "sdpa")
+    question = _question(processor)
+    full = reference_generate(model, adapter, torch.cat([ids, question], 1), pixels, None, max_new_tokens=8)
+    cache = prefill_cache(adapter, ids, pixels)
+    kept = select_cache(cache, range(ids.shape[1]))
+    assert continue_generation(adapter, kept, question, max_new_tokens=8) == full
+    assert continue_generation(adapter, kept, question, max_new_tokens=8) == full  # reusable
+
+
+@pytest.mark.parametrize("variant", ["tiny-llama", "tiny-gqa"])
+def test_per_layer_subsets_equal_blocking_the_dropped_keys(variant, synthetic, make_inputs):
+    """Dropping keys per layer == keeping them and blocking every new query from them; this also
+    pins the positions: kept keys keep their original RoPE positions, new tokens continue after T."""
+    model, processor, adapter, ids, pixels = _setup(synthetic, make_inputs, variant, "sdpa")
+    length = ids.shape[1]
+    image = adapter.image_positions(ids)[0].tolist()
+    text = [p for p in range(length) if p not in image]
+    keep = [sorted(text + image[layer * 3 : layer * 3 + 2 + layer]) for layer in range(adapter.n_layers)]
+    question = _question(processor)
+    dropped = [Knockout(From(length), sorted(set(range(length)) - set(k)), layers=[l]) for l, k in enumerate(keep)]
+    expected = reference_generate(model, adapter, torch.cat([ids, question], 1), pixels, dropped, max_new_tokens=8)
+    cache = prefill_cache(adapter, ids, pixels)
+    before = [layer.keys.clone() for layer in cache.layers]
+    kept = select_cache(cache, keep)
+    assert [len(k) for k in kept.kept_positions] == [len(k) for k in keep]
+    assert continue_generation(adapter, kept, question, max_new_tokens=8) == expected
+    assert all(torch.equal(b, layer.keys) for b, layer in zip(before, cache.layers)), "source cache untouched"
+    # and a different subset gives a different answer (the comparison can fail)
+    prompt_only = select_cache(cache, text)
+    full = continue_generation(adapter, select_cache(cache, range(length)), question, max_new_tokens=8)
+    assert continue_generation(adapter, prompt_only, question, max_new_tokens=8) != full
