@@ -51,6 +51,17 @@ def get_model_dir():
     return [results("model")] if uses_organism() else []
 
 
+def model_spec():
+    """Keyword arguments of vlminterp.models.loading.ModelSpec for this run's model."""
+    model = config["model"]
+    if uses_organism():
+        id_or_path, revision = results("model"), None
+    else:
+        id_or_path, revision = model["pretrained"]["id"], model["pretrained"]["revision"]
+    return dict(id_or_path=id_or_path, revision=revision, dtype=model["dtype"],
+                device=config["device"], attn_implementation=model["attn_implementation"])
+
+
 # Every stage's .smk appends the figures and tables it contributes to `rule all`.
 FINAL_OUTPUTS = []
 
