@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= all
+RUN    ?= $(shell $(PYTHON) -c "import re,sys; print(re.search(r'^run:\s*(\S+)', open('config.yaml').read(), re.M).group(1))")
 
-.PHONY: install reproduce report test test-fast bench clean lock
+.PHONY: install reproduce report test test-fast bench push pull clean lock
 
 install: $(STAMP)
 
@@ -30,6 +31,12 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
+
+push: install    ## share results/$(RUN) (and data/ if present) through the DVC remote
+	$(BIN)/python -m vlminterp.artifacts push --run $(RUN) $(if $(wildcard data),--data)
+
+pull: install    ## fetch results/$(RUN) from the DVC remote, timestamps restored for Snakemake
+	$(BIN)/python -m vlminterp.artifacts pull --run $(RUN) $(if $(wildcard data.dvc),--data)
 
 lock:
 	( echo '# Exact pins of every Python package (direct and transitive). Regenerate with: make lock'; \

@@ -12,8 +12,7 @@ rule train_organism:
     input:
         world=get_dataset_dir(),
     output:
-        model=directory(results("model")),
-        loss=results("organism/training_loss.csv"),
+        model=directory(results("model")),  # save_pretrained files + losses.csv + organism.json
     params:
         spec=config["model"]["organism"],
         seed=SEED,
@@ -26,7 +25,7 @@ rule train_organism:
 
 rule plot_training_curve:
     input:
-        results("organism/training_loss.csv"),
+        model=results("model"),
     output:
         png=figure("organism/training_loss.png", "training_loss", "Model organism"),
         pdf=results("organism/training_loss.pdf"),

@@ -6,4 +6,4 @@ from vlminterp.plots.organism import plot_training_curves
 from vlminterp.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
-    plot_training_curves(read_table(snakemake.input[0]), Path(snakemake.output.png).with_suffix(""))
+    plot_training_curves(read_table(Path(snakemake.input.model) / "losses.csv"), Path(snakemake.output.png).with_suffix(""))

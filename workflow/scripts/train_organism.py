@@ -1,5 +1,4 @@
 """Rule train_organism: train the tiny LLaVA model organism on the shapes world."""
-from vlminterp.io import write_table
 from vlminterp.models.organism import OrganismSpec, train_organism
 from vlminterp.runtime import rule_context
 from vlminterp.specs import build_spec
@@ -7,5 +6,4 @@ from vlminterp.specs import build_spec
 with rule_context(snakemake.log[0], threads=snakemake.threads, seed=snakemake.params.seed):
     spec = build_spec(OrganismSpec, snakemake.params.spec, where="model.organism",
                       seed=snakemake.params.seed, num_threads=snakemake.threads)
-    losses = train_organism(spec, snakemake.input.world, snakemake.output.model)
-    write_table(losses, snakemake.output.loss)
+    train_organism(spec, snakemake.input.world, snakemake.output.model)  # also writes losses.csv
