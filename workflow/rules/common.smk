@@ -39,11 +39,34 @@ def uses_organism():
     return config["model"]["kind"] == "organism"
 
 
+DATASET = config["dataset"]
+# Selection tables (one row per image, columns image_id + file_name) whose images a run needs;
+# stages append theirs so rule download_coco_images fetches exactly the union.
+IMAGE_SELECTIONS = []
+
+
+def uses_shapes():
+    """True when the run reads the generated shapes world rather than COCO."""
+    return DATASET["kind"] == "shapes"
+
+
+def dataset_root():
+    """Directory of the COCO-format dataset this run reads (annotations/ and images/)."""
+    return results("data/shapes") if uses_shapes() else DATASET["coco"]["root"]
+
+
 def get_dataset_dir():
-    """Directory of the COCO-format dataset this run reads (images/ and annotations/)."""
-    if config["dataset"]["kind"] == "shapes":
+    """Input of rules that need the dataset's images: the world directory or COCO's manifest."""
+    if uses_shapes():
         return results("data/shapes")
-    raise WorkflowError(f"dataset.kind={config['dataset']['kind']!r} is not supported yet")
+    return f"{dataset_root()}/images/{DATASET['split']}.manifest.csv"
+
+
+def get_annotations():
+    """Input of rules that read annotations only (selection rules): no image is needed yet."""
+    if uses_shapes():
+        return results("data/shapes")
+    return f"{dataset_root()}/annotations/instances_{DATASET['split']}.json"
 
 
 def get_model_dir():
@@ -60,6 +83,24 @@ def model_spec():
         id_or_path, revision = model["pretrained"]["id"], model["pretrained"]["revision"]
     return dict(id_or_path=id_or_path, revision=revision, dtype=model["dtype"],
                 device=config["device"], attn_implementation=model["attn_implementation"])
+
+
+def check_device():
+    """Fail before any job runs when the config asks for a GPU this machine does not have."""
+    if config["device"] != "cuda" or not workflow.local_exec:
+        return  # cluster jobs run on GPU nodes; the submitting node needs none
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WorkflowError(
+            "config device=cuda but no CUDA GPU is visible here (torch.cuda.is_available() is "
+            "False). Run on a GPU machine, submit with --profile profiles/slurm, or set "
+            "device: cpu (slow for a 7B model)."
+        )
+
+
+onstart:
+    check_device()
 
 
 # Every stage's .smk appends the figures and tables it contributes to `rule all`.

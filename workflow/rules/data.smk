@@ -1,4 +1,5 @@
-# Data stage: the synthetic COCO-format shapes world (COCO download: configs/ for real runs).
+# Data stage: the synthetic COCO-format shapes world, or COCO 2017 downloaded (annotations, then
+# only the images the stages' selections need).
 
 
 rule generate_world:
@@ -11,3 +12,29 @@ rule generate_world:
         logs("generate_world"),
     script:
         "../scripts/generate_world.py"
+
+
+rule download_coco_annotations:
+    output:
+        instances=f"{dataset_root()}/annotations/instances_{{split}}.json",
+        captions=f"{dataset_root()}/annotations/captions_{{split}}.json",
+    params:
+        coco=DATASET["coco"],
+    log:
+        logs("download_coco_annotations_{split}"),
+    script:
+        "../scripts/download_coco_annotations.py"
+
+
+rule download_coco_images:
+    input:
+        annotations=get_annotations(),
+        selections=lambda wildcards: IMAGE_SELECTIONS,
+    output:
+        manifest=f"{dataset_root()}/images/{{split}}.manifest.csv",
+    params:
+        coco=DATASET["coco"],
+    log:
+        logs("download_coco_images_{split}"),
+    script:
+        "../scripts/download_coco_images.py"

@@ -1,0 +1,19 @@
+"""Rule download_coco_images: exactly the images the stages' selections need, each verified."""
+from pathlib import Path
+
+import pandas as pd
+
+from vlminterp.data.download import CocoDownloadSpec, download_images
+from vlminterp.io import read_table, write_table
+from vlminterp.runtime import rule_context
+
+with rule_context(snakemake.log[0]):
+    coco = snakemake.params.coco
+    spec = CocoDownloadSpec(annotations_base_url=coco["annotations_base_url"],
+                            images_base_url=coco["images_base_url"], retries=coco["retries"])
+    split = snakemake.wildcards.split.removesuffix(spec.year)
+    image_ids = sorted({int(i) for table in snakemake.input.selections
+                        for i in read_table(table)["image_id"]})
+    root = Path(snakemake.output.manifest).parents[1]
+    report = download_images(spec, {split: image_ids}, root)
+    write_table(pd.DataFrame(report.rows), snakemake.output.manifest)
