@@ -85,6 +85,14 @@ def model_spec():
                 device=config["device"], attn_implementation=model["attn_implementation"])
 
 
+def model_resources():
+    """Scheduler resources of a job that loads the model (config resources.model_jobs)."""
+    wanted = dict(config["resources"]["model_jobs"])
+    if not wanted.get("slurm_partition"):
+        wanted.pop("slurm_partition", None)
+    return wanted
+
+
 def check_device():
     """Fail before any job runs when the config asks for a GPU this machine does not have."""
     if config["device"] != "cuda" or not workflow.local_exec:

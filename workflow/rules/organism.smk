@@ -17,6 +17,8 @@ rule train_organism:
         spec=config["model"]["organism"],
         seed=SEED,
     threads: workflow.cores
+    resources:
+        **model_resources(),
     log:
         logs("train_organism"),
     script:
@@ -49,6 +51,8 @@ rule evaluate_organism:
         batch_size=config["evaluation"]["batch_size"],
         seed=SEED,
     threads: workflow.cores
+    resources:
+        **model_resources(),
     log:
         logs("evaluate_organism"),
     script:
