@@ -408,10 +408,15 @@ class Qwen2VLVariant:
 INTERNVL_VARIANTS: dict[str, InternVLVariant] = {
     # 32 px tiles of 8x8 patches -> 4x4 tokens; up to 4 tiles + a thumbnail (64x48 px -> 2x2 + 1 = 80 tokens).
     "tiny-internvl": InternVLVariant(),
+    # InternVL3's geometry (448 px tiles, 14 px patches -> 16x16 = 256 tokens per tile, up to 12 tiles
+    # + thumbnail) at CPU width: for geometry checks (the vision tower is slow on CPU at this size).
+    "internvl-real-geometry": InternVLVariant(tile_size=448, patch_size=14, max_tiles=12),
 }
 QWEN2_VL_VARIANTS: dict[str, Qwen2VLVariant] = {
     # 4 px patches, 2x2 merge -> 8 px per token; 64x48 px -> 6x8 = 48 tokens, at most 64.
     "tiny-qwen2-vl": Qwen2VLVariant(),
+    # Qwen2-VL's geometry (14 px patches, 28 px per token, 56*56 .. 28*28*1280 pixels) at CPU width.
+    "qwen2-vl-real-geometry": Qwen2VLVariant(patch_size=14, min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
 }
 
 
