@@ -47,11 +47,6 @@ def paint(size: tuple[int, int], boxes: np.ndarray, palette: np.ndarray) -> Imag
     return Image.fromarray(image)
 
 
-def nearest(colours: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Index of the nearest palette colour for each colour (..., 3)."""
-    return np.abs(colours[..., None, :] - palette).sum(-1).argmin(-1)
-
-
 def unnormalize(pixels: np.ndarray, image_processor) -> np.ndarray:
     """Channel-first normalized pixels back to 0..255."""
     mean = np.array(image_processor.image_mean).reshape(3, *([1] * (pixels.ndim - 1)))

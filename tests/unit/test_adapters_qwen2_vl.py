@@ -88,7 +88,8 @@ def test_mrope_positions_of_image_tokens_follow_the_grid(synthetic, make_inputs)
     assert positions.delta == start + max(rows, cols) - after
     # continuation: sequence index T -> T + delta, every component
     length = ids.shape[1]
-    assert positions.span(length, length + 2, batch=2).tolist() == [[[length + positions.delta, length + 1 + positions.delta]] * 2] * 3
+    continued = [length + positions.delta, length + 1 + positions.delta]
+    assert positions.span(length, length + 2, batch=2).tolist() == [[continued] * 2] * 3
     both = positions.span(length - 1, length + 1)
     assert both[:, 0, 0].tolist() == positions.ids[:, 0, -1].tolist() and both[0, 0, 1] == both[0, 0, 0] + 1
 
@@ -100,7 +101,8 @@ def test_cells_positions_and_mapping(synthetic, make_inputs):
     ids = inputs["input_ids"]
     (positions,) = adapter.image_positions(ids)
     vocab = processor.tokenizer.get_vocab()
-    assert ids[0, positions[0] - 1] == vocab["<|vision_start|>"] and ids[0, positions[-1] + 1] == vocab["<|vision_end|>"]
+    assert ids[0, positions[0] - 1] == vocab["<|vision_start|>"]
+    assert ids[0, positions[-1] + 1] == vocab["<|vision_end|>"]
     assert len(positions) == adapter.image_cells(size).num_tokens == 6 * 8
     with pytest.raises(ValueError, match="image_sizes"):
         adapter.image_token_cells(ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from vlminterp.interventions import (
     Ablation,
@@ -79,7 +80,8 @@ def test_adapter_forward_matches_the_model(variant, synthetic, make_inputs):
     with torch.no_grad():
         expected = model(**inputs).logits
         embeds = adapter.embed(ids, **image_inputs)
-        hidden, _ = adapter.language_model_forward(embeds, position_ids=positions.span(0, ids.shape[1]), use_cache=False)
+        span = positions.span(0, ids.shape[1])
+        hidden, _ = adapter.language_model_forward(embeds, position_ids=span, use_cache=False)
         torch.testing.assert_close(adapter.unembed(hidden), expected, atol=1e-5, rtol=0)
         features = adapter.image_features(**image_inputs)
     (image,) = adapter.image_positions(ids)
@@ -258,8 +260,6 @@ def test_qwen2_vl_cache_surgery_needs_the_rope_delta(synthetic, make_inputs):
     with torch.no_grad():
         logits = []
         for kept in (right, wrong):
-            from transformers import DynamicCache
-
             fresh = DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in kept.cache.layers])
             span = kept.rope.span(ids.shape[1], ids.shape[1] + question.shape[1])
             hidden, _ = adapter.language_model_forward(

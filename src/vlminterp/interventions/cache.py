@@ -39,7 +39,9 @@ class PromptCache(DynamicCache):
 
 
 @torch.no_grad()
-def prefill_cache(adapter, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> PromptCache:
+def prefill_cache(
+    adapter, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs
+) -> PromptCache:
     """Run one input (batch 1) through the language model and return its KV cache."""
     if input_ids.ndim == 1:
         input_ids = input_ids[None]

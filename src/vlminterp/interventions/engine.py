@@ -154,7 +154,9 @@ class InterventionEngine:
         return self.adapter.embed_tokens.weight.device
 
     @torch.no_grad()
-    def prepare(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> PreparedInput:
+    def prepare(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs
+    ) -> PreparedInput:
         """Embed one input (batch of 1); the vision tower runs here, once for all conditions.
 
         `image_inputs`: other processor outputs the family needs (Qwen2-VL: image_grid_thw)."""

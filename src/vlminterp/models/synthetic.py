@@ -470,7 +470,9 @@ def build_qwen2_vl_processor(variant: Qwen2VLVariant) -> Qwen2VLProcessor:
         min_pixels=variant.min_pixels,
         max_pixels=variant.max_pixels,
     )
-    return SyntheticQwen2VLProcessor(image_processor=image_processor, tokenizer=build_chatml_tokenizer(), video_processor=None)
+    return SyntheticQwen2VLProcessor(
+        image_processor=image_processor, tokenizer=build_chatml_tokenizer(), video_processor=None
+    )
 
 
 def _chatml_ids() -> dict[str, int]:

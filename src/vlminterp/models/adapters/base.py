@@ -492,7 +492,8 @@ class VLMAdapter(ABC):
 
     def image_inputs(self, encoding) -> dict:
         """The processor outputs (besides input_ids) the vision tower and positions need."""
-        return {name: encoding[name] for name in self.image_input_names if name in encoding and encoding[name] is not None}
+        names = [name for name in self.image_input_names if name in encoding]
+        return {name: encoding[name] for name in names if encoding[name] is not None}
 
     def model_inputs(self, input_ids: torch.Tensor, **image_inputs) -> dict:
         """Keyword arguments for a full `model(...)` / `model.generate(...)` call on this input."""

@@ -33,7 +33,8 @@ CHATML_SYSTEM_TURN = "<|im_start|>system\n{system}<|im_end|>\n"
 # The system message of InternVL's own (remote-code) conversation template, for runs that want the
 # original convention (the HF chat template adds no system turn unless one is given).
 INTERNVL_SYSTEM_PROMPT = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+    "你是书生·万象，英文名是InternVL，"
+    "是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
 
 
@@ -64,7 +65,8 @@ class InternVLAdapter(VLMAdapter):
         # Tiling as the InternVL processor applies it: its own default (crop_to_patches=True) overrides
         # the image processor's attribute; a per-call override is not visible here (set the attribute).
         crop = getattr(image_processor, "crop_to_patches", True)
-        self.crop_to_patches = bool((getattr(type(processor), "images_kwargs", None) or {}).get("crop_to_patches", crop))
+        processor_defaults = getattr(type(processor), "images_kwargs", None) or {}
+        self.crop_to_patches = bool(processor_defaults.get("crop_to_patches", crop))
         self.min_tiles = int(getattr(image_processor, "min_patches", 1) or 1)
         self.max_tiles = int(getattr(image_processor, "max_patches", 12) or 12)
 

@@ -165,7 +165,9 @@ class Qwen2VLAdapter(VLMAdapter):
         return RopePositions(ids, int(deltas.flatten()[0]))
 
     # ---- computation -------------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **_) -> torch.Tensor:
+    def image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **_
+    ) -> torch.Tensor:
         """(1, N, hidden): every image's tokens, in prompt order (images differ in token count)."""
         if image_grid_thw is None:
             raise ValueError("Qwen2-VL image features need image_grid_thw (from the processor)")
