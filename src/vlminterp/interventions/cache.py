@@ -49,7 +49,7 @@ def prefill_cache(
     embeds = adapter.embed(input_ids, pixel_values, **image_inputs)
     _, cache = adapter.language_model_forward(
         embeds,
-        past_key_values=PromptCache(positions),
+        past_key_values=PromptCache(positions, config=adapter.text_config),  # as the model would build it
         position_ids=positions.span(0, input_ids.shape[1]),
         use_cache=True,
     )

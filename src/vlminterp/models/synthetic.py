@@ -29,7 +29,6 @@ from transformers import (
     CLIPVisionConfig,
     GotOcr2ImageProcessorPil,
     InternVLConfig,
-    InternVLProcessor,
     InternVLVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -40,10 +39,12 @@ from transformers import (
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
-    Qwen2VLProcessor,
 )
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+from .adapters.internvl import ImageOnlyInternVLProcessor
+from .adapters.qwen2_vl import ImageOnlyQwen2VLProcessor
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
@@ -428,24 +429,7 @@ def _variant(name: str):
     raise KeyError(f"unknown synthetic variant {name!r}; known: {known}")
 
 
-class _WithoutVideoProcessor:
-    """Lets a processor be built with video_processor=None (video processors need torchvision)."""
-
-    def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
-
-
-class SyntheticInternVLProcessor(_WithoutVideoProcessor, InternVLProcessor):
-    """`InternVLProcessor` without a video processor (images only)."""
-
-
-class SyntheticQwen2VLProcessor(_WithoutVideoProcessor, Qwen2VLProcessor):
-    """`Qwen2VLProcessor` without a video processor (images only)."""
-
-
-def build_internvl_processor(variant: InternVLVariant) -> InternVLProcessor:
+def build_internvl_processor(variant: InternVLVariant) -> ImageOnlyInternVLProcessor:
     """InternVL's processing at the variant's tile size: dynamic tiles + thumbnail (GOT-OCR2 PIL)."""
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": variant.tile_size, "width": variant.tile_size},
@@ -453,7 +437,7 @@ def build_internvl_processor(variant: InternVLVariant) -> InternVLProcessor:
         min_patches=variant.min_tiles,
         max_patches=variant.max_tiles,
     )
-    return SyntheticInternVLProcessor(
+    return ImageOnlyInternVLProcessor(
         image_processor=image_processor,
         tokenizer=build_chatml_tokenizer(),
         video_processor=None,
@@ -461,7 +445,7 @@ def build_internvl_processor(variant: InternVLVariant) -> InternVLProcessor:
     )
 
 
-def build_qwen2_vl_processor(variant: Qwen2VLVariant) -> Qwen2VLProcessor:
+def build_qwen2_vl_processor(variant: Qwen2VLVariant) -> ImageOnlyQwen2VLProcessor:
     """Qwen2-VL's processing at the variant's patch size: smart_resize to multiples of patch * merge."""
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=variant.patch_size,
@@ -470,7 +454,7 @@ def build_qwen2_vl_processor(variant: Qwen2VLVariant) -> Qwen2VLProcessor:
         min_pixels=variant.min_pixels,
         max_pixels=variant.max_pixels,
     )
-    return SyntheticQwen2VLProcessor(
+    return ImageOnlyQwen2VLProcessor(
         image_processor=image_processor, tokenizer=build_chatml_tokenizer(), video_processor=None
     )
 
@@ -559,3 +543,24 @@ def qwen2_vl_config(variant: Qwen2VLVariant) -> Qwen2VLConfig:
         vision_end_token_id=vocab["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+
+
+def save_synthetic(model, processor, directory) -> None:
+    """Save a synthetic model and its processor so that `load_model(ModelSpec(directory))` loads them.
+
+    Image-only processors (InternVL, Qwen2-VL) cannot `save_pretrained` themselves (no video
+    processor); their tokenizer, image processor and processor settings are saved one by one."""
+    import json
+    from pathlib import Path
+
+    model.save_pretrained(directory)
+    if getattr(processor, "video_processor", True) is not None:
+        processor.save_pretrained(directory)
+        return
+    processor.tokenizer.save_pretrained(directory)
+    processor.image_processor.save_pretrained(directory)
+    transformers_class = next(c for c in type(processor).__mro__ if c.__module__.startswith("transformers."))
+    settings = {"processor_class": transformers_class.__name__}
+    if hasattr(processor, "image_seq_length"):
+        settings["image_seq_length"] = processor.image_seq_length
+    Path(directory, "processor_config.json").write_text(json.dumps(settings, indent=2))

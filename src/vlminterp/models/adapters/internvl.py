@@ -25,8 +25,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from transformers import InternVLProcessor
 
-from .base import ImageCells, ImageGeometry, PromptTemplate, VLMAdapter
+from .base import (
+    ImageCells,
+    ImageGeometry,
+    ImageOnlyProcessorMixin,
+    PromptTemplate,
+    VLMAdapter,
+    load_image_only_processor,
+)
 
 CHATML_USER_TURN = "<|im_start|>user\n{image}\n{text}<|im_end|>\n<|im_start|>assistant\n"
 CHATML_SYSTEM_TURN = "<|im_start|>system\n{system}<|im_end|>\n"
@@ -79,6 +87,11 @@ class InternVLAdapter(VLMAdapter):
         from transformers import InternVLForConditionalGeneration
 
         return InternVLForConditionalGeneration
+
+    @classmethod
+    def load_processor(cls, id_or_path: str, **kwargs):
+        """AutoProcessor, or an image-only `ImageOnlyInternVLProcessor` where the video processor needs torchvision."""
+        return load_image_only_processor(ImageOnlyInternVLProcessor, id_or_path, **kwargs)
 
     # ---- structure ---------------------------------------------------------------------------------
     @property
@@ -173,3 +186,7 @@ def _pair(value) -> tuple[int, int]:
 def _get(mapping, key: str, default):
     value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
     return value if value is not None else default
+
+
+class ImageOnlyInternVLProcessor(ImageOnlyProcessorMixin, InternVLProcessor):
+    """`InternVLProcessor` that may be built without a video processor (images only)."""

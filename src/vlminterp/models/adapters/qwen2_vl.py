@@ -26,8 +26,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from transformers import Qwen2VLProcessor
 
-from .base import ImageCells, ImageGeometry, PromptTemplate, RopePositions, VLMAdapter
+from .base import (
+    ImageCells,
+    ImageGeometry,
+    ImageOnlyProcessorMixin,
+    PromptTemplate,
+    RopePositions,
+    VLMAdapter,
+    load_image_only_processor,
+)
 
 QWEN2_VL_SYSTEM_PROMPT = "You are a helpful assistant."  # the default system turn of Qwen2-VL's chat template
 QWEN2_VL_TEMPLATE = PromptTemplate(
@@ -64,6 +73,11 @@ class Qwen2VLAdapter(VLMAdapter):
         from transformers import Qwen2VLForConditionalGeneration
 
         return Qwen2VLForConditionalGeneration
+
+    @classmethod
+    def load_processor(cls, id_or_path: str, **kwargs):
+        """AutoProcessor, or an image-only `ImageOnlyQwen2VLProcessor` where the video processor needs torchvision."""
+        return load_image_only_processor(ImageOnlyQwen2VLProcessor, id_or_path, **kwargs)
 
     # ---- structure ---------------------------------------------------------------------------------
     @property
@@ -181,3 +195,7 @@ class Qwen2VLAdapter(VLMAdapter):
 def _get(mapping, key: str, default):
     value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
     return value if value is not None else default
+
+
+class ImageOnlyQwen2VLProcessor(ImageOnlyProcessorMixin, Qwen2VLProcessor):
+    """`Qwen2VLProcessor` that may be built without a video processor (images only)."""
