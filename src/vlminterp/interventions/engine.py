@@ -195,7 +195,6 @@ class InterventionEngine:
             embeds = apply_ablations(embeds, [list(c.ablations) for c in chunk])
         return embeds[:, prefix:]
 
-
     # ---- public API -----------------------------------------------------------------------------
     @torch.no_grad()
     def logits(
