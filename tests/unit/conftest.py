@@ -1,4 +1,4 @@
-"""Fixtures for the unit tests: cached random-weight LLaVA models and ready-made inputs."""
+"""Fixtures for the unit tests: cached random-weight VLMs (LLaVA, InternVL, Qwen2-VL) and ready-made inputs."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -33,11 +33,12 @@ def random_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
 
 
-def encode(processor, adapter, text: str = "Describe this image.", seed: int = 0, system_prompt=None):
-    """Tokenized single-image prompt: dict with input_ids (1, T) and pixel_values (1, 3, S, S)."""
+def encode(processor, adapter, text: str = "Describe this image.", seed: int = 0, system_prompt=None, size=(64, 48)):
+    """Tokenized single-image prompt: the keyword arguments of a full model forward, i.e. input_ids
+    (1, T), pixel_values, and what else the family needs (Qwen2-VL: image_grid_thw, mm_token_type_ids)."""
     prompt = adapter.format_prompt(text, system_prompt)
-    enc = processor(images=random_image(seed), text=prompt, return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "pixel_values": enc["pixel_values"]}
+    enc = processor(images=random_image(seed, size), text=prompt, return_tensors="pt")
+    return adapter.model_inputs(enc["input_ids"], **adapter.image_inputs(enc))
 
 
 @pytest.fixture(scope="session", name="random_image")

@@ -227,3 +227,30 @@ def test_unknown_family_is_reported():
 
     with pytest.raises(UnsupportedModelError, match="blip"):
         adapter_for(FakeModel())
+
+
+@pytest.mark.parametrize("geometry", ["crop", "pad"])
+def test_llava_image_cells_are_the_single_grid(geometry):
+    """The per-token cell table (the contract tiled families use) reduces to the grid for LLaVA."""
+    processor = build_processor(SYNTHETIC_VARIANTS["tiny-odd-grid"])
+    adapter = _adapter_with_processor("tiny-odd-grid", processor)
+    cells = adapter.image_cells((91, 41), geometry)
+    assert cells.num_tiles == 1 and cells.tile_kinds == ("grid",) and cells.tile_shapes == ((5, 5),)
+    np.testing.assert_array_equal(cells.cells()[:, 1:], adapter.grid.cells())
+    assert (cells.tile == 0).all()
+    np.testing.assert_array_equal(cells.boxes, adapter.grid.cell_boxes((91, 41), geometry))
+    np.testing.assert_array_equal(cells.boxes, adapter.cell_boxes((91, 41), geometry))
+    np.testing.assert_array_equal(cells.grid_boxes(), cells.boxes.reshape(5, 5, 4))
+    assert adapter.cell_boxes((91, 41)).tolist() == adapter.cell_boxes((91, 41), "crop").tolist()  # default: crop
+    with pytest.raises(ValueError, match="geometry"):
+        adapter.cell_boxes((91, 41), "resize")
+
+
+def test_llava_positions_of_cells_accepts_tile_triples(synthetic, make_inputs):
+    _, processor, adapter = synthetic("tiny-odd-grid")
+    ids = make_inputs(processor, adapter)["input_ids"]
+    assert adapter.positions_of_cells(ids, [(0, 1, 2)]).tolist() == adapter.positions_of_cells(ids, [(1, 2)]).tolist()
+    with pytest.raises(IndexError):
+        adapter.positions_of_cells(ids, [(1, 0, 0)])
+    (blocks,) = adapter.image_blocks(ids)
+    assert len(blocks) == 1 and len(blocks[0]) == 25

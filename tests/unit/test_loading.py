@@ -71,3 +71,21 @@ def test_llava_1_5_7b_sizes_on_meta_device():
     n_params = sum(p.numel() for p in model.parameters())
     assert 7.0e9 < n_params < 7.1e9  # LLaVA-1.5-7B: 7.06 B parameters
     assert model.config.image_seq_length == 576
+
+
+@pytest.mark.parametrize("variant", ["tiny-internvl", "tiny-qwen2-vl"])
+def test_family_round_trip_without_torchvision(variant, tmp_path, make_inputs):
+    """load_model picks the family's class and processor; where transformers' video processors need
+    torchvision (not installed here), an image-only processor is built from the checkpoint's parts."""
+    from vlminterp.models.adapters import adapter_for
+    from vlminterp.models.synthetic import save_synthetic
+
+    model, processor = build_synthetic(variant)
+    save_synthetic(model, processor, tmp_path)
+    loaded, loaded_processor = load_model(ModelSpec(str(tmp_path)))
+    assert type(loaded) is type(model)
+    adapter = adapter_for(loaded, loaded_processor)
+    inputs = make_inputs(loaded_processor, adapter)
+    assert torch.equal(inputs["input_ids"], make_inputs(processor, adapter_for(model, processor))["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)

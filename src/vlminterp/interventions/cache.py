@@ -2,12 +2,16 @@
 per layer, then ask a new question after it, positions continuing, greedy decoding.
 
     cache = prefill_cache(adapter, input_ids, pixel_values)           # the describe prompt, once
+    cache = prefill_cache(adapter, input_ids, **adapter.image_inputs(encoding))   # any family
     kept = select_cache(cache, keep=system_and_prompt + top_image)     # same positions in every layer
     kept = select_cache(cache, keep=[positions_for_layer(l) for l in range(L)])  # or per layer
     answer = continue_generation(adapter, kept, question_ids, max_new_tokens=8)
 
 RoPE: kept keys keep the rotation of their ORIGINAL positions (they are gathered, not recomputed),
-and the new tokens get positions original_length, original_length + 1, ... When layers keep
+and the new tokens get the positions they would have had right after the full prompt: sequence
+index original_length, original_length + 1, ... plus the prompt's RoPE delta (0 for 1-D RoPE;
+Qwen2-VL's M-RoPE: the image's tokens use fewer positions than slots, and text continues after the
+largest one). `prefill_cache` returns a `PromptCache`, which remembers those positions. When layers keep
 different numbers of positions, each layer's slots are padded to a common width and the padding
 slots are knocked out for every new query (so they receive exactly zero attention).
 `select_cache` never modifies the source cache, so one prefill serves many selections.
@@ -21,14 +25,34 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..models.adapters.base import RopePositions
 from .engine import greedy_continue, until_eos
 from .knockout import From, Knockout, Positions, explicit_positions, knockout
 
 
+class PromptCache(DynamicCache):
+    """The KV cache of one whole prompt, plus the prompt's RoPE positions (how text continues)."""
+
+    def __init__(self, positions: RopePositions, **kwargs):
+        super().__init__(**kwargs)
+        self.positions = positions
+
+
 @torch.no_grad()
-def prefill_cache(adapter, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> DynamicCache:
+def prefill_cache(
+    adapter, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs
+) -> PromptCache:
     """Run one input (batch 1) through the language model and return its KV cache."""
-    _, cache = adapter.language_model_forward(adapter.embed(input_ids, pixel_values), use_cache=True)
+    if input_ids.ndim == 1:
+        input_ids = input_ids[None]
+    positions = adapter.rope_positions(input_ids, **image_inputs)
+    embeds = adapter.embed(input_ids, pixel_values, **image_inputs)
+    _, cache = adapter.language_model_forward(
+        embeds,
+        past_key_values=PromptCache(positions, config=adapter.text_config),  # as the model would build it
+        position_ids=positions.span(0, input_ids.shape[1]),
+        use_cache=True,
+    )
     return cache
 
 
@@ -39,6 +63,11 @@ class KeptCache:
     cache: DynamicCache  # per layer: kept slots (original order), then zero padding up to `width`
     kept_positions: list[torch.Tensor]  # per layer: the original positions kept
     original_length: int  # length of the sequence the source cache was built from
+    positions: RopePositions | None = None  # the source prompt's RoPE positions (None: 1-D, 0..T-1)
+
+    @property
+    def rope(self) -> RopePositions:
+        return self.positions if self.positions is not None else RopePositions.arange(self.original_length)
 
     @property
     def width(self) -> int:
@@ -53,8 +82,12 @@ class KeptCache:
         ]
 
 
-def select_cache(cache: DynamicCache, keep: Positions | Sequence[Positions]) -> KeptCache:
-    """Gather the kept positions of each layer (one Positions for all layers, or one per layer)."""
+def select_cache(
+    cache: DynamicCache, keep: Positions | Sequence[Positions], positions: RopePositions | None = None
+) -> KeptCache:
+    """Gather the kept positions of each layer (one Positions for all layers, or one per layer).
+
+    `positions`: the prompt's RoPE positions; taken from a `PromptCache` when not given."""
     layers = cache.layers
     original_length = layers[0].keys.shape[-2]
     if isinstance(keep, Sequence) and len(keep) == len(layers) and all(
@@ -76,7 +109,11 @@ def select_cache(cache: DynamicCache, keep: Positions | Sequence[Positions]) -> 
             pad = (0, 0, 0, width - len(kept))
             keys, values = torch.nn.functional.pad(keys, pad), torch.nn.functional.pad(values, pad)
         data.append((keys, values))
-    return KeptCache(DynamicCache(ddp_cache_data=data), per_layer, original_length)
+    if positions is None:
+        positions = getattr(cache, "positions", None)
+    if positions is not None and positions.length != original_length:
+        raise ValueError(f"positions cover {positions.length} tokens but the cache holds {original_length}")
+    return KeptCache(DynamicCache(ddp_cache_data=data), per_layer, original_length, positions)
 
 
 @torch.no_grad()
@@ -95,12 +132,13 @@ def continue_generation(
     cache = DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in kept.cache.layers])
     start = kept.original_length
     n = new_input_ids.shape[1]
-    positions = torch.arange(start, start + n, device=new_input_ids.device)[None]
+    rope = kept.rope.to(new_input_ids.device)
+    positions = rope.span(start, start + n)
     padding = kept.padding_knockouts()
     context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
     with context:
         hidden, cache = adapter.language_model_forward(
             adapter.embed_tokens(new_input_ids), past_key_values=cache, position_ids=positions, use_cache=True
         )
-        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos)
+        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos, positions=rope)
     return until_eos(generated[0].tolist(), eos)

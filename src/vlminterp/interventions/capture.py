@@ -9,7 +9,7 @@
     slots, probs = att.layer(l)   # probs (B, H or 1, len(slots), K): attention rows of those queries only
     with capture_image_embeddings(adapter) as img:
         model(**inputs)
-    img.features            # (num_images, tokens_per_image, d), post-projector
+    img.features            # (G, n, d), post-projector: G = images (LLaVA), tiles (InternVL), 1 (Qwen2-VL)
 
 Positions are sequence indices (cache slots); capture works for a full forward, a cached prefill
 + decode, and `generate`. Attention is captured inside the patched attention function for the
@@ -167,8 +167,9 @@ class ImageEmbeddingRecord:
 
     @property
     def features(self) -> torch.Tensor:
-        """(num_images, tokens_per_image, d) post-projector embeddings of every image seen."""
-        return torch.cat(self.outputs)
+        """(G, n, d) post-projector embeddings of every image seen, the layout of
+        `adapter.image_features` (G = images, tiles, or 1 per forward for Qwen2-VL's flat output)."""
+        return torch.cat([o if o.ndim == 3 else o[None] for o in self.outputs])
 
 
 @contextlib.contextmanager

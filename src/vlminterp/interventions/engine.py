@@ -2,6 +2,7 @@
 
     engine = InterventionEngine(model, adapter)
     prepared = engine.prepare(input_ids, pixel_values)       # vision tower + projector run once
+    prepared = engine.prepare(input_ids, **adapter.image_inputs(encoding))   # any family (Qwen2-VL: + grid_thw)
     conditions = [Knockout([T - 1], cells, layers=w) for w in windows]   # or Ablation(...), Condition(...)
     logits = engine.logits(prepared, conditions)             # (C, 1, V): last position by default
     out = engine.generate(prepared, [None, Knockout(From(T), image_positions)], max_new_tokens=64)
@@ -12,6 +13,10 @@ position before p unchanged, so positions < p run once (KV cache, batch 1) and e
 only positions >= p, the cache expanded across the batch; conditions are batched (each row its own
 ablation or knockout mask, see knockout.py); greedy decoding of C rows costs about one row's
 memory traffic. Blocking the last prompt token is one token of work per condition.
+
+Positions: every forward gets explicit RoPE position ids from `adapter.rope_positions` (1-D, or
+Qwen2-VL's 3-D M-RoPE), sliced for the suffix and continued (index + delta) for decode steps, so
+a shared prefix and cached decoding use exactly the positions of one full forward.
 
 `share_prefix=False, max_batch_size=1` turns both tricks off (a sequential baseline for benchmarks);
 `reference.py` is the naive oracle the tests compare against.
@@ -27,6 +32,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..models.adapters import VLMAdapter, adapter_for
+from ..models.adapters.base import RopePositions
 from .ablation import apply_ablations
 from .conditions import Condition, ConditionLike, as_condition
 from .knockout import KnockoutMasks
@@ -39,10 +45,17 @@ class PreparedInput:
 
     input_ids: torch.Tensor  # (1, T)
     inputs_embeds: torch.Tensor  # (1, T, d)
+    positions: RopePositions | None = None  # None: 1-D positions 0..T-1
 
     @property
     def length(self) -> int:
         return self.input_ids.shape[1]
+
+    @property
+    def rope(self) -> RopePositions:
+        if self.positions is None:
+            return RopePositions.arange(self.length, device=self.input_ids.device)
+        return self.positions
 
 
 @dataclass
@@ -141,8 +154,12 @@ class InterventionEngine:
         return self.adapter.embed_tokens.weight.device
 
     @torch.no_grad()
-    def prepare(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> PreparedInput:
-        """Embed one input (batch of 1); the vision tower runs here, once for all conditions."""
+    def prepare(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs
+    ) -> PreparedInput:
+        """Embed one input (batch of 1); the vision tower runs here, once for all conditions.
+
+        `image_inputs`: other processor outputs the family needs (Qwen2-VL: image_grid_thw)."""
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
         if input_ids.shape[0] != 1:
@@ -150,14 +167,19 @@ class InterventionEngine:
         input_ids = input_ids.to(self.device)
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device)
-        return PreparedInput(input_ids, self.adapter.embed(input_ids, pixel_values))
+        image_inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in image_inputs.items()}
+        embeds = self.adapter.embed(input_ids, pixel_values, **image_inputs)
+        positions = self.adapter.rope_positions(input_ids, **image_inputs).to(self.device)
+        return PreparedInput(input_ids, embeds, positions)
 
     # ---- internals ------------------------------------------------------------------------------
     def _prefix(self, prepared: PreparedInput, conditions: list[Condition]):
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
         if prefix == 0:
             return 0, None, None
-        hidden, cache = self.adapter.language_model_forward(prepared.inputs_embeds[:, :prefix], use_cache=True)
+        hidden, cache = self.adapter.language_model_forward(
+            prepared.inputs_embeds[:, :prefix], position_ids=prepared.rope.span(0, prefix), use_cache=True
+        )
         return prefix, hidden, cache
 
     def _row_context(self, chunk: list[Condition]):
@@ -172,9 +194,6 @@ class InterventionEngine:
         if any(c.ablations for c in chunk):
             embeds = apply_ablations(embeds, [list(c.ablations) for c in chunk])
         return embeds[:, prefix:]
-
-    def _positions(self, start: int, stop: int, batch: int) -> torch.Tensor:
-        return torch.arange(start, stop, device=self.device)[None].expand(batch, -1)
 
     # ---- public API -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -199,7 +218,7 @@ class InterventionEngine:
                 hidden, _ = self.adapter.language_model_forward(
                     self._suffix_embeds(prepared, chunk, prefix),
                     past_key_values=preallocated_cache(prefix_cache, batch, length, self.adapter),
-                    position_ids=self._positions(prefix, length, batch),
+                    position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
                 )
             columns = []
@@ -231,10 +250,12 @@ class InterventionEngine:
                 hidden, cache = self.adapter.language_model_forward(
                     self._suffix_embeds(prepared, chunk, prefix),
                     past_key_values=preallocated_cache(prefix_cache, batch, length + max_new_tokens, self.adapter),
-                    position_ids=self._positions(prefix, length, batch),
+                    position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
                 )
-                generated = greedy_continue(self.adapter, hidden, cache, length, max_new_tokens, eos)
+                generated = greedy_continue(
+                    self.adapter, hidden, cache, length, max_new_tokens, eos, positions=prepared.rope
+                )
             tokens.extend(until_eos(row, eos) for row in generated.tolist())
         return GenerationOutput(tokens=tokens, prefix_length=prefix)
 
@@ -246,11 +267,14 @@ def greedy_continue(
     next_position: int,
     max_new_tokens: int,
     eos_token_id: int | None,
+    positions: RopePositions | None = None,
 ) -> torch.Tensor:
     """Greedy decoding from the last hidden state of a prefill: (B, <= max_new_tokens) token ids.
 
-    `next_position` is the RoPE position of the first generated token; rows that produced EOS keep
-    running (their extra tokens are cut by `until_eos`) until every row is done.
+    `next_position` is the sequence index of the first generated token; its RoPE position ids come
+    from `positions.span` (index + delta, M-RoPE-shaped where needed), or equal the index when
+    `positions` is None (1-D RoPE). Rows that produced EOS keep running (their extra tokens are
+    cut by `until_eos`) until every row is done.
     """
     batch = hidden.shape[0]
     device = hidden.device
@@ -263,7 +287,11 @@ def greedy_continue(
             finished |= next_ids == eos_token_id
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        position = torch.full((batch, 1), next_position + step, dtype=torch.long, device=device)
+        index = next_position + step
+        if positions is None:
+            position = torch.full((batch, 1), index, dtype=torch.long, device=device)
+        else:
+            position = positions.span(index, index + 1, batch)
         hidden, cache = adapter.language_model_forward(
             adapter.embed_tokens(next_ids[:, None]), past_key_values=cache, position_ids=position, use_cache=True
         )

@@ -4,6 +4,10 @@ benchmarks report the speed ratio against it.
 
     logits = reference_logits(model, adapter, input_ids, pixel_values, condition)      # (T, V)
     tokens = reference_generate(model, adapter, input_ids, pixel_values, condition, max_new_tokens=32)
+    logits = reference_logits(model, adapter, input_ids, None, condition, **adapter.image_inputs(encoding))
+
+Positions are whatever the model computes for itself (Qwen2-VL: its own `get_rope_index`), so the
+engine's explicit positions are checked against transformers' own.
 
 Knockout here does not use the engine's mask code: a dense (heads, Q, K) "blocked" table is filled
 straight from the Knockout objects and plain softmax attention is computed with it (batch 1).
@@ -80,11 +84,19 @@ def reference_interventions(adapter, condition: ConditionLike):
         yield
 
 
+def _model_inputs(adapter, input_ids, pixel_values, image_inputs: dict) -> dict:
+    if pixel_values is not None:
+        image_inputs = {**image_inputs, "pixel_values": pixel_values}
+    return adapter.model_inputs(input_ids, **image_inputs)
+
+
 @torch.no_grad()
-def reference_logits(model, adapter, input_ids, pixel_values, condition: ConditionLike = None) -> torch.Tensor:
+def reference_logits(
+    model, adapter, input_ids, pixel_values, condition: ConditionLike = None, **image_inputs
+) -> torch.Tensor:
     """(T, V) logits of one full forward of one input under `condition`."""
     with reference_interventions(adapter, condition):
-        return model(input_ids=input_ids, pixel_values=pixel_values).logits[0]
+        return model(**_model_inputs(adapter, input_ids, pixel_values, image_inputs)).logits[0]
 
 
 @torch.no_grad()
@@ -96,13 +108,13 @@ def reference_generate(
     condition: ConditionLike = None,
     max_new_tokens: int = 32,
     eos_token_id: int | None = None,
+    **image_inputs,
 ) -> list[int]:
     """Greedy `model.generate` of one input under `condition`; generated ids up to and including EOS."""
     eos = adapter.eos_token_id if eos_token_id is None else eos_token_id
     with reference_interventions(adapter, condition):
         sequences = model.generate(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
+            **_model_inputs(adapter, input_ids, pixel_values, image_inputs),
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens,
             min_new_tokens=0,

@@ -4,8 +4,9 @@
     spec = ModelSpec("llava-hf/llava-1.5-7b-hf", revision="<40-hex commit>", dtype="fp16", device="cuda")
     model, processor = load_model(spec)     # eval mode; raises WeightsNotAvailableError if not cached offline
 
-The model class comes from the adapter registry (`adapter_class_for_config`), so a new family
-needs no change here. With HF_HUB_OFFLINE=1 (the test default) nothing is downloaded.
+The model class and the processor loader come from the adapter registry (`adapter_class_for_config`),
+so a new family needs no change here (InternVL / Qwen2-VL: image-only processors where transformers'
+video processors would need torchvision). With HF_HUB_OFFLINE=1 (the test default) nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -83,12 +84,13 @@ def _device_placement(spec: ModelSpec) -> dict:
 
 def load_model(spec: ModelSpec):
     """Load (model, processor) for `spec`; the model is in eval mode on the requested device."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     source_kwargs = {} if spec.is_local else {"revision": spec.revision}
     try:
         config = AutoConfig.from_pretrained(spec.id_or_path, **source_kwargs)
-        model_class = adapter_class_for_config(config).model_class()
+        adapter_class = adapter_class_for_config(config)
+        model_class = adapter_class.model_class()
         placement = _device_placement(spec)
         move_to = placement.pop("_move_to", None)
         model = model_class.from_pretrained(
@@ -99,7 +101,7 @@ def load_model(spec: ModelSpec):
             **placement,
             **source_kwargs,
         )
-        processor = AutoProcessor.from_pretrained(spec.id_or_path, **source_kwargs)
+        processor = adapter_class.load_processor(spec.id_or_path, **source_kwargs)
     except OSError as error:  # what transformers raises for missing files / offline cache misses
         if spec.is_local and Path(spec.id_or_path, "config.json").exists():
             raise WeightsNotAvailableError(f"incomplete model directory {spec.id_or_path!r}: {error}") from None

@@ -1,14 +1,21 @@
-"""Random-weight LLaVA models built from configs, for tests and CPU benchmarks (no downloads).
+"""Random-weight VLMs (LLaVA, InternVL, Qwen2-VL) built from configs, for tests and CPU benchmarks
+(no downloads).
 
     from vlminterp.models.synthetic import build_synthetic, SYNTHETIC_VARIANTS
     model, processor = build_synthetic("tiny-llama")        # 4x4 grid, Llama MHA text model
     model, processor = build_synthetic("tiny-gqa", attn_implementation="eager")
     model, processor = build_synthetic("real-geometry")     # 336px / patch 14 = 576 tokens, small width
     config = llava_1_5_7b_config()                          # published LLaVA-1.5-7B sizes (GPU benchmark)
+    model, processor = build_synthetic("tiny-internvl")     # InternVL: 32 px tiles (<= 4 + thumbnail), 4x4 tokens each
+    model, processor = build_synthetic("tiny-qwen2-vl")     # Qwen2-VL: dynamic grid, 8 px per token, M-RoPE
 
-Every variant comes with a real `LlavaProcessor` (CLIP PIL image processor + a small byte-level
-BPE tokenizer trained on a fixed corpus), so the whole text/image pipeline is exercised exactly as
-with a hub checkpoint. Weights are seeded: the same variant and seed give the same model.
+Every variant comes with its family's real processor (LLaVA: CLIP PIL image processor; InternVL:
+GOT-OCR2 PIL tiling processor; Qwen2-VL: its PIL smart-resize processor) and a small byte-level BPE
+tokenizer trained on a fixed corpus, so the whole text/image pipeline is exercised exactly as with
+a hub checkpoint. InternVL and Qwen2-VL get a ChatML tokenizer with their special tokens; their
+processors are built without a video processor (those need torchvision). Weights are seeded: the
+same variant and seed give the same model. `SYNTHETIC_VARIANTS` holds the LLaVA variants;
+`INTERNVL_VARIANTS` and `QWEN2_VL_VARIANTS` the others; `build_synthetic` takes any of their names.
 """
 from __future__ import annotations
 
@@ -20,17 +27,45 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
+    GotOcr2ImageProcessorPil,
+    InternVLConfig,
+    InternVLVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     Phi3Config,
     PreTrainedConfig,
+    Qwen2Config,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessorPil,
 )
+from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+from .adapters.internvl import ImageOnlyInternVLProcessor
+from .adapters.qwen2_vl import ImageOnlyQwen2VLProcessor
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
+# ChatML-family special tokens (InternVL3 / Qwen2-VL spellings), one tokenizer for both families.
+INTERNVL_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+QWEN2_VL_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+CHATML_SPECIAL_TOKENS = (
+    "<unk>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    *INTERNVL_TOKENS.values(),
+    "<|vision_start|>",
+    "<|vision_end|>",
+    *QWEN2_VL_TOKENS.values(),
+)
 
 LLAVA_SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
@@ -53,6 +88,7 @@ _CORPUS = [
     "hair drier toothbrush circle square triangle red green blue yellow left right top bottom",
     "<|user|> <|end|> <|assistant|> <|system|>",
 ]
+_CHATML_CORPUS = ["system\nuser\nassistant\n You are a helpful assistant."]
 
 
 @dataclass(frozen=True)
@@ -105,18 +141,18 @@ SYNTHETIC_VARIANTS: dict[str, SyntheticVariant] = {
 }
 
 
-@lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
+@lru_cache(maxsize=4)
+def _tokenizer_json(special_tokens: tuple[str, ...] = SPECIAL_TOKENS, extra_corpus: tuple[str, ...] = ()) -> str:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=600,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_CORPUS + list(extra_corpus), trainer=trainer)
     return tok.to_str()
 
 
@@ -134,8 +170,29 @@ def build_tokenizer() -> TokenizersBackend:
     return tokenizer
 
 
-def build_processor(variant: SyntheticVariant) -> LlavaProcessor:
-    """The HF LLaVA-1.5 processing pipeline at the variant's image size: resize short side, centre crop."""
+def build_chatml_tokenizer() -> TokenizersBackend:
+    """A small deterministic ChatML tokenizer (`<|im_start|>`, `<|im_end|>` = EOS, `<|endoftext|>` = pad)
+    with InternVL's (`<img>`, `</img>`, `<IMG_CONTEXT>`) and Qwen2-VL's (`<|vision_start|>`,
+    `<|image_pad|>`, ...) special tokens; no BOS, as in Qwen tokenizers."""
+    tokenizer = TokenizersBackend(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(CHATML_SPECIAL_TOKENS, tuple(_CHATML_CORPUS))),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        extra_special_tokens={**INTERNVL_TOKENS, **QWEN2_VL_TOKENS},
+    )
+    tokenizer.add_bos_token = False
+    return tokenizer
+
+
+def build_processor(variant) -> LlavaProcessor:
+    """The variant's processing pipeline. LLaVA: resize short side, centre crop (HF LLaVA-1.5)."""
+    if isinstance(variant, str):
+        variant = _variant(variant)
+    if isinstance(variant, InternVLVariant):
+        return build_internvl_processor(variant)
+    if isinstance(variant, Qwen2VLVariant):
+        return build_qwen2_vl_processor(variant)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": variant.image_size},
         crop_size={"height": variant.image_size, "width": variant.image_size},
@@ -172,10 +229,15 @@ def _text_config(variant: SyntheticVariant, vocab_size: int, pad_id: int, bos_id
     raise ValueError(f"unknown text_model {variant.text_model!r}; expected 'llama' or 'phi3'")
 
 
-def synthetic_config(variant: SyntheticVariant | str) -> LlavaConfig:
-    """The `LlavaConfig` of a synthetic variant (vocabulary = the synthetic tokenizer's)."""
+def synthetic_config(variant) -> PreTrainedConfig:
+    """The config of a synthetic variant (vocabulary = the synthetic tokenizer's): LlavaConfig,
+    InternVLConfig or Qwen2VLConfig according to the variant's family."""
     if isinstance(variant, str):
-        variant = SYNTHETIC_VARIANTS[variant]
+        variant = _variant(variant)
+    if isinstance(variant, InternVLVariant):
+        return internvl_config(variant)
+    if isinstance(variant, Qwen2VLVariant):
+        return qwen2_vl_config(variant)
     tokenizer = build_tokenizer()
     vocab = tokenizer.get_vocab()
     text_config = _text_config(
@@ -214,14 +276,17 @@ def build_model_from_config(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
-) -> LlavaForConditionalGeneration:
-    """Instantiate a LLaVA model with seeded random weights directly on `device` in `dtype`."""
+):
+    """Instantiate a model (class from the adapter registry) with seeded random weights on `device` in `dtype`."""
+    from .adapters import adapter_class_for_config
+
+    model_class = adapter_class_for_config(config).model_class()
     torch.manual_seed(seed)
     previous_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlavaForConditionalGeneration._from_config(config, attn_implementation=attn_implementation)
+            model = model_class._from_config(config, attn_implementation=attn_implementation)
     finally:
         torch.set_default_dtype(previous_dtype)
     return model.eval()
@@ -234,12 +299,10 @@ def build_synthetic(
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A random-weight LLaVA model and its processor for a named (or explicit) variant."""
+):
+    """A random-weight model and its processor for a named (or explicit) variant of any family."""
     if isinstance(variant, str):
-        if variant not in SYNTHETIC_VARIANTS:
-            raise KeyError(f"unknown synthetic variant {variant!r}; known: {sorted(SYNTHETIC_VARIANTS)}")
-        variant = SYNTHETIC_VARIANTS[variant]
+        variant = _variant(variant)
     model = build_model_from_config(
         synthetic_config(variant), seed=seed, dtype=dtype, device=device, attn_implementation=attn_implementation
     )
@@ -287,3 +350,217 @@ def llava_1_5_7b_config() -> LlavaConfig:
         projector_hidden_act="gelu",
         pad_token_id=32001,
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# InternVL and Qwen2-VL
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InternVLVariant:
+    """Sizes of a random-weight InternVL (InternViT tiles -> pixel shuffle -> MLP -> Qwen2 LM)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    tile_size: int = 32  # InternVL: 448
+    patch_size: int = 4  # InternVL: 14
+    downsample_ratio: float = 0.5
+    min_tiles: int = 1
+    max_tiles: int = 4  # InternVL3 processor: 12
+    initializer_range: float = 0.1
+    max_position_embeddings: int = 4096
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return int(self.tile_size // self.patch_size * self.downsample_ratio) ** 2
+
+
+@dataclass(frozen=True)
+class Qwen2VLVariant:
+    """Sizes of a random-weight Qwen2-VL (ViT with 2x2 merger, M-RoPE Qwen2 LM)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    mrope_section: tuple[int, int, int] = (2, 3, 3)  # sums to head_dim / 2 (Qwen2-VL-7B: 16, 24, 24)
+    rope_theta: float = 10000.0  # small, so that position errors show in the logits
+    vision_embed_dim: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    patch_size: int = 4  # Qwen2-VL: 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    min_pixels: int = 8 * 8 * 4  # Qwen2-VL: 56 * 56
+    max_pixels: int = 8 * 8 * 64  # Qwen2-VL: 28 * 28 * 1280
+    initializer_range: float = 0.1
+    max_position_embeddings: int = 4096
+
+
+INTERNVL_VARIANTS: dict[str, InternVLVariant] = {
+    # 32 px tiles of 8x8 patches -> 4x4 tokens; up to 4 tiles + a thumbnail (64x48 px -> 2x2 + 1 = 80 tokens).
+    "tiny-internvl": InternVLVariant(),
+    # InternVL3's geometry (448 px tiles, 14 px patches -> 16x16 = 256 tokens per tile, up to 12 tiles
+    # + thumbnail) at CPU width: for geometry checks (the vision tower is slow on CPU at this size).
+    "internvl-real-geometry": InternVLVariant(tile_size=448, patch_size=14, max_tiles=12),
+}
+QWEN2_VL_VARIANTS: dict[str, Qwen2VLVariant] = {
+    # 4 px patches, 2x2 merge -> 8 px per token; 64x48 px -> 6x8 = 48 tokens, at most 64.
+    "tiny-qwen2-vl": Qwen2VLVariant(),
+    # Qwen2-VL's geometry (14 px patches, 28 px per token, 56*56 .. 28*28*1280 pixels) at CPU width.
+    "qwen2-vl-real-geometry": Qwen2VLVariant(patch_size=14, min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
+}
+
+
+def _variant(name: str):
+    for table in (SYNTHETIC_VARIANTS, INTERNVL_VARIANTS, QWEN2_VL_VARIANTS):
+        if name in table:
+            return table[name]
+    known = sorted([*SYNTHETIC_VARIANTS, *INTERNVL_VARIANTS, *QWEN2_VL_VARIANTS])
+    raise KeyError(f"unknown synthetic variant {name!r}; known: {known}")
+
+
+def build_internvl_processor(variant: InternVLVariant) -> ImageOnlyInternVLProcessor:
+    """InternVL's processing at the variant's tile size: dynamic tiles + thumbnail (GOT-OCR2 PIL)."""
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": variant.tile_size, "width": variant.tile_size},
+        crop_to_patches=True,
+        min_patches=variant.min_tiles,
+        max_patches=variant.max_tiles,
+    )
+    return ImageOnlyInternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=build_chatml_tokenizer(),
+        video_processor=None,
+        image_seq_length=variant.tokens_per_tile,
+    )
+
+
+def build_qwen2_vl_processor(variant: Qwen2VLVariant) -> ImageOnlyQwen2VLProcessor:
+    """Qwen2-VL's processing at the variant's patch size: smart_resize to multiples of patch * merge."""
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=variant.patch_size,
+        merge_size=variant.merge_size,
+        temporal_patch_size=variant.temporal_patch_size,
+        min_pixels=variant.min_pixels,
+        max_pixels=variant.max_pixels,
+    )
+    return ImageOnlyQwen2VLProcessor(
+        image_processor=image_processor, tokenizer=build_chatml_tokenizer(), video_processor=None
+    )
+
+
+def _chatml_ids() -> dict[str, int]:
+    return build_chatml_tokenizer().get_vocab()
+
+
+def internvl_config(variant: InternVLVariant) -> InternVLConfig:
+    vocab = _chatml_ids()
+    text_config = Qwen2Config(
+        vocab_size=len(vocab),
+        hidden_size=variant.hidden_size,
+        intermediate_size=variant.intermediate_size,
+        num_hidden_layers=variant.num_layers,
+        num_attention_heads=variant.num_heads,
+        num_key_value_heads=variant.num_kv_heads,
+        max_position_embeddings=variant.max_position_embeddings,
+        initializer_range=variant.initializer_range,
+        rms_norm_eps=1e-6,
+        bos_token_id=vocab["<|endoftext|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    vision_config = InternVLVisionConfig(
+        hidden_size=variant.vision_hidden_size,
+        intermediate_size=variant.vision_intermediate_size,
+        num_hidden_layers=variant.vision_layers,
+        num_attention_heads=variant.vision_heads,
+        image_size=variant.tile_size,
+        patch_size=variant.patch_size,
+        initializer_range=variant.initializer_range,
+    )
+    return InternVLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=vocab[INTERNVL_TOKENS["context_image_token"]],
+        image_seq_length=variant.tokens_per_tile,
+        downsample_ratio=variant.downsample_ratio,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+
+
+def qwen2_vl_config(variant: Qwen2VLVariant) -> Qwen2VLConfig:
+    vocab = _chatml_ids()
+    text_config = Qwen2VLTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=variant.hidden_size,
+        intermediate_size=variant.intermediate_size,
+        num_hidden_layers=variant.num_layers,
+        num_attention_heads=variant.num_heads,
+        num_key_value_heads=variant.num_kv_heads,
+        max_position_embeddings=variant.max_position_embeddings,
+        initializer_range=variant.initializer_range,
+        rms_norm_eps=1e-6,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": variant.rope_theta,
+            "mrope_section": list(variant.mrope_section),
+        },
+        bos_token_id=vocab["<|endoftext|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    vision_config = Qwen2VLVisionConfig(
+        depth=variant.vision_layers,
+        embed_dim=variant.vision_embed_dim,
+        hidden_size=variant.hidden_size,
+        num_heads=variant.vision_heads,
+        mlp_ratio=2,
+        patch_size=variant.patch_size,
+        spatial_merge_size=variant.merge_size,
+        temporal_patch_size=variant.temporal_patch_size,
+        initializer_range=variant.initializer_range,
+    )
+    return Qwen2VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=vocab[QWEN2_VL_TOKENS["image_token"]],
+        video_token_id=vocab[QWEN2_VL_TOKENS["video_token"]],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def save_synthetic(model, processor, directory) -> None:
+    """Save a synthetic model and its processor so that `load_model(ModelSpec(directory))` loads them.
+
+    Image-only processors (InternVL, Qwen2-VL) cannot `save_pretrained` themselves (no video
+    processor); their tokenizer, image processor and processor settings are saved one by one."""
+    import json
+    from pathlib import Path
+
+    model.save_pretrained(directory)
+    if getattr(processor, "video_processor", True) is not None:
+        processor.save_pretrained(directory)
+        return
+    processor.tokenizer.save_pretrained(directory)
+    processor.image_processor.save_pretrained(directory)
+    transformers_class = next(c for c in type(processor).__mro__ if c.__module__.startswith("transformers."))
+    settings = {"processor_class": transformers_class.__name__}
+    if hasattr(processor, "image_seq_length"):
+        settings["image_seq_length"] = processor.image_seq_length
+    Path(directory, "processor_config.json").write_text(json.dumps(settings, indent=2))

@@ -2,13 +2,25 @@
 
     from vlminterp.models.adapters import adapter_for
     adapter = adapter_for(model, processor)   # LlavaAdapter for LlavaForConditionalGeneration
+                                              # InternVLAdapter, Qwen2VLAdapter likewise
 
 A new family: subclass `VLMAdapter` in its own module and call `register_adapter(ThatAdapter)`.
 """
 from __future__ import annotations
 
-from .base import GEOMETRIES, ImageGeometry, PatchGrid, PromptTemplate, VLMAdapter, pad_to_square
+from .base import (
+    GEOMETRIES,
+    ImageCells,
+    ImageGeometry,
+    PatchGrid,
+    PromptTemplate,
+    RopePositions,
+    VLMAdapter,
+    pad_to_square,
+)
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS: list[type[VLMAdapter]] = []
 
@@ -41,14 +53,20 @@ def adapter_for(model, processor=None) -> VLMAdapter:
 
 
 register_adapter(LlavaAdapter)
+register_adapter(InternVLAdapter)
+register_adapter(Qwen2VLAdapter)
 
 __all__ = [
     "ADAPTERS",
     "GEOMETRIES",
+    "ImageCells",
     "ImageGeometry",
+    "InternVLAdapter",
     "LlavaAdapter",
     "PatchGrid",
     "PromptTemplate",
+    "Qwen2VLAdapter",
+    "RopePositions",
     "UnsupportedModelError",
     "VLMAdapter",
     "adapter_class_for_config",

@@ -2,23 +2,41 @@
 
     adapter = adapter_for(model, processor)          # from vlminterp.models.adapters
     adapter.image_positions(input_ids)               # per batch row: sequence indices of image tokens
-    adapter.grid.cell_of_token(k)                    # (row, col) of the k-th image token
-    adapter.cell_boxes((width, height), "crop")      # pixel box of every cell in the ORIGINAL image
+    cells = adapter.image_cells((width, height))     # per image token: (tile, row, col) and its pixel box
+    cells.boxes                                      # (N, 4) box of every token in the ORIGINAL image
+    adapter.cell_boxes((width, height), "crop")      # the same boxes (single-grid families: LLaVA)
+    adapter.grid.cell_of_token(k)                    # (row, col) of the k-th image token (single grid only)
     adapter.decoder_layers, adapter.final_norm, adapter.lm_head, adapter.embed_tokens
-    embeds = adapter.embed(input_ids, pixel_values)  # text embeddings with post-projector image features
-    hidden, cache = adapter.language_model_forward(embeds)
+    image_inputs = adapter.image_inputs(encoding)    # what the processor gave beyond input_ids
+    embeds = adapter.embed(input_ids, **image_inputs)   # text embeddings with post-projector image features
+    positions = adapter.rope_positions(input_ids, **image_inputs)  # RoPE ids (1-D, or Qwen2-VL's 3-D M-RoPE)
+    hidden, cache = adapter.language_model_forward(embeds, position_ids=positions.span(0, T))
 
 Image geometry ("crop" or "pad") says how an original image became the square model input:
 - "crop": the HF LLaVA-1.5 processor: resize the shortest side to `shortest_edge`, centre-crop
   `input_size` x `input_size` (parts of a non-square image are cut away);
 - "pad": the original LLaVA code: pad to a square with the mean colour (`pad_to_square`), then
-  resize to `input_size` (nothing is cut; cells may fall wholly in the padding).
-Adding a family (InternVL, Qwen2-VL) = one new file with a `VLMAdapter` subclass + `register_adapter`.
+  resize to `input_size` (nothing is cut; cells may fall wholly in the padding);
+- "resize": the whole image is resized (aspect ratio may change slightly, nothing is cut or padded):
+  InternVL's tiles + thumbnail, Qwen2-VL's dynamic resolution.
+
+Image cells. A single-grid family (LLaVA) maps image token k to cell (k // cols, k % cols) of one
+`PatchGrid`. Tiled or dynamic-resolution families have no single grid: the number of tokens and
+their layout depend on the original image size, so geometry is asked per image with
+`image_cells(original_size)`, an `ImageCells` table with one row per image token (tile, row, col,
+box in the original image). For LLaVA that table is the grid with tile 0 everywhere.
+
+Positions. `rope_positions` gives the RoPE position ids of an input as a `RopePositions`: (1, T)
+for ordinary 1-D RoPE, (3, 1, T) for Qwen2-VL's M-RoPE (temporal, height, width). A text token
+appended at sequence index s >= T gets position s + delta in every component (delta = 0 for 1-D
+RoPE), so cached continuation (prefix sharing, decoding, cache surgery) is exact for both.
+Adding a family = one new file with a `VLMAdapter` subclass + `register_adapter`.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -26,8 +44,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-ImageGeometry = Literal["crop", "pad"]
-GEOMETRIES: tuple[str, ...] = ("crop", "pad")
+ImageGeometry = Literal["crop", "pad", "resize"]
+GEOMETRIES: tuple[str, ...] = ("crop", "pad", "resize")
+PATCH_GRID_GEOMETRIES: tuple[str, ...] = ("crop", "pad")  # what a square PatchGrid supports
 
 
 @dataclass(frozen=True)
@@ -37,9 +56,12 @@ class PromptTemplate:
     user_turn: str  # e.g. "USER: {image}\n{text} ASSISTANT:"
     system_turn: str = "{system} "  # prepended when a system prompt is given
     image_placeholder: str = "<image>"
+    default_system_prompt: str | None = None  # used when system_prompt is None ("" = no system turn)
 
     def format(self, text: str, system_prompt: str | None = None) -> str:
         prompt = self.user_turn.format(image=self.image_placeholder, text=text)
+        if system_prompt is None:
+            system_prompt = self.default_system_prompt
         if system_prompt:
             prompt = self.system_turn.format(system=system_prompt) + prompt
         return prompt
@@ -97,7 +119,7 @@ class PatchGrid:
             offset_x, offset_y = -pad_x, -pad_y
             step_x = step_y = self.patch_size * scale
         else:
-            raise ValueError(f"unknown geometry {geometry!r}; expected one of {GEOMETRIES}")
+            raise ValueError(f"unknown geometry {geometry!r}; a PatchGrid supports {PATCH_GRID_GEOMETRIES}")
         rc = self.cells()
         x0 = offset_x + rc[:, 1] * step_x
         y0 = offset_y + rc[:, 0] * step_y
@@ -108,6 +130,124 @@ class PatchGrid:
             empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
             boxes[empty] = np.nan
         return boxes
+
+
+@dataclass(frozen=True, eq=False)
+class ImageCells:
+    """Where each image token of ONE image comes from, in image-token (sequence) order.
+
+    A tile is one square crop the vision tower saw: the single grid of LLaVA (tile 0), one of
+    InternVL's high-resolution tiles or its global thumbnail, the one dynamic grid of Qwen2-VL.
+    Token k lies in tile `tile[k]` at (`row[k]`, `col[k]`) of that tile's token grid and covers
+    `boxes[k]` = [x0, y0, x1, y1) of the ORIGINAL image (continuous pixel coordinates; a row of
+    NaN: wholly in padding). Several tokens may cover the same pixels (thumbnail vs tiles).
+    """
+
+    tile: np.ndarray  # (N,) int
+    row: np.ndarray  # (N,) int
+    col: np.ndarray  # (N,) int
+    boxes: np.ndarray  # (N, 4) float64
+    tile_shapes: tuple[tuple[int, int], ...]  # (rows, cols) of each tile's token grid
+    tile_kinds: tuple[str, ...]  # per tile: "grid" (single-grid family), "tile" or "thumbnail"
+    tile_boxes: np.ndarray  # (num_tiles, 4) region of the original image each tile shows
+    original_size: tuple[int, int]  # (width, height)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tile)
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.tile_shapes)
+
+    def cells(self) -> np.ndarray:
+        """(N, 3) int array of (tile, row, col), in image-token order."""
+        return np.stack([self.tile, self.row, self.col], axis=1)
+
+    def tokens_of_tile(self, tile: int) -> np.ndarray:
+        """Image-token indices (within the image) of one tile, row-major."""
+        return np.flatnonzero(self.tile == tile)
+
+    def token_index(self, tile: int, row: int, col: int) -> int:
+        """The image-token index of cell (tile, row, col)."""
+        if not 0 <= tile < self.num_tiles:
+            raise IndexError(f"tile {tile} outside the image's {self.num_tiles} tiles")
+        rows, cols = self.tile_shapes[tile]
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"cell ({row}, {col}) outside tile {tile}'s {rows}x{cols} grid")
+        return int(self.tokens_of_tile(tile)[row * cols + col])
+
+    def grid_boxes(self, tile: int = 0) -> np.ndarray:
+        """(rows, cols, 4) boxes of one tile, the layout `data.cells.cell_overlap` takes."""
+        rows, cols = self.tile_shapes[tile]
+        return self.boxes[self.tokens_of_tile(tile)].reshape(rows, cols, 4)
+
+    @classmethod
+    def from_tiles(cls, tiles: list[tuple[str, int, int, np.ndarray]], original_size: tuple[int, int]) -> "ImageCells":
+        """Build from (kind, rows, cols, region) per tile, in token order; each tile's region
+        [x0, y0, x1, y1) of the original image is split evenly into its rows x cols cells (row-major)."""
+        tile_ids, rows_out, cols_out, boxes = [], [], [], []
+        for index, (_, rows, cols, region) in enumerate(tiles):
+            x0, y0, x1, y1 = (float(v) for v in region)
+            r, c = np.divmod(np.arange(rows * cols), cols)
+            step_x, step_y = (x1 - x0) / cols, (y1 - y0) / rows
+            tile_ids.append(np.full(rows * cols, index))
+            rows_out.append(r)
+            cols_out.append(c)
+            boxes.append(np.stack([x0 + c * step_x, y0 + r * step_y, x0 + (c + 1) * step_x, y0 + (r + 1) * step_y], 1))
+        return cls(
+            tile=np.concatenate(tile_ids),
+            row=np.concatenate(rows_out),
+            col=np.concatenate(cols_out),
+            boxes=np.concatenate(boxes).astype(np.float64),
+            tile_shapes=tuple((rows, cols) for _, rows, cols, _ in tiles),
+            tile_kinds=tuple(kind for kind, *_ in tiles),
+            tile_boxes=np.array([region for *_, region in tiles], dtype=np.float64).reshape(-1, 4),
+            original_size=tuple(original_size),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class RopePositions:
+    """RoPE position ids of one input (batch 1), and how they continue after it.
+
+    `ids` is (1, T) for 1-D RoPE or (3, 1, T) for M-RoPE (Qwen2-VL: temporal, height, width). A
+    text token at sequence index s >= T (generated, or appended after a cache) gets position
+    s + `delta` in every component; delta = 0 for 1-D RoPE, and for M-RoPE it is (largest prompt
+    position + 1) - T, which is what transformers' `get_rope_index` returns as `rope_deltas`.
+    """
+
+    ids: torch.Tensor
+    delta: int = 0
+
+    @classmethod
+    def arange(cls, length: int, device=None) -> "RopePositions":
+        return cls(torch.arange(length, device=device)[None], 0)
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[-1]
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.ids.ndim == 3
+
+    def span(self, start: int, stop: int, batch: int = 1) -> torch.Tensor:
+        """Position ids of sequence indices [start, stop) for `batch` rows: (batch, n) or (3, batch, n)."""
+        if not 0 <= start <= stop:
+            raise ValueError(f"bad span [{start}, {stop})")
+        parts = []
+        if start < self.length:
+            parts.append(self.ids[..., start : min(stop, self.length)])
+        if stop > self.length:
+            extra = torch.arange(max(start, self.length), stop, device=self.ids.device) + self.delta
+            extra = extra.to(self.ids.dtype)[None]
+            parts.append(extra.expand(3, 1, -1) if self.is_multimodal else extra)
+        ids = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return ids.expand(3, batch, -1) if self.is_multimodal else ids.expand(batch, -1)
+
+    def to(self, device) -> "RopePositions":
+        return RopePositions(self.ids.to(device), self.delta)
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -125,6 +265,10 @@ class VLMAdapter(ABC):
     """Canonical names for one model family's parts. Subclasses implement the abstract members."""
 
     family: ClassVar[str]
+    # Image geometries this family supports (see the module docstring); the first is the default.
+    geometries: ClassVar[tuple[str, ...]] = ("crop", "pad")
+    # Processor outputs (besides input_ids) that the vision tower / positions need.
+    image_input_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
     def __init__(self, model: nn.Module, processor=None):
         self.model = model
@@ -140,6 +284,13 @@ class VLMAdapter(ABC):
     @abstractmethod
     def model_class(cls) -> type[nn.Module]:
         """The transformers class to instantiate for this family."""
+
+    @classmethod
+    def load_processor(cls, id_or_path: str, **kwargs):
+        """The processor of a checkpoint (`kwargs`: revision etc., as for `from_pretrained`)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(id_or_path, **kwargs)
 
     # ---- structure --------------------------------------------------------------------------
     @property
@@ -203,8 +354,27 @@ class VLMAdapter(ABC):
     def image_token_id(self) -> int: ...
 
     @property
-    @abstractmethod
-    def grid(self) -> PatchGrid: ...
+    def default_geometry(self) -> str:
+        return self.geometries[0]
+
+    def _geometry(self, geometry: str | None) -> str:
+        geometry = self.default_geometry if geometry is None else geometry
+        if geometry not in self.geometries:
+            raise ValueError(f"unknown geometry {geometry!r} for {self.family}; expected one of {self.geometries}")
+        return geometry
+
+    @property
+    def has_single_grid(self) -> bool:
+        """True if every image becomes the same `grid` of tokens (LLaVA); False for tiled/dynamic families."""
+        return True
+
+    @property
+    def grid(self) -> PatchGrid:
+        """The one token grid of every image (single-grid families only; others: `image_cells`)."""
+        raise NotImplementedError(
+            f"{self.family} has no single patch grid: the tokens of an image depend on its size; "
+            "use adapter.image_cells((width, height))"
+        )
 
     def image_positions(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
         """For each batch row, the sorted sequence indices holding image tokens."""
@@ -212,36 +382,135 @@ class VLMAdapter(ABC):
             input_ids = input_ids[None]
         return [torch.nonzero(row == self.image_token_id).flatten() for row in input_ids]
 
-    def image_token_cells(self, input_ids: torch.Tensor) -> list[np.ndarray]:
-        """For each batch row, the (row, col) cell of each image token, aligned with image_positions."""
+    def image_blocks(self, input_ids: torch.Tensor) -> list[list[torch.Tensor]]:
+        """For each batch row, the image-token positions of each image (in order).
+
+        Single-grid families split every `grid.num_cells` tokens; tiled/dynamic families split at
+        gaps (each image's tokens are one contiguous run, delimited by start/end tokens)."""
         out = []
         for positions in self.image_positions(input_ids):
-            if len(positions) % self.grid.num_cells:
-                raise ValueError(
-                    f"{len(positions)} image tokens is not a whole number of {self.grid.num_cells}-cell images"
-                )
-            out.append(np.tile(self.grid.cells(), (len(positions) // self.grid.num_cells, 1)))
+            if self.has_single_grid:
+                n = self.grid.num_cells
+                if len(positions) % n:
+                    raise ValueError(f"{len(positions)} image tokens is not a whole number of {n}-cell images")
+                out.append(list(positions.split(n)))
+            elif len(positions) == 0:
+                out.append([])
+            else:
+                breaks = torch.nonzero(positions.diff() != 1).flatten() + 1
+                sizes = torch.diff(torch.cat([breaks.new_zeros(1), breaks, breaks.new_tensor([len(positions)])]))
+                out.append(list(positions.split(sizes.tolist())))
         return out
 
-    def positions_of_cells(self, input_ids: torch.Tensor, cells, image_index: int = 0) -> torch.Tensor:
-        """Sequence indices (in a single row of input_ids) of the given cells of one image.
+    def image_cells(self, original_size: tuple[int, int], geometry: ImageGeometry | None = None) -> ImageCells:
+        """Per image token of one image of `original_size` (width, height): tile, row, col and box."""
+        geometry = self._geometry(geometry)
+        grid = self.grid
+        boxes = grid.cell_boxes(original_size, geometry)
+        width, height = original_size
+        cells = grid.cells()
+        return ImageCells(
+            tile=np.zeros(grid.num_cells, dtype=np.int64),
+            row=cells[:, 0],
+            col=cells[:, 1],
+            boxes=boxes,
+            tile_shapes=((grid.rows, grid.cols),),
+            tile_kinds=("grid",),
+            tile_boxes=_grid_region(boxes, width, height),
+            original_size=tuple(original_size),
+        )
 
-        `cells` is an iterable of (row, col) pairs or of flat cell indices (row * cols + col).
+    def image_token_cells(
+        self,
+        input_ids: torch.Tensor,
+        image_sizes: Sequence[Sequence[tuple[int, int]]] | None = None,
+        geometry: ImageGeometry | None = None,
+    ) -> list[np.ndarray]:
+        """For each batch row, the cell of each image token, aligned with image_positions.
+
+        Single-grid families: (N, 2) (row, col), `image_sizes` not needed. Tiled/dynamic
+        families: (N, 3) (tile, row, col), and `image_sizes` (per row: (width, height) of each
+        of its images, original sizes) is required.
+        """
+        if self.has_single_grid:
+            return [np.concatenate([self.grid.cells()] * len(blocks)) if blocks else np.zeros((0, 2), np.int64)
+                    for blocks in self.image_blocks(input_ids)]
+        if image_sizes is None:
+            raise ValueError(f"{self.family}: image_token_cells needs the original image_sizes (per row, per image)")
+        out = []
+        for blocks, sizes in zip(self.image_blocks(input_ids), image_sizes, strict=True):
+            if len(blocks) != len(sizes):
+                raise ValueError(f"{len(blocks)} images in the row but {len(sizes)} image sizes")
+            tables = [self.image_cells(size, geometry) for size in sizes]
+            for block, table in zip(blocks, tables):
+                if len(block) != table.num_tokens:
+                    raise ValueError(f"an image of size {table.original_size} has {table.num_tokens} tokens, "
+                                     f"the input has {len(block)}: wrong size or processor settings")
+            out.append(np.concatenate([t.cells() for t in tables]) if tables else np.zeros((0, 3), np.int64))
+        return out
+
+    def positions_of_cells(
+        self,
+        input_ids: torch.Tensor,
+        cells,
+        image_index: int = 0,
+        image_size: tuple[int, int] | None = None,
+        geometry: ImageGeometry | None = None,
+    ) -> torch.Tensor:
+        """Sequence indices (in a single row of input_ids) of the given cells of one image, sorted.
+
+        `cells`: flat image-token indices (within the image), or (row, col) pairs (single-grid
+        families), or (tile, row, col) triples (needs `image_size`, the original (width, height)).
         """
         row_ids = input_ids[0] if input_ids.ndim == 2 else input_ids
-        (positions,) = self.image_positions(row_ids)
-        n = self.grid.num_cells
-        flat = [c if isinstance(c, (int, np.integer)) else c[0] * self.grid.cols + c[1] for c in cells]
-        if any(not 0 <= f < n for f in flat):
-            raise IndexError(f"cell outside the {self.grid.rows}x{self.grid.cols} grid")
-        return positions[image_index * n : (image_index + 1) * n][torch.as_tensor(sorted(flat), dtype=torch.long)]
+        (blocks,) = self.image_blocks(row_ids)
+        block = blocks[image_index]
+        flat, table = [], None
+        for c in cells:
+            if isinstance(c, (int, np.integer)):
+                flat.append(int(c))
+                continue
+            c = tuple(int(v) for v in c)
+            if len(c) == 2:
+                if not self.has_single_grid:
+                    raise ValueError(f"{self.family} images have several tiles: give (tile, row, col) cells")
+                c = (0, *c)
+            if len(c) != 3:
+                raise ValueError(f"cell {c!r}: expected a flat index, (row, col) or (tile, row, col)")
+            if table is None:
+                if self.has_single_grid:  # token order does not depend on the image size
+                    table = self.image_cells((self.grid.input_size, self.grid.input_size))
+                elif image_size is None:
+                    raise ValueError(f"{self.family}: (tile, row, col) cells need the original image_size")
+                else:
+                    table = self.image_cells(image_size, geometry)
+            flat.append(table.token_index(*c))
+        if any(not 0 <= f < len(block) for f in flat):
+            raise IndexError(f"cell outside the image's {len(block)} tokens")
+        return block[torch.as_tensor(sorted(flat), dtype=torch.long)]
 
-    def cell_boxes(self, original_size: tuple[int, int], geometry: ImageGeometry = "crop") -> np.ndarray:
-        return self.grid.cell_boxes(original_size, geometry)
+    def cell_boxes(self, original_size: tuple[int, int], geometry: ImageGeometry | None = None) -> np.ndarray:
+        """(N, 4) box in the ORIGINAL image of every image token of one image, in token order."""
+        return self.image_cells(original_size, geometry).boxes
 
     @abstractmethod
-    def prepare_image(self, image: Image.Image, geometry: ImageGeometry = "crop") -> Image.Image:
+    def prepare_image(self, image: Image.Image, geometry: ImageGeometry | None = None) -> Image.Image:
         """The image to hand the processor so that the chosen geometry is what the model sees."""
+
+    def image_inputs(self, encoding) -> dict:
+        """The processor outputs (besides input_ids) the vision tower and positions need."""
+        names = [name for name in self.image_input_names if name in encoding]
+        return {name: encoding[name] for name in names if encoding[name] is not None}
+
+    def model_inputs(self, input_ids: torch.Tensor, **image_inputs) -> dict:
+        """Keyword arguments for a full `model(...)` / `model.generate(...)` call on this input."""
+        return {"input_ids": input_ids, **image_inputs}
+
+    def rope_positions(self, input_ids: torch.Tensor, **image_inputs) -> RopePositions:
+        """RoPE position ids of one input (batch 1); 1-D 0..T-1 unless the family says otherwise."""
+        if input_ids.ndim == 2 and input_ids.shape[0] != 1:
+            raise ValueError("rope_positions takes one input (batch 1)")
+        return RopePositions.arange(input_ids.shape[-1], device=input_ids.device)
 
     # ---- prompts -------------------------------------------------------------------------------
     @property
@@ -254,12 +523,26 @@ class VLMAdapter(ABC):
 
     # ---- computation -----------------------------------------------------------------------------
     @abstractmethod
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Post-projector image embeddings, (num_images, tokens_per_image, hidden)."""
+    def image_features(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
+        """Post-projector image embeddings, (G, n, hidden), flattening to the image tokens in sequence
+        order: G = images (LLaVA), tiles (InternVL), or 1 with every image's tokens (Qwen2-VL)."""
 
     @abstractmethod
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
         """Input embeddings of the language model: token embeddings, image features at image tokens."""
+
+    def _scatter_image_features(self, input_ids, pixel_values, image_inputs) -> torch.Tensor:
+        embeds = self.embed_tokens(input_ids)
+        is_image = input_ids == self.image_token_id
+        if pixel_values is None:
+            if bool(is_image.any()):
+                raise ValueError("input_ids contain image tokens but no pixel_values were given")
+            return embeds
+        features = self.image_features(pixel_values, **image_inputs).to(embeds.dtype)
+        features = features.reshape(-1, features.shape[-1])
+        if int(is_image.sum()) != features.shape[0]:
+            raise ValueError(f"{int(is_image.sum())} image tokens in input_ids but {features.shape[0]} image features")
+        return embeds.masked_scatter(is_image[..., None], features)
 
     def language_model_forward(
         self,
@@ -283,3 +566,47 @@ class VLMAdapter(ABC):
     def unembed(self, normed_hidden: torch.Tensor) -> torch.Tensor:
         """Logits from final-normed hidden states (apply `final_norm` first for the residual stream)."""
         return self.lm_head(normed_hidden)
+
+
+def _grid_region(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(1, 4) outer box of a grid's cells (NaN cells ignored)."""
+    finite = boxes[~np.isnan(boxes).any(axis=1)]
+    if len(finite) == 0:
+        return np.full((1, 4), np.nan)
+    return np.array([[finite[:, 0].min(), finite[:, 1].min(), finite[:, 2].max(), finite[:, 3].max()]])
+
+
+class ImageOnlyProcessorMixin:
+    """Lets a multimodal processor be built with video_processor=None: transformers' video processors
+    need torchvision, which this project does not install (images only, exactly as with video)."""
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
+def load_image_only_processor(processor_class, id_or_path: str, **kwargs):
+    """`AutoProcessor.from_pretrained`, or, when that fails for want of torchvision (the video
+    processor), `processor_class` (an `ImageOnlyProcessorMixin` subclass) from the checkpoint's
+    tokenizer, image processor (PIL backend) and processor settings."""
+    import inspect
+
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(id_or_path, **kwargs)
+    except (ImportError, ValueError) as error:
+        if "torchvision" not in str(error).lower():
+            raise
+    tokenizer = AutoTokenizer.from_pretrained(id_or_path, **kwargs)
+    image_processor = AutoImageProcessor.from_pretrained(id_or_path, **kwargs)
+    try:
+        settings, _ = processor_class.get_processor_dict(id_or_path, **kwargs)
+    except OSError:
+        settings = {}
+    accepted = set(inspect.signature(processor_class.__init__).parameters) - {
+        "self", "image_processor", "tokenizer", "video_processor", "kwargs"
+    }
+    extra = {key: value for key, value in settings.items() if key in accepted}
+    return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **extra)

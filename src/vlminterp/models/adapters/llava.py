@@ -94,7 +94,8 @@ class LlavaAdapter(VLMAdapter):
     def grid(self) -> PatchGrid:
         return self._grid
 
-    def prepare_image(self, image: Image.Image, geometry: ImageGeometry = "crop") -> Image.Image:
+    def prepare_image(self, image: Image.Image, geometry: ImageGeometry | None = None) -> Image.Image:
+        geometry = self._geometry(geometry)
         if geometry == "crop":
             return image
         if geometry == "pad":
@@ -110,26 +111,13 @@ class LlavaAdapter(VLMAdapter):
         return TEMPLATES_BY_TEXT_MODEL.get(text_type, VICUNA_TEMPLATE)
 
     # ---- computation -------------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_features(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
         vision_dtype = next(self.model.model.vision_tower.parameters()).dtype
         out = self.model.model.get_image_features(pixel_values=pixel_values.to(vision_dtype), return_dict=True)
         return torch.stack(list(out.pooler_output))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        embeds = self.embed_tokens(input_ids)
-        is_image = input_ids == self.image_token_id
-        if pixel_values is None:
-            if bool(is_image.any()):
-                raise ValueError("input_ids contain image tokens but no pixel_values were given")
-            return embeds
-        features = self.image_features(pixel_values).to(embeds.dtype)
-        if int(is_image.sum()) != features.shape[0] * features.shape[1]:
-            raise ValueError(
-                f"{int(is_image.sum())} image tokens in input_ids but {features.shape[0]} images x "
-                f"{features.shape[1]} features"
-            )
-        return embeds.masked_scatter(is_image[..., None], features.reshape(-1, features.shape[-1]))
-
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
+        return self._scatter_image_features(input_ids, pixel_values, image_inputs)
 
 def _get(mapping, key: str, default):
     value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
