@@ -32,3 +32,21 @@ def test_bad_config_names_the_key_and_runs_nothing(tmp_path, edit, key_in_messag
     message = proc.stdout + proc.stderr
     assert key_in_message in message, message[-3000:]
     assert not (tmp_path / "results").exists(), "a job ran despite the invalid config"
+
+
+def test_gpu_config_without_gpu_fails_before_any_job(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = snakemake(tmp_path, "--cores", "1",
+                     configfile=_bad_config(tmp_path, lambda c: c.update(device="cuda")), check=False)
+    assert proc.returncode != 0
+    assert "no CUDA GPU is visible" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists(), "a job ran although the GPU is missing"
+
+
+def test_gpu_config_dry_run_works_without_gpu(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--cores", "1",
+                     configfile=_bad_config(tmp_path, lambda c: c.update(device="cuda")))
+    assert "train_organism" in proc.stdout
