@@ -298,3 +298,45 @@ def load_adapter_geometry(spec) -> object:
     with torch.device("meta"):
         model = adapter_class.model_class()(config)
     return adapter_class(model, processor)
+
+
+# ---- what every per-image stage loads -----------------------------------------------------------------
+@dataclass
+class StageInputs:
+    """Everything a per-image Neo stage needs for one shard of the targets."""
+
+    model_parts: tuple  # (model, processor, adapter)
+    dataset: CocoDataset
+    selection: pd.DataFrame  # this shard's rows of the selection table
+    cells: dict[int, ImageCells]
+    prompts: PromptSpec
+    vocabulary: object  # SynonymVocabulary
+    cell_spec: CellSpec
+
+
+def load_stage_inputs(paths, params, shard: str) -> StageInputs:
+    """Load the model, the dataset split, this shard's targets and their cells.
+
+    `paths`: has `world` (dataset root), `selection` and `cells` (tables of select_neo_targets and
+    map_object_cells). `params`: has `model` (ModelSpec keyword arguments), `split`, `cells`
+    (CellSpec section), `prompts` (PromptSpec section), `vocabulary` (name or path) and
+    `images_per_shard`.
+    """
+    from vlminterp.io import read_table
+    from vlminterp.models.adapters import adapter_for
+    from vlminterp.models.loading import ModelSpec, load_model
+    from vlminterp.scoring.vocabulary import load_vocabulary
+    from vlminterp.sharding import shard_rows
+    from vlminterp.specs import build_spec
+
+    selection = shard_rows(read_table(paths.selection), shard, params.images_per_shard)
+    cells = read_table(paths.cells)
+    cells = cells[cells["image_id"].isin(selection["image_id"])]
+    dataset = CocoDataset.load(paths.world, params.split)
+    model, processor = load_model(ModelSpec(**params.model))
+    return StageInputs(
+        model_parts=(model, processor, adapter_for(model, processor)),
+        dataset=dataset, selection=selection, cells=cells_by_image(cells),
+        prompts=build_spec(PromptSpec, params.prompts, where="neo.prompts"),
+        vocabulary=load_vocabulary(params.vocabulary, categories=list(dataset.category_names().values())),
+        cell_spec=build_spec(CellSpec, params.cells, where="neo.cells"))

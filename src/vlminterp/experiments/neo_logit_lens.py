@@ -23,7 +23,8 @@ Tables:
             name_top1     the top-1 token over the whole vocabulary names the target;
             name_rank1    among the dataset's category names (each by its first sub-token), the
                           target's has the largest logit (chance = 1 / #categories);
-            name_rank     that rank (1 = best), averaged.
+            name_rank     that rank (1 = best), averaged;
+            n_categories  the number of category names ranked (chance of name_rank1 = 1 / it).
           name_rank1 works for the organism's word-level vocabulary of a few dozen words, where
           name_in_topk mostly says whether the position decodes to any shape word at all.
 """
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 TOPK_COLUMNS = ["image_id", "position", "cell_row", "cell_col", "layer", "rank", "token", "token_id", "prob",
                 "is_object"]
 SCORE_COLUMNS = ["image_id", "annotation_id", "category", "layer", "region", "n_cells", "name_in_topk",
-                 "name_top1", "name_rank1", "name_rank"]
+                 "name_top1", "name_rank1", "name_rank", "n_categories"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: p
                     "name_in_topk": float(in_topk[member].mean()) if n else np.nan,
                     "name_top1": float(top1[member].mean()) if n else np.nan,
                     "name_rank1": float((rank[member] == 1).mean()) if n else np.nan,
-                    "name_rank": float(rank[member].mean()) if n else np.nan})
+                    "name_rank": float(rank[member].mean()) if n else np.nan,
+                    "n_categories": len(categories)})
     topk = pd.concat(topk_frames, ignore_index=True) if topk_frames else pd.DataFrame(columns=TOPK_COLUMNS)
     return topk[TOPK_COLUMNS], pd.DataFrame(score_rows, columns=SCORE_COLUMNS)
 
