@@ -273,7 +273,7 @@ def test_attention_blocking_table(setup):
     table = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
                                    prompts=PromptSpec(), spec=spec, cell_spec=CELLS)
     n_windows = len(layer_windows(s["adapter"].n_layers, spec))
-    per_image = 1 + n_windows * (3 + 1 + 1)
+    per_image = 1 + n_windows * (3 + 1 + 1 + 1)
     assert (table.groupby("image_id").size() == per_image).all()
     assert np.allclose(table["drop"], table["p_baseline"] - table["p_correct"])
     none = table[table.block_set == "none"]

@@ -10,7 +10,11 @@ VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets:
   non_object         ... nor to any image cell outside the object's b=0 cells (the control);
   object_to_last_row the last row of image tokens (those not themselves object cells) may not
                      attend to the object's b=0 cells (does the object's information reach the
-                     last row, next to the text, through attention?).
+                     last row, next to the text, through attention?);
+  object_to_text     every text position after the image (the question, the assistant tag, the
+                     answer prefix, the last position) may not attend to the object's b=0 cells:
+                     when blocking the last position alone does nothing, this says whether the
+                     object's identity reaches the answer through the question tokens instead.
 Windows: a sliding window of `window` layers started at every layer (truncated at the top, so a
 2-layer organism still gets one window per start) and the paper's fixed windows, given as
 [start, end) fractions of the depth (`FIXED_WINDOWS`; for 32 layers exactly 0-9, 11-20, 21-31,
@@ -48,6 +52,7 @@ FIXED_WINDOWS: tuple[tuple[str, float, float], ...] = (
     ("early", 0 / 32, 10 / 32), ("mid", 11 / 32, 21 / 32), ("late", 21 / 32, 32 / 32),
     ("early-mid", 5 / 32, 15 / 32), ("mid-late", 15 / 32, 25 / 32), ("all", 0.0, 1.0),
 )
+BLOCK_SETS = ("object", "non_object", "object_to_last_row", "object_to_text")
 BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
                     "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
                     "included", "drop", "relative_drop"]
@@ -67,13 +72,13 @@ class BlockingSpec:
 
     window: int = 5
     fixed_windows: tuple[tuple[str, float, float], ...] = FIXED_WINDOWS
-    block_sets: tuple[str, ...] = ("object", "non_object", "object_to_last_row")
+    block_sets: tuple[str, ...] = BLOCK_SETS
     batch_size: int = 64
 
     def __post_init__(self):
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
-        unknown = set(self.block_sets) - {"object", "non_object", "object_to_last_row"}
+        unknown = set(self.block_sets) - set(BLOCK_SETS)
         if unknown:
             raise ValueError(f"unknown block sets {sorted(unknown)}")
         for entry in self.fixed_windows:
@@ -109,6 +114,9 @@ def block_sets(cells: ImageCells, spec: BlockingSpec, image_positions: np.ndarra
     if "object_to_last_row" in spec.block_sets:
         queries = cells_to_positions(last_row_cells(cells.shape) & ~base, image_positions)
         out.append(("object_to_last_row", queries, cells_to_positions(base, image_positions)))
+    if "object_to_text" in spec.block_sets:
+        queries = np.arange(int(image_positions.max()) + 1, last + 1)
+        out.append(("object_to_text", queries, cells_to_positions(base, image_positions)))
     return out
 
 
@@ -131,8 +139,9 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
         (positions,) = adapter.image_positions(prepared.input_ids)
         last = prepared.length - 1
         sets = block_sets(cells[image_id], spec, positions.cpu().numpy(), last)
-        # One call for the sets read at the last position (+ the unblocked row), one for the last row.
-        groups = [[s for s in sets if list(s[1]) == [last]], [s for s in sets if list(s[1]) != [last]]]
+        # One call for the sets read at the last position (+ the unblocked row), one per other set
+        # (each shares the prefix up to its own first blocked query).
+        groups = [[s for s in sets if list(s[1]) == [last]]] + [[s] for s in sets if list(s[1]) != [last]]
         common = {"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name}
         baseline, image_rows = None, []
         for group_index, group in enumerate(groups):

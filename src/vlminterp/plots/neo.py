@@ -51,13 +51,15 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
         errors = np.vstack([(part["mean"] - part["low"]).to_numpy(), (part["high"] - part["mean"]).to_numpy()])
         axis.bar(x + (index - (len(settings) - 1) / 2) * width, part["mean"], width=width, yerr=np.nan_to_num(errors),
                  capsize=2, color=SETTING_COLOURS.get(setting), label=f"{setting} (n={n_included} included)")
+    tokens = included.groupby("condition")["n_tokens"].mean()
     axis.set_xticks(x)
-    axis.set_xticklabels(conditions, rotation=40, ha="right", fontsize=8)
+    axis.set_xticklabels([f"{c}\n({tokens.get(c, float('nan')):.0f} tok)" for c in conditions], rotation=40,
+                         ha="right", fontsize=8)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("identification flip rate")
     axis.set_title("N1 token ablation: share of correct answers lost (95% bootstrap intervals)")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8, loc="upper left")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="setting")
     return save_figure(figure, stem)
 
 
@@ -80,6 +82,7 @@ def plot_lens_curves(scores: pd.DataFrame, stem: Path, *, seed: int = 0, n_resam
             axis.fill_between(part["layer"], part["low"], part["high"], color=colour, alpha=0.2)
         if measure == "name_rank1" and n_categories:
             axis.axhline(1 / n_categories, color="black", linestyle=":", linewidth=1, label=f"chance (1/{n_categories})")
+            axis.legend(fontsize=8)
         axis.set_title(LENS_MEASURES[measure], fontsize=10)
         axis.set_xlabel("layer (0 = embedding output)")
         axis.set_xticks(sorted(scores["layer"].unique()) if scores["layer"].nunique() <= 12 else
@@ -95,7 +98,7 @@ def plot_lens_curves(scores: pd.DataFrame, stem: Path, *, seed: int = 0, n_resam
 
 
 BLOCK_COLOURS = {"object_b0": "tab:red", "object_b1": "tab:orange", "object_b2": "tab:brown",
-                 "non_object": "tab:gray", "object_to_last_row": "tab:purple"}
+                 "non_object": "tab:gray", "object_to_last_row": "tab:purple", "object_to_text": "tab:blue"}
 
 
 def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
@@ -114,6 +117,8 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
                       color=BLOCK_COLOURS.get(block_set))
             left.fill_between(part["window_start"].astype(int), part["low"].astype(float), part["high"].astype(float),
                               color=BLOCK_COLOURS.get(block_set), alpha=0.15)
+        starts = sorted(int(v) for v in sliding["window_start"].unique())
+        left.set_xticks(starts if len(starts) <= 16 else starts[::max(1, len(starts) // 16)])
     left.axhline(0, color="black", linewidth=0.8)
     left.set_xlabel(f"first layer of the blocked window (up to {width} layers, truncated at the top)")
     left.set_ylabel("drop in p(correct token)")
@@ -133,7 +138,7 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
                       capsize=2, color=BLOCK_COLOURS.get(block_set), label=block_set)
         spans = fixed.drop_duplicates("window").set_index("window")
         right.set_xticks(x)
-        right.set_xticklabels([f"{w}\n{spans.loc[w, 'window_start']}-{spans.loc[w, 'window_end']}" for w in order],
+        right.set_xticklabels([f"{w}\n{int(spans.loc[w, 'window_start'])}-{int(spans.loc[w, 'window_end'])}" for w in order],
                               fontsize=8)
     right.axhline(0, color="black", linewidth=0.8)
     right.set_title("fixed windows (layers, 0-indexed)")
