@@ -306,3 +306,16 @@ def test_figures_are_written(setup, tmp_path):
                               (plot_blocking_drops, blocking, "blocking")):
         paths = plot(table, tmp_path / name, n_resamples=200)
         assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_geometry_adapter_without_weights_matches_the_loaded_one(tmp_path, synthetic):
+    from vlminterp.experiments.neo_common import load_adapter_geometry
+    from vlminterp.models.loading import ModelSpec
+
+    model, processor, adapter = synthetic("tiny-odd-grid")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    light = load_adapter_geometry(ModelSpec(str(tmp_path)))
+    assert light.grid == adapter.grid
+    assert np.array_equal(light.cell_boxes((50, 30), "crop"), adapter.cell_boxes((50, 30), "crop"))
+    assert light.format_prompt("Hi") == adapter.format_prompt("Hi")

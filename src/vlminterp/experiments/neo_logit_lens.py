@@ -108,12 +108,12 @@ def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: p
                    "background": ~dilate_cells(obj, spec.background_buffer).reshape(-1)}
         cell_rows, cell_cols = np.divmod(np.arange(len(positions)), grids.cols)
         for layer, state in enumerate(states):
-            logits = lens_logits(adapter, state[0]).float()  # (P, V)
-            probs = logits.softmax(dim=-1)
-            top_p, top_i = probs.topk(spec.top_k, dim=-1)
+            logits = lens_logits(adapter, state[0]).float()  # (P, V), on the model's device
+            top_p, top_i = logits.softmax(dim=-1).topk(spec.top_k, dim=-1)
+            cat_logits = logits[:, category_tokens.to(logits.device)].cpu()
+            top_p, top_i = top_p.cpu(), top_i.cpu()
             in_topk = torch.isin(top_i, own_ids).any(dim=-1).numpy()
             top1 = torch.isin(top_i[:, 0], own_ids).numpy()
-            cat_logits = logits[:, category_tokens]
             rank = 1 + (cat_logits > cat_logits[:, target_index:target_index + 1]).sum(dim=-1).numpy()
             k = spec.top_k
             topk_frames.append(pd.DataFrame({
