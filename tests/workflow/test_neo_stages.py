@@ -133,3 +133,10 @@ def test_organism_polling_drops_to_chance_without_the_image(organism_tables):
                      "everything), so 'drops to chance' cannot be tested on it; run with VLMINTERP_NEO_RUN on an "
                      "organism that does polling")
     assert abs(accuracy["all_image"] - 0.5) <= 0.10, f"all-image ablation leaves polling accuracy {accuracy['all_image']:.2f}"
+
+
+def test_report_holds_the_neo_figures(tiny_run):
+    snakemake(tiny_run, "--report", "results/neo_report.html", "--cores", "1")
+    html = (tiny_run / "results" / "neo_report.html").read_text(errors="replace")
+    for name in ("flip_rates.png", "lens_curves.png", "blocking_drops.png"):
+        assert name in html

@@ -68,8 +68,8 @@ rule write_logit_lens_pages:
         cells=results("neo/cells.csv"),
         world=get_dataset_dir(),
     output:
-        report(directory(results("neo/logit_lens/pages")), htmlindex="index.html",
-               caption=caption("neo_lens_pages"), category="Neo et al.", subcategory="N2 logit lens"),
+        # not a report item: a pure-HTML report cannot hold a directory (open pages/index.html)
+        directory(results("neo/logit_lens/pages")),
     params:
         split=config["neo"]["selection"]["split"],
         max_pages=config["neo"]["logit_lens"]["html_images"],
