@@ -37,9 +37,10 @@ def neo_dir(tiny_run) -> Path:
 
 
 @pytest.fixture(scope="module")
-def organism_tables(tiny_run) -> dict[str, pd.DataFrame]:
-    """Tables of the run the organism checks read: the tiny run, or VLMINTERP_NEO_RUN."""
-    root = Path(os.environ.get("VLMINTERP_NEO_RUN") or tiny_run / "results" / RUN) / "neo"
+def organism_tables(request) -> dict[str, pd.DataFrame]:
+    """Tables of the run the organism checks read: VLMINTERP_NEO_RUN, or else the tiny run."""
+    other = os.environ.get("VLMINTERP_NEO_RUN")
+    root = Path(other or request.getfixturevalue("tiny_run") / "results" / RUN) / "neo"
     return {"ablation": pd.read_csv(root / "ablation" / "ablation.csv"),
             "blocking": pd.read_csv(root / "blocking" / "blocking.csv")}
 
