@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from vlminterp.data.cells import cells_to_positions, random_cells
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, ImageCells, PromptSpec, answer_first_token,
+from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, TargetCells, PromptSpec, answer_first_token,
                                               encode, vqa_questions)
 from vlminterp.interventions import Ablation, Condition, InterventionEngine
 from vlminterp.scoring.vocabulary import SynonymVocabulary
@@ -159,7 +159,7 @@ def top_cells(scores: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
     return grid.reshape(shape)
 
 
-def token_sets(cells: ImageCells, spec: AblationSpec, register: np.ndarray | None,
+def token_sets(cells: TargetCells, spec: AblationSpec, register: np.ndarray | None,
                attribution: np.ndarray | None) -> list[TokenSet]:
     """Every ablation condition of one image (the `none` baseline excluded), in a fixed order."""
     shape, total = cells.shape, cells.rows * cells.cols
@@ -195,7 +195,7 @@ def _absent_category(dataset: CocoDataset, image_id: int, seed: int) -> str | No
 
 
 def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
-                       cells: dict[int, ImageCells], mean: torch.Tensor, *, prompts: PromptSpec,
+                       cells: dict[int, TargetCells], mean: torch.Tensor, *, prompts: PromptSpec,
                        vocabulary: SynonymVocabulary, spec: AblationSpec, cell_spec: CellSpec) -> pd.DataFrame:
     """The N1 table: one row per image x setting x question kind x condition (module docstring)."""
     engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from vlminterp.data.cells import cells_to_positions, last_row_cells
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import CellSpec, ImageCells, PromptSpec, answer_first_token, encode, vqa_questions
+from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode, vqa_questions
 from vlminterp.interventions import Condition, InterventionEngine, Knockout
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def layer_windows(n_layers: int, spec: BlockingSpec) -> list[Window]:
     return sliding + fixed
 
 
-def block_sets(cells: ImageCells, spec: BlockingSpec, image_positions: np.ndarray, last: int):
+def block_sets(cells: TargetCells, spec: BlockingSpec, image_positions: np.ndarray, last: int):
     """(name, query positions, key positions) of every block set of one image."""
     base = cells.object_b[min(cells.object_b)]
     out = []
@@ -122,7 +122,7 @@ def block_sets(cells: ImageCells, spec: BlockingSpec, image_positions: np.ndarra
 
 @torch.no_grad()
 def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
-                           cells: dict[int, ImageCells], *, prompts: PromptSpec, spec: BlockingSpec,
+                           cells: dict[int, TargetCells], *, prompts: PromptSpec, spec: BlockingSpec,
                            cell_spec: CellSpec) -> pd.DataFrame:
     """The N3 table (module docstring)."""
     engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size)

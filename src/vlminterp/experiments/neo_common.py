@@ -1,10 +1,10 @@
 """What the three Neo et al. experiments (N1-N3) share: targets, object cells, prompts, the mean.
 
     from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, map_object_cells,
-        ImageCells, vqa_questions, compute_mean_embedding, save_mean_embedding, load_mean_embedding)
+        TargetCells, vqa_questions, compute_mean_embedding, save_mean_embedding, load_mean_embedding)
 
     cells = map_object_cells(dataset, selection, adapter, CellSpec(buffers=(0, 1, 2)))
-    grids = ImageCells.from_table(cells[cells.image_id == 7])     # object_b[b], boxes, overlap
+    grids = TargetCells.from_table(cells[cells.image_id == 7])     # object_b[b], boxes, overlap
     questions = vqa_questions(dataset, selection, PromptSpec())     # image_id -> VQA question
 
 Object cells. The target's mask (polygon, RLE or crowd RLE: `CocoDataset.annotation_mask`) is
@@ -132,7 +132,7 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
 
 
 @dataclass
-class ImageCells:
+class TargetCells:
     """The cell table of one image as grids: `object_b[b]` bool (rows, cols), boxes, overlap."""
 
     image_id: int
@@ -143,9 +143,9 @@ class ImageCells:
     object_b: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame) -> "ImageCells":
+    def from_table(cls, table: pd.DataFrame) -> "TargetCells":
         if table["image_id"].nunique() != 1:
-            raise ValueError("ImageCells.from_table takes the rows of exactly one image")
+            raise ValueError("TargetCells.from_table takes the rows of exactly one image")
         table = table.sort_values("cell_index")
         rows, cols = int(table["cell_row"].max()) + 1, int(table["cell_col"].max()) + 1
         if len(table) != rows * cols:
@@ -164,9 +164,9 @@ class ImageCells:
         return self.rows, self.cols
 
 
-def cells_by_image(cells: pd.DataFrame) -> dict[int, ImageCells]:
-    """The cell table split into `ImageCells` per image id."""
-    return {int(image_id): ImageCells.from_table(part) for image_id, part in cells.groupby("image_id", sort=True)}
+def cells_by_image(cells: pd.DataFrame) -> dict[int, TargetCells]:
+    """The cell table split into `TargetCells` per image id."""
+    return {int(image_id): TargetCells.from_table(part) for image_id, part in cells.groupby("image_id", sort=True)}
 
 
 # ---- prompts and answers --------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class StageInputs:
     model_parts: tuple  # (model, processor, adapter)
     dataset: CocoDataset
     selection: pd.DataFrame  # this shard's rows of the selection table
-    cells: dict[int, ImageCells]
+    cells: dict[int, TargetCells]
     prompts: PromptSpec
     vocabulary: object  # SynonymVocabulary
     cell_spec: CellSpec

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from vlminterp.data.cells import dilate_cells
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import CellSpec, ImageCells, PromptSpec, answer_first_token, encode
+from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode
 from vlminterp.interventions import InterventionEngine, capture_residual
 from vlminterp.scoring.mentions import plural_forms
 from vlminterp.scoring.vocabulary import SynonymVocabulary
@@ -81,7 +81,7 @@ def lens_logits(adapter, hidden: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
-                   cells: dict[int, ImageCells], *, prompts: PromptSpec, vocabulary: SynonymVocabulary,
+                   cells: dict[int, TargetCells], *, prompts: PromptSpec, vocabulary: SynonymVocabulary,
                    spec: LensSpec, cell_spec: CellSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(topk, scores) tables of N2 for the selected images (module docstring)."""
     engine = InterventionEngine(model, adapter)
@@ -137,7 +137,7 @@ def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: p
     return topk[TOPK_COLUMNS], pd.DataFrame(score_rows, columns=SCORE_COLUMNS)
 
 
-def write_lens_pages(topk: pd.DataFrame, selection: pd.DataFrame, cells: dict[int, ImageCells],
+def write_lens_pages(topk: pd.DataFrame, selection: pd.DataFrame, cells: dict[int, TargetCells],
                      dataset: CocoDataset, out_dir, max_pages: int | None) -> list:
     """One interactive page per image (the first `max_pages` of `selection`) and `index.html`."""
     from pathlib import Path
