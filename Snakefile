@@ -14,6 +14,11 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/organism.smk"
+# Neo et al. (N1-N3)
+include: "workflow/rules/neo_targets.smk"
+include: "workflow/rules/neo_ablation.smk"
+include: "workflow/rules/neo_logit_lens.smk"
+include: "workflow/rules/neo_blocking.smk"
 
 
 report: "workflow/report/workflow.rst"

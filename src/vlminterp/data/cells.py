@@ -68,11 +68,24 @@ def _mask_area_up_to(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
             + table[i + 1, j] * (1 - fx) * fy + table[i + 1, j + 1] * fx * fy)
 
 
+def cell_box_grid(boxes: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """An adapter's flat (rows * cols, 4) cell boxes, in image-token order, as a (rows, cols, 4) grid.
+
+    Rows of NaN (cells lying wholly in the padding of the "pad" geometry) are kept: `cell_overlap`
+    gives such cells zero overlap.
+    """
+    flat = np.asarray(boxes, dtype=np.float64)
+    if flat.shape != (rows * cols, 4):
+        raise ValueError(f"expected ({rows * cols}, 4) boxes for a {rows}x{cols} grid, got {flat.shape}")
+    return flat.reshape(rows, cols, 4)
+
+
 def cell_overlap(mask: np.ndarray, cell_boxes: np.ndarray) -> np.ndarray:
     """Fraction of each cell's box covered by `mask`, shape (rows, cols), values in [0, 1].
 
     Exact for fractional box edges: a pixel cut by an edge counts by the part inside the box.
     The denominator is the whole box area, so parts of a box outside the image are background.
+    A box of NaN (a cell wholly in the padding, see `cell_box_grid`) has overlap 0.
     """
     mask = np.asarray(mask)
     boxes = np.asarray(cell_boxes, dtype=np.float64)
@@ -80,6 +93,8 @@ def cell_overlap(mask: np.ndarray, cell_boxes: np.ndarray) -> np.ndarray:
         raise ValueError(f"mask must be a non-empty 2-D (H, W) array, got shape {mask.shape}")
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
         raise ValueError(f"cell_boxes must have shape (rows, cols, 4), got {boxes.shape}")
+    padding = np.isnan(boxes).any(axis=-1)
+    boxes = np.where(padding[..., None], np.array([0.0, 0.0, 1.0, 1.0]), boxes)
     x0, y0, x1, y1 = np.moveaxis(boxes, -1, 0)
     box_area = (x1 - x0) * (y1 - y0)
     if not np.all((x1 > x0) & (y1 > y0)):
@@ -87,7 +102,7 @@ def cell_overlap(mask: np.ndarray, cell_boxes: np.ndarray) -> np.ndarray:
     table = _summed_area_table(mask.astype(bool))
     covered = (_mask_area_up_to(table, x1, y1) - _mask_area_up_to(table, x0, y1)
                - _mask_area_up_to(table, x1, y0) + _mask_area_up_to(table, x0, y0))
-    return np.clip(covered / box_area, 0.0, 1.0)
+    return np.where(padding, 0.0, np.clip(covered / box_area, 0.0, 1.0))
 
 
 def object_cells(overlap: np.ndarray, min_overlap: float = 0.0) -> np.ndarray:

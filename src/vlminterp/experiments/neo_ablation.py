@@ -1,0 +1,285 @@
+"""N1 (Neo et al.): ablate image tokens and see whether the model still identifies the object.
+
+    from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
+    table = run_token_ablation(model, processor, adapter, dataset, selection, cells, mean,
+                               prompts=PromptSpec(), vocabulary=load_vocabulary("shapes"),
+                               spec=AblationSpec(seed=0))
+
+Ablation replaces the post-projector embeddings at chosen image positions, before LM layer 0,
+with the mean image embedding (a streaming mean over other images, `neo_common`) or with zeros.
+Conditions per image (token sets in the model's cell grid; `condition` names them):
+  none                 the unablated run (the inclusion test);
+  object_b{b}          the target's cells dilated b times (b in CellSpec.buffers);
+  random_matched_b{b}  as many random cells as object_b{b}, drawn off the object (outside its b=0
+                       cells); skipped when fewer such cells exist than needed;
+  random_n{n}          n random cells anywhere (n in `random_counts`, capped at the number of image
+                       tokens; duplicates after capping are dropped);
+  register             cells whose embedding's L2 norm exceeds mean + `register_std` std of the
+                       image's norms (skipped when there is none);
+  high_gradient_b{b}   the |object_b{b}| cells of largest |integrated gradient| attribution
+                       (`ig_steps` midpoint steps from a baseline with the mean vector at the image
+                       positions only, target = the correct answer token of the VQA prompt);
+  all_image            every image token.
+Every random draw uses a generator seeded by (seed, image_id, condition), so a row never depends
+on which other images were processed in the same call (shards equal the unsharded run).
+
+Settings (one engine call per image and setting, every condition a batch row, prefix shared):
+  generative  describe prompt, greedy up to `max_new_tokens`; success = the target's name, a
+              plural or a synonym (`scoring.vocabulary`) in the GENERATED text only, whole words;
+  polling     "Is there a {name} in this image?"; success = the answer begins with "yes" (any
+              case, whole word; an empty answer fails). Also asked about one absent category
+              (question_kind = "absent", success = the answer begins with "no") so that
+              accuracy over both kinds has a chance level of 50%;
+  vqa         the VQA question with the assistant turn primed with "It is a"; success = top-1 next
+              token is the name's first sub-token; `p_correct` = that token's probability.
+Inclusion: `included` = the unablated run succeeds (target questions only); `flipped` = included
+and the ablated run fails. Every image keeps its rows whatever its inclusion.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from vlminterp.data.cells import cells_to_positions, random_cells
+from vlminterp.data.coco import CocoDataset
+from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, TargetCells, PromptSpec, answer_first_token,
+                                              encode, vqa_questions)
+from vlminterp.interventions import Ablation, Condition, InterventionEngine
+from vlminterp.scoring.vocabulary import SynonymVocabulary
+
+log = logging.getLogger(__name__)
+
+ABLATION_COLUMNS = [
+    "image_id", "annotation_id", "category", "setting", "question_kind", "condition", "family", "buffer",
+    "n_requested", "n_tokens", "replacement", "success", "baseline_success", "included", "flipped",
+    "p_correct", "answer",
+]
+_YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
+_NO = re.compile(r"^\W*no\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """Settings of N1 (defaults: the paper's).
+
+    replacement: "mean" (the streaming mean image embedding) or "zero".
+    settings: which of "generative", "polling", "vqa" to run.
+    random_counts: sizes n of the random-token baselines (capped at the number of image tokens).
+    register_std: register tokens have an L2 norm above mean + this many std (within the image).
+    ig_steps, ig_batch_size: integrated-gradient steps, and how many run as one batch.
+    max_new_tokens: generation length of the generative setting.
+    polling_new_tokens: generation length of the polling answers.
+    batch_size: most conditions the engine runs as one batch.
+    seed: seed of the random baselines and of the absent polling category.
+    """
+
+    replacement: str = "mean"
+    settings: tuple[str, ...] = SETTINGS
+    random_counts: tuple[int, ...] = (5, 10, 20, 40, 60, 100, 250)
+    register_std: float = 2.0
+    ig_steps: int = 50
+    ig_batch_size: int = 10
+    max_new_tokens: int = 200
+    polling_new_tokens: int = 3
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.replacement not in ("mean", "zero"):
+            raise ValueError(f"replacement must be 'mean' or 'zero', got {self.replacement!r}")
+        unknown = set(self.settings) - set(SETTINGS)
+        if unknown or not self.settings:
+            raise ValueError(f"settings must be a non-empty subset of {SETTINGS}, got {self.settings}")
+        if self.ig_steps < 1 or self.ig_batch_size < 1:
+            raise ValueError("ig_steps and ig_batch_size must be >= 1")
+        if any(n < 1 for n in self.random_counts):
+            raise ValueError(f"random_counts must be positive, got {self.random_counts}")
+
+
+# ---- token sets -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenSet:
+    """One ablation condition as a set of cells (bool grid), with its bookkeeping."""
+
+    condition: str
+    family: str
+    cells: np.ndarray
+    buffer: int | None = None
+    n_requested: int | None = None
+
+
+def _rng(seed: int, image_id: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, image_id, *name.encode()])
+
+
+def register_cells(embeddings: torch.Tensor, shape: tuple[int, int], n_std: float) -> np.ndarray:
+    """Cells whose post-projector embedding norm exceeds mean + n_std * std of the image's norms."""
+    norms = embeddings.float().norm(dim=-1).cpu().numpy()
+    return (norms > norms.mean() + n_std * norms.std()).reshape(shape)
+
+
+def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: torch.Tensor, baseline_vector,
+                         target_token: int, steps: int, batch_size: int) -> np.ndarray:
+    """Integrated-gradient attribution of each image position to p(target | prompt) at the last position.
+
+    The baseline equals the input except at the image positions, which hold `baseline_vector`;
+    the path integral uses `steps` midpoint points, run `batch_size` at a time. Returns, per image
+    position, the attribution summed over the hidden dimension (its sign kept).
+    """
+    inputs = inputs_embeds.detach()
+    baseline = inputs.clone()
+    baseline[:, image_positions] = baseline_vector.to(inputs.device, inputs.dtype)
+    delta = inputs - baseline
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    total = torch.zeros(len(image_positions), inputs.shape[-1], dtype=torch.float32, device=inputs.device)
+    with torch.enable_grad():
+        for start in range(0, steps, batch_size):
+            a = alphas[start:start + batch_size].to(inputs.device, inputs.dtype)[:, None, None]
+            path = (baseline + a * delta).requires_grad_(True)
+            hidden, _ = adapter.language_model_forward(path, use_cache=False)
+            prob = adapter.unembed(hidden[:, -1]).float().softmax(dim=-1)[:, target_token]
+            (grad,) = torch.autograd.grad(prob.sum(), path)
+            total += grad[:, image_positions].float().sum(dim=0)
+    attribution = (delta[0, image_positions].float() * total / steps).sum(dim=-1)
+    return attribution.cpu().numpy()
+
+
+def top_cells(scores: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
+    """The n cells of largest |score| (ties broken by cell order)."""
+    order = np.argsort(-np.abs(scores), kind="stable")[:n]
+    grid = np.zeros(int(np.prod(shape)), dtype=bool)
+    grid[order] = True
+    return grid.reshape(shape)
+
+
+def token_sets(cells: TargetCells, spec: AblationSpec, register: np.ndarray | None,
+               attribution: np.ndarray | None) -> list[TokenSet]:
+    """Every ablation condition of one image (the `none` baseline excluded), in a fixed order."""
+    shape, total = cells.shape, cells.rows * cells.cols
+    sets = [TokenSet(f"object_b{b}", "object", grid, b, int(grid.sum())) for b, grid in cells.object_b.items()]
+    base = cells.object_b[min(cells.object_b)]
+    for b, grid in cells.object_b.items():
+        n = int(grid.sum())
+        if 0 < n <= total - int(base.sum()):
+            name = f"random_matched_b{b}"
+            draw = random_cells(shape, n, _rng(spec.seed, cells.image_id, name), exclude=base)
+            sets.append(TokenSet(name, "random_matched", draw, b, n))
+    for n in sorted({min(n, total) for n in spec.random_counts}):
+        name = f"random_n{n}"
+        sets.append(TokenSet(name, "random", random_cells(shape, n, _rng(spec.seed, cells.image_id, name)), None, n))
+    if register is not None and register.any():
+        sets.append(TokenSet("register", "register", register, None, int(register.sum())))
+    if attribution is not None:
+        for b, grid in cells.object_b.items():
+            n = int(grid.sum())
+            if n:
+                sets.append(TokenSet(f"high_gradient_b{b}", "high_gradient", top_cells(attribution, n, shape), b, n))
+    sets.append(TokenSet("all_image", "all_image", np.ones(shape, dtype=bool), None, total))
+    return sets
+
+
+# ---- the experiment -----------------------------------------------------------------------------------
+def _absent_category(dataset: CocoDataset, image_id: int, seed: int) -> str | None:
+    present = dataset.image_categories(image_id)
+    absent = [name for cid, name in dataset.category_names().items() if cid not in present]
+    if not absent:
+        return None
+    return absent[int(_rng(seed, image_id, "absent").integers(len(absent)))]
+
+
+def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
+                       cells: dict[int, TargetCells], mean: torch.Tensor, *, prompts: PromptSpec,
+                       vocabulary: SynonymVocabulary, spec: AblationSpec, cell_spec: CellSpec) -> pd.DataFrame:
+    """The N1 table: one row per image x setting x question kind x condition (module docstring)."""
+    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size)
+    tokenizer = processor.tokenizer
+    vector = mean if spec.replacement == "mean" else None
+    questions = vqa_questions(dataset, selection, prompts)  # the IG target is the VQA answer
+    rows: list[dict] = []
+    for target in tqdm(list(selection.itertuples(index=False)), desc="token ablation", mininterval=5):
+        image_id, name = int(target.image_id), str(target.category_name)
+        image = dataset.load_image(image_id)
+        grids = cells[image_id]
+        answer_token = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
+        vqa_ids, pixel_values = encode(processor, adapter, image, questions[image_id], cell_spec.geometry,
+                                       system_prompt=prompts.system_prompt, answer_prefix=prompts.vqa_answer_prefix)
+        vqa_input = engine.prepare(vqa_ids, pixel_values)
+        (image_pos,) = adapter.image_positions(vqa_input.input_ids)
+        register = register_cells(vqa_input.inputs_embeds[0, image_pos], grids.shape, spec.register_std)
+        attribution = integrated_gradients(adapter, vqa_input.inputs_embeds, image_pos, mean, answer_token,
+                                           spec.ig_steps, spec.ig_batch_size)
+        sets = token_sets(grids, spec, register, attribution)
+        common = {"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
+                  "replacement": spec.replacement}
+
+        def conditions_for(prepared) -> list[Condition]:
+            (positions,) = adapter.image_positions(prepared.input_ids)
+            positions = positions.cpu().numpy()
+            return [Condition()] + [Condition(ablations=(Ablation(torch.as_tensor(cells_to_positions(s.cells, positions)),
+                                                                  vector),), label=s.condition) for s in sets]
+
+        def add_rows(setting: str, kind: str, successes: Sequence[bool], answers: Sequence[str],
+                     p_correct: Sequence[float] | None = None) -> None:
+            baseline = bool(successes[0])
+            included = baseline and kind == "target"
+            labels = [TokenSet("none", "none", np.zeros(grids.shape, dtype=bool), None, 0)] + sets
+            for index, (token_set, success, answer) in enumerate(zip(labels, successes, answers)):
+                rows.append({**common, "setting": setting, "question_kind": kind, "condition": token_set.condition,
+                             "family": token_set.family, "buffer": token_set.buffer,
+                             "n_requested": token_set.n_requested, "n_tokens": int(token_set.cells.sum()),
+                             "success": bool(success), "baseline_success": baseline, "included": included,
+                             "flipped": bool(included and not success),
+                             "p_correct": None if p_correct is None else float(p_correct[index]),
+                             "answer": answer})
+
+        if "vqa" in spec.settings:
+            logits = engine.logits(vqa_input, conditions_for(vqa_input))[:, -1].float()
+            probs = logits.softmax(dim=-1)
+            top = logits.argmax(dim=-1).tolist()
+            add_rows("vqa", "target", [t == answer_token for t in top],
+                     [tokenizer.decode([t]) for t in top], probs[:, answer_token].tolist())
+        if "polling" in spec.settings:
+            asked = [("target", name, _YES)]
+            absent = _absent_category(dataset, image_id, spec.seed)
+            if absent is not None:
+                asked.append(("absent", absent, _NO))
+            for kind, polled, expected in asked:
+                ids, pixels = encode(processor, adapter, image, prompts.polling.format(name=polled), cell_spec.geometry,
+                                     system_prompt=prompts.system_prompt)
+                prepared = engine.prepare(ids, pixels)
+                out = engine.generate(prepared, conditions_for(prepared), spec.polling_new_tokens)
+                answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
+                add_rows("polling", kind, [bool(expected.match(a)) for a in answers], answers)
+        if "generative" in spec.settings:
+            ids, pixels = encode(processor, adapter, image, prompts.describe, cell_spec.geometry,
+                                 system_prompt=prompts.system_prompt)
+            prepared = engine.prepare(ids, pixels)
+            out = engine.generate(prepared, conditions_for(prepared), spec.max_new_tokens)
+            answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
+            add_rows("generative", "target", [name in vocabulary.categories_in(a) for a in answers], answers)
+    table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    return table.astype({"buffer": "Int64", "n_requested": "Int64"})
+
+
+def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
+    """Flip rate per setting x condition over included images, with bootstrap 95% intervals."""
+    from vlminterp.stats import grouped_mean_ci
+
+    included = table[table["included"].astype(bool) & (table["condition"] != "none")]
+    summary = grouped_mean_ci(included, by=["setting", "condition"], value="flipped", seed=seed,
+                              n_resamples=n_resamples)
+    tokens = included.groupby(["setting", "condition"])["n_tokens"].mean().rename("mean_tokens").reset_index()
+    return summary.merge(tokens, on=["setting", "condition"], how="left")
+
+
+def polling_accuracy(table: pd.DataFrame) -> pd.DataFrame:
+    """Polling accuracy per condition over every image and both question kinds (chance = 0.5)."""
+    polling = table[table["setting"] == "polling"]
+    return polling.groupby("condition")["success"].mean().rename("accuracy").reset_index()

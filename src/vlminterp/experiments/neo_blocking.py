@@ -1,0 +1,178 @@
+"""N3 (Neo et al.): block attention to the object's tokens in a window of layers.
+
+    from vlminterp.experiments.neo_blocking import BlockingSpec, layer_windows, run_attention_blocking
+    windows = layer_windows(n_layers=32, spec=BlockingSpec())   # sliding (every start) + fixed
+    table = run_attention_blocking(model, processor, adapter, dataset, selection, cells,
+                                   prompts=PromptSpec(), spec=BlockingSpec(), cell_spec=CellSpec())
+
+VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets:
+  object_b{b}        the last prompt position may not attend to the object's cells dilated b times;
+  non_object         ... nor to any image cell outside the object's b=0 cells (the control);
+  object_to_last_row the last row of image tokens (those not themselves object cells) may not
+                     attend to the object's b=0 cells (does the object's information reach the
+                     last row, next to the text, through attention?);
+  object_to_text     every text position after the image (the question, the assistant tag, the
+                     answer prefix, the last position) may not attend to the object's b=0 cells:
+                     when blocking the last position alone does nothing, this says whether the
+                     object's identity reaches the answer through the question tokens instead.
+Windows: a sliding window of `window` layers started at every layer (truncated at the top, so a
+2-layer organism still gets one window per start) and the paper's fixed windows, given as
+[start, end) fractions of the depth (`FIXED_WINDOWS`; for 32 layers exactly 0-9, 11-20, 21-31,
+5-14, 15-24, 0-31). Blocking is an explicit boolean mask in the attention function (all heads);
+blocked probabilities are exactly zero (engine tests). All windows of one image and block set
+family run as one batched engine call: the last-position sets share the whole prompt prefix (one
+token of work per condition); the last-row set shares the prefix up to the last image row.
+
+Table: one row per image x block set x window, plus the unblocked row (block_set "none"):
+image_id, annotation_id, category, block_set, window_kind (sliding | fixed | none), window
+(name), window_start, window_end (inclusive), n_layers, n_blocked (key positions), p_correct,
+correct (top-1 = the answer token), p_baseline, baseline_correct, included (= baseline_correct),
+drop (p_baseline - p_correct), relative_drop (drop / p_baseline).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from vlminterp.data.cells import cells_to_positions, last_row_cells
+from vlminterp.data.coco import CocoDataset
+from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode, vqa_questions
+from vlminterp.interventions import Condition, InterventionEngine, Knockout
+
+log = logging.getLogger(__name__)
+
+# The paper's windows on 32 layers (0-indexed, inclusive): early 0-9, mid 11-20, late 21-31,
+# early-mid 5-14, mid-late 15-24, all; as [start, end) fractions of the depth.
+FIXED_WINDOWS: tuple[tuple[str, float, float], ...] = (
+    ("early", 0 / 32, 10 / 32), ("mid", 11 / 32, 21 / 32), ("late", 21 / 32, 32 / 32),
+    ("early-mid", 5 / 32, 15 / 32), ("mid-late", 15 / 32, 25 / 32), ("all", 0.0, 1.0),
+)
+BLOCK_SETS = ("object", "non_object", "object_to_last_row", "object_to_text")
+BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
+                    "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
+                    "included", "drop", "relative_drop"]
+
+
+@dataclass(frozen=True)
+class Window:
+    kind: str  # "sliding" | "fixed"
+    name: str
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BlockingSpec:
+    """window: layers per sliding window; fixed_windows: (name, start, end) fractions of the depth;
+    block_sets: which sets to run; batch_size: most conditions per engine batch."""
+
+    window: int = 5
+    fixed_windows: tuple[tuple[str, float, float], ...] = FIXED_WINDOWS
+    block_sets: tuple[str, ...] = BLOCK_SETS
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        unknown = set(self.block_sets) - set(BLOCK_SETS)
+        if unknown:
+            raise ValueError(f"unknown block sets {sorted(unknown)}")
+        for entry in self.fixed_windows:
+            if len(entry) != 3 or not 0.0 <= float(entry[1]) < float(entry[2]) <= 1.0:
+                raise ValueError(f"a fixed window is (name, start, end) with 0 <= start < end <= 1, got {entry}")
+
+
+def fraction_window(n_layers: int, start: float, end: float) -> tuple[int, ...]:
+    """Layers [round(start * L), round(end * L)) clipped to the depth, at least one layer."""
+    first = min(int(round(start * n_layers)), n_layers - 1)
+    last = max(min(int(round(end * n_layers)), n_layers), first + 1)
+    return tuple(range(first, last))
+
+
+def layer_windows(n_layers: int, spec: BlockingSpec) -> list[Window]:
+    """Sliding windows (one per start layer, truncated at the top) then the fixed windows."""
+    sliding = [Window("sliding", f"start {s}", tuple(range(s, min(s + spec.window, n_layers))))
+               for s in range(n_layers)]
+    fixed = [Window("fixed", str(name), fraction_window(n_layers, float(a), float(b)))
+             for name, a, b in spec.fixed_windows]
+    return sliding + fixed
+
+
+def block_sets(cells: TargetCells, spec: BlockingSpec, image_positions: np.ndarray, last: int):
+    """(name, query positions, key positions) of every block set of one image."""
+    base = cells.object_b[min(cells.object_b)]
+    out = []
+    if "object" in spec.block_sets:
+        for b, grid in cells.object_b.items():
+            out.append((f"object_b{b}", [last], cells_to_positions(grid, image_positions)))
+    if "non_object" in spec.block_sets:
+        out.append(("non_object", [last], cells_to_positions(~base, image_positions)))
+    if "object_to_last_row" in spec.block_sets:
+        queries = cells_to_positions(last_row_cells(cells.shape) & ~base, image_positions)
+        out.append(("object_to_last_row", queries, cells_to_positions(base, image_positions)))
+    if "object_to_text" in spec.block_sets:
+        queries = np.arange(int(image_positions.max()) + 1, last + 1)
+        out.append(("object_to_text", queries, cells_to_positions(base, image_positions)))
+    return out
+
+
+@torch.no_grad()
+def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
+                           cells: dict[int, TargetCells], *, prompts: PromptSpec, spec: BlockingSpec,
+                           cell_spec: CellSpec) -> pd.DataFrame:
+    """The N3 table (module docstring)."""
+    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size)
+    tokenizer = processor.tokenizer
+    questions = vqa_questions(dataset, selection, prompts)
+    windows = layer_windows(adapter.n_layers, spec)
+    rows: list[dict] = []
+    for target in tqdm(list(selection.itertuples(index=False)), desc="attention blocking", mininterval=5):
+        image_id, name = int(target.image_id), str(target.category_name)
+        answer = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
+        ids, pixels = encode(processor, adapter, dataset.load_image(image_id), questions[image_id], cell_spec.geometry,
+                             system_prompt=prompts.system_prompt, answer_prefix=prompts.vqa_answer_prefix)
+        prepared = engine.prepare(ids, pixels)
+        (positions,) = adapter.image_positions(prepared.input_ids)
+        last = prepared.length - 1
+        sets = block_sets(cells[image_id], spec, positions.cpu().numpy(), last)
+        # One call for the sets read at the last position (+ the unblocked row), one per other set
+        # (each shares the prefix up to its own first blocked query).
+        groups = [[s for s in sets if list(s[1]) == [last]]] + [[s] for s in sets if list(s[1]) != [last]]
+        common = {"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name}
+        baseline, image_rows = None, []
+        for group_index, group in enumerate(groups):
+            conditions, labels = ([Condition()], [None]) if group_index == 0 else ([], [])
+            for set_name, queries, keys in group:
+                for window in windows:
+                    conditions.append(Condition(knockouts=(Knockout(torch.as_tensor(queries), torch.as_tensor(keys),
+                                                                    layers=window.layers),),
+                                                label=f"{set_name} {window.name}"))
+                    labels.append((set_name, window, len(keys)))
+            if not conditions:
+                continue
+            probs = engine.logits(prepared, conditions)[:, -1].float().softmax(dim=-1)
+            p_answer = probs[:, answer].tolist()
+            correct = (probs.argmax(dim=-1) == answer).tolist()
+            if group_index == 0:
+                baseline = (p_answer[0], bool(correct[0]))
+            for label, p, ok in zip(labels, p_answer, correct):
+                if label is None:
+                    row = {"block_set": "none", "window_kind": "none", "window": "none", "window_start": None,
+                           "window_end": None, "n_layers": 0, "n_blocked": 0}
+                else:
+                    set_name, window, n_blocked = label
+                    row = {"block_set": set_name, "window_kind": window.kind, "window": window.name,
+                           "window_start": window.layers[0], "window_end": window.layers[-1],
+                           "n_layers": len(window.layers), "n_blocked": n_blocked}
+                image_rows.append({**common, **row, "p_correct": p, "correct": bool(ok)})
+        for row in image_rows:
+            row.update(p_baseline=baseline[0], baseline_correct=baseline[1], included=baseline[1],
+                       drop=baseline[0] - row["p_correct"],
+                       relative_drop=(baseline[0] - row["p_correct"]) / baseline[0] if baseline[0] > 0 else np.nan)
+        rows.extend(image_rows)
+    table = pd.DataFrame(rows, columns=BLOCKING_COLUMNS)
+    return table.astype({"window_start": "Int64", "window_end": "Int64"})

@@ -1,0 +1,342 @@
+"""What the three Neo et al. experiments (N1-N3) share: targets, object cells, prompts, the mean.
+
+    from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, map_object_cells,
+        TargetCells, vqa_questions, compute_mean_embedding, save_mean_embedding, load_mean_embedding)
+
+    cells = map_object_cells(dataset, selection, adapter, CellSpec(buffers=(0, 1, 2)))
+    grids = TargetCells.from_table(cells[cells.image_id == 7])     # object_b[b], boxes, overlap
+    questions = vqa_questions(dataset, selection, PromptSpec())     # image_id -> VQA question
+
+Object cells. The target's mask (polygon, RLE or crowd RLE: `CocoDataset.annotation_mask`) is
+mapped onto the model's image-token grid through the adapter's geometry ("crop" = the HF
+processor's centre crop, "pad" = the original LLaVA padding): each cell's box in the ORIGINAL
+image is a float rectangle, the covered fraction is exact (`data.cells.cell_overlap`), and a cell
+is an object cell when that fraction exceeds `min_overlap` (0.0 = any overlap, as the original
+code). Buffer b dilates the object's cells with the 8-neighbourhood b times.
+
+VQA question source (N1's VQA setting and N3). The paper asked generated questions about each
+COCO object; neither the questions nor their generator were released. Here a question is either
+  * a row of a questions file (CSV with columns image_id, question; optional annotation_id), the
+    way to run on COCO (write the questions once, keep the file with the run), or
+  * a template formatted with the target annotation's fields: {name} (category name),
+    {supercategory} and every key of the annotation's `attributes` (the shapes world stores the
+    object's colour there, so the default "What shape is the {color} object?" is exactly the
+    organism's training question). A template naming a field an annotation lacks is an error
+    that says to use a questions file; it never silently falls back to a generic question.
+The assistant turn is then primed with the answer prefix ("It is a"), and the answer token is the
+first sub-token of the category name after that prefix (`answer_first_token`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vlminterp.data.cells import cell_box_grid, cell_overlap, dilate_cells, object_cells
+from vlminterp.data.coco import CocoDataset
+from vlminterp.interventions import StreamingMean
+from vlminterp.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+SETTINGS = ("generative", "polling", "vqa")
+
+
+# ---- specs ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CellSpec:
+    """How a target's mask becomes image-token cells.
+
+    geometry: "crop" (HF LLaVA-1.5 processor) or "pad" (original LLaVA code).
+    min_overlap: a cell is an object cell when its covered fraction is strictly above this.
+    buffers: the dilation amounts b studied (object cells dilated b times, 8-neighbourhood).
+    """
+
+    geometry: str = "crop"
+    min_overlap: float = 0.0
+    buffers: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self):
+        if self.geometry not in ("crop", "pad"):
+            raise ValueError(f"geometry must be 'crop' or 'pad', got {self.geometry!r}")
+        if not 0.0 <= self.min_overlap < 1.0:
+            raise ValueError(f"min_overlap must be in [0, 1), got {self.min_overlap}")
+        if not self.buffers or min(self.buffers) < 0 or len(set(self.buffers)) != len(self.buffers):
+            raise ValueError(f"buffers must be distinct non-negative integers, got {self.buffers}")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """The prompts of the three settings (user text; the adapter adds the chat template).
+
+    describe: the generative setting's prompt.
+    polling: the polling question; {name} = the category name.
+    vqa_question: template of the VQA question over the target annotation's fields (module doc).
+    vqa_questions_file: CSV (image_id, question[, annotation_id]); overrides the template.
+    vqa_answer_prefix: text appended after the assistant tag (the answer's start).
+    system_prompt: optional system prompt in front of the user turn.
+    """
+
+    describe: str = "Describe this image."
+    polling: str = "Is there a {name} in this image?"
+    vqa_question: str = "What shape is the {color} object?"
+    vqa_questions_file: str | None = None
+    vqa_answer_prefix: str = "It is a"
+    system_prompt: str | None = None
+
+
+# ---- cells ----------------------------------------------------------------------------------------
+def object_cell_grids(mask: np.ndarray, boxes: np.ndarray, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(overlap (rows, cols), {b: object cells dilated b times}) for one mask and a (rows, cols, 4) box grid."""
+    overlap = cell_overlap(mask, boxes)
+    base = object_cells(overlap, spec.min_overlap)
+    return overlap, {b: dilate_cells(base, b) for b in spec.buffers}
+
+
+def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spec: CellSpec) -> pd.DataFrame:
+    """One row per selected image x image-token cell: its box, the target's overlap, object flags.
+
+    Columns: image_id, annotation_id, cell_index (image-token order), cell_row, cell_col, x0, y0,
+    x1, y1 (box in original-image pixels; NaN for a cell wholly in padding), overlap, and one
+    bool column object_b{b} per buffer. An image whose target covers no cell (possible with a high
+    `min_overlap`) keeps its rows; the experiments report it as having no object cells.
+    """
+    grid = adapter.grid
+    frames = []
+    for row in selection.itertuples(index=False):
+        info = dataset.image_info(int(row.image_id))
+        boxes = cell_box_grid(adapter.cell_boxes((info["width"], info["height"]), spec.geometry),
+                              grid.rows, grid.cols)
+        overlap, grids = object_cell_grids(dataset.annotation_mask(int(row.annotation_id)), boxes, spec)
+        cells = grid.cells()
+        frame = pd.DataFrame({
+            "image_id": int(row.image_id), "annotation_id": int(row.annotation_id),
+            "cell_index": np.arange(grid.num_cells), "cell_row": cells[:, 0], "cell_col": cells[:, 1],
+            "x0": boxes[..., 0].reshape(-1), "y0": boxes[..., 1].reshape(-1),
+            "x1": boxes[..., 2].reshape(-1), "y1": boxes[..., 3].reshape(-1),
+            "overlap": overlap.reshape(-1),
+        })
+        for b, cells_b in grids.items():
+            frame[f"object_b{b}"] = cells_b.reshape(-1)
+        frames.append(frame)
+    columns = ["image_id", "annotation_id", "cell_index", "cell_row", "cell_col", "x0", "y0", "x1", "y1",
+               "overlap", *[f"object_b{b}" for b in spec.buffers]]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+@dataclass
+class TargetCells:
+    """The cell table of one image as grids: `object_b[b]` bool (rows, cols), boxes, overlap."""
+
+    image_id: int
+    rows: int
+    cols: int
+    boxes: np.ndarray
+    overlap: np.ndarray
+    object_b: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame) -> "TargetCells":
+        if table["image_id"].nunique() != 1:
+            raise ValueError("TargetCells.from_table takes the rows of exactly one image")
+        table = table.sort_values("cell_index")
+        rows, cols = int(table["cell_row"].max()) + 1, int(table["cell_col"].max()) + 1
+        if len(table) != rows * cols:
+            raise ValueError(f"image {table['image_id'].iloc[0]}: {len(table)} cells for a {rows}x{cols} grid")
+        shape = (rows, cols)
+        buffers = sorted(int(c[len("object_b"):]) for c in table.columns if c.startswith("object_b"))
+        return cls(
+            image_id=int(table["image_id"].iloc[0]), rows=rows, cols=cols,
+            boxes=table[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64).reshape(rows, cols, 4),
+            overlap=table["overlap"].to_numpy(dtype=np.float64).reshape(shape),
+            object_b={b: table[f"object_b{b}"].astype(bool).to_numpy().reshape(shape) for b in buffers},
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+
+def cells_by_image(cells: pd.DataFrame) -> dict[int, TargetCells]:
+    """The cell table split into `TargetCells` per image id."""
+    return {int(image_id): TargetCells.from_table(part) for image_id, part in cells.groupby("image_id", sort=True)}
+
+
+# ---- prompts and answers --------------------------------------------------------------------------
+def _template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def annotation_fields(dataset: CocoDataset, annotation_id: int) -> dict[str, str]:
+    """Fields a VQA template may use: name, supercategory and the annotation's `attributes`."""
+    ann = dataset.annotation(annotation_id)
+    category = dataset.coco.cats[ann["category_id"]]
+    fields = {str(k): str(v) for k, v in (ann.get("attributes") or {}).items()}
+    fields.update(name=category["name"], supercategory=str(category.get("supercategory", "")))
+    return fields
+
+
+def vqa_questions(dataset: CocoDataset, selection: pd.DataFrame, prompts: PromptSpec) -> dict[int, str]:
+    """image_id -> VQA question for every selected image (source rules in the module docstring)."""
+    if prompts.vqa_questions_file:
+        table = pd.read_csv(prompts.vqa_questions_file)
+        missing = {"image_id", "question"} - set(table.columns)
+        if missing:
+            raise ValueError(f"{prompts.vqa_questions_file}: lacks column(s) {sorted(missing)}")
+        out = {}
+        for row in selection.itertuples(index=False):
+            match = table[table["image_id"] == row.image_id]
+            if "annotation_id" in table.columns:
+                match = match[match["annotation_id"] == row.annotation_id]
+            if len(match) != 1:
+                raise ValueError(f"{prompts.vqa_questions_file}: {len(match)} questions for image "
+                                 f"{row.image_id} (annotation {row.annotation_id}); need exactly one")
+            out[int(row.image_id)] = str(match["question"].iloc[0])
+        return out
+    out = {}
+    for row in selection.itertuples(index=False):
+        fields = annotation_fields(dataset, int(row.annotation_id))
+        lacking = [f for f in _template_fields(prompts.vqa_question) if f not in fields]
+        if lacking:
+            raise ValueError(
+                f"VQA question template {prompts.vqa_question!r} uses field(s) {lacking} that annotation "
+                f"{row.annotation_id} lacks (it has {sorted(fields)}); give a questions file "
+                f"(neo.prompts.vqa_questions_file) or a template over those fields")
+        out[int(row.image_id)] = prompts.vqa_question.format(**fields)
+    return out
+
+
+def answer_first_token(tokenizer, prefix: str, word: str) -> int:
+    """Id of the first token `word` adds when it follows `prefix` after a space.
+
+    Tokenizing the prefix alone and the prefix + " " + word and taking the first id where they
+    differ gives the word's first sub-token in context (e.g. "▁dog" after "It is a" for Llama's
+    SentencePiece vocabulary; the word itself for the organism's word-level vocabulary).
+    """
+    base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    full = tokenizer(f"{prefix} {word}", add_special_tokens=False)["input_ids"]
+    for index, token in enumerate(full):
+        if index >= len(base) or base[index] != token:
+            return int(token)
+    raise ValueError(f"{word!r} adds no token after {prefix!r}")
+
+
+def encode(processor, adapter, image, text: str, geometry: str, *, system_prompt: str | None = None,
+           answer_prefix: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids (1, T), pixel_values) of one image and one user text in the model's chat format."""
+    prompt = adapter.format_prompt(text, system_prompt)
+    if answer_prefix:
+        prompt = f"{prompt} {answer_prefix}"
+    enc = processor(images=adapter.prepare_image(image, geometry), text=prompt, return_tensors="pt")
+    return enc["input_ids"], enc["pixel_values"]
+
+
+# ---- the mean image embedding (ablation vector and IG baseline) -------------------------------------
+def mean_image_ids(dataset: CocoDataset, max_images: int, seed: int, exclude: Iterable[int] = ()) -> list[int]:
+    """At most `max_images` image ids of `dataset` (seeded sample, sorted), none of `exclude`."""
+    excluded = {int(i) for i in exclude}
+    ids = [i for i in dataset.image_ids() if i not in excluded]
+    if len(ids) > max_images:
+        ids = sorted(int(i) for i in np.random.default_rng(seed).choice(ids, size=max_images, replace=False))
+    if not ids:
+        raise ValueError(f"no images left for the mean embedding in {dataset.annotation_file}")
+    return ids
+
+
+@torch.no_grad()
+def compute_mean_embedding(adapter, processor, dataset: CocoDataset, image_ids: Sequence[int],
+                           geometry: str, batch_size: int = 16) -> tuple[torch.Tensor, int]:
+    """Streaming mean of the post-projector image embedding over every position of `image_ids`.
+
+    Returns (mean (d,) float32, number of vectors averaged). Memory is one batch of images.
+    """
+    running = StreamingMean()
+    device = adapter.embed_tokens.weight.device
+    for start in range(0, len(image_ids), batch_size):
+        images = [adapter.prepare_image(dataset.load_image(int(i)), geometry) for i in image_ids[start:start + batch_size]]
+        pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        running.update(adapter.image_features(pixel_values.to(device)))
+    return running.mean(torch.float32), running.count
+
+
+def save_mean_embedding(mean: torch.Tensor, count: int, image_ids: Sequence[int], path: str | os.PathLike) -> None:
+    """Write the mean vector as safetensors (tensor "mean"; metadata: count, number of images)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({"mean": mean.detach().cpu().float().contiguous()}, str(tmp),
+                  metadata={"count": str(count), "n_images": str(len(image_ids)),
+                            "first_image_ids": ",".join(str(i) for i in list(image_ids)[:20])})
+
+
+def load_mean_embedding(path: str | os.PathLike) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["mean"]
+
+
+def load_adapter_geometry(spec) -> object:
+    """The adapter of a model (for its cell grid and prompt format) without loading any weights.
+
+    The model is instantiated on the meta device from its config, so this is cheap even for 7B.
+    """
+    from transformers import AutoConfig, AutoProcessor
+
+    from vlminterp.models.adapters import adapter_class_for_config
+
+    kwargs = {} if Path(spec.id_or_path).is_dir() else {"revision": spec.revision}
+    config = AutoConfig.from_pretrained(spec.id_or_path, **kwargs)
+    processor = AutoProcessor.from_pretrained(spec.id_or_path, **kwargs)
+    adapter_class = adapter_class_for_config(config)
+    with torch.device("meta"):
+        model = adapter_class.model_class()(config)
+    return adapter_class(model, processor)
+
+
+# ---- what every per-image stage loads -----------------------------------------------------------------
+@dataclass
+class StageInputs:
+    """Everything a per-image Neo stage needs for one shard of the targets."""
+
+    model_parts: tuple  # (model, processor, adapter)
+    dataset: CocoDataset
+    selection: pd.DataFrame  # this shard's rows of the selection table
+    cells: dict[int, TargetCells]
+    prompts: PromptSpec
+    vocabulary: object  # SynonymVocabulary
+    cell_spec: CellSpec
+
+
+def load_stage_inputs(paths, params, shard: str) -> StageInputs:
+    """Load the model, the dataset split, this shard's targets and their cells.
+
+    `paths`: has `world` (dataset root), `selection` and `cells` (tables of select_neo_targets and
+    map_object_cells). `params`: has `model` (ModelSpec keyword arguments), `split`, `cells`
+    (CellSpec section), `prompts` (PromptSpec section), `vocabulary` (name or path) and
+    `images_per_shard`.
+    """
+    from vlminterp.io import read_table
+    from vlminterp.models.adapters import adapter_for
+    from vlminterp.models.loading import ModelSpec, load_model
+    from vlminterp.scoring.vocabulary import load_vocabulary
+    from vlminterp.sharding import shard_rows
+    from vlminterp.specs import build_spec
+
+    selection = shard_rows(read_table(paths.selection), shard, params.images_per_shard)
+    cells = read_table(paths.cells)
+    cells = cells[cells["image_id"].isin(selection["image_id"])]
+    dataset = CocoDataset.load(paths.world, params.split)
+    model, processor = load_model(ModelSpec(**params.model))
+    return StageInputs(
+        model_parts=(model, processor, adapter_for(model, processor)),
+        dataset=dataset, selection=selection, cells=cells_by_image(cells),
+        prompts=build_spec(PromptSpec, params.prompts, where="neo.prompts"),
+        vocabulary=load_vocabulary(params.vocabulary, categories=list(dataset.category_names().values())),
+        cell_spec=build_spec(CellSpec, params.cells, where="neo.cells"))

@@ -1,0 +1,169 @@
+"""N2 (Neo et al.): the logit lens on visual tokens, with numbers instead of only pictures.
+
+    from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens
+    topk, scores = run_logit_lens(model, processor, adapter, dataset, selection, cells,
+                                  prompts=PromptSpec(), vocabulary=vocab, spec=LensSpec(top_k=5))
+
+One forward pass per image with the describe prompt (through the engine, unablated). For every
+layer output l (l = 0: the embedding output, i.e. the LM's input; l = 1..L: decoder layer l's
+output, captured BEFORE the final norm) and every image position, the final norm is applied once
+and then the unembedding. (HF's `last_hidden_state` is already normed; the capture hooks read the
+layers' raw outputs, so the last layer is normed exactly once: a test checks that layer L equals
+the model's own logits.)
+
+Tables:
+  topk    one row per image x position x layer x rank: image_id, position, cell_row, cell_col,
+          layer, rank, token (decoded), token_id, prob, is_object (b=0 cell). The format of
+          `plots.lens_html.write_lens_page`.
+  scores  one row per image x layer x region (object = the target's b=0 cells; background = the
+          cells outside its `background_buffer`-dilation): n_cells and the per-region means of
+            name_in_topk  the target's name, a plural or a synonym among the top-k tokens (the
+                          paper's measure; a token names the target when it is the first sub-token
+                          of one of those surface forms after "It is a", see `name_token_ids`);
+            name_top1     the top-1 token over the whole vocabulary names the target;
+            name_rank1    among the dataset's category names (each by its first sub-token), the
+                          target's has the largest logit (chance = 1 / #categories);
+            name_rank     that rank (1 = best), averaged;
+            n_categories  the number of category names ranked (chance of name_rank1 = 1 / it).
+          name_rank1 works for the organism's word-level vocabulary of a few dozen words, where
+          name_in_topk mostly says whether the position decodes to any shape word at all.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from vlminterp.data.cells import dilate_cells
+from vlminterp.data.coco import CocoDataset
+from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode
+from vlminterp.interventions import InterventionEngine, capture_residual
+from vlminterp.scoring.mentions import plural_forms
+from vlminterp.scoring.vocabulary import SynonymVocabulary
+
+log = logging.getLogger(__name__)
+
+TOPK_COLUMNS = ["image_id", "position", "cell_row", "cell_col", "layer", "rank", "token", "token_id", "prob",
+                "is_object"]
+SCORE_COLUMNS = ["image_id", "annotation_id", "category", "layer", "region", "n_cells", "name_in_topk",
+                 "name_top1", "name_rank1", "name_rank", "n_categories"]
+
+
+@dataclass(frozen=True)
+class LensSpec:
+    """top_k: tokens kept per position and layer; background_buffer: background cells lie outside
+    the object's cells dilated this many times (1 keeps the object's immediate border out)."""
+
+    top_k: int = 5
+    background_buffer: int = 1
+
+    def __post_init__(self):
+        if self.top_k < 1 or self.background_buffer < 0:
+            raise ValueError("top_k must be >= 1 and background_buffer >= 0")
+
+
+def name_token_ids(tokenizer, vocabulary: SynonymVocabulary, category: str, prefix: str) -> set[int]:
+    """Token ids that name `category`: the first sub-token of each surface form and its plurals."""
+    forms = set(vocabulary.categories.get(category, (category,))) | {category}
+    if vocabulary.plurals:
+        forms |= {p for f in list(forms) for p in plural_forms(f)}
+    return {answer_first_token(tokenizer, prefix, form) for form in sorted(forms)}
+
+
+def lens_logits(adapter, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of residual-stream vectors (..., d): the final norm once, then the unembedding."""
+    return adapter.unembed(adapter.final_norm(hidden))
+
+
+@torch.no_grad()
+def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
+                   cells: dict[int, TargetCells], *, prompts: PromptSpec, vocabulary: SynonymVocabulary,
+                   spec: LensSpec, cell_spec: CellSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(topk, scores) tables of N2 for the selected images (module docstring)."""
+    engine = InterventionEngine(model, adapter)
+    tokenizer = processor.tokenizer
+    categories = list(dataset.category_names().values())
+    category_tokens = torch.tensor([answer_first_token(tokenizer, prompts.vqa_answer_prefix, c) for c in categories])
+    if len(set(category_tokens.tolist())) != len(categories):
+        log.warning("two category names share a first sub-token; their ranks tie at the better one")
+    topk_frames, score_rows = [], []
+    for target in tqdm(list(selection.itertuples(index=False)), desc="logit lens", mininterval=5):
+        image_id, name = int(target.image_id), str(target.category_name)
+        grids = cells[image_id]
+        ids, pixels = encode(processor, adapter, dataset.load_image(image_id), prompts.describe, cell_spec.geometry,
+                             system_prompt=prompts.system_prompt)
+        prepared = engine.prepare(ids, pixels)
+        (positions,) = adapter.image_positions(prepared.input_ids)
+        with capture_residual(adapter, positions=positions) as record:
+            engine.logits(prepared, [None])
+        states = [record.embeddings()] + [record.layer(l) for l in range(adapter.n_layers)]
+        own_ids = torch.tensor(sorted(name_token_ids(tokenizer, vocabulary, name, prompts.vqa_answer_prefix)))
+        target_index = categories.index(name)
+        obj = grids.object_b[0] if 0 in grids.object_b else grids.object_b[min(grids.object_b)]
+        regions = {"object": obj.reshape(-1),
+                   "background": ~dilate_cells(obj, spec.background_buffer).reshape(-1)}
+        cell_rows, cell_cols = np.divmod(np.arange(len(positions)), grids.cols)
+        for layer, state in enumerate(states):
+            logits = lens_logits(adapter, state[0]).float()  # (P, V), on the model's device
+            top_p, top_i = logits.softmax(dim=-1).topk(spec.top_k, dim=-1)
+            cat_logits = logits[:, category_tokens.to(logits.device)].cpu()
+            top_p, top_i = top_p.cpu(), top_i.cpu()
+            in_topk = torch.isin(top_i, own_ids).any(dim=-1).numpy()
+            top1 = torch.isin(top_i[:, 0], own_ids).numpy()
+            rank = 1 + (cat_logits > cat_logits[:, target_index:target_index + 1]).sum(dim=-1).numpy()
+            k = spec.top_k
+            topk_frames.append(pd.DataFrame({
+                "image_id": image_id, "position": np.repeat(positions.cpu().numpy(), k),
+                "cell_row": np.repeat(cell_rows, k), "cell_col": np.repeat(cell_cols, k), "layer": layer,
+                "rank": np.tile(np.arange(1, k + 1), len(positions)),
+                "token": [tokenizer.decode([int(t)]) for t in top_i.reshape(-1)],
+                "token_id": top_i.reshape(-1).numpy(), "prob": top_p.reshape(-1).numpy(),
+                "is_object": np.repeat(obj.reshape(-1), k)}))
+            for region, member in regions.items():
+                n = int(member.sum())
+                score_rows.append({
+                    "image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
+                    "layer": layer, "region": region, "n_cells": n,
+                    "name_in_topk": float(in_topk[member].mean()) if n else np.nan,
+                    "name_top1": float(top1[member].mean()) if n else np.nan,
+                    "name_rank1": float((rank[member] == 1).mean()) if n else np.nan,
+                    "name_rank": float(rank[member].mean()) if n else np.nan,
+                    "n_categories": len(categories)})
+    topk = pd.concat(topk_frames, ignore_index=True) if topk_frames else pd.DataFrame(columns=TOPK_COLUMNS)
+    return topk[TOPK_COLUMNS], pd.DataFrame(score_rows, columns=SCORE_COLUMNS)
+
+
+def write_lens_pages(topk: pd.DataFrame, selection: pd.DataFrame, cells: dict[int, TargetCells],
+                     dataset: CocoDataset, out_dir, max_pages: int | None) -> list:
+    """One interactive page per image (the first `max_pages` of `selection`) and `index.html`."""
+    from pathlib import Path
+
+    from vlminterp.plots.lens_html import write_lens_index, write_lens_page
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pages = []
+    chosen = selection if max_pages is None else selection.head(max_pages)
+    for target in chosen.itertuples(index=False):
+        image_id = int(target.image_id)
+        part = topk[topk["image_id"] == image_id]
+        if part.empty:
+            continue
+        grids = cells[image_id]
+        obj = grids.object_b[min(grids.object_b)]
+        title = f"image {image_id}: {target.category_name}"
+        page = write_lens_page(part, dataset.load_image(image_id), grids.boxes, out_dir / f"image_{image_id}.html",
+                               object_cells=obj, object_name=str(target.category_name), title=title)
+        top1 = part[(part["rank"] == 1) & part["is_object"].astype(bool)]
+        named = top1.groupby("layer")["token"].apply(
+            lambda t: float((t.str.strip().str.lower() == str(target.category_name).lower()).mean()))
+        best = int(named.idxmax()) if len(named) and named.max() > 0 else None
+        pages.append((page, title, {"object": str(target.category_name), "object cells": int(obj.sum()),
+                                    "best layer (object top-1 = name)": best,
+                                    "share at best layer": float(named.max()) if len(named) else None}))
+    write_lens_index(pages, out_dir / "index.html")
+    return pages

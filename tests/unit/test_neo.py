@@ -1,0 +1,321 @@
+"""Neo et al. N1-N3 on tiny random models: cells, prompts, windows, lens, IG, ablation, blocking, plots."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from cocofixtures import CocoBuilder
+
+from vlminterp.data.cells import cell_box_grid, cell_overlap, uniform_cell_boxes
+from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
+from vlminterp.data.shapes import ShapesWorldSpec, generate_world
+from vlminterp.experiments.neo_ablation import (AblationSpec, integrated_gradients, register_cells,
+                                                run_token_ablation)
+from vlminterp.experiments.neo_blocking import BlockingSpec, fraction_window, layer_windows, run_attention_blocking
+from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, cells_by_image,
+                                              compute_mean_embedding, encode, load_mean_embedding,
+                                              map_object_cells, mean_image_ids, save_mean_embedding, vqa_questions)
+from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
+from vlminterp.interventions import InterventionEngine, capture_residual
+from vlminterp.scoring.vocabulary import load_vocabulary
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+CELLS = CellSpec()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A shapes world at the tiny-llama geometry (24 px images, 6 px patches: a 4x4 grid)."""
+    root = tmp_path_factory.mktemp("neo_world")
+    generate_world(ShapesWorldSpec(image_size=24, cell_size=6, n_train=6, n_val=6, margin=1, rle_fraction=0.5,
+                                   shapes=("circle", "square", "triangle"), colors=("red", "green", "blue")), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(world, synthetic):
+    model, processor, adapter = synthetic("tiny-llama")
+    dataset = CocoDataset.load(world, "val")
+    selection = select_targets(dataset, SelectionSpec(split="val", target_area_range=(0, 1e9),
+                                                      exclude_crowd_targets=False, max_images=3))
+    cells = map_object_cells(dataset, selection, adapter, CELLS)
+    mean, _ = compute_mean_embedding(adapter, processor, CocoDataset.load(world, "train"), [1, 2, 3], "crop")
+    vocabulary = load_vocabulary("shapes", categories=list(dataset.category_names().values()))
+    return dict(model=model, processor=processor, adapter=adapter, dataset=dataset, selection=selection,
+                cells=cells, grids=cells_by_image(cells), mean=mean, vocabulary=vocabulary)
+
+
+# ---- schema <-> specs ------------------------------------------------------------------------------
+def _neo(section):
+    return SCHEMA["properties"]["neo"]["properties"][section]["properties"]
+
+
+@pytest.mark.parametrize("section, cls, skip", [
+    ("cells", CellSpec, set()), ("prompts", PromptSpec, set()), ("ablation", AblationSpec, {"seed"}),
+    ("logit_lens", LensSpec, {"html_images"}), ("blocking", BlockingSpec, set()),
+    ("selection", SelectionSpec, {"seed", "targets_per_image"}),
+])
+def test_neo_schema_defaults_equal_the_spec_defaults(section, cls, skip):
+    props = _neo(section)
+    fields = {f.name for f in dataclasses.fields(cls)} - skip
+    assert set(props) - {"html_images"} == fields
+    default = cls()
+    for name in fields:
+        expected = getattr(default, name)
+        if name == "fixed_windows":
+            expected = [{"name": n, "start": a, "end": b} for n, a, b in expected]
+        elif isinstance(expected, tuple):
+            expected = list(expected)
+        assert props[name]["default"] == pytest.approx(expected) if isinstance(expected, float) else \
+            props[name]["default"] == expected, name
+
+
+# ---- cells --------------------------------------------------------------------------------------------
+def test_padding_cells_have_zero_overlap_and_flat_boxes_reshape(synthetic):
+    _, _, adapter = synthetic("tiny-llama")
+    boxes = cell_box_grid(adapter.cell_boxes((24, 8), "pad"), 4, 4)  # 24x8 image padded to 24x24
+    assert np.isnan(boxes[0, 0]).all() and not np.isnan(boxes[1, 0]).any()
+    mask = np.ones((8, 24), dtype=bool)
+    overlap = cell_overlap(mask, boxes)
+    assert (overlap[0] == 0).all() and (overlap[3] == 0).all() and np.allclose(overlap[1:3], 1.0)
+    with pytest.raises(ValueError):
+        cell_box_grid(np.zeros((15, 4)), 4, 4)
+
+
+def test_object_cells_of_a_coco_dataset_with_polygons_rle_and_crowd(tmp_path, synthetic):
+    _, _, adapter = synthetic("tiny-llama")
+    b = CocoBuilder()
+    cat, dog = b.category("cat"), b.category("dog")
+    wide = b.image(48, 24)  # crop geometry keeps the middle 24x24 (x in [12, 36))
+    b.box(wide, cat, 12, 0, 6, 6)  # exactly cell (0, 0) of the crop
+    tall = b.image(24, 36)
+    mask = np.zeros((36, 24), dtype=bool)
+    mask[20:24, 8:10] = True
+    b.rle(tall, dog, mask, compressed=False, iscrowd=1)
+    root = b.write(tmp_path, split="train")
+    ds = CocoDataset.load(root, "train")
+    sel = select_targets(ds, SelectionSpec(split="train", target_area_range=(0, 1e6), exclude_crowd_targets=False))
+    grids = cells_by_image(map_object_cells(ds, sel, adapter, CELLS))
+    first = grids[wide]
+    assert first.object_b[0].sum() == 1 and first.object_b[0][0, 0]
+    assert first.object_b[1].sum() == 4 and first.object_b[2].sum() == 9
+    assert all((grids[i].object_b[0] <= grids[i].object_b[1]).all() and
+               (grids[i].object_b[1] <= grids[i].object_b[2]).all() for i in grids)
+    # tall image: short side 24 -> crop rows [6, 30); mask rows 20-23 = crop rows 14-17 -> cell row 2
+    assert set(zip(*np.nonzero(grids[tall].object_b[0]))) == {(2, 1)}
+    strict = cells_by_image(map_object_cells(ds, sel, adapter, CellSpec(min_overlap=0.5)))
+    assert strict[tall].object_b[0].sum() == 0  # the mask covers 8/36 of its cell
+
+
+# ---- prompts ---------------------------------------------------------------------------------------
+def test_vqa_questions_from_template_fields_or_a_file(setup, tmp_path):
+    ds, sel = setup["dataset"], setup["selection"]
+    questions = vqa_questions(ds, sel, PromptSpec())
+    for row in sel.itertuples():
+        color = ds.annotation(row.annotation_id)["attributes"]["color"]
+        assert questions[row.image_id] == f"What shape is the {color} object?"
+    with pytest.raises(ValueError, match="questions file"):
+        vqa_questions(ds, sel, PromptSpec(vqa_question="What {size} thing?"))
+    path = tmp_path / "q.csv"
+    pd.DataFrame({"image_id": sel["image_id"], "question": [f"Q{i}" for i in sel["image_id"]]}).to_csv(path, index=False)
+    assert vqa_questions(ds, sel, PromptSpec(vqa_questions_file=str(path))) == {i: f"Q{i}" for i in sel["image_id"]}
+
+
+def test_answer_first_token_is_the_names_first_sub_token(synthetic):
+    from vlminterp.models.organism import build_tokenizer
+
+    word_level = build_tokenizer(["It", "is", "a", "circle", "square"])
+    assert word_level.convert_ids_to_tokens(answer_first_token(word_level, "It is a", "circle")) == "circle"
+    _, processor, _ = synthetic("tiny-llama")
+    token = answer_first_token(processor.tokenizer, "It is a", "circle")
+    ids = processor.tokenizer("It is a circle", add_special_tokens=False)["input_ids"]
+    assert token in ids and processor.tokenizer.decode([token]).strip() in "circle"
+
+
+def test_mean_embedding_round_trips_and_excludes_evaluation_images(setup, tmp_path):
+    ids = mean_image_ids(setup["dataset"], 100, seed=0, exclude=[1, 2])
+    assert 1 not in ids and 2 not in ids and ids == sorted(ids)
+    path = tmp_path / "mean.safetensors"
+    save_mean_embedding(setup["mean"], 48, [1, 2, 3], path)
+    assert torch.equal(load_mean_embedding(path), setup["mean"])
+
+
+# ---- windows ----------------------------------------------------------------------------------------
+def test_fixed_windows_are_the_papers_on_32_layers_and_never_empty():
+    windows = {w.name: w.layers for w in layer_windows(32, BlockingSpec()) if w.kind == "fixed"}
+    assert windows["early"] == tuple(range(0, 10)) and windows["mid"] == tuple(range(11, 21))
+    assert windows["late"] == tuple(range(21, 32)) and windows["early-mid"] == tuple(range(5, 15))
+    assert windows["mid-late"] == tuple(range(15, 25)) and windows["all"] == tuple(range(32))
+    for depth in (1, 2, 3, 4):
+        windows = layer_windows(depth, BlockingSpec(window=5))
+        assert all(w.layers and max(w.layers) < depth for w in windows)
+        assert [w.layers[0] for w in windows if w.kind == "sliding"] == list(range(depth))
+    assert fraction_window(2, 11 / 32, 21 / 32) == (1,)
+
+
+# ---- N2 ---------------------------------------------------------------------------------------------
+def test_lens_normalises_once_last_layer_equals_model_logits(setup, make_inputs):
+    model, processor, adapter = setup["model"], setup["processor"], setup["adapter"]
+    inputs = make_inputs(processor, adapter)
+    with torch.no_grad():
+        with capture_residual(adapter) as record:
+            out = model(**inputs)
+        last = lens_logits(adapter, record.layer(adapter.n_layers - 1))
+    assert torch.allclose(last, out.logits, atol=1e-5)
+
+
+def test_logit_lens_tables(setup, tmp_path):
+    s = setup
+    topk, scores = run_logit_lens(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
+                                  prompts=PromptSpec(), vocabulary=s["vocabulary"], spec=LensSpec(top_k=3),
+                                  cell_spec=CELLS)
+    n_images, n_layers = len(s["selection"]), s["adapter"].n_layers + 1
+    assert len(topk) == n_images * 16 * n_layers * 3
+    assert (topk.groupby(["image_id", "position", "layer"])["prob"].apply(lambda p: p.is_monotonic_decreasing)).all()
+    assert len(scores) == n_images * n_layers * 2
+    assert scores[["name_in_topk", "name_rank1", "name_top1"]].stack().between(0, 1).all()
+    assert (scores["name_rank"] >= 1).all() and (scores["n_categories"] == 3).all()
+    object_cells = s["cells"].groupby("image_id")["object_b0"].sum()
+    got = scores[(scores.region == "object") & (scores.layer == 0)].set_index("image_id")["n_cells"]
+    assert (got == object_cells.reindex(got.index)).all()
+    pages = write_lens_pages(topk, s["selection"], s["grids"], s["dataset"], tmp_path / "pages", max_pages=2)
+    assert len(pages) == 2 and (tmp_path / "pages" / "index.html").is_file()
+
+
+# ---- N1 ---------------------------------------------------------------------------------------------
+def test_register_cells_flag_norm_outliers():
+    embeddings = torch.ones(16, 8)
+    embeddings[5] *= 10
+    grid = register_cells(embeddings, (4, 4), 2.0)
+    assert grid.sum() == 1 and grid[1, 1]
+
+
+def test_integrated_gradients_are_complete(setup, make_inputs):
+    """Attributions sum to p(input) - p(baseline) (IG completeness; midpoint rule, many steps)."""
+    model, processor, adapter = setup["model"], setup["processor"], setup["adapter"]
+    engine = InterventionEngine(model, adapter)
+    inputs = make_inputs(processor, adapter)
+    prepared = engine.prepare(inputs["input_ids"], inputs["pixel_values"])
+    (positions,) = adapter.image_positions(prepared.input_ids)
+    target = 7
+    attribution = integrated_gradients(adapter, prepared.inputs_embeds, positions, setup["mean"], target,
+                                       steps=64, batch_size=16)
+    baseline = prepared.inputs_embeds.clone()
+    baseline[:, positions] = setup["mean"]
+    with torch.no_grad():
+        p = [adapter.unembed(adapter.language_model_forward(e, use_cache=False)[0][:, -1]).softmax(-1)[0, target]
+             for e in (prepared.inputs_embeds, baseline)]
+    assert attribution.shape == (16,)
+    assert attribution.sum() == pytest.approx(float(p[0] - p[1]), rel=0.05, abs=1e-6)
+
+
+def _ablation(setup, selection, **overrides):
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=6, polling_new_tokens=2,
+                        random_counts=(2, 5, 40), **overrides)
+    s = setup
+    return run_token_ablation(s["model"], s["processor"], s["adapter"], s["dataset"], selection, s["grids"], s["mean"],
+                              prompts=PromptSpec(), vocabulary=s["vocabulary"], spec=spec, cell_spec=CELLS)
+
+
+def test_token_ablation_table(setup):
+    table = _ablation(setup, setup["selection"])
+    grids = setup["grids"]
+    assert set(table["setting"]) == {"generative", "polling", "vqa"}
+    for (image_id, setting, kind), part in table.groupby(["image_id", "setting", "question_kind"]):
+        assert (part["condition"] == "none").sum() == 1
+        assert part["included"].nunique() == 1 and part["baseline_success"].nunique() == 1
+        obj = part.set_index("condition")
+        for b in (0, 1, 2):
+            assert obj.loc[f"object_b{b}", "n_tokens"] == grids[image_id].object_b[b].sum()
+            if f"random_matched_b{b}" in obj.index:
+                assert obj.loc[f"random_matched_b{b}", "n_tokens"] == obj.loc[f"object_b{b}", "n_tokens"]
+        assert obj.loc["all_image", "n_tokens"] == 16 and obj.loc["random_n16", "n_tokens"] == 16  # 40 capped
+    assert not (table["flipped"] & ~table["included"]).any()
+    assert (table.loc[table.setting == "vqa", "p_correct"].between(0, 1)).all()
+    assert set(table.loc[table.setting == "polling", "question_kind"]) == {"target", "absent"}
+    assert not table.loc[table.setting != "polling", "question_kind"].ne("target").any()
+
+
+def test_token_ablation_rows_do_not_depend_on_the_shard(setup):
+    together = _ablation(setup, setup["selection"], settings=("vqa", "polling"))
+    apart = pd.concat([_ablation(setup, setup["selection"].iloc[[i]], settings=("vqa", "polling"))
+                       for i in range(len(setup["selection"]))], ignore_index=True)
+    pd.testing.assert_frame_equal(together, apart)
+
+
+def test_zero_ablation_of_every_image_token_equals_zeroed_embeddings(setup):
+    table = _ablation(setup, setup["selection"].iloc[:1], settings=("vqa",), replacement="zero")
+    s = setup
+    image_id = int(s["selection"]["image_id"].iloc[0])
+    question = vqa_questions(s["dataset"], s["selection"].iloc[:1], PromptSpec())[image_id]
+    ids, pixels = encode(s["processor"], s["adapter"], s["dataset"].load_image(image_id), question, "crop",
+                         answer_prefix="It is a")
+    embeds = s["adapter"].embed(ids, pixels).detach()
+    embeds[ids == s["adapter"].image_token_id] = 0
+    with torch.no_grad():
+        hidden, _ = s["adapter"].language_model_forward(embeds, use_cache=False)
+        probs = s["adapter"].unembed(hidden[:, -1]).softmax(-1)[0]
+    token = answer_first_token(s["processor"].tokenizer, "It is a", str(s["selection"]["category_name"].iloc[0]))
+    row = table[table.condition == "all_image"].iloc[0]
+    assert row["p_correct"] == pytest.approx(float(probs[token]), rel=1e-4)
+
+
+# ---- N3 ---------------------------------------------------------------------------------------------
+def test_attention_blocking_table(setup):
+    s = setup
+    spec = BlockingSpec(window=2)
+    table = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
+                                   prompts=PromptSpec(), spec=spec, cell_spec=CELLS)
+    n_windows = len(layer_windows(s["adapter"].n_layers, spec))
+    per_image = 1 + n_windows * (3 + 1 + 1 + 1)
+    assert (table.groupby("image_id").size() == per_image).all()
+    assert np.allclose(table["drop"], table["p_baseline"] - table["p_correct"])
+    none = table[table.block_set == "none"]
+    assert (none["drop"] == 0).all()
+    # blocking every image cell from the last position in all layers = blocking b0 + non_object together;
+    # here only check that blocking changes something and that windows are recorded
+    assert (table.loc[table.block_set != "none", "drop"].abs() > 0).any()
+    sliding = table[(table.window_kind == "sliding") & (table.block_set == "object_b0")]
+    assert sorted(sliding["window_start"].unique()) == list(range(s["adapter"].n_layers))
+    apart = pd.concat([run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"],
+                                              s["selection"].iloc[[i]], s["grids"], prompts=PromptSpec(), spec=spec,
+                                              cell_spec=CELLS) for i in range(len(s["selection"]))], ignore_index=True)
+    pd.testing.assert_frame_equal(table, apart)
+
+
+# ---- figures ------------------------------------------------------------------------------------------
+def test_figures_are_written(setup, tmp_path):
+    from vlminterp.plots.neo import plot_blocking_drops, plot_flip_rates, plot_lens_curves
+
+    s = setup
+    ablation = _ablation(setup, setup["selection"], settings=("vqa", "polling"))
+    ablation["included"] = True  # a random model identifies nothing; plot every row
+    ablation["flipped"] = ~ablation["success"]
+    _, scores = run_logit_lens(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
+                               prompts=PromptSpec(), vocabulary=s["vocabulary"], spec=LensSpec(), cell_spec=CELLS)
+    blocking = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"],
+                                      s["grids"], prompts=PromptSpec(), spec=BlockingSpec(window=2), cell_spec=CELLS)
+    blocking["included"] = True
+    for plot, table, name in ((plot_flip_rates, ablation, "flips"), (plot_lens_curves, scores, "lens"),
+                              (plot_blocking_drops, blocking, "blocking")):
+        paths = plot(table, tmp_path / name, n_resamples=200)
+        assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_geometry_adapter_without_weights_matches_the_loaded_one(tmp_path, synthetic):
+    from vlminterp.experiments.neo_common import load_adapter_geometry
+    from vlminterp.models.loading import ModelSpec
+
+    model, processor, adapter = synthetic("tiny-odd-grid")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    light = load_adapter_geometry(ModelSpec(str(tmp_path)))
+    assert light.grid == adapter.grid
+    assert np.array_equal(light.cell_boxes((50, 30), "crop"), adapter.cell_boxes((50, 30), "crop"))
+    assert light.format_prompt("Hi") == adapter.format_prompt("Hi")

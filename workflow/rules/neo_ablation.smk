@@ -1,0 +1,69 @@
+# Neo et al. N1: object-token ablation (generative, polling, VQA) against matched baselines.
+
+FINAL_OUTPUTS.extend([
+    results("neo/ablation/ablation.csv"),
+    results("neo/ablation/flip_rates.png"),
+])
+
+
+rule compute_mean_embedding:
+    input:
+        world=get_dataset_dir(),
+        selection=results("neo/selection.csv"),
+        model=get_model_dir(),
+    output:
+        results("neo/mean_embedding.safetensors"),
+    params:
+        model=model_spec(),
+        mean=config["neo"]["mean"],
+        selection_split=config["neo"]["selection"]["split"],
+        geometry=config["neo"]["cells"]["geometry"],
+        seed=SEED,
+    threads: neo_threads()
+    log:
+        logs("compute_mean_embedding"),
+    script:
+        "../scripts/compute_mean_embedding.py"
+
+
+rule ablate_object_tokens:
+    input:
+        **neo_stage_inputs(),
+        mean=results("neo/mean_embedding.safetensors"),
+    output:
+        results("neo/ablation/shards/{shard}.csv"),
+    params:
+        **neo_stage_params(),
+        ablation=config["neo"]["ablation"],
+    threads: neo_threads()
+    log:
+        logs("ablate_object_tokens/{shard}"),
+    script:
+        "../scripts/ablate_object_tokens.py"
+
+
+rule gather_token_ablation:
+    input:
+        shard_outputs("neo/ablation/shards/{shard}.csv", neo_images()),
+    output:
+        results("neo/ablation/ablation.csv"),
+    log:
+        logs("gather_token_ablation"),
+    script:
+        "../scripts/gather_shards.py"
+
+
+rule plot_token_ablation:
+    input:
+        results("neo/ablation/ablation.csv"),
+    output:
+        png=figure("neo/ablation/flip_rates.png", "neo_flip_rates", "Neo et al.", "N1 token ablation"),
+        pdf=results("neo/ablation/flip_rates.pdf"),
+    params:
+        kind="ablation",
+        seed=SEED,
+        resamples=config["neo"]["bootstrap_resamples"],
+    log:
+        logs("plot_token_ablation"),
+    script:
+        "../scripts/plot_neo.py"

@@ -1,0 +1,48 @@
+# Neo et al. N3: attention blocking from the last position (and into the last image row), per layer window.
+
+FINAL_OUTPUTS.extend([
+    results("neo/blocking/blocking.csv"),
+    results("neo/blocking/blocking_drops.png"),
+])
+
+
+rule block_object_attention:
+    input:
+        **neo_stage_inputs(),
+    output:
+        results("neo/blocking/shards/{shard}.csv"),
+    params:
+        **neo_stage_params(),
+        blocking=config["neo"]["blocking"],
+    threads: neo_threads()
+    log:
+        logs("block_object_attention/{shard}"),
+    script:
+        "../scripts/block_object_attention.py"
+
+
+rule gather_attention_blocking:
+    input:
+        shard_outputs("neo/blocking/shards/{shard}.csv", neo_images()),
+    output:
+        results("neo/blocking/blocking.csv"),
+    log:
+        logs("gather_attention_blocking"),
+    script:
+        "../scripts/gather_shards.py"
+
+
+rule plot_attention_blocking:
+    input:
+        results("neo/blocking/blocking.csv"),
+    output:
+        png=figure("neo/blocking/blocking_drops.png", "neo_blocking_drops", "Neo et al.", "N3 attention blocking"),
+        pdf=results("neo/blocking/blocking_drops.pdf"),
+    params:
+        kind="blocking",
+        seed=SEED,
+        resamples=config["neo"]["bootstrap_resamples"],
+    log:
+        logs("plot_attention_blocking"),
+    script:
+        "../scripts/plot_neo.py"

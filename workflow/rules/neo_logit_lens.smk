@@ -1,0 +1,79 @@
+# Neo et al. N2: logit lens on visual tokens (top-k per position and layer, object vs background curves).
+
+FINAL_OUTPUTS.extend([
+    results("neo/logit_lens/scores.csv"),
+    results("neo/logit_lens/lens_curves.png"),
+    results("neo/logit_lens/pages"),
+])
+
+
+rule apply_logit_lens:
+    input:
+        **neo_stage_inputs(),
+    output:
+        topk=results("neo/logit_lens/shards/{shard}_topk.csv.gz"),
+        scores=results("neo/logit_lens/shards/{shard}_scores.csv"),
+    params:
+        **neo_stage_params(),
+        lens=config["neo"]["logit_lens"],
+    threads: neo_threads()
+    log:
+        logs("apply_logit_lens/{shard}"),
+    script:
+        "../scripts/apply_logit_lens.py"
+
+
+rule gather_logit_lens_topk:
+    input:
+        shard_outputs("neo/logit_lens/shards/{shard}_topk.csv.gz", neo_images()),
+    output:
+        results("neo/logit_lens/topk.csv.gz"),
+    log:
+        logs("gather_logit_lens_topk"),
+    script:
+        "../scripts/gather_shards.py"
+
+
+rule gather_logit_lens_scores:
+    input:
+        shard_outputs("neo/logit_lens/shards/{shard}_scores.csv", neo_images()),
+    output:
+        results("neo/logit_lens/scores.csv"),
+    log:
+        logs("gather_logit_lens_scores"),
+    script:
+        "../scripts/gather_shards.py"
+
+
+rule plot_logit_lens:
+    input:
+        results("neo/logit_lens/scores.csv"),
+    output:
+        png=figure("neo/logit_lens/lens_curves.png", "neo_lens_curves", "Neo et al.", "N2 logit lens"),
+        pdf=results("neo/logit_lens/lens_curves.pdf"),
+    params:
+        kind="logit_lens",
+        seed=SEED,
+        resamples=config["neo"]["bootstrap_resamples"],
+    log:
+        logs("plot_logit_lens"),
+    script:
+        "../scripts/plot_neo.py"
+
+
+rule write_logit_lens_pages:
+    input:
+        topk=results("neo/logit_lens/topk.csv.gz"),
+        selection=results("neo/selection.csv"),
+        cells=results("neo/cells.csv"),
+        world=get_dataset_dir(),
+    output:
+        # not a report item: a pure-HTML report cannot hold a directory (open pages/index.html)
+        directory(results("neo/logit_lens/pages")),
+    params:
+        split=config["neo"]["selection"]["split"],
+        max_pages=config["neo"]["logit_lens"]["html_images"],
+    log:
+        logs("write_logit_lens_pages"),
+    script:
+        "../scripts/write_logit_lens_pages.py"

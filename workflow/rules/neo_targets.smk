@@ -1,0 +1,62 @@
+# Neo et al. (N1-N3), shared data stage: target objects and their image-token cells.
+
+
+def neo_vocabulary():
+    """Synonym vocabulary of the Neo stages: neo.vocabulary, or the one named after the dataset kind."""
+    return config["neo"]["vocabulary"] or config["dataset"]["kind"]
+
+
+def neo_images():
+    """Most targets the Neo stages study (fixes their number of shards)."""
+    return config["neo"]["selection"]["max_images"]
+
+
+def neo_threads():
+    """Threads of a Neo stage that runs the model: one for the organism on the CPU (a tiny model gains
+    nothing from intra-op threads, and on a busy 2-core machine two threads spin against other jobs:
+    measured 13 s vs 0.4 s per image), all cores otherwise."""
+    return 1 if uses_organism() and config["device"] == "cpu" else workflow.cores
+
+
+def neo_stage_params():
+    """Params every per-image Neo stage passes to vlminterp.experiments.neo_common.load_stage_inputs."""
+    return dict(model=model_spec(), split=config["neo"]["selection"]["split"], cells=config["neo"]["cells"],
+                prompts=config["neo"]["prompts"], vocabulary=neo_vocabulary(),
+                images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
+
+
+def neo_stage_inputs():
+    """Inputs every per-image Neo stage reads."""
+    return dict(world=get_dataset_dir(), selection=results("neo/selection.csv"), cells=results("neo/cells.csv"),
+                model=get_model_dir())
+
+
+rule select_neo_targets:
+    input:
+        world=get_dataset_dir(),
+    output:
+        results("neo/selection.csv"),
+    params:
+        selection=config["neo"]["selection"],
+        seed=SEED,
+    log:
+        logs("select_neo_targets"),
+    script:
+        "../scripts/select_neo_targets.py"
+
+
+rule map_object_cells:
+    input:
+        world=get_dataset_dir(),
+        selection=results("neo/selection.csv"),
+        model=get_model_dir(),
+    output:
+        results("neo/cells.csv"),
+    params:
+        cells=config["neo"]["cells"],
+        split=config["neo"]["selection"]["split"],
+        model=model_spec(),
+    log:
+        logs("map_object_cells"),
+    script:
+        "../scripts/map_object_cells.py"
