@@ -20,6 +20,8 @@ rule compute_mean_embedding:
         geometry=config["neo"]["cells"]["geometry"],
         seed=SEED,
     threads: neo_threads()
+    resources:
+        **model_resources(),
     log:
         logs("compute_mean_embedding"),
     script:
@@ -36,6 +38,8 @@ rule ablate_object_tokens:
         **neo_stage_params(),
         ablation=config["neo"]["ablation"],
     threads: neo_threads()
+    resources:
+        **model_resources(),
     log:
         logs("ablate_object_tokens/{shard}"),
     script:

@@ -15,6 +15,8 @@ rule block_object_attention:
         **neo_stage_params(),
         blocking=config["neo"]["blocking"],
     threads: neo_threads()
+    resources:
+        **model_resources(),
     log:
         logs("block_object_attention/{shard}"),
     script:

@@ -17,6 +17,8 @@ rule apply_logit_lens:
         **neo_stage_params(),
         lens=config["neo"]["logit_lens"],
     threads: neo_threads()
+    resources:
+        **model_resources(),
     log:
         logs("apply_logit_lens/{shard}"),
     script:
