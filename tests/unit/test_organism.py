@@ -246,3 +246,33 @@ def test_tiny_organism_learns(world_dir, tmp_path):
               "shape_vqa": 1 / len(WORLD.shapes)}
     for task, level in chance.items():
         assert accuracy[task] > level + 0.25, (task, accuracy.to_dict())
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+def test_figures_are_written_as_png_and_pdf(tmp_path):
+    from vlminterp.plots.organism import plot_evaluation, plot_training_curves
+
+    steps = np.arange(0, 50, 5)
+    losses = pd.DataFrame(
+        [{"step": int(s), "stage": "vision", "task": "patch_shape", "loss": 2.0 / (1 + s)} for s in steps]
+        + [{"step": int(s) + 50, "stage": "language", "task": t, "loss": 3.0 / (1 + s)} for s in steps
+           for t in ("all", "describe", "polling")])
+    paths = plot_training_curves(losses, tmp_path / "curves")
+    table = pd.DataFrame({"task": ["polling"] * 4 + ["color"] * 2, "correct": [True, True, False, True, True, False],
+                          "correct_strict": [True, False, False, True, True, False]})
+    paths += plot_evaluation(summarize_evaluation(table), tmp_path / "evaluation")
+    assert sorted(p.name for p in paths) == ["curves.pdf", "curves.png", "evaluation.pdf", "evaluation.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(ValueError, match="loss"):
+        plot_training_curves(losses.drop(columns="loss"), tmp_path / "bad")
+
+
+def test_summary_counts_and_accuracies():
+    table = pd.DataFrame({"task": ["polling"] * 4 + ["color"] * 2, "correct": [True, True, False, True, True, False],
+                          "correct_strict": [True, False, False, True, True, False]})
+    summary = summarize_evaluation(table).set_index("task")
+    assert list(summary.index) == ["polling", "color"]
+    assert summary.loc["polling", "n"] == 4 and summary.loc["polling", "accuracy"] == 0.75
+    assert summary.loc["polling", "strict_accuracy"] == 0.5
+    assert summary.loc["color", "ci_low"] < 0.5 < summary.loc["color", "ci_high"]
