@@ -6,10 +6,9 @@
     # AutoProcessor.from_pretrained / LlavaForConditionalGeneration.from_pretrained.
 
 Stage 1 ("vision") trains the CLIP tower alone: a temporary linear head on the selected feature
-layer predicts, per patch, the shape, the colour and the (shape, colour) pair of the object that
-covers most of the patch (or background), labels from the COCO masks; the head is discarded
-afterwards. The pair target asks every patch feature to carry the binding of shape and colour,
-not only each attribute on its own. Stage 2
+layer predicts, per patch, the shape and the colour (and optionally the (shape, colour) pair,
+``OrganismSpec.patch_pair_target``) of the object that covers most of the patch (or background),
+labels from the COCO masks; the head is discarded afterwards. Stage 2
 ("language") trains projector + language model on the task mix (``tasks.py``), loss on answer
 tokens only, each example weighted equally whatever its length. The training set is rendered and
 tokenised once into tensors; no image processor runs inside the loop. Everything random draws from
@@ -186,8 +185,9 @@ def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData,
         losses = {
             "patch_shape": F.cross_entropy(logits[:, :n_shapes + 1], shape),
             "patch_color": F.cross_entropy(logits[:, n_shapes + 1:n_shapes + n_colors + 2], color),
-            "patch_shape_color": F.cross_entropy(logits[:, n_shapes + n_colors + 2:], joint),
         }
+        if spec.patch_pair_target:
+            losses["patch_shape_color"] = F.cross_entropy(logits[:, n_shapes + n_colors + 2:], joint)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
