@@ -6,8 +6,9 @@
     # AutoProcessor.from_pretrained / LlavaForConditionalGeneration.from_pretrained.
 
 Stage 1 ("vision") trains the CLIP tower alone: a temporary linear head on the selected feature
-layer predicts, per patch, the shape and the colour of the object that covers most of the patch
-(or background), labels from the COCO masks; the head is discarded afterwards. Stage 2
+layer predicts, per patch, the shape and the colour (and optionally the (shape, colour) pair,
+``OrganismSpec.patch_pair_target``) of the object that covers most of the patch (or background),
+labels from the COCO masks; the head is discarded afterwards. Stage 2
 ("language") trains projector + language model on the task mix (``tasks.py``), loss on answer
 tokens only, each example weighted equally whatever its length. The training set is rendered and
 tokenised once into tensors; no image processor runs inside the loop. Everything random draws from
@@ -167,25 +168,35 @@ def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData,
     if spec.vision_steps == 0:
         return []
     tower = model.model.vision_tower
-    head = torch.nn.Linear(spec.vision_hidden_size, (n_shapes + 1) + (n_colors + 1))
+    n_joint = n_shapes * n_colors + 1
+    head = torch.nn.Linear(spec.vision_hidden_size, (n_shapes + 1) + (n_colors + 1) + n_joint)
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=spec.vision_lr, weight_decay=spec.weight_decay)
     tower.train()
     rows: list[dict] = []
-    for step in tqdm(range(spec.vision_steps), desc="stage 1: vision tower", mininterval=5):
+    progress = tqdm(range(spec.vision_steps), desc="stage 1: vision tower", mininterval=5)
+    for step in progress:
         _set_lr(optimizer, spec.vision_lr * _schedule(step, spec.vision_steps, spec.warmup_steps))
         batch = torch.randint(len(data.pixel_values), (spec.vision_batch_size,), generator=generator)
-        logits = head(_selected_patch_features(model, data.pixel_values[batch]))
-        shape_loss = F.cross_entropy(logits[..., :n_shapes + 1].flatten(0, 1), data.patch_shape[batch].flatten())
-        color_loss = F.cross_entropy(logits[..., n_shapes + 1:].flatten(0, 1), data.patch_color[batch].flatten())
-        loss = shape_loss + color_loss
+        logits = head(_selected_patch_features(model, data.pixel_values[batch])).flatten(0, 1)
+        shape, color = data.patch_shape[batch].flatten(), data.patch_color[batch].flatten()
+        # Joint class: 0 = background, else 1 + shape * n_colors + colour (both 0-based).
+        joint = torch.where(shape > 0, 1 + (shape - 1) * n_colors + (color - 1), 0)
+        losses = {
+            "patch_shape": F.cross_entropy(logits[:, :n_shapes + 1], shape),
+            "patch_color": F.cross_entropy(logits[:, n_shapes + 1:n_shapes + n_colors + 2], color),
+        }
+        if spec.patch_pair_target:
+            losses["patch_shape_color"] = F.cross_entropy(logits[:, n_shapes + n_colors + 2:], joint)
+        loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
         optimizer.step()
         if step % spec.log_every == 0 or step == spec.vision_steps - 1:
-            rows += [{"step": step, "stage": "vision", "task": "patch_shape", "loss": shape_loss.item()},
-                     {"step": step, "stage": "vision", "task": "patch_color", "loss": color_loss.item()}]
+            rows += [{"step": step, "stage": "vision", "task": name, "loss": value.item()}
+                     for name, value in losses.items()]
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return rows
 
 
@@ -213,7 +224,8 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
     task_names = list(pools)
     task_probs = torch.tensor([weights[t] for t in task_names])
     rows: list[dict] = []
-    for step in tqdm(range(spec.language_steps), desc="stage 2: projector + LM", mininterval=5):
+    progress = tqdm(range(spec.language_steps), desc="stage 2: projector + LM", mininterval=5)
+    for step in progress:
         _set_lr(optimizer, spec.language_lr * _schedule(step, spec.language_steps, spec.warmup_steps))
         slot_tasks = torch.multinomial(task_probs, spec.language_batch_size, replacement=True, generator=generator)
         batch = torch.stack([pools[task_names[t]][torch.randint(len(pools[task_names[t]]), (1,), generator=generator)[0]]
@@ -235,6 +247,7 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
                     rows.append({"step": step_offset + step, "stage": "language", "task": t,
                                  "loss": per_example[selected].mean().item()})
             rows.append({"step": step_offset + step, "stage": "language", "task": "all", "loss": loss.item()})
+            progress.set_postfix({r["task"]: f"{r['loss']:.3f}" for r in rows[-len(task_names) - 1:]}, refresh=False)
     for p in tower_params:
         p.requires_grad_(True)
     return rows
