@@ -1,0 +1,37 @@
+# Kaduri et al. (K1-K4): the images every K stage reads, and the settings they share.
+# Stages: kaduri_attention.smk (K1), kaduri_knockout.smk (K2), kaduri_localization.smk (K3),
+# kaduri_reprompt.smk (K4); each per-image stage runs as shard jobs gathered into one table.
+
+KADURI = config["kaduri"]
+
+
+def kaduri_shards(pattern):
+    """The shard files of a per-image K stage (n_images split by sharding.images_per_shard)."""
+    return shard_outputs(pattern, KADURI["n_images"])
+
+
+def kaduri_vocabulary():
+    """Synonym vocabulary of the judges: kaduri.vocabulary, else the dataset kind's (shapes, coco)."""
+    return KADURI["vocabulary"] or config["dataset"]["kind"]
+
+
+def kaduri_session():
+    """Keyword arguments of vlminterp.experiments.kaduri_common.open_session (minus dataset_dir)."""
+    return dict(model=model_spec(), split=KADURI["split"], batch_size=KADURI["batch_size"],
+                prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
+                            geometry=KADURI["geometry"]))
+
+
+rule select_kaduri_images:
+    input:
+        world=get_dataset_dir(),
+    output:
+        results("kaduri/images.csv"),
+    params:
+        split=KADURI["split"],
+        n_images=KADURI["n_images"],
+        seed=SEED,
+    log:
+        logs("select_kaduri_images"),
+    script:
+        "../scripts/select_kaduri_images.py"
