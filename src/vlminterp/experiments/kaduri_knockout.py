@@ -180,9 +180,10 @@ def summarize_knockouts(table: pd.DataFrame, seed: int = 0, score: str = "f1",
     the mean `score`, over images whose reference names at least one object (all images with
     `require_reference=False`)."""
     data = table[table["n_reference"] > 0] if require_reference else table
+    data = data.assign(target=data["target"].fillna(""))  # "" reads back from CSV as NaN
     rows = []
     keys = ["condition", "family", "target", "layer_start", "layer_end"]
-    for key, part in data.groupby(keys, sort=False):
+    for key, part in data.groupby(keys, sort=False, dropna=False):
         low, high = bootstrap_ci(part[score].to_numpy(dtype=float), seed=seed)
         row = dict(zip(keys, key))
         row.update({"mean": float(part[score].mean()), "low": low, "high": high,

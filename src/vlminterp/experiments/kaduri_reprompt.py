@@ -22,7 +22,8 @@ produced them, heads averaged), per layer. Each yes/no question (POPE style,
                        where the image would be (`adapter.format_text_prompt`).
 k = max(1, round(f * n_image_tokens)) for each f in `top_k_fractions`, chosen per layer by the
 attention received during the description; the table reports f (k_fraction) and k (k_tokens).
-`context_tokens` is the number of positions kept before the question (the cache width; for
+The cache methods answer all questions of one token length as one batch (the kept cache repeated
+per row, `continue_batch`). `context_tokens` is the number of positions kept before the question (the cache width; for
 description_text the prompt's tokens before the question); `input_tokens` adds the question.
 
 Table columns: image_id, question_id, question, category, answer (truth: yes/no),
@@ -31,6 +32,7 @@ context_tokens, input_tokens, response, predicted (yes | no | other), correct.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -40,7 +42,11 @@ import torch
 
 from vlminterp.data.questions import NEGATIVE_STRATEGIES
 from vlminterp.experiments.kaduri_common import EncodedImage, KaduriSession
-from vlminterp.interventions.cache import continue_generation, prefill_cache, select_cache
+from transformers import DynamicCache
+
+from vlminterp.interventions.cache import KeptCache, prefill_cache, select_cache
+from vlminterp.interventions.engine import PreparedInput, greedy_continue, until_eos
+from vlminterp.interventions.knockout import knockout
 from vlminterp.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -97,6 +103,27 @@ def top_image_positions(received: list[torch.Tensor], image_positions, k: int) -
     return out
 
 
+@torch.no_grad()
+def continue_batch(adapter, kept: KeptCache, new_input_ids: torch.Tensor, max_new_tokens: int,
+                   eos_token_id: int | None) -> list[list[int]]:
+    """`interventions.cache.continue_generation` for B same-length continuations at once: the kept
+    cache is repeated for every row (each row a different question after the same context)."""
+    batch, n = new_input_ids.shape
+    cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(batch, -1, -1, -1).contiguous(),
+                                          layer.values.expand(batch, -1, -1, -1).contiguous())
+                                         for layer in kept.cache.layers])
+    start = kept.original_length
+    positions = torch.arange(start, start + n, device=new_input_ids.device)[None].expand(batch, -1)
+    padding = kept.padding_knockouts()
+    context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
+    with context:
+        hidden, cache = adapter.language_model_forward(adapter.embed_tokens(new_input_ids), past_key_values=cache,
+                                                       position_ids=positions, use_cache=True)
+        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos_token_id)
+    return [until_eos(row, eos_token_id) for row in generated.tolist()]
+
+
+@torch.no_grad()
 def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataFrame, spec: RepromptSpec) -> list[dict]:
     """Rows of the K4 table for one image and its questions."""
     item: EncodedImage = session.encode(image_id)
@@ -116,25 +143,38 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
         selections[("prompt_image_topk", fraction)] = [sorted(prompt_positions + t) for t in top]
     kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
 
-    rows = []
-    for q in questions.itertuples(index=False):
-        continuation = spec.continuation.format(question=q.question)
-        new_ids = _ids(session, continuation, bos=False)
-        answers = {}
-        full = torch.cat([item.input_ids.to(new_ids.device), new_ids], dim=1)
-        prepared = session.engine.prepare(full, item.pixel_values)
-        tokens = session.engine.generate(prepared, [None], spec.answer_tokens, session.eos_token_id).tokens[0]
-        answers[("full_image", None)] = (tokens, P, P + new_ids.shape[1])
+    eos = session.eos_token_id
+    question_list = list(questions.itertuples(index=False))
+    continuations = [_ids(session, spec.continuation.format(question=q.question), bos=False) for q in question_list]
+    answers: dict[int, dict] = {i: {} for i in range(len(question_list))}
+    # Cache methods: the questions of one token length are one batch per kept cache.
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(continuations):
+        by_length.setdefault(ids.shape[1], []).append(i)
+    for length, members in by_length.items():
+        batch = torch.cat([continuations[i] for i in members])
         for key, cache_kept in kept.items():
-            tokens = continue_generation(adapter, cache_kept, new_ids, spec.answer_tokens, session.eos_token_id)
-            answers[key] = (tokens, cache_kept.width, cache_kept.width + new_ids.shape[1])
+            for i, tokens in zip(members, continue_batch(adapter, cache_kept, batch, spec.answer_tokens, eos)):
+                answers[i][key] = (tokens, cache_kept.width, cache_kept.width + length)
+    for i, q in enumerate(question_list):
+        new_ids = continuations[i]
+        # full_image: the describe prompt and the question as one ordinary input (no cache surgery;
+        # the image features are reused, the language model runs from scratch).
+        full_ids = torch.cat([item.input_ids.to(new_ids.device), new_ids], dim=1)
+        embeds = torch.cat([item.prepared.inputs_embeds, adapter.embed_tokens(new_ids)], dim=1)
+        tokens = session.engine.generate(PreparedInput(full_ids, embeds), [None], spec.answer_tokens, eos).tokens[0]
+        answers[i][("full_image", None)] = (tokens, P, P + new_ids.shape[1])
         text_prompt = adapter.format_text_prompt(q.question, description, session.prompt.system_prompt)
         text_ids = _ids(session, text_prompt, bos=True)
         context = _ids(session, text_prompt[: text_prompt.rindex(q.question)].rstrip(), bos=True).shape[1]
-        prepared = session.engine.prepare(text_ids)
-        tokens = session.engine.generate(prepared, [None], spec.answer_tokens, session.eos_token_id).tokens[0]
-        answers[("description_text", None)] = (tokens, context, text_ids.shape[1])
-        for (method, fraction), (tokens, context_tokens, input_tokens) in answers.items():
+        tokens = session.engine.generate(session.engine.prepare(text_ids), [None], spec.answer_tokens, eos).tokens[0]
+        answers[i][("description_text", None)] = (tokens, context, text_ids.shape[1])
+
+    rows = []
+    order = [("full_image", None), *kept, ("description_text", None)]
+    for i, q in enumerate(question_list):
+        for method, fraction in order:
+            tokens, context_tokens, input_tokens = answers[i][(method, fraction)]
             response = session.decode(tokens).strip()
             predicted = parse_yes_no(response)
             rows.append({"image_id": int(image_id), "question_id": int(q.question_id), "question": q.question,

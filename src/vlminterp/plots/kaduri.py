@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -203,19 +204,21 @@ def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...
     _require(summary, {"method", "label", "setting", "accuracy", "accuracy_low", "accuracy_high",
                        "context_tokens", "n_questions"}, "re-prompting summary")
     settings = tuple(s for s in settings if s in set(summary["setting"])) or ("all",)
-    figure, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings) + 1.8, 4.3), squeeze=False,
+    figure, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings) + 1.8, 4.4), squeeze=False,
                                 sharey=True)
     for axis, setting in zip(axes[0], settings):
         part = summary[summary["setting"] == setting]
         for row in part.itertuples(index=False):
             color, marker = METHOD_STYLE.get(row.method, ("tab:gray", "o"))
-            size = 9 if row.method == "full_image" else 7
+            size = {"full_image": 9, "full_cache": 14}.get(row.method, 7)
+            hollow = "2%" in row.label or row.method == "full_cache"  # full_cache rings full_image
             axis.errorbar(row.context_tokens, row.accuracy,
                           yerr=[[row.accuracy - row.accuracy_low], [row.accuracy_high - row.accuracy]],
                           fmt=marker, color=color, markersize=size, capsize=3,
-                          fillstyle="full" if "2%" not in row.label else "none", label=row.label)
+                          fillstyle="none" if hollow else "full", label=row.label)
         axis.axhline(0.5, color="tab:red", linestyle=":", linewidth=1)
         axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_xlabel("context tokens before the question (log)")
         axis.set_title(f"POPE {setting} (n = {int(part['n_questions'].max()) if len(part) else 0} questions)")
         axis.grid(True, which="both", alpha=0.3)
