@@ -105,7 +105,7 @@ def plot_knockout_conditions(summary: pd.DataFrame, stem: Path, chance_recall: f
     axis.set_ylabel("score (mean over images)")
     n = int(main["n_images"].max()) if len(main) else 0
     axis.set_title(f"{title} (n = {n} images, all layers)")
-    axis.legend(fontsize=8, loc="upper right")
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     axis.grid(True, axis="y", alpha=0.3)
     return save_figure(figure, stem)
 
