@@ -27,7 +27,7 @@ from vlminterp.experiments.kaduri_localization import (LocalizationSpec, chebysh
                                                        summarize_localization)
 from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
                                                    summarize_reprompting, top_k_count)
-from vlminterp.interventions import From, InterventionEngine, capture_attention, reference_generate
+from vlminterp.interventions import From, reference_generate
 from vlminterp.interventions.capture import capture_attention as capture
 from vlminterp.models.adapters import TOKEN_GROUPS
 
@@ -302,8 +302,8 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
     images = select_images(dataset, 6, seed=0)
     row = images.iloc[0]
     category = row["categories"].split(";")[0]
-    words = processor_ids = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(processor_ids) + [self.eos_token_id])
+    words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_id])
     for kind in ("predicting", "token"):
         table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0), vocabulary)
         L, H = session.adapter.n_layers, session.adapter.n_heads

@@ -25,7 +25,6 @@ Row conventions (documented in each table):
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -305,11 +304,6 @@ class KaduriSession:
         with edit_attention(self.adapter, record):
             self.adapter.language_model_forward(embeds, position_ids=positions, use_cache=False)
         return record
-
-
-def spec_dict(spec) -> dict:
-    """A dataclass spec as a plain dict (for logs)."""
-    return dataclasses.asdict(spec)
 
 
 def load_images_table(path: str | Path) -> pd.DataFrame:

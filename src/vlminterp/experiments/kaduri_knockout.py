@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from vlminterp.experiments.kaduri_common import KaduriSession
