@@ -183,8 +183,10 @@ def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(syn
         item = session.encode(image_id)
         conditions = knockout_conditions(item.groups, session.adapter.n_layers, spec)
         fast = session.engine.generate(item.prepared, [c.condition for c in conditions], 6, session.eos_token_id)
-        slow = [reference_generate(session.model, session.adapter, item.input_ids, item.pixel_values,
-                                   c.condition, 6, session.eos_token_id) for c in conditions]
+        inputs = dict(item.image_inputs)
+        pixel_values = inputs.pop("pixel_values")
+        slow = [reference_generate(session.model, session.adapter, item.input_ids, pixel_values,
+                                   c.condition, 6, session.eos_token_id, **inputs) for c in conditions]
         assert fast.tokens == slow, "batched, prefix-shared knockouts differ from the oracle"
         blind.append(fast.tokens[[c.label for c in conditions].index("image->query+generated")])
     assert blind[0] == blind[1], "with the image cut off from every token the output cannot depend on it"

@@ -21,7 +21,9 @@ rule measure_attention_fractions:
         max_new_tokens=KADURI["max_new_tokens"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
-    threads: 1
+    threads: kaduri_threads()
+    resources:
+        **model_resources(),
     log:
         logs("measure_attention_fractions/{shard}"),
     script:

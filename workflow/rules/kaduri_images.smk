@@ -3,6 +3,13 @@
 # kaduri_reprompt.smk (K4); each per-image stage runs as shard jobs gathered into one table.
 
 KADURI = config["kaduri"]
+# COCO runs download only the images some stage selected: ours are in kaduri/images.csv.
+IMAGE_SELECTIONS.append(results("kaduri/images.csv"))
+
+
+def kaduri_split():
+    """Dataset split of the K stages: kaduri.split, else dataset.split."""
+    return KADURI["split"] or DATASET["split"]
 
 
 def kaduri_shards(pattern):
@@ -16,19 +23,26 @@ def kaduri_vocabulary():
 
 
 def kaduri_session():
-    """Keyword arguments of vlminterp.experiments.kaduri_common.open_session (minus dataset_dir)."""
-    return dict(model=model_spec(), split=KADURI["split"], batch_size=KADURI["batch_size"],
+    """Keyword arguments of vlminterp.experiments.kaduri_common.open_session."""
+    return dict(model=model_spec(), dataset_dir=dataset_root(), split=kaduri_split(),
+                batch_size=KADURI["batch_size"],
                 prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
                             geometry=KADURI["geometry"]))
 
 
+def kaduri_threads():
+    """One thread for the organism on the CPU (a tiny model gains nothing from more), all cores otherwise."""
+    return 1 if uses_organism() and config["device"] == "cpu" else workflow.cores
+
+
 rule select_kaduri_images:
     input:
-        world=get_dataset_dir(),
+        annotations=get_annotations(),
     output:
         results("kaduri/images.csv"),
     params:
-        split=KADURI["split"],
+        dataset_dir=dataset_root(),
+        split=kaduri_split(),
         n_images=KADURI["n_images"],
         seed=SEED,
     log:

@@ -27,7 +27,9 @@ rule run_group_knockouts:
         vocabulary=kaduri_vocabulary(),
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
-    threads: 1
+    threads: kaduri_threads()
+    resources:
+        **model_resources(),
     log:
         logs("run_group_knockouts/{shard}"),
     script:
@@ -48,7 +50,7 @@ rule gather_group_knockouts:
 rule plot_group_knockouts:
     input:
         table=results("kaduri/knockout/descriptions.csv"),
-        world=get_dataset_dir(),
+        annotations=get_annotations(),
     output:
         summary=report(results("kaduri/knockout/summary.csv"), caption=caption("knockout_summary"),
                        category="Kaduri et al.", subcategory="K2 knockout"),
@@ -58,7 +60,8 @@ rule plot_group_knockouts:
         windows=figure("kaduri/knockout/windows.png", "knockout_windows", "Kaduri et al.", "K2 knockout"),
         pdfs=[results(f"kaduri/knockout/{name}.pdf") for name in ("conditions", "start_layer", "windows")],
     params:
-        split=KADURI["split"],
+        dataset_dir=dataset_root(),
+        split=kaduri_split(),
         seed=SEED,
     log:
         logs("plot_group_knockouts"),

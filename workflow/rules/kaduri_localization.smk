@@ -22,7 +22,9 @@ rule localize_objects:
         vocabulary=kaduri_vocabulary(),
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
-    threads: 1
+    threads: kaduri_threads()
+    resources:
+        **model_resources(),
     log:
         logs("localize_objects/{shard}"),
     script:

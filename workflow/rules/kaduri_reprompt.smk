@@ -8,12 +8,13 @@ FINAL_OUTPUTS.extend([
 
 rule build_reprompt_questions:
     input:
-        world=get_dataset_dir(),
+        annotations=get_annotations(),
         images=results("kaduri/images.csv"),
     output:
         results("kaduri/reprompt/questions.csv"),
     params:
-        split=KADURI["split"],
+        dataset_dir=dataset_root(),
+        split=kaduri_split(),
         questions_per_image=KADURI["reprompt"]["questions_per_image"],
         seed=SEED,
     log:
@@ -38,7 +39,9 @@ rule answer_reprompt_questions:
         max_new_tokens=KADURI["max_new_tokens"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
-    threads: 1
+    threads: kaduri_threads()
+    resources:
+        **model_resources(),
     log:
         logs("answer_reprompt_questions/{shard}"),
     script:

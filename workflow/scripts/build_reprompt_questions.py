@@ -7,6 +7,6 @@ from vlminterp.runtime import rule_context
 
 params = snakemake.params
 with rule_context(snakemake.log[0], seed=params.seed):
-    dataset = CocoDataset.load(snakemake.input.world, params.split)
+    dataset = CocoDataset.load(params.dataset_dir, params.split)
     image_ids = [int(i) for i in load_images_table(snakemake.input.images)["image_id"]]
     write_table(build_pope_questions(dataset, image_ids, params.questions_per_image, params.seed), snakemake.output[0])

@@ -10,6 +10,6 @@ params = snakemake.params
 with rule_context(snakemake.log[0], threads=snakemake.threads, seed=params.seed):
     spec = build_spec(LocalizationSpec, params.spec, where="kaduri.localization", max_new_tokens=params.max_new_tokens)
     images = shard_rows(load_images_table(snakemake.input.images), snakemake.wildcards.shard, params.images_per_shard)
-    session = open_session(**params.session, dataset_dir=snakemake.input.world)
+    session = open_session(**params.session)
     vocabulary = dataset_vocabulary(params.vocabulary, session.dataset)
     write_table(localization(session, images, spec, vocabulary), snakemake.output[0])

@@ -11,5 +11,5 @@ with rule_context(snakemake.log[0], threads=snakemake.threads, seed=params.seed)
     spec = build_spec(AttentionFractionSpec, params.spec, where="kaduri.attention",
                       max_new_tokens=params.max_new_tokens)
     images = shard_rows(load_images_table(snakemake.input.images), snakemake.wildcards.shard, params.images_per_shard)
-    session = open_session(**params.session, dataset_dir=snakemake.input.world)
+    session = open_session(**params.session)
     write_table(attention_fractions(session, images, spec), snakemake.output[0])

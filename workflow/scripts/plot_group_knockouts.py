@@ -10,7 +10,7 @@ from vlminterp.runtime import rule_context
 out = snakemake.output
 with rule_context(snakemake.log[0], seed=snakemake.params.seed):
     table = read_table(snakemake.input.table)
-    n_categories = len(CocoDataset.load(snakemake.input.world, snakemake.params.split).category_names())
+    n_categories = len(CocoDataset.load(snakemake.params.dataset_dir, snakemake.params.split).category_names())
     summary = summarize_knockouts(table, seed=snakemake.params.seed)
     chance = knockout_chance(table, n_categories)
     summary["chance_recall"] = chance

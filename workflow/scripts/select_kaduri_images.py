@@ -5,5 +5,5 @@ from vlminterp.io import write_table
 from vlminterp.runtime import rule_context
 
 with rule_context(snakemake.log[0], seed=snakemake.params.seed):
-    dataset = CocoDataset.load(snakemake.input.world, snakemake.params.split)
+    dataset = CocoDataset.load(snakemake.params.dataset_dir, snakemake.params.split)
     write_table(select_images(dataset, snakemake.params.n_images, snakemake.params.seed), snakemake.output[0])

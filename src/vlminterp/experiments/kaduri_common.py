@@ -58,11 +58,12 @@ LLAVA_SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class DescribePrompt:
-    """The describe prompt: user text, optional system prompt, image geometry ("crop" or "pad")."""
+    """The describe prompt: user text, system prompt (None: the template's default, "" = none),
+    image geometry ("crop", "pad", "resize"; None: the family's default)."""
 
     text: str = "Describe this image."
     system_prompt: str | None = None
-    geometry: str = "crop"
+    geometry: str | None = None
 
 
 # ---- images ---------------------------------------------------------------------------------------
@@ -101,8 +102,12 @@ def category_mask(dataset: CocoDataset, image_id: int, category: str) -> np.ndar
     return mask
 
 
-def mask_cells(adapter: VLMAdapter, mask: np.ndarray, geometry: str = "crop", min_overlap: float = 0.0) -> np.ndarray:
-    """(rows, cols) bool grid of the image-token cells a mask overlaps, through the adapter's geometry."""
+def mask_cells(adapter: VLMAdapter, mask: np.ndarray, geometry: str | None = None,
+               min_overlap: float = 0.0) -> np.ndarray:
+    """(rows, cols) bool grid of the image-token cells a mask overlaps, through the adapter's geometry
+    (single-grid families such as LLaVA; tiled families have no one grid to localise on)."""
+    if not adapter.has_single_grid:
+        raise NotImplementedError(f"{type(adapter).__name__} has no single cell grid; K3 needs one")
     height, width = mask.shape
     boxes = adapter.cell_boxes((width, height), geometry).reshape(adapter.grid.rows, adapter.grid.cols, 4)
     if np.isnan(boxes).any():  # "pad": cells wholly in the padding cover no object
@@ -227,7 +232,7 @@ class EncodedImage:
     image_id: int
     size: tuple[int, int]  # original (width, height)
     input_ids: torch.Tensor  # (1, P)
-    pixel_values: torch.Tensor
+    image_inputs: dict  # pixel_values and whatever else the family's vision tower needs
     groups: TokenGroups
     prepared: object = field(repr=False, default=None)  # engine.PreparedInput
 
@@ -279,8 +284,9 @@ class KaduriSession:
         shown = self.adapter.prepare_image(image, self.prompt.geometry)
         enc = self.processor(images=shown, text=text if text is not None else self.describe_text(), return_tensors="pt")
         ids = enc["input_ids"]
-        item = EncodedImage(int(image_id), image.size, ids, enc["pixel_values"], self.adapter.token_groups(ids))
-        item.prepared = self.engine.prepare(ids, enc["pixel_values"])
+        image_inputs = self.adapter.image_inputs(enc)
+        item = EncodedImage(int(image_id), image.size, ids, image_inputs, self.adapter.token_groups(ids))
+        item.prepared = self.engine.prepare(ids, **image_inputs)
         return item
 
     def describe(self, item: EncodedImage, max_new_tokens: int) -> list[int]:
@@ -300,7 +306,7 @@ class KaduriSession:
         if fed.shape[1]:
             embeds = torch.cat([embeds, self.adapter.embed_tokens(fed).to(embeds.dtype)], dim=1)
         record = DescriptionAttention(item.groups, P - 1, self.adapter.n_layers, image_rows)
-        positions = torch.arange(embeds.shape[1], device=embeds.device)[None]
+        positions = item.prepared.rope.span(0, embeds.shape[1])  # RoPE ids continue after the prompt
         with edit_attention(self.adapter, record):
             self.adapter.language_model_forward(embeds, position_ids=positions, use_cache=False)
         return record

@@ -113,13 +113,14 @@ def continue_batch(adapter, kept: KeptCache, new_input_ids: torch.Tensor, max_ne
                                           layer.values.expand(batch, -1, -1, -1).contiguous())
                                          for layer in kept.cache.layers])
     start = kept.original_length
-    positions = torch.arange(start, start + n, device=new_input_ids.device)[None].expand(batch, -1)
+    rope = kept.rope.to(new_input_ids.device)  # text continues after the source prompt (M-RoPE aware)
+    positions = rope.span(start, start + n, batch)
     padding = kept.padding_knockouts()
     context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
     with context:
         hidden, cache = adapter.language_model_forward(adapter.embed_tokens(new_input_ids), past_key_values=cache,
                                                        position_ids=positions, use_cache=True)
-        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos_token_id)
+        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos_token_id, positions=rope)
     return [until_eos(row, eos_token_id) for row in generated.tolist()]
 
 
@@ -132,8 +133,9 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
     description = session.decode(generated).strip()
     record = session.description_attention(item, generated)
     received = [record.image_received[layer] for layer in range(adapter.n_layers)]
-    cache = prefill_cache(adapter, item.input_ids.to(session.engine.device),
-                          item.pixel_values.to(session.engine.device))
+    device = session.engine.device
+    image_inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in item.image_inputs.items()}
+    cache = prefill_cache(adapter, item.input_ids.to(device), **image_inputs)
     prompt_positions = sorted(groups.system + groups.query)
     n_image = len(groups.image)
     selections = {("full_cache", None): list(range(P)), ("prompt_cache", None): prompt_positions}
@@ -162,7 +164,9 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
         # the image features are reused, the language model runs from scratch).
         full_ids = torch.cat([item.input_ids.to(new_ids.device), new_ids], dim=1)
         embeds = torch.cat([item.prepared.inputs_embeds, adapter.embed_tokens(new_ids)], dim=1)
-        tokens = session.engine.generate(PreparedInput(full_ids, embeds), [None], spec.answer_tokens, eos).tokens[0]
+        positions = adapter.rope_positions(full_ids, **image_inputs)
+        tokens = session.engine.generate(PreparedInput(full_ids, embeds, positions), [None], spec.answer_tokens,
+                                         eos).tokens[0]
         answers[i][("full_image", None)] = (tokens, P, P + new_ids.shape[1])
         text_prompt = adapter.format_text_prompt(q.question, description, session.prompt.system_prompt)
         text_ids = _ids(session, text_prompt, bos=True)
