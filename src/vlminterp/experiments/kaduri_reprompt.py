@@ -19,7 +19,11 @@ produced them, heads averaged), per layer. Each yes/no question (POPE style,
     image_topk         the top-k image positions of each layer only ("s");
     prompt_image_topk  both ("qs");
     description_text   no image and no cache: a text-only prompt with the model's own description
-                       where the image would be (`adapter.format_text_prompt`).
+                       where the image would be (`adapter.format_text_prompt`);
+    single_turn        reference, not a re-prompting method: the question asked the ordinary way, a
+                       fresh single-turn prompt with the image (context = system + image tokens).
+                       A model that never saw a second user turn (the organism) can answer this
+                       well and the continuation badly; compare full_image with it.
 k = max(1, round(f * n_image_tokens)) for each f in `top_k_fractions`, chosen per layer by the
 attention received during the description; the table reports f (k_fraction) and k (k_tokens).
 The cache methods answer all questions of one token length as one batch (the kept cache repeated
@@ -51,7 +55,8 @@ from vlminterp.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
 
-METHODS = ("full_image", "full_cache", "prompt_cache", "image_topk", "prompt_image_topk", "description_text")
+METHODS = ("single_turn", "full_image", "full_cache", "prompt_cache", "image_topk", "prompt_image_topk",
+           "description_text")
 REPROMPT_COLUMNS = ("image_id", "question_id", "question", "category", "answer", "negative_type", "method",
                     "k_fraction", "k_tokens", "context_tokens", "input_tokens", "response", "predicted", "correct")
 
@@ -173,9 +178,13 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
         context = _ids(session, text_prompt[: text_prompt.rindex(q.question)].rstrip(), bos=True).shape[1]
         tokens = session.engine.generate(session.engine.prepare(text_ids), [None], spec.answer_tokens, eos).tokens[0]
         answers[i][("description_text", None)] = (tokens, context, text_ids.shape[1])
+        single = session.encode(image_id, text=adapter.format_prompt(q.question, session.prompt.system_prompt))
+        tokens = session.engine.generate(single.prepared, [None], spec.answer_tokens, eos).tokens[0]
+        answers[i][("single_turn", None)] = (tokens, len(single.groups.system) + len(single.groups.image),
+                                             single.prompt_length)
 
     rows = []
-    order = [("full_image", None), *kept, ("description_text", None)]
+    order = [("single_turn", None), ("full_image", None), *kept, ("description_text", None)]
     for i, q in enumerate(question_list):
         for method, fraction in order:
             tokens, context_tokens, input_tokens = answers[i][(method, fraction)]
