@@ -20,6 +20,13 @@ include: "workflow/rules/neo_ablation.smk"
 include: "workflow/rules/neo_logit_lens.smk"
 include: "workflow/rules/neo_blocking.smk"
 
+# Kaduri et al. (K1-K4)
+include: "workflow/rules/kaduri_images.smk"
+include: "workflow/rules/kaduri_attention.smk"
+include: "workflow/rules/kaduri_knockout.smk"
+include: "workflow/rules/kaduri_localization.smk"
+include: "workflow/rules/kaduri_reprompt.smk"
+
 
 report: "workflow/report/workflow.rst"
 

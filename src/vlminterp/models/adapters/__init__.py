@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from .base import (
     GEOMETRIES,
+    TOKEN_GROUPS,
     ImageCells,
     ImageGeometry,
     PatchGrid,
     PromptTemplate,
     RopePositions,
+    TokenGroups,
     VLMAdapter,
     pad_to_square,
 )
@@ -67,6 +69,8 @@ __all__ = [
     "PromptTemplate",
     "Qwen2VLAdapter",
     "RopePositions",
+    "TOKEN_GROUPS",
+    "TokenGroups",
     "UnsupportedModelError",
     "VLMAdapter",
     "adapter_class_for_config",

@@ -6,6 +6,7 @@
     cells.boxes                                      # (N, 4) box of every token in the ORIGINAL image
     adapter.cell_boxes((width, height), "crop")      # the same boxes (single-grid families: LLaVA)
     adapter.grid.cell_of_token(k)                    # (row, col) of the k-th image token (single grid only)
+    groups = adapter.token_groups(input_ids)         # system (BOS first) / image / query / generated positions
     adapter.decoder_layers, adapter.final_norm, adapter.lm_head, adapter.embed_tokens
     image_inputs = adapter.image_inputs(encoding)    # what the processor gave beyond input_ids
     embeds = adapter.embed(input_ids, **image_inputs)   # text embeddings with post-projector image features
@@ -59,7 +60,11 @@ class PromptTemplate:
     default_system_prompt: str | None = None  # used when system_prompt is None ("" = no system turn)
 
     def format(self, text: str, system_prompt: str | None = None) -> str:
-        prompt = self.user_turn.format(image=self.image_placeholder, text=text)
+        return self.format_with(self.image_placeholder, text, system_prompt)
+
+    def format_with(self, image: str, text: str, system_prompt: str | None = None) -> str:
+        """The same turn with `image` (any text, e.g. a description of the image) in the image's place."""
+        prompt = self.user_turn.format(image=image, text=text)
         if system_prompt is None:
             system_prompt = self.default_system_prompt
         if system_prompt:
@@ -248,6 +253,51 @@ class RopePositions:
 
     def to(self, device) -> "RopePositions":
         return RopePositions(self.ids.to(device), self.delta)
+
+
+TOKEN_GROUPS: tuple[str, ...] = ("system", "image", "query", "generated")
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    """The token groups of one single-image prompt (Kaduri et al.), as sequence positions.
+
+    system: BOS and everything before the image (the system prompt and the user-role tag, e.g.
+        "USER:"); `bos` is its first position when the prompt starts with BOS (the attention
+        sink, reportable on its own).
+    image: the image tokens.
+    query: everything after the image up to the end of the prompt (the user's text and the
+        assistant tag, e.g. "\\nDescribe this image. ASSISTANT:").
+    generated: positions prompt_length, prompt_length + 1, ... (`generated(n)`).
+    The four groups partition the sequence.
+    """
+
+    prompt_length: int
+    bos: tuple[int, ...]
+    system: tuple[int, ...]
+    image: tuple[int, ...]
+    query: tuple[int, ...]
+
+    def generated(self, n: int) -> tuple[int, ...]:
+        """Positions of the first `n` generated tokens."""
+        return tuple(range(self.prompt_length, self.prompt_length + n))
+
+    def positions(self, group: str, n_generated: int = 0) -> tuple[int, ...]:
+        """Positions of one group by name ("bos", "system", "image", "query", "generated")."""
+        if group == "generated":
+            return self.generated(n_generated)
+        if group in ("bos", "system", "image", "query"):
+            return getattr(self, group)
+        raise ValueError(f"unknown token group {group!r}; expected bos or one of {TOKEN_GROUPS}")
+
+    def labels(self, length: int) -> np.ndarray:
+        """Group name of every position < `length` (BOS labelled "bos", the rest of system "system")."""
+        out = np.full(length, "generated", dtype=object)
+        for name in ("system", "image", "query"):
+            index = [p for p in getattr(self, name) if p < length]
+            out[index] = name
+        out[[p for p in self.bos if p < length]] = "bos"
+        return out
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -517,9 +567,40 @@ class VLMAdapter(ABC):
     @abstractmethod
     def prompt_template(self) -> PromptTemplate: ...
 
+    @property
+    def bos_token_id(self) -> int | None:
+        bos = getattr(self.text_config, "bos_token_id", None)
+        return bos[0] if isinstance(bos, (list, tuple)) else bos
+
+    def token_groups(self, input_ids: torch.Tensor) -> TokenGroups:
+        """System / image / query positions of a single-image prompt (see `TokenGroups`).
+
+        The default suits templates with one contiguous block of image tokens between the system
+        part and the user's text (LLaVA); families with other layouts (several image blocks,
+        image tags around the tiles) override it.
+        """
+        ids = input_ids[0] if input_ids.ndim == 2 else input_ids
+        if ids.ndim != 1:
+            raise ValueError(f"token_groups takes one prompt, got input_ids of shape {tuple(input_ids.shape)}")
+        (image,) = self.image_positions(ids)
+        image = [int(p) for p in image]
+        if not image:
+            raise ValueError("the prompt holds no image token")
+        first, last = image[0], image[-1]
+        if last - first + 1 != len(image):
+            raise ValueError("the image tokens are not one contiguous block; this family must override token_groups")
+        length = int(ids.shape[0])
+        bos = (0,) if self.bos_token_id is not None and length and int(ids[0]) == self.bos_token_id else ()
+        return TokenGroups(prompt_length=length, bos=bos, system=tuple(range(first)), image=tuple(image),
+                           query=tuple(range(last + 1, length)))
+
     def format_prompt(self, text: str, system_prompt: str | None = None) -> str:
         """A single user turn with one image, e.g. `USER: <image>\\n{text} ASSISTANT:`."""
         return self.prompt_template.format(text, system_prompt)
+
+    def format_text_prompt(self, text: str, context: str, system_prompt: str | None = None) -> str:
+        """A text-only turn with `context` where the image would be, e.g. `USER: {context}\\n{text} ASSISTANT:`."""
+        return self.prompt_template.format_with(context, text, system_prompt)
 
     # ---- computation -----------------------------------------------------------------------------
     @abstractmethod

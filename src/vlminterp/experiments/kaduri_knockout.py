@@ -1,0 +1,216 @@
+"""K2 (Kaduri et al.): attention knockout between token groups, descriptions scored by a judge.
+
+    spec = KnockoutSpec(max_new_tokens=300, window_step=4, start_layer_step=1)
+    table = group_knockouts(session, images, spec, vocabulary)     # one row per image x condition
+    summary = summarize_knockouts(table, seed=0)                   # F1 per condition with intervals
+
+Conditions (`knockout_conditions`; every knockout blocks the keys of the IMAGE group, all heads):
+    none                     the unablated description (the judge's reference);
+    image->generated         generated tokens never see the image, every layer (decode steps only:
+                             the prefill, and hence the first generated token, is untouched);
+    image->query             the query tokens (user text + assistant tag) never see the image, every
+                             layer (prefill);
+    image->query+generated   both;
+    window a-b               generated tokens see the image only in layers a..b (image->generated in
+                             every other layer); [a, b] runs over a grid: a in 0, s, 2s, ...,
+                             b in s-1, 2s-1, ..., L-1 (s = window_step), a <= b;
+    from l                   `sweep_target` (generated, query or query+generated) blocked from the
+                             image in layers l .. L-1, l = 0, t, 2t, ... (t = start_layer_step).
+All conditions of one image are ONE call of the engine (one batch, chunked at its max batch size);
+the engine computes the untouched prefix once (up to the first query position for conditions that
+touch the query, the whole prompt for the others). Decoding is greedy.
+
+Judging (offline, deterministic): the categories a description mentions (the vocabulary's names,
+plurals and synonyms; `scoring.judge`) against those of the same image's `none` description
+(precision, recall, f1, ...) and against the ground-truth categories (gt_precision, gt_recall,
+gt_f1, ...). `none` scores 1.0 against itself by construction.
+
+Chance (`chance_recall`): a description naming m distinct categories drawn uniformly from the C
+categories of the dataset, scored against a reference naming r of them, has expected recall m / C
+(each reference category is named with probability m / C), whatever r.
+
+Table columns: image_id, condition, family (none | all_layers | window | from_layer), target
+(generated | query | query+generated | ""), layer_start, layer_end (the layers where the image is
+blocked for all_layers/from_layer, the window where it is visible for window; -1 for none),
+n_layers, description, n_generated, reference, the judge's SCORE_COLUMNS, then gt_ + the same
+columns against the annotations, and categories (ground truth, ";"-joined).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+
+from vlminterp.experiments.kaduri_common import KaduriSession
+from vlminterp.interventions import Condition, From, Knockout
+from vlminterp.models.adapters import TokenGroups
+from vlminterp.scoring.judge import SCORE_COLUMNS, judge_table
+from vlminterp.scoring.vocabulary import SynonymVocabulary
+from vlminterp.stats import bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("generated", "query", "query+generated")
+MAIN_CONDITIONS = ("none", "image->generated", "image->query", "image->query+generated")
+KNOCKOUT_COLUMNS = ("image_id", "condition", "family", "target", "layer_start", "layer_end", "n_layers",
+                    "description", "n_generated", "reference")
+
+
+@dataclass(frozen=True)
+class KnockoutSpec:
+    """max_new_tokens: description cap; window_step: spacing s of the window grid (0 = no windows);
+    start_layer_step: spacing of the start layers l (0 = no sweep); sweep_target: what the
+    from-l sweep blocks from the image."""
+
+    max_new_tokens: int = 300
+    window_step: int = 1
+    start_layer_step: int = 1
+    sweep_target: str = "generated"
+
+    def __post_init__(self):
+        if self.sweep_target not in TARGETS:
+            raise ValueError(f"sweep_target must be one of {TARGETS}, got {self.sweep_target!r}")
+        if self.window_step < 0 or self.start_layer_step < 0 or self.max_new_tokens < 1:
+            raise ValueError("window_step and start_layer_step must be >= 0, max_new_tokens >= 1")
+
+
+@dataclass(frozen=True)
+class KnockoutCondition:
+    label: str
+    family: str
+    target: str
+    layer_start: int
+    layer_end: int
+    condition: Condition
+
+
+def window_grid(n_layers: int, step: int) -> list[tuple[int, int]]:
+    """Windows [a, b]: a in 0, s, 2s, ...; b in s-1, 2s-1, ..., and always L-1; a <= b."""
+    if step <= 0:
+        return []
+    starts = list(range(0, n_layers, step))
+    ends = sorted(set(range(step - 1, n_layers, step)) | {n_layers - 1})
+    return [(a, b) for a in starts for b in ends if b >= a]
+
+
+def _blocks(target: str, groups: TokenGroups, layers) -> tuple[Knockout, ...]:
+    image = list(groups.image)
+    out = []
+    if target in ("query", "query+generated"):
+        out.append(Knockout(list(groups.query), image, layers=layers))
+    if target in ("generated", "query+generated"):
+        out.append(Knockout(From(groups.prompt_length), image, layers=layers))
+    return tuple(out)
+
+
+def knockout_conditions(groups: TokenGroups, n_layers: int, spec: KnockoutSpec) -> list[KnockoutCondition]:
+    """Every K2 condition for one prompt (module docstring), `none` first."""
+    last = n_layers - 1
+    out = [KnockoutCondition("none", "none", "", -1, -1, Condition(label="none"))]
+    for target in TARGETS:
+        label = f"image->{target}"
+        out.append(KnockoutCondition(label, "all_layers", target, 0, last,
+                                     Condition(knockouts=_blocks(target, groups, None), label=label)))
+    for a, b in window_grid(n_layers, spec.window_step):
+        hidden = [l for l in range(n_layers) if not a <= l <= b]
+        label = f"window {a}-{b}"
+        out.append(KnockoutCondition(label, "window", "generated", a, b,
+                                     Condition(knockouts=_blocks("generated", groups, hidden), label=label)))
+    if spec.start_layer_step > 0:
+        for l in range(0, n_layers, spec.start_layer_step):
+            label = f"from {l}"
+            out.append(KnockoutCondition(label, "from_layer", spec.sweep_target, l, last, Condition(
+                knockouts=_blocks(spec.sweep_target, groups, list(range(l, n_layers))), label=label)))
+    return out
+
+
+def image_knockouts(session: KaduriSession, image_id: int, spec: KnockoutSpec) -> list[dict]:
+    """Unjudged rows of the K2 table for one image: every condition decoded as one engine batch."""
+    item = session.encode(image_id)
+    conditions = knockout_conditions(item.groups, session.adapter.n_layers, spec)
+    output = session.engine.generate(item.prepared, [c.condition for c in conditions], spec.max_new_tokens,
+                                     session.eos_token_id)
+    texts = [session.decode(tokens) for tokens in output.tokens]
+    reference = texts[0]
+    return [{"image_id": int(image_id), "condition": c.label, "family": c.family, "target": c.target,
+             "layer_start": c.layer_start, "layer_end": c.layer_end, "n_layers": session.adapter.n_layers,
+             "description": text, "n_generated": len(tokens), "reference": reference}
+            for c, text, tokens in zip(conditions, texts, output.tokens)]
+
+
+def judge_knockouts(table: pd.DataFrame, vocabulary: SynonymVocabulary, categories: pd.Series) -> pd.DataFrame:
+    """Add the offline judge's scores against the reference and (gt_*) against the annotations."""
+    judged = judge_table(table, "description", "reference", vocabulary)
+    truth = table[["description"]].assign(categories=categories.to_numpy())
+    gt = judge_table(truth, "description", "categories", vocabulary, reference_kind="categories")
+    gt = gt[list(SCORE_COLUMNS)].rename(columns={c: f"gt_{c}" for c in SCORE_COLUMNS})
+    return pd.concat([judged, gt, truth[["categories"]]], axis=1)
+
+
+def group_knockouts(session: KaduriSession, images: pd.DataFrame, spec: KnockoutSpec,
+                    vocabulary: SynonymVocabulary) -> pd.DataFrame:
+    """The judged K2 table (module docstring) for every image of `images` (image_id, categories)."""
+    rows, truth = [], []
+    categories = dict(zip(images["image_id"].astype(int), images["categories"].fillna("")))
+    for n, image_id in enumerate(images["image_id"].astype(int), 1):
+        image_rows = image_knockouts(session, image_id, spec)
+        rows.extend(image_rows)
+        truth.extend([categories[image_id]] * len(image_rows))
+        log.info("K2: image %d/%d (id %s): %d conditions", n, len(images), image_id, len(image_rows))
+    table = pd.DataFrame(rows, columns=list(KNOCKOUT_COLUMNS))
+    return judge_knockouts(table, vocabulary, pd.Series(truth, dtype=object))
+
+
+def chance_recall(n_named: float, n_categories: int) -> float:
+    """Expected recall of a description naming `n_named` distinct uniformly random categories."""
+    if n_categories < 1:
+        raise ValueError("n_categories must be >= 1")
+    return float(min(max(n_named, 0.0), n_categories) / n_categories)
+
+
+SUMMARY_COLUMNS = ("condition", "family", "target", "layer_start", "layer_end", "mean", "low", "high", "recall",
+                   "precision", "n_images", "gt_f1")
+
+
+def summarize_knockouts(table: pd.DataFrame, seed: int = 0, score: str = "f1",
+                        require_reference: bool = True) -> pd.DataFrame:
+    """Per condition: mean `score`, recall, precision and gt_f1, with a bootstrap 95% interval of
+    the mean `score`, over images whose reference names at least one object (all images with
+    `require_reference=False`)."""
+    data = table[table["n_reference"] > 0] if require_reference else table
+    data = data.assign(target=data["target"].fillna(""))  # "" reads back from CSV as NaN
+    rows = []
+    keys = ["condition", "family", "target", "layer_start", "layer_end"]
+    for key, part in data.groupby(keys, sort=False, dropna=False):
+        low, high = bootstrap_ci(part[score].to_numpy(dtype=float), seed=seed)
+        row = dict(zip(keys, key))
+        row.update({"mean": float(part[score].mean()), "low": low, "high": high,
+                    "recall": float(part["recall"].mean()), "precision": float(part["precision"].mean()),
+                    "n_images": int(part["image_id"].nunique())})
+        row["gt_f1"] = float(part["gt_f1"].mean()) if "gt_f1" in part else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def llm_judge_knockouts(table: pd.DataFrame, judge_spec, vocabulary: SynonymVocabulary) -> pd.DataFrame:
+    """Score the same generations with the optional LLM judge (`scoring.llm_judge.LLMJudge`):
+    the K2 table's condition columns plus LLM_SCORE_COLUMNS (one request per distinct text, cached)."""
+    from vlminterp.scoring.llm_judge import LLMJudge
+
+    base = table[list(KNOCKOUT_COLUMNS)].copy()
+    for column in ("description", "reference"):
+        base[column] = base[column].fillna("")
+    with LLMJudge(judge_spec, vocabulary=vocabulary) as judge:
+        return judge.judge_table(base, "description", "reference")
+
+
+def knockout_chance(table: pd.DataFrame, n_categories: int, condition: str = "image->query+generated") -> float:
+    """Chance recall for `condition`: `chance_recall` of the mean number of distinct categories its
+    descriptions name (a description of that length naming categories at random). With the image cut
+    off from every token the description no longer depends on the image, so its recall against
+    the images' references should match this."""
+    part = table[table["condition"] == condition]
+    if part.empty:
+        return float("nan")
+    return chance_recall(float(part["n_candidate"].mean()), n_categories)

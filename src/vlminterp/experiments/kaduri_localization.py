@@ -1,0 +1,149 @@
+"""K3 (Kaduri et al.): does a generated object word attend to the object, per layer?
+
+    spec = LocalizationSpec(max_new_tokens=300, tolerance=1, attention_row="predicting")
+    table = localization(session, images, spec, vocabulary)      # one row per mention x layer x head
+    per_layer = summarize_localization(table, seed=0)            # accuracy per layer with intervals
+    per_band = summarize_localization(table, band_width=8)       # ... per band of layers
+
+For each image: the unablated greedy description; its object mentions, matched exactly as the
+offline judge matches them (`scoring.vocabulary`: names, plurals, synonyms), kept when the
+category is annotated in the image; the mention's first generated token. Its attention row over
+the image tokens (`attention_row`: "token" = the row of that token read back during decoding,
+position P+t; "predicting" = the row that produced it, P-1+t) is recorded per layer in one extra
+forward pass (`kaduri_common`), per head and heads averaged. The peak cell is the image token
+with the most attention. The object's cells are those its mask overlaps (all instances of the
+category, `min_overlap` as in `data.cells.object_cells`), through the adapter's own cell geometry
+(`adapter.cell_boxes`, so the same mapping the model's patches use). Hit: the peak cell lies
+within Chebyshev distance `tolerance` of an object cell. Chance: the share of cells that would be
+hits (the accuracy of a uniformly random peak).
+
+Table columns: image_id, mention (index within the description), category, surface, token_index,
+position (of the attention row), row_kind, layer, head (-1 = heads averaged), peak_cell,
+peak_row, peak_col, peak_attention, image_mass (attention on all image tokens), distance (to the
+nearest object cell, in cells), hit, n_object_cells, chance, tolerance.
+A mention on the description's last token under attention_row="token" has no decode row (the
+token is never read back) and is skipped (logged).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vlminterp.experiments.kaduri_common import KaduriSession, category_mask, mask_cells, token_mentions, token_spans
+from vlminterp.scoring.vocabulary import SynonymVocabulary
+from vlminterp.stats import bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+ROW_KINDS = ("token", "predicting")
+LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
+                        "layer", "head", "peak_cell", "peak_row", "peak_col", "peak_attention", "image_mass",
+                        "distance", "hit", "n_object_cells", "chance", "tolerance")
+MEAN_HEAD = -1
+
+
+@dataclass(frozen=True)
+class LocalizationSpec:
+    """max_new_tokens: description cap; tolerance: Chebyshev cells; attention_row: "token" or
+    "predicting"; min_overlap: a cell is an object cell when the mask covers more than this
+    fraction of it; per_head: also write one row per head."""
+
+    max_new_tokens: int = 300
+    tolerance: int = 1
+    attention_row: str = "predicting"
+    min_overlap: float = 0.0
+    per_head: bool = True
+
+    def __post_init__(self):
+        if self.attention_row not in ROW_KINDS:
+            raise ValueError(f"attention_row must be one of {ROW_KINDS}, got {self.attention_row!r}")
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+
+
+def chebyshev_distance_map(cells: np.ndarray) -> np.ndarray:
+    """(rows, cols) Chebyshev distance of every cell to the nearest True cell (inf if none)."""
+    grid = np.asarray(cells, dtype=bool)
+    rows, cols = np.indices(grid.shape)
+    targets = np.argwhere(grid)
+    if len(targets) == 0:
+        return np.full(grid.shape, np.inf)
+    d = np.maximum(np.abs(rows[..., None] - targets[:, 0]), np.abs(cols[..., None] - targets[:, 1]))
+    return d.min(axis=-1).astype(float)
+
+
+def image_localization(session: KaduriSession, image_id: int, present: set[str], spec: LocalizationSpec,
+                       vocabulary: SynonymVocabulary) -> list[dict]:
+    """Rows of the K3 table for one image (`present`: its annotated categories)."""
+    item = session.encode(image_id)
+    generated = session.describe(item, spec.max_new_tokens)
+    text, spans = token_spans(session.tokenizer, generated)
+    P, n = item.prompt_length, len(generated)
+    mentions = []
+    for index, mention in enumerate(token_mentions(text, spans, vocabulary)):
+        if mention.category not in present:
+            continue
+        t = mention.first_token
+        position = P + t if spec.attention_row == "token" else P - 1 + t
+        if position > P + n - 2:
+            log.info("image %s: mention %r is the last token, never read back: skipped", image_id, mention.surface)
+            continue
+        mentions.append((index, mention, position))
+    if not mentions:
+        return []
+    record = session.description_attention(item, generated, image_rows=[p for _, _, p in mentions])
+    grid = session.adapter.grid
+    out = []
+    for index, mention, position in mentions:
+        cells = mask_cells(session.adapter, category_mask(session.dataset, image_id, mention.category),
+                           session.prompt.geometry, spec.min_overlap)
+        distance = chebyshev_distance_map(cells).reshape(-1)
+        chance = float(np.mean(distance <= spec.tolerance))
+        for layer in range(session.adapter.n_layers):
+            attention = record.image_row(layer, position).double().numpy()  # (H, n_image)
+            heads = [(MEAN_HEAD, attention.mean(axis=0))]
+            if spec.per_head:
+                heads += [(h, attention[h]) for h in range(attention.shape[0])]
+            for head, row in heads:
+                peak = int(np.argmax(row))
+                out.append({
+                    "image_id": int(image_id), "mention": index, "category": mention.category,
+                    "surface": mention.surface, "token_index": mention.first_token, "position": position,
+                    "row_kind": spec.attention_row, "layer": layer, "head": head, "peak_cell": peak,
+                    "peak_row": peak // grid.cols, "peak_col": peak % grid.cols,
+                    "peak_attention": float(row[peak]), "image_mass": float(row.sum()),
+                    "distance": float(distance[peak]), "hit": bool(distance[peak] <= spec.tolerance),
+                    "n_object_cells": int(cells.sum()), "chance": chance, "tolerance": spec.tolerance})
+    return out
+
+
+def localization(session: KaduriSession, images: pd.DataFrame, spec: LocalizationSpec,
+                 vocabulary: SynonymVocabulary) -> pd.DataFrame:
+    """The K3 table (module docstring) for every image of `images` (image_id, categories)."""
+    rows = []
+    for n, (image_id, categories) in enumerate(zip(images["image_id"].astype(int), images["categories"].fillna("")), 1):
+        present = {c for c in str(categories).split(";") if c}
+        rows.extend(image_localization(session, image_id, present, spec, vocabulary))
+        log.info("K3: image %d/%d (id %s)", n, len(images), image_id)
+    return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
+
+
+def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int | None = None) -> pd.DataFrame:
+    """Accuracy (heads averaged) per layer, or per band of `band_width` layers, with a bootstrap 95%
+    interval over mentions (each mention's hits averaged over the band's layers first) and chance."""
+    data = table[table["head"] == MEAN_HEAD].copy()
+    width = band_width or 1
+    data["band"] = data["layer"] // width
+    mention = ["image_id", "mention"]
+    rows = []
+    for band, part in data.groupby("band", sort=True):
+        per_mention = part.groupby(mention)[["hit", "chance"]].mean()
+        low, high = bootstrap_ci(per_mention["hit"].to_numpy(dtype=float), seed=seed)
+        rows.append({"band": int(band), "layer_start": int(part["layer"].min()), "layer_end": int(part["layer"].max()),
+                     "accuracy": float(per_mention["hit"].mean()), "low": low, "high": high,
+                     "chance": float(per_mention["chance"].mean()), "n_mentions": len(per_mention)})
+    return pd.DataFrame(rows, columns=["band", "layer_start", "layer_end", "accuracy", "low", "high", "chance",
+                                       "n_mentions"])

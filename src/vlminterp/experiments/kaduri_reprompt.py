@@ -1,0 +1,251 @@
+"""K4 (Kaduri et al.): answer new questions from a compressed cache of the describe prompt.
+
+    spec = RepromptSpec(top_k_fractions=(0.02, 0.05), questions_per_image=3)
+    questions = build_pope_questions(dataset, image_ids, n_per_image=3, seed=0)
+    table = reprompting(session, images, questions, spec)     # one row per question x method (x k)
+    summary = summarize_reprompting(table)                    # accuracy, POPE F1, yes-ratio, context
+
+For each image, the describe prompt (P positions) runs ONCE: its per-layer KV cache is kept and
+its greedy description is generated; one extra forward pass over the description gives the
+attention each image token received from the description's tokens (summed over the rows that
+produced them, heads averaged), per layer. Each yes/no question (POPE style,
+`data.questions.build_pope_questions`) is then appended after a cache as `continuation`
+(e.g. " USER: {question} ASSISTANT:"), positions continuing at P, and answered greedily:
+
+    full_image         no surgery: describe prompt with the image + the continuation, one ordinary
+                       input (the upper bound of every cache method below; context = P);
+    full_cache         the whole describe-prompt cache kept (must give exactly full_image's answers);
+    prompt_cache       system + query positions only ("q"): no image token;
+    image_topk         the top-k image positions of each layer only ("s");
+    prompt_image_topk  both ("qs");
+    description_text   no image and no cache: a text-only prompt with the model's own description
+                       where the image would be (`adapter.format_text_prompt`);
+    single_turn        reference, not a re-prompting method: the question asked the ordinary way, a
+                       fresh single-turn prompt with the image (context = system + image tokens).
+                       A model that never saw a second user turn (the organism) can answer this
+                       well and the continuation badly; compare full_image with it.
+k = max(1, round(f * n_image_tokens)) for each f in `top_k_fractions`, chosen per layer by the
+attention received during the description; the table reports f (k_fraction) and k (k_tokens).
+The cache methods answer all questions of one token length as one batch (the kept cache repeated
+per row, `continue_batch`). `context_tokens` is the number of positions kept before the question (the cache width; for
+description_text the prompt's tokens before the question); `input_tokens` adds the question.
+
+Table columns: image_id, question_id, question, category, answer (truth: yes/no),
+negative_type (positive | random | popular | adversarial), method, k_fraction, k_tokens,
+context_tokens, input_tokens, response, predicted (yes | no | other), correct.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vlminterp.data.questions import NEGATIVE_STRATEGIES
+from vlminterp.experiments.kaduri_common import EncodedImage, KaduriSession
+from transformers import DynamicCache
+
+from vlminterp.interventions.cache import KeptCache, prefill_cache, select_cache
+from vlminterp.interventions.engine import PreparedInput, greedy_continue, until_eos
+from vlminterp.interventions.knockout import knockout
+from vlminterp.stats import bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+METHODS = ("single_turn", "full_image", "full_cache", "prompt_cache", "image_topk", "prompt_image_topk",
+           "description_text")
+REPROMPT_COLUMNS = ("image_id", "question_id", "question", "category", "answer", "negative_type", "method",
+                    "k_fraction", "k_tokens", "context_tokens", "input_tokens", "response", "predicted", "correct")
+
+
+@dataclass(frozen=True)
+class RepromptSpec:
+    """max_new_tokens: description cap; answer_tokens: answer cap; top_k_fractions: shares of the
+    image tokens kept by the top-k methods; questions_per_image: POPE k per image (positives and
+    each negative type); continuation: what follows a cache ("{question}" is replaced)."""
+
+    max_new_tokens: int = 300
+    answer_tokens: int = 4
+    top_k_fractions: tuple[float, ...] = (0.02, 0.05)
+    questions_per_image: int = 3
+    continuation: str = " USER: {question} ASSISTANT:"
+
+    def __post_init__(self):
+        if not self.top_k_fractions or any(not 0 < f <= 1 for f in self.top_k_fractions):
+            raise ValueError(f"top_k_fractions must be in (0, 1], got {self.top_k_fractions}")
+        if "{question}" not in self.continuation:
+            raise ValueError("continuation must contain {question}")
+
+
+def top_k_count(fraction: float, n_image: int) -> int:
+    """Image tokens kept for a fraction: round(f * n), at least 1, at most n."""
+    return int(min(n_image, max(1, round(fraction * n_image))))
+
+
+def parse_yes_no(response: str) -> str:
+    """"yes" / "no" from the first word of an answer (case and punctuation ignored), else "other"."""
+    words = response.strip().split()
+    first = words[0].strip(".,!?;:'\"").lower() if words else ""
+    return first if first in ("yes", "no") else "other"
+
+
+def _ids(session: KaduriSession, text: str, bos: bool) -> torch.Tensor:
+    ids = session.tokenizer(text, add_special_tokens=bos, return_tensors="pt")["input_ids"]
+    return ids.to(session.engine.device)
+
+
+def top_image_positions(received: list[torch.Tensor], image_positions, k: int) -> list[list[int]]:
+    """Per layer, the k image positions with the most received attention (ties: earlier token)."""
+    image = list(image_positions)
+    out = []
+    for per_head in received:
+        score = per_head.double().mean(dim=0).numpy()
+        order = np.argsort(-score, kind="stable")[:k]
+        out.append(sorted(image[int(i)] for i in order))
+    return out
+
+
+@torch.no_grad()
+def continue_batch(adapter, kept: KeptCache, new_input_ids: torch.Tensor, max_new_tokens: int,
+                   eos_token_id: int | None) -> list[list[int]]:
+    """`interventions.cache.continue_generation` for B same-length continuations at once: the kept
+    cache is repeated for every row (each row a different question after the same context)."""
+    batch, n = new_input_ids.shape
+    cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(batch, -1, -1, -1).contiguous(),
+                                          layer.values.expand(batch, -1, -1, -1).contiguous())
+                                         for layer in kept.cache.layers])
+    start = kept.original_length
+    rope = kept.rope.to(new_input_ids.device)  # text continues after the source prompt (M-RoPE aware)
+    positions = rope.span(start, start + n, batch)
+    padding = kept.padding_knockouts()
+    context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
+    with context:
+        hidden, cache = adapter.language_model_forward(adapter.embed_tokens(new_input_ids), past_key_values=cache,
+                                                       position_ids=positions, use_cache=True)
+        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos_token_id, positions=rope)
+    return [until_eos(row, eos_token_id) for row in generated.tolist()]
+
+
+@torch.no_grad()
+def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataFrame, spec: RepromptSpec) -> list[dict]:
+    """Rows of the K4 table for one image and its questions."""
+    item: EncodedImage = session.encode(image_id)
+    adapter, groups, P = session.adapter, item.groups, item.prompt_length
+    generated = session.describe(item, spec.max_new_tokens)
+    description = session.decode(generated).strip()
+    record = session.description_attention(item, generated)
+    received = [record.image_received[layer] for layer in range(adapter.n_layers)]
+    device = session.engine.device
+    image_inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in item.image_inputs.items()}
+    cache = prefill_cache(adapter, item.input_ids.to(device), **image_inputs)
+    prompt_positions = sorted(groups.system + groups.query)
+    n_image = len(groups.image)
+    selections = {("full_cache", None): list(range(P)), ("prompt_cache", None): prompt_positions}
+    for fraction in spec.top_k_fractions:
+        top = top_image_positions(received, groups.image, top_k_count(fraction, n_image))
+        selections[("image_topk", fraction)] = top
+        selections[("prompt_image_topk", fraction)] = [sorted(prompt_positions + t) for t in top]
+    kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
+
+    eos = session.eos_token_id
+    question_list = list(questions.itertuples(index=False))
+    continuations = [_ids(session, spec.continuation.format(question=q.question), bos=False) for q in question_list]
+    answers: dict[int, dict] = {i: {} for i in range(len(question_list))}
+    # Cache methods: the questions of one token length are one batch per kept cache.
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(continuations):
+        by_length.setdefault(ids.shape[1], []).append(i)
+    for length, members in by_length.items():
+        batch = torch.cat([continuations[i] for i in members])
+        for key, cache_kept in kept.items():
+            for i, tokens in zip(members, continue_batch(adapter, cache_kept, batch, spec.answer_tokens, eos)):
+                answers[i][key] = (tokens, cache_kept.width, cache_kept.width + length)
+    for i, q in enumerate(question_list):
+        new_ids = continuations[i]
+        # full_image: the describe prompt and the question as one ordinary input (no cache surgery;
+        # the image features are reused, the language model runs from scratch).
+        full_ids = torch.cat([item.input_ids.to(new_ids.device), new_ids], dim=1)
+        embeds = torch.cat([item.prepared.inputs_embeds, adapter.embed_tokens(new_ids)], dim=1)
+        positions = adapter.rope_positions(full_ids, **image_inputs)
+        tokens = session.engine.generate(PreparedInput(full_ids, embeds, positions), [None], spec.answer_tokens,
+                                         eos).tokens[0]
+        answers[i][("full_image", None)] = (tokens, P, P + new_ids.shape[1])
+        text_prompt = adapter.format_text_prompt(q.question, description, session.prompt.system_prompt)
+        text_ids = _ids(session, text_prompt, bos=True)
+        context = _ids(session, text_prompt[: text_prompt.rindex(q.question)].rstrip(), bos=True).shape[1]
+        tokens = session.engine.generate(session.engine.prepare(text_ids), [None], spec.answer_tokens, eos).tokens[0]
+        answers[i][("description_text", None)] = (tokens, context, text_ids.shape[1])
+        single = session.encode(image_id, text=adapter.format_prompt(q.question, session.prompt.system_prompt))
+        tokens = session.engine.generate(single.prepared, [None], spec.answer_tokens, eos).tokens[0]
+        answers[i][("single_turn", None)] = (tokens, len(single.groups.system) + len(single.groups.image),
+                                             single.prompt_length)
+
+    rows = []
+    order = [("single_turn", None), ("full_image", None), *kept, ("description_text", None)]
+    for i, q in enumerate(question_list):
+        for method, fraction in order:
+            tokens, context_tokens, input_tokens = answers[i][(method, fraction)]
+            response = session.decode(tokens).strip()
+            predicted = parse_yes_no(response)
+            rows.append({"image_id": int(image_id), "question_id": int(q.question_id), "question": q.question,
+                         "category": q.category, "answer": q.answer, "negative_type": q.negative_type,
+                         "method": method, "k_fraction": np.nan if fraction is None else float(fraction),
+                         "k_tokens": -1 if fraction is None else top_k_count(fraction, n_image),
+                         "context_tokens": int(context_tokens), "input_tokens": int(input_tokens),
+                         "response": response, "predicted": predicted, "correct": predicted == q.answer})
+    return rows
+
+
+def reprompting(session: KaduriSession, images: pd.DataFrame, questions: pd.DataFrame,
+                spec: RepromptSpec) -> pd.DataFrame:
+    """The K4 table (module docstring) for every image of `images` with its rows of `questions`."""
+    rows = []
+    by_image = {int(i): part for i, part in questions.groupby("image_id", sort=False)}
+    for n, image_id in enumerate(images["image_id"].astype(int), 1):
+        if image_id not in by_image:
+            continue
+        rows.extend(image_reprompting(session, image_id, by_image[image_id], spec))
+        log.info("K4: image %d/%d (id %s): %d questions", n, len(images), image_id, len(by_image[image_id]))
+    return pd.DataFrame(rows, columns=list(REPROMPT_COLUMNS))
+
+
+def method_label(method: str, k_fraction: float) -> str:
+    """"image_topk 5%" style label of a method (k as a percentage of the image tokens)."""
+    return method if pd.isna(k_fraction) else f"{method} {100 * k_fraction:g}%"
+
+
+def pope_scores(truth: pd.Series, predicted: pd.Series) -> dict[str, float]:
+    """Accuracy, POPE precision/recall/F1 ("yes" is the positive class; "other" counts as not yes)
+    and yes-ratio."""
+    yes_true, yes_pred = truth.eq("yes").to_numpy(), predicted.eq("yes").to_numpy()
+    tp = float(np.sum(yes_true & yes_pred))
+    precision = tp / yes_pred.sum() if yes_pred.sum() else 0.0
+    recall = tp / yes_true.sum() if yes_true.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": float(np.mean(truth.to_numpy() == predicted.to_numpy())), "precision": precision,
+            "recall": recall, "f1": f1, "yes_ratio": float(yes_pred.mean()) if len(yes_pred) else float("nan")}
+
+
+def summarize_reprompting(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per method (and k) and POPE setting (random / popular / adversarial: the positives plus that
+    negative type; "all": every question): accuracy with a bootstrap 95% interval over questions,
+    POPE precision/recall/F1, yes-ratio, mean context and input tokens, share of unparsed answers."""
+    rows = []
+    settings = [("all", table["negative_type"].notna())]
+    settings += [(s, table["negative_type"].isin(["positive", s])) for s in NEGATIVE_STRATEGIES]
+    for setting, keep in settings:
+        for (method, fraction), part in table[keep].groupby(["method", "k_fraction"], sort=False, dropna=False):
+            if part.empty:
+                continue
+            low, high = bootstrap_ci(part["correct"].to_numpy(dtype=float), seed=seed)
+            rows.append({"method": method, "k_fraction": fraction, "label": method_label(method, fraction),
+                         "setting": setting, **pope_scores(part["answer"], part["predicted"]),
+                         "accuracy_low": low, "accuracy_high": high,
+                         "k_tokens": int(part["k_tokens"].iloc[0]),
+                         "context_tokens": float(part["context_tokens"].mean()),
+                         "input_tokens": float(part["input_tokens"].mean()),
+                         "other_ratio": float(part["predicted"].eq("other").mean()), "n_questions": len(part)})
+    return pd.DataFrame(rows)

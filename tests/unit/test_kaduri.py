@@ -1,0 +1,388 @@
+"""Kaduri et al. (K1-K4) library code on tiny random models: token groups, the description's
+attention, knockout conditions, localization geometry, cache re-prompting, plots."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from vlminterp.data.cells import cell_overlap, dilate_cells
+from vlminterp.data.coco import CocoDataset
+from vlminterp.data.questions import build_pope_questions
+from vlminterp.data.shapes import ShapesWorldSpec, generate_world
+from vlminterp.experiments.kaduri_attention import (AttentionFractionSpec, attention_fractions, key_shares,
+                                                    summarize_attention_fractions)
+from vlminterp.experiments.kaduri_common import (KEY_GROUPS, LLAVA_SYSTEM_PROMPT, DescribePrompt, KaduriSession,
+                                                 dataset_vocabulary, mask_cells, select_images, token_mentions,
+                                                 token_spans)
+from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, group_knockouts,
+                                                   knockout_chance, knockout_conditions, llm_judge_knockouts,
+                                                   summarize_knockouts, window_grid)
+from vlminterp.experiments.kaduri_localization import (LocalizationSpec, chebyshev_distance_map, localization,
+                                                       summarize_localization)
+from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
+                                                   summarize_reprompting, top_k_count)
+from vlminterp.interventions import From, reference_generate
+from vlminterp.interventions.capture import capture_attention as capture
+from vlminterp.models.adapters import TOKEN_GROUPS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the fake chat server
+from fake_chat_server import FakeChatServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kaduri_world")
+    generate_world(ShapesWorldSpec.tiny(n_train=2, n_val=6), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(world) -> CocoDataset:
+    return CocoDataset.load(world, "val")
+
+
+def _session(synthetic, dataset, variant="tiny-llama", attn="sdpa", **prompt) -> KaduriSession:
+    model, processor, _ = synthetic(variant, attn)
+    return KaduriSession.from_model(model, processor, dataset, DescribePrompt(**prompt))
+
+
+# ---- token groups (adapter) ------------------------------------------------------------------------
+@pytest.mark.parametrize("system_prompt", [None, LLAVA_SYSTEM_PROMPT])
+@pytest.mark.parametrize("variant", ["tiny-llama", "tiny-phi3"])
+def test_token_groups_partition_the_prompt(synthetic, make_inputs, variant, system_prompt):
+    _, processor, adapter = synthetic(variant)
+    ids = make_inputs(processor, adapter, system_prompt=system_prompt)["input_ids"]
+    groups = adapter.token_groups(ids)
+    T = ids.shape[1]
+    assert groups.prompt_length == T
+    every = sorted(groups.system + groups.image + groups.query)
+    assert every == list(range(T)), "system, image and query must partition the prompt"
+    assert list(groups.image) == adapter.image_positions(ids)[0].tolist()
+    assert groups.bos == (0,) and int(ids[0, 0]) == adapter.bos_token_id
+    decode = lambda pos: processor.tokenizer.decode(ids[0, list(pos)])  # noqa: E731
+    assert "Describe this image." in decode(groups.query)
+    assert decode(groups.query).rstrip().endswith(("ASSISTANT:", "<|assistant|>"))
+    if system_prompt:
+        assert "curious human" in decode(groups.system)
+    assert groups.generated(3) == (T, T + 1, T + 2)
+    labels = groups.labels(T + 2)
+    assert labels[0] == "bos" and set(labels) == {"bos", *TOKEN_GROUPS}
+
+
+def test_token_groups_reject_a_prompt_without_image(synthetic):
+    _, processor, adapter = synthetic("tiny-llama")
+    ids = processor.tokenizer("USER: hello ASSISTANT:", return_tensors="pt")["input_ids"]
+    with pytest.raises(ValueError, match="no image token"):
+        adapter.token_groups(ids)
+
+
+# ---- the description's attention ---------------------------------------------------------------------
+@pytest.mark.parametrize("variant, attn", [("tiny-llama", "sdpa"), ("tiny-gqa", "eager")])
+def test_reforward_attention_equals_per_step_capture_during_generation(synthetic, dataset, variant, attn):
+    """One forward over prompt + generated tokens gives each decode step's attention rows."""
+    session = _session(synthetic, dataset, variant, attn)
+    item = session.encode(dataset.image_ids()[0])
+    P = item.prompt_length
+    with capture(session.adapter, From(P - 1), average_heads=False) as steps:
+        out = session.engine.generate(item.prepared, [None], 10, eos_token_id=-1)  # never stops early
+    generated = out.tokens[0]
+    assert len(generated) == 10
+    record = session.description_attention(item, generated, image_rows=[P - 1, P + 3])
+    assert record.rows(0).tolist() == list(range(P - 1, P + 9))
+    image = torch.as_tensor(item.groups.image)
+    labels = item.groups.labels(P + 9)
+    for layer in range(session.adapter.n_layers):
+        slots, probs = steps.layer(layer)  # (1, H, n, K_max), rows zero-padded
+        assert slots.tolist() == list(range(P - 1, P + 9))
+        probs = probs[0]
+        mass = torch.stack([probs[..., torch.as_tensor(labels == g)].sum(-1) for g in KEY_GROUPS], dim=-1)
+        torch.testing.assert_close(record.groups_of_layer(layer), mass, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(record.image_row(layer, P + 3), probs[:, 4, image], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(record.image_received[layer], probs[..., image].sum(1), atol=1e-5, rtol=1e-4)
+
+
+def test_attention_fractions_sum_to_one_and_per_head_averages(synthetic, dataset):
+    session = _session(synthetic, dataset)
+    images = select_images(session.dataset, 2, seed=0)
+    table = attention_fractions(session, images, AttentionFractionSpec(max_new_tokens=8))
+    sums = table.groupby(["image_id", "layer", "head"])["mean"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-6)
+    shares = table.groupby(["image_id", "layer", "head"])["key_share"].sum()
+    np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-9)
+    per_head = table[table["head"] >= 0].groupby(["image_id", "layer", "group"])["mean"].mean()
+    averaged = table[table["head"] == -1].set_index(["image_id", "layer", "group"])["mean"]
+    np.testing.assert_allclose(per_head.sort_index().to_numpy(), averaged.sort_index().to_numpy(), atol=1e-6)
+    assert set(table["n_tokens"]) == {7}  # 8 generated tokens, 7 of them read back
+    summary = summarize_attention_fractions(table)
+    assert len(summary) == session.adapter.n_layers * len(KEY_GROUPS)
+    assert (summary["low"] <= summary["mean"] + 1e-12).all() and (summary["mean"] <= summary["high"] + 1e-12).all()
+
+
+def test_key_shares_count_keys_up_to_each_row():
+    labels = np.array(["bos", "system", "image", "image", "query", "generated", "generated"])
+    shares = key_shares(labels, np.array([5, 6]))
+    np.testing.assert_allclose(shares[0], [1 / 6, 1 / 6, 2 / 6, 1 / 6, 1 / 6])
+    np.testing.assert_allclose(shares[1], [1 / 7, 1 / 7, 2 / 7, 1 / 7, 2 / 7])
+
+
+def test_per_image_results_do_not_depend_on_the_other_images(synthetic, dataset):
+    session = _session(synthetic, dataset)
+    images = select_images(session.dataset, 3, seed=0)
+    spec = AttentionFractionSpec(max_new_tokens=6)
+    together = attention_fractions(session, images, spec)
+    alone = attention_fractions(session, images.iloc[[2]], spec)
+    pd.testing.assert_frame_equal(together[together["image_id"] == images["image_id"].iloc[2]].reset_index(drop=True),
+                                  alone)
+
+
+def test_select_images_is_seeded_and_bounded(dataset):
+    first, again = select_images(dataset, 4, seed=3), select_images(dataset, 4, seed=3)
+    pd.testing.assert_frame_equal(first, again)
+    assert len(select_images(dataset, 100, seed=0)) == len(dataset.image_ids())
+    assert all(c for c in first["categories"])
+
+
+# ---- K2 --------------------------------------------------------------------------------------------
+def test_window_grid():
+    assert window_grid(2, 1) == [(0, 0), (0, 1), (1, 1)]
+    grid = window_grid(32, 4)
+    assert len(grid) == 36 and (0, 31) in grid and (28, 31) in grid and all(a <= b for a, b in grid)
+    assert window_grid(5, 2) == [(0, 1), (0, 3), (0, 4), (2, 3), (2, 4), (4, 4)]
+    assert window_grid(4, 0) == []
+
+
+def test_knockout_conditions_block_the_right_pairs(synthetic, make_inputs):
+    _, processor, adapter = synthetic("tiny-llama")
+    ids = make_inputs(processor, adapter)["input_ids"]
+    groups = adapter.token_groups(ids)
+    conditions = {c.label: c for c in knockout_conditions(groups, 4, KnockoutSpec(start_layer_step=2))}
+    assert list(conditions)[:4] == ["none", "image->generated", "image->query", "image->query+generated"]
+    (gen,) = conditions["image->generated"].condition.knockouts
+    assert gen.query_positions == From(groups.prompt_length) and gen.layers is None
+    assert conditions["image->generated"].condition.earliest_touched() == groups.prompt_length  # prefill untouched
+    assert conditions["image->query"].condition.earliest_touched() == groups.query[0]
+    (window,) = conditions["window 1-2"].condition.knockouts
+    assert list(window.layers) == [0, 3]
+    assert conditions["window 0-3"].condition.knockouts[0].is_noop()
+    assert [l for l in conditions if l.startswith("from")] == ["from 0", "from 2"]
+    assert list(conditions["from 2"].condition.knockouts[0].layers) == [2, 3]
+
+
+def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(synthetic, dataset):
+    session = _session(synthetic, dataset)
+    image_ids = dataset.image_ids()[:2]
+    spec = KnockoutSpec(max_new_tokens=6, start_layer_step=2, window_step=2)
+    blind = []
+    for image_id in image_ids:
+        item = session.encode(image_id)
+        conditions = knockout_conditions(item.groups, session.adapter.n_layers, spec)
+        fast = session.engine.generate(item.prepared, [c.condition for c in conditions], 6, session.eos_token_id)
+        inputs = dict(item.image_inputs)
+        pixel_values = inputs.pop("pixel_values")
+        slow = [reference_generate(session.model, session.adapter, item.input_ids, pixel_values,
+                                   c.condition, 6, session.eos_token_id, **inputs) for c in conditions]
+        assert fast.tokens == slow, "batched, prefix-shared knockouts differ from the oracle"
+        blind.append(fast.tokens[[c.label for c in conditions].index("image->query+generated")])
+    assert blind[0] == blind[1], "with the image cut off from every token the output cannot depend on it"
+
+
+def test_group_knockouts_table_and_judge(synthetic, dataset):
+    session = _session(synthetic, dataset)
+    images = select_images(dataset, 2, seed=0)
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    table = group_knockouts(session, images, KnockoutSpec(max_new_tokens=5), vocabulary)
+    n_conditions = len(knockout_conditions(session.encode(int(images["image_id"][0])).groups,
+                                           session.adapter.n_layers, KnockoutSpec()))
+    assert len(table) == 2 * n_conditions
+    none = table[table["condition"] == "none"]
+    assert (none["f1"] == 1.0).all() and (none["description"] == none["reference"]).all()
+    assert {"gt_f1", "gt_recall", "categories"} <= set(table.columns)
+    summary = summarize_knockouts(table, require_reference=False)
+    assert summary["condition"].tolist() == table["condition"].iloc[:n_conditions].tolist()
+    assert summary["n_images"].eq(2).all()
+
+
+def test_judge_scores_on_a_hand_made_table(dataset):
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    from vlminterp.experiments.kaduri_knockout import judge_knockouts
+
+    table = pd.DataFrame({"image_id": [1, 1, 1], "condition": ["none", "a", "b"],
+                          "description": ["A red circle and a square.", "", "Two circles."],
+                          "reference": ["A red circle and a square."] * 3})
+    judged = judge_knockouts(table, vocabulary, pd.Series(["circle;triangle"] * 3))
+    assert judged["f1"].tolist() == [1.0, 0.0, pytest.approx(2 / 3)]
+    assert judged["gt_recall"].tolist() == [0.5, 0.0, 0.5]
+
+
+def test_chance_recall():
+    assert chance_recall(2, 6) == pytest.approx(1 / 3)
+    assert chance_recall(10, 6) == 1.0
+    table = pd.DataFrame({"condition": ["image->query+generated"] * 2, "n_candidate": [2, 2]})
+    assert knockout_chance(table, 4) == 0.5
+
+
+def test_llm_judge_scores_the_same_generations(synthetic, dataset, tmp_path):
+    from vlminterp.scoring.llm_judge import LLMJudgeSpec
+
+    table = pd.DataFrame({"image_id": [1, 1], "condition": ["none", "image->generated"], "family": ["none", "all_layers"],
+                          "target": ["", "generated"], "layer_start": [-1, 0], "layer_end": [-1, 3], "n_layers": [4, 4],
+                          "description": ["There is a red circle and a blue square.", "There is a red circle."],
+                          "n_generated": [9, 5], "reference": ["There is a red circle and a blue square."] * 2,
+                          "f1": [1.0, 0.67]})
+    with FakeChatServer() as server:
+        spec = LLMJudgeSpec(base_url=server.base_url, model="fake", api_key_env=None,
+                            cache_path=str(tmp_path / "cache.jsonl"))
+        judged = llm_judge_knockouts(table, spec, dataset_vocabulary("shapes", dataset))
+    assert judged["f1"].tolist() == [1.0, pytest.approx(2 / 3)]
+    assert judged["recall"].tolist() == [1.0, 0.5]
+
+
+# ---- K3 --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("geometry, size", [("crop", (40, 24)), ("crop", (24, 40)), ("pad", (40, 24)), ("pad", (24, 24))])
+def test_object_cells_use_the_adapter_geometry_painted_image(synthetic, geometry, size):
+    """Paint a red object on a grey image; the cells it is mapped to (mask -> adapter.cell_boxes)
+    are the patches of the model's input that are red."""
+    _, processor, adapter = synthetic("tiny-llama")  # 24 px input, 6 px patches: 4 x 4 cells
+    width, height = size
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, width - 9)), int(rng.integers(0, height - 9))
+        w, h = int(rng.integers(5, 10)), int(rng.integers(5, 10))
+        pixels = np.full((height, width, 3), 128, dtype=np.uint8)
+        pixels[y0:y0 + h, x0:x0 + w] = (255, 0, 0)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[y0:y0 + h, x0:x0 + w] = True
+        shown = adapter.prepare_image(Image.fromarray(pixels), geometry)
+        values = processor.image_processor(shown, return_tensors="pt")["pixel_values"][0]  # (3, 24, 24) normalised
+        redness = (values[0] - values[1]).numpy()  # high where red
+        g, p = adapter.grid, adapter.grid.patch_size
+        red_share = redness.reshape(g.rows, p, g.cols, p).transpose(0, 2, 1, 3).reshape(g.rows, g.cols, -1)
+        red_share = (red_share > 1.0).mean(axis=-1)
+        boxes = adapter.cell_boxes((width, height), geometry)
+        overlap = np.full(g.num_cells, 0.0)
+        valid = ~np.isnan(boxes).any(axis=1)
+        overlap[valid] = cell_overlap(mask, boxes[valid][None])[0]
+        overlap = overlap.reshape(g.rows, g.cols)
+        cells = mask_cells(adapter, mask, geometry)
+        np.testing.assert_array_equal(cells, overlap > 0)
+        # resampling blurs edges: compare where the answer is unambiguous
+        assert np.all(red_share[overlap > 0.6] > 0.3), (geometry, size, overlap, red_share)
+        assert np.all(red_share[overlap == 0] < 0.1), (geometry, size, overlap, red_share)
+
+
+def test_chebyshev_distance_map():
+    cells = np.zeros((4, 5), dtype=bool)
+    cells[1, 1] = True
+    distance = chebyshev_distance_map(cells)
+    assert distance[1, 1] == 0 and distance[0, 0] == 1 and distance[3, 4] == 3
+    np.testing.assert_array_equal(distance <= 1, dilate_cells(cells, 1))
+    assert np.isinf(chebyshev_distance_map(np.zeros((2, 2), dtype=bool))).all()
+
+
+def test_token_spans_and_mentions(synthetic, dataset):
+    _, processor, _ = synthetic("tiny-llama")
+    ids = processor.tokenizer("There is a red circle and two squares.", add_special_tokens=False)["input_ids"]
+    text, spans = token_spans(processor.tokenizer, ids)
+    assert text == processor.tokenizer.decode(ids)
+    mentions = token_mentions(text, spans, dataset_vocabulary("shapes", dataset))
+    assert [m.category for m in mentions] == ["circle", "square"]
+    for m in mentions:
+        covered = text[spans[m.first_token][0]:spans[m.last_token][1]]
+        assert m.surface in covered
+
+
+def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
+    """The peak, hit and chance of each mention follow the recorded attention and the object's cells."""
+    session = _session(synthetic, dataset)
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    images = select_images(dataset, 6, seed=0)
+    row = images.iloc[0]
+    category = row["categories"].split(";")[0]
+    words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_id])
+    for kind in ("predicting", "token"):
+        table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0), vocabulary)
+        L, H = session.adapter.n_layers, session.adapter.n_heads
+        assert len(table) == L * (H + 1)
+        item = session.encode(int(row["image_id"]))
+        first = [m.first_token for m in token_mentions(*token_spans(session.tokenizer, words), vocabulary)][0]
+        position = item.prompt_length + first - (kind == "predicting")
+        assert set(table["position"]) == {position}
+        record = session.description_attention(item, list(words) + [session.eos_token_id], image_rows=[position])
+        means = table[table["head"] == -1].sort_values("layer")
+        for layer, peak in zip(means["layer"], means["peak_cell"]):
+            assert peak == int(record.image_row(layer, position).mean(0).argmax())
+        from vlminterp.experiments.kaduri_common import category_mask
+
+        cells = mask_cells(session.adapter, category_mask(dataset, int(row["image_id"]), category)).reshape(-1)
+        assert (table["hit"] == cells[table["peak_cell"]]).all()
+        assert table["chance"].iloc[0] == pytest.approx(cells.mean())
+    summary = summarize_localization(table, band_width=2)
+    assert len(summary) == (L + 1) // 2 and summary["n_mentions"].iloc[0] == 1
+
+
+# ---- K4 --------------------------------------------------------------------------------------------
+def test_top_k_count_and_yes_no():
+    assert [top_k_count(f, 36) for f in (0.02, 0.05)] == [1, 2]
+    assert [top_k_count(f, 576) for f in (0.02, 0.05)] == [12, 29]
+    assert top_k_count(1.0, 36) == 36
+    assert [parse_yes_no(a) for a in ("Yes", " no.", "Yes, there is", "Maybe", "", "NO!")] == \
+        ["yes", "no", "yes", "other", "other", "no"]
+
+
+def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset):
+    session = _session(synthetic, dataset)
+    images = select_images(dataset, 2, seed=0)
+    questions = build_pope_questions(dataset, list(images["image_id"]), 1, seed=0)
+    table = reprompting(session, images, questions, RepromptSpec(max_new_tokens=6, answer_tokens=3))
+    assert set(table["method"]) == set(METHODS)
+    full = table[table["method"] == "full_image"].set_index("question_id")
+    cached = table[table["method"] == "full_cache"].set_index("question_id")
+    assert (full["response"] == cached["response"]).all()
+    assert (full["context_tokens"] == cached["context_tokens"]).all()
+    n_image = session.adapter.grid.num_cells
+    topk = table[table["method"] == "image_topk"]
+    assert set(topk["k_tokens"]) == {top_k_count(f, n_image) for f in (0.02, 0.05)}
+    assert (topk["context_tokens"] == topk["k_tokens"]).all()
+    prompt = table[table["method"] == "prompt_cache"]["context_tokens"].iloc[0]
+    both = table[table["method"] == "prompt_image_topk"]
+    assert (both["context_tokens"] == prompt + both["k_tokens"]).all()
+    summary = summarize_reprompting(table)
+    assert {"accuracy", "f1", "yes_ratio", "context_tokens"} <= set(summary.columns)
+    assert set(summary["setting"]) == {"all", "random", "popular", "adversarial"}
+
+
+def test_top_image_positions_follow_the_received_attention():
+    from vlminterp.experiments.kaduri_reprompt import top_image_positions
+
+    received = [torch.tensor([[0.1, 0.5, 0.2, 0.5]]), torch.tensor([[0.9, 0.0, 0.3, 0.1]])]
+    assert top_image_positions(received, (10, 11, 12, 13), 2) == [[11, 13], [10, 12]]
+
+
+# ---- plots -----------------------------------------------------------------------------------------
+def test_plots_write_png_and_pdf(synthetic, dataset, tmp_path):
+    from vlminterp.plots import kaduri as plots
+
+    session = _session(synthetic, dataset)
+    images = select_images(dataset, 2, seed=0)
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    k1 = summarize_attention_fractions(attention_fractions(session, images, AttentionFractionSpec(max_new_tokens=4)))
+    k2 = summarize_knockouts(group_knockouts(session, images, KnockoutSpec(max_new_tokens=4), vocabulary),
+                             require_reference=False)
+    questions = build_pope_questions(dataset, list(images["image_id"]), 1, seed=0)
+    k4 = summarize_reprompting(reprompting(session, images, questions, RepromptSpec(max_new_tokens=4, answer_tokens=2)))
+    layers = pd.DataFrame({"band": [0, 1], "layer_start": [0, 1], "layer_end": [0, 1], "accuracy": [0.5, 0.7],
+                           "low": [0.3, 0.5], "high": [0.7, 0.9], "chance": [0.2, 0.2], "n_mentions": [10, 10]})
+    written = [*plots.plot_attention_fractions(k1, tmp_path / "k1"),
+               *plots.plot_knockout_conditions(k2, tmp_path / "k2c", chance_recall=0.3),
+               *plots.plot_knockout_start_layer(k2, tmp_path / "k2s"),
+               *plots.plot_knockout_windows(k2, tmp_path / "k2w"),
+               *plots.plot_localization(layers, layers, tmp_path / "k3"),
+               *plots.plot_reprompting(k4, tmp_path / "k4")]
+    assert all(p.stat().st_size > 0 for p in written) and len(written) == 12

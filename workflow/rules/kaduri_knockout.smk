@@ -1,0 +1,87 @@
+# K2 (Kaduri et al.): attention knockout between token groups; descriptions scored by the offline
+# judge (and, when kaduri.knockout.llm_judge.enabled, by an LLM judge in its own rule).
+
+FINAL_OUTPUTS.extend([
+    results("kaduri/knockout/summary.csv"),
+    results("kaduri/knockout/conditions.png"),
+    results("kaduri/knockout/start_layer.png"),
+    results("kaduri/knockout/windows.png"),
+])
+if KADURI["knockout"]["llm_judge"]["enabled"]:
+    FINAL_OUTPUTS.append(results("kaduri/knockout/llm_judge_summary.csv"))
+
+
+rule run_group_knockouts:
+    input:
+        world=get_dataset_dir(),
+        images=results("kaduri/images.csv"),
+        model=get_model_dir(),
+    output:
+        results("kaduri/knockout/shards/{shard}.csv"),
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        session=kaduri_session(),
+        spec={k: v for k, v in KADURI["knockout"].items() if k != "llm_judge"},
+        max_new_tokens=KADURI["max_new_tokens"],
+        vocabulary=kaduri_vocabulary(),
+        images_per_shard=config["sharding"]["images_per_shard"],
+        seed=SEED,
+    threads: kaduri_threads()
+    resources:
+        **model_resources(),
+    log:
+        logs("run_group_knockouts/{shard}"),
+    script:
+        "../scripts/run_group_knockouts.py"
+
+
+rule gather_group_knockouts:
+    input:
+        kaduri_shards("kaduri/knockout/shards/{shard}.csv"),
+    output:
+        results("kaduri/knockout/descriptions.csv"),
+    log:
+        logs("gather_group_knockouts"),
+    script:
+        "../scripts/gather_shards.py"
+
+
+rule plot_group_knockouts:
+    input:
+        table=results("kaduri/knockout/descriptions.csv"),
+        annotations=get_annotations(),
+    output:
+        summary=report(results("kaduri/knockout/summary.csv"), caption=caption("knockout_summary"),
+                       category="Kaduri et al.", subcategory="K2 knockout"),
+        conditions=figure("kaduri/knockout/conditions.png", "knockout_conditions", "Kaduri et al.", "K2 knockout"),
+        start_layer=figure("kaduri/knockout/start_layer.png", "knockout_start_layer", "Kaduri et al.",
+                           "K2 knockout"),
+        windows=figure("kaduri/knockout/windows.png", "knockout_windows", "Kaduri et al.", "K2 knockout"),
+        pdfs=[results(f"kaduri/knockout/{name}.pdf") for name in ("conditions", "start_layer", "windows")],
+    params:
+        dataset_dir=dataset_root(),
+        split=kaduri_split(),
+        seed=SEED,
+    log:
+        logs("plot_group_knockouts"),
+    script:
+        "../scripts/plot_group_knockouts.py"
+
+
+rule judge_group_knockouts_llm:
+    input:
+        results("kaduri/knockout/descriptions.csv"),
+    output:
+        table=results("kaduri/knockout/llm_judge.csv"),
+        summary=report(results("kaduri/knockout/llm_judge_summary.csv"), caption=caption("knockout_llm_judge"),
+                       category="Kaduri et al.", subcategory="K2 knockout"),
+    params:
+        judge={k: v for k, v in KADURI["knockout"]["llm_judge"].items() if k not in ("enabled", "cache")},
+        cache=results(KADURI["knockout"]["llm_judge"]["cache"]),
+        vocabulary=kaduri_vocabulary(),
+        seed=SEED,
+    log:
+        logs("judge_group_knockouts_llm"),
+    script:
+        "../scripts/judge_group_knockouts_llm.py"

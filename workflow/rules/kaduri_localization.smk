@@ -1,0 +1,59 @@
+# K3 (Kaduri et al.): does the attention of a generated object word peak on the object?
+
+FINAL_OUTPUTS.extend([
+    results("kaduri/localization/summary.csv"),
+    results("kaduri/localization/accuracy.png"),
+])
+
+
+rule localize_objects:
+    input:
+        world=get_dataset_dir(),
+        images=results("kaduri/images.csv"),
+        model=get_model_dir(),
+    output:
+        results("kaduri/localization/shards/{shard}.csv"),
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        session=kaduri_session(),
+        spec={k: v for k, v in KADURI["localization"].items() if k != "band_width"},
+        max_new_tokens=KADURI["max_new_tokens"],
+        vocabulary=kaduri_vocabulary(),
+        images_per_shard=config["sharding"]["images_per_shard"],
+        seed=SEED,
+    threads: kaduri_threads()
+    resources:
+        **model_resources(),
+    log:
+        logs("localize_objects/{shard}"),
+    script:
+        "../scripts/localize_objects.py"
+
+
+rule gather_localization:
+    input:
+        kaduri_shards("kaduri/localization/shards/{shard}.csv"),
+    output:
+        results("kaduri/localization/peaks.csv"),
+    log:
+        logs("gather_localization"),
+    script:
+        "../scripts/gather_shards.py"
+
+
+rule plot_localization:
+    input:
+        results("kaduri/localization/peaks.csv"),
+    output:
+        summary=report(results("kaduri/localization/summary.csv"), caption=caption("localization_summary"),
+                       category="Kaduri et al.", subcategory="K3 localization"),
+        png=figure("kaduri/localization/accuracy.png", "localization", "Kaduri et al.", "K3 localization"),
+        pdf=results("kaduri/localization/accuracy.pdf"),
+    params:
+        band_width=KADURI["localization"]["band_width"],
+        seed=SEED,
+    log:
+        logs("plot_localization"),
+    script:
+        "../scripts/plot_localization.py"

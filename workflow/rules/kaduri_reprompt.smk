@@ -1,0 +1,75 @@
+# K4 (Kaduri et al.): answer POPE-style yes/no questions from compressed caches of the describe prompt.
+
+FINAL_OUTPUTS.extend([
+    results("kaduri/reprompt/summary.csv"),
+    results("kaduri/reprompt/accuracy.png"),
+])
+
+
+rule build_reprompt_questions:
+    input:
+        annotations=get_annotations(),
+        images=results("kaduri/images.csv"),
+    output:
+        results("kaduri/reprompt/questions.csv"),
+    params:
+        dataset_dir=dataset_root(),
+        split=kaduri_split(),
+        questions_per_image=KADURI["reprompt"]["questions_per_image"],
+        seed=SEED,
+    log:
+        logs("build_reprompt_questions"),
+    script:
+        "../scripts/build_reprompt_questions.py"
+
+
+rule answer_reprompt_questions:
+    input:
+        world=get_dataset_dir(),
+        images=results("kaduri/images.csv"),
+        questions=results("kaduri/reprompt/questions.csv"),
+        model=get_model_dir(),
+    output:
+        results("kaduri/reprompt/shards/{shard}.csv"),
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        session=kaduri_session(),
+        spec=KADURI["reprompt"],
+        max_new_tokens=KADURI["max_new_tokens"],
+        images_per_shard=config["sharding"]["images_per_shard"],
+        seed=SEED,
+    threads: kaduri_threads()
+    resources:
+        **model_resources(),
+    log:
+        logs("answer_reprompt_questions/{shard}"),
+    script:
+        "../scripts/answer_reprompt_questions.py"
+
+
+rule gather_reprompt_answers:
+    input:
+        kaduri_shards("kaduri/reprompt/shards/{shard}.csv"),
+    output:
+        results("kaduri/reprompt/answers.csv"),
+    log:
+        logs("gather_reprompt_answers"),
+    script:
+        "../scripts/gather_shards.py"
+
+
+rule plot_reprompting:
+    input:
+        results("kaduri/reprompt/answers.csv"),
+    output:
+        summary=report(results("kaduri/reprompt/summary.csv"), caption=caption("reprompt_summary"),
+                       category="Kaduri et al.", subcategory="K4 re-prompting"),
+        png=figure("kaduri/reprompt/accuracy.png", "reprompting", "Kaduri et al.", "K4 re-prompting"),
+        pdf=results("kaduri/reprompt/accuracy.pdf"),
+    params:
+        seed=SEED,
+    log:
+        logs("plot_reprompting"),
+    script:
+        "../scripts/plot_reprompting.py"
