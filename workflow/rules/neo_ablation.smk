@@ -6,17 +6,37 @@ FINAL_OUTPUTS.extend([
 ])
 
 
+IMAGE_SELECTIONS.append(results("neo/mean_images.csv"))
+
+
+rule select_mean_images:
+    input:
+        annotations=get_annotations(),
+        selection=results("neo/selection.csv"),
+    output:
+        results("neo/mean_images.csv"),
+    params:
+        dataset_dir=dataset_root(),
+        mean=config["neo"]["mean"],
+        selection_split=config["neo"]["selection"]["split"],
+        seed=SEED,
+    log:
+        logs("select_mean_images"),
+    script:
+        "../scripts/select_mean_images.py"
+
+
 rule compute_mean_embedding:
     input:
         world=get_dataset_dir(),
-        selection=results("neo/selection.csv"),
+        images=results("neo/mean_images.csv"),
         model=get_model_dir(),
     output:
         results("neo/mean_embedding.safetensors"),
     params:
         model=model_spec(),
+        dataset_dir=dataset_root(),
         mean=config["neo"]["mean"],
-        selection_split=config["neo"]["selection"]["split"],
         geometry=config["neo"]["cells"]["geometry"],
         seed=SEED,
     threads: neo_threads()

@@ -73,6 +73,7 @@ rule write_logit_lens_pages:
         # not a report item: a pure-HTML report cannot hold a directory (open pages/index.html)
         directory(results("neo/logit_lens/pages")),
     params:
+        dataset_dir=dataset_root(),
         split=config["neo"]["selection"]["split"],
         max_pages=config["neo"]["logit_lens"]["html_images"],
     log:

@@ -20,7 +20,7 @@ def neo_threads():
 
 def neo_stage_params():
     """Params every per-image Neo stage passes to vlminterp.experiments.neo_common.load_stage_inputs."""
-    return dict(model=model_spec(), split=config["neo"]["selection"]["split"], cells=config["neo"]["cells"],
+    return dict(model=model_spec(), dataset_dir=dataset_root(), split=config["neo"]["selection"]["split"], cells=config["neo"]["cells"],
                 prompts=config["neo"]["prompts"], vocabulary=neo_vocabulary(),
                 images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
@@ -31,12 +31,23 @@ def neo_stage_inputs():
                 model=get_model_dir())
 
 
+IMAGE_SELECTIONS.append(results("neo/selection.csv"))
+
+if not uses_shapes():
+    for key in ("selection", "mean"):
+        if config["neo"][key]["split"] != DATASET["split"]:
+            raise WorkflowError(
+                f"neo.{key}.split={config['neo'][key]['split']!r} must equal dataset.split="
+                f"{DATASET['split']!r} for COCO: only that split's images are downloaded")
+
+
 rule select_neo_targets:
     input:
-        world=get_dataset_dir(),
+        annotations=get_annotations(),
     output:
         results("neo/selection.csv"),
     params:
+        dataset_dir=dataset_root(),
         selection=config["neo"]["selection"],
         seed=SEED,
     log:
@@ -47,12 +58,13 @@ rule select_neo_targets:
 
 rule map_object_cells:
     input:
-        world=get_dataset_dir(),
+        annotations=get_annotations(),
         selection=results("neo/selection.csv"),
         model=get_model_dir(),
     output:
         results("neo/cells.csv"),
     params:
+        dataset_dir=dataset_root(),
         cells=config["neo"]["cells"],
         split=config["neo"]["selection"]["split"],
         model=model_spec(),

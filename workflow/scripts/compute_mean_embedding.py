@@ -1,6 +1,6 @@
 """Rule compute_mean_embedding: streaming mean of the post-projector image embedding (N1's ablation vector)."""
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import compute_mean_embedding, mean_image_ids, save_mean_embedding
+from vlminterp.experiments.neo_common import compute_mean_embedding, save_mean_embedding
 from vlminterp.io import read_table
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.loading import ModelSpec, load_model
@@ -10,10 +10,8 @@ with rule_context(snakemake.log[0], threads=snakemake.threads, seed=snakemake.pa
     params = snakemake.params
     model, processor = load_model(ModelSpec(**params.model))
     adapter = adapter_for(model, processor)
-    dataset = CocoDataset.load(snakemake.input.world, params.mean["split"])
-    selection = read_table(snakemake.input.selection)
-    exclude = selection["image_id"] if params.mean["split"] == params.selection_split else []
-    image_ids = mean_image_ids(dataset, params.mean["max_images"], params.seed, exclude=exclude)
+    dataset = CocoDataset.load(params.dataset_dir, params.mean["split"])
+    image_ids = [int(i) for i in read_table(snakemake.input.images)["image_id"]]
     mean, count = compute_mean_embedding(adapter, processor, dataset, image_ids, params.geometry,
                                          batch_size=params.mean["batch_size"])
     log.info("mean of %d vectors from %d images of split %s", count, len(image_ids), params.mean["split"])

@@ -9,5 +9,5 @@ from vlminterp.specs import build_spec
 with rule_context(snakemake.log[0]):
     spec = build_spec(CellSpec, snakemake.params.cells, where="neo.cells")
     adapter = load_adapter_geometry(ModelSpec(**snakemake.params.model))
-    dataset = CocoDataset.load(snakemake.input.world, snakemake.params.split)
+    dataset = CocoDataset.load(snakemake.params.dataset_dir, snakemake.params.split)
     write_table(map_object_cells(dataset, read_table(snakemake.input.selection), adapter, spec), snakemake.output[0])

@@ -6,5 +6,5 @@ from vlminterp.specs import build_spec
 
 with rule_context(snakemake.log[0], seed=snakemake.params.seed):
     spec = build_spec(SelectionSpec, snakemake.params.selection, where="neo.selection", seed=snakemake.params.seed)
-    dataset = CocoDataset.load(snakemake.input.world, spec.split)
+    dataset = CocoDataset.load(snakemake.params.dataset_dir, spec.split)
     write_table(select_targets(dataset, spec), snakemake.output[0])

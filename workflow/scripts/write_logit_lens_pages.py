@@ -7,7 +7,7 @@ from vlminterp.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
     selection = read_table(snakemake.input.selection)
-    dataset = CocoDataset.load(snakemake.input.world, snakemake.params.split)
+    dataset = CocoDataset.load(snakemake.params.dataset_dir, snakemake.params.split)
     with atomic_path(snakemake.output[0], is_dir=True) as tmp:
         write_lens_pages(read_table(snakemake.input.topk), selection, cells_by_image(read_table(snakemake.input.cells)),
                          dataset, tmp, snakemake.params.max_pages)

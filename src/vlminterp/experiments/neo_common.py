@@ -317,7 +317,7 @@ class StageInputs:
 def load_stage_inputs(paths, params, shard: str) -> StageInputs:
     """Load the model, the dataset split, this shard's targets and their cells.
 
-    `paths`: has `world` (dataset root), `selection` and `cells` (tables of select_neo_targets and
+    `paths`: has `selection` and `cells` (tables of select_neo_targets and
     map_object_cells). `params`: has `model` (ModelSpec keyword arguments), `split`, `cells`
     (CellSpec section), `prompts` (PromptSpec section), `vocabulary` (name or path) and
     `images_per_shard`.
@@ -332,7 +332,7 @@ def load_stage_inputs(paths, params, shard: str) -> StageInputs:
     selection = shard_rows(read_table(paths.selection), shard, params.images_per_shard)
     cells = read_table(paths.cells)
     cells = cells[cells["image_id"].isin(selection["image_id"])]
-    dataset = CocoDataset.load(paths.world, params.split)
+    dataset = CocoDataset.load(params.dataset_dir, params.split)
     model, processor = load_model(ModelSpec(**params.model))
     return StageInputs(
         model_parts=(model, processor, adapter_for(model, processor)),
