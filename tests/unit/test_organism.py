@@ -255,3 +255,21 @@ def test_tiny_organism_learns(world_dir, tmp_path):
                "shape": (1 / len(WORLD.shapes), 0.5), "shape_vqa": (1 / len(WORLD.shapes), 0.5)}
     for task, (chance, margin) in margins.items():
         assert accuracy[task] > chance + margin, (task, accuracy.to_dict())
+
+
+def test_cached_frozen_tower_features_give_the_models_own_logits():
+    """Stage 2's shortcut (tower features computed once, projector + LM per step) equals a plain
+    forward with pixel values."""
+    from vlminterp.models.organism.train import _embeds_with_image_features, _frozen_tower_features
+    from vlminterp.models.synthetic import build_synthetic
+
+    model, processor = build_synthetic("tiny-llama")
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+              for i in range(2)]
+    batch = processor(images=images, text=["USER: <image>\nwhat ASSISTANT:"] * 2, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).logits
+        features = _frozen_tower_features(model, batch["pixel_values"])
+        embeds = _embeds_with_image_features(model, batch["input_ids"], features)
+        got = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()

@@ -222,6 +222,9 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
     if not pools:
         raise ValueError("no training examples for any task with a positive weight")
     task_names = list(pools)
+    # A frozen tower gives the same features at every step: compute them once (exactly the
+    # features LLaVA would select), and run only projector + language model per step.
+    tower_features = None if spec.tower_lr_scale > 0 else _frozen_tower_features(model, data.pixel_values)
     task_probs = torch.tensor([weights[t] for t in task_names])
     rows: list[dict] = []
     progress = tqdm(range(spec.language_steps), desc="stage 2: projector + LM", mininterval=5)
@@ -231,8 +234,13 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
         batch = torch.stack([pools[task_names[t]][torch.randint(len(pools[task_names[t]]), (1,), generator=generator)[0]]
                              for t in slot_tasks.tolist()])
         length = int(data.lengths[batch].max())
-        logits = model(input_ids=data.input_ids[batch, :length], attention_mask=data.attention_mask[batch, :length],
-                       pixel_values=data.pixel_values[data.image_index[batch]]).logits
+        input_ids, attention_mask = data.input_ids[batch, :length], data.attention_mask[batch, :length]
+        if tower_features is None:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                           pixel_values=data.pixel_values[data.image_index[batch]]).logits
+        else:
+            embeds = _embeds_with_image_features(model, input_ids, tower_features[data.image_index[batch]])
+            logits = model(inputs_embeds=embeds, attention_mask=attention_mask).logits
         per_example = answer_loss(logits, data.labels[batch, :length])
         loss = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
@@ -251,6 +259,29 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
     for p in tower_params:
         p.requires_grad_(True)
     return rows
+
+
+@torch.no_grad()
+def _frozen_tower_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor,
+                           chunk: int = 256) -> torch.Tensor:
+    """Selected (pre-projector) tower features of every training image, computed once."""
+    tower = model.model.vision_tower
+    was_training = tower.training
+    tower.eval()
+    features = torch.cat([_selected_patch_features(model, pixel_values[i:i + chunk])
+                          for i in range(0, len(pixel_values), chunk)])
+    tower.train(was_training)
+    return features
+
+
+def _embeds_with_image_features(model: LlavaForConditionalGeneration, input_ids: torch.Tensor,
+                                tower_features: torch.Tensor) -> torch.Tensor:
+    """Token embeddings with the projected image features at the image-token positions (row-major,
+    as LLaVA's own forward places them)."""
+    embeds = model.get_input_embeddings()(input_ids)
+    projected = model.model.multi_modal_projector(tower_features).to(embeds.dtype)
+    image_mask = (input_ids == model.config.image_token_id).unsqueeze(-1)
+    return embeds.masked_scatter(image_mask, projected.reshape(-1, projected.shape[-1]))
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
