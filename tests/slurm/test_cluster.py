@@ -210,10 +210,10 @@ def test_workflow_runs_every_job_through_slurm(slurm_cluster, slurm_plugin_versi
         "python": platform.python_version(),
     }
     print("\nSLURM overhead:", json.dumps(result, indent=2))
-    OVERHEAD_JSON.parent.mkdir(parents=True, exist_ok=True)
-    from vlminterp.io import write_json
+    if os.environ.get("VLMINTERP_RECORD_BENCHMARKS"):  # keep `make test` from editing tracked files
+        from vlminterp.io import write_json
 
-    write_json(result, OVERHEAD_JSON)
+        write_json(result, OVERHEAD_JSON)
 
 
 def test_failed_job_is_retried(slurm_cluster, slurm_plugin_version, tmp_path):
