@@ -31,6 +31,37 @@ include: "workflow/rules/kaduri_reprompt.smk"
 report: "workflow/report/workflow.rst"
 
 
+# Cheap bookkeeping (selections, gathers, plots, pages) and downloads (login nodes usually have
+# the network) stay on the submitting machine when an executor such as SLURM is used.
+localrules:
+    all,
+    download_coco_annotations,
+    download_coco_images,
+    select_neo_targets,
+    map_object_cells,
+    select_mean_images,
+    select_kaduri_images,
+    build_reprompt_questions,
+    gather_token_ablation,
+    gather_logit_lens_topk,
+    gather_logit_lens_scores,
+    gather_attention_blocking,
+    gather_attention_fractions,
+    gather_group_knockouts,
+    gather_localization,
+    gather_reprompt_answers,
+    plot_training_curve,
+    plot_organism_evaluation,
+    plot_token_ablation,
+    plot_logit_lens,
+    plot_attention_blocking,
+    plot_attention_fractions,
+    plot_group_knockouts,
+    plot_localization,
+    plot_reprompting,
+    write_logit_lens_pages,
+
+
 rule all:
     input:
         FINAL_OUTPUTS,

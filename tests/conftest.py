@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,3 +35,14 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A working directory in which the whole default DAG has run once on tests/configs/tiny.yaml
+    (shared by the workflow, DVC and SLURM tests)."""
+    from snakemake_runner import snakemake
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -11,15 +11,15 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG,
-              check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, check: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `snakemake` on the repository's Snakefile inside `workdir` and return the result."""
     cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), *args]
     # The rule scripts run in `workdir`: a relative PYTHONPATH (PYTHONPATH=src) would not reach this
     # checkout there, and they would silently import whatever vlminterp the environment has installed.
     python_path = os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": python_path}
+    env = {**(env or os.environ), "PYTHONHASHSEED": "0", "PYTHONPATH": python_path}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -59,10 +60,15 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a long-format table atomically (.csv or .parquet by suffix)."""
+    """Write a long-format table atomically (.csv, .csv.gz or .parquet by suffix).
+
+    Gzipped tables carry no timestamp or file name, so the same table is the same bytes."""
     with atomic_path(path) as tmp:
-        if Path(path).suffix == ".parquet":
+        suffix = Path(path).suffix
+        if suffix == ".parquet":
             df.to_parquet(tmp, index=False)
+        elif suffix == ".gz":
+            tmp.write_bytes(gzip.compress(df.to_csv(index=False).encode(), mtime=0))
         else:
             df.to_csv(tmp, index=False)
 

@@ -44,3 +44,12 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
     assert read_table(target)["x"].tolist() == [1, 2]
+
+
+def test_gzipped_table_is_byte_identical_on_rewrite(tmp_path):
+    table = pd.DataFrame({"token": ["a", "<b>"], "prob": [0.5, 0.25]})
+    first, second = tmp_path / "one" / "t.csv.gz", tmp_path / "two" / "t.csv.gz"
+    write_table(table, first)
+    write_table(table, second)
+    assert first.read_bytes() == second.read_bytes()
+    pd.testing.assert_frame_equal(read_table(first), table)

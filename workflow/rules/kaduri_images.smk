@@ -30,10 +30,6 @@ def kaduri_session():
                             geometry=KADURI["geometry"]))
 
 
-def kaduri_threads():
-    """One thread for the organism on the CPU (a tiny model gains nothing from more), all cores otherwise."""
-    return 1 if uses_organism() and config["device"] == "cpu" else workflow.cores
-
 
 rule select_kaduri_images:
     input:

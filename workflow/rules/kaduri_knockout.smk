@@ -27,7 +27,7 @@ rule run_group_knockouts:
         vocabulary=kaduri_vocabulary(),
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
-    threads: kaduri_threads()
+    threads: model_threads(experiment=True)
     resources:
         **model_resources(),
     log:

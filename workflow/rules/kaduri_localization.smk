@@ -22,7 +22,7 @@ rule localize_objects:
         vocabulary=kaduri_vocabulary(),
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
-    threads: kaduri_threads()
+    threads: model_threads(experiment=True)
     resources:
         **model_resources(),
     log:

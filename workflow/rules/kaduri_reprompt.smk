@@ -39,7 +39,7 @@ rule answer_reprompt_questions:
         max_new_tokens=KADURI["max_new_tokens"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
-    threads: kaduri_threads()
+    threads: model_threads(experiment=True)
     resources:
         **model_resources(),
     log:

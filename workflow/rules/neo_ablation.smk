@@ -39,7 +39,7 @@ rule compute_mean_embedding:
         mean=config["neo"]["mean"],
         geometry=config["neo"]["cells"]["geometry"],
         seed=SEED,
-    threads: neo_threads()
+    threads: model_threads(experiment=True)
     resources:
         **model_resources(),
     log:
@@ -57,7 +57,7 @@ rule ablate_object_tokens:
     params:
         **neo_stage_params(),
         ablation=config["neo"]["ablation"],
-    threads: neo_threads()
+    threads: model_threads(experiment=True)
     resources:
         **model_resources(),
     log:

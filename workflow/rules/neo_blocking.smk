@@ -14,7 +14,7 @@ rule block_object_attention:
     params:
         **neo_stage_params(),
         blocking=config["neo"]["blocking"],
-    threads: neo_threads()
+    threads: model_threads(experiment=True)
     resources:
         **model_resources(),
     log:

@@ -16,7 +16,7 @@ rule apply_logit_lens:
     params:
         **neo_stage_params(),
         lens=config["neo"]["logit_lens"],
-    threads: neo_threads()
+    threads: model_threads(experiment=True)
     resources:
         **model_resources(),
     log:

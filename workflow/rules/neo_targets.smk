@@ -11,12 +11,6 @@ def neo_images():
     return config["neo"]["selection"]["max_images"]
 
 
-def neo_threads():
-    """Threads of a Neo stage that runs the model: one for the organism on the CPU (a tiny model gains
-    nothing from intra-op threads, and on a busy 2-core machine two threads spin against other jobs:
-    measured 13 s vs 0.4 s per image), all cores otherwise."""
-    return 1 if uses_organism() and config["device"] == "cpu" else workflow.cores
-
 
 def neo_stage_params():
     """Params every per-image Neo stage passes to vlminterp.experiments.neo_common.load_stage_inputs."""

@@ -16,7 +16,7 @@ rule train_organism:
     params:
         spec=config["model"]["organism"],
         seed=SEED,
-    threads: workflow.cores
+    threads: model_threads()
     resources:
         **model_resources(),
     log:
@@ -50,7 +50,7 @@ rule evaluate_organism:
         max_images=config["evaluation"]["max_images"],
         batch_size=config["evaluation"]["batch_size"],
         seed=SEED,
-    threads: workflow.cores
+    threads: model_threads()
     resources:
         **model_resources(),
     log:

@@ -1,0 +1,54 @@
+"""The repository's own DAG (tiny config) on the real single-node SLURM cluster: every shard of a
+per-image stage is its own SLURM job, and the gathered tables equal those of the local run."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from snakemake_runner import ROOT, TINY_CONFIG, snakemake
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.workflow]
+
+RUN = yaml.safe_load(TINY_CONFIG.read_text())["run"]
+IMAGES_PER_SHARD = 8
+SHARDED_RULES = ("ablate_object_tokens", "apply_logit_lens", "block_object_attention",
+                 "measure_attention_fractions", "run_group_knockouts", "localize_objects",
+                 "answer_reprompt_questions")
+
+
+def _tables(run_dir: Path) -> dict[str, bytes]:
+    """Every gathered table of the experiment stages (shard files left out), by relative path."""
+    return {str(p.relative_to(run_dir)): p.read_bytes()
+            for stage in ("neo", "kaduri", "organism") for p in sorted((run_dir / stage).rglob("*.csv*"))
+            if "shards" not in p.parts}
+
+
+def test_sharded_dag_on_slurm_equals_the_local_run(slurm_cluster, slurm_plugin_version, tiny_run,
+                                                   tmp_path):
+    work = tmp_path / "on_slurm"
+    # Start from the local run's world and organism: this test is about the experiment stages.
+    for stage in ("data", "model"):
+        shutil.copytree(tiny_run / "results" / RUN / stage, work / "results" / RUN / stage,
+                        copy_function=shutil.copy2)
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["sharding"] = {"images_per_shard": IMAGES_PER_SHARD}
+    config_file = tmp_path / "sharded.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+
+    snakemake(work, "--executor", "slurm", "--profile", str(ROOT / "profiles" / "slurm"),
+              *slurm_cluster.snakemake_args(), "--jobs", "4", configfile=config_file,
+              env=slurm_cluster.env)
+
+    logs = work / ".snakemake" / "slurm_logs"
+    for rule in SHARDED_RULES:
+        shard_jobs = list((logs / f"rule_{rule}").rglob("*.log"))
+        assert len(shard_jobs) >= 2, f"{rule}: expected one SLURM job per shard, found {shard_jobs}"
+    assert not (logs / "rule_plot_token_ablation").exists(), "plots are local rules"
+
+    local, on_slurm = _tables(tiny_run / "results" / RUN), _tables(work / "results" / RUN)
+    assert set(on_slurm) == set(local)
+    different = [name for name in local if local[name] != on_slurm[name]]
+    assert not different, f"tables differ between the local and the SLURM run: {different}"
