@@ -117,11 +117,32 @@ def push(repo_root: Path, run: str, *, extra: Iterable[Path] = ()) -> list[Path]
     return targets
 
 
+def has_hash(pointer: Path) -> bool:
+    """Whether a `.dvc` pointer records the hash of its output (a declared but never pushed
+    pointer, such as the committed `data.dvc` before the first COCO run, records none)."""
+    import yaml
+
+    outs = (yaml.safe_load(Path(pointer).read_text()) or {}).get("outs") or []
+    return bool(outs) and all("md5" in out or "etag" in out for out in outs)
+
+
 def pull(repo_root: Path, run: str, *, extra: Iterable[Path] = ()) -> list[Path]:
-    """Pull every committed pointer of the run (and `extra`) and restore recorded mtimes."""
+    """Pull every committed pointer of the run (and `extra`) and restore recorded mtimes.
+
+    An `extra` pointer with no hash yet (nothing pushed for it) is skipped with a note on stderr.
+    """
     run_dir = repo_root / "results" / run
-    pointers = sorted(run_dir.glob("*.dvc")) + [Path(f"{p}.dvc") for p in extra
-                                                 if Path(f"{p}.dvc").exists()]
+    extra_pointers = []
+    for path in extra:
+        pointer = Path(f"{path}.dvc")
+        if not pointer.exists():
+            continue
+        if has_hash(pointer):
+            extra_pointers.append(pointer)
+        else:
+            print(f"{pointer.name} records no hash yet (nothing was pushed for {Path(path).name}/): skipped. "
+                  f"After a run that fills it, `make push` uploads it.", file=sys.stderr)
+    pointers = sorted(run_dir.glob("*.dvc")) + extra_pointers
     if not pointers:
         raise ArtifactError(f"no DVC pointer files (*.dvc) for run {run!r} under {run_dir}: "
                             f"nothing was pushed for it (make push RUN={run})")
