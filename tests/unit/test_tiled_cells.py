@@ -297,3 +297,37 @@ def test_localization_peaks_and_distances_per_tile(variant, synthetic, dataset, 
         peak_tiles |= set(rows["peak_tile"])
     if adapter.family == "internvl":
         assert len(peak_tiles) > 1
+
+
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_logit_lens_tables_and_pages_per_tile(variant, synthetic, dataset, selection, tmp_path):
+    import json
+    import re
+
+    from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens, write_lens_pages
+
+    model, processor, adapter = synthetic(variant)
+    cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))
+    vocabulary = load_vocabulary("shapes", categories=list(CATEGORIES))
+    topk, scores = run_logit_lens(model, processor, adapter, dataset, selection, cells, prompts=PROMPTS,
+                                  vocabulary=vocabulary, spec=LensSpec(top_k=2, background_buffer=1),
+                                  cell_spec=CELLS)
+    pages = write_lens_pages(topk, selection, cells, dataset, tmp_path, max_pages=None)
+    for (path, _, _), image_id in zip(pages, selection.image_id):
+        size = IMAGES[image_id - 1][0]
+        layout = adapter.image_cells(size)
+        base = brute_object_tokens(layout, _rect(dataset, image_id))
+        first = topk[(topk.image_id == image_id) & (topk.layer == 0) & (topk["rank"] == 1)].sort_values("position")
+        np.testing.assert_array_equal(first[["tile", "cell_row", "cell_col"]], np.stack([layout.tile, layout.row,
+                                                                                          layout.col], 1))
+        np.testing.assert_array_equal(first["is_object"], base)
+        region = scores[(scores.image_id == image_id) & (scores.layer == 0)].set_index("region")["n_cells"]
+        assert region["object"] == base.sum() and region["background"] == (brute_distance(layout, base) > 1).sum()
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(re.search(r'id="lens-data">(.*?)</script>', text, re.S).group(1))
+        np.testing.assert_allclose(np.array(data["boxes"], dtype=float), layout.boxes, atol=0.006)
+        assert [r[3] for r in data["rows"]] == base.astype(int).tolist()
+        if layout.num_tiles > 1:
+            assert data["tiles"] == layout.tile.tolist() and len(data["grid"]) == layout.num_tiles
+        else:
+            assert "tiles" not in data and data["grid"] == list(layout.tile_shapes[0])

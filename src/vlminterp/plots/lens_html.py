@@ -121,6 +121,8 @@ def _tile_grids(cell_boxes, object_cells) -> tuple[list[np.ndarray], list[np.nda
             raise ValueError("cell_boxes must be finite with x1 > x0 and y1 > y0 (or all NaN: padding)")
     if object_cells is None:
         return grids, None
+    if tiled != isinstance(object_cells, (list, tuple)):
+        raise ValueError("object_cells must be one grid per tile (a list) exactly when cell_boxes is")
     objects = [np.asarray(o) for o in (object_cells if tiled else [object_cells])]
     if len(objects) != len(grids):
         raise ValueError(f"object_cells must have one grid per tile ({len(grids)}), got {len(objects)}")
