@@ -48,8 +48,7 @@ log = logging.getLogger(__name__)
 ROW_KINDS = ("token", "predicting")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
                         "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col", "peak_attention",
-                        "image_mass",
-                        "distance", "hit", "n_object_cells", "chance", "tolerance")
+                        "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance")
 MEAN_HEAD = -1
 
 
