@@ -151,9 +151,11 @@ def test_dilation_stops_at_the_tile_border(synthetic, dataset, selection):
 
 
 def test_a_geometry_the_family_lacks_fails_early_naming_it(synthetic, dataset, selection):
-    _, _, adapter = synthetic("tiny-internvl")
+    _, processor, adapter = synthetic("tiny-internvl")
     with pytest.raises(ValueError, match="map_object_cells: the internvl family has no 'crop'"):
         map_object_cells(dataset, selection, adapter, CellSpec(geometry="crop"))
+    with pytest.raises(ValueError, match="compute_mean_embedding: the internvl family has no 'pad'"):
+        compute_mean_embedding(adapter, processor, dataset, [1], "pad")
 
 
 def test_a_cell_table_of_another_geometry_is_refused(synthetic, dataset, selection):

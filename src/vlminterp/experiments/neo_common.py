@@ -337,6 +337,7 @@ def compute_mean_embedding(adapter, processor, dataset: CocoDataset, image_ids: 
 
     Returns (mean (d,) float32, number of vectors averaged). Memory is one batch of images.
     """
+    check_geometry(adapter, geometry, "compute_mean_embedding")
     running = StreamingMean()
     device = adapter.embed_tokens.weight.device
     for start in range(0, len(image_ids), batch_size):
