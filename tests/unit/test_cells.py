@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from cocofixtures import CocoBuilder
 
-from vlminterp.data.cells import (background_cells, cell_overlap, cells_to_positions, dilate_cells,
-                                  last_row_cells, matched_random_cells, object_cells, random_cells,
+from vlminterp.data.cells import (background_cells, cell_overlap, cells_to_positions, chebyshev_distance,
+                                  dilate_cells, dilate_tokens, last_row_cells, last_row_tokens, mask_tokens,
+                                  matched_random_cells, object_cells, random_cells, token_distance,
                                   uniform_cell_boxes)
 from vlminterp.data.coco import CocoDataset
 
@@ -188,3 +189,50 @@ def test_random_cells_counts_and_errors():
         random_cells((4, 4), 5, rng=0, exclude=exclude)
     with pytest.raises(ValueError, match="exclude has shape"):
         random_cells((4, 5), 1, rng=0, exclude=exclude)
+
+
+class _Layout:
+    """Two tiles: a 3x4 grid then a 2x2 grid (a thumbnail, say), row-major within each."""
+
+    tile_shapes = ((3, 4), (2, 2))
+
+    def __init__(self):
+        self.tile = np.array([0] * 12 + [1] * 4)
+        self.row = np.concatenate([np.arange(12) // 4, np.arange(4) // 2])
+        self.col = np.concatenate([np.arange(12) % 4, np.arange(4) % 2])
+
+
+def test_token_functions_act_within_each_tile():
+    layout = _Layout()
+    selected = np.zeros(16, dtype=bool)
+    selected[3] = True  # tile 0, (0, 3): the tile's right edge
+    dilated = dilate_tokens(layout, selected, 1)
+    assert np.flatnonzero(dilated).tolist() == [2, 3, 6, 7]  # nothing spills into tile 1
+    distance = token_distance(layout, selected)
+    assert np.isinf(distance[12:]).all() and distance[:12].reshape(3, 4)[2, 0] == 3
+    selected[15] = True  # tile 1, (1, 1)
+    assert np.flatnonzero(dilate_tokens(layout, selected, 1)).tolist() == [2, 3, 6, 7, 12, 13, 14, 15]
+    assert token_distance(layout, selected)[12:].tolist() == [1, 1, 1, 0]
+    assert np.flatnonzero(last_row_tokens(layout)).tolist() == [14, 15]  # the last tile's last row
+    grid = np.random.default_rng(1).random((3, 4)) < 0.3  # one tile: the grid functions exactly
+    single = type("One", (), {"tile_shapes": ((3, 4),), "tile": np.zeros(12, int),
+                              "row": np.arange(12) // 4, "col": np.arange(12) % 4})()
+    for b in (0, 1, 2):
+        assert np.array_equal(dilate_tokens(single, grid.reshape(-1), b), dilate_cells(grid, b).reshape(-1))
+    assert np.array_equal(token_distance(single, grid.reshape(-1)), chebyshev_distance(grid).reshape(-1))
+    with pytest.raises(ValueError, match="token set"):
+        dilate_tokens(layout, grid, 1)
+
+
+def test_mask_tokens_and_flat_positions_and_draws():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:5, 2:5] = True
+    boxes = np.array([[0, 0, 5, 5], [5, 5, 10, 10], [np.nan] * 4, [4, 4, 6, 6]], dtype=float)
+    overlap, selected = mask_tokens(mask, boxes)
+    np.testing.assert_allclose(overlap, [9 / 25, 0, 0, 1 / 4])
+    assert selected.tolist() == [True, False, False, True]
+    assert cells_to_positions(selected, [7, 8, 9, 10]).tolist() == [7, 10]
+    grid = np.zeros((4, 4), dtype=bool)
+    grid[1, 2] = True
+    assert np.array_equal(random_cells((16,), 5, rng=3, exclude=grid.reshape(-1)),
+                          random_cells((4, 4), 5, rng=3, exclude=grid).reshape(-1))

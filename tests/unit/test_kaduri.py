@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlminterp.data.cells import cell_overlap, dilate_cells
+from vlminterp.data.cells import cell_overlap, chebyshev_distance, dilate_cells, token_distance
 from vlminterp.data.coco import CocoDataset
 from vlminterp.data.questions import build_pope_questions
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
@@ -23,8 +23,7 @@ from vlminterp.experiments.kaduri_common import (KEY_GROUPS, LLAVA_SYSTEM_PROMPT
 from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, group_knockouts,
                                                    knockout_chance, knockout_conditions, llm_judge_knockouts,
                                                    summarize_knockouts, window_grid)
-from vlminterp.experiments.kaduri_localization import (LocalizationSpec, chebyshev_distance_map, localization,
-                                                       summarize_localization)
+from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization, summarize_localization
 from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
                                                    summarize_reprompting, top_k_count)
 from vlminterp.interventions import From, reference_generate
@@ -269,8 +268,8 @@ def test_object_cells_use_the_adapter_geometry_painted_image(synthetic, geometry
         valid = ~np.isnan(boxes).any(axis=1)
         overlap[valid] = cell_overlap(mask, boxes[valid][None])[0]
         overlap = overlap.reshape(g.rows, g.cols)
-        cells = mask_cells(adapter, mask, geometry)
-        np.testing.assert_array_equal(cells, overlap > 0)
+        cells = mask_cells(adapter, mask, geometry)  # per token = the grid's cells, row-major
+        np.testing.assert_array_equal(cells, (overlap > 0).reshape(-1))
         # resampling blurs edges: compare where the answer is unambiguous
         assert np.all(red_share[overlap > 0.6] > 0.3), (geometry, size, overlap, red_share)
         assert np.all(red_share[overlap == 0] < 0.1), (geometry, size, overlap, red_share)
@@ -279,10 +278,10 @@ def test_object_cells_use_the_adapter_geometry_painted_image(synthetic, geometry
 def test_chebyshev_distance_map():
     cells = np.zeros((4, 5), dtype=bool)
     cells[1, 1] = True
-    distance = chebyshev_distance_map(cells)
+    distance = chebyshev_distance(cells)
     assert distance[1, 1] == 0 and distance[0, 0] == 1 and distance[3, 4] == 3
     np.testing.assert_array_equal(distance <= 1, dilate_cells(cells, 1))
-    assert np.isinf(chebyshev_distance_map(np.zeros((2, 2), dtype=bool))).all()
+    assert np.isinf(chebyshev_distance(np.zeros((2, 2), dtype=bool))).all()
 
 
 def test_token_spans_and_mentions(synthetic, dataset):

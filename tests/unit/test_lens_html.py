@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -220,3 +221,26 @@ def test_index_links_and_escaping(tmp_path):
     for header in ("object", "best layer", "share", "note", "ok"):
         assert f"<th>{header}</th>" in text
     assert "http://" not in text and "https://" not in text
+
+
+def test_tiled_page_labels_tiles_and_padding_cells_have_no_box(tmp_path):
+    """Two tiles (a 2x2 grid and a 1x2 grid): rows carry their tile, boxes come from their own
+    tile's grid; an all-NaN box (a cell wholly in padding) is written as null, never drawn."""
+    table, image, boxes, obj = synthetic_lens(rows=2, cols=2, layers=2, k=2, size=(40, 20))
+    second = table[table.position < table.position.min() + 2].assign(position=lambda t: t.position + 100,
+                                                                     cell_row=0, tile=1)
+    table = pd.concat([table.assign(tile=0), second], ignore_index=True)
+    thumb = np.array([[[0, 0, 20, 20], [np.nan] * 4]], dtype=float)
+    path = write_lens_page(table, image, [boxes, thumb], tmp_path / "t.html",
+                           object_cells=[obj, np.array([[True, True]])])
+    data = _lens_data(path)
+    assert data["grid"] == [[2, 2], [1, 2]] and data["tiles"] == [0, 0, 0, 0, 1, 1]
+    assert data["boxes"][4] == [0, 0, 20, 20] and data["boxes"][5] is None
+    assert data["boxes"][1] == [round(float(v), 2) for v in boxes[0, 1]]
+    assert [r[3] for r in data["rows"]] == [int(v) for v in obj.reshape(-1)] + [1, 1]
+    assert len(data["objBoxes"]) == int(obj.sum()) + 1  # the padding cell has no box to draw
+    assert "2 tiles (2×2, 1×2)" in path.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="one grid per tile"):
+        write_lens_page(table, image, [boxes, thumb], tmp_path / "t.html", object_cells=obj)
+    with pytest.raises(ValueError, match="tile outside"):
+        write_lens_page(table, image, boxes, tmp_path / "t.html")

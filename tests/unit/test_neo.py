@@ -103,12 +103,13 @@ def test_object_cells_of_a_coco_dataset_with_polygons_rle_and_crowd(tmp_path, sy
     sel = select_targets(ds, SelectionSpec(split="train", target_area_range=(0, 1e6), exclude_crowd_targets=False))
     grids = cells_by_image(map_object_cells(ds, sel, adapter, CELLS))
     first = grids[wide]
-    assert first.object_b[0].sum() == 1 and first.object_b[0][0, 0]
+    assert first.object_b[0].sum() == 1 and first.object_b[0][0] and first.tile_shapes == ((4, 4),)
     assert first.object_b[1].sum() == 4 and first.object_b[2].sum() == 9
     assert all((grids[i].object_b[0] <= grids[i].object_b[1]).all() and
                (grids[i].object_b[1] <= grids[i].object_b[2]).all() for i in grids)
     # tall image: short side 24 -> crop rows [6, 30); mask rows 20-23 = crop rows 14-17 -> cell row 2
-    assert set(zip(*np.nonzero(grids[tall].object_b[0]))) == {(2, 1)}
+    tall_cells = grids[tall]
+    assert {(r, c) for r, c, o in zip(tall_cells.row, tall_cells.col, tall_cells.object_b[0]) if o} == {(2, 1)}
     strict = cells_by_image(map_object_cells(ds, sel, adapter, CellSpec(min_overlap=0.5)))
     assert strict[tall].object_b[0].sum() == 0  # the mask covers 8/36 of its cell
 
@@ -254,9 +255,9 @@ def test_zero_ablation_of_every_image_token_equals_zeroed_embeddings(setup):
     s = setup
     image_id = int(s["selection"]["image_id"].iloc[0])
     question = vqa_questions(s["dataset"], s["selection"].iloc[:1], PromptSpec())[image_id]
-    ids, pixels = encode(s["processor"], s["adapter"], s["dataset"].load_image(image_id), question, "crop",
-                         answer_prefix="It is a")
-    embeds = s["adapter"].embed(ids, pixels).detach()
+    ids, image_inputs = encode(s["processor"], s["adapter"], s["dataset"].load_image(image_id), question, "crop",
+                               answer_prefix="It is a")
+    embeds = s["adapter"].embed(ids, **image_inputs).detach()
     embeds[ids == s["adapter"].image_token_id] = 0
     with torch.no_grad():
         hidden, _ = s["adapter"].language_model_forward(embeds, use_cache=False)

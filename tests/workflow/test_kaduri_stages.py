@@ -102,8 +102,8 @@ def test_judge_identical_is_one_and_empty_is_zero(tiny_run):
 
 def test_localization_uses_the_adapter_cell_geometry(tiny_run):
     from vlminterp.data.coco import CocoDataset
+    from vlminterp.data.cells import token_distance
     from vlminterp.experiments.kaduri_common import category_mask, mask_cells
-    from vlminterp.experiments.kaduri_localization import chebyshev_distance_map
     from vlminterp.models.adapters import adapter_for
     from vlminterp.models.organism import load_organism
 
@@ -113,10 +113,12 @@ def test_localization_uses_the_adapter_cell_geometry(tiny_run):
     adapter = adapter_for(model, processor)
     dataset = CocoDataset.load(_out(tiny_run) / "data" / "shapes", "val")
     for (image_id, category), rows in peaks.groupby(["image_id", "category"]):
-        cells = mask_cells(adapter, category_mask(dataset, int(image_id), category), "crop")
+        mask = category_mask(dataset, int(image_id), category)
+        cells = mask_cells(adapter, mask, "crop")
         assert (rows["n_object_cells"] == cells.sum()).all()
-        distance = chebyshev_distance_map(cells).reshape(-1)
+        distance = token_distance(adapter.image_cells(mask.shape[::-1], "crop"), cells)
         np.testing.assert_array_equal(rows["distance"], distance[rows["peak_cell"]])
+        assert (rows["peak_tile"] == 0).all()
     assert set(peaks["layer"]) == set(range(adapter.n_layers))
 
 

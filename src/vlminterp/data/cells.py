@@ -14,14 +14,40 @@ box (x0, y0, x1, y1) it covers in the ORIGINAL image, in continuous pixel coordi
 reach outside the image (padding to a square: that part counts as background) or tile only part
 of it (centre crop). Cells are ordered row-major, as LLaVA orders its image tokens.
 `uniform_cell_boxes` tiles any rectangle into such a grid for adapters and tests.
+
+Tiled and dynamic-grid families. An image of InternVL becomes several tiles (+ a thumbnail),
+one of Qwen2-VL a grid whose shape depends on the image; the adapter describes every image token
+by an `ImageCells` table (`adapter.image_cells(original_size, geometry)`: tile, row, col, box).
+The token-level functions below work on any such *token layout* (an object with `tile`, `row`,
+`col` (N,) arrays and `tile_shapes`; `ImageCells` and the experiments' per-image cell tables
+both are one) and on (N,) bool token sets in image-token order:
+
+    overlap, base = mask_tokens(mask, image_cells.boxes, min_overlap=0.0)   # per token, from its box
+    obj_b1 = dilate_tokens(image_cells, base, buffer=1)   # 8-neighbourhood within each tile
+    distance = token_distance(image_cells, base)          # Chebyshev, within each tile (inf: none there)
+    last = last_row_tokens(image_cells)                   # last row of the last tile (next to the text)
+
+Neighbourhoods never cross tiles: two tokens of different tiles are never neighbours, whatever
+their boxes (InternVL's thumbnail is a tile of its own, overlapping the high-resolution tiles).
+For a single-grid family (LLaVA: one tile, row-major) these equal the grid functions exactly.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 
 RngLike = np.random.Generator | int
+
+
+class TokenLayout(Protocol):
+    """Where each image token of one image sits: tile, row and column (N,) int arrays, in
+    image-token order, and each tile's (rows, cols). `ImageCells` of the adapters is one."""
+
+    tile: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    tile_shapes: tuple[tuple[int, int], ...]
 
 
 def uniform_cell_boxes(region: Sequence[float], rows: int, cols: int) -> np.ndarray:
@@ -135,17 +161,21 @@ def dilate_cells(cells: np.ndarray, buffer: int) -> np.ndarray:
 
 
 def cells_to_positions(cells: np.ndarray, image_token_positions: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Sequence positions of the selected cells, in row-major cell order (int64, 1-D).
+    """Sequence positions of the selected cells, in image-token order (int64, 1-D).
 
-    `image_token_positions[k]` is the sequence position of the k-th image token, which covers
-    cell (k // cols, k % cols); a (rows, cols) array of positions is accepted too.
+    `image_token_positions[k]` is the sequence position of the k-th image token. `cells` is a
+    (rows, cols) grid (token k covers cell (k // cols, k % cols); a (rows, cols) array of
+    positions is accepted too) or an (N,) token set in image-token order (any family).
     """
-    grid = _as_grid(cells)
+    cells = np.asarray(cells)
+    if cells.dtype != bool or cells.ndim not in (1, 2):
+        raise ValueError(f"cells must be a 1-D token set or a 2-D (rows, cols) grid of bool, "
+                         f"got {cells.dtype} {cells.shape}")
     positions = np.asarray(image_token_positions, dtype=np.int64).reshape(-1)
-    if positions.size != grid.size:
-        raise ValueError(f"{positions.size} image token positions for a {grid.shape[0]}x{grid.shape[1]} "
-                         f"grid of {grid.size} cells")
-    return positions[grid.reshape(-1)]
+    if positions.size != cells.size:
+        shape = "x".join(str(n) for n in cells.shape)
+        raise ValueError(f"{positions.size} image token positions for {shape} = {cells.size} cells")
+    return positions[cells.reshape(-1)]
 
 
 def last_row_cells(shape: tuple[int, int]) -> np.ndarray:
@@ -160,16 +190,21 @@ def background_cells(object_cells_grid: np.ndarray, buffer: int = 0) -> np.ndarr
     return ~dilate_cells(object_cells_grid, buffer)
 
 
-def random_cells(shape: tuple[int, int], n: int, rng: RngLike,
+def random_cells(shape: tuple[int, ...], n: int, rng: RngLike,
                  exclude: np.ndarray | None = None) -> np.ndarray:
     """`n` distinct cells drawn uniformly (without replacement) among cells not in `exclude`.
 
+    `shape` is a grid's (rows, cols) or (N,) for a token set; the draw is over the flat
+    (row-major = image-token) order, so a grid and its flattened token set give the same cells.
     `rng` is a numpy Generator (advanced by the draw) or an int seed. Raises ValueError when
     fewer than `n` cells are available.
     """
-    if exclude is not None and tuple(np.shape(exclude)) != tuple(shape):
-        raise ValueError(f"exclude has shape {np.shape(exclude)}, grid has shape {tuple(shape)}")
-    candidates = np.flatnonzero(np.ones(shape, dtype=bool) if exclude is None else ~_as_grid(exclude))
+    shape = tuple(int(v) for v in shape)
+    if exclude is not None:
+        exclude = np.asarray(exclude)
+        if exclude.shape != shape or exclude.dtype != bool:
+            raise ValueError(f"exclude has shape {exclude.shape} ({exclude.dtype}), cells have shape {shape} (bool)")
+    candidates = np.flatnonzero(np.ones(shape, dtype=bool) if exclude is None else ~exclude)
     if not 0 <= n <= candidates.size:
         raise ValueError(f"cannot draw {n} random cells: {candidates.size} available")
     chosen = np.random.default_rng(rng).choice(candidates, size=n, replace=False)
@@ -194,3 +229,87 @@ def matched_random_cells(object_cells_grid: np.ndarray, rng: RngLike, *,
     else:
         raise ValueError(f"among must be 'non_object' or 'all', got {among!r}")
     return random_cells(grid.shape, int(grid.sum()), rng, exclude=exclude)
+
+
+# ---- token sets of any family (tiles, thumbnails, dynamic grids) ---------------------------------
+def mask_tokens(mask: np.ndarray, boxes: np.ndarray, min_overlap: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(overlap (N,), selected (N,) bool) of a mask over per-token boxes (N, 4) in original pixels.
+
+    Each token's covered fraction comes from its own box (`cell_overlap`), so tokens of a
+    thumbnail and of a high-resolution tile covering the same pixels are both selected; a NaN box
+    (wholly in padding) has overlap 0. `selected` = overlap > `min_overlap` (`object_cells`).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+    overlap = cell_overlap(mask, boxes[None])[0]
+    return overlap, object_cells(overlap, min_overlap)
+
+
+def tile_tokens(layout: TokenLayout) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per tile: (token indices of the tile, their flat index in the tile's row-major grid).
+
+    Checks that every tile's tokens cover its grid exactly once."""
+    tile, row, col = (np.asarray(a, dtype=np.int64) for a in (layout.tile, layout.row, layout.col))
+    if not tile.shape == row.shape == col.shape or tile.ndim != 1:
+        raise ValueError("a token layout needs tile, row and col arrays of one length")
+    if len(tile) and (tile.min() < 0 or tile.max() >= len(layout.tile_shapes)):
+        raise ValueError(f"tile index outside the layout's {len(layout.tile_shapes)} tiles")
+    for index, (rows, cols) in enumerate(layout.tile_shapes):
+        tokens = np.flatnonzero(tile == index)
+        flat = row[tokens] * cols + col[tokens]
+        inside = (row[tokens] >= 0) & (row[tokens] < rows) & (col[tokens] >= 0) & (col[tokens] < cols)
+        if len(tokens) != rows * cols or not inside.all() or len(np.unique(flat)) != rows * cols:
+            raise ValueError(f"tile {index}: {len(tokens)} tokens do not cover its {rows}x{cols} grid exactly once")
+        yield tokens, flat
+
+
+def _as_tokens(layout: TokenLayout, selected: np.ndarray) -> np.ndarray:
+    selected = np.asarray(selected)
+    if selected.dtype != bool or selected.shape != (len(layout.tile),):
+        raise ValueError(f"a token set must be (N,) bool with N = {len(layout.tile)} image tokens, "
+                         f"got {selected.dtype} {selected.shape}")
+    return selected
+
+
+def _per_tile(layout: TokenLayout, selected: np.ndarray, grid_function, dtype) -> np.ndarray:
+    """Apply a (rows, cols) -> (rows, cols) function to each tile's part of a token set."""
+    selected = _as_tokens(layout, selected)
+    out = np.zeros(len(selected), dtype=dtype)
+    for (tokens, flat), shape in zip(tile_tokens(layout), layout.tile_shapes):
+        grid = np.zeros(shape[0] * shape[1], dtype=bool)
+        grid[flat] = selected[tokens]
+        out[tokens] = grid_function(grid.reshape(shape)).reshape(-1)[flat]
+    return out
+
+
+def dilate_tokens(layout: TokenLayout, selected: np.ndarray, buffer: int) -> np.ndarray:
+    """`dilate_cells` of a token set, within each tile (a tile's border stops the dilation)."""
+    if buffer < 0:
+        raise ValueError(f"buffer must be >= 0, got {buffer}")
+    return _per_tile(layout, selected, lambda grid: dilate_cells(grid, buffer), bool)
+
+
+def chebyshev_distance(cells: np.ndarray) -> np.ndarray:
+    """(rows, cols) Chebyshev distance (in cells) of every cell to the nearest True cell (inf if none)."""
+    grid = _as_grid(cells)
+    rows, cols = np.indices(grid.shape)
+    targets = np.argwhere(grid)
+    if len(targets) == 0:
+        return np.full(grid.shape, np.inf)
+    d = np.maximum(np.abs(rows[..., None] - targets[:, 0]), np.abs(cols[..., None] - targets[:, 1]))
+    return d.min(axis=-1).astype(float)
+
+
+def token_distance(layout: TokenLayout, selected: np.ndarray) -> np.ndarray:
+    """(N,) Chebyshev distance of each token to the nearest selected token OF ITS OWN TILE, in
+    cells of that tile; inf for the tokens of a tile holding no selected token."""
+    return _per_tile(layout, selected, chebyshev_distance, np.float64)
+
+
+def last_row_tokens(layout: TokenLayout) -> np.ndarray:
+    """(N,) bool: the last row of the last tile in token order, i.e. the image tokens just before
+    the text (LLaVA: the grid's last row; InternVL: the thumbnail's, or the single tile's)."""
+    last = len(layout.tile_shapes) - 1
+    rows = layout.tile_shapes[last][0]
+    return (np.asarray(layout.tile) == last) & (np.asarray(layout.row) == rows - 1)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.data.cells import cell_overlap, object_cells
+from vlminterp.data.cells import mask_tokens
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import InterventionEngine
 from vlminterp.interventions.attention import edit_attention
@@ -104,18 +104,12 @@ def category_mask(dataset: CocoDataset, image_id: int, category: str) -> np.ndar
 
 def mask_cells(adapter: VLMAdapter, mask: np.ndarray, geometry: str | None = None,
                min_overlap: float = 0.0) -> np.ndarray:
-    """(rows, cols) bool grid of the image-token cells a mask overlaps, through the adapter's geometry
-    (single-grid families such as LLaVA; tiled families have no one grid to localise on)."""
-    if not adapter.has_single_grid:
-        raise NotImplementedError(f"{type(adapter).__name__} has no single cell grid; K3 needs one")
+    """(N,) bool over the image's tokens (image-token order): those whose box the mask overlaps,
+    through the adapter's geometry (`adapter.image_cells` of the mask's (width, height); any
+    family: InternVL's tiles and thumbnail alike, Qwen2-VL's dynamic grid). For LLaVA this is
+    its grid's cells, row-major."""
     height, width = mask.shape
-    boxes = adapter.cell_boxes((width, height), geometry).reshape(adapter.grid.rows, adapter.grid.cols, 4)
-    if np.isnan(boxes).any():  # "pad": cells wholly in the padding cover no object
-        covered = np.zeros(boxes.shape[:2], dtype=bool)
-        valid = ~np.isnan(boxes).any(axis=-1)
-        covered[valid] = object_cells(cell_overlap(mask, boxes[valid][None]), min_overlap)[0]
-        return covered
-    return object_cells(cell_overlap(mask, boxes), min_overlap)
+    return mask_tokens(mask, adapter.image_cells((width, height), geometry).boxes, min_overlap)[1]
 
 
 # ---- text ---------------------------------------------------------------------------------------

@@ -11,16 +11,22 @@ category is annotated in the image; the mention's first generated token. Its att
 the image tokens (`attention_row`: "token" = the row of that token read back during decoding,
 position P+t; "predicting" = the row that produced it, P-1+t) is recorded per layer in one extra
 forward pass (`kaduri_common`), per head and heads averaged. The peak cell is the image token
-with the most attention. The object's cells are those its mask overlaps (all instances of the
-category, `min_overlap` as in `data.cells.object_cells`), through the adapter's own cell geometry
-(`adapter.cell_boxes`, so the same mapping the model's patches use). Hit: the peak cell lies
-within Chebyshev distance `tolerance` of an object cell. Chance: the share of cells that would be
-hits (the accuracy of a uniformly random peak).
+with the most attention. The object's cells are the tokens whose box its mask overlaps (all
+instances of the category, `min_overlap` as in `data.cells.object_cells`), through the adapter's
+own per-token geometry (`adapter.image_cells`, so the same mapping the model's patches use).
+Hit: the peak token lies within Chebyshev distance `tolerance` of an object token OF THE SAME
+TILE (`data.cells.token_distance`; distances never cross tiles). Single-grid families (LLaVA)
+have one tile; InternVL's high-resolution tiles and its thumbnail are separate tiles, each
+holding its own object tokens, so a peak on the object in the thumbnail is a hit as well;
+Qwen2-VL has one grid whose shape depends on the image. Chance: the share of the image's tokens
+that would be hits (the accuracy of a uniformly random peak).
 
 Table columns: image_id, mention (index within the description), category, surface, token_index,
-position (of the attention row), row_kind, layer, head (-1 = heads averaged), peak_cell,
-peak_row, peak_col, peak_attention, image_mass (attention on all image tokens), distance (to the
-nearest object cell, in cells), hit, n_object_cells, chance, tolerance.
+position (of the attention row), row_kind, layer, head (-1 = heads averaged), peak_cell (image
+token index), peak_tile, peak_row, peak_col (its tile and cell in that tile's grid; tile 0 for
+LLaVA), peak_attention, image_mass (attention on all image tokens), distance (to the nearest
+object token of its tile, in cells; inf when that tile holds none), hit, n_object_cells (object
+tokens over all tiles), chance, tolerance.
 A mention on the description's last token under attention_row="token" has no decode row (the
 token is never read back) and is skipped (logged).
 """
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vlminterp.data.cells import token_distance
 from vlminterp.experiments.kaduri_common import KaduriSession, category_mask, mask_cells, token_mentions, token_spans
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 from vlminterp.stats import bootstrap_ci
@@ -40,8 +47,8 @@ log = logging.getLogger(__name__)
 
 ROW_KINDS = ("token", "predicting")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
-                        "layer", "head", "peak_cell", "peak_row", "peak_col", "peak_attention", "image_mass",
-                        "distance", "hit", "n_object_cells", "chance", "tolerance")
+                        "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col", "peak_attention",
+                        "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance")
 MEAN_HEAD = -1
 
 
@@ -64,17 +71,6 @@ class LocalizationSpec:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
 
 
-def chebyshev_distance_map(cells: np.ndarray) -> np.ndarray:
-    """(rows, cols) Chebyshev distance of every cell to the nearest True cell (inf if none)."""
-    grid = np.asarray(cells, dtype=bool)
-    rows, cols = np.indices(grid.shape)
-    targets = np.argwhere(grid)
-    if len(targets) == 0:
-        return np.full(grid.shape, np.inf)
-    d = np.maximum(np.abs(rows[..., None] - targets[:, 0]), np.abs(cols[..., None] - targets[:, 1]))
-    return d.min(axis=-1).astype(float)
-
-
 def image_localization(session: KaduriSession, image_id: int, present: set[str], spec: LocalizationSpec,
                        vocabulary: SynonymVocabulary) -> list[dict]:
     """Rows of the K3 table for one image (`present`: its annotated categories)."""
@@ -95,12 +91,15 @@ def image_localization(session: KaduriSession, image_id: int, present: set[str],
     if not mentions:
         return []
     record = session.description_attention(item, generated, image_rows=[p for _, _, p in mentions])
-    grid = session.adapter.grid
+    layout = session.adapter.image_cells(item.size, session.prompt.geometry)
+    if layout.num_tokens != len(item.groups.image):
+        raise ValueError(f"K3 localization, {session.adapter.family}: image {image_id} has {len(item.groups.image)} "
+                         f"image tokens in the prompt but {layout.num_tokens} in the adapter's cell geometry")
     out = []
     for index, mention, position in mentions:
         cells = mask_cells(session.adapter, category_mask(session.dataset, image_id, mention.category),
                            session.prompt.geometry, spec.min_overlap)
-        distance = chebyshev_distance_map(cells).reshape(-1)
+        distance = token_distance(layout, cells)
         chance = float(np.mean(distance <= spec.tolerance))
         for layer in range(session.adapter.n_layers):
             attention = record.image_row(layer, position).double().numpy()  # (H, n_image)
@@ -113,7 +112,8 @@ def image_localization(session: KaduriSession, image_id: int, present: set[str],
                     "image_id": int(image_id), "mention": index, "category": mention.category,
                     "surface": mention.surface, "token_index": mention.first_token, "position": position,
                     "row_kind": spec.attention_row, "layer": layer, "head": head, "peak_cell": peak,
-                    "peak_row": peak // grid.cols, "peak_col": peak % grid.cols,
+                    "peak_tile": int(layout.tile[peak]), "peak_row": int(layout.row[peak]),
+                    "peak_col": int(layout.col[peak]),
                     "peak_attention": float(row[peak]), "image_mass": float(row.sum()),
                     "distance": float(distance[peak]), "hit": bool(distance[peak] <= spec.tolerance),
                     "n_object_cells": int(cells.sum()), "chance": chance, "tolerance": spec.tolerance})

@@ -7,11 +7,14 @@
 
 Ablation replaces the post-projector embeddings at chosen image positions, before LM layer 0,
 with the mean image embedding (a streaming mean over other images, `neo_common`) or with zeros.
-Conditions per image (token sets in the model's cell grid; `condition` names them):
+Conditions per image (token sets over the image's tokens, `neo_common.TargetCells`; for tiled
+families every tile and InternVL's thumbnail included; `condition` names them):
   none                 the unablated run (the inclusion test);
-  object_b{b}          the target's cells dilated b times (b in CellSpec.buffers);
-  random_matched_b{b}  as many random cells as object_b{b}, drawn off the object (outside its b=0
-                       cells); skipped when fewer such cells exist than needed;
+  object_b{b}          the target's tokens dilated b times (b in CellSpec.buffers), in every tile
+                       the object shows in: InternVL's object tokens include the thumbnail's
+                       tokens that overlap the object (`neo_common.map_object_cells`);
+  random_matched_b{b}  as many random tokens as object_b{b}, drawn among the image's non-object
+                       tokens (outside its b=0 tokens, any tile); skipped when too few exist;
   random_n{n}          n random cells anywhere (n in `random_counts`, capped at the number of image
                        tokens; duplicates after capping are dropped);
   register             cells whose embedding's L2 norm exceeds mean + `register_std` std of the
@@ -47,7 +50,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vlminterp.data.cells import cells_to_positions, random_cells
+from vlminterp.data.cells import random_cells
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, TargetCells, PromptSpec, answer_first_token,
                                               encode, vqa_questions)
@@ -106,7 +109,7 @@ class AblationSpec:
 # ---- token sets -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenSet:
-    """One ablation condition as a set of cells (bool grid), with its bookkeeping."""
+    """One ablation condition as a token set ((N,) bool, image-token order), with its bookkeeping."""
 
     condition: str
     family: str
@@ -119,19 +122,21 @@ def _rng(seed: int, image_id: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, image_id, *name.encode()])
 
 
-def register_cells(embeddings: torch.Tensor, shape: tuple[int, int], n_std: float) -> np.ndarray:
-    """Cells whose post-projector embedding norm exceeds mean + n_std * std of the image's norms."""
+def register_cells(embeddings: torch.Tensor, shape: tuple[int, ...], n_std: float) -> np.ndarray:
+    """Tokens whose post-projector embedding norm exceeds mean + n_std * std of the image's norms,
+    as an array of `shape` ((N,) token set, or a single grid's (rows, cols))."""
     norms = embeddings.float().norm(dim=-1).cpu().numpy()
     return (norms > norms.mean() + n_std * norms.std()).reshape(shape)
 
 
 def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: torch.Tensor, baseline_vector,
-                         target_token: int, steps: int, batch_size: int) -> np.ndarray:
+                         target_token: int, steps: int, batch_size: int, rope=None) -> np.ndarray:
     """Integrated-gradient attribution of each image position to p(target | prompt) at the last position.
 
     The baseline equals the input except at the image positions, which hold `baseline_vector`;
     the path integral uses `steps` midpoint points, run `batch_size` at a time. Returns, per image
-    position, the attribution summed over the hidden dimension (its sign kept).
+    position, the attribution summed over the hidden dimension (its sign kept). `rope`: the
+    input's `RopePositions` (needed by M-RoPE families such as Qwen2-VL; None = 0..T-1).
     """
     inputs = inputs_embeds.detach()
     baseline = inputs.clone()
@@ -143,7 +148,8 @@ def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: 
         for start in range(0, steps, batch_size):
             a = alphas[start:start + batch_size].to(inputs.device, inputs.dtype)[:, None, None]
             path = (baseline + a * delta).requires_grad_(True)
-            hidden, _ = adapter.language_model_forward(path, use_cache=False)
+            positions = None if rope is None else rope.span(0, path.shape[1], batch=path.shape[0])
+            hidden, _ = adapter.language_model_forward(path, position_ids=positions, use_cache=False)
             prob = adapter.unembed(hidden[:, -1]).float().softmax(dim=-1)[:, target_token]
             (grad,) = torch.autograd.grad(prob.sum(), path)
             total += grad[:, image_positions].float().sum(dim=0)
@@ -151,8 +157,8 @@ def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: 
     return attribution.cpu().numpy()
 
 
-def top_cells(scores: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
-    """The n cells of largest |score| (ties broken by cell order)."""
+def top_cells(scores: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The n tokens of largest |score| (ties broken by token order), as an array of `shape`."""
     order = np.argsort(-np.abs(scores), kind="stable")[:n]
     grid = np.zeros(int(np.prod(shape)), dtype=bool)
     grid[order] = True
@@ -162,9 +168,10 @@ def top_cells(scores: np.ndarray, n: int, shape: tuple[int, int]) -> np.ndarray:
 def token_sets(cells: TargetCells, spec: AblationSpec, register: np.ndarray | None,
                attribution: np.ndarray | None) -> list[TokenSet]:
     """Every ablation condition of one image (the `none` baseline excluded), in a fixed order."""
-    shape, total = cells.shape, cells.rows * cells.cols
+    total = cells.num_tokens
+    shape = (total,)
     sets = [TokenSet(f"object_b{b}", "object", grid, b, int(grid.sum())) for b, grid in cells.object_b.items()]
-    base = cells.object_b[min(cells.object_b)]
+    base = cells.object_base()
     for b, grid in cells.object_b.items():
         n = int(grid.sum())
         if 0 < n <= total - int(base.sum()):
@@ -206,30 +213,30 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
     for target in tqdm(list(selection.itertuples(index=False)), desc="token ablation", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
         image = dataset.load_image(image_id)
-        grids = cells[image_id]
+        target_cells = cells[image_id]
         answer_token = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
-        vqa_ids, pixel_values = encode(processor, adapter, image, questions[image_id], cell_spec.geometry,
+        vqa_ids, image_inputs = encode(processor, adapter, image, questions[image_id], cell_spec.geometry,
                                        system_prompt=prompts.system_prompt, answer_prefix=prompts.vqa_answer_prefix)
-        vqa_input = engine.prepare(vqa_ids, pixel_values)
+        vqa_input = engine.prepare(vqa_ids, **image_inputs)
         (image_pos,) = adapter.image_positions(vqa_input.input_ids)
-        register = register_cells(vqa_input.inputs_embeds[0, image_pos], grids.shape, spec.register_std)
+        target_cells.check_prompt(image_pos)
+        register = register_cells(vqa_input.inputs_embeds[0, image_pos], (target_cells.num_tokens,), spec.register_std)
         attribution = integrated_gradients(adapter, vqa_input.inputs_embeds, image_pos, mean, answer_token,
-                                           spec.ig_steps, spec.ig_batch_size)
-        sets = token_sets(grids, spec, register, attribution)
+                                           spec.ig_steps, spec.ig_batch_size, rope=vqa_input.rope)
+        sets = token_sets(target_cells, spec, register, attribution)
         common = {"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
                   "replacement": spec.replacement}
 
         def conditions_for(prepared) -> list[Condition]:
             (positions,) = adapter.image_positions(prepared.input_ids)
-            positions = positions.cpu().numpy()
-            return [Condition()] + [Condition(ablations=(Ablation(torch.as_tensor(cells_to_positions(s.cells, positions)),
+            return [Condition()] + [Condition(ablations=(Ablation(torch.as_tensor(target_cells.positions(s.cells, positions)),
                                                                   vector),), label=s.condition) for s in sets]
 
         def add_rows(setting: str, kind: str, successes: Sequence[bool], answers: Sequence[str],
                      p_correct: Sequence[float] | None = None) -> None:
             baseline = bool(successes[0])
             included = baseline and kind == "target"
-            labels = [TokenSet("none", "none", np.zeros(grids.shape, dtype=bool), None, 0)] + sets
+            labels = [TokenSet("none", "none", np.zeros(target_cells.num_tokens, dtype=bool), None, 0)] + sets
             for index, (token_set, success, answer) in enumerate(zip(labels, successes, answers)):
                 rows.append({**common, "setting": setting, "question_kind": kind, "condition": token_set.condition,
                              "family": token_set.family, "buffer": token_set.buffer,
@@ -251,16 +258,16 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
             if absent is not None:
                 asked.append(("absent", absent, _NO))
             for kind, polled, expected in asked:
-                ids, pixels = encode(processor, adapter, image, prompts.polling.format(name=polled), cell_spec.geometry,
+                ids, inputs = encode(processor, adapter, image, prompts.polling.format(name=polled), cell_spec.geometry,
                                      system_prompt=prompts.system_prompt)
-                prepared = engine.prepare(ids, pixels)
+                prepared = engine.prepare(ids, **inputs)
                 out = engine.generate(prepared, conditions_for(prepared), spec.polling_new_tokens)
                 answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
                 add_rows("polling", kind, [bool(expected.match(a)) for a in answers], answers)
         if "generative" in spec.settings:
-            ids, pixels = encode(processor, adapter, image, prompts.describe, cell_spec.geometry,
+            ids, inputs = encode(processor, adapter, image, prompts.describe, cell_spec.geometry,
                                  system_prompt=prompts.system_prompt)
-            prepared = engine.prepare(ids, pixels)
+            prepared = engine.prepare(ids, **inputs)
             out = engine.generate(prepared, conditions_for(prepared), spec.max_new_tokens)
             answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
             add_rows("generative", "target", [name in vocabulary.categories_in(a) for a in answers], answers)

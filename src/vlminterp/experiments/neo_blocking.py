@@ -5,12 +5,14 @@
     table = run_attention_blocking(model, processor, adapter, dataset, selection, cells,
                                    prompts=PromptSpec(), spec=BlockingSpec(), cell_spec=CellSpec())
 
-VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets:
-  object_b{b}        the last prompt position may not attend to the object's cells dilated b times;
-  non_object         ... nor to any image cell outside the object's b=0 cells (the control);
-  object_to_last_row the last row of image tokens (those not themselves object cells) may not
-                     attend to the object's b=0 cells (does the object's information reach the
-                     last row, next to the text, through attention?);
+VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets (token sets of
+`neo_common.TargetCells`: every tile, InternVL's thumbnail included):
+  object_b{b}        the last prompt position may not attend to the object's tokens dilated b times;
+  non_object         ... nor to any image token outside the object's b=0 tokens (the control);
+  object_to_last_row the last row of image tokens (those not themselves object tokens) may not
+                     attend to the object's b=0 tokens (does the object's information reach the
+                     last row, next to the text, through attention?). For a tiled family this is
+                     the last row of the last tile in token order (InternVL: the thumbnail's);
   object_to_text     every text position after the image (the question, the assistant tag, the
                      answer prefix, the last position) may not attend to the object's b=0 cells:
                      when blocking the last position alone does nothing, this says whether the
@@ -39,7 +41,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vlminterp.data.cells import cells_to_positions, last_row_cells
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode, vqa_questions
 from vlminterp.interventions import Condition, InterventionEngine, Knockout
@@ -104,19 +105,20 @@ def layer_windows(n_layers: int, spec: BlockingSpec) -> list[Window]:
 
 def block_sets(cells: TargetCells, spec: BlockingSpec, image_positions: np.ndarray, last: int):
     """(name, query positions, key positions) of every block set of one image."""
-    base = cells.object_b[min(cells.object_b)]
+    image_positions = cells.check_prompt(image_positions)
+    base = cells.object_base()
     out = []
     if "object" in spec.block_sets:
-        for b, grid in cells.object_b.items():
-            out.append((f"object_b{b}", [last], cells_to_positions(grid, image_positions)))
+        for b, tokens in cells.object_b.items():
+            out.append((f"object_b{b}", [last], cells.positions(tokens, image_positions)))
     if "non_object" in spec.block_sets:
-        out.append(("non_object", [last], cells_to_positions(~base, image_positions)))
+        out.append(("non_object", [last], cells.positions(~base, image_positions)))
     if "object_to_last_row" in spec.block_sets:
-        queries = cells_to_positions(last_row_cells(cells.shape) & ~base, image_positions)
-        out.append(("object_to_last_row", queries, cells_to_positions(base, image_positions)))
+        queries = cells.positions(cells.last_row() & ~base, image_positions)
+        out.append(("object_to_last_row", queries, cells.positions(base, image_positions)))
     if "object_to_text" in spec.block_sets:
         queries = np.arange(int(image_positions.max()) + 1, last + 1)
-        out.append(("object_to_text", queries, cells_to_positions(base, image_positions)))
+        out.append(("object_to_text", queries, cells.positions(base, image_positions)))
     return out
 
 
@@ -133,9 +135,10 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
     for target in tqdm(list(selection.itertuples(index=False)), desc="attention blocking", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
         answer = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
-        ids, pixels = encode(processor, adapter, dataset.load_image(image_id), questions[image_id], cell_spec.geometry,
-                             system_prompt=prompts.system_prompt, answer_prefix=prompts.vqa_answer_prefix)
-        prepared = engine.prepare(ids, pixels)
+        ids, image_inputs = encode(processor, adapter, dataset.load_image(image_id), questions[image_id],
+                                   cell_spec.geometry, system_prompt=prompts.system_prompt,
+                                   answer_prefix=prompts.vqa_answer_prefix)
+        prepared = engine.prepare(ids, **image_inputs)
         (positions,) = adapter.image_positions(prepared.input_ids)
         last = prepared.length - 1
         sets = block_sets(cells[image_id], spec, positions.cpu().numpy(), last)

@@ -4,15 +4,19 @@
         TargetCells, vqa_questions, compute_mean_embedding, save_mean_embedding, load_mean_embedding)
 
     cells = map_object_cells(dataset, selection, adapter, CellSpec(buffers=(0, 1, 2)))
-    grids = TargetCells.from_table(cells[cells.image_id == 7])     # object_b[b], boxes, overlap
+    target = TargetCells.from_table(cells[cells.image_id == 7])    # per token: tile, row, col, object_b[b]
+    target.positions(target.object_b[1], adapter.image_positions(input_ids)[0])   # sequence positions
     questions = vqa_questions(dataset, selection, PromptSpec())     # image_id -> VQA question
 
 Object cells. The target's mask (polygon, RLE or crowd RLE: `CocoDataset.annotation_mask`) is
-mapped onto the model's image-token grid through the adapter's geometry ("crop" = the HF
-processor's centre crop, "pad" = the original LLaVA padding): each cell's box in the ORIGINAL
-image is a float rectangle, the covered fraction is exact (`data.cells.cell_overlap`), and a cell
-is an object cell when that fraction exceeds `min_overlap` (0.0 = any overlap, as the original
-code). Buffer b dilates the object's cells with the 8-neighbourhood b times.
+mapped onto the model's image tokens through the adapter's geometry (`adapter.image_cells`:
+"crop" = the HF LLaVA processor's centre crop, "pad" = the original LLaVA padding, "resize" =
+InternVL's tiles + thumbnail and Qwen2-VL's dynamic grid): each token's box in the ORIGINAL image
+is a float rectangle, the covered fraction is exact (`data.cells.cell_overlap`), and a token is an
+object token when that fraction exceeds `min_overlap` (0.0 = any overlap, as the original code).
+Buffer b dilates the object's tokens with the 8-neighbourhood b times, within each tile (see
+`map_object_cells` for how InternVL's thumbnail counts). Token sets are (N,) bool arrays in
+image-token order; `TargetCells.positions` turns one into sequence positions.
 
 VQA question source (N1's VQA setting and N3). The paper asked generated questions about each
 COCO object; neither the questions nor their generator were released. Here a question is either
@@ -39,7 +43,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.data.cells import cell_box_grid, cell_overlap, dilate_cells, object_cells
+from vlminterp.data.cells import (cells_to_positions, dilate_tokens, last_row_tokens, mask_tokens,
+                                  tile_tokens)
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import StreamingMean
 from vlminterp.io import atomic_path
@@ -54,7 +59,8 @@ SETTINGS = ("generative", "polling", "vqa")
 class CellSpec:
     """How a target's mask becomes image-token cells.
 
-    geometry: "crop" (HF LLaVA-1.5 processor) or "pad" (original LLaVA code).
+    geometry: "crop" (HF LLaVA-1.5 processor) or "pad" (original LLaVA code), LLaVA only; "resize"
+        (the whole image resized: InternVL, Qwen2-VL, whose only geometry it is).
     min_overlap: a cell is an object cell when its covered fraction is strictly above this.
     buffers: the dilation amounts b studied (object cells dilated b times, 8-neighbourhood).
     """
@@ -64,8 +70,8 @@ class CellSpec:
     buffers: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self):
-        if self.geometry not in ("crop", "pad"):
-            raise ValueError(f"geometry must be 'crop' or 'pad', got {self.geometry!r}")
+        if self.geometry not in ("crop", "pad", "resize"):
+            raise ValueError(f"geometry must be 'crop', 'pad' or 'resize', got {self.geometry!r}")
         if not 0.0 <= self.min_overlap < 1.0:
             raise ValueError(f"min_overlap must be in [0, 1), got {self.min_overlap}")
         if not self.buffers or min(self.buffers) < 0 or len(set(self.buffers)) != len(self.buffers):
@@ -93,51 +99,74 @@ class PromptSpec:
 
 
 # ---- cells ----------------------------------------------------------------------------------------
-def object_cell_grids(mask: np.ndarray, boxes: np.ndarray, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """(overlap (rows, cols), {b: object cells dilated b times}) for one mask and a (rows, cols, 4) box grid."""
-    overlap = cell_overlap(mask, boxes)
-    base = object_cells(overlap, spec.min_overlap)
-    return overlap, {b: dilate_cells(base, b) for b in spec.buffers}
+CELL_COLUMNS = ["image_id", "annotation_id", "cell_index", "tile", "cell_row", "cell_col", "x0", "y0", "x1", "y1",
+                "overlap"]
+
+
+def image_object_tokens(mask: np.ndarray, cells, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(overlap (N,), {b: object tokens dilated b times (N,) bool}) of one mask over the image's
+    tokens (`cells`: the adapter's `ImageCells`; dilation within each tile, `data.cells`)."""
+    overlap, base = mask_tokens(mask, cells.boxes, spec.min_overlap)
+    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}
+
+
+def check_geometry(adapter, geometry: str, stage: str) -> None:
+    """Fail early, naming the family and the stage, when the family cannot show images this way."""
+    if geometry not in adapter.geometries:
+        raise ValueError(f"{stage}: the {adapter.family} family has no {geometry!r} image geometry (it supports "
+                         f"{list(adapter.geometries)}); set neo.cells.geometry accordingly")
 
 
 def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spec: CellSpec) -> pd.DataFrame:
-    """One row per selected image x image-token cell: its box, the target's overlap, object flags.
+    """One row per selected image x image token: its tile, cell, box, the target's overlap, object flags.
 
-    Columns: image_id, annotation_id, cell_index (image-token order), cell_row, cell_col, x0, y0,
-    x1, y1 (box in original-image pixels; NaN for a cell wholly in padding), overlap, and one
-    bool column object_b{b} per buffer. An image whose target covers no cell (possible with a high
-    `min_overlap`) keeps its rows; the experiments report it as having no object cells.
+    Columns: image_id, annotation_id, cell_index (image-token order), tile, cell_row, cell_col (in
+    the tile's token grid), x0, y0, x1, y1 (the token's box in original-image pixels; NaN for a
+    cell wholly in padding), overlap, and one bool column object_b{b} per buffer. Single-grid
+    families (LLaVA) have tile 0 everywhere. An image whose target covers no token (possible with
+    a high `min_overlap`) keeps its rows; the experiments report it as having no object cells.
+
+    Tiled families (InternVL): every tile is its own grid, the global thumbnail included, and the
+    object tokens are all tokens whose box the mask overlaps, in whichever tile: the
+    high-resolution tiles' tokens AND the thumbnail's (a paper-faithful reading of "the tokens
+    that carry the object"; ablating only one view would leave the object in the other). Buffer b
+    dilates within each tile and never crosses into another tile. Qwen2-VL: one grid per image,
+    whose shape depends on the image size.
     """
-    grid = adapter.grid
+    check_geometry(adapter, spec.geometry, "map_object_cells")
     frames = []
     for row in selection.itertuples(index=False):
         info = dataset.image_info(int(row.image_id))
-        boxes = cell_box_grid(adapter.cell_boxes((info["width"], info["height"]), spec.geometry),
-                              grid.rows, grid.cols)
-        overlap, grids = object_cell_grids(dataset.annotation_mask(int(row.annotation_id)), boxes, spec)
-        cells = grid.cells()
+        cells = adapter.image_cells((info["width"], info["height"]), spec.geometry)
+        overlap, tokens = image_object_tokens(dataset.annotation_mask(int(row.annotation_id)), cells, spec)
         frame = pd.DataFrame({
             "image_id": int(row.image_id), "annotation_id": int(row.annotation_id),
-            "cell_index": np.arange(grid.num_cells), "cell_row": cells[:, 0], "cell_col": cells[:, 1],
-            "x0": boxes[..., 0].reshape(-1), "y0": boxes[..., 1].reshape(-1),
-            "x1": boxes[..., 2].reshape(-1), "y1": boxes[..., 3].reshape(-1),
-            "overlap": overlap.reshape(-1),
+            "cell_index": np.arange(cells.num_tokens), "tile": cells.tile.astype(np.int64),
+            "cell_row": cells.row.astype(np.int64), "cell_col": cells.col.astype(np.int64),
+            "x0": cells.boxes[:, 0], "y0": cells.boxes[:, 1], "x1": cells.boxes[:, 2], "y1": cells.boxes[:, 3],
+            "overlap": overlap,
         })
-        for b, cells_b in grids.items():
-            frame[f"object_b{b}"] = cells_b.reshape(-1)
+        for b, selected in tokens.items():
+            frame[f"object_b{b}"] = selected
         frames.append(frame)
-    columns = ["image_id", "annotation_id", "cell_index", "cell_row", "cell_col", "x0", "y0", "x1", "y1",
-               "overlap", *[f"object_b{b}" for b in spec.buffers]]
+    columns = [*CELL_COLUMNS, *[f"object_b{b}" for b in spec.buffers]]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 @dataclass
 class TargetCells:
-    """The cell table of one image as grids: `object_b[b]` bool (rows, cols), boxes, overlap."""
+    """The cell table of one image, per image token (image-token order): a `data.cells` token layout.
+
+    tile, row, col (N,) int; tile_shapes: (rows, cols) of each tile; boxes (N, 4); overlap (N,);
+    object_b[b]: (N,) bool object tokens dilated b times. Token sets of the experiments are (N,)
+    bool arrays over these tokens; `dilate`, `distance` and `last_row` act within tiles.
+    """
 
     image_id: int
-    rows: int
-    cols: int
+    tile: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    tile_shapes: tuple[tuple[int, int], ...]
     boxes: np.ndarray
     overlap: np.ndarray
     object_b: dict[int, np.ndarray] = field(default_factory=dict)
@@ -147,21 +176,69 @@ class TargetCells:
         if table["image_id"].nunique() != 1:
             raise ValueError("TargetCells.from_table takes the rows of exactly one image")
         table = table.sort_values("cell_index")
-        rows, cols = int(table["cell_row"].max()) + 1, int(table["cell_col"].max()) + 1
-        if len(table) != rows * cols:
-            raise ValueError(f"image {table['image_id'].iloc[0]}: {len(table)} cells for a {rows}x{cols} grid")
-        shape = (rows, cols)
+        image_id = int(table["image_id"].iloc[0])
+        if not np.array_equal(table["cell_index"].to_numpy(), np.arange(len(table))):
+            raise ValueError(f"image {image_id}: cell_index is not 0..{len(table) - 1}")
+        tile = table["tile"].to_numpy(dtype=np.int64) if "tile" in table else np.zeros(len(table), np.int64)
+        row, col = table["cell_row"].to_numpy(dtype=np.int64), table["cell_col"].to_numpy(dtype=np.int64)
+        shapes = tuple((int(row[tile == t].max()) + 1, int(col[tile == t].max()) + 1)
+                       for t in range(int(tile.max()) + 1))
         buffers = sorted(int(c[len("object_b"):]) for c in table.columns if c.startswith("object_b"))
-        return cls(
-            image_id=int(table["image_id"].iloc[0]), rows=rows, cols=cols,
-            boxes=table[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64).reshape(rows, cols, 4),
-            overlap=table["overlap"].to_numpy(dtype=np.float64).reshape(shape),
-            object_b={b: table[f"object_b{b}"].astype(bool).to_numpy().reshape(shape) for b in buffers},
+        cells = cls(
+            image_id=image_id, tile=tile, row=row, col=col, tile_shapes=shapes,
+            boxes=table[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64),
+            overlap=table["overlap"].to_numpy(dtype=np.float64),
+            object_b={b: table[f"object_b{b}"].astype(bool).to_numpy() for b in buffers},
         )
+        try:
+            list(tile_tokens(cells))
+        except ValueError as error:
+            raise ValueError(f"image {image_id}: {error}") from None
+        return cells
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.rows, self.cols
+    def num_tokens(self) -> int:
+        return len(self.tile)
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.tile_shapes)
+
+    def object_base(self) -> np.ndarray:
+        """The object's own tokens: the smallest buffer's set (b = 0 unless not studied)."""
+        return self.object_b[min(self.object_b)]
+
+    def dilate(self, selected: np.ndarray, buffer: int) -> np.ndarray:
+        return dilate_tokens(self, selected, buffer)
+
+    def last_row(self) -> np.ndarray:
+        return last_row_tokens(self)
+
+    def grid_of(self, values: np.ndarray, tile: int = 0) -> np.ndarray:
+        """One tile's part of a per-token array (N, ...) as its (rows, cols, ...) grid."""
+        rows, cols = self.tile_shapes[tile]
+        tokens = np.flatnonzero(self.tile == tile)
+        order = np.argsort(self.row[tokens] * cols + self.col[tokens], kind="stable")
+        values = np.asarray(values)
+        return values[tokens[order]].reshape(rows, cols, *values.shape[1:])
+
+    def grid_boxes(self, tile: int = 0) -> np.ndarray:
+        """(rows, cols, 4) boxes of one tile."""
+        return self.grid_of(self.boxes, tile)
+
+    def check_prompt(self, image_positions) -> np.ndarray:
+        """The prompt's image-token positions (`adapter.image_positions`, one image) as int64,
+        after checking that the prompt shows exactly this table's tokens."""
+        image_positions = np.asarray(image_positions.cpu() if isinstance(image_positions, torch.Tensor)
+                                     else image_positions, dtype=np.int64).reshape(-1)
+        if len(image_positions) != self.num_tokens:
+            raise ValueError(f"image {self.image_id}: the prompt holds {len(image_positions)} image tokens but the "
+                             f"cell table has {self.num_tokens}: cells mapped with another geometry or processor")
+        return image_positions
+
+    def positions(self, selected: np.ndarray, image_positions) -> np.ndarray:
+        """Sequence positions of a token set (sorted), given the prompt's image-token positions."""
+        return cells_to_positions(np.asarray(selected, dtype=bool), self.check_prompt(image_positions))
 
 
 def cells_by_image(cells: pd.DataFrame) -> dict[int, TargetCells]:
@@ -229,13 +306,16 @@ def answer_first_token(tokenizer, prefix: str, word: str) -> int:
 
 
 def encode(processor, adapter, image, text: str, geometry: str, *, system_prompt: str | None = None,
-           answer_prefix: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids (1, T), pixel_values) of one image and one user text in the model's chat format."""
+           answer_prefix: str | None = None) -> tuple[torch.Tensor, dict]:
+    """(input_ids (1, T), image inputs) of one image and one user text in the model's chat format.
+
+    The image inputs are what the family's vision tower and positions need (pixel_values, and
+    Qwen2-VL's image_grid_thw): `engine.prepare(input_ids, **image_inputs)`."""
     prompt = adapter.format_prompt(text, system_prompt)
     if answer_prefix:
         prompt = f"{prompt} {answer_prefix}"
     enc = processor(images=adapter.prepare_image(image, geometry), text=prompt, return_tensors="pt")
-    return enc["input_ids"], enc["pixel_values"]
+    return enc["input_ids"], adapter.image_inputs(enc)
 
 
 # ---- the mean image embedding (ablation vector and IG baseline) -------------------------------------
@@ -257,12 +337,13 @@ def compute_mean_embedding(adapter, processor, dataset: CocoDataset, image_ids: 
 
     Returns (mean (d,) float32, number of vectors averaged). Memory is one batch of images.
     """
+    check_geometry(adapter, geometry, "compute_mean_embedding")
     running = StreamingMean()
     device = adapter.embed_tokens.weight.device
     for start in range(0, len(image_ids), batch_size):
         images = [adapter.prepare_image(dataset.load_image(int(i)), geometry) for i in image_ids[start:start + batch_size]]
-        pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        running.update(adapter.image_features(pixel_values.to(device)))
+        image_inputs = adapter.image_inputs(processor.image_processor(images=images, return_tensors="pt"))
+        running.update(adapter.image_features(**{k: v.to(device) for k, v in image_inputs.items()}))
     return running.mean(torch.float32), running.count
 
 
@@ -287,14 +368,14 @@ def load_adapter_geometry(spec) -> object:
 
     The model is instantiated on the meta device from its config, so this is cheap even for 7B.
     """
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     from vlminterp.models.adapters import adapter_class_for_config
 
     kwargs = {} if Path(spec.id_or_path).is_dir() else {"revision": spec.revision}
     config = AutoConfig.from_pretrained(spec.id_or_path, **kwargs)
-    processor = AutoProcessor.from_pretrained(spec.id_or_path, **kwargs)
     adapter_class = adapter_class_for_config(config)
+    processor = adapter_class.load_processor(spec.id_or_path, **kwargs)
     with torch.device("meta"):
         model = adapter_class.model_class()(config)
     return adapter_class(model, processor)

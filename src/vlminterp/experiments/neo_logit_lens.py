@@ -12,11 +12,13 @@ layers' raw outputs, so the last layer is normed exactly once: a test checks tha
 the model's own logits.)
 
 Tables:
-  topk    one row per image x position x layer x rank: image_id, position, cell_row, cell_col,
-          layer, rank, token (decoded), token_id, prob, is_object (b=0 cell). The format of
+  topk    one row per image x position x layer x rank: image_id, position, tile, cell_row,
+          cell_col (the token's cell, `neo_common.map_object_cells`; tile 0 for LLaVA), layer,
+          rank, token (decoded), token_id, prob, is_object (b=0 token). The format of
           `plots.lens_html.write_lens_page`.
-  scores  one row per image x layer x region (object = the target's b=0 cells; background = the
-          cells outside its `background_buffer`-dilation): n_cells and the per-region means of
+  scores  one row per image x layer x region (object = the target's b=0 tokens; background = the
+          tokens outside its `background_buffer`-dilation, within each tile): n_cells and the
+          per-region means of
             name_in_topk  the target's name, a plural or a synonym among the top-k tokens (the
                           paper's measure; a token names the target when it is the first sub-token
                           of one of those surface forms after "It is a", see `name_token_ids`);
@@ -38,7 +40,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vlminterp.data.cells import dilate_cells
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode
 from vlminterp.interventions import InterventionEngine, capture_residual
@@ -47,8 +48,8 @@ from vlminterp.scoring.vocabulary import SynonymVocabulary
 
 log = logging.getLogger(__name__)
 
-TOPK_COLUMNS = ["image_id", "position", "cell_row", "cell_col", "layer", "rank", "token", "token_id", "prob",
-                "is_object"]
+TOPK_COLUMNS = ["image_id", "position", "tile", "cell_row", "cell_col", "layer", "rank", "token", "token_id",
+                "prob", "is_object"]
 SCORE_COLUMNS = ["image_id", "annotation_id", "category", "layer", "region", "n_cells", "name_in_topk",
                  "name_top1", "name_rank1", "name_rank", "n_categories"]
 
@@ -93,20 +94,19 @@ def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: p
     topk_frames, score_rows = [], []
     for target in tqdm(list(selection.itertuples(index=False)), desc="logit lens", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
-        grids = cells[image_id]
-        ids, pixels = encode(processor, adapter, dataset.load_image(image_id), prompts.describe, cell_spec.geometry,
-                             system_prompt=prompts.system_prompt)
-        prepared = engine.prepare(ids, pixels)
+        target_cells = cells[image_id]
+        ids, image_inputs = encode(processor, adapter, dataset.load_image(image_id), prompts.describe,
+                                   cell_spec.geometry, system_prompt=prompts.system_prompt)
+        prepared = engine.prepare(ids, **image_inputs)
         (positions,) = adapter.image_positions(prepared.input_ids)
+        target_cells.check_prompt(positions)
         with capture_residual(adapter, positions=positions) as record:
             engine.logits(prepared, [None])
         states = [record.embeddings()] + [record.layer(l) for l in range(adapter.n_layers)]
         own_ids = torch.tensor(sorted(name_token_ids(tokenizer, vocabulary, name, prompts.vqa_answer_prefix)))
         target_index = categories.index(name)
-        obj = grids.object_b[0] if 0 in grids.object_b else grids.object_b[min(grids.object_b)]
-        regions = {"object": obj.reshape(-1),
-                   "background": ~dilate_cells(obj, spec.background_buffer).reshape(-1)}
-        cell_rows, cell_cols = np.divmod(np.arange(len(positions)), grids.cols)
+        obj = target_cells.object_base()
+        regions = {"object": obj, "background": ~target_cells.dilate(obj, spec.background_buffer)}
         for layer, state in enumerate(states):
             logits = lens_logits(adapter, state[0]).float()  # (P, V), on the model's device
             top_p, top_i = logits.softmax(dim=-1).topk(spec.top_k, dim=-1)
@@ -118,11 +118,12 @@ def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: p
             k = spec.top_k
             topk_frames.append(pd.DataFrame({
                 "image_id": image_id, "position": np.repeat(positions.cpu().numpy(), k),
-                "cell_row": np.repeat(cell_rows, k), "cell_col": np.repeat(cell_cols, k), "layer": layer,
+                "tile": np.repeat(target_cells.tile, k), "cell_row": np.repeat(target_cells.row, k),
+                "cell_col": np.repeat(target_cells.col, k), "layer": layer,
                 "rank": np.tile(np.arange(1, k + 1), len(positions)),
                 "token": [tokenizer.decode([int(t)]) for t in top_i.reshape(-1)],
                 "token_id": top_i.reshape(-1).numpy(), "prob": top_p.reshape(-1).numpy(),
-                "is_object": np.repeat(obj.reshape(-1), k)}))
+                "is_object": np.repeat(obj, k)}))
             for region, member in regions.items():
                 n = int(member.sum())
                 score_rows.append({
@@ -153,11 +154,15 @@ def write_lens_pages(topk: pd.DataFrame, selection: pd.DataFrame, cells: dict[in
         part = topk[topk["image_id"] == image_id]
         if part.empty:
             continue
-        grids = cells[image_id]
-        obj = grids.object_b[min(grids.object_b)]
+        target_cells = cells[image_id]
+        obj = target_cells.object_base()
+        boxes = [target_cells.grid_boxes(t) for t in range(target_cells.num_tiles)]
+        objects = [target_cells.grid_of(obj, t) for t in range(target_cells.num_tiles)]
+        if target_cells.num_tiles == 1:  # one grid (LLaVA, Qwen2-VL): the page's plain layout
+            boxes, objects = boxes[0], objects[0]
         title = f"image {image_id}: {target.category_name}"
-        page = write_lens_page(part, dataset.load_image(image_id), grids.boxes, out_dir / f"image_{image_id}.html",
-                               object_cells=obj, object_name=str(target.category_name), title=title)
+        page = write_lens_page(part, dataset.load_image(image_id), boxes, out_dir / f"image_{image_id}.html",
+                               object_cells=objects, object_name=str(target.category_name), title=title)
         top1 = part[(part["rank"] == 1) & part["is_object"].astype(bool)]
         named = top1.groupby("layer")["token"].apply(
             lambda t: float((t.str.strip().str.lower() == str(target.category_name).lower()).mean()))

@@ -15,11 +15,14 @@ position's cell box on the image; clicking locks the selection, clicking the loc
 Escape) unlocks it. Object cells are marked in the table and, optionally, on the image.
 
 Input table: long format, one row per position x layer x rank, with columns `position`,
-`cell_row`, `cell_col`, `layer` (0 = embedding output), `rank` (1..k), `token`, `prob` (extra
-columns such as `image_id` are allowed; at most one image). It must be complete: every position
-has every layer with ranks 1..k. `cell_boxes` (rows, cols, 4) holds each cell's box (x0, y0, x1,
-y1) in ORIGINAL-image pixels (see `vlminterp.data.cells`); boxes may reach past the border
-(padding, drawn clipped to the image) or leave borders uncovered (centre crop).
+`cell_row`, `cell_col`, `layer` (0 = embedding output), `rank` (1..k), `token`, `prob`, and
+optionally `tile` (default 0; extra columns such as `image_id` are allowed; at most one image).
+It must be complete: every position has every layer with ranks 1..k. `cell_boxes` (rows, cols, 4)
+holds each cell's box (x0, y0, x1, y1) in ORIGINAL-image pixels (see `vlminterp.data.cells`);
+boxes may reach past the border (padding, drawn clipped to the image), be NaN (a cell wholly in
+the padding: never drawn) or leave borders uncovered (centre crop). Tiled families (InternVL's
+tiles + thumbnail) give one such grid per tile, a list indexed by `tile`, and the object cells
+likewise; rows are then labelled "t{tile} r{row},c{col}".
 
 Safety: tokens may hold any characters. The data sits in a `<script type="application/json">`
 block with `<`, `>`, `&` (and U+2028/9) written as \\u escapes, so no token can close the block,
@@ -103,8 +106,38 @@ def _round_prob(p: np.ndarray) -> list[float]:
     return out
 
 
-def _page_data(table: pd.DataFrame, cell_boxes: np.ndarray, object_cells: np.ndarray | None,
-               object_name: str | None, title: str, width: int, height: int) -> dict:
+def _tile_grids(cell_boxes, object_cells) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Per-tile (rows, cols, 4) boxes and (rows, cols) object cells, checked."""
+    tiled = isinstance(cell_boxes, (list, tuple))
+    grids = [np.asarray(b, dtype=np.float64) for b in (cell_boxes if tiled else [cell_boxes])]
+    if not grids:
+        raise ValueError("cell_boxes must hold at least one tile's grid")
+    for boxes in grids:
+        if boxes.ndim != 3 or boxes.shape[2] != 4:
+            raise ValueError(f"cell_boxes must have shape (rows, cols, 4) per tile, got {boxes.shape}")
+        padding = np.isnan(boxes).all(axis=-1)
+        real = boxes[~padding]
+        if not np.all(np.isfinite(real)) or np.any(real[:, 2] <= real[:, 0]) or np.any(real[:, 3] <= real[:, 1]):
+            raise ValueError("cell_boxes must be finite with x1 > x0 and y1 > y0 (or all NaN: padding)")
+    if object_cells is None:
+        return grids, None
+    if tiled != isinstance(object_cells, (list, tuple)):
+        raise ValueError("object_cells must be one grid per tile (a list) exactly when cell_boxes is")
+    objects = [np.asarray(o) for o in (object_cells if tiled else [object_cells])]
+    if len(objects) != len(grids):
+        raise ValueError(f"object_cells must have one grid per tile ({len(grids)}), got {len(objects)}")
+    for obj, boxes in zip(objects, grids):
+        if obj.shape != boxes.shape[:2]:
+            raise ValueError(f"object_cells must have the grid shape {boxes.shape[:2]}, got {obj.shape}")
+    return grids, [o.astype(bool) for o in objects]
+
+
+def _box_json(box: np.ndarray) -> list[float] | None:
+    return None if np.isnan(box).any() else [round(float(v), 2) for v in box]
+
+
+def _page_data(table: pd.DataFrame, cell_boxes, object_cells, object_name: str | None, title: str,
+               width: int, height: int) -> dict:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"logit-lens table lacks columns {missing}; "
@@ -115,19 +148,9 @@ def _page_data(table: pd.DataFrame, cell_boxes: np.ndarray, object_cells: np.nda
         raise ValueError("write_lens_page takes the rows of ONE image; got image_id values "
                          f"{sorted(table['image_id'].unique().tolist())[:5]}...")
 
-    boxes = np.asarray(cell_boxes, dtype=np.float64)
-    if boxes.ndim != 3 or boxes.shape[2] != 4:
-        raise ValueError(f"cell_boxes must have shape (rows, cols, 4), got {boxes.shape}")
-    if not np.all(np.isfinite(boxes)) or np.any(boxes[..., 2] <= boxes[..., 0]) \
-            or np.any(boxes[..., 3] <= boxes[..., 1]):
-        raise ValueError("cell_boxes must be finite with x1 > x0 and y1 > y0")
-    n_rows, n_cols = boxes.shape[:2]
-    if object_cells is not None:
-        object_cells = np.asarray(object_cells)
-        if object_cells.shape != (n_rows, n_cols):
-            raise ValueError(f"object_cells must have the grid shape {(n_rows, n_cols)}, "
-                             f"got {object_cells.shape}")
-        object_cells = object_cells.astype(bool)
+    grids, objects = _tile_grids(cell_boxes, object_cells)
+    if "tile" not in table.columns:
+        table = table.assign(tile=0)
 
     t = table.sort_values(["position", "layer", "rank"], kind="stable")
     positions = np.sort(t["position"].unique())
@@ -149,13 +172,20 @@ def _page_data(table: pd.DataFrame, cell_boxes: np.ndarray, object_cells: np.nda
                          f"({n_p * n_l * k} rows), "
                          f"got {len(t)} rows")
 
+    cell_t = t["tile"].to_numpy().reshape(n_p, n_l * k)
     cell_r = t["cell_row"].to_numpy().reshape(n_p, n_l * k)
     cell_c = t["cell_col"].to_numpy().reshape(n_p, n_l * k)
-    if np.any(cell_r != cell_r[:, :1]) or np.any(cell_c != cell_c[:, :1]):
-        raise ValueError("each position must map to one (cell_row, cell_col) in every row")
-    cell_r, cell_c = cell_r[:, 0].astype(int), cell_c[:, 0].astype(int)
-    if cell_r.min() < 0 or cell_r.max() >= n_rows or cell_c.min() < 0 or cell_c.max() >= n_cols:
-        raise ValueError(f"cell_row/cell_col outside the {n_rows}x{n_cols} grid of cell_boxes")
+    if np.any(cell_r != cell_r[:, :1]) or np.any(cell_c != cell_c[:, :1]) or np.any(cell_t != cell_t[:, :1]):
+        raise ValueError("each position must map to one (cell_row, cell_col) (and tile) in every row")
+    cell_t, cell_r, cell_c = cell_t[:, 0].astype(int), cell_r[:, 0].astype(int), cell_c[:, 0].astype(int)
+    if cell_t.min() < 0 or cell_t.max() >= len(grids):
+        raise ValueError(f"tile outside the {len(grids)} tile grid(s) of cell_boxes")
+    for tile, boxes in enumerate(grids):
+        n_rows, n_cols = boxes.shape[:2]
+        r, c = cell_r[cell_t == tile], cell_c[cell_t == tile]
+        if len(r) and (r.min() < 0 or r.max() >= n_rows or c.min() < 0 or c.max() >= n_cols):
+            raise ValueError(f"cell_row/cell_col outside the {n_rows}x{n_cols} grid of cell_boxes"
+                             + (f" of tile {tile}" if len(grids) > 1 else ""))
 
     probs = t["prob"].to_numpy(dtype=np.float64)
     if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1 + 1e-6:
@@ -166,22 +196,26 @@ def _page_data(table: pd.DataFrame, cell_boxes: np.ndarray, object_cells: np.nda
 
     rows = []
     row_boxes = []
-    for p, r, c in zip(positions.tolist(), cell_r.tolist(), cell_c.tolist()):
-        is_obj = int(bool(object_cells[r, c])) if object_cells is not None else 0
+    for p, tile, r, c in zip(positions.tolist(), cell_t.tolist(), cell_r.tolist(), cell_c.tolist()):
+        is_obj = int(bool(objects[tile][r, c])) if objects is not None else 0
         rows.append([int(p), r, c, is_obj])
-        row_boxes.append([round(float(v), 2) for v in boxes[r, c]])
+        row_boxes.append(_box_json(grids[tile][r, c]))
 
     obj_boxes = []
-    if object_cells is not None:
-        for r, c in zip(*np.nonzero(object_cells)):
-            obj_boxes.append([round(float(v), 2) for v in boxes[r, c]])
+    if objects is not None:
+        for obj, boxes in zip(objects, grids):
+            for r, c in zip(*np.nonzero(obj)):
+                if _box_json(boxes[r, c]) is not None:
+                    obj_boxes.append(_box_json(boxes[r, c]))
 
+    shapes = [[int(b.shape[0]), int(b.shape[1])] for b in grids]
+    tiles = {"grid": shapes[0]} if len(grids) == 1 else {"grid": shapes, "tiles": cell_t.tolist()}
     return {
         "v": 1,
         "title": title,
         "object": object_name,
         "image": {"w": width, "h": height},
-        "grid": [n_rows, n_cols],
+        **tiles,
         "layers": [int(x) for x in layers],
         "k": k,
         "rows": rows,
@@ -308,6 +342,7 @@ _JS = r"""
   }
   // box in original pixels -> percentages of the displayed image, clipped; null if outside
   function place(e, b) {
+    if (!b) return false;
     var x0 = Math.max(0, b[0]), y0 = Math.max(0, b[1]);
     var x1 = Math.min(W, b[2]), y1 = Math.min(H, b[3]);
     if (x1 <= x0 || y1 <= y0) return false;
@@ -315,8 +350,8 @@ _JS = r"""
     e.style.width = (100 * (x1 - x0) / W) + "%"; e.style.height = (100 * (y1 - y0) / H) + "%";
     return true;
   }
-  function clipped(b) { return b[0] < 0 || b[1] < 0 || b[2] > W || b[3] > H; }
-  function outside(b) { return Math.min(W, b[2]) <= Math.max(0, b[0]) ||
+  function clipped(b) { return !!b && (b[0] < 0 || b[1] < 0 || b[2] > W || b[3] > H); }
+  function outside(b) { return !b || Math.min(W, b[2]) <= Math.max(0, b[0]) ||
                                Math.min(H, b[3]) <= Math.max(0, b[1]); }
 
   var words = [];
@@ -331,6 +366,12 @@ _JS = r"""
     return false;
   }
 
+  // row i's cell: "r{row},c{col}", prefixed by "t{tile} " when the image has several tiles
+  function cellName(i) {
+    var r = D.rows[i];
+    return (D.tiles ? "t" + D.tiles[i] + " " : "") + "r" + r[1] + ",c" + r[2];
+  }
+
   // ---- image overlays ----
   var wrap = document.getElementById("imgwrap");
   D.objBoxes.forEach(function (b) {
@@ -338,7 +379,7 @@ _JS = r"""
   });
   var seen = {};
   D.rows.forEach(function (r, i) {
-    var key = r[1] + "," + r[2]; if (seen[key]) return; seen[key] = 1;
+    var key = cellName(i); if (seen[key]) return; seen[key] = 1;
     var e = el("div", "box gridbox"); if (place(e, D.boxes[i])) wrap.appendChild(e);
   });
   var outline = el("div", "box"); outline.id = "outline"; wrap.appendChild(outline);
@@ -366,7 +407,7 @@ _JS = r"""
     if (r[3]) tr.className = "obj";
     if (outside(D.boxes[i])) tr.className += " pad";
     tr.dataset.i = i;
-    var th = el("th"); th.appendChild(el("span", null, "r" + r[1] + ",c" + r[2]));
+    var th = el("th"); th.appendChild(el("span", null, cellName(i)));
     th.appendChild(el("span", "pos", "p" + r[0])); tr.appendChild(th);
     for (var j = 0; j < L; j++) {
       var o = (i * L + j) * K, tok = D.vocab[D.tok[o]], p = D.prob[o];
@@ -391,7 +432,7 @@ _JS = r"""
     var i = +td.parentNode.dataset.i, j = +td.dataset.j, r = D.rows[i], b = D.boxes[i];
     tip.textContent = "";
     var head = el("div", "head");
-    head.appendChild(el("b", null, "r" + r[1] + ",c" + r[2]));
+    head.appendChild(el("b", null, cellName(i)));
     head.appendChild(document.createTextNode(" · position " + r[0] + " · " +
       (D.layers[j] === 0 ? "embedding (layer 0)" : "layer " + D.layers[j]) +
       (r[3] ? " · object cell" : "")));
@@ -425,9 +466,9 @@ _JS = r"""
     outline.classList.toggle("locked", !!locked);
     outline.style.display = place(outline, b) ? "block" : "none";
     status.textContent = "";
-    status.appendChild(el("b", null, "r" + r[1] + ",c" + r[2]));
+    status.appendChild(el("b", null, cellName(i)));
     status.appendChild(document.createTextNode(
-      " · box x " + b[0] + "–" + b[2] + ", y " + b[1] + "–" + b[3] + " px" +
+      (b ? " · box x " + b[0] + "–" + b[2] + ", y " + b[1] + "–" + b[3] + " px" : " · padding only") +
       (locked ? " · locked" : "")));
   }
   function hide() {
@@ -459,8 +500,11 @@ _JS = r"""
 def _page_html(data: dict, data_uri: str, has_object: bool) -> str:
     e = html.escape
     title = data["title"]
-    n_rows, n_cols = data["grid"]
-    meta = [f"{len(data['rows'])} image positions", f"grid {n_rows}×{n_cols}",
+    if "tiles" in data:
+        grid = f"{len(data['grid'])} tiles (" + ", ".join(f"{r}×{c}" for r, c in data["grid"]) + ")"
+    else:
+        grid = "grid {}×{}".format(*data["grid"])
+    meta = [f"{len(data['rows'])} image positions", grid,
             f"{len(data['layers'])} layers", f"top-{data['k']}",
             f"image {data['image']['w']}×{data['image']['h']} px"]
     if data["object"]:
@@ -506,17 +550,18 @@ on the image</label></div>
 
 def write_lens_page(table_for_one_image: pd.DataFrame,
                     image: Image.Image | str | os.PathLike | np.ndarray,
-                    cell_boxes: np.ndarray,
+                    cell_boxes: np.ndarray | Sequence[np.ndarray],
                     out_path: str | os.PathLike,
                     *,
-                    object_cells: np.ndarray | None = None,
+                    object_cells: np.ndarray | Sequence[np.ndarray] | None = None,
                     object_name: str | None = None,
                     title: str | None = None) -> Path:
     """Write one self-contained interactive logit-lens page for one image; return its path.
 
     `table_for_one_image`: long table (see the module docstring) for a single image.
     `image`: the ORIGINAL image (PIL image, path or HxW[xC] uint8 array); `cell_boxes`: (rows,
-    cols, 4) boxes in its pixel coordinates. `object_cells`: optional bool (rows, cols) marking the
+    cols, 4) boxes in its pixel coordinates, or a list of them, one per tile (the table's `tile`
+    column indexes it). `object_cells`: optional bool (rows, cols) (or one per tile) marking the
     object's cells; `object_name`: shown in the header and used to embolden matching top-1 tokens.
     """
     data_uri, width, height = _image_data_uri(image)
