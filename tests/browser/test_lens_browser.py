@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lensfixtures import NASTY_TOKENS, synthetic_lens
@@ -281,3 +282,24 @@ def test_screenshot(browser, site, tmp_path):
         arr = np.asarray(shot.convert("RGB"))
     assert arr.shape[0] > 400 and arr.shape[1] > 1000
     assert arr.std() > 10                                    # not a blank page
+
+
+def test_tiled_page_labels_rows_by_tile_and_outlines_each_tiles_own_box(browser, tmp_path):
+    """InternVL-style page: a 2x2 high-resolution tile and a 1x2 'thumbnail' tile over the same
+    image; hovering a thumbnail row names its tile and outlines the thumbnail cell's own box."""
+    table, image, boxes, obj = synthetic_lens(rows=2, cols=2, layers=2, k=2, size=(40, 20), nasty=False)
+    second = table[table.position < table.position.min() + 2].assign(position=lambda t: t.position + 100,
+                                                                     cell_row=0, tile=1)
+    table = pd.concat([table.assign(tile=0), second], ignore_index=True)
+    thumb = np.array([[[0, 0, 20, 20], [20, 0, 40, 20]]], dtype=float)
+    path = write_lens_page(table, image, [boxes, thumb], tmp_path / "tiled.html",
+                           object_cells=[obj, np.array([[True, False]])])
+    _open(browser, path)
+    labels = [th.text for th in browser.find_elements("css selector", "#lens tbody tr th")]
+    assert labels[0].startswith("t0 r0,c0") and labels[4].startswith("t1 r0,c0"), labels
+    _hover(browser, _cell(browser, 5, 1))
+    assert _tip_visible(browser)
+    _assert_outline(browser, thumb[0, 1], image.size)
+    _hover(browser, _cell(browser, 1, 1))
+    _assert_outline(browser, boxes[0, 1], image.size)
+    assert _severe(browser) == []
