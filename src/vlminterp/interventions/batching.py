@@ -10,7 +10,8 @@ A chunk that raises `torch.OutOfMemoryError` (torch.cuda.OutOfMemoryError) is dr
 cache is emptied and the same items run again in chunks of half the failed chunk's length; the
 smaller size stays for the rest of the stage (every later call would fail the same way). Each
 item's result depends on the item alone (the engine's rows are per condition), so the results do
-not depend on the size that ends up used. A chunk of one item that still runs out of memory (or
+not depend on the size that ends up used (generated tokens and decisions exactly; floats up to the
+rounding of batched kernels, about 1e-7 relative). A chunk of one item that still runs out of memory (or
 work that runs at batch size 1 anyway, `single`) raises `BatchOutOfMemoryError`, naming the stage
 and the configured batch size.
 
