@@ -18,8 +18,8 @@ from vlminterp.data.shapes import ShapesWorldSpec, generate_world
 from vlminterp.experiments.kaduri_attention import (AttentionFractionSpec, attention_fractions, key_shares,
                                                     summarize_attention_fractions)
 from vlminterp.experiments.kaduri_common import (KEY_GROUPS, LLAVA_SYSTEM_PROMPT, DescribePrompt, KaduriSession,
-                                                 dataset_vocabulary, mask_cells, select_images, token_mentions,
-                                                 token_spans)
+                                                 dataset_vocabulary, mask_cells, run_shard, select_images,
+                                                 token_mentions, token_spans)
 from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, group_knockouts,
                                                    knockout_chance, knockout_conditions, llm_judge_knockouts,
                                                    summarize_knockouts, window_grid)
@@ -227,6 +227,25 @@ def test_group_knockouts_out_of_memory_halves_the_batch_with_the_same_table(synt
     with out_of_memory_above(session.adapter.language_model, 0), \
             pytest.raises(BatchOutOfMemoryError, match="K2 group knockouts.*batch size 1"):
         group_knockouts(session, images, spec, vocabulary)
+
+
+def test_run_shard_runs_the_stage_on_its_rows_of_the_images_table(synthetic, world, dataset, tmp_path):
+    from vlminterp.io import write_table
+    from vlminterp.models.synthetic import save_synthetic
+
+    model, processor, _ = synthetic("tiny-llama")
+    save_synthetic(model, processor, tmp_path / "model")
+    images = select_images(dataset, 3, seed=0)
+    write_table(images, tmp_path / "images.csv")
+    session = dict(model={"id_or_path": str(tmp_path / "model")}, dataset_dir=str(world), split="val",
+                   prompt={"text": "Describe this image."})
+    spec = KnockoutSpec(max_new_tokens=3, window_step=0, start_layer_step=0)
+    table = run_shard(group_knockouts, spec, images=tmp_path / "images.csv", shard="1", images_per_shard=2,
+                      session=session, vocabulary="shapes")
+    expected = group_knockouts(_session(synthetic, dataset), images.iloc[2:], spec,
+                               dataset_vocabulary("shapes", dataset))
+    pd.testing.assert_frame_equal(table, expected.reset_index(drop=True))
+    assert table["image_id"].tolist() == [int(images["image_id"].iloc[2])] * 4
 
 
 def test_judge_scores_on_a_hand_made_table(dataset):
