@@ -5,13 +5,12 @@ import logging
 
 import pytest
 import torch
+from helpers import continuation_ids, mixed_conditions
 from oomfixtures import out_of_memory_above
 
 from vlminterp.interventions import (
-    Ablation,
     AdaptiveBatch,
     BatchOutOfMemoryError,
-    Condition,
     From,
     InterventionEngine,
     Knockout,
@@ -33,24 +32,7 @@ def _setup(synthetic, make_inputs, variant, attn, seed=0):
 
 
 def _mixed_conditions(adapter, ids) -> list:
-    """Ablations, knockouts in several layer windows / heads, combinations, and the clean run."""
-    length = ids.shape[1]
-    image = adapter.image_positions(ids)[0]
-    after_image = int(image[-1]) + 1
-    last_layer = adapter.n_layers - 1
-    mean = torch.randn(adapter.hidden_size, generator=torch.Generator().manual_seed(1))
-    return [
-        None,
-        Knockout([length - 1], image, layers=[0, 1]),
-        Knockout([length - 1], image[:4], layers=range(1, last_layer + 1)),
-        Knockout([length - 1, length - 2], image[::2], heads=[1]),
-        Knockout(range(after_image, length), image),  # all text after the image, all layers
-        Ablation(image[2:6], mean),
-        Ablation(image[-3:]),  # zeros
-        Condition(ablations=(Ablation(image[:2], mean),), knockouts=(Knockout([length - 1], image[5:9], layers=[2]),)),
-        Knockout(From(length), image[:6], heads=[0, adapter.n_heads - 1]),  # per-head, decode steps only
-        Knockout(From(length), image),  # decode steps only
-    ]
+    return mixed_conditions(adapter, ids, k=4)
 
 
 @pytest.mark.parametrize("attn", BACKENDS)
@@ -125,7 +107,7 @@ def test_engine_rejects_a_batch_of_inputs(synthetic, make_inputs):
 # ---- CUDA out-of-memory: halve the batch, same results, recorded ------------------------------------
 def test_out_of_memory_halves_the_batch_and_keeps_the_results(synthetic, make_inputs, caplog):
     model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-gqa", "sdpa")
-    conditions = _mixed_conditions(adapter, ids)  # 10 conditions, 9 of them in the suffix batch
+    conditions = _mixed_conditions(adapter, ids)  # 11 conditions, every one in the suffix batch
     clean = InterventionEngine(model, adapter, max_batch_size=16)
     prepared = clean.prepare(ids, pixels)
     expected_logits = clean.logits(prepared, conditions, positions=None)
@@ -140,12 +122,12 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_results(synthetic, make_in
         tokens = engine.generate(engine.prepare(ids, pixels), conditions, max_new_tokens=6).tokens
     assert oom.raised > 0 and oom.largest_run <= 3
     assert torch.allclose(logits, expected_logits, atol=1e-5, rtol=0) and tokens == expected_tokens
-    # 10 conditions -> 5 -> 2: two retries in logits; generate starts at 2 and needs none
-    assert engine.max_batch_size == 2 <= 3 and engine.batches.retries == 2
+    # 11 conditions -> 5 -> 2: two retries in logits; generate starts at 2 and needs none
+    assert len(conditions) == 11 and engine.max_batch_size == 2 <= 3 and engine.batches.retries == 2
     assert engine.batches.columns(since=mark) == {"batch_size": 2, "oom_retries": 0}
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "test stage" in warnings[0].getMessage()
-    assert "batch size 10" in warnings[0].getMessage() and "batch size 5" in warnings[0].getMessage()
+    assert "batch size 11" in warnings[0].getMessage() and "batch size 5" in warnings[0].getMessage()
 
 
 def test_out_of_memory_at_batch_one_names_the_stage(synthetic, make_inputs):
@@ -183,9 +165,7 @@ def test_adaptive_batch_redoes_only_the_failed_chunk():
 
 
 def _question(processor):
-    return processor.tokenizer(" Is there a cat? ASSISTANT:", add_special_tokens=False, return_tensors="pt")[
-        "input_ids"
-    ]
+    return continuation_ids(processor, " Is there a cat? ASSISTANT:")
 
 
 @pytest.mark.parametrize("variant", ["tiny-llama", "tiny-gqa", "tiny-phi3"])
