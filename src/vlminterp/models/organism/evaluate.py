@@ -24,7 +24,6 @@ effect when its task was done and how many times memory ran out during that task
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +35,7 @@ from vlminterp.data.shapes import load_world_spec
 from vlminterp.interventions.batching import BATCH_COLUMNS, AdaptiveBatch
 from vlminterp.models.organism.tasks import VQA_ANSWER_PREFIX, TaskExample, load_scenes, task_examples
 from vlminterp.scoring.mentions import MentionMatcher
+from vlminterp.stats import wilson_interval
 
 EVALUATION_SEED = 12345  # draws the absent shapes of polling questions; fixed so every model sees the same set
 EVAL_TASKS: tuple[str, ...] = ("describe", "polling", "color", "shape", "shape_vqa")
@@ -143,16 +143,6 @@ def summarize_evaluation(df: pd.DataFrame) -> pd.DataFrame:
                      "strict_accuracy": float(part["correct_strict"].mean()) if n else float("nan"),
                      "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=["task", "n", "accuracy", "strict_accuracy", "ci_low", "ci_high"])
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _row(example: TaskExample, generated: str, correct: bool, correct_strict: bool, **overrides) -> dict:
