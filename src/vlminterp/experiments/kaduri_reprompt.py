@@ -27,8 +27,10 @@ produced them, heads averaged), per layer. Each yes/no question (POPE style,
 k = max(1, round(f * n_image_tokens)) for each f in `top_k_fractions`, chosen per layer by the
 attention received during the description; the table reports f (k_fraction) and k (k_tokens).
 The cache methods answer all questions of one token length as one batch (the kept cache repeated
-per row, `continue_batch`; at most the engine's batch size per batch, halved on CUDA out-of-memory). `context_tokens` is the number of positions kept before the question (the cache width; for
-description_text the prompt's tokens before the question); `input_tokens` adds the question.
+per row, `continue_batch`; at most the engine's batch size per batch, halved on CUDA
+out-of-memory). `context_tokens` is the number of positions kept before the question (the cache
+width; for description_text the prompt's tokens before the question); `input_tokens` adds the
+question.
 
 Table columns: image_id, question_id, question, category, answer (truth: yes/no),
 negative_type (positive | random | popular | adversarial), method, k_fraction, k_tokens,

@@ -136,8 +136,8 @@ def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: 
 
     The baseline equals the input except at the image positions, which hold `baseline_vector`;
     the path integral uses `steps` midpoint points, run `batch_size` at a time (an `AdaptiveBatch`:
-    halved on CUDA out-of-memory; the gradients are summed step by step in step order, so the
-    result does not depend on the batch size). Returns, per image position, the attribution summed
+    halved on CUDA out-of-memory; the gradients are summed one step at a time in step order, so
+    the order of the sum does not depend on the batch size). Returns, per image position, the attribution summed
     over the hidden dimension (its sign kept).
     """
     batches = batch_size if isinstance(batch_size, AdaptiveBatch) else AdaptiveBatch(batch_size, "integrated gradients")
