@@ -10,10 +10,10 @@ A chunk that raises `torch.OutOfMemoryError` (torch.cuda.OutOfMemoryError) is dr
 cache is emptied and the same items run again in chunks of half the failed chunk's length; the
 smaller size stays for the rest of the stage (every later call would fail the same way). Each
 item's result depends on the item alone (the engine's rows are per condition), so the results do
-not depend on the size that ends up used (generated tokens and decisions exactly; floats up to the
-rounding of batched kernels, about 1e-7 relative). A chunk of one item that still runs out of memory (or
-work that runs at batch size 1 anyway, `single`) raises `BatchOutOfMemoryError`, naming the stage
-and the configured batch size.
+not depend on the size that ends up used, up to the floating-point rounding of batched kernels
+(the tests: same tokens, answers and decisions; probabilities within 1e-5). A chunk of one item
+that still runs out of memory (or work that runs at batch size 1 anyway, `single`) raises
+`BatchOutOfMemoryError`, naming the stage and the configured batch size.
 
 Recording: stage tables carry BATCH_COLUMNS per row, `batch_size` = the most items per batch in
 effect when the row's image (or task) was done (the configured size unless an OOM halved it) and
