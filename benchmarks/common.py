@@ -1,4 +1,9 @@
-"""Shared benchmark plumbing: model selection, the paper's input, timing, JSON output.
+"""Shared benchmark plumbing: arguments, model selection, the paper's input, timing, JSON output.
+
+    args, bench, ids, pixels = start(__doc__, argv, options={"--new-tokens": 64})   # parse, load, encode
+    engine, one_at_a_time = engines(bench)     # batched + prefix-shared, and both tricks off
+    ...
+    finish(result, args, "my_benchmark", ratio="ratio_naive_over_fast")   # target_met, environment, JSON
 
 --model accepts a synthetic variant name (e.g. "real-geometry"), "llava-1.5-7b-random" (LLaVA-1.5-7B
 sizes, random weights, for GPU runs), or a local model directory (e.g. the organism) / hub id.
@@ -23,6 +28,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+from vlminterp.interventions import InterventionEngine  # noqa: E402
 from vlminterp.io import write_json  # noqa: E402
 from vlminterp.models.adapters import adapter_for  # noqa: E402
 from vlminterp.models.loading import ModelSpec, load_model  # noqa: E402
@@ -104,6 +110,24 @@ def load_bench_model(args) -> Bench:
     return Bench(model, processor, adapter_for(model, processor), args.model, args.device, dtype)
 
 
+def start(doc: str, argv=None, *, options: dict[str, int] | None = None):
+    """Parse the common arguments (plus integer `options`, e.g. {"--new-tokens": 64}), load the model
+    and encode the paper's input: (args, bench, input_ids, pixel_values)."""
+    parser = base_parser(doc.strip().splitlines()[0])
+    for flag, default in (options or {}).items():
+        parser.add_argument(flag, type=int, default=default)
+    args = parser.parse_args(argv)
+    bench = load_bench_model(args)
+    inputs = paper_inputs(bench)
+    return args, bench, inputs["input_ids"], inputs["pixel_values"]
+
+
+def engines(bench: Bench) -> tuple[InterventionEngine, InterventionEngine]:
+    """The engine as the experiments run it, and the same engine with prefix sharing and batching off."""
+    return (InterventionEngine(bench.model, bench.adapter),
+            InterventionEngine(bench.model, bench.adapter, share_prefix=False, max_batch_size=1))
+
+
 def paper_inputs(bench: Bench, seed: int = 0, size: tuple[int, int] = (500, 375)) -> dict:
     """Kaduri et al.'s long system prompt + ' describe the image' on one (random) COCO-sized image."""
     rng = np.random.default_rng(seed)
@@ -172,6 +196,15 @@ def output_path(args, name: str) -> Path:
 def save(result: dict, path: Path) -> None:
     write_json(result, path)
     print(f"wrote {path}")
+
+
+def finish(result: dict, args, name: str, ratio: str | None = None) -> dict:
+    """Add the environment (and `target_met`: result[ratio] >= result["target_ratio"]), write the JSON."""
+    result["environment"] = environment()
+    if ratio is not None:
+        result["target_met"] = result[ratio] >= result["target_ratio"]
+    save(result, output_path(args, name))
+    return result
 
 
 # Dense bf16 tensor-core peak (TFLOP/s) of the GPUs this project may get, for MFU.

@@ -18,17 +18,8 @@ import numpy as np
 import torch
 import transformers
 
-from benchmarks.common import (
-    base_parser,
-    environment,
-    load_bench_model,
-    output_path,
-    paper_inputs,
-    save,
-    summarize,
-    time_interleaved,
-)
-from vlminterp.interventions import From, InterventionEngine, Knockout, reference_generate
+from benchmarks.common import engines, finish, start, summarize, time_interleaved
+from vlminterp.interventions import From, Knockout, reference_generate
 
 NO_EOS = -1  # an id never produced: every row runs to max_new_tokens
 
@@ -53,16 +44,10 @@ def k2_conditions(adapter, input_ids) -> tuple[list, list[str]]:
 
 
 def main(argv=None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--new-tokens", type=int, default=64)
-    args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()  # generate() warns about the never-produced EOS id
-    bench = load_bench_model(args)
-    inputs = paper_inputs(bench)
-    ids, pixels = inputs["input_ids"], inputs["pixel_values"]
+    args, bench, ids, pixels = start(__doc__, argv, options={"--new-tokens": 64})
     conditions, labels = k2_conditions(bench.adapter, ids)
-    engine = InterventionEngine(bench.model, bench.adapter)
-    one_at_a_time = InterventionEngine(bench.model, bench.adapter, share_prefix=False, max_batch_size=1)
+    engine, one_at_a_time = engines(bench)
     outputs: dict[str, list[list[int]]] = {}
 
     def batched():
@@ -114,10 +99,8 @@ def main(argv=None) -> dict:
             "differing_conditions": differing_rows,
             "distinct_generations": len({tuple(t) for t in outputs["batched"]}),
         },
-        "environment": environment(),
     }
-    result["target_met"] = result["ratio_sequential_over_batched"] >= result["target_ratio"]
-    save(result, output_path(args, "generation_batched"))
+    finish(result, args, "generation_batched", ratio="ratio_sequential_over_batched")
     print(
         f"sequential/batched = {result['ratio_sequential_over_batched']:.1f}x (target 4x), "
         f"sequential_engine/batched = {result['ratio_sequential_engine_over_batched']:.1f}x, identical = {identical}, "

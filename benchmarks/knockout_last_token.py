@@ -18,17 +18,8 @@ import math
 import numpy as np
 import torch
 
-from benchmarks.common import (
-    base_parser,
-    environment,
-    load_bench_model,
-    output_path,
-    paper_inputs,
-    save,
-    summarize,
-    time_interleaved,
-)
-from vlminterp.interventions import InterventionEngine, Knockout, reference_logits
+from benchmarks.common import engines, finish, start, summarize, time_interleaved
+from vlminterp.interventions import Knockout, reference_logits
 
 PAPER_WINDOWS = {"early": (0, 9), "mid": (11, 20), "late": (21, 31), "early-mid": (5, 14), "mid-late": (15, 24), "all": (0, 31)}
 
@@ -77,11 +68,7 @@ def key_sets(adapter, input_ids) -> dict[str, list[int]]:
 
 
 def main(argv=None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0])
-    args = parser.parse_args(argv)
-    bench = load_bench_model(args)
-    inputs = paper_inputs(bench)
-    ids, pixels = inputs["input_ids"], inputs["pixel_values"]
+    args, bench, ids, pixels = start(__doc__, argv)
     length = ids.shape[1]
     windows = scaled_windows(bench.adapter.n_layers)
     sets = key_sets(bench.adapter, ids)
@@ -90,8 +77,7 @@ def main(argv=None) -> dict:
         for window_name, layers in windows.items():
             conditions.append(Knockout([length - 1], keys, layers=layers))
             labels.append(f"{set_name}@{window_name}")
-    fast_engine = InterventionEngine(bench.model, bench.adapter)
-    sequential_engine = InterventionEngine(bench.model, bench.adapter, share_prefix=False, max_batch_size=1)
+    fast_engine, sequential_engine = engines(bench)
     results: dict[str, torch.Tensor] = {}
 
     def fast():
@@ -133,10 +119,8 @@ def main(argv=None) -> dict:
             "passed": fast_vs_naive < (1e-4 if bench.dtype == torch.float32 else 5e-2),
             "conditions_differing_from_first_by_gt_1e-3": int((clean_vs_knocked > 1e-3).sum()),
         },
-        "environment": environment(),
     }
-    result["target_met"] = result["ratio_naive_over_fast"] >= result["target_ratio"]
-    save(result, output_path(args, "knockout_last_token"))
+    finish(result, args, "knockout_last_token", ratio="ratio_naive_over_fast")
     print(
         f"naive/fast = {result['ratio_naive_over_fast']:.1f}x (target {result['target_ratio']:.0f}x), "
         f"sequential/fast = {result['ratio_sequential_over_fast']:.1f}x, max |diff| = {fast_vs_naive:.2e}"

@@ -11,31 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import (
-    base_parser,
-    environment,
-    gpu_peak_tflops,
-    load_bench_model,
-    output_path,
-    paper_inputs,
-    prefill_flops,
-    save,
-    summarize,
-    time_interleaved,
-)
-from vlminterp.interventions import InterventionEngine
+from benchmarks.common import engines, finish, gpu_peak_tflops, prefill_flops, start, summarize, time_interleaved
 
 
 def main(argv=None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    args = parser.parse_args(argv)
-    bench = load_bench_model(args)
-    inputs = paper_inputs(bench)
-    engine = InterventionEngine(bench.model, bench.adapter)
+    args, bench, ids, pixels = start(__doc__, argv, options={"--batch": 16, "--new-tokens": 64})
+    engine, _ = engines(bench)
     with torch.no_grad():
-        prepared = engine.prepare(inputs["input_ids"], inputs["pixel_values"])
+        prepared = engine.prepare(ids, pixels)
         length = prepared.length
         embeds_1 = prepared.inputs_embeds
         embeds_b = embeds_1.expand(args.batch, -1, -1).contiguous()
@@ -71,9 +54,8 @@ def main(argv=None) -> dict:
         "prefill_model_tflops_per_second": achieved,
         "gpu_bf16_peak_tflops": peak,
         "prefill_mfu": {k: v / peak for k, v in achieved.items()} if peak else None,
-        "environment": environment(),
     }
-    save(result, output_path(args, "prefill_throughput"))
+    finish(result, args, "prefill_throughput")
     print(f"prefill {result['prefill_tokens_per_second']}, decode {result['decode_tokens_per_second']:.0f} tok/s, MFU {result['prefill_mfu']}")
     return result
 

@@ -2,8 +2,11 @@
 
     low, high = bootstrap_ci(flips, seed=0)             # 95% percentile bootstrap of the mean
     summary = grouped_mean_ci(df, by=["condition"], value="flipped", seed=0)
+    low, high = wilson_interval(81, 263)                # 95% Wilson score interval of a proportion
 """
 from __future__ import annotations
+
+import math
 
 from typing import Sequence
 
@@ -38,3 +41,13 @@ def grouped_mean_ci(df: pd.DataFrame, *, by: Sequence[str], value: str, level: f
         rows.append({**dict(zip(by, key)), "mean": float(np.nanmean(values)) if len(values) else np.nan,
                      "low": low, "high": high, "n": int(np.sum(~np.isnan(values)))})
     return pd.DataFrame(rows, columns=[*by, "mean", "low", "high", "n"])
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (z = 1.96: 95%); NaN, NaN when n is 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

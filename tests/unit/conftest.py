@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import encode, random_image
 
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.synthetic import build_synthetic
@@ -26,19 +25,6 @@ def _cached(variant: str, attn_implementation: str):
 def synthetic():
     """synthetic(variant, attn="sdpa") -> (model, processor, adapter); built once per session."""
     return lambda variant, attn="sdpa": _cached(variant, attn)
-
-
-def random_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
-
-
-def encode(processor, adapter, text: str = "Describe this image.", seed: int = 0, system_prompt=None, size=(64, 48)):
-    """Tokenized single-image prompt: the keyword arguments of a full model forward, i.e. input_ids
-    (1, T), pixel_values, and what else the family needs (Qwen2-VL: image_grid_thw, mm_token_type_ids)."""
-    prompt = adapter.format_prompt(text, system_prompt)
-    enc = processor(images=random_image(seed, size), text=prompt, return_tensors="pt")
-    return adapter.model_inputs(enc["input_ids"], **adapter.image_inputs(enc))
 
 
 @pytest.fixture(scope="session", name="random_image")

@@ -63,16 +63,22 @@ GEOMETRY_CASES = [
 ]
 
 
+def _processor_resampling(variant: str, resample: str):
+    """The variant's processor with `resample` ("bicubic" = its own, or "nearest") and the inset (px)
+    at which patch colours are read: 2 clear of bicubic's blur, 0 (exact to the edge) for nearest."""
+    processor = build_processor(SYNTHETIC_VARIANTS[variant])
+    if resample == "nearest":
+        processor.image_processor.resample = Image.Resampling.NEAREST
+        return processor, 0
+    return processor, 2
+
+
 @pytest.mark.parametrize("resample", ["bicubic", "nearest"])
 @pytest.mark.parametrize("variant,size", GEOMETRY_CASES)
 def test_crop_geometry_boxes_match_what_the_processor_does(variant, size, resample):
     """Bicubic is what LLaVA uses (sampled 2 px inside each patch, clear of the kernel's blur);
     nearest-neighbour resampling makes the check exact to the patch edge (1-pixel offsets fail)."""
-    processor = build_processor(SYNTHETIC_VARIANTS[variant])
-    inset = 2
-    if resample == "nearest":
-        processor.image_processor.resample = Image.Resampling.NEAREST
-        inset = 0
+    processor, inset = _processor_resampling(variant, resample)
     adapter = _adapter_with_processor(variant, processor)
     boxes = adapter.cell_boxes(size, "crop")
     assert boxes.shape == (adapter.grid.num_cells, 4) and not np.isnan(boxes).any()
@@ -87,11 +93,7 @@ def test_crop_geometry_boxes_match_what_the_processor_does(variant, size, resamp
 @pytest.mark.parametrize("resample", ["bicubic", "nearest"])
 @pytest.mark.parametrize("variant,size", GEOMETRY_CASES)
 def test_pad_geometry_boxes_match_padding_then_resizing(variant, size, resample):
-    processor = build_processor(SYNTHETIC_VARIANTS[variant])
-    inset = 2
-    if resample == "nearest":
-        processor.image_processor.resample = Image.Resampling.NEAREST
-        inset = 0
+    processor, inset = _processor_resampling(variant, resample)
     adapter = _adapter_with_processor(variant, processor)
     grid = adapter.grid
     boxes = adapter.cell_boxes(size, "pad")
@@ -181,14 +183,19 @@ def test_image_positions_per_row_of_a_padded_batch(synthetic, random_image):
     assert len(rows) == 2 and rows[0][0] > rows[1][0]  # the short prompt is left-padded further
 
 
-def test_module_mapping(synthetic):
-    model, _, adapter = synthetic("tiny-gqa")
+@pytest.mark.parametrize("variant", ["tiny-gqa", "tiny-internvl", "tiny-qwen2-vl"])
+def test_module_mapping(synthetic, variant):
+    """Every family's adapter (ConditionalGenerationAdapter) points at the model's own modules."""
+    model, _, adapter = synthetic(variant)
     assert len(adapter.decoder_layers) == adapter.n_layers == 4
     assert (adapter.n_heads, adapter.n_kv_heads) == (4, 2)
     assert adapter.lm_head is model.lm_head
     assert adapter.embed_tokens is model.get_input_embeddings()
     assert adapter.final_norm is model.model.language_model.norm
     assert adapter.text_config is model.config.text_config
+    assert adapter.image_token_id == model.config.image_token_id
+    projector = model.model.visual.merger if variant == "tiny-qwen2-vl" else model.model.multi_modal_projector
+    assert adapter.projector is projector
 
 
 def test_embed_matches_the_model_forward(synthetic, make_inputs):

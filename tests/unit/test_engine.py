@@ -1,12 +1,16 @@
 """The fast engine (batched, prefix-shared) equals the naive reference; KV-cache surgery."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
+from helpers import continuation_ids, mixed_conditions
+from oomfixtures import out_of_memory_above
 
 from vlminterp.interventions import (
-    Ablation,
-    Condition,
+    AdaptiveBatch,
+    BatchOutOfMemoryError,
     From,
     InterventionEngine,
     Knockout,
@@ -28,24 +32,7 @@ def _setup(synthetic, make_inputs, variant, attn, seed=0):
 
 
 def _mixed_conditions(adapter, ids) -> list:
-    """Ablations, knockouts in several layer windows / heads, combinations, and the clean run."""
-    length = ids.shape[1]
-    image = adapter.image_positions(ids)[0]
-    after_image = int(image[-1]) + 1
-    last_layer = adapter.n_layers - 1
-    mean = torch.randn(adapter.hidden_size, generator=torch.Generator().manual_seed(1))
-    return [
-        None,
-        Knockout([length - 1], image, layers=[0, 1]),
-        Knockout([length - 1], image[:4], layers=range(1, last_layer + 1)),
-        Knockout([length - 1, length - 2], image[::2], heads=[1]),
-        Knockout(range(after_image, length), image),  # all text after the image, all layers
-        Ablation(image[2:6], mean),
-        Ablation(image[-3:]),  # zeros
-        Condition(ablations=(Ablation(image[:2], mean),), knockouts=(Knockout([length - 1], image[5:9], layers=[2]),)),
-        Knockout(From(length), image[:6], heads=[0, adapter.n_heads - 1]),  # per-head, decode steps only
-        Knockout(From(length), image),  # decode steps only
-    ]
+    return mixed_conditions(adapter, ids, k=4)
 
 
 @pytest.mark.parametrize("attn", BACKENDS)
@@ -117,13 +104,68 @@ def test_engine_rejects_a_batch_of_inputs(synthetic, make_inputs):
         InterventionEngine(model, adapter).prepare(torch.cat([ids, ids]), torch.cat([pixels, pixels]))
 
 
+# ---- CUDA out-of-memory: halve the batch, same results, recorded ------------------------------------
+def test_out_of_memory_halves_the_batch_and_keeps_the_results(synthetic, make_inputs, caplog):
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-gqa", "sdpa")
+    conditions = _mixed_conditions(adapter, ids)  # 11 conditions, every one in the suffix batch
+    clean = InterventionEngine(model, adapter, max_batch_size=16)
+    prepared = clean.prepare(ids, pixels)
+    expected_logits = clean.logits(prepared, conditions, positions=None)
+    expected_tokens = clean.generate(prepared, conditions, max_new_tokens=6).tokens
+    assert clean.batches.columns() == {"batch_size": 16, "oom_retries": 0}
+
+    engine = InterventionEngine(model, adapter, max_batch_size=16, stage="test stage")
+    with caplog.at_level(logging.WARNING, logger="vlminterp.interventions.batching"), \
+            out_of_memory_above(adapter.language_model, 3) as oom:
+        logits = engine.logits(engine.prepare(ids, pixels), conditions, positions=None)
+        mark = engine.batches.retries
+        tokens = engine.generate(engine.prepare(ids, pixels), conditions, max_new_tokens=6).tokens
+    assert oom.raised > 0 and oom.largest_run <= 3
+    assert torch.allclose(logits, expected_logits, atol=1e-5, rtol=0) and tokens == expected_tokens
+    # 11 conditions -> 5 -> 2: two retries in logits; generate starts at 2 and needs none
+    assert len(conditions) == 11 and engine.max_batch_size == 2 <= 3 and engine.batches.retries == 2
+    assert engine.batches.columns(since=mark) == {"batch_size": 2, "oom_retries": 0}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "test stage" in warnings[0].getMessage()
+    assert "batch size 11" in warnings[0].getMessage() and "batch size 5" in warnings[0].getMessage()
+
+
+def test_out_of_memory_at_batch_one_names_the_stage(synthetic, make_inputs):
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-llama", "sdpa")
+    engine = InterventionEngine(model, adapter, max_batch_size=8, stage="K2 group knockouts")
+    prepared = engine.prepare(ids, pixels)
+    conditions = [Knockout(From(0), [1]), Knockout(From(0), [2]), None]  # no shared prefix: 3 rows
+    with out_of_memory_above(adapter.language_model, 0), \
+            pytest.raises(BatchOutOfMemoryError, match=r"K2 group knockouts.*batch size 1.*configured batch size 8"):
+        engine.logits(prepared, conditions)
+    assert engine.batches.retries == 1  # 3 rows -> 1 -> error
+    # a shared prefix runs at batch size 1 anyway: out of memory there is the same clear error at once
+    with out_of_memory_above(adapter.language_model, 0), pytest.raises(BatchOutOfMemoryError, match="prefix"):
+        engine.logits(prepared, [Knockout([ids.shape[1] - 1], [1])])
+
+
+def test_adaptive_batch_redoes_only_the_failed_chunk():
+    calls = []
+
+    def work(chunk):
+        calls.append(list(chunk))
+        if len(chunk) > 2:
+            raise torch.OutOfMemoryError("injected")
+        return [x * 10 for x in chunk]
+
+    batches = AdaptiveBatch(4, stage="unit")
+    assert [y for part in batches.map(range(7), work) for y in part] == [x * 10 for x in range(7)]
+    assert calls == [[0, 1, 2, 3], [0, 1], [2, 3], [4, 5], [6]]
+    assert batches.columns() == {"batch_size": 2, "oom_retries": 1}
+    with pytest.raises(ValueError):
+        AdaptiveBatch(0)
+
+
 # ---- KV-cache surgery ---------------------------------------------------------------------------
 
 
 def _question(processor):
-    return processor.tokenizer(" Is there a cat? ASSISTANT:", add_special_tokens=False, return_tensors="pt")[
-        "input_ids"
-    ]
+    return continuation_ids(processor, " Is there a cat? ASSISTANT:")
 
 
 @pytest.mark.parametrize("variant", ["tiny-llama", "tiny-gqa", "tiny-phi3"])

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import continuation_ids, image_inputs, mixed_conditions, split_inputs
 from transformers import DynamicCache
 
 from vlminterp.interventions import (
-    Ablation,
-    Condition,
     From,
     InterventionEngine,
     Knockout,
@@ -35,35 +34,8 @@ def _setup(synthetic, make_inputs, variant, attn="sdpa", seed=0):
     return model, processor, adapter, inputs
 
 
-def _image_inputs(adapter, inputs) -> dict:
-    return {k: inputs[k] for k in adapter.image_input_names if k in inputs}
-
-
-def _split(adapter, inputs):
-    """(input_ids, pixel_values, other image inputs) as the reference functions take them."""
-    extra = {k: v for k, v in _image_inputs(adapter, inputs).items() if k != "pixel_values"}
-    return inputs["input_ids"], inputs["pixel_values"], extra
-
-
 def _mixed_conditions(adapter, ids) -> list:
-    length = ids.shape[1]
-    image = adapter.image_positions(ids)[0]
-    after_image = int(image[-1]) + 1
-    last_layer = adapter.n_layers - 1
-    mean = torch.randn(adapter.hidden_size, generator=torch.Generator().manual_seed(1))
-    return [
-        None,
-        Knockout([length - 1], image, layers=[0, 1]),
-        Knockout([length - 1], image[:6], layers=range(1, last_layer + 1)),
-        Knockout([length - 1, length - 2], image[::2], heads=[1]),
-        Knockout(range(after_image, length), image),  # every text token after the image, all layers
-        Knockout(range(after_image, length), image, layers=range(1, 3)),  # ... in a layer window
-        Ablation(image[2:10], mean),
-        Ablation(image[-5:]),  # zeros
-        Condition(ablations=(Ablation(image[:3], mean),), knockouts=(Knockout([length - 1], image[5:12], layers=[2]),)),
-        Knockout(From(length), image[:8], heads=[0, adapter.n_heads - 1]),  # decode steps only, per head
-        Knockout(From(length), image),  # decode steps only
-    ]
+    return mixed_conditions(adapter, ids, k=6)
 
 
 def test_registry_picks_the_family_adapter(synthetic):
@@ -75,15 +47,15 @@ def test_registry_picks_the_family_adapter(synthetic):
 def test_adapter_forward_matches_the_model(variant, synthetic, make_inputs):
     model, _, adapter, inputs = _setup(synthetic, make_inputs, variant)
     ids = inputs["input_ids"]
-    image_inputs = _image_inputs(adapter, inputs)
-    positions = adapter.rope_positions(ids, **image_inputs)
+    vision_inputs = image_inputs(adapter, inputs)
+    positions = adapter.rope_positions(ids, **vision_inputs)
     with torch.no_grad():
         expected = model(**inputs).logits
-        embeds = adapter.embed(ids, **image_inputs)
+        embeds = adapter.embed(ids, **vision_inputs)
         span = positions.span(0, ids.shape[1])
         hidden, _ = adapter.language_model_forward(embeds, position_ids=span, use_cache=False)
         torch.testing.assert_close(adapter.unembed(hidden), expected, atol=1e-5, rtol=0)
-        features = adapter.image_features(**image_inputs)
+        features = adapter.image_features(**vision_inputs)
     (image,) = adapter.image_positions(ids)
     torch.testing.assert_close(embeds[0, image], features.reshape(-1, adapter.hidden_size))
     if positions.is_multimodal:  # Qwen2-VL: plain 1-D positions would be wrong (the check can fail)
@@ -97,7 +69,7 @@ def test_adapter_forward_matches_the_model(variant, synthetic, make_inputs):
 @pytest.mark.parametrize("variant", FAMILIES)
 def test_fast_logits_equal_the_reference(variant, attn, synthetic, make_inputs):
     model, _, adapter, inputs = _setup(synthetic, make_inputs, variant, attn)
-    ids, pixels, extra = _split(adapter, inputs)
+    ids, pixels, extra = split_inputs(adapter, inputs)
     conditions = _mixed_conditions(adapter, ids)
     expected = torch.stack([reference_logits(model, adapter, ids, pixels, c, **extra) for c in conditions])
     engine = InterventionEngine(model, adapter)
@@ -113,7 +85,7 @@ def test_fast_logits_equal_the_reference(variant, attn, synthetic, make_inputs):
 @pytest.mark.parametrize("variant", FAMILIES)
 def test_last_token_knockouts_share_all_but_one_position(variant, synthetic, make_inputs):
     model, _, adapter, inputs = _setup(synthetic, make_inputs, variant)
-    ids, pixels, extra = _split(adapter, inputs)
+    ids, pixels, extra = split_inputs(adapter, inputs)
     length = ids.shape[1]
     image = adapter.image_positions(ids)[0]
     conditions = [Knockout([length - 1], image, layers=[l]) for l in range(adapter.n_layers)]
@@ -133,7 +105,7 @@ def test_last_token_knockouts_share_all_but_one_position(variant, synthetic, mak
 @pytest.mark.parametrize("variant", FAMILIES)
 def test_batched_generation_equals_sequential_generate(variant, attn, synthetic, make_inputs):
     model, _, adapter, inputs = _setup(synthetic, make_inputs, variant, attn)
-    ids, pixels, extra = _split(adapter, inputs)
+    ids, pixels, extra = split_inputs(adapter, inputs)
     conditions = _mixed_conditions(adapter, ids)
     expected = [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=10, **extra) for c in conditions]
     engine = InterventionEngine(model, adapter, max_batch_size=4)
@@ -189,7 +161,7 @@ def test_blocking_every_later_position_from_the_image_makes_output_image_indepen
     # the same through the engine (prefix shared up to the first post-image position)
     engine = InterventionEngine(model, adapter)
     condition = [Knockout(From(after), image)]
-    prepared = [engine.prepare(x["input_ids"], **_image_inputs(adapter, x)) for x in (a, b)]
+    prepared = [engine.prepare(x["input_ids"], **image_inputs(adapter, x)) for x in (a, b)]
     fast = [engine.logits(p, condition, positions=range(after, a["input_ids"].shape[1])) for p in prepared]
     torch.testing.assert_close(fast[0], fast[1], atol=1e-5, rtol=0)
     tokens = [engine.generate(p, condition, max_new_tokens=6, eos_token_id=-1).tokens for p in prepared]
@@ -202,7 +174,7 @@ def test_image_embedding_capture_matches_image_features(synthetic, make_inputs):
         with capture_image_embeddings(adapter) as record, torch.no_grad():
             model(**inputs)
         with torch.no_grad():
-            features = adapter.image_features(**_image_inputs(adapter, inputs))
+            features = adapter.image_features(**image_inputs(adapter, inputs))
         torch.testing.assert_close(record.features, features)
         assert not adapter.projector._forward_hooks
 
@@ -211,19 +183,18 @@ def test_image_embedding_capture_matches_image_features(synthetic, make_inputs):
 
 
 def _question(processor):
-    text = " Is there a cat?<|im_end|>\n<|im_start|>assistant\n"
-    return processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    return continuation_ids(processor, " Is there a cat?<|im_end|>\n<|im_start|>assistant\n")
 
 
 @pytest.mark.parametrize("variant", FAMILIES)
 def test_cache_keeping_every_position_reproduces_the_full_context_answer(variant, synthetic, make_inputs):
     model, processor, adapter, inputs = _setup(synthetic, make_inputs, variant)
-    ids, pixels, extra = _split(adapter, inputs)
+    ids, pixels, extra = split_inputs(adapter, inputs)
     question = _question(processor)
     full = reference_generate(model, adapter, torch.cat([ids, question], 1), pixels, None, max_new_tokens=8, **extra)
     cache = prefill_cache(adapter, ids, pixels, **extra)
     kept = select_cache(cache, range(ids.shape[1]))
-    assert kept.rope.delta == adapter.rope_positions(ids, **_image_inputs(adapter, inputs)).delta
+    assert kept.rope.delta == adapter.rope_positions(ids, **image_inputs(adapter, inputs)).delta
     assert continue_generation(adapter, kept, question, max_new_tokens=8) == full
     assert continue_generation(adapter, kept, question, max_new_tokens=8) == full  # reusable
 
@@ -231,7 +202,7 @@ def test_cache_keeping_every_position_reproduces_the_full_context_answer(variant
 @pytest.mark.parametrize("variant", FAMILIES)
 def test_per_layer_subsets_equal_blocking_the_dropped_keys(variant, synthetic, make_inputs):
     model, processor, adapter, inputs = _setup(synthetic, make_inputs, variant)
-    ids, pixels, extra = _split(adapter, inputs)
+    ids, pixels, extra = split_inputs(adapter, inputs)
     length = ids.shape[1]
     image = adapter.image_positions(ids)[0].tolist()
     text = [p for p in range(length) if p not in image]
@@ -251,7 +222,7 @@ def test_per_layer_subsets_equal_blocking_the_dropped_keys(variant, synthetic, m
 def test_qwen2_vl_cache_surgery_needs_the_rope_delta(synthetic, make_inputs):
     """Continuing at sequence indices (delta ignored) gives different logits: the delta matters."""
     model, processor, adapter, inputs = _setup(synthetic, make_inputs, "tiny-qwen2-vl")
-    ids, pixels, extra = _split(adapter, inputs)
+    ids, pixels, extra = split_inputs(adapter, inputs)
     cache = prefill_cache(adapter, ids, pixels, **extra)
     assert cache.positions.delta < 0
     question = _question(processor)

@@ -18,20 +18,21 @@ from vlminterp.data.shapes import ShapesWorldSpec, generate_world
 from vlminterp.experiments.kaduri_attention import (AttentionFractionSpec, attention_fractions, key_shares,
                                                     summarize_attention_fractions)
 from vlminterp.experiments.kaduri_common import (KEY_GROUPS, LLAVA_SYSTEM_PROMPT, DescribePrompt, KaduriSession,
-                                                 dataset_vocabulary, mask_cells, select_images, token_mentions,
-                                                 token_spans)
+                                                 dataset_vocabulary, mask_cells, run_shard, select_images,
+                                                 token_mentions, token_spans)
 from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, group_knockouts,
                                                    knockout_chance, knockout_conditions, llm_judge_knockouts,
                                                    summarize_knockouts, window_grid)
 from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization, summarize_localization
 from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
                                                    summarize_reprompting, top_k_count)
-from vlminterp.interventions import From, reference_generate
+from vlminterp.interventions import BatchOutOfMemoryError, From, reference_generate
 from vlminterp.interventions.capture import capture_attention as capture
 from vlminterp.models.adapters import TOKEN_GROUPS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the fake chat server
 from fake_chat_server import FakeChatServer  # noqa: E402
+from oomfixtures import out_of_memory_above  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,45 @@ def test_group_knockouts_table_and_judge(synthetic, dataset):
     summary = summarize_knockouts(table, require_reference=False)
     assert summary["condition"].tolist() == table["condition"].iloc[:n_conditions].tolist()
     assert summary["n_images"].eq(2).all()
+
+
+def test_group_knockouts_out_of_memory_halves_the_batch_with_the_same_table(synthetic, dataset):
+    images = select_images(dataset, 2, seed=0)
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    spec = KnockoutSpec(max_new_tokens=4, window_step=2, start_layer_step=2)
+    clean = group_knockouts(_session(synthetic, dataset), images, spec, vocabulary)
+    assert set(clean["batch_size"]) == {64} and set(clean["oom_retries"]) == {0}
+    session = _session(synthetic, dataset)
+    with out_of_memory_above(session.adapter.language_model, 3) as oom:
+        table = group_knockouts(session, images, spec, vocabulary)
+    assert oom.raised > 0 and oom.largest_run <= 3
+    batching = ["batch_size", "oom_retries"]
+    pd.testing.assert_frame_equal(table.drop(columns=batching), clean.drop(columns=batching))
+    assert (table["batch_size"] <= 3).all()
+    per_image = table.groupby("image_id", sort=False)["oom_retries"].first().tolist()
+    assert per_image[0] >= 1 and per_image[1] == 0  # the halved size stays for the next image
+    with out_of_memory_above(session.adapter.language_model, 0), \
+            pytest.raises(BatchOutOfMemoryError, match="K2 group knockouts.*batch size 1"):
+        group_knockouts(session, images, spec, vocabulary)
+
+
+def test_run_shard_runs_the_stage_on_its_rows_of_the_images_table(synthetic, world, dataset, tmp_path):
+    from vlminterp.io import write_table
+    from vlminterp.models.synthetic import save_synthetic
+
+    model, processor, _ = synthetic("tiny-llama")
+    save_synthetic(model, processor, tmp_path / "model")
+    images = select_images(dataset, 3, seed=0)
+    write_table(images, tmp_path / "images.csv")
+    session = dict(model={"id_or_path": str(tmp_path / "model")}, dataset_dir=str(world), split="val",
+                   prompt={"text": "Describe this image."})
+    spec = KnockoutSpec(max_new_tokens=3, window_step=0, start_layer_step=0)
+    table = run_shard(group_knockouts, spec, images=tmp_path / "images.csv", shard="1", images_per_shard=2,
+                      session=session, vocabulary="shapes")
+    expected = group_knockouts(_session(synthetic, dataset), images.iloc[2:], spec,
+                               dataset_vocabulary("shapes", dataset))
+    pd.testing.assert_frame_equal(table, expected.reset_index(drop=True))
+    assert table["image_id"].tolist() == [int(images["image_id"].iloc[2])] * 4
 
 
 def test_judge_scores_on_a_hand_made_table(dataset):

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from cocofixtures import CocoBuilder
+from oomfixtures import out_of_memory_above
 
 from vlminterp.data.cells import cell_box_grid, cell_overlap, uniform_cell_boxes
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
@@ -21,7 +22,7 @@ from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first
                                               compute_mean_embedding, encode, load_mean_embedding,
                                               map_object_cells, mean_image_ids, save_mean_embedding, vqa_questions)
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
-from vlminterp.interventions import InterventionEngine, capture_residual
+from vlminterp.interventions import BatchOutOfMemoryError, InterventionEngine, capture_residual
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,8 +218,8 @@ def test_integrated_gradients_are_complete(setup, make_inputs):
 
 
 def _ablation(setup, selection, **overrides):
-    spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=6, polling_new_tokens=2,
-                        random_counts=(2, 5, 40), **overrides)
+    settings = dict(ig_steps=2, ig_batch_size=2, max_new_tokens=6, polling_new_tokens=2, random_counts=(2, 5, 40))
+    spec = AblationSpec(**{**settings, **overrides})
     s = setup
     return run_token_ablation(s["model"], s["processor"], s["adapter"], s["dataset"], selection, s["grids"], s["mean"],
                               prompts=PromptSpec(), vocabulary=s["vocabulary"], spec=spec, cell_spec=CELLS)
@@ -248,6 +249,29 @@ def test_token_ablation_rows_do_not_depend_on_the_shard(setup):
     apart = pd.concat([_ablation(setup, setup["selection"].iloc[[i]], settings=("vqa", "polling"))
                        for i in range(len(setup["selection"]))], ignore_index=True)
     pd.testing.assert_frame_equal(together, apart)
+
+
+def test_token_ablation_out_of_memory_retries_give_the_same_table(setup):
+    """Any language-model batch above 3 raises CUDA OOM: the engine and IG batches halve, the table is
+    that of a run with memory to spare, and the rows record the sizes used and the retries."""
+    selection = setup["selection"].iloc[:2]
+    clean = _ablation(setup, selection, ig_steps=4, ig_batch_size=4)
+    assert (clean[["batch_size", "ig_batch_size", "oom_retries"]].drop_duplicates().values.tolist()
+            == [[64, 4, 0]])
+    with out_of_memory_above(setup["adapter"].language_model, 3) as oom:
+        table = _ablation(setup, selection, ig_steps=4, ig_batch_size=4)
+    assert oom.raised > 0
+    batching = ["batch_size", "ig_batch_size", "oom_retries"]
+    pd.testing.assert_frame_equal(table.drop(columns=batching), clean.drop(columns=batching),
+                                  check_exact=False, rtol=1e-5, atol=1e-7)  # floats: batch-size rounding
+    assert (table["batch_size"] <= 3).all() and (table["ig_batch_size"] <= 3).all()
+    first = table[table["image_id"] == table["image_id"].iloc[0]]
+    assert first["oom_retries"].min() >= 2  # the engine batch and the IG batch both halved on image 1
+    later = table[table["image_id"] != table["image_id"].iloc[0]]
+    assert (later["oom_retries"] == 0).all()  # the halved sizes stay for the rest of the stage
+    with out_of_memory_above(setup["adapter"].language_model, 0), \
+            pytest.raises(BatchOutOfMemoryError, match="N1 token ablation.*batch size 1"):
+        _ablation(setup, selection, ig_steps=4, ig_batch_size=4)
 
 
 def test_zero_ablation_of_every_image_token_equals_zeroed_embeddings(setup):

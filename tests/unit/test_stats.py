@@ -1,8 +1,11 @@
 """Bootstrap intervals cover the mean, shrink with n and are deterministic for a seed."""
+import math
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from vlminterp.stats import bootstrap_ci, grouped_mean_ci
+from vlminterp.stats import bootstrap_ci, grouped_mean_ci, wilson_interval
 
 
 def test_interval_contains_mean_and_shrinks_with_more_data():
@@ -27,3 +30,11 @@ def test_grouped_mean_ci_one_row_per_group():
     out = grouped_mean_ci(df, by=["cond"], value="hit").set_index("cond")
     assert out.loc["a", "mean"] == 0.75 and out.loc["a", "n"] == 4
     assert out.loc["b", "low"] == 0.0 and out.loc["b", "high"] == 0.0
+
+
+def test_wilson_interval_known_values():
+    """Newcombe (1998), Stat. Med. 17:857, Table I (score method without continuity correction)."""
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert wilson_interval(15, 148) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))

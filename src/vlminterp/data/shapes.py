@@ -33,6 +33,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vlminterp.io import atomic_path, write_json
+from vlminterp.specs import check_fields
 
 SPLITS: tuple[str, ...] = ("train", "val")
 _SPLIT_STREAM = {"train": 0, "val": 1}
@@ -215,10 +216,7 @@ class ShapesWorldSpec:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "ShapesWorldSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ShapesWorldSpec fields {unknown}")
+        check_fields(cls, values)
         return cls(**values)
 
 

@@ -321,3 +321,24 @@ def open_session(model: dict, dataset_dir: str | Path, split: str, prompt: Descr
     dataset = CocoDataset.load(dataset_dir, split)
     prompt = prompt if isinstance(prompt, DescribePrompt) else DescribePrompt(**prompt)
     return KaduriSession.open(ModelSpec(**model), dataset, prompt, max_batch_size=batch_size)
+
+
+def run_shard(run, spec, *, images: str | Path, shard: str | int, images_per_shard: int, session: dict,
+              vocabulary: str | None = None, **inputs) -> pd.DataFrame:
+    """One shard job of a per-image K stage: `run(session, shard_images, spec=spec, **inputs)`.
+
+    `images`: the images table (select_images); `shard`, `images_per_shard`: which of its rows
+    (`sharding.shard_rows`); `session`: open_session's keyword arguments; `vocabulary` (a name or
+    path, optional): passed on as `vocabulary=`, extended by the dataset's categories; `inputs`:
+    further keyword arguments of `run` (K4: questions).
+
+        table = run_shard(group_knockouts, KnockoutSpec(), images="results/run/kaduri/images.csv",
+                          shard="0", images_per_shard=8, session=params.session, vocabulary="coco")
+    """
+    from vlminterp.sharding import shard_rows
+
+    rows = shard_rows(load_images_table(images), shard, images_per_shard)
+    opened = open_session(**session)
+    if vocabulary is not None:
+        inputs["vocabulary"] = dataset_vocabulary(vocabulary, opened.dataset)
+    return run(opened, rows, spec=spec, **inputs)

@@ -32,8 +32,10 @@ categories of the dataset, scored against a reference naming r of them, has expe
 Table columns: image_id, condition, family (none | all_layers | window | from_layer), target
 (generated | query | query+generated | ""), layer_start, layer_end (the layers where the image is
 blocked for all_layers/from_layer, the window where it is visible for window; -1 for none),
-n_layers, description, n_generated, reference, the judge's SCORE_COLUMNS, then gt_ + the same
-columns against the annotations, and categories (ground truth, ";"-joined).
+n_layers, description, n_generated, reference, batch_size and oom_retries (the engine batch size in
+effect when the image was done, and how many times CUDA out-of-memory halved it during that image:
+`interventions.batching`), the judge's SCORE_COLUMNS, then gt_ + the same columns against the
+annotations, and categories (ground truth, ";"-joined).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from vlminterp.experiments.kaduri_common import KaduriSession
-from vlminterp.interventions import Condition, From, Knockout
+from vlminterp.interventions import BATCH_COLUMNS, Condition, From, Knockout
 from vlminterp.models.adapters import TokenGroups
 from vlminterp.scoring.judge import SCORE_COLUMNS, judge_table
 from vlminterp.scoring.vocabulary import SynonymVocabulary
@@ -153,12 +155,16 @@ def group_knockouts(session: KaduriSession, images: pd.DataFrame, spec: Knockout
     """The judged K2 table (module docstring) for every image of `images` (image_id, categories)."""
     rows, truth = [], []
     categories = dict(zip(images["image_id"].astype(int), images["categories"].fillna("")))
+    batches = session.engine.batches
+    batches.stage = "K2 group knockouts"
     for n, image_id in enumerate(images["image_id"].astype(int), 1):
+        retries_before = batches.retries
         image_rows = image_knockouts(session, image_id, spec)
-        rows.extend(image_rows)
+        batching = batches.columns(since=retries_before)
+        rows.extend({**row, **batching} for row in image_rows)
         truth.extend([categories[image_id]] * len(image_rows))
         log.info("K2: image %d/%d (id %s): %d conditions", n, len(images), image_id, len(image_rows))
-    table = pd.DataFrame(rows, columns=list(KNOCKOUT_COLUMNS))
+    table = pd.DataFrame(rows, columns=[*KNOCKOUT_COLUMNS, *BATCH_COLUMNS])
     return judge_knockouts(table, vocabulary, pd.Series(truth, dtype=object))
 
 

@@ -27,12 +27,16 @@ produced them, heads averaged), per layer. Each yes/no question (POPE style,
 k = max(1, round(f * n_image_tokens)) for each f in `top_k_fractions`, chosen per layer by the
 attention received during the description; the table reports f (k_fraction) and k (k_tokens).
 The cache methods answer all questions of one token length as one batch (the kept cache repeated
-per row, `continue_batch`). `context_tokens` is the number of positions kept before the question (the cache width; for
-description_text the prompt's tokens before the question); `input_tokens` adds the question.
+per row, `continue_batch`; at most the engine's batch size per batch, halved on CUDA
+out-of-memory). `context_tokens` is the number of positions kept before the question (the cache
+width; for description_text the prompt's tokens before the question); `input_tokens` adds the
+question.
 
 Table columns: image_id, question_id, question, category, answer (truth: yes/no),
 negative_type (positive | random | popular | adversarial), method, k_fraction, k_tokens,
-context_tokens, input_tokens, response, predicted (yes | no | other), correct.
+context_tokens, input_tokens, response, predicted (yes | no | other), correct, batch_size and
+oom_retries (the batch size in effect when the image was done, and how many times CUDA
+out-of-memory halved it during that image: `interventions.batching`).
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from vlminterp.data.questions import NEGATIVE_STRATEGIES
 from vlminterp.experiments.kaduri_common import EncodedImage, KaduriSession
 from transformers import DynamicCache
 
+from vlminterp.interventions.batching import BATCH_COLUMNS
 from vlminterp.interventions.cache import KeptCache, prefill_cache, select_cache
 from vlminterp.interventions.engine import PreparedInput, greedy_continue, until_eos
 from vlminterp.interventions.knockout import knockout
@@ -159,9 +164,13 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
     for i, ids in enumerate(continuations):
         by_length.setdefault(ids.shape[1], []).append(i)
     for length, members in by_length.items():
-        batch = torch.cat([continuations[i] for i in members])
         for key, cache_kept in kept.items():
-            for i, tokens in zip(members, continue_batch(adapter, cache_kept, batch, spec.answer_tokens, eos)):
+            def answer(chunk: list[int], cache_kept=cache_kept) -> list[list[int]]:
+                batch = torch.cat([continuations[i] for i in chunk])
+                return continue_batch(adapter, cache_kept, batch, spec.answer_tokens, eos)
+
+            answered = [tokens for part in session.engine.batches.iterate(members, answer) for tokens in part]
+            for i, tokens in zip(members, answered):
                 answers[i][key] = (tokens, cache_kept.width, cache_kept.width + length)
     for i, q in enumerate(question_list):
         new_ids = continuations[i]
@@ -204,12 +213,17 @@ def reprompting(session: KaduriSession, images: pd.DataFrame, questions: pd.Data
     """The K4 table (module docstring) for every image of `images` with its rows of `questions`."""
     rows = []
     by_image = {int(i): part for i, part in questions.groupby("image_id", sort=False)}
+    batches = session.engine.batches
+    batches.stage = "K4 re-prompting"
     for n, image_id in enumerate(images["image_id"].astype(int), 1):
         if image_id not in by_image:
             continue
-        rows.extend(image_reprompting(session, image_id, by_image[image_id], spec))
+        retries_before = batches.retries
+        image_rows = image_reprompting(session, image_id, by_image[image_id], spec)
+        batching = batches.columns(since=retries_before)
+        rows.extend({**row, **batching} for row in image_rows)
         log.info("K4: image %d/%d (id %s): %d questions", n, len(images), image_id, len(by_image[image_id]))
-    return pd.DataFrame(rows, columns=list(REPROMPT_COLUMNS))
+    return pd.DataFrame(rows, columns=[*REPROMPT_COLUMNS, *BATCH_COLUMNS])
 
 
 def method_label(method: str, k_fraction: float) -> str:

@@ -37,6 +37,11 @@ Settings (one engine call per image and setting, every condition a batch row, pr
               token is the name's first sub-token; `p_correct` = that token's probability.
 Inclusion: `included` = the unablated run succeeds (target questions only); `flipped` = included
 and the ablated run fails. Every image keeps its rows whatever its inclusion.
+
+CUDA out-of-memory halves the engine batch or the IG batch and redoes the work
+(`interventions.batching`); each row records `batch_size` and `ig_batch_size` in effect when its
+image was done and `oom_retries`, the halvings during that image (0 and the configured sizes
+unless memory ran out).
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ from vlminterp.data.cells import random_cells
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, TargetCells, PromptSpec, answer_first_token,
                                               encode, vqa_questions)
-from vlminterp.interventions import Ablation, Condition, InterventionEngine
+from vlminterp.interventions import Ablation, AdaptiveBatch, Condition, InterventionEngine
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 
 log = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ log = logging.getLogger(__name__)
 ABLATION_COLUMNS = [
     "image_id", "annotation_id", "category", "setting", "question_kind", "condition", "family", "buffer",
     "n_requested", "n_tokens", "replacement", "success", "baseline_success", "included", "flipped",
-    "p_correct", "answer",
+    "p_correct", "answer", "batch_size", "ig_batch_size", "oom_retries",
 ]
 _YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
 _NO = re.compile(r"^\W*no\b", re.IGNORECASE)
@@ -130,29 +135,37 @@ def register_cells(embeddings: torch.Tensor, shape: tuple[int, ...], n_std: floa
 
 
 def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: torch.Tensor, baseline_vector,
-                         target_token: int, steps: int, batch_size: int, rope=None) -> np.ndarray:
+                         target_token: int, steps: int, batch_size: int | AdaptiveBatch, rope=None) -> np.ndarray:
     """Integrated-gradient attribution of each image position to p(target | prompt) at the last position.
 
     The baseline equals the input except at the image positions, which hold `baseline_vector`;
-    the path integral uses `steps` midpoint points, run `batch_size` at a time. Returns, per image
-    position, the attribution summed over the hidden dimension (its sign kept). `rope`: the
-    input's `RopePositions` (needed by M-RoPE families such as Qwen2-VL; None = 0..T-1).
+    the path integral uses `steps` midpoint points, run `batch_size` at a time (an `AdaptiveBatch`:
+    halved on CUDA out-of-memory; the gradients are summed one step at a time in step order, so
+    the order of the sum does not depend on the batch size). Returns, per image position, the
+    attribution summed over the hidden dimension (its sign kept). `rope`: the input's
+    `RopePositions` (needed by M-RoPE families such as Qwen2-VL; None = 0..T-1).
     """
+    batches = batch_size if isinstance(batch_size, AdaptiveBatch) else AdaptiveBatch(batch_size, "integrated gradients")
     inputs = inputs_embeds.detach()
     baseline = inputs.clone()
     baseline[:, image_positions] = baseline_vector.to(inputs.device, inputs.dtype)
     delta = inputs - baseline
-    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    total = torch.zeros(len(image_positions), inputs.shape[-1], dtype=torch.float32, device=inputs.device)
-    with torch.enable_grad():
-        for start in range(0, steps, batch_size):
-            a = alphas[start:start + batch_size].to(inputs.device, inputs.dtype)[:, None, None]
+    alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).tolist()
+
+    def gradients(chunk: list[float]) -> torch.Tensor:
+        a = torch.tensor(chunk, dtype=torch.float32).to(inputs.device, inputs.dtype)[:, None, None]
+        with torch.enable_grad():
             path = (baseline + a * delta).requires_grad_(True)
             positions = None if rope is None else rope.span(0, path.shape[1], batch=path.shape[0])
             hidden, _ = adapter.language_model_forward(path, position_ids=positions, use_cache=False)
             prob = adapter.unembed(hidden[:, -1]).float().softmax(dim=-1)[:, target_token]
             (grad,) = torch.autograd.grad(prob.sum(), path)
-            total += grad[:, image_positions].float().sum(dim=0)
+        return grad[:, image_positions].float()
+
+    total = torch.zeros(len(image_positions), inputs.shape[-1], dtype=torch.float32, device=inputs.device)
+    for grads in batches.iterate(alphas, gradients):
+        for step_grad in grads:
+            total += step_grad
     attribution = (delta[0, image_positions].float() * total / steps).sum(dim=-1)
     return attribution.cpu().numpy()
 
@@ -205,13 +218,15 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
                        cells: dict[int, TargetCells], mean: torch.Tensor, *, prompts: PromptSpec,
                        vocabulary: SynonymVocabulary, spec: AblationSpec, cell_spec: CellSpec) -> pd.DataFrame:
     """The N1 table: one row per image x setting x question kind x condition (module docstring)."""
-    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size)
+    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size, stage="N1 token ablation")
+    ig_batches = AdaptiveBatch(spec.ig_batch_size, "N1 token ablation (integrated gradients)")
     tokenizer = processor.tokenizer
     vector = mean if spec.replacement == "mean" else None
     questions = vqa_questions(dataset, selection, prompts)  # the IG target is the VQA answer
     rows: list[dict] = []
     for target in tqdm(list(selection.itertuples(index=False)), desc="token ablation", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
+        first_row, retries_before = len(rows), engine.batches.retries + ig_batches.retries
         image = dataset.load_image(image_id)
         target_cells = cells[image_id]
         answer_token = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
@@ -222,7 +237,7 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
         target_cells.check_prompt(image_pos)
         register = register_cells(vqa_input.inputs_embeds[0, image_pos], (target_cells.num_tokens,), spec.register_std)
         attribution = integrated_gradients(adapter, vqa_input.inputs_embeds, image_pos, mean, answer_token,
-                                           spec.ig_steps, spec.ig_batch_size, rope=vqa_input.rope)
+                                           spec.ig_steps, ig_batches, rope=vqa_input.rope)
         sets = token_sets(target_cells, spec, register, attribution)
         common = {"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
                   "replacement": spec.replacement}
@@ -271,6 +286,10 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
             out = engine.generate(prepared, conditions_for(prepared), spec.max_new_tokens)
             answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
             add_rows("generative", "target", [name in vocabulary.categories_in(a) for a in answers], answers)
+        batching = {"batch_size": engine.batches.size, "ig_batch_size": ig_batches.size,
+                    "oom_retries": engine.batches.retries + ig_batches.retries - retries_before}
+        for row in rows[first_row:]:
+            row.update(batching)
     table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     return table.astype({"buffer": "Int64", "n_requested": "Int64"})
 

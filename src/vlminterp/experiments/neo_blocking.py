@@ -29,7 +29,9 @@ Table: one row per image x block set x window, plus the unblocked row (block_set
 image_id, annotation_id, category, block_set, window_kind (sliding | fixed | none), window
 (name), window_start, window_end (inclusive), n_layers, n_blocked (key positions), p_correct,
 correct (top-1 = the answer token), p_baseline, baseline_correct, included (= baseline_correct),
-drop (p_baseline - p_correct), relative_drop (drop / p_baseline).
+drop (p_baseline - p_correct), relative_drop (drop / p_baseline), batch_size and oom_retries (the
+engine batch size in effect when the image was done, and how many times CUDA out-of-memory halved
+it during that image: `interventions.batching`).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode, vqa_questions
-from vlminterp.interventions import Condition, InterventionEngine, Knockout
+from vlminterp.interventions import BATCH_COLUMNS, Condition, InterventionEngine, Knockout
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ FIXED_WINDOWS: tuple[tuple[str, float, float], ...] = (
 BLOCK_SETS = ("object", "non_object", "object_to_last_row", "object_to_text")
 BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
                     "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
-                    "included", "drop", "relative_drop"]
+                    "included", "drop", "relative_drop", *BATCH_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -127,13 +129,14 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
                            cells: dict[int, TargetCells], *, prompts: PromptSpec, spec: BlockingSpec,
                            cell_spec: CellSpec) -> pd.DataFrame:
     """The N3 table (module docstring)."""
-    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size)
+    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size, stage="N3 attention blocking")
     tokenizer = processor.tokenizer
     questions = vqa_questions(dataset, selection, prompts)
     windows = layer_windows(adapter.n_layers, spec)
     rows: list[dict] = []
     for target in tqdm(list(selection.itertuples(index=False)), desc="attention blocking", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
+        retries_before = engine.batches.retries
         answer = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
         ids, image_inputs = encode(processor, adapter, dataset.load_image(image_id), questions[image_id],
                                    cell_spec.geometry, system_prompt=prompts.system_prompt,
@@ -172,7 +175,9 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
                            "window_start": window.layers[0], "window_end": window.layers[-1],
                            "n_layers": len(window.layers), "n_blocked": n_blocked}
                 image_rows.append({**common, **row, "p_correct": p, "correct": bool(ok)})
+        batching = engine.batches.columns(since=retries_before)
         for row in image_rows:
+            row.update(batching)
             row.update(p_baseline=baseline[0], baseline_correct=baseline[1], included=baseline[1],
                        drop=baseline[0] - row["p_correct"],
                        relative_drop=(baseline[0] - row["p_correct"]) / baseline[0] if baseline[0] > 0 else np.nan)

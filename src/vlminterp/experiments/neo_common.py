@@ -46,7 +46,7 @@ import torch
 from vlminterp.data.cells import (cells_to_positions, dilate_tokens, last_row_tokens, mask_tokens,
                                   tile_tokens)
 from vlminterp.data.coco import CocoDataset
-from vlminterp.interventions import StreamingMean
+from vlminterp.interventions import AdaptiveBatch, StreamingMean
 from vlminterp.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -332,29 +332,38 @@ def mean_image_ids(dataset: CocoDataset, max_images: int, seed: int, exclude: It
 
 @torch.no_grad()
 def compute_mean_embedding(adapter, processor, dataset: CocoDataset, image_ids: Sequence[int],
-                           geometry: str, batch_size: int = 16) -> tuple[torch.Tensor, int]:
+                           geometry: str, batch_size: int | AdaptiveBatch = 16) -> tuple[torch.Tensor, int]:
     """Streaming mean of the post-projector image embedding over every position of `image_ids`.
 
-    Returns (mean (d,) float32, number of vectors averaged). Memory is one batch of images.
+    Returns (mean (d,) float32, number of vectors averaged). Memory is one batch of images; pass an
+    `AdaptiveBatch` to read back the batch size used after CUDA out-of-memory halved it.
     """
     check_geometry(adapter, geometry, "compute_mean_embedding")
+    batches = batch_size if isinstance(batch_size, AdaptiveBatch) else AdaptiveBatch(batch_size, "mean embedding")
     running = StreamingMean()
     device = adapter.embed_tokens.weight.device
-    for start in range(0, len(image_ids), batch_size):
-        images = [adapter.prepare_image(dataset.load_image(int(i)), geometry) for i in image_ids[start:start + batch_size]]
+
+    def features(chunk: list[int]) -> torch.Tensor:
+        images = [adapter.prepare_image(dataset.load_image(int(i)), geometry) for i in chunk]
         image_inputs = adapter.image_inputs(processor.image_processor(images=images, return_tensors="pt"))
-        running.update(adapter.image_features(**{k: v.to(device) for k, v in image_inputs.items()}))
+        return adapter.image_features(**{k: v.to(device) for k, v in image_inputs.items()})
+
+    for chunk_features in batches.iterate(image_ids, features):
+        running.update(chunk_features)
     return running.mean(torch.float32), running.count
 
 
-def save_mean_embedding(mean: torch.Tensor, count: int, image_ids: Sequence[int], path: str | os.PathLike) -> None:
-    """Write the mean vector as safetensors (tensor "mean"; metadata: count, number of images)."""
+def save_mean_embedding(mean: torch.Tensor, count: int, image_ids: Sequence[int], path: str | os.PathLike,
+                        batching: dict[str, int] | None = None) -> None:
+    """Write the mean vector as safetensors (tensor "mean"; metadata: count, number of images and
+    `batching`, the batch_size / oom_retries of `AdaptiveBatch.columns`)."""
     from safetensors.torch import save_file
 
+    metadata = {"count": str(count), "n_images": str(len(image_ids)),
+                "first_image_ids": ",".join(str(i) for i in list(image_ids)[:20])}
+    metadata.update({key: str(value) for key, value in (batching or {}).items()})
     with atomic_path(path) as tmp:
-        save_file({"mean": mean.detach().cpu().float().contiguous()}, str(tmp),
-                  metadata={"count": str(count), "n_images": str(len(image_ids)),
-                            "first_image_ids": ",".join(str(i) for i in list(image_ids)[:20])})
+        save_file({"mean": mean.detach().cpu().float().contiguous()}, str(tmp), metadata=metadata)
 
 
 def load_mean_embedding(path: str | os.PathLike) -> torch.Tensor:

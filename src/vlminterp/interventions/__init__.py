@@ -6,9 +6,11 @@
 
 Module map: ablation (embedding replacement), knockout (attention-edge blocking), attention (the
 registry patch both knockout and attention capture use), capture, cache (KV-cache surgery),
-engine (batched + prefix-shared), reference (naive oracle), stats (streaming mean), conditions.
+engine (batched + prefix-shared), batching (halving the batch on CUDA out-of-memory), reference
+(naive oracle), stats (streaming mean), conditions.
 """
 from .ablation import Ablation, apply_ablations, replace_embeddings
+from .batching import BATCH_COLUMNS, AdaptiveBatch, BatchOutOfMemoryError
 from .capture import capture_attention, capture_image_embeddings, capture_residual
 from .conditions import Condition, as_condition
 from .engine import GenerationOutput, InterventionEngine, PreparedInput
@@ -17,7 +19,10 @@ from .reference import reference_generate, reference_logits
 from .stats import StreamingMean
 
 __all__ = [
+    "BATCH_COLUMNS",
     "Ablation",
+    "AdaptiveBatch",
+    "BatchOutOfMemoryError",
     "Condition",
     "From",
     "GenerationOutput",

@@ -20,6 +20,10 @@ a shared prefix and cached decoding use exactly the positions of one full forwar
 
 `share_prefix=False, max_batch_size=1` turns both tricks off (a sequential baseline for benchmarks);
 `reference.py` is the naive oracle the tests compare against.
+
+CUDA out-of-memory: a chunk of conditions that runs out of memory runs again at half the size, and
+the smaller size stays (`engine.batches`, see batching.py); the results are the same whatever size
+ends up used, and `engine.batches.columns(since)` gives the batch_size / oom_retries columns.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from transformers.cache_utils import DynamicLayer
 from ..models.adapters import VLMAdapter, adapter_for
 from ..models.adapters.base import RopePositions
 from .ablation import apply_ablations
+from .batching import AdaptiveBatch
 from .conditions import Condition, ConditionLike, as_condition
 from .knockout import KnockoutMasks
 from .attention import edit_attention
@@ -128,11 +133,6 @@ def preallocated_cache(
     return cache
 
 
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield start, items[start : start + size]
-
-
 class InterventionEngine:
     """Batched, prefix-shared forward passes and greedy generation under per-row interventions."""
 
@@ -143,11 +143,17 @@ class InterventionEngine:
         *,
         max_batch_size: int = 64,
         share_prefix: bool = True,
+        stage: str = "intervention engine",
     ):
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
-        self.max_batch_size = max_batch_size
+        self.batches = AdaptiveBatch(max_batch_size, stage)  # halves on CUDA out-of-memory
         self.share_prefix = share_prefix
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most conditions per batch now (the configured size unless an OOM halved it)."""
+        return self.batches.size
 
     @property
     def device(self) -> torch.device:
@@ -177,8 +183,11 @@ class InterventionEngine:
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
         if prefix == 0:
             return 0, None, None
-        hidden, cache = self.adapter.language_model_forward(
-            prepared.inputs_embeds[:, :prefix], position_ids=prepared.rope.span(0, prefix), use_cache=True
+        hidden, cache = self.batches.single(
+            lambda: self.adapter.language_model_forward(
+                prepared.inputs_embeds[:, :prefix], position_ids=prepared.rope.span(0, prefix), use_cache=True
+            ),
+            f"the {prefix}-position prefix shared by every condition",
         )
         return prefix, hidden, cache
 
@@ -211,8 +220,8 @@ class InterventionEngine:
         from_prefix = sorted({p for p in wanted if p < prefix})
         column_of = {p: i for i, p in enumerate(from_prefix)}
         prefix_logits = self.adapter.unembed(prefix_hidden[:, from_prefix]) if from_prefix else None
-        out = []
-        for _, chunk in _chunks(conds, self.max_batch_size):
+
+        def run(chunk: list[Condition]) -> torch.Tensor:
             batch = len(chunk)
             with self._row_context(chunk):
                 hidden, _ = self.adapter.language_model_forward(
@@ -227,8 +236,9 @@ class InterventionEngine:
                     columns.append(prefix_logits[:, column_of[p]].expand(batch, -1))
                 else:
                     columns.append(self.adapter.unembed(hidden[:, p - prefix]))
-            out.append(torch.stack(columns, dim=1))
-        return torch.cat(out)
+            return torch.stack(columns, dim=1)
+
+        return torch.cat(self.batches.map(conds, run))
 
     @torch.no_grad()
     def generate(
@@ -243,8 +253,8 @@ class InterventionEngine:
         eos = self.adapter.eos_token_id if eos_token_id is None else eos_token_id
         length = prepared.length
         prefix, _, prefix_cache = self._prefix(prepared, conds)
-        tokens: list[list[int]] = []
-        for _, chunk in _chunks(conds, self.max_batch_size):
+
+        def run(chunk: list[Condition]) -> list[list[int]]:
             batch = len(chunk)
             with self._row_context(chunk):
                 hidden, cache = self.adapter.language_model_forward(
@@ -256,7 +266,9 @@ class InterventionEngine:
                 generated = greedy_continue(
                     self.adapter, hidden, cache, length, max_new_tokens, eos, positions=prepared.rope
                 )
-            tokens.extend(until_eos(row, eos) for row in generated.tolist())
+            return [until_eos(row, eos) for row in generated.tolist()]
+
+        tokens = [row for rows in self.batches.map(conds, run) for row in rows]
         return GenerationOutput(tokens=tokens, prefix_length=prefix)
 
 

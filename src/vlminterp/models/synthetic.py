@@ -156,33 +156,25 @@ def _tokenizer_json(special_tokens: tuple[str, ...] = SPECIAL_TOKENS, extra_corp
     return tok.to_str()
 
 
+def _tokenizer(tokenizer_json: str, *, add_bos: bool, **tokens) -> TokenizersBackend:
+    tokenizer = TokenizersBackend(tokenizer_object=Tokenizer.from_str(tokenizer_json), unk_token="<unk>", **tokens)
+    tokenizer.add_bos_token = add_bos
+    return tokenizer
+
+
 def build_tokenizer() -> TokenizersBackend:
     """A small deterministic byte-level BPE tokenizer with `<s>`, `</s>`, `<pad>` and `<image>`."""
-    tokenizer = TokenizersBackend(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-    )
-    tokenizer.add_bos_token = True
-    return tokenizer
+    return _tokenizer(_tokenizer_json(), add_bos=True, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                      extra_special_tokens={"image_token": IMAGE_TOKEN})
 
 
 def build_chatml_tokenizer() -> TokenizersBackend:
     """A small deterministic ChatML tokenizer (`<|im_start|>`, `<|im_end|>` = EOS, `<|endoftext|>` = pad)
     with InternVL's (`<img>`, `</img>`, `<IMG_CONTEXT>`) and Qwen2-VL's (`<|vision_start|>`,
     `<|image_pad|>`, ...) special tokens; no BOS, as in Qwen tokenizers."""
-    tokenizer = TokenizersBackend(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json(CHATML_SPECIAL_TOKENS, tuple(_CHATML_CORPUS))),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<unk>",
-        extra_special_tokens={**INTERNVL_TOKENS, **QWEN2_VL_TOKENS},
-    )
-    tokenizer.add_bos_token = False
-    return tokenizer
+    return _tokenizer(_tokenizer_json(CHATML_SPECIAL_TOKENS, tuple(_CHATML_CORPUS)), add_bos=False,
+                      eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                      extra_special_tokens={**INTERNVL_TOKENS, **QWEN2_VL_TOKENS})
 
 
 def build_processor(variant) -> LlavaProcessor:
@@ -206,9 +198,13 @@ def build_processor(variant) -> LlavaProcessor:
     )
 
 
-def _text_config(variant: SyntheticVariant, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
-    common = dict(
-        vocab_size=vocab_size,
+def text_model_config(config_class: type[PreTrainedConfig], variant, vocab: dict[str, int], *, pad: str, bos: str,
+                      eos: str, **extra) -> PreTrainedConfig:
+    """The text model's config of any family's variant: its sizes (hidden, intermediate, layers, heads,
+    key/value heads, positions, initializer range), the vocabulary's size and the ids of the `pad`,
+    `bos` and `eos` tokens; `extra`: the family's own settings (norm epsilon, RoPE, ...)."""
+    return config_class(
+        vocab_size=len(vocab),
         hidden_size=variant.hidden_size,
         intermediate_size=variant.intermediate_size,
         num_hidden_layers=variant.num_layers,
@@ -216,16 +212,21 @@ def _text_config(variant: SyntheticVariant, vocab_size: int, pad_id: int, bos_id
         num_key_value_heads=variant.num_kv_heads,
         max_position_embeddings=variant.max_position_embeddings,
         initializer_range=variant.initializer_range,
-        pad_token_id=pad_id,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        tie_word_embeddings=False,
+        pad_token_id=vocab[pad],
+        bos_token_id=vocab[bos],
+        eos_token_id=vocab[eos],
+        **extra,
     )
+
+
+def _llava_text_config(variant: SyntheticVariant, vocab: dict[str, int]) -> PreTrainedConfig:
+    tokens = dict(pad="<pad>", bos="<s>", eos="</s>", tie_word_embeddings=False, rms_norm_eps=1e-5)
     if variant.text_model == "llama":
-        return LlamaConfig(**common, rms_norm_eps=1e-5)
+        return text_model_config(LlamaConfig, variant, vocab, **tokens)
     if variant.text_model == "phi3":
         # xtuner/llava-phi-3-mini-hf uses a 2047-token sliding window, longer than any prompt here.
-        return Phi3Config(**common, rms_norm_eps=1e-5, sliding_window=2047, original_max_position_embeddings=4096)
+        return text_model_config(Phi3Config, variant, vocab, **tokens, sliding_window=2047,
+                                 original_max_position_embeddings=4096)
     raise ValueError(f"unknown text_model {variant.text_model!r}; expected 'llama' or 'phi3'")
 
 
@@ -238,15 +239,7 @@ def synthetic_config(variant) -> PreTrainedConfig:
         return internvl_config(variant)
     if isinstance(variant, Qwen2VLVariant):
         return qwen2_vl_config(variant)
-    tokenizer = build_tokenizer()
-    vocab = tokenizer.get_vocab()
-    text_config = _text_config(
-        variant,
-        vocab_size=len(vocab),
-        pad_id=vocab["<pad>"],
-        bos_id=vocab["<s>"],
-        eos_id=vocab["</s>"],
-    )
+    vocab = build_tokenizer().get_vocab()
     vision_config = CLIPVisionConfig(
         hidden_size=variant.vision_hidden_size,
         intermediate_size=variant.vision_intermediate_size,
@@ -258,7 +251,7 @@ def synthetic_config(variant) -> PreTrainedConfig:
         initializer_range=variant.initializer_range,
     )
     return LlavaConfig(
-        text_config=text_config,
+        text_config=_llava_text_config(variant, vocab),
         vision_config=vision_config,
         image_token_id=vocab[IMAGE_TOKEN],
         image_seq_length=variant.grid_side**2,
@@ -463,23 +456,12 @@ def _chatml_ids() -> dict[str, int]:
     return build_chatml_tokenizer().get_vocab()
 
 
+# Qwen tokenizers: <|endoftext|> is BOS and padding, <|im_end|> ends a turn.
+_CHATML_TEXT_TOKENS = dict(pad="<|endoftext|>", bos="<|endoftext|>", eos="<|im_end|>")
+
+
 def internvl_config(variant: InternVLVariant) -> InternVLConfig:
     vocab = _chatml_ids()
-    text_config = Qwen2Config(
-        vocab_size=len(vocab),
-        hidden_size=variant.hidden_size,
-        intermediate_size=variant.intermediate_size,
-        num_hidden_layers=variant.num_layers,
-        num_attention_heads=variant.num_heads,
-        num_key_value_heads=variant.num_kv_heads,
-        max_position_embeddings=variant.max_position_embeddings,
-        initializer_range=variant.initializer_range,
-        rms_norm_eps=1e-6,
-        bos_token_id=vocab["<|endoftext|>"],
-        eos_token_id=vocab["<|im_end|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
     vision_config = InternVLVisionConfig(
         hidden_size=variant.vision_hidden_size,
         intermediate_size=variant.vision_intermediate_size,
@@ -490,7 +472,8 @@ def internvl_config(variant: InternVLVariant) -> InternVLConfig:
         initializer_range=variant.initializer_range,
     )
     return InternVLConfig(
-        text_config=text_config,
+        text_config=text_model_config(Qwen2Config, variant, vocab, **_CHATML_TEXT_TOKENS, rms_norm_eps=1e-6,
+                                      tie_word_embeddings=False),
         vision_config=vision_config,
         image_token_id=vocab[INTERNVL_TOKENS["context_image_token"]],
         image_seq_length=variant.tokens_per_tile,
@@ -504,25 +487,7 @@ def internvl_config(variant: InternVLVariant) -> InternVLConfig:
 
 def qwen2_vl_config(variant: Qwen2VLVariant) -> Qwen2VLConfig:
     vocab = _chatml_ids()
-    text_config = Qwen2VLTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=variant.hidden_size,
-        intermediate_size=variant.intermediate_size,
-        num_hidden_layers=variant.num_layers,
-        num_attention_heads=variant.num_heads,
-        num_key_value_heads=variant.num_kv_heads,
-        max_position_embeddings=variant.max_position_embeddings,
-        initializer_range=variant.initializer_range,
-        rms_norm_eps=1e-6,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": variant.rope_theta,
-            "mrope_section": list(variant.mrope_section),
-        },
-        bos_token_id=vocab["<|endoftext|>"],
-        eos_token_id=vocab["<|im_end|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
+    rope = {"rope_type": "default", "rope_theta": variant.rope_theta, "mrope_section": list(variant.mrope_section)}
     vision_config = Qwen2VLVisionConfig(
         depth=variant.vision_layers,
         embed_dim=variant.vision_embed_dim,
@@ -535,7 +500,8 @@ def qwen2_vl_config(variant: Qwen2VLVariant) -> Qwen2VLConfig:
         initializer_range=variant.initializer_range,
     )
     return Qwen2VLConfig(
-        text_config=text_config,
+        text_config=text_model_config(Qwen2VLTextConfig, variant, vocab, **_CHATML_TEXT_TOKENS,
+                                      rms_norm_eps=1e-6, rope_parameters=rope),
         vision_config=vision_config,
         image_token_id=vocab[QWEN2_VL_TOKENS["image_token"]],
         video_token_id=vocab[QWEN2_VL_TOKENS["video_token"]],

@@ -106,6 +106,16 @@ def score_against_annotations(candidate: str, gt_categories: Iterable[str], voca
     return score_sets(vocab.categories_in(_text(candidate)), truth)
 
 
+def check_judge_columns(df: pd.DataFrame, text_columns: Iterable[str], score_columns: Iterable[str]) -> None:
+    """A table to judge has its text columns (KeyError otherwise) and none of the score columns yet."""
+    for col in text_columns:
+        if col not in df.columns:
+            raise KeyError(f"column {col!r} not in table (columns: {list(df.columns)})")
+    clash = [c for c in score_columns if c in df.columns]
+    if clash:
+        raise ValueError(f"table already has score column(s) {clash}")
+
+
 def judge_table(df: pd.DataFrame, candidate_col: str, reference_col: str, vocabulary: VocabularyLike, *,
                 reference_kind: Literal["description", "categories"] = "description") -> pd.DataFrame:
     """A copy of ``df`` (one row per image x condition, long format) with ``SCORE_COLUMNS`` added.
@@ -115,12 +125,7 @@ def judge_table(df: pd.DataFrame, candidate_col: str, reference_col: str, vocabu
     categories, as a list/set/tuple or a ``LIST_SEPARATOR``-joined string. Missing texts (None,
     NaN, as ``read_csv`` gives for an empty string) count as empty descriptions.
     """
-    for col in (candidate_col, reference_col):
-        if col not in df.columns:
-            raise KeyError(f"column {col!r} not in table (columns: {list(df.columns)})")
-    clash = [c for c in SCORE_COLUMNS if c in df.columns]
-    if clash:
-        raise ValueError(f"table already has score column(s) {clash}")
+    check_judge_columns(df, (candidate_col, reference_col), SCORE_COLUMNS)
     if reference_kind not in ("description", "categories"):
         raise ValueError(f"reference_kind must be 'description' or 'categories', got {reference_kind!r}")
     vocab = as_vocabulary(vocabulary)

@@ -55,7 +55,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import pandas as pd
 import requests
 
-from vlminterp.scoring.judge import LIST_SEPARATOR, SCORE_COLUMNS, Score, score_sets
+from vlminterp.scoring.judge import LIST_SEPARATOR, SCORE_COLUMNS, Score, check_judge_columns, score_sets
 from vlminterp.scoring.mentions import plural_forms
 from vlminterp.scoring.vocabulary import SynonymVocabulary, VocabularyLike, as_vocabulary
 
@@ -270,12 +270,7 @@ class LLMJudge:
 
     def judge_table(self, df: pd.DataFrame, candidate_col: str, reference_col: str) -> pd.DataFrame:
         """A copy of ``df`` with ``LLM_SCORE_COLUMNS`` added (one request per distinct description)."""
-        for col in (candidate_col, reference_col):
-            if col not in df.columns:
-                raise KeyError(f"column {col!r} not in table (columns: {list(df.columns)})")
-        clash = [c for c in LLM_SCORE_COLUMNS if c in df.columns]
-        if clash:
-            raise ValueError(f"table already has score column(s) {clash}")
+        check_judge_columns(df, (candidate_col, reference_col), LLM_SCORE_COLUMNS)
         rows = []
         for cand_text, ref_text in zip(df[candidate_col], df[reference_col]):
             cand_objects, ref_objects = self.list_objects(cand_text), self.list_objects(ref_text)

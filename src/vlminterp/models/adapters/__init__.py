@@ -4,13 +4,16 @@
     adapter = adapter_for(model, processor)   # LlavaAdapter for LlavaForConditionalGeneration
                                               # InternVLAdapter, Qwen2VLAdapter likewise
 
-A new family: subclass `VLMAdapter` in its own module and call `register_adapter(ThatAdapter)`.
+A new family: subclass `VLMAdapter` (or `ConditionalGenerationAdapter`, which already maps the module
+paths of transformers' `*ForConditionalGeneration` layout) in its own module and call
+`register_adapter(ThatAdapter)`.
 """
 from __future__ import annotations
 
 from .base import (
     GEOMETRIES,
     TOKEN_GROUPS,
+    ConditionalGenerationAdapter,
     ImageCells,
     ImageGeometry,
     PatchGrid,
@@ -60,6 +63,7 @@ register_adapter(Qwen2VLAdapter)
 
 __all__ = [
     "ADAPTERS",
+    "ConditionalGenerationAdapter",
     "GEOMETRIES",
     "ImageCells",
     "ImageGeometry",

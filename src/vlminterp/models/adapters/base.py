@@ -649,6 +649,49 @@ class VLMAdapter(ABC):
         return self.lm_head(normed_hidden)
 
 
+class ConditionalGenerationAdapter(VLMAdapter):
+    """The module layout transformers 5 gives LLaVA, InternVL and Qwen2-VL (`*ForConditionalGeneration`):
+    model.model.language_model (embed_tokens, layers, norm), model.lm_head, the projector at
+    model.model.multi_modal_projector, the image token id in the top-level config, and image
+    features scattered into the token embeddings at the image tokens. A family overrides only
+    what differs (Qwen2-VL: the projector is the vision tower's merger)."""
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.language_model.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.language_model.embed_tokens
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.model.model.multi_modal_projector
+
+    @property
+    def text_config(self):
+        return self.language_model.config
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
+        return self._scatter_image_features(input_ids, pixel_values, image_inputs)
+
+
 def _grid_region(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """(1, 4) outer box of a grid's cells (NaN cells ignored)."""
     finite = boxes[~np.isnan(boxes).any(axis=1)]
@@ -691,3 +734,9 @@ def load_image_only_processor(processor_class, id_or_path: str, **kwargs):
     }
     extra = {key: value for key, value in settings.items() if key in accepted}
     return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **extra)
+
+
+def setting(mapping, key: str, default):
+    """`mapping[key]` (a dict) or `mapping.key` (a config object), `default` when absent or None."""
+    value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
+    return value if value is not None else default

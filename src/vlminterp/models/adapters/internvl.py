@@ -28,12 +28,13 @@ from torch import nn
 from transformers import InternVLProcessor
 
 from .base import (
+    ConditionalGenerationAdapter,
     ImageCells,
     ImageGeometry,
     ImageOnlyProcessorMixin,
     PromptTemplate,
-    VLMAdapter,
     load_image_only_processor,
+    setting,
 )
 
 CHATML_USER_TURN = "<|im_start|>user\n{image}\n{text}<|im_end|>\n<|im_start|>assistant\n"
@@ -46,7 +47,7 @@ INTERNVL_SYSTEM_PROMPT = (
 )
 
 
-class InternVLAdapter(VLMAdapter):
+class InternVLAdapter(ConditionalGenerationAdapter):
     family = "internvl"
     geometries = ("resize",)
 
@@ -64,7 +65,7 @@ class InternVLAdapter(VLMAdapter):
         image_processor = getattr(processor, "image_processor", None)
         size = getattr(image_processor, "size", None)
         if size is not None:
-            tile_h, tile_w = _get(size, "height", tile_h), _get(size, "width", tile_w)
+            tile_h, tile_w = setting(size, "height", tile_h), setting(size, "width", tile_w)
         if tile_h % patch_h or tile_w % patch_w:
             raise ValueError(f"tile {tile_h}x{tile_w} is not a whole number of {patch_h}x{patch_w} patches")
         scale = config.downsample_ratio
@@ -93,40 +94,7 @@ class InternVLAdapter(VLMAdapter):
         """AutoProcessor, or an image-only `ImageOnlyInternVLProcessor` where the video processor needs torchvision."""
         return load_image_only_processor(ImageOnlyInternVLProcessor, id_or_path, **kwargs)
 
-    # ---- structure ---------------------------------------------------------------------------------
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.language_model.layers
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.language_model.norm
-
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.model.lm_head
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        return self.language_model.embed_tokens
-
-    @property
-    def projector(self) -> nn.Module:
-        return self.model.model.multi_modal_projector
-
-    @property
-    def text_config(self):
-        return self.language_model.config
-
     # ---- image -------------------------------------------------------------------------------------
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
-
     @property
     def has_single_grid(self) -> bool:
         return False
@@ -175,17 +143,9 @@ class InternVLAdapter(VLMAdapter):
         out = self.model.model.get_image_features(pixel_values=pixel_values.to(vision_dtype), return_dict=True)
         return out.pooler_output
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
-        return self._scatter_image_features(input_ids, pixel_values, image_inputs)
-
 
 def _pair(value) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
-
-
-def _get(mapping, key: str, default):
-    value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
-    return value if value is not None else default
 
 
 class ImageOnlyInternVLProcessor(ImageOnlyProcessorMixin, InternVLProcessor):

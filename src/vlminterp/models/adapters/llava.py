@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import ImageGeometry, PatchGrid, PromptTemplate, VLMAdapter, pad_to_square
+from .base import ConditionalGenerationAdapter, ImageGeometry, PatchGrid, PromptTemplate, pad_to_square, setting
 
 VICUNA_TEMPLATE = PromptTemplate(user_turn="USER: {image}\n{text} ASSISTANT:", system_turn="{system} ")
 PHI3_TEMPLATE = PromptTemplate(
@@ -23,7 +23,7 @@ PHI3_TEMPLATE = PromptTemplate(
 TEMPLATES_BY_TEXT_MODEL = {"llama": VICUNA_TEMPLATE, "phi3": PHI3_TEMPLATE}
 
 
-class LlavaAdapter(VLMAdapter):
+class LlavaAdapter(ConditionalGenerationAdapter):
     family = "llava"
 
     def __init__(self, model: nn.Module, processor=None):
@@ -39,8 +39,8 @@ class LlavaAdapter(VLMAdapter):
         if image_processor is not None:
             crop = getattr(image_processor, "crop_size", None) or {}
             size = getattr(image_processor, "size", None) or {}
-            input_size = _get(crop, "height", input_size)
-            shortest_edge = _get(size, "shortest_edge", input_size)
+            input_size = setting(crop, "height", input_size)
+            shortest_edge = setting(size, "shortest_edge", input_size)
         side = input_size // vision.patch_size
         self._grid = PatchGrid(
             rows=side, cols=side, patch_size=vision.patch_size, input_size=input_size, shortest_edge=shortest_edge
@@ -56,40 +56,7 @@ class LlavaAdapter(VLMAdapter):
 
         return LlavaForConditionalGeneration
 
-    # ---- structure ---------------------------------------------------------------------------------
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.language_model.layers
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.language_model.norm
-
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.model.lm_head
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        return self.language_model.embed_tokens
-
-    @property
-    def projector(self) -> nn.Module:
-        return self.model.model.multi_modal_projector
-
-    @property
-    def text_config(self):
-        return self.language_model.config
-
     # ---- image -------------------------------------------------------------------------------------
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
-
     @property
     def grid(self) -> PatchGrid:
         return self._grid
@@ -115,10 +82,3 @@ class LlavaAdapter(VLMAdapter):
         vision_dtype = next(self.model.model.vision_tower.parameters()).dtype
         out = self.model.model.get_image_features(pixel_values=pixel_values.to(vision_dtype), return_dict=True)
         return torch.stack(list(out.pooler_output))
-
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
-        return self._scatter_image_features(input_ids, pixel_values, image_inputs)
-
-def _get(mapping, key: str, default):
-    value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
-    return value if value is not None else default

@@ -29,13 +29,14 @@ from torch import nn
 from transformers import Qwen2VLProcessor
 
 from .base import (
+    ConditionalGenerationAdapter,
     ImageCells,
     ImageGeometry,
     ImageOnlyProcessorMixin,
     PromptTemplate,
     RopePositions,
-    VLMAdapter,
     load_image_only_processor,
+    setting,
 )
 
 QWEN2_VL_SYSTEM_PROMPT = "You are a helpful assistant."  # the default system turn of Qwen2-VL's chat template
@@ -47,7 +48,7 @@ QWEN2_VL_TEMPLATE = PromptTemplate(
 )
 
 
-class Qwen2VLAdapter(VLMAdapter):
+class Qwen2VLAdapter(ConditionalGenerationAdapter):
     family = "qwen2_vl"
     geometries = ("resize",)
     image_input_names = ("pixel_values", "image_grid_thw")
@@ -59,8 +60,8 @@ class Qwen2VLAdapter(VLMAdapter):
         self.patch_size = int(getattr(image_processor, "patch_size", None) or vision.patch_size)
         self.merge_size = int(getattr(image_processor, "merge_size", None) or vision.spatial_merge_size)
         size = getattr(image_processor, "size", None) or {}
-        self.min_pixels = int(_get(size, "shortest_edge", 56 * 56))
-        self.max_pixels = int(_get(size, "longest_edge", 28 * 28 * 1280))
+        self.min_pixels = int(setting(size, "shortest_edge", 56 * 56))
+        self.max_pixels = int(setting(size, "longest_edge", 28 * 28 * 1280))
         if self.patch_size != vision.patch_size or self.merge_size != vision.spatial_merge_size:
             raise ValueError("the processor's patch/merge sizes differ from the vision tower's")
 
@@ -81,38 +82,10 @@ class Qwen2VLAdapter(VLMAdapter):
 
     # ---- structure ---------------------------------------------------------------------------------
     @property
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.language_model.layers
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.language_model.norm
-
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.model.lm_head
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        return self.language_model.embed_tokens
-
-    @property
     def projector(self) -> nn.Module:
         return self.model.model.visual.merger
 
-    @property
-    def text_config(self):
-        return self.language_model.config
-
     # ---- image -------------------------------------------------------------------------------------
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
-
     @property
     def has_single_grid(self) -> bool:
         return False
@@ -187,14 +160,6 @@ class Qwen2VLAdapter(VLMAdapter):
             raise ValueError("Qwen2-VL image features need image_grid_thw (from the processor)")
         out = self.model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         return torch.cat(list(out.pooler_output), dim=0)[None]
-
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
-        return self._scatter_image_features(input_ids, pixel_values, image_inputs)
-
-
-def _get(mapping, key: str, default):
-    value = mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
-    return value if value is not None else default
 
 
 class ImageOnlyQwen2VLProcessor(ImageOnlyProcessorMixin, Qwen2VLProcessor):

@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from vlminterp.specs import check_fields
+
 
 @dataclass(frozen=True)
 class OrganismSpec:
@@ -144,10 +146,7 @@ class OrganismSpec:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "OrganismSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown OrganismSpec fields {unknown}")
+        check_fields(cls, values)
         values = dict(values)
         if isinstance(values.get("task_weights"), dict):
             values["task_weights"] = tuple(values["task_weights"].items())

@@ -17,10 +17,13 @@ prompt, the generated answer, the expected answer and two flags:
 - shape_vqa (Neo et al.'s VQA readout): prompt + " It is a", one forward pass; correct = the
   top-1 next token is the shape name (``generated`` holds that token, ``target_probability``
   its probability).
+
+Prompts run ``batch_size`` at a time; CUDA out-of-memory halves the batch and redoes it
+(``interventions.batching``): ``batch_size`` and ``oom_retries`` on each row are the batch size in
+effect when its task was done and how many times memory ran out during that task.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -29,13 +32,15 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vlminterp.data.shapes import load_world_spec
+from vlminterp.interventions.batching import BATCH_COLUMNS, AdaptiveBatch
 from vlminterp.models.organism.tasks import VQA_ANSWER_PREFIX, TaskExample, load_scenes, task_examples
 from vlminterp.scoring.mentions import MentionMatcher
+from vlminterp.stats import wilson_interval
 
 EVALUATION_SEED = 12345  # draws the absent shapes of polling questions; fixed so every model sees the same set
 EVAL_TASKS: tuple[str, ...] = ("describe", "polling", "color", "shape", "shape_vqa")
 EVALUATION_COLUMNS = ["image_id", "task", "object_index", "target_shape", "target_color", "prompt", "generated",
-                      "expected", "correct", "correct_strict", "hallucinated", "target_probability"]
+                      "expected", "correct", "correct_strict", "hallucinated", "target_probability", *BATCH_COLUMNS]
 
 
 def load_organism(model_dir: Path) -> tuple[LlavaForConditionalGeneration, object]:
@@ -69,12 +74,14 @@ def evaluate_organism(model_dir: Path, world_dir: Path, split: str = "val", max_
     objects_of = {scene.image_id: scene.objects for scene in scenes}
     max_objects = max((len(s.objects) for s in scenes), default=1)
     new_tokens = {"describe": 6 + 5 * max_objects, "polling": 4, "color": 4, "shape": 8}
+    batches = AdaptiveBatch(batch_size, "organism evaluation")
 
     rows: list[dict] = []
     for task in ("describe", "polling", "color", "shape"):
         selected = [ex for ex in examples if ex.task == task]
+        first_row, retries_before = len(rows), batches.retries
+        answers = _generate(model, processor, selected, images, new_tokens[task], batches)
         if task == "describe":  # one generation per image, scored once per object
-            answers = _generate(model, processor, selected, images, new_tokens[task], batch_size)
             for ex, answer in zip(selected, answers):
                 mentioned = [m.category for m in matcher.find(answer)]
                 hallucinated = len(set(mentioned) - present[ex.image_id])
@@ -82,20 +89,28 @@ def evaluate_organism(model_dir: Path, world_dir: Path, split: str = "val", max_
                     rows.append(_row(ex, answer, obj.shape in mentioned, f"{obj.color} {obj.shape}" in answer,
                                      object_index=index, target_shape=obj.shape, target_color=obj.color,
                                      hallucinated=hallucinated))
-            continue
-        answers = _generate(model, processor, selected, images, new_tokens[task], batch_size)
-        for ex, answer in zip(selected, answers):
-            rows.append(_row(ex, answer, *score_answer(ex, answer, matcher)))
+        else:
+            for ex, answer in zip(selected, answers):
+                rows.append(_row(ex, answer, *score_answer(ex, answer, matcher)))
+        _record_batching(rows[first_row:], batches, retries_before)
     shape_examples = [ex for ex in examples if ex.task == "shape"]
+    first_row, retries_before = len(rows), batches.retries
     for ex, (token, probability) in zip(shape_examples,
-                                        _next_token(model, processor, shape_examples, images, batch_size)):
+                                        _next_token(model, processor, shape_examples, images, batches)):
         vqa = TaskExample(ex.image_id, "shape_vqa", ex.question, ex.target_shape, ex.target_shape, ex.target_color,
                           ex.object_index)
         row = _row(vqa, token, token == ex.target_shape, token == ex.target_shape,
                    target_probability=probability)
         row["prompt"] = vqa_prompt(ex)
         rows.append(row)
+    _record_batching(rows[first_row:], batches, retries_before)
     return pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
+
+
+def _record_batching(rows: list[dict], batches: AdaptiveBatch, retries_before: int) -> None:
+    batching = batches.columns(since=retries_before)
+    for row in rows:
+        row.update(batching)
 
 
 def vqa_prompt(example: TaskExample) -> str:
@@ -130,16 +145,6 @@ def summarize_evaluation(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "n", "accuracy", "strict_accuracy", "ci_low", "ci_high"])
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _row(example: TaskExample, generated: str, correct: bool, correct_strict: bool, **overrides) -> dict:
     row = {"image_id": example.image_id, "task": example.task, "object_index": example.object_index,
            "target_shape": example.target_shape, "target_color": example.target_color, "prompt": example.prompt,
@@ -151,32 +156,30 @@ def _row(example: TaskExample, generated: str, correct: bool, correct_strict: bo
 
 @torch.inference_mode()
 def _generate(model, processor, examples: list[TaskExample], images: dict, max_new_tokens: int,
-              batch_size: int) -> list[str]:
-    answers: list[str] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
+              batches: AdaptiveBatch) -> list[str]:
+    def answer(chunk: list[TaskExample]) -> list[str]:
         inputs = processor(images=[images[ex.image_id] for ex in chunk], text=[ex.prompt for ex in chunk],
                            padding=True, return_tensors="pt")
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = output[:, inputs["input_ids"].shape[1]:]
-        answers += [a.strip() for a in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return answers
+        return [a.strip() for a in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    return [a for part in batches.iterate(examples, answer) for a in part]
 
 
 @torch.inference_mode()
 def _next_token(model, processor, examples: list[TaskExample], images: dict,
-                batch_size: int) -> list[tuple[str, float]]:
+                batches: AdaptiveBatch) -> list[tuple[str, float]]:
     """Top-1 next token after the VQA prompt, and the probability of the target shape's token."""
-    results: list[tuple[str, float]] = []
     tokenizer = processor.tokenizer
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
+
+    def read(chunk: list[TaskExample]) -> list[tuple[str, float]]:
         inputs = processor(images=[images[ex.image_id] for ex in chunk], text=[vqa_prompt(ex) for ex in chunk],
                            padding=True, return_tensors="pt")
         probabilities = model(**inputs).logits[:, -1].float().softmax(dim=-1)
         top = probabilities.argmax(dim=-1)
         target_ids = [tokenizer.convert_tokens_to_ids(ex.target_shape) for ex in chunk]
-        for row, ex in enumerate(chunk):
-            results.append((tokenizer.convert_ids_to_tokens(int(top[row])),
-                            float(probabilities[row, target_ids[row]])))
-    return results
+        return [(tokenizer.convert_ids_to_tokens(int(top[row])), float(probabilities[row, target_ids[row]]))
+                for row in range(len(chunk))]
+
+    return [result for part in batches.iterate(examples, read) for result in part]
