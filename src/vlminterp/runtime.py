@@ -49,10 +49,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+PEAK_GPU_MEMORY_MESSAGE = "peak GPU memory: %d bytes allocated (%.2f GiB), %d bytes reserved (%.2f GiB)"
+
+
+def log_peak_gpu_memory(logger: logging.Logger) -> int | None:
+    """Log `torch.cuda.max_memory_allocated()` (and reserved) if this process used CUDA; return it.
+
+    Never initialises CUDA (nor imports torch) just to report: on the CPU it logs nothing."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    allocated, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    logger.info(PEAK_GPU_MEMORY_MESSAGE, allocated, allocated / 2**30, reserved, reserved / 2**30)
+    return allocated
+
+
 @contextlib.contextmanager
 def rule_context(log_path: str | os.PathLike, *, threads: int | None = None,
                  seed: int | None = None) -> Iterator[logging.Logger]:
-    """Tee stderr and `logging` into `log_path`, set torch threads and seeds, log any failure."""
+    """Tee stderr and `logging` into `log_path`, set torch threads and seeds, log any failure; the last
+    line reports the peak GPU memory when the rule used CUDA (`log_peak_gpu_memory`)."""
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", buffering=1) as log_file:
@@ -76,5 +92,6 @@ def rule_context(log_path: str | os.PathLike, *, threads: int | None = None,
             log_file.write(traceback.format_exc())
             raise
         finally:
+            log_peak_gpu_memory(logger)
             sys.stderr = original_stderr
             logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)

@@ -11,7 +11,9 @@ video processors would need torchvision). With HF_HUB_OFFLINE=1 (the test defaul
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +21,8 @@ from typing import Literal
 import torch
 
 from .adapters import adapter_class_for_config
+
+log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Device = Literal["cpu", "cuda", "auto"]
@@ -83,9 +87,11 @@ def _device_placement(spec: ModelSpec) -> dict:
 
 
 def load_model(spec: ModelSpec):
-    """Load (model, processor) for `spec`; the model is in eval mode on the requested device."""
+    """Load (model, processor) for `spec`; the model is in eval mode on the requested device. Logs the
+    time it took (a `loaded model ... in X s` line, which benchmarks/gpu_smoke.py reads from rule logs)."""
     from transformers import AutoConfig
 
+    started = time.perf_counter()
     source_kwargs = {} if spec.is_local else {"revision": spec.revision}
     try:
         config = AutoConfig.from_pretrained(spec.id_or_path, **source_kwargs)
@@ -108,4 +114,6 @@ def load_model(spec: ModelSpec):
         raise WeightsNotAvailableError(_download_hint(spec)) from None
     if move_to is not None:
         model = model.to(move_to)
+    log.info("loaded model %s (%s, %s) in %.1f s", spec.id_or_path, spec.dtype, spec.device,
+             time.perf_counter() - started)
     return model.eval(), processor
