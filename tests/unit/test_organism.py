@@ -71,6 +71,28 @@ def test_every_task_word_is_a_single_known_token(processor):
     assert tok("a zebra", add_special_tokens=False)["input_ids"][1] == tok.unk_token_id
 
 
+def test_word_vocabulary_default_layout_and_a_checkpoints_layout():
+    from vlminterp.models.organism.tokenizer import SPECIAL_TOKENS, build_tokenizer, word_vocabulary
+
+    words = vocabulary_words(WORLD.shapes, WORLD.colors)
+    default = word_vocabulary(words)
+    assert list(default) == list(dict.fromkeys([*SPECIAL_TOKENS, *words]))  # the organism's layout
+    assert list(default.values()) == list(range(len(default)))
+    llava = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001}
+    tok = build_tokenizer(words, special_ids=llava, vocab_size=32064)
+    assert len(tok) == 32064 and sorted(tok.get_vocab().values()) == list(range(32064))
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 32001)
+    assert tok.convert_tokens_to_ids("<image>") == 32000
+    assert tok.convert_tokens_to_ids("USER") == 3  # words take the lowest free ids
+    ids = tok("Is there a circle in this image?")["input_ids"]
+    assert ids[0] == 1 and tok.unk_token_id not in ids and max(ids) < len(words) + 3
+    assert tok("<unused7>", add_special_tokens=False)["input_ids"] != [7]  # placeholders never come from text
+    with pytest.raises(ValueError, match="vocab_size"):
+        word_vocabulary(words, special_ids=llava, vocab_size=100)
+    with pytest.raises(ValueError, match="special_ids"):
+        word_vocabulary(words, special_ids={"<unk>": 0})
+
+
 def test_processor_save_load_round_trip(processor, world_dir, tmp_path):
     images = _images(world_dir, 2)
     texts = [PROMPT, "USER: <image>\nDescribe this image. ASSISTANT:"]

@@ -15,6 +15,7 @@ expands to one token per vision patch, with the CLS token dropped as in LLaVA-1.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Iterable
 
@@ -51,15 +52,46 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose vocabulary is the special tokens plus ``words`` (deduplicated, in order).
+def word_vocabulary(words: Iterable[str], *, special_ids: dict[str, int] | None = None,
+                    vocab_size: int | None = None) -> dict[str, int]:
+    """Token -> id: the special tokens at ``special_ids`` (default: ids 0-4 in ``SPECIAL_TOKENS`` order),
+    ``words`` (deduplicated, in order) at the lowest free ids, then placeholders ``<unused{i}>`` up to
+    ``vocab_size`` (default: no padding). A checkpoint's layout, e.g. LLaVA-1.5's (``<unk>`` 0,
+    ``<s>`` 1, ``</s>`` 2, ``<image>`` 32000, ``<pad>`` 32001, 32064 tokens), so that a word-level
+    tokenizer fits a model config with that vocabulary. Placeholders never come out of encoding text
+    (``<`` and ``_`` are split off); a random model may generate them."""
+    ids = dict(special_ids) if special_ids is not None else {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    if set(ids) != set(SPECIAL_TOKENS):
+        raise ValueError(f"special_ids must give an id to each of {SPECIAL_TOKENS}, got {sorted(ids)}")
+    if len(set(ids.values())) != len(ids):
+        raise ValueError(f"special_ids must be distinct, got {ids}")
+    taken = set(ids.values())
+    vocab: dict[str, int] = dict(ids)
+    free = (i for i in itertools.count() if i not in taken)
+    for word in words:
+        if word not in vocab:
+            vocab[word] = next(free)
+    size = max(vocab.values()) + 1
+    if vocab_size is not None:
+        if vocab_size < size:
+            raise ValueError(f"vocab_size={vocab_size} is smaller than the {size} ids the words and special tokens need")
+        size = vocab_size
+    used = set(vocab.values())
+    for i in range(size):
+        if i not in used:
+            vocab[f"<unused{i}>"] = i
+    return vocab
+
+
+def build_tokenizer(words: Iterable[str], *, special_ids: dict[str, int] | None = None,
+                    vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is the special tokens plus ``words`` (deduplicated, in
+    order); ``special_ids`` and ``vocab_size`` fit it to a checkpoint's layout (`word_vocabulary`).
 
     Adds ``<s>`` in front of every encoded text (as LLaVA's Llama tokenizer does), pads on the left
     (batched generation), decodes with spaces and no space before punctuation.
     """
-    vocab: dict[str, int] = {}
-    for token in list(SPECIAL_TOKENS) + list(words):
-        vocab.setdefault(token, len(vocab))
+    vocab = word_vocabulary(words, special_ids=special_ids, vocab_size=vocab_size)
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizers.Sequence([])
     core.pre_tokenizer = pre_tokenizers.Sequence([
@@ -85,12 +117,15 @@ def build_image_processor(image_size: int) -> CLIPImageProcessorPil:
     )
 
 
-def build_processor(words: Iterable[str], image_size: int, patch_size: int) -> LlavaProcessor:
-    """The organism's LlavaProcessor: word-level tokenizer + CLIP image processor + image-token expansion."""
+def build_processor(words: Iterable[str], image_size: int, patch_size: int, *,
+                    special_ids: dict[str, int] | None = None, vocab_size: int | None = None) -> LlavaProcessor:
+    """The organism's LlavaProcessor: word-level tokenizer + CLIP image processor + image-token expansion
+    (``special_ids``, ``vocab_size``: a checkpoint's token layout, see `word_vocabulary`)."""
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
     return LlavaProcessor(
-        image_processor=build_image_processor(image_size), tokenizer=build_tokenizer(words),
+        image_processor=build_image_processor(image_size),
+        tokenizer=build_tokenizer(words, special_ids=special_ids, vocab_size=vocab_size),
         patch_size=patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE, image_token=IMAGE,
     )
