@@ -6,6 +6,7 @@
     model, processor = build_synthetic("tiny-gqa", attn_implementation="eager")
     model, processor = build_synthetic("real-geometry")     # 336px / patch 14 = 576 tokens, small width
     config = llava_1_5_7b_config()                          # published LLaVA-1.5-7B sizes (GPU benchmark)
+    save_random_checkpoint(config, processor, "ckpt", dtype=torch.bfloat16, device="cuda")   # fast, any size
     model, processor = build_synthetic("tiny-internvl")     # InternVL: 32 px tiles (<= 4 + thumbnail), 4x4 tokens each
     model, processor = build_synthetic("tiny-qwen2-vl")     # Qwen2-VL: dynamic grid, 8 px per token, M-RoPE
 
@@ -343,6 +344,63 @@ def llava_1_5_7b_config() -> LlavaConfig:
         projector_hidden_act="gelu",
         pad_token_id=32001,
     )
+
+
+def build_on_meta(config: PreTrainedConfig, attn_implementation: str = "sdpa") -> torch.nn.Module:
+    """The model of `config` (class from the adapter registry) on the meta device: shapes and
+    parameter counts without allocating or initialising any weight (instant, even for 7B)."""
+    from .adapters import adapter_class_for_config
+
+    model_class = adapter_class_for_config(config).model_class()
+    with torch.device("meta"):
+        return model_class._from_config(config, attn_implementation=attn_implementation)
+
+
+def save_random_checkpoint(config: PreTrainedConfig, processor, directory, *, dtype: torch.dtype = torch.bfloat16,
+                           device: str | torch.device = "cpu", seed: int = 0, std: float | None = None) -> dict:
+    """Write a random-weight checkpoint (`save_pretrained` model + processor) that
+    `load_model(ModelSpec(directory))` loads, fast at any size; returns {"parameters", "seconds"}.
+
+    The model is built on the meta device (no memory, no initialisation), materialised uninitialised
+    with `to_empty` on `device` in `dtype`, and every parameter is filled once from a seeded generator
+    on that device: norms 1, biases 0, everything else N(0, std) (std: the text config's
+    initializer_range). On a GPU that takes well under a second for LLaVA-1.5-7B, where transformers'
+    own per-module initialisation on the CPU takes minutes. Only parameters are saved: the model's
+    non-persistent buffers (rotary frequencies, position ids) are recomputed by `from_pretrained`;
+    the function checks there is no persistent buffer that would be saved uninitialised."""
+    import time
+    from pathlib import Path
+
+    started = time.perf_counter()
+    model = build_on_meta(config).to(dtype)  # still meta: to_empty then allocates dtype directly
+    count = sum(p.numel() for p in model.parameters())
+    parameter_names = {name for name, _ in model.named_parameters()}
+    unsaved = [name for name in model.state_dict() if name not in parameter_names]
+    if unsaved:
+        raise ValueError(f"persistent buffers would be saved uninitialised: {unsaved[:5]}")
+    model = model.to_empty(device=device)
+    std = std if std is not None else getattr(config.get_text_config(), "initializer_range", 0.02)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    norms = {f"{prefix}.{name}" if prefix else name
+             for prefix, module in model.named_modules()
+             if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+             for name, _ in module.named_parameters(recurse=False)}
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in norms:
+                parameter.fill_(0.0 if name.endswith("bias") else 1.0)
+            elif name.endswith("bias"):
+                parameter.zero_()
+            else:
+                parameter.normal_(0.0, std, generator=generator)
+    model.config.dtype = dtype
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    del model
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return {"parameters": count, "seconds": time.perf_counter() - started}
 
 
 # ---------------------------------------------------------------------------------------------------
