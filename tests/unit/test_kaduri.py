@@ -425,3 +425,16 @@ def test_plots_write_png_and_pdf(synthetic, dataset, tmp_path):
                *plots.plot_localization(layers, layers, tmp_path / "k3"),
                *plots.plot_reprompting(k4, tmp_path / "k4")]
     assert all(p.stat().st_size > 0 for p in written) and len(written) == 12
+
+
+def test_localization_plot_without_any_object_mention(tmp_path):
+    """A run whose descriptions name no object (random weights) summarises to an empty table; the
+    figure says so instead of failing (found by the GPU smoke run's tiny CPU version)."""
+    from vlminterp.plots import kaduri as plots
+
+    empty = pd.DataFrame(columns=["image_id", "mention", "layer", "head", "hit", "chance"])
+    per_layer = summarize_localization(empty)
+    per_band = summarize_localization(empty, band_width=2)
+    assert per_layer.empty and per_band.empty
+    written = plots.plot_localization(per_layer, per_band, tmp_path / "k3")
+    assert len(written) == 2 and all(p.stat().st_size > 0 for p in written)

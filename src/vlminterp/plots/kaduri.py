@@ -170,6 +170,13 @@ def plot_localization(per_layer: pd.DataFrame, per_band: pd.DataFrame, stem: Pat
     for table, what in ((per_layer, "per-layer summary"), (per_band, "per-band summary")):
         _require(table, {"layer_start", "layer_end", "accuracy", "low", "high", "chance", "n_mentions"}, what)
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.3), gridspec_kw={"width_ratios": [3, 2]})
+    if per_layer.empty:  # no description named an object (e.g. random weights): a figure that says so
+        for axis in (left, right):
+            axis.text(0.5, 0.5, "no object mentions in the descriptions:\nnothing to localize", ha="center",
+                      va="center", transform=axis.transAxes)
+            axis.set_axis_off()
+        figure.suptitle(title)
+        return save_figure(figure, stem)
     left.plot(per_layer["layer_start"], per_layer["accuracy"], marker="o", color="tab:blue", label="accuracy")
     left.fill_between(per_layer["layer_start"], per_layer["low"], per_layer["high"], color="tab:blue", alpha=0.2,
                       label="95% interval")
