@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 RUN    ?= $(shell $(PYTHON) -c "import re,sys; print(re.search(r'^run:\s*(\S+)', open('config.yaml').read(), re.M).group(1))")
 
-.PHONY: install reproduce report test test-fast bench push pull clean lock
+.PHONY: install reproduce report test test-fast bench smoke-gpu push pull clean lock
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
+
+smoke-gpu: install   ## LLaVA-1.5-7B sizes, random bf16 weights, every stage on a few images, one GPU (README)
+	$(BIN)/python -m benchmarks.gpu_smoke --size 7b --device cuda
 
 push: install    ## share results/$(RUN) (and data/ if present) through the DVC remote
 	$(BIN)/python -m vlminterp.artifacts push --run $(RUN) $(if $(wildcard data),--data)
