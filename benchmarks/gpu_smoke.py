@@ -4,7 +4,7 @@ papers' run loads llava-hf/llava-1.5-7b-hf; records per rule the wall time, the 
 the time per image and the peak GPU memory.
 
     python -m benchmarks.gpu_smoke --size 7b --device cuda      # make smoke-gpu (~14 GB disk, one GPU)
-    python -m benchmarks.gpu_smoke --size tiny --device cpu     # the same path at tiny size (tests, ~1 min)
+    python -m benchmarks.gpu_smoke --size tiny --device cpu     # the same path at tiny size (tests, ~1.5 min)
 
 Steps: (1) write a random-weight checkpoint directory (`save_pretrained` model + processor) under
 <workdir>/checkpoint: `--size 7b` = `llava_1_5_7b_config()` (32064-token vocabulary, 336 px CLIP
