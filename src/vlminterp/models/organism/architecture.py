@@ -53,8 +53,9 @@ class OrganismSpec:
             the image) until a late, seed-dependent transition, between ~300 and ~1300 steps.
             With 4 heads and equal task weights, 1200 steps left polling at 92% (errors growing
             with the number of objects: 100% / 96% / 86% for 1 / 2 / 3 objects, also on training
-            images) and one seed of three never left the plateau. 8 heads, polling sampled twice
-            as often and 2400 steps: every task >= 95% on seeds 0, 1 and 2 (README).
+            images); polling twice as often over 2400 steps still left one seed of three on the
+            polling plateau. 8 heads, polling sampled twice as often and 2400 steps: every task
+            >= 95% on seeds 0, 1 and 2 (README).
         tower_lr_scale: stage-2 learning-rate multiplier of the vision tower (0 = frozen).
         warmup_steps: linear warm-up at the start of each stage, then cosine decay to 10%.
         weight_decay: AdamW weight decay (both stages).
