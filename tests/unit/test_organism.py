@@ -287,10 +287,9 @@ def test_tiny_organism_learns(world_dir, tmp_path):
     assert table["correct"].dtype == bool and table["prompt"].str.startswith("USER: <image>\n").all()
     accuracy = summarize_evaluation(table).set_index("task")["accuracy"]
     # Chance: describe names 0 objects, polling 1/2, colour 1/len(colors), shape 1/len(shapes).
-    # Polling and colour-of-shape escape a loss plateau late (several hundred steps into stage 2 on
-    # the default organism), later than the tiny preset trains, so only colour is held to a margin
-    # (it beats chance by guessing among the colours present) and polling is not asserted here.
-    margins = {"describe": (0.0, 0.6), "color": (1 / len(WORLD.colors), 0.15),
+    # Polling and colour-of-shape escape a loss plateau late (OrganismSpec.language_steps); the
+    # tiny preset trains long enough for both, so polling too is held to a wide margin.
+    margins = {"describe": (0.0, 0.6), "polling": (0.5, 0.3), "color": (1 / len(WORLD.colors), 0.5),
                "shape": (1 / len(WORLD.shapes), 0.5), "shape_vqa": (1 / len(WORLD.shapes), 0.5)}
     for task, (chance, margin) in margins.items():
         assert accuracy[task] > chance + margin, (task, accuracy.to_dict())
