@@ -50,6 +50,22 @@ class TokenLayout(Protocol):
     tile_shapes: tuple[tuple[int, int], ...]
 
 
+class TokenLayoutSizes:
+    """`num_tokens` and `num_tiles` of a token layout (mixed into `ImageCells` and the experiments'
+    per-image cell tables)."""
+
+    tile: np.ndarray
+    tile_shapes: tuple[tuple[int, int], ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tile)
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.tile_shapes)
+
+
 def uniform_cell_boxes(region: Sequence[float], rows: int, cols: int) -> np.ndarray:
     """Split `region` (x0, y0, x1, y1) into a rows x cols grid of equal boxes, shape (rows, cols, 4).
 

@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from vlminterp.data.cells import (cells_to_positions, dilate_tokens, last_row_tokens, mask_tokens,
-                                  tile_tokens)
+                                  tile_tokens, TokenLayoutSizes)
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import AdaptiveBatch, StreamingMean
 from vlminterp.io import atomic_path
@@ -154,7 +154,7 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
 
 
 @dataclass
-class TargetCells:
+class TargetCells(TokenLayoutSizes):
     """The cell table of one image, per image token (image-token order): a `data.cells` token layout.
 
     tile, row, col (N,) int; tile_shapes: (rows, cols) of each tile; boxes (N, 4); overlap (N,);
@@ -195,14 +195,6 @@ class TargetCells:
         except ValueError as error:
             raise ValueError(f"image {image_id}: {error}") from None
         return cells
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tile)
-
-    @property
-    def num_tiles(self) -> int:
-        return len(self.tile_shapes)
 
     def object_base(self) -> np.ndarray:
         """The object's own tokens: the smallest buffer's set (b = 0 unless not studied)."""

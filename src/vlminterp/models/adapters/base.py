@@ -45,6 +45,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from vlminterp.data.cells import TokenLayoutSizes
+
 ImageGeometry = Literal["crop", "pad", "resize"]
 GEOMETRIES: tuple[str, ...] = ("crop", "pad", "resize")
 PATCH_GRID_GEOMETRIES: tuple[str, ...] = ("crop", "pad")  # what a square PatchGrid supports
@@ -138,7 +140,7 @@ class PatchGrid:
 
 
 @dataclass(frozen=True, eq=False)
-class ImageCells:
+class ImageCells(TokenLayoutSizes):
     """Where each image token of ONE image comes from, in image-token (sequence) order.
 
     A tile is one square crop the vision tower saw: the single grid of LLaVA (tile 0), one of
@@ -156,14 +158,6 @@ class ImageCells:
     tile_kinds: tuple[str, ...]  # per tile: "grid" (single-grid family), "tile" or "thumbnail"
     tile_boxes: np.ndarray  # (num_tiles, 4) region of the original image each tile shows
     original_size: tuple[int, int]  # (width, height)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tile)
-
-    @property
-    def num_tiles(self) -> int:
-        return len(self.tile_shapes)
 
     def cells(self) -> np.ndarray:
         """(N, 3) int array of (tile, row, col), in image-token order."""
@@ -654,7 +648,22 @@ class ConditionalGenerationAdapter(VLMAdapter):
     model.model.language_model (embed_tokens, layers, norm), model.lm_head, the projector at
     model.model.multi_modal_projector, the image token id in the top-level config, and image
     features scattered into the token embeddings at the image tokens. A family overrides only
-    what differs (Qwen2-VL: the projector is the vision tower's merger)."""
+    what differs (Qwen2-VL: the projector is the vision tower's merger).
+
+    A family names itself by `family` (its config's `model_type`) and `model_class_name` (the
+    transformers class to instantiate); `matches` and `model_class` follow from those."""
+
+    model_class_name: ClassVar[str]
+
+    @classmethod
+    def matches(cls, config) -> bool:
+        return getattr(config, "model_type", None) == cls.family
+
+    @classmethod
+    def model_class(cls) -> type[nn.Module]:
+        import transformers
+
+        return getattr(transformers, cls.model_class_name)
 
     @property
     def language_model(self) -> nn.Module:

@@ -49,6 +49,7 @@ INTERNVL_SYSTEM_PROMPT = (
 
 class InternVLAdapter(ConditionalGenerationAdapter):
     family = "internvl"
+    model_class_name = "InternVLForConditionalGeneration"
     geometries = ("resize",)
 
     def __init__(self, model: nn.Module, processor=None):
@@ -78,16 +79,6 @@ class InternVLAdapter(ConditionalGenerationAdapter):
         self.crop_to_patches = bool(processor_defaults.get("crop_to_patches", crop))
         self.min_tiles = int(getattr(image_processor, "min_patches", 1) or 1)
         self.max_tiles = int(getattr(image_processor, "max_patches", 12) or 12)
-
-    @classmethod
-    def matches(cls, config) -> bool:
-        return getattr(config, "model_type", None) == "internvl"
-
-    @classmethod
-    def model_class(cls):
-        from transformers import InternVLForConditionalGeneration
-
-        return InternVLForConditionalGeneration
 
     @classmethod
     def load_processor(cls, id_or_path: str, **kwargs):

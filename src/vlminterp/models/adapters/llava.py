@@ -25,6 +25,7 @@ TEMPLATES_BY_TEXT_MODEL = {"llama": VICUNA_TEMPLATE, "phi3": PHI3_TEMPLATE}
 
 class LlavaAdapter(ConditionalGenerationAdapter):
     family = "llava"
+    model_class_name = "LlavaForConditionalGeneration"
 
     def __init__(self, model: nn.Module, processor=None):
         super().__init__(model, processor)
@@ -45,16 +46,6 @@ class LlavaAdapter(ConditionalGenerationAdapter):
         self._grid = PatchGrid(
             rows=side, cols=side, patch_size=vision.patch_size, input_size=input_size, shortest_edge=shortest_edge
         )
-
-    @classmethod
-    def matches(cls, config) -> bool:
-        return getattr(config, "model_type", None) == "llava"
-
-    @classmethod
-    def model_class(cls):
-        from transformers import LlavaForConditionalGeneration
-
-        return LlavaForConditionalGeneration
 
     # ---- image -------------------------------------------------------------------------------------
     @property

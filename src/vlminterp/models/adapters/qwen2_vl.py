@@ -50,6 +50,7 @@ QWEN2_VL_TEMPLATE = PromptTemplate(
 
 class Qwen2VLAdapter(ConditionalGenerationAdapter):
     family = "qwen2_vl"
+    model_class_name = "Qwen2VLForConditionalGeneration"
     geometries = ("resize",)
     image_input_names = ("pixel_values", "image_grid_thw")
 
@@ -64,16 +65,6 @@ class Qwen2VLAdapter(ConditionalGenerationAdapter):
         self.max_pixels = int(setting(size, "longest_edge", 28 * 28 * 1280))
         if self.patch_size != vision.patch_size or self.merge_size != vision.spatial_merge_size:
             raise ValueError("the processor's patch/merge sizes differ from the vision tower's")
-
-    @classmethod
-    def matches(cls, config) -> bool:
-        return getattr(config, "model_type", None) == "qwen2_vl"
-
-    @classmethod
-    def model_class(cls):
-        from transformers import Qwen2VLForConditionalGeneration
-
-        return Qwen2VLForConditionalGeneration
 
     @classmethod
     def load_processor(cls, id_or_path: str, **kwargs):
