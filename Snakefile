@@ -8,10 +8,15 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the default run; a run given with --configfile means exactly that file (plus the
+# schema's defaults), never the default run's overrides.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/run_config.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/organism.smk"
 # Neo et al. (N1-N3)
@@ -35,6 +40,7 @@ report: "workflow/report/workflow.rst"
 # the network) stay on the submitting machine when an executor such as SLURM is used.
 localrules:
     all,
+    write_effective_config,
     download_coco_annotations,
     download_coco_images,
     select_neo_targets,

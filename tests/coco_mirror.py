@@ -1,6 +1,8 @@
-"""A local stand-in for images.cocodataset.org, built from the shapes world, with fault injection.
+"""A local stand-in for images.cocodataset.org, built from the shapes world or a real COCO subset,
+with fault injection.
 
-    mirror = build_mirror(tmp_dir / "mirror")            # COCO layout on disk
+    mirror = build_mirror(tmp_dir / "mirror")            # COCO layout on disk (shapes world)
+    mirror = build_mirror_from_coco(tmp_dir / "mirror", COCO_MINI)   # real COCO files, unchanged
     with MirrorServer(mirror.root) as server:            # http://127.0.0.1:<free port>
         server.inject("/train2017/000000000001.jpg", Fault("drop", after=700))
         ...  server.url, server.requests (what the client asked for)
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import socket
 import threading
 import zipfile
@@ -84,7 +87,32 @@ def build_mirror(root: Path, spec: ShapesWorldSpec | None = None) -> Mirror:
         file_names[split] = [image["file_name"] for image in instances["images"]]
         members[f"annotations/instances_{split}2017.json"] = json.dumps(instances).encode()
         members[f"annotations/captions_{split}2017.json"] = json.dumps(captions).encode()
-    members["annotations/person_keypoints_val2017.json"] = b'{"not": "requested"}'
+    return _write_archive(root, members, file_names)
+
+
+def build_mirror_from_coco(root: Path, coco_dir: Path) -> Mirror:
+    """Lay out a real COCO 2017 subset (e.g. ../shared/fixtures/coco-mini: annotations/*.json,
+    train2017/, val2017/) under ``root`` as images.cocodataset.org serves it: the annotation JSONs,
+    unchanged, as members of annotations/annotations_trainval2017.zip, and {split}2017/<file_name>."""
+    root, coco_dir = Path(root), Path(coco_dir)
+    members: dict[str, bytes] = {}
+    file_names: dict[str, list[str]] = {}
+    for split in SPLITS:
+        instances = coco_dir / "annotations" / f"instances_{split}2017.json"
+        members[f"annotations/{instances.name}"] = instances.read_bytes()
+        captions = coco_dir / "annotations" / f"captions_{split}2017.json"
+        members[f"annotations/{captions.name}"] = captions.read_bytes()
+        images = sorted(json.loads(instances.read_bytes())["images"], key=lambda image: image["id"])
+        file_names[split] = [image["file_name"] for image in images]
+        (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
+        for name in file_names[split]:
+            shutil.copyfile(coco_dir / f"{split}2017" / name, root / f"{split}2017" / name)
+    return _write_archive(root, members, file_names)
+
+
+def _write_archive(root: Path, members: dict[str, bytes], file_names: dict[str, list[str]]) -> Mirror:
+    """Zip `members` (plus one member nobody asks for) as the official annotation archive."""
+    members = {**members, "annotations/person_keypoints_val2017.json": b'{"not": "requested"}'}
     archive = root / ARCHIVE
     archive.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:

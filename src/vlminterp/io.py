@@ -4,6 +4,7 @@
         df.to_csv(tmp, index=False)
     write_table(df, "results/x/table.csv")            # same, csv or parquet by suffix
     write_json({"a": 1}, "results/x/summary.json")
+    write_yaml(config, "results/x/effective_config.yaml")
 """
 from __future__ import annotations
 
@@ -74,11 +75,22 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table written by `write_table`."""
-    return pd.read_parquet(path) if Path(path).suffix == ".parquet" else pd.read_csv(path)
+    """Read a table written by `write_table`. Only an empty CSV field is missing: text such as a
+    token "null", "NA" or "nan" (all in LLaVA's vocabulary) stays text."""
+    if Path(path).suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically, with sorted keys so reruns are byte-identical."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_yaml(obj: Any, path: str | os.PathLike) -> None:
+    """Write YAML atomically, keys in the order given (a config reads as its schema is written)."""
+    import yaml
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100))

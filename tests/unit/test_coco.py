@@ -43,8 +43,10 @@ def test_load_coco_layout_with_and_without_year(tmp_path):
 def test_explicit_image_dir(tmp_path):
     root = _one_image_builder().write(tmp_path, split="val")
     (root / "images" / "val").rename(root / "pictures")
-    with pytest.raises(FileNotFoundError, match="image directory"):
-        CocoDataset.load(root, split="val")
+    annotations_only = CocoDataset.load(root, split="val")  # selection needs no image yet
+    assert annotations_only.image_ids() == [1]
+    with pytest.raises(FileNotFoundError, match=r"image id 1: file .*images/val/000000000001.png"):
+        annotations_only.image_path(1)
     ds = CocoDataset.load(root, split="val", image_dir="pictures")
     assert ds.image_path(1) == root / "pictures" / "000000000001.png"
     with pytest.raises(FileNotFoundError, match="nowhere"):

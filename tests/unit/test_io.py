@@ -53,3 +53,19 @@ def test_gzipped_table_is_byte_identical_on_rewrite(tmp_path):
     write_table(table, second)
     assert first.read_bytes() == second.read_bytes()
     pd.testing.assert_frame_equal(read_table(first), table)
+
+
+def test_token_texts_that_look_missing_stay_text(tmp_path):
+    """Real LLaVA vocabulary tokens such as "null", "NA", "nan" and "None" are not missing values;
+    an empty field still is."""
+    import numpy as np
+    import pandas as pd
+
+    from vlminterp.io import read_table, write_table
+
+    table = pd.DataFrame({"token": ["null", "NA", "nan", "None", "N/A", "x"], "prob": [0.1, np.nan, 0.2, 0.3, 0.4, 0.5]})
+    for name in ("t.csv", "t.csv.gz"):
+        write_table(table, tmp_path / name)
+        back = read_table(tmp_path / name)
+        assert back["token"].tolist() == ["null", "NA", "nan", "None", "N/A", "x"]
+        assert back["prob"].isna().tolist() == [False, True, False, False, False, False]

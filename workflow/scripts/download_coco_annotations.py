@@ -5,7 +5,5 @@ from vlminterp.data.download import CocoDownloadSpec, download_annotations
 from vlminterp.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
-    coco = snakemake.params.coco
-    spec = CocoDownloadSpec(annotations_base_url=coco["annotations_base_url"],
-                            images_base_url=coco["images_base_url"], retries=coco["retries"])
+    spec = CocoDownloadSpec.from_config(snakemake.params.coco)
     download_annotations(spec, Path(snakemake.output.instances).parents[1])

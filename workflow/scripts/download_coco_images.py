@@ -8,9 +8,7 @@ from vlminterp.io import read_table, write_table
 from vlminterp.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
-    coco = snakemake.params.coco
-    spec = CocoDownloadSpec(annotations_base_url=coco["annotations_base_url"],
-                            images_base_url=coco["images_base_url"], retries=coco["retries"])
+    spec = CocoDownloadSpec.from_config(snakemake.params.coco)
     split = snakemake.wildcards.split.removesuffix(spec.year)
     image_ids = sorted({int(i) for table in snakemake.input.selections
                         for i in read_table(table)["image_id"]})

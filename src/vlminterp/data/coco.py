@@ -9,8 +9,8 @@
 
 Directory layout. A dataset directory `root` holds `annotations/instances_{split}.json` and an
 image directory. The image directory is `image_dir` when given (relative to `root` or absolute);
-otherwise the first existing one of
-    root/images/{split}/      (e.g. a generated synthetic dataset)
+otherwise the first existing one of (the first when none exists yet: annotations alone load)
+    root/images/{split}/      (e.g. a generated synthetic dataset; where COCO images are downloaded)
     root/{split}/             (COCO's own layout when split = "train2017", "val2017")
     root/{split}2017/         (COCO's own layout when split = "train", "val")
 The annotation file is `annotations/instances_{split}.json`, or, when that does not exist,
@@ -167,8 +167,11 @@ class CocoDataset:
         annotation_file = _first_existing(
             annotation_file_candidates(root, split), f"annotation file for split '{split}'", is_dir=False)
         if image_dir is None:
-            resolved_dir = _first_existing(
-                image_dir_candidates(root, split), f"image directory for split '{split}'", is_dir=True)
+            # Selection stages read annotations before any image is downloaded: without an image
+            # directory yet, images are expected where download_coco_images puts them (the first
+            # candidate), and image_path names the missing file if one is asked for.
+            candidates = image_dir_candidates(root, split)
+            resolved_dir = next((c for c in candidates if c.is_dir()), candidates[0])
         else:
             resolved_dir = Path(image_dir) if Path(image_dir).is_absolute() else root / image_dir
             if not resolved_dir.is_dir():

@@ -122,6 +122,13 @@ class CocoDownloadSpec:
     verify_existing: bool = True
     user_agent: str = "vlminterp-coco-download/0.1"
 
+    @classmethod
+    def from_config(cls, coco: dict) -> "CocoDownloadSpec":
+        """The spec of a run's `dataset.coco` config section (hosts, expected archive, retries)."""
+        return cls(annotations_base_url=coco["annotations_base_url"], images_base_url=coco["images_base_url"],
+                   annotations_size=coco["annotations_size"], annotations_md5=coco["annotations_md5"],
+                   retries=coco["retries"])
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", tuple(self.splits))
         object.__setattr__(self, "annotation_kinds", tuple(self.annotation_kinds))

@@ -75,6 +75,12 @@ def name_token_ids(tokenizer, vocabulary: SynonymVocabulary, category: str, pref
     return {answer_first_token(tokenizer, prefix, form) for form in sorted(forms)}
 
 
+def token_text(tokenizer, token_id: int) -> str:
+    """The token's text, or `<id N>` for a row of the unembedding with no text: LLaVA-1.5 pads its
+    32002-token vocabulary to 32064 rows, and those rows decode to an empty string."""
+    return tokenizer.decode([token_id]) or f"<id {token_id}>"
+
+
 def lens_logits(adapter, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of residual-stream vectors (..., d): the final norm once, then the unembedding."""
     return adapter.unembed(adapter.final_norm(hidden))
@@ -121,7 +127,7 @@ def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: p
                 "tile": np.repeat(target_cells.tile, k), "cell_row": np.repeat(target_cells.row, k),
                 "cell_col": np.repeat(target_cells.col, k), "layer": layer,
                 "rank": np.tile(np.arange(1, k + 1), len(positions)),
-                "token": [tokenizer.decode([int(t)]) for t in top_i.reshape(-1)],
+                "token": [token_text(tokenizer, int(t)) for t in top_i.reshape(-1)],
                 "token_id": top_i.reshape(-1).numpy(), "prob": top_p.reshape(-1).numpy(),
                 "is_object": np.repeat(obj, k)}))
             for region, member in regions.items():

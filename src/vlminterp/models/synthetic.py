@@ -6,6 +6,8 @@
     model, processor = build_synthetic("tiny-gqa", attn_implementation="eager")
     model, processor = build_synthetic("real-geometry")     # 336px / patch 14 = 576 tokens, small width
     config = llava_1_5_7b_config()                          # published LLaVA-1.5-7B sizes (GPU benchmark)
+    config = llava_1_5_config(text_layers=4, text_hidden=64, ...)  # LLaVA-1.5's layout, any size
+    processor = llava_1_5_processor("tokenizer.model")      # LLaVA-1.5's tokenizer from Llama 2's SentencePiece model
     save_random_checkpoint(config, processor, "ckpt", dtype=torch.bfloat16, device="cuda")   # fast, any size
     model, processor = build_synthetic("tiny-internvl")     # InternVL: 32 px tiles (<= 4 + thumbnail), 4x4 tokens each
     model, processor = build_synthetic("tiny-qwen2-vl")     # Qwen2-VL: dynamic grid, 8 px per token, M-RoPE
@@ -344,6 +346,53 @@ def llava_1_5_7b_config() -> LlavaConfig:
         projector_hidden_act="gelu",
         pad_token_id=32001,
     )
+
+
+def llava_1_5_config(*, text_layers: int = 32, text_hidden: int = 4096, text_intermediate: int = 11008,
+                     text_heads: int = 32, vision_layers: int = 24, vision_hidden: int = 1024,
+                     vision_intermediate: int = 4096, vision_heads: int = 16) -> LlavaConfig:
+    """LLaVA-1.5's layout (32064-token vocabulary, `<image>` = 32000, `<pad>` = 32001, CLIP 336 px
+    with 14 px patches = 576 image tokens, penultimate vision layer, GELU projector) at any width
+    and depth; the defaults are LLaVA-1.5-7B's sizes (`llava_1_5_7b_config`)."""
+    config = llava_1_5_7b_config()
+    text, vision = config.text_config, config.vision_config
+    text.num_hidden_layers, text.hidden_size, text.intermediate_size = text_layers, text_hidden, text_intermediate
+    text.num_attention_heads = text.num_key_value_heads = text_heads
+    vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size = vision_layers, vision_hidden, vision_intermediate
+    vision.num_attention_heads = vision_heads
+    return config
+
+
+def llava_1_5_processor(sentencepiece_model) -> LlavaProcessor:
+    """LLaVA-1.5's processor built from the Llama 2 SentencePiece model its tokenizer extends, as
+    `llava-hf/llava-1.5-7b-hf` has it: BOS added, `<image>` = 32000 and `<pad>` = 32001 appended,
+    no legacy prefix-space handling; a CLIP image processor that resizes the short side to 336 and
+    centre-crops 336 x 336 (CLIP's mean and std), 14 px patches: 576 image tokens. The conversion
+    from the SentencePiece model needs the `sentencepiece` and `protobuf` packages."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from transformers import LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copy(sentencepiece_model, Path(directory, "tokenizer.model"))
+        tokenizer = LlamaTokenizer.from_pretrained(directory, legacy=False, add_bos_token=True,
+                                                   add_eos_token=False)
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.image_token = IMAGE_TOKEN
+    if tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, "<pad>"]) != [32000, 32001]:
+        raise ValueError(f"{sentencepiece_model} is not the 32000-piece Llama 2 model LLaVA-1.5 extends")
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
 def build_on_meta(config: PreTrainedConfig, attn_implementation: str = "sdpa") -> torch.nn.Module:
