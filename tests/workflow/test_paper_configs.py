@@ -1,22 +1,100 @@
-"""Every shipped run config lists its whole DAG on a machine without weights or a GPU."""
+"""Every shipped run config, run from the root of a checkout (config.yaml beside it, as users run it):
+it lists its whole DAG on a machine without weights or a GPU, and it means exactly what it says
+plus the schema's defaults, never the default run's config.yaml."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+import subprocess
 
 import pytest
+import yaml
 
-from snakemake_runner import ROOT, snakemake
+from rehearsal import ROOT, SNAKEMAKE, copy_checkout
 
 pytestmark = pytest.mark.workflow
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+MISSING = object()
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    return copy_checkout(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory):
+    """A saved tiny LLaVA: a local model directory the early model checks accept."""
+    from vlminterp.models.synthetic import build_synthetic, save_synthetic
+
+    directory = tmp_path_factory.mktemp("model")
+    save_synthetic(*build_synthetic("tiny-llama"), directory)
+    return directory
+
+
+def _snakemake(checkout, *args):
+    return subprocess.run([str(SNAKEMAKE), *args], cwd=checkout, capture_output=True, text=True)
+
+
+def leaves(tree: dict, prefix: tuple = ()):
+    """(key path, value) of every leaf of a nested config."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def lookup(tree, path):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return MISSING
+        tree = tree[key]
+    return tree
+
+
+def schema_default(path):
+    node = SCHEMA
+    for key in path:
+        node = node.get("properties", {}).get(key)
+        if node is None:
+            return MISSING
+    return node.get("default", MISSING)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_paper_dag_dry_run(tmp_path, config):
-    proc = snakemake(tmp_path, "-n", "--cores", "all", configfile=config)
+def test_paper_dag_dry_run(checkout, config):
+    proc = _snakemake(checkout, "-n", "--cores", "all", "--configfile", f"configs/{config.name}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     planned = set(re.findall(r"^rule (\w+):", proc.stdout, flags=re.M))
     assert "download_coco_annotations" in planned
     assert "train_organism" not in planned  # a published model is loaded, not trained
-    assert not (tmp_path / "results").exists()
+    assert "generate_world" not in planned  # the default run's shapes world does not leak in
+    assert not (checkout / "results").exists()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_config_means_what_it_says(checkout, local_model, tmp_path, config):
+    """The effective config (results/<run>/effective_config.yaml) holds every value of the file, and
+    every key of config.yaml that the file leaves unset has the schema's default."""
+    overlay = {"device": "cpu", "model": {"pretrained": {"id": str(local_model)}}}  # no GPU, no hub
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    given = yaml.safe_load(config.read_text())
+    target = f"results/{given['run']}/effective_config.yaml"
+    proc = _snakemake(checkout, "--cores", "1", "--configfile", f"configs/{config.name}",
+                      str(tmp_path / "overlay.yaml"), "--", target)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    effective = yaml.safe_load((checkout / target).read_text())
+    assert effective["config_files"] == [f"configs/{config.name}", str(tmp_path / "overlay.yaml")]
+    for path, value in leaves(given):
+        if lookup(overlay, path) is MISSING:
+            assert lookup(effective, path) == value, ".".join(path)
+    default_run = yaml.safe_load((ROOT / "config.yaml").read_text())
+    checked = 0
+    for path, _ in leaves(default_run):
+        default = schema_default(path)
+        if lookup(given, path) is MISSING and lookup(overlay, path) is MISSING and default is not MISSING:
+            assert lookup(effective, path) == default, f"{'.'.join(path)} leaked from config.yaml"
+            checked += 1
+    assert checked, "config.yaml sets nothing the file leaves to the schema: the check checked nothing"

@@ -1,0 +1,76 @@
+"""Scoring with LLaVA-1.5's real tokenizer (the Llama 2 SentencePiece model, ../shared/fixtures):
+names that split into several sub-tokens, plurals, the first sub-token the VQA setting scores,
+the token spans K3 maps mentions onto, and the prompt the processor builds. Expected pieces are
+written out by hand from the SentencePiece model, not derived with the code under test."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from shared_fixtures import COCO_MINI, LLAMA2_TOKENIZER, require
+from vlminterp.experiments.kaduri_common import token_mentions, token_spans
+from vlminterp.experiments.neo_common import answer_first_token
+from vlminterp.scoring.vocabulary import load_vocabulary
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from vlminterp.models.synthetic import llava_1_5_processor
+
+    return llava_1_5_processor(require(LLAMA2_TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def coco_vocabulary():
+    return load_vocabulary("coco")
+
+
+def test_llava_layout_of_the_special_tokens(processor):
+    tokenizer = processor.tokenizer
+    assert tokenizer.convert_tokens_to_ids(["<s>", "</s>", "<image>", "<pad>"]) == [1, 2, 32000, 32001]
+    assert tokenizer("USER:")["input_ids"][0] == 1  # BOS added, as llava-hf's tokenizer does
+
+
+def test_prompt_holds_576_image_tokens_after_bos(processor):
+    image = Image.open(require(COCO_MINI) / "train2017" / "000000037666.jpg")
+    encoding = processor(images=image, text="USER: <image>\nDescribe this image. ASSISTANT:", return_tensors="pt")
+    ids = encoding["input_ids"][0].tolist()
+    assert ids[0] == 1 and ids.count(32000) == 576
+    assert tuple(encoding["pixel_values"].shape) == (1, 3, 336, 336)
+    first = ids.index(32000)
+    assert ids[first:first + 576] == [32000] * 576  # one contiguous block
+
+
+@pytest.mark.parametrize("word, pieces", [
+    ("giraffe", ["▁g", "ira", "ffe"]),
+    ("skateboard", ["▁sk", "ate", "board"]),
+    ("dog", ["▁dog"]),
+])
+def test_vqa_scores_the_first_sub_token(processor, word, pieces):
+    tokenizer = processor.tokenizer
+    assert tokenizer.tokenize(f" {word}")[-len(pieces):] == pieces
+    assert answer_first_token(tokenizer, "It is a", word) == tokenizer.convert_tokens_to_ids(pieces[0])
+
+
+def test_multi_piece_plural_mentions_cover_their_tokens(processor, coco_vocabulary):
+    tokenizer = processor.tokenizer
+    ids = tokenizer("Two giraffes stand near a hot dog stand.", add_special_tokens=False)["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    text, spans = token_spans(tokenizer, ids)
+    assert text == "Two giraffes stand near a hot dog stand."
+    found = {m.category: (m.first_token, m.last_token) for m in token_mentions(text, spans, coco_vocabulary)}
+    giraffe = pieces.index("▁g")
+    assert pieces[giraffe:giraffe + 4] == ["▁g", "ira", "ff", "es"]
+    assert found["giraffe"] == (giraffe, giraffe + 3)
+    hot = pieces.index("▁hot")
+    assert found["hot dog"] == (hot, pieces.index("▁dog"))
+    assert "dog" not in found  # "hot dog" is the food, not the animal
+
+
+def test_generated_yes_is_a_polling_success(processor):
+    from vlminterp.experiments.neo_ablation import _YES
+
+    tokenizer = processor.tokenizer
+    for answer in ("Yes, there is", "yes.", " Yes"):
+        assert _YES.match(tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"]))
+    assert not _YES.match(tokenizer.decode(tokenizer("Yesterday", add_special_tokens=False)["input_ids"]))

@@ -1,0 +1,141 @@
+"""The paper run rehearsed (tests/rehearsal.py): `configs/llava-1.5-7b.yaml` from the root of a checkout,
+by the real Snakemake CLI, on real COCO 2017 files and LLaVA-1.5's real tokenizer; every stage
+N1-K4 runs. Its tables are checked against computations written here from the raw files
+(pycocotools on the annotation JSON, integer pixel arithmetic on the decoded masks), not with
+the library's code."""
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from pycocotools.coco import COCO
+
+from rehearsal import PAPER_CONFIG, ROOT, SNAKEMAKE, rehearse
+from shared_fixtures import COCO_MINI, LLAMA2_TOKENIZER, require
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+GRID, PATCH, SIDE = 24, 14, 336
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    require(COCO_MINI), require(LLAMA2_TOKENIZER)
+    run = rehearse(tmp_path_factory.mktemp("rehearsal"))
+    assert run.proc.returncode == 0, f"{run.proc.stdout[-3000:]}\n{run.proc.stderr[-6000:]}"
+    return run
+
+
+@pytest.fixture(scope="module")
+def coco_train() -> COCO:
+    return COCO(str(require(COCO_MINI) / "annotations" / "instances_train2017.json"))
+
+
+def _table(run, path) -> pd.DataFrame:
+    return pd.read_csv(run.run_dir / path, keep_default_na=False, na_values=[""])
+
+
+def test_nothing_left_to_do_afterwards(rehearsal):
+    overlay = rehearsal.root.parent / "rehearsal.yaml"
+    proc = subprocess.run([str(SNAKEMAKE), "-n", "--configfile", PAPER_CONFIG, str(overlay)],
+                          cwd=rehearsal.root, capture_output=True, text=True, check=True)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_the_effective_config_is_the_papers(rehearsal):
+    """Run from a root with config.yaml beside it: the paper's area rule, not the default run's
+    (every config: tests/workflow/test_paper_configs.py)."""
+    effective = yaml.safe_load((rehearsal.run_dir / "effective_config.yaml").read_text())
+    assert effective["config_files"][0] == PAPER_CONFIG
+    assert effective["neo"]["selection"]["target_area_range"] == [1000.0, 2000.0]
+    assert effective["neo"]["selection"]["exclude_crowd_targets"] is True
+    assert effective["neo"]["logit_lens"]["html_images"] == 20
+
+
+def test_targets_follow_the_papers_rule(rehearsal, coco_train):
+    """<= 3 annotations (crowd included); a category with exactly one instance; that instance not a
+    crowd and of area in (1000, 2000) px^2."""
+    expected = set()
+    for image_id in coco_train.getImgIds():
+        annotations = coco_train.loadAnns(coco_train.getAnnIds(imgIds=image_id, iscrowd=None))
+        if len(annotations) > 3:
+            continue
+        per_category = Counter(a["category_id"] for a in annotations)
+        for a in annotations:
+            if per_category[a["category_id"]] == 1 and not a["iscrowd"] and 1000 < a["area"] < 2000:
+                expected.add((image_id, a["id"]))
+    selection = _table(rehearsal, "neo/selection.csv")
+    assert expected and set(zip(selection["image_id"], selection["annotation_id"])) == expected
+
+
+def _crop_cell_sets(mask: np.ndarray) -> set[tuple[int, int]]:
+    """Cells (row, col) of the 24 x 24 grid holding at least one pixel of `mask` under the HF
+    LLaVA-1.5 processor: short side resized to 336 (long side int(336 * long / short)), centre crop
+    336 (offset (size - 336) // 2), 14 px patches. Pixel x covers [x, x + 1) and lands on
+    [x * W' / W, (x + 1) * W' / W) in the resized image: exact in integers, scaled by W (or H)."""
+    height, width = mask.shape
+    short, long = min(width, height), max(width, height)
+    resized_long = int(SIDE * long / short)
+    new_w, new_h = (SIDE, resized_long) if width <= height else (resized_long, SIDE)
+    left, top = (new_w - SIDE) // 2, (new_h - SIDE) // 2
+
+    def cells_of(index: int, size: int, new_size: int, offset: int) -> range:
+        lo = index * new_size - offset * size          # pixel interval, in units of 1 / size
+        hi = (index + 1) * new_size - offset * size
+        first = max(lo // (PATCH * size), 0)
+        last = min(-(-hi // (PATCH * size)) - 1, GRID - 1)   # ceil(hi / cell) - 1
+        return range(first, last + 1) if hi > 0 and lo < SIDE * size else range(0)
+
+    cells = set()
+    ys, xs = np.nonzero(mask)
+    for y, x in set(zip(ys.tolist(), xs.tolist())):
+        for row in cells_of(y, height, new_h, top):
+            for col in cells_of(x, width, new_w, left):
+                cells.add((row, col))
+    return cells
+
+
+def test_object_cells_are_the_masks_pixels_under_the_crop(rehearsal, coco_train):
+    cells = _table(rehearsal, "neo/cells.csv")
+    effective = yaml.safe_load((rehearsal.run_dir / "effective_config.yaml").read_text())
+    assert effective["neo"]["cells"]["geometry"] == "crop" and effective["neo"]["cells"]["min_overlap"] == 0
+    for annotation_id, part in cells.groupby("annotation_id"):
+        mask = coco_train.annToMask(coco_train.anns[int(annotation_id)])
+        got = {(int(r), int(c)) for r, c in part.loc[part["object_b0"].astype(bool), ["cell_row", "cell_col"]].values}
+        assert got == _crop_cell_sets(mask), f"annotation {annotation_id}"
+
+
+def test_only_the_selected_images_were_downloaded(rehearsal):
+    manifest = pd.read_csv(rehearsal.coco_dir / "images" / "train2017.manifest.csv")
+    wanted = set()
+    for table in ("neo/selection.csv", "neo/mean_images.csv", "kaduri/images.csv"):
+        wanted |= set(_table(rehearsal, table)["image_id"])
+    assert set(manifest["image_id"]) == wanted
+    on_disk = {int(p.stem) for p in (rehearsal.coco_dir / "images" / "train2017").glob("*.jpg")}
+    assert on_disk == wanted
+
+
+def test_every_stage_wrote_rows_for_its_images(rehearsal):
+    targets = set(_table(rehearsal, "neo/selection.csv")["image_id"])
+    kaduri = set(_table(rehearsal, "kaduri/images.csv")["image_id"])
+    assert len(kaduri) == 4
+    assert set(_table(rehearsal, "neo/ablation/ablation.csv")["image_id"]) == targets
+    assert set(_table(rehearsal, "neo/blocking/blocking.csv")["image_id"]) == targets
+    assert set(_table(rehearsal, "neo/logit_lens/scores.csv")["image_id"]) == targets
+    assert set(_table(rehearsal, "kaduri/knockout/descriptions.csv")["image_id"]) == kaduri
+    assert set(_table(rehearsal, "kaduri/reprompt/answers.csv")["image_id"]) == kaduri
+    assert len(_table(rehearsal, "kaduri/attention/summary.csv"))
+    lens_pages = list((rehearsal.run_dir / "neo/logit_lens/pages").glob("image_*.html"))
+    assert len(lens_pages) == len(targets)
+
+
+def test_the_ablation_ran_on_llava_sized_inputs(rehearsal):
+    """576 image tokens per prompt: the 'all image tokens' condition ablates all of them."""
+    ablation = _table(rehearsal, "neo/ablation/ablation.csv")
+    everything = ablation[ablation["condition"] == "all_image"]
+    assert len(everything) and set(everything["n_tokens"]) == {GRID * GRID}
