@@ -15,6 +15,7 @@ from helpers import continuation_ids, mixed_conditions
 
 from vlminterp.interventions import From, InterventionEngine, Knockout, reference_generate, reference_logits
 from vlminterp.interventions.cache import SlidingWindowError, continue_generation, prefill_cache, select_cache
+from vlminterp.interventions.capture import capture_attention
 
 VARIANT = "tiny-mistral-window"
 WINDOW = 8
@@ -76,6 +77,24 @@ def test_engine_generation_equals_the_reference_under_a_window(attn, synthetic, 
     out = engine.generate(engine.prepare(ids, pixels), conditions, max_new_tokens=12, eos_token_id=-1)
     assert out.tokens == expected
     assert out.prefix_length > WINDOW  # the shared prefix is longer than the window
+
+
+@torch.no_grad()
+def test_attention_capture_through_a_shared_prefix_sees_positions(synthetic, make_inputs):
+    """The last prompt token's attention, captured while the engine shares all earlier positions, equals
+    the row of one plain forward (no cache) and is zero outside the window."""
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs)
+    length = ids.shape[1]
+    with capture_attention(adapter, [length - 1]) as plain:
+        model(input_ids=ids, pixel_values=pixels, use_cache=False)
+    engine = InterventionEngine(model, adapter)
+    with capture_attention(adapter, [length - 1]) as shared:
+        engine.logits(engine.prepare(ids, pixels), [None])
+    for layer in range(adapter.n_layers):
+        slots, probabilities = shared.layer(layer)
+        assert slots.tolist() == [length - 1] and probabilities.shape[-1] == length
+        assert (probabilities - plain.layer(layer)[1]).abs().max() < 1e-5
+        assert probabilities[..., : length - WINDOW].abs().max() == 0
 
 
 def test_cache_surgery_keeps_every_position_and_refuses_a_pruned_cache(synthetic, make_inputs):
