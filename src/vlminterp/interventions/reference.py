@@ -29,6 +29,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 from .ablation import replace_embeddings
 from .attention import use_attention_function
 from .conditions import ConditionLike, as_condition
+from ..models.adapters.base import token_ids
 from .engine import EosIds, until_eos
 from .knockout import Knockout, explicit_positions, open_start
 
@@ -125,10 +126,10 @@ def reference_generate(
 ) -> list[int]:
     """Greedy `model.generate` of one input under `condition`; generated ids up to and including the
     first EOS (any of `eos_token_id`, an int or a list; default: every EOS id of the model)."""
-    eos = list(adapter.eos_token_ids) if eos_token_id is None else eos_token_id
+    eos = (list(adapter.eos_token_ids) or None) if eos_token_id is None else eos_token_id
     pad = adapter.text_config.pad_token_id
     if pad is None:
-        pad = eos if isinstance(eos, int) else eos[0]
+        pad = token_ids(eos)[0] if token_ids(eos) else None
     with reference_interventions(adapter, condition):
         sequences = model.generate(
             **_model_inputs(adapter, input_ids, pixel_values, image_inputs),
