@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from transformers import DynamicCache
@@ -52,7 +51,7 @@ from .knockout import KnockoutMasks
 from .attention import edit_attention
 
 
-EosIds = Union[int, Sequence[int], None]  # one id, several, or None (never stop early)
+EosIds = int | Sequence[int] | None  # one id, several, or none at all (never stop early)
 
 
 @dataclass

@@ -391,7 +391,7 @@ class VLMAdapter(ABC):
     def eos_token_ids(self) -> tuple[int, ...]:
         """Every id that ends a generated answer: the text config's `eos_token_id` and the checkpoint's
         generation config's (generation_config.json), each an int or a list, in that order, no repeats
-        (LLaVA-Phi-3 ends its turn with `<|end|>`, listed only in the generation config)."""
+        (a chat model may end its turn with another id than its first EOS, e.g. Phi-3's `<|end|>`)."""
         generation_config = getattr(self.model, "generation_config", None)
         return token_ids(getattr(self.text_config, "eos_token_id", None),
                          getattr(generation_config, "eos_token_id", None))
