@@ -140,4 +140,4 @@ def test_geometry_and_prompt(synthetic):  # module paths: test_adapters.py::test
         adapter.cell_boxes((10, 10), "crop")
     assert adapter.format_prompt("hi") == "<|im_start|>user\n<IMG_CONTEXT>\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert adapter.format_prompt("hi", "Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
-    assert adapter.eos_token_id == adapter.text_config.eos_token_id
+    assert adapter.eos_token_ids[0] == adapter.text_config.eos_token_id

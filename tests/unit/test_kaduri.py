@@ -182,11 +182,11 @@ def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(syn
     for image_id in image_ids:
         item = session.encode(image_id)
         conditions = knockout_conditions(item.groups, session.adapter.n_layers, spec)
-        fast = session.engine.generate(item.prepared, [c.condition for c in conditions], 6, session.eos_token_id)
+        fast = session.engine.generate(item.prepared, [c.condition for c in conditions], 6, session.eos_token_ids)
         inputs = dict(item.image_inputs)
         pixel_values = inputs.pop("pixel_values")
         slow = [reference_generate(session.model, session.adapter, item.input_ids, pixel_values,
-                                   c.condition, 6, session.eos_token_id, **inputs) for c in conditions]
+                                   c.condition, 6, session.eos_token_ids, **inputs) for c in conditions]
         assert fast.tokens == slow, "batched, prefix-shared knockouts differ from the oracle"
         blind.append(fast.tokens[[c.label for c in conditions].index("image->query+generated")])
     assert blind[0] == blind[1], "with the image cut off from every token the output cannot depend on it"
@@ -344,7 +344,7 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
     row = images.iloc[0]
     category = row["categories"].split(";")[0]
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_id])
+    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
     for kind in ("predicting", "token"):
         table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0), vocabulary)
         L, H = session.adapter.n_layers, session.adapter.n_heads
@@ -353,7 +353,7 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
         first = [m.first_token for m in token_mentions(*token_spans(session.tokenizer, words), vocabulary)][0]
         position = item.prompt_length + first - (kind == "predicting")
         assert set(table["position"]) == {position}
-        record = session.description_attention(item, list(words) + [session.eos_token_id], image_rows=[position])
+        record = session.description_attention(item, list(words) + [session.eos_token_ids[0]], image_rows=[position])
         means = table[table["head"] == -1].sort_values("layer")
         for layer, peak in zip(means["layer"], means["peak_cell"]):
             assert peak == int(record.image_row(layer, position).mean(0).argmax())

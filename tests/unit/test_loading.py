@@ -1,14 +1,18 @@
 """load_model: local directories round-trip; missing weights give a short, actionable error."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from vlminterp.models.loading import ModelSpec, WeightsNotAvailableError, load_model
+from vlminterp.models.loading import ModelSpec, WeightsNotAvailableError, check_model_files, load_model
 from vlminterp.models.synthetic import (
     SYNTHETIC_VARIANTS,
     build_synthetic,
     llava_1_5_7b_config,
+    save_synthetic,
     synthetic_config,
 )
 
@@ -44,8 +48,8 @@ def test_missing_hub_weights_raise_a_plain_error(monkeypatch):
         load_model(spec)
     message = str(info.value)
     assert "llava-hf/llava-1.5-7b-hf" in message
-    assert "huggingface-cli download llava-hf/llava-1.5-7b-hf --revision 0123456789abcdef" in message
-    assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback wall
+    assert "`hf download llava-hf/llava-1.5-7b-hf --revision 0123456789abcdef" in message
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)  # no chained traceback wall
 
 
 def test_bad_spec_values_are_rejected():
@@ -89,3 +93,61 @@ def test_family_round_trip_without_torchvision(variant, tmp_path, make_inputs):
     assert torch.equal(inputs["input_ids"], make_inputs(processor, adapter_for(model, processor))["input_ids"])
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
+
+
+# ---- check_model_files: the workflow's early check (onstart), no model loaded ---------------------
+def _hub_snapshot(cache: Path, repo_id: str, revision: str) -> Path:
+    """The directory huggingface_hub's cache layout gives one downloaded revision of `repo_id`."""
+    return cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / revision
+
+
+def test_missing_local_directory_is_named_not_sent_to_the_hub(tmp_path):
+    missing = tmp_path / "nonexistent" / "llava"
+    for spec in (ModelSpec(str(missing)), ModelSpec(f"./{missing.name}")):
+        with pytest.raises(WeightsNotAvailableError, match="does not exist") as info:
+            check_model_files(spec, offline=True)
+        assert spec.id_or_path in str(info.value)
+        assert "hf download" not in str(info.value)
+    with pytest.raises(WeightsNotAvailableError, match="does not exist"):
+        load_model(ModelSpec(str(missing)))
+
+
+def test_incomplete_local_directory_names_everything_missing_at_once(tmp_path):
+    model, processor = build_synthetic("tiny-llama")
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00002.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(WeightsNotAvailableError) as info:  # no tokenizer, processor, second shard
+        check_model_files(ModelSpec(str(tmp_path)))
+    message = str(info.value)
+    assert str(tmp_path) in message and "the model config" not in message
+    assert "the tokenizer (tokenizer.json or tokenizer.model or vocab.json)" in message
+    assert "the processor config (processor_config.json or preprocessor_config.json)" in message
+    assert "weight shard model-00002-of-00002.safetensors" in message and "00001" not in message
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(WeightsNotAvailableError, match="weight shard model-00002") as info:
+        check_model_files(ModelSpec(str(tmp_path)))
+    assert "tokenizer" not in str(info.value)
+
+
+def test_hub_id_missing_from_the_cache_names_the_download_command(tmp_path):
+    spec = ModelSpec("llava-hf/llava-1.5-7b-hf", revision="0123456789abcdef0123456789abcdef01234567")
+    with pytest.raises(WeightsNotAvailableError) as info:
+        check_model_files(spec, offline=True, cache_dir=tmp_path)
+    assert (f"`hf download llava-hf/llava-1.5-7b-hf --revision 0123456789abcdef0123456789abcdef01234567 "
+            f"--cache-dir {tmp_path}`" in str(info.value))
+    assert str(tmp_path) in str(info.value)
+    check_model_files(spec, offline=False, cache_dir=tmp_path)  # online: transformers downloads it
+
+
+def test_hub_id_in_the_cache_passes_and_a_partial_download_is_named(tmp_path):
+    model, processor = build_synthetic("tiny-llama")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = _hub_snapshot(tmp_path, "org/tiny", revision)
+    save_synthetic(model, processor, snapshot)
+    check_model_files(ModelSpec("org/tiny", revision=revision), offline=True, cache_dir=tmp_path)
+    (snapshot / "tokenizer.json").unlink()
+    with pytest.raises(WeightsNotAvailableError, match=r"incomplete download: the tokenizer .*"
+                                                         r"`hf download org/tiny --revision 0123"):
+        check_model_files(ModelSpec("org/tiny", revision=revision), offline=True, cache_dir=tmp_path)

@@ -270,7 +270,7 @@ def test_localization_peaks_and_distances_per_tile(variant, synthetic, dataset, 
     model, processor, adapter = synthetic(variant)
     session = KaduriSession.from_model(model, processor, dataset, DescribePrompt())
     words = session.tokenizer("a circle, a square and a triangle.", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_id])
+    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
     images = select_images(dataset, len(IMAGES), seed=0)
     vocabulary = load_vocabulary("shapes", categories=list(CATEGORIES))
     table = localization(session, images, LocalizationSpec(tolerance=1), vocabulary)

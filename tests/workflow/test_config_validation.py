@@ -50,3 +50,23 @@ def test_gpu_config_dry_run_works_without_gpu(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1",
                      configfile=_bad_config(tmp_path, lambda c: c.update(device="cuda")))
     assert "train_organism" in proc.stdout
+
+
+def _pretrained(model_id):
+    def edit(config):
+        config["model"] = {"kind": "pretrained", "pretrained": {"id": model_id}}
+    return edit
+
+
+def test_missing_local_model_directory_fails_before_any_job(tmp_path):
+    missing = tmp_path / "nonexistent" / "llava-phi-3"
+    configfile = _bad_config(tmp_path, _pretrained(str(missing)))
+    proc = snakemake(tmp_path, "--cores", "1", configfile=configfile, check=False)
+    message = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"model directory '{missing}' (model.pretrained.id) does not exist" in message, message[-3000:]
+    assert "hf download" not in message
+    assert not (tmp_path / "results").exists(), "a job ran (or wrote its log) although the model is missing"
+    # the dry run still lists the DAG: a machine without the weights can plan the run
+    planned = snakemake(tmp_path, "-n", "--cores", "1", configfile=configfile)
+    assert "select_kaduri_images" in planned.stdout or "select_neo_targets" in planned.stdout

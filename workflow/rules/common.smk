@@ -116,8 +116,23 @@ def check_device():
         )
 
 
+def check_model():
+    """Fail before any job runs when the published model's files are not where the config says: a
+    local directory that is missing or incomplete, or (HF_HUB_OFFLINE) a hub id not in the cache.
+    In onstart, so that `snakemake -n` still lists the DAG on a machine without the weights."""
+    if uses_organism():
+        return  # rule train_organism makes the model
+    from vlminterp.models.loading import ModelSpec, WeightsNotAvailableError, check_model_files
+
+    try:
+        check_model_files(ModelSpec(**model_spec()))
+    except WeightsNotAvailableError as error:
+        raise WorkflowError(str(error)) from None
+
+
 onstart:
     check_device()
+    check_model()
 
 
 # Every stage's .smk appends the figures and tables it contributes to `rule all`.

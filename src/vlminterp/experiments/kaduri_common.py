@@ -266,8 +266,9 @@ class KaduriSession:
         return self.processor.tokenizer
 
     @property
-    def eos_token_id(self) -> int | None:
-        return self.adapter.eos_token_id
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends an answer (the adapter's: text and generation config)."""
+        return self.adapter.eos_token_ids
 
     def describe_text(self) -> str:
         return self.adapter.format_prompt(self.prompt.text, self.prompt.system_prompt)
@@ -285,7 +286,7 @@ class KaduriSession:
 
     def describe(self, item: EncodedImage, max_new_tokens: int) -> list[int]:
         """The unablated greedy description (token ids, EOS included when produced)."""
-        return self.engine.generate(item.prepared, [None], max_new_tokens, self.eos_token_id).tokens[0]
+        return self.engine.generate(item.prepared, [None], max_new_tokens, self.eos_token_ids).tokens[0]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

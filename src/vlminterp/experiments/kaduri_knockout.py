@@ -132,7 +132,7 @@ def image_knockouts(session: KaduriSession, image_id: int, spec: KnockoutSpec) -
     item = session.encode(image_id)
     conditions = knockout_conditions(item.groups, session.adapter.n_layers, spec)
     output = session.engine.generate(item.prepared, [c.condition for c in conditions], spec.max_new_tokens,
-                                     session.eos_token_id)
+                                     session.eos_token_ids)
     texts = [session.decode(tokens) for tokens in output.tokens]
     reference = texts[0]
     return [{"image_id": int(image_id), "condition": c.label, "family": c.family, "target": c.target,

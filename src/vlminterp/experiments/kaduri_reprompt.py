@@ -53,8 +53,8 @@ from vlminterp.experiments.kaduri_common import EncodedImage, KaduriSession
 from transformers import DynamicCache
 
 from vlminterp.interventions.batching import BATCH_COLUMNS
-from vlminterp.interventions.cache import KeptCache, prefill_cache, select_cache
-from vlminterp.interventions.engine import PreparedInput, greedy_continue, until_eos
+from vlminterp.interventions.cache import KeptCache, check_sliding_window, prefill_cache, select_cache
+from vlminterp.interventions.engine import EosIds, PreparedInput, greedy_continue, until_eos
 from vlminterp.interventions.knockout import knockout
 from vlminterp.stats import bootstrap_ci
 
@@ -115,10 +115,11 @@ def top_image_positions(received: list[torch.Tensor], image_positions, k: int) -
 
 @torch.no_grad()
 def continue_batch(adapter, kept: KeptCache, new_input_ids: torch.Tensor, max_new_tokens: int,
-                   eos_token_id: int | None) -> list[list[int]]:
+                   eos_token_id: EosIds) -> list[list[int]]:
     """`interventions.cache.continue_generation` for B same-length continuations at once: the kept
     cache is repeated for every row (each row a different question after the same context)."""
     batch, n = new_input_ids.shape
+    check_sliding_window(adapter, kept, n, max_new_tokens)
     cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(batch, -1, -1, -1).contiguous(),
                                           layer.values.expand(batch, -1, -1, -1).contiguous())
                                          for layer in kept.cache.layers])
@@ -155,7 +156,7 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
         selections[("prompt_image_topk", fraction)] = [sorted(prompt_positions + t) for t in top]
     kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
 
-    eos = session.eos_token_id
+    eos = session.eos_token_ids
     question_list = list(questions.itertuples(index=False))
     continuations = [_ids(session, spec.continuation.format(question=q.question), bos=False) for q in question_list]
     answers: dict[int, dict] = {i: {} for i in range(len(question_list))}

@@ -15,6 +15,12 @@ largest one). `prefill_cache` returns a `PromptCache`, which remembers those pos
 different numbers of positions, each layer's slots are padded to a common width and the padding
 slots are knocked out for every new query (so they receive exactly zero attention).
 `select_cache` never modifies the source cache, so one prefill serves many selections.
+
+Sliding-window attention: `prefill_cache` keeps every position (not the model's window-trimmed
+cache). After a selection drops positions, a slot is no longer a position, and transformers counts
+the window in slots, so a continuation whose sequence reaches past the window is refused
+(`SlidingWindowError`, naming the window and the length) instead of silently answering with other
+keys than the model would see.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import torch
 from transformers import DynamicCache
 
 from ..models.adapters.base import RopePositions
-from .engine import greedy_continue, until_eos
+from .engine import EosIds, greedy_continue, until_eos
 from .knockout import From, Knockout, Positions, explicit_positions, knockout
 
 
@@ -49,7 +55,7 @@ def prefill_cache(
     embeds = adapter.embed(input_ids, pixel_values, **image_inputs)
     _, cache = adapter.language_model_forward(
         embeds,
-        past_key_values=PromptCache(positions, config=adapter.text_config),  # as the model would build it
+        past_key_values=PromptCache(positions),  # every position kept, also under a sliding window
         position_ids=positions.span(0, input_ids.shape[1]),
         use_cache=True,
     )
@@ -116,18 +122,39 @@ def select_cache(
     return KeptCache(DynamicCache(ddp_cache_data=data), per_layer, original_length, positions)
 
 
+class SlidingWindowError(ValueError):
+    """A computation would be wrong under the text model's sliding-window attention."""
+
+
+def check_sliding_window(adapter, kept: KeptCache, new_tokens: int, max_new_tokens: int) -> None:
+    """Refuse to continue a cache that dropped positions when the sequence (source prompt + new
+    tokens + answer) is longer than the model's sliding window (see the module docstring)."""
+    window = adapter.sliding_window
+    length = kept.original_length + new_tokens + max_new_tokens
+    dropped = any(len(k) < kept.original_length for k in kept.kept_positions)
+    if window is not None and dropped and length > window:
+        raise SlidingWindowError(
+            f"the text model's sliding_window is {window} tokens but re-prompting a pruned cache needs a "
+            f"{length}-token sequence ({kept.original_length} prompt + {new_tokens} question + "
+            f"{max_new_tokens} answer): the window would count cache slots, not positions; "
+            "use a shorter prompt or answer, or a model without a sliding window"
+        )
+
+
 @torch.no_grad()
 def continue_generation(
     adapter,
     kept: KeptCache,
     new_input_ids: torch.Tensor,
     max_new_tokens: int,
-    eos_token_id: int | None = None,
+    eos_token_id: EosIds = None,
 ) -> list[int]:
-    """Append `new_input_ids` (1, n) after the kept cache and decode greedily; ids up to EOS."""
+    """Append `new_input_ids` (1, n) after the kept cache and decode greedily; ids up to the first EOS
+    (any of `eos_token_id`; default: every EOS id of the model)."""
     if new_input_ids.ndim == 1:
         new_input_ids = new_input_ids[None]
-    eos = adapter.eos_token_id if eos_token_id is None else eos_token_id
+    check_sliding_window(adapter, kept, new_input_ids.shape[1], max_new_tokens)
+    eos = adapter.eos_token_ids if eos_token_id is None else eos_token_id
     # A fresh copy of the kept cache, so the same KeptCache can answer several questions.
     cache = DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in kept.cache.layers])
     start = kept.original_length

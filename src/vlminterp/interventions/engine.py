@@ -8,6 +8,9 @@
     out = engine.generate(prepared, [None, Knockout(From(T), image_positions)], max_new_tokens=64)
     out.tokens[c]                                            # generated ids of condition c (up to EOS)
 
+Generation stops at ANY of the model's EOS ids (`adapter.eos_token_ids`: the text config's and
+the generation config's), unless `eos_token_id` (an int or a list, as in `model.generate`) says otherwise.
+
 Why it is fast (see DESIGN.md): an intervention whose earliest touched position is p leaves every
 position before p unchanged, so positions < p run once (KV cache, batch 1) and each condition runs
 only positions >= p, the cache expanded across the batch; conditions are batched (each row its own
@@ -17,6 +20,10 @@ memory traffic. Blocking the last prompt token is one token of work per conditio
 Positions: every forward gets explicit RoPE position ids from `adapter.rope_positions` (1-D, or
 Qwen2-VL's 3-D M-RoPE), sliced for the suffix and continued (index + delta) for decode steps, so
 a shared prefix and cached decoding use exactly the positions of one full forward.
+
+Sliding-window attention (Mistral, Phi-3): every cache here keeps ALL positions (the prefix is
+built in a plain `DynamicCache()`, never the model's window-trimmed one), so cache slot = position
+holds, and the model's own mask, which the knockout mask is combined with, applies the window.
 
 `share_prefix=False, max_batch_size=1` turns both tricks off (a sequential baseline for benchmarks);
 `reference.py` is the naive oracle the tests compare against.
@@ -36,12 +43,15 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..models.adapters import VLMAdapter, adapter_for
-from ..models.adapters.base import RopePositions
+from ..models.adapters.base import RopePositions, token_ids
 from .ablation import apply_ablations
 from .batching import AdaptiveBatch
 from .conditions import Condition, ConditionLike, as_condition
 from .knockout import KnockoutMasks
 from .attention import edit_attention
+
+
+EosIds = int | Sequence[int] | None  # one id, several, or none at all (never stop early)
 
 
 @dataclass
@@ -185,7 +195,10 @@ class InterventionEngine:
             return 0, None, None
         hidden, cache = self.batches.single(
             lambda: self.adapter.language_model_forward(
-                prepared.inputs_embeds[:, :prefix], position_ids=prepared.rope.span(0, prefix), use_cache=True
+                prepared.inputs_embeds[:, :prefix],
+                past_key_values=DynamicCache(),  # keeps every position, also under a sliding window
+                position_ids=prepared.rope.span(0, prefix),
+                use_cache=True,
             ),
             f"the {prefix}-position prefix shared by every condition",
         )
@@ -246,11 +259,12 @@ class InterventionEngine:
         prepared: PreparedInput,
         conditions: Sequence[ConditionLike],
         max_new_tokens: int,
-        eos_token_id: int | None = None,
+        eos_token_id: EosIds = None,
     ) -> GenerationOutput:
-        """Greedy generation, one row per condition; knockouts also act on the decode steps."""
+        """Greedy generation, one row per condition; knockouts also act on the decode steps. Each row
+        stops at any of `eos_token_id` (int or list; default: every EOS id of the model)."""
         conds = [as_condition(c) for c in conditions]
-        eos = self.adapter.eos_token_id if eos_token_id is None else eos_token_id
+        eos = self.adapter.eos_token_ids if eos_token_id is None else eos_token_id
         length = prepared.length
         prefix, _, prefix_cache = self._prefix(prepared, conds)
 
@@ -278,25 +292,25 @@ def greedy_continue(
     cache: DynamicCache,
     next_position: int,
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: EosIds,
     positions: RopePositions | None = None,
 ) -> torch.Tensor:
     """Greedy decoding from the last hidden state of a prefill: (B, <= max_new_tokens) token ids.
 
     `next_position` is the sequence index of the first generated token; its RoPE position ids come
     from `positions.span` (index + delta, M-RoPE-shaped where needed), or equal the index when
-    `positions` is None (1-D RoPE). Rows that produced EOS keep running (their extra tokens are
-    cut by `until_eos`) until every row is done.
+    `positions` is None (1-D RoPE). A row is done at any id of `eos_token_id` (int or list); rows
+    that are done keep running (their extra tokens are cut by `until_eos`) until every row is done.
     """
     batch = hidden.shape[0]
     device = hidden.device
+    eos = torch.tensor(token_ids(eos_token_id), dtype=torch.long, device=device)
     generated = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         next_ids = adapter.unembed(hidden[:, -1]).argmax(dim=-1)
         generated = torch.cat([generated, next_ids[:, None]], dim=1)
-        if eos_token_id is not None:
-            finished |= next_ids == eos_token_id
+        finished |= torch.isin(next_ids, eos)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
         index = next_position + step
@@ -310,8 +324,10 @@ def greedy_continue(
     return generated
 
 
-def until_eos(ids: list[int], eos: int | None) -> list[int]:
-    """`ids` cut after the first EOS (kept)."""
-    if eos is not None and eos in ids:
-        return ids[: ids.index(eos) + 1]
+def until_eos(ids: list[int], eos: EosIds) -> list[int]:
+    """`ids` cut after the first of any EOS id in `eos` (an int or a list; the EOS is kept)."""
+    stop = set(token_ids(eos))
+    for index, token in enumerate(ids):
+        if token in stop:
+            return ids[: index + 1]
     return ids

@@ -10,19 +10,27 @@ Positions are whatever the model computes for itself (Qwen2-VL: its own `get_rop
 engine's explicit positions are checked against transformers' own.
 
 Knockout here does not use the engine's mask code: a dense (heads, Q, K) "blocked" table is filled
-straight from the Knockout objects and plain softmax attention is computed with it (batch 1).
+straight from the Knockout objects and plain softmax attention is computed with it (batch 1),
+causal and, in the text model's sliding-window layers, windowed (a query at p sees keys
+p - window + 1 .. p, the rule of transformers' `sliding_window_overlay`), from the config alone.
+Generation keeps every position in its cache (a plain `DynamicCache()`, not the model's
+window-trimmed one), so a cache slot is a sequence position here too.
 Ablation uses `replace_embeddings` (a pre-hook on the language model's prefill).
+Generation stops at any EOS id of the model (`adapter.eos_token_ids`) unless told otherwise.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
+from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv
 
+from ..models.adapters.base import token_ids
 from .ablation import replace_embeddings
 from .attention import use_attention_function
 from .conditions import ConditionLike, as_condition
+from .engine import EosIds, until_eos
 from .knockout import Knockout, explicit_positions, open_start
 
 
@@ -33,8 +41,10 @@ def _positions_below(positions, limit: int) -> list[int]:
     return [p for p in explicit_positions(positions).tolist() if p < limit]
 
 
-def dense_knockout_attention(knockouts: list[Knockout], n_layers: int):
-    """A plain attention function applying `knockouts` to a batch-1 input, for the oracle."""
+def dense_knockout_attention(knockouts: list[Knockout], n_layers: int, sliding_window: int | None = None,
+                             sliding_layers=frozenset()):
+    """A plain attention function applying `knockouts` to a batch-1 input, for the oracle; layers in
+    `sliding_layers` also hide keys `sliding_window` or more positions behind the query."""
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         batch, heads, num_queries, head_dim = query.shape
@@ -54,8 +64,11 @@ def dense_knockout_attention(knockouts: list[Knockout], n_layers: int):
                 for q in queries:
                     blocked[h, q, keys] = True
         query_slot = torch.arange(first_query, num_keys)[:, None]
-        future = torch.arange(num_keys)[None, :] > query_slot
-        disallowed = (blocked | future).to(query.device)
+        key_slot = torch.arange(num_keys)[None, :]
+        disallowed = blocked | (key_slot > query_slot)
+        if sliding_window is not None and module.layer_idx in sliding_layers:
+            disallowed |= key_slot <= query_slot - sliding_window
+        disallowed = disallowed.to(query.device)
         # never a fully masked row: a query may always attend to itself
         own = (torch.arange(num_keys)[None, :] == query_slot).to(query.device)
         disallowed = disallowed & ~(disallowed.all(dim=-1, keepdim=True) & own)
@@ -79,7 +92,8 @@ def reference_interventions(adapter, condition: ConditionLike):
         if condition.ablations:
             stack.enter_context(replace_embeddings(adapter, [list(condition.ablations)]))
         if condition.knockouts:
-            attention = dense_knockout_attention(list(condition.knockouts), adapter.n_layers)
+            attention = dense_knockout_attention(list(condition.knockouts), adapter.n_layers,
+                                                 adapter.sliding_window, adapter.sliding_layers)
             stack.enter_context(use_attention_function(adapter, attention, label="vlminterp_reference"))
         yield
 
@@ -107,23 +121,25 @@ def reference_generate(
     pixel_values,
     condition: ConditionLike = None,
     max_new_tokens: int = 32,
-    eos_token_id: int | None = None,
+    eos_token_id: EosIds = None,
     **image_inputs,
 ) -> list[int]:
-    """Greedy `model.generate` of one input under `condition`; generated ids up to and including EOS."""
-    eos = adapter.eos_token_id if eos_token_id is None else eos_token_id
+    """Greedy `model.generate` of one input under `condition`; generated ids up to and including the
+    first EOS (any of `eos_token_id`, an int or a list; default: every EOS id of the model)."""
+    eos = (list(adapter.eos_token_ids) or None) if eos_token_id is None else eos_token_id
+    pad = adapter.text_config.pad_token_id
+    if pad is None:
+        pad = token_ids(eos)[0] if token_ids(eos) else None
     with reference_interventions(adapter, condition):
         sequences = model.generate(
             **_model_inputs(adapter, input_ids, pixel_values, image_inputs),
             attention_mask=torch.ones_like(input_ids),
+            past_key_values=DynamicCache(),  # keeps every position, also under a sliding window
             max_new_tokens=max_new_tokens,
             min_new_tokens=0,
             do_sample=False,
             num_beams=1,
             eos_token_id=eos,
-            pad_token_id=adapter.text_config.pad_token_id if adapter.text_config.pad_token_id is not None else eos,
+            pad_token_id=pad,
         )
-    generated = sequences[0, input_ids.shape[1] :].tolist()
-    if eos is not None and eos in generated:
-        generated = generated[: generated.index(eos) + 1]
-    return generated
+    return until_eos(sequences[0, input_ids.shape[1] :].tolist(), eos)

@@ -3,6 +3,7 @@
     from vlminterp.models.loading import ModelSpec, load_model
     spec = ModelSpec("llava-hf/llava-1.5-7b-hf", revision="<40-hex commit>", dtype="fp16", device="cuda")
     model, processor = load_model(spec)     # eval mode; raises WeightsNotAvailableError if not cached offline
+    check_model_files(spec)                 # the same error, in a second, before any job (workflow onstart)
 
 The model class and the processor loader come from the adapter registry (`adapter_class_for_config`),
 so a new family needs no change here (InternVL / Qwen2-VL: image-only processors where transformers'
@@ -11,6 +12,7 @@ video processors would need torchvision). With HF_HUB_OFFLINE=1 (the test defaul
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import time
@@ -64,14 +66,87 @@ class ModelSpec:
         return DTYPES[self.dtype]
 
 
-def _download_hint(spec: ModelSpec) -> str:
+def _download_hint(spec: ModelSpec, cache_dir: str | Path | None = None) -> str:
+    from huggingface_hub import constants
+
     revision = f" --revision {spec.revision}" if spec.revision else ""
-    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    cache = cache_dir if cache_dir is not None else constants.HF_HUB_CACHE
+    cache_option = f" --cache-dir {cache_dir}" if cache_dir is not None else ""
     return (
-        f"model {spec.id_or_path!r} is not available offline (looked in the Hugging Face cache under {cache}). "
-        f"Download it first on a machine with internet: `huggingface-cli download {spec.id_or_path}{revision}` "
+        f"model {spec.id_or_path!r}{f' at revision {spec.revision}' if spec.revision else ''} is not available "
+        f"offline (looked in the Hugging Face cache {cache}). "
+        f"Download it first on a machine with internet: `hf download {spec.id_or_path}{revision}{cache_option}` "
         f"(then copy the cache, or set HF_HOME to where it lives), or pass a local model directory."
     )
+
+
+# What a model directory needs, each as (what, any one of these files).
+REQUIRED_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("the model config", ("config.json",)),
+    ("the weights", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json")),
+    ("the tokenizer", ("tokenizer.json", "tokenizer.model", "vocab.json")),
+    ("the processor config", ("processor_config.json", "preprocessor_config.json")),
+)
+
+
+def looks_like_path(id_or_path: str) -> bool:
+    """True for a model id that names a local directory: absolute, ./ or ../ (or ~), or an existing one.
+    Anything else ("org/name") is a hub id."""
+    return (id_or_path.startswith(("/", "./", "../", "~")) or id_or_path in (".", "..")
+            or Path(id_or_path).is_dir())
+
+
+def missing_model_files(directory: Path) -> list[str]:
+    """What the model directory lacks (empty when complete): one entry per missing part, naming the
+    files that would do; shards listed in a weights index but absent are named one by one."""
+    missing = [f"{what} ({' or '.join(names)})" for what, names in REQUIRED_FILES
+               if not any((directory / name).is_file() for name in names)]
+    for index in sorted(directory.glob("*.index.json")):
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing += [f"weight shard {name} (listed in {index.name})" for name in shards
+                    if not (directory / name).is_file()]
+    return missing
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it, but at call time (it may be set after import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def check_model_files(spec: ModelSpec, *, offline: bool | None = None, cache_dir: str | Path | None = None) -> None:
+    """Fail fast, without loading anything, when `load_model(spec)` could not find the model's files.
+
+    A local directory (see `looks_like_path`) must exist and hold config, weights, tokenizer and
+    processor config (`REQUIRED_FILES`); all that is missing is named in one message. A hub id is
+    checked only offline (`offline`, default: HF_HUB_OFFLINE): its revision must be in the Hugging
+    Face cache (`cache_dir`, default: huggingface_hub's) with the same files; the message gives the
+    exact `hf download` command (huggingface_hub's CLI; `huggingface-cli` is gone since 1.0). Online, a missing hub model is simply downloaded.
+    Raises WeightsNotAvailableError."""
+    if looks_like_path(spec.id_or_path):
+        directory = Path(spec.id_or_path).expanduser()
+        if not directory.is_dir():
+            raise WeightsNotAvailableError(
+                f"model directory {spec.id_or_path!r} (model.pretrained.id) does not exist"
+                + (" (it is a file)" if directory.exists() else "")
+                + "; give an existing local model directory or a Hugging Face hub id such as llava-hf/llava-1.5-7b-hf"
+            )
+        missing = missing_model_files(directory)
+        if missing:
+            raise WeightsNotAvailableError(f"model directory {spec.id_or_path!r} (model.pretrained.id) lacks "
+                                           + "; ".join(missing))
+        return
+    if not (_hub_offline() if offline is None else offline):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(spec.id_or_path, "config.json", cache_dir=cache_dir, revision=spec.revision)
+    if not isinstance(config, str):
+        raise WeightsNotAvailableError(_download_hint(spec, cache_dir))
+    missing = missing_model_files(Path(config).parent)
+    if missing:
+        raise WeightsNotAvailableError(f"incomplete download: " + "; ".join(missing) + ". "
+                                       + _download_hint(spec, cache_dir))
 
 
 def _device_placement(spec: ModelSpec) -> dict:
@@ -92,6 +167,7 @@ def load_model(spec: ModelSpec):
     from transformers import AutoConfig
 
     started = time.perf_counter()
+    check_model_files(spec)  # a missing directory or file gets one clear message, not transformers' own
     source_kwargs = {} if spec.is_local else {"revision": spec.revision}
     try:
         config = AutoConfig.from_pretrained(spec.id_or_path, **source_kwargs)

@@ -37,6 +37,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    MistralConfig,
     Phi3Config,
     PreTrainedConfig,
     Qwen2Config,
@@ -98,7 +99,7 @@ _CHATML_CORPUS = ["system\nuser\nassistant\n You are a helpful assistant."]
 class SyntheticVariant:
     """Sizes of one random-weight LLaVA variant (text model + CLIP vision tower + projector)."""
 
-    text_model: str = "llama"  # "llama" or "phi3"
+    text_model: str = "llama"  # "llama", "phi3" or "mistral"
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 4
@@ -112,6 +113,7 @@ class SyntheticVariant:
     patch_size: int = 6
     initializer_range: float = 0.1  # larger than HF's 0.02 so greedy argmax is never a near-tie
     max_position_embeddings: int = 4096
+    sliding_window: int | None = None  # Mistral only: keys a query sees (itself included); None = all
 
     @property
     def grid_side(self) -> int:
@@ -127,6 +129,8 @@ SYNTHETIC_VARIANTS: dict[str, SyntheticVariant] = {
     "tiny-odd-grid": SyntheticVariant(image_size=35, patch_size=7),
     # Phi-3 text model as in xtuner/llava-phi-3-mini-hf (fused qkv, Phi-3 chat template).
     "tiny-phi3": SyntheticVariant(text_model="phi3", num_heads=4, num_kv_heads=4),
+    # Mistral text model whose 8-token sliding window is far shorter than any prompt (~30 tokens).
+    "tiny-mistral-window": SyntheticVariant(text_model="mistral", sliding_window=8),
     # LLaVA-1.5 sequence geometry (CLIP 336px / patch 14 = 24x24 = 576 image tokens) at CPU width.
     "real-geometry": SyntheticVariant(
         hidden_size=256,
@@ -230,7 +234,9 @@ def _llava_text_config(variant: SyntheticVariant, vocab: dict[str, int]) -> PreT
         # xtuner/llava-phi-3-mini-hf uses a 2047-token sliding window, longer than any prompt here.
         return text_model_config(Phi3Config, variant, vocab, **tokens, sliding_window=2047,
                                  original_max_position_embeddings=4096)
-    raise ValueError(f"unknown text_model {variant.text_model!r}; expected 'llama' or 'phi3'")
+    if variant.text_model == "mistral":
+        return text_model_config(MistralConfig, variant, vocab, **tokens, sliding_window=variant.sliding_window)
+    raise ValueError(f"unknown text_model {variant.text_model!r}; expected 'llama', 'phi3' or 'mistral'")
 
 
 def synthetic_config(variant) -> PreTrainedConfig:
@@ -477,6 +483,7 @@ class InternVLVariant:
     max_tiles: int = 4  # InternVL3 processor: 12
     initializer_range: float = 0.1
     max_position_embeddings: int = 4096
+    sliding_window: int | None = None  # Mistral only: keys a query sees (itself included); None = all
 
     @property
     def tokens_per_tile(self) -> int:
@@ -504,6 +511,7 @@ class Qwen2VLVariant:
     max_pixels: int = 8 * 8 * 64  # Qwen2-VL: 28 * 28 * 1280
     initializer_range: float = 0.1
     max_position_embeddings: int = 4096
+    sliding_window: int | None = None  # Mistral only: keys a query sees (itself included); None = all
 
 
 INTERNVL_VARIANTS: dict[str, InternVLVariant] = {

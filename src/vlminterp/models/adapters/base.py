@@ -388,9 +388,32 @@ class VLMAdapter(ABC):
         return getattr(self.text_config, "head_dim", None) or self.hidden_size // self.n_heads
 
     @property
-    def eos_token_id(self) -> int | None:
-        eos = self.text_config.eos_token_id
-        return eos[0] if isinstance(eos, (list, tuple)) else eos
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generated answer: the text config's `eos_token_id` and the checkpoint's
+        generation config's (generation_config.json), each an int or a list, in that order, no repeats
+        (a chat model may end its turn with another id than its first EOS, e.g. Phi-3's `<|end|>`)."""
+        generation_config = getattr(self.model, "generation_config", None)
+        return token_ids(getattr(self.text_config, "eos_token_id", None),
+                         getattr(generation_config, "eos_token_id", None))
+
+    @property
+    def sliding_window(self) -> int | None:
+        """Keys a query of a sliding-window layer sees (itself included), None when no layer slides."""
+        window = getattr(self.text_config, "sliding_window", None)
+        if window is None or not self.sliding_layers:
+            return None
+        return int(window)
+
+    @property
+    def sliding_layers(self) -> frozenset[int]:
+        """Indices of the text model's sliding-window attention layers (`layer_types`; every layer
+        when the config sets a window without layer types, as Mistral's does)."""
+        if getattr(self.text_config, "sliding_window", None) is None:
+            return frozenset()
+        layer_types = getattr(self.text_config, "layer_types", None)
+        if layer_types is None:
+            return frozenset(range(self.n_layers))
+        return frozenset(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
 
     # ---- image tokens and geometry ---------------------------------------------------------
     @property
@@ -743,6 +766,16 @@ def load_image_only_processor(processor_class, id_or_path: str, **kwargs):
     }
     extra = {key: value for key, value in settings.items() if key in accepted}
     return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **extra)
+
+
+def token_ids(*values) -> tuple[int, ...]:
+    """The ids in `values` (each None, an int or a list of ints), in order, without repeats."""
+    out: list[int] = []
+    for value in values:
+        for token in [] if value is None else [value] if isinstance(value, int) else value:
+            if int(token) not in out:
+                out.append(int(token))
+    return tuple(out)
 
 
 def setting(mapping, key: str, default):

@@ -33,6 +33,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vlminterp.data.shapes import load_world_spec
 from vlminterp.interventions.batching import BATCH_COLUMNS, AdaptiveBatch
+from vlminterp.models.adapters import adapter_for
 from vlminterp.models.organism.tasks import VQA_ANSWER_PREFIX, TaskExample, load_scenes, task_examples
 from vlminterp.scoring.mentions import MentionMatcher
 from vlminterp.stats import wilson_interval
@@ -157,10 +158,12 @@ def _row(example: TaskExample, generated: str, correct: bool, correct_strict: bo
 @torch.inference_mode()
 def _generate(model, processor, examples: list[TaskExample], images: dict, max_new_tokens: int,
               batches: AdaptiveBatch) -> list[str]:
+    eos = list(adapter_for(model, processor).eos_token_ids)  # any EOS of the text or generation config
+
     def answer(chunk: list[TaskExample]) -> list[str]:
         inputs = processor(images=[images[ex.image_id] for ex in chunk], text=[ex.prompt for ex in chunk],
                            padding=True, return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)
         new = output[:, inputs["input_ids"].shape[1]:]
         return [a.strip() for a in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
