@@ -109,7 +109,7 @@ def mask_cells(adapter: VLMAdapter, mask: np.ndarray, geometry: str | None = Non
     family: InternVL's tiles and thumbnail alike, Qwen2-VL's dynamic grid). For LLaVA this is
     its grid's cells, row-major."""
     height, width = mask.shape
-    return mask_tokens(mask, adapter.image_cells((width, height), geometry).boxes, min_overlap)[1]
+    return mask_tokens(mask, adapter.image_cells((width, height), geometry).pixel_boxes, min_overlap)[1]
 
 
 # ---- text ---------------------------------------------------------------------------------------

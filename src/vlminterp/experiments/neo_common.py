@@ -103,11 +103,29 @@ CELL_COLUMNS = ["image_id", "annotation_id", "cell_index", "tile", "cell_row", "
                 "overlap"]
 
 
-def image_object_tokens(mask: np.ndarray, cells, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """(overlap (N,), {b: object tokens dilated b times (N,) bool}) of one mask over the image's
-    tokens (`cells`: the adapter's `ImageCells`; dilation within each tile, `data.cells`)."""
-    overlap, base = mask_tokens(mask, cells.boxes, spec.min_overlap)
-    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}
+# Why a target is excluded from N1-N3 (the `excluded` column; empty: kept). A target without an
+# object token cannot be ablated or blocked; counting it as "included" would dilute every rate.
+EXCLUDED_EMPTY_MASK = "empty mask"
+EXCLUDED_OUTSIDE_CROP = "object outside the crop"
+EXCLUDED_BELOW_MIN_OVERLAP = "no cell above min_overlap"
+
+
+def image_object_tokens(mask: np.ndarray, cells, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray], str]:
+    """(overlap (N,), {b: object tokens dilated b times (N,) bool}, exclusion reason) of one mask
+    over the image's tokens (`cells`: the adapter's `ImageCells`; dilation within each tile,
+    `data.cells`). The reason is "" when the target has object tokens, else EXCLUDED_EMPTY_MASK
+    (no mask pixel), EXCLUDED_OUTSIDE_CROP (no mask pixel in any token's box: under "crop", the
+    object lies wholly in the part cut away) or EXCLUDED_BELOW_MIN_OVERLAP."""
+    overlap, base = mask_tokens(mask, cells.pixel_boxes, spec.min_overlap)
+    if base.any():
+        reason = ""
+    elif not np.asarray(mask).any():
+        reason = EXCLUDED_EMPTY_MASK
+    elif not (overlap > 0).any():
+        reason = EXCLUDED_OUTSIDE_CROP
+    else:
+        reason = EXCLUDED_BELOW_MIN_OVERLAP
+    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}, reason
 
 
 def check_geometry(adapter, geometry: str, stage: str) -> None:
@@ -121,10 +139,12 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
     """One row per selected image x image token: its tile, cell, box, the target's overlap, object flags.
 
     Columns: image_id, annotation_id, cell_index (image-token order), tile, cell_row, cell_col (in
-    the tile's token grid), x0, y0, x1, y1 (the token's box in original-image pixels; NaN for a
-    cell wholly in padding), overlap, and one bool column object_b{b} per buffer. Single-grid
-    families (LLaVA) have tile 0 everywhere. An image whose target covers no token (possible with
-    a high `min_overlap`) keeps its rows; the experiments report it as having no object cells.
+    the tile's token grid), x0, y0, x1, y1 (the token's box in original-image pixels, floats of
+    the exact boxes; NaN for a cell wholly in padding), overlap (exact fraction, rounded once),
+    one bool column object_b{b} per buffer, and excluded: why the target is excluded from N1-N3
+    ("" when it has object tokens; `image_object_tokens`), the same on every row of the image.
+    Single-grid families (LLaVA) have tile 0 everywhere. An excluded target keeps its rows; the
+    experiments skip it and count it (`excluded` in their tables).
 
     Tiled families (InternVL): every tile is its own grid, the global thumbnail included, and the
     object tokens are all tokens whose box the mask overlaps, in whichever tile: the
@@ -138,7 +158,7 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
     for row in selection.itertuples(index=False):
         info = dataset.image_info(int(row.image_id))
         cells = adapter.image_cells((info["width"], info["height"]), spec.geometry)
-        overlap, tokens = image_object_tokens(dataset.annotation_mask(int(row.annotation_id)), cells, spec)
+        overlap, tokens, reason = image_object_tokens(dataset.annotation_mask(int(row.annotation_id)), cells, spec)
         frame = pd.DataFrame({
             "image_id": int(row.image_id), "annotation_id": int(row.annotation_id),
             "cell_index": np.arange(cells.num_tokens), "tile": cells.tile.astype(np.int64),
@@ -148,8 +168,11 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
         })
         for b, selected in tokens.items():
             frame[f"object_b{b}"] = selected
+        frame["excluded"] = reason
+        if reason:
+            log.info("image %s: target %s excluded: %s", row.image_id, row.annotation_id, reason)
         frames.append(frame)
-    columns = [*CELL_COLUMNS, *[f"object_b{b}" for b in spec.buffers]]
+    columns = [*CELL_COLUMNS, *[f"object_b{b}" for b in spec.buffers], "excluded"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
