@@ -1,4 +1,5 @@
-"""Object cells of every real COCO mask (coco-mini) against an independent integer computation.
+"""Real COCO (coco-mini): object cells of every mask against an independent integer computation;
+the paper's target selection recomputed with pycocotools; targets outside the crop excluded and counted.
 
 What "a mask pixel lies in a cell" means. The mask is in original pixels: pixel (x, y) is the unit
 square [x, x+1) x [y, y+1). A cell is a 14 x 14 patch of the 336 x 336 model input; inverting the
@@ -25,13 +26,19 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from geometryfixtures import adapter_for_meta
 from pycocotools.coco import COCO
 from shared_fixtures import COCO_MINI, require
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.data.cells import mask_tokens
-from vlminterp.experiments.neo_common import EXCLUDED_OUTSIDE_CROP, CellSpec, map_object_cells
+from vlminterp.data.cells import EXCLUDED_OUTSIDE_CROP, mask_tokens
+from vlminterp.data.coco import SelectionSpec, select_targets
+from vlminterp.experiments.neo_ablation import AblationSpec, polling_accuracy, run_token_ablation
+from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
+from vlminterp.experiments.neo_common import CellSpec, PromptSpec, cells_by_image, map_object_cells
+from vlminterp.scoring.vocabulary import load_vocabulary
+from vlminterp.stats import excluded_counts, excluded_note
 
 INPUT, PATCH, SHORTEST = 336, 14, 336
 SPLITS = ("train2017", "val2017")
@@ -133,3 +140,73 @@ def test_padding_rows_and_columns_have_no_box(llava_adapter):
     assert not shown[:3].any() and shown[3:20].all() and not shown[20:].any()
     assert cells.pixel_boxes.edges(3 * 24)[1] == 0 and cells.pixel_boxes.edges(19 * 24)[3] == 427
     assert cells.pixel_boxes.edges(19 * 24)[1] == Fraction(19 * 14 * 640, 336) - 106
+
+
+# ---- the paper's target selection, and targets the crop cuts away ------------------------------------
+def paper_targets(coco: COCO) -> dict[int, list[int]]:
+    """Neo et al.'s rule recomputed with pycocotools alone: images with at most 3 annotations (crowd
+    included); a target is a non-crowd annotation with area in (1000, 2000) whose category has
+    exactly one annotation (crowd included) in the image. image id -> its targets' ids, sorted."""
+    out = {}
+    for image_id in coco.getImgIds():
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None))
+        if not 1 <= len(annotations) <= 3:
+            continue
+        per_category = [a["category_id"] for a in annotations]
+        targets = sorted(a["id"] for a in annotations if 1000 < a["area"] < 2000 and not a["iscrowd"]
+                         and per_category.count(a["category_id"]) == 1)
+        if targets:
+            out[image_id] = targets
+    return out
+
+
+@pytest.fixture(scope="module")
+def train2017():
+    root = require(COCO_MINI)
+    return CocoDataset.load(root, "train2017"), COCO(str(root / "annotations" / "instances_train2017.json"))
+
+
+def test_selection_equals_the_papers_rule_recomputed_with_pycocotools(train2017):
+    dataset, coco = train2017
+    expected = paper_targets(coco)
+    assert expected  # coco-mini has such images
+    every = select_targets(dataset, SelectionSpec(split="train2017", max_images=None, targets_per_image="all"))
+    assert sorted(zip(every["image_id"], every["annotation_id"])) == sorted(
+        (image_id, target) for image_id, targets in expected.items() for target in targets)
+    first = select_targets(dataset, SelectionSpec(split="train2017", max_images=None))
+    assert dict(zip(first["image_id"], first["annotation_id"])) == {i: t[0] for i, t in expected.items()}
+    assert dict(zip(first["image_id"], first["n_qualifying"])) == {i: len(t) for i, t in expected.items()}
+
+
+def test_targets_outside_the_crop_are_excluded_and_counted_by_n1_and_n3(train2017, llava_adapter, synthetic):
+    """Targets wholly outside the centre crop (by the integer reference) are excluded in the cell
+    table and counted, not run, by N1 and N3; under padding none is. coco-mini holds a single
+    target under the paper's rule, so the targets here are those of a looser rule (any number of
+    annotations and instances; area still in (1000, 2000))."""
+    dataset, coco = train2017
+    selection = select_targets(dataset, SelectionSpec(split="train2017", max_annotations=10_000, max_images=None,
+                                                      require_single_instance=False))
+    outside = {int(image_id) for image_id, annotation_id in zip(selection["image_id"], selection["annotation_id"])
+               if not any(c > 0 for c in reference_cells(coco.annToMask(coco.anns[int(annotation_id)]), "crop")[0])}
+    assert outside  # real targets the crop cuts away
+    crop = map_object_cells(dataset, selection, llava_adapter, CellSpec(geometry="crop"))
+    pad = map_object_cells(dataset, selection, llava_adapter, CellSpec(geometry="pad"))
+    grids = cells_by_image(crop)
+    assert {i for i, cells in grids.items() if cells.excluded} == outside
+    assert all(grids[i].excluded == EXCLUDED_OUTSIDE_CROP and not grids[i].object_b[2].any() for i in outside)
+    assert not pad["excluded"].fillna("").ne("").any()
+    # the experiments: an excluded target is counted and never run (no image is even loaded: the
+    # model below has the real 576-token geometry, yet nothing is computed)
+    model, processor, adapter = synthetic("real-geometry")
+    chosen = selection[selection["image_id"].isin(outside)]
+    prompts = PromptSpec(vqa_question="What is the {name} made of?")
+    ablation = run_token_ablation(model, processor, adapter, dataset, chosen, grids, torch.zeros(1), prompts=prompts,
+                                  vocabulary=load_vocabulary("coco", categories=list(dataset.category_names().values())),
+                                  spec=AblationSpec(), cell_spec=CellSpec())
+    assert len(ablation) == 3 * len(outside) and not ablation["included"].any() and set(ablation["condition"]) == {"none"}
+    assert excluded_counts(ablation) == {EXCLUDED_OUTSIDE_CROP: len(outside)}
+    assert polling_accuracy(ablation).empty
+    blocking = run_attention_blocking(model, processor, adapter, dataset, chosen, grids, prompts=prompts,
+                                      spec=BlockingSpec(), cell_spec=CellSpec())
+    assert len(blocking) == len(outside) and excluded_counts(blocking) == {EXCLUDED_OUTSIDE_CROP: len(outside)}
+    assert excluded_note(excluded_counts(blocking)) == f"{len(outside)} excluded: object outside the crop ({len(outside)})"

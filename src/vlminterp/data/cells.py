@@ -22,7 +22,8 @@ The token-level functions below work on any such *token layout* (an object with 
 `col` (N,) arrays and `tile_shapes`; `ImageCells` and the experiments' per-image cell tables
 both are one) and on (N,) bool token sets in image-token order:
 
-    overlap, base = mask_tokens(mask, image_cells.boxes, min_overlap=0.0)   # per token, from its box
+    overlap, base = mask_tokens(mask, image_cells.pixel_boxes, min_overlap=0.0)   # exact, per token box
+    reason = exclusion_reason(mask, overlap, base)        # "" or why no token holds the object
     obj_b1 = dilate_tokens(image_cells, base, buffer=1)   # 8-neighbourhood within each tile
     distance = token_distance(image_cells, base)          # Chebyshev, within each tile (inf: none there)
     last = last_row_tokens(image_cells)                   # last row of the last tile (next to the text)
@@ -419,6 +420,25 @@ def mask_tokens(mask: np.ndarray, boxes, min_overlap: float = 0.0) -> tuple[np.n
     threshold = Fraction(repr(float(min_overlap)))
     selected = shown & (covered * threshold.denominator > area * threshold.numerator)
     return overlap, selected.astype(bool)
+
+
+# Why an object has no object token (a target of N1-N3, a mention of K3): such an object cannot be
+# ablated, blocked or localized, and counting it would dilute every rate, so the experiments
+# exclude it and count it under one of these reasons.
+EXCLUDED_EMPTY_MASK = "empty mask"
+EXCLUDED_OUTSIDE_CROP = "object outside the crop"
+EXCLUDED_BELOW_MIN_OVERLAP = "no cell above min_overlap"
+
+
+def exclusion_reason(mask: np.ndarray, overlap: np.ndarray, selected: np.ndarray) -> str:
+    """"" when some token is selected; else why not: EXCLUDED_EMPTY_MASK (no mask pixel),
+    EXCLUDED_OUTSIDE_CROP (no mask pixel in any token's box: under "crop" the object lies wholly
+    in the part cut away) or EXCLUDED_BELOW_MIN_OVERLAP (`overlap`, `selected`: of `mask_tokens`)."""
+    if np.asarray(selected).any():
+        return ""
+    if not np.asarray(mask).any():
+        return EXCLUDED_EMPTY_MASK
+    return EXCLUDED_BELOW_MIN_OVERLAP if (np.asarray(overlap) > 0).any() else EXCLUDED_OUTSIDE_CROP
 
 
 def tile_tokens(layout: TokenLayout) -> Iterator[tuple[np.ndarray, np.ndarray]]:

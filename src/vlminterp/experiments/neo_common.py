@@ -43,8 +43,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.data.cells import (cells_to_positions, dilate_tokens, last_row_tokens, mask_tokens,
-                                  tile_tokens, TokenLayoutSizes)
+from vlminterp.data.cells import (cells_to_positions, dilate_tokens, exclusion_reason, last_row_tokens,
+                                  mask_tokens, tile_tokens, TokenLayoutSizes)
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import AdaptiveBatch, StreamingMean
 from vlminterp.io import atomic_path
@@ -103,29 +103,12 @@ CELL_COLUMNS = ["image_id", "annotation_id", "cell_index", "tile", "cell_row", "
                 "overlap"]
 
 
-# Why a target is excluded from N1-N3 (the `excluded` column; empty: kept). A target without an
-# object token cannot be ablated or blocked; counting it as "included" would dilute every rate.
-EXCLUDED_EMPTY_MASK = "empty mask"
-EXCLUDED_OUTSIDE_CROP = "object outside the crop"
-EXCLUDED_BELOW_MIN_OVERLAP = "no cell above min_overlap"
-
-
 def image_object_tokens(mask: np.ndarray, cells, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray], str]:
     """(overlap (N,), {b: object tokens dilated b times (N,) bool}, exclusion reason) of one mask
-    over the image's tokens (`cells`: the adapter's `ImageCells`; dilation within each tile,
-    `data.cells`). The reason is "" when the target has object tokens, else EXCLUDED_EMPTY_MASK
-    (no mask pixel), EXCLUDED_OUTSIDE_CROP (no mask pixel in any token's box: under "crop", the
-    object lies wholly in the part cut away) or EXCLUDED_BELOW_MIN_OVERLAP."""
+    over the image's tokens (`cells`: the adapter's `ImageCells`; dilation within each tile; the
+    reason, "" when the target has object tokens: `data.cells.exclusion_reason`)."""
     overlap, base = mask_tokens(mask, cells.pixel_boxes, spec.min_overlap)
-    if base.any():
-        reason = ""
-    elif not np.asarray(mask).any():
-        reason = EXCLUDED_EMPTY_MASK
-    elif not (overlap > 0).any():
-        reason = EXCLUDED_OUTSIDE_CROP
-    else:
-        reason = EXCLUDED_BELOW_MIN_OVERLAP
-    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}, reason
+    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}, exclusion_reason(mask, overlap, base)
 
 
 def check_geometry(adapter, geometry: str, stage: str) -> None:
@@ -181,8 +164,10 @@ class TargetCells(TokenLayoutSizes):
     """The cell table of one image, per image token (image-token order): a `data.cells` token layout.
 
     tile, row, col (N,) int; tile_shapes: (rows, cols) of each tile; boxes (N, 4); overlap (N,);
-    object_b[b]: (N,) bool object tokens dilated b times. Token sets of the experiments are (N,)
-    bool arrays over these tokens; `dilate`, `distance` and `last_row` act within tiles.
+    object_b[b]: (N,) bool object tokens dilated b times; excluded: why the target has no object
+    token ("" when it has some; the experiments skip and count an excluded target). Token sets of
+    the experiments are (N,) bool arrays over these tokens; `dilate`, `distance` and `last_row`
+    act within tiles.
     """
 
     image_id: int
@@ -193,6 +178,7 @@ class TargetCells(TokenLayoutSizes):
     boxes: np.ndarray
     overlap: np.ndarray
     object_b: dict[int, np.ndarray] = field(default_factory=dict)
+    excluded: str = ""
 
     @classmethod
     def from_table(cls, table: pd.DataFrame) -> "TargetCells":
@@ -212,6 +198,7 @@ class TargetCells(TokenLayoutSizes):
             boxes=table[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64),
             overlap=table["overlap"].to_numpy(dtype=np.float64),
             object_b={b: table[f"object_b{b}"].astype(bool).to_numpy() for b in buffers},
+            excluded=str(table["excluded"].fillna("").iloc[0]) if "excluded" in table else "",
         )
         try:
             list(tile_tokens(cells))
