@@ -25,13 +25,6 @@ SETTING_COLOURS = {"generative": "tab:green", "polling": "tab:orange", "vqa": "t
 FAMILY_ORDER = ["object", "random_matched", "random", "register", "high_gradient", "all_image"]
 
 
-def _note_excluded(figure, table: pd.DataFrame, what: str) -> None:
-    """A footnote counting the excluded units of the table (`stats.excluded_counts`), if any."""
-    note = excluded_note(excluded_counts(table))
-    if note:
-        figure.text(0.01, 0.005, f"{what}: {note}", fontsize=8, ha="left", va="bottom")
-
-
 def _condition_order(conditions) -> list[str]:
     def key(condition: str):
         family = next((f for f in sorted(FAMILY_ORDER, key=len, reverse=True) if condition.startswith(f)), condition)
@@ -65,9 +58,10 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("identification flip rate")
     axis.set_title("N1 token ablation: share of correct answers lost (95% bootstrap intervals)")
-    _note_excluded(figure, table, "targets")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="setting")
+    note = excluded_note(excluded_counts(table))
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title_fontsize=8,
+                title="setting" + (f"\n({note})".replace(": ", ":\n", 1) if note else ""))
     return save_figure(figure, stem)
 
 
@@ -155,5 +149,7 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
     figure.suptitle(f"N3 attention blocking ({n_images} images answered correctly; "
                     "95% bootstrap intervals)")
     figure.tight_layout()
-    _note_excluded(figure, table, "targets")
+    note = excluded_note(excluded_counts(table))
+    if note:
+        figure.text(0.01, 0.005, f"targets: {note}", fontsize=8, ha="left", va="bottom")
     return save_figure(figure, stem)
