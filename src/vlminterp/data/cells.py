@@ -2,18 +2,25 @@
 
     from vlminterp.data.cells import cell_overlap, object_cells, dilate_cells, cells_to_positions
 
-    overlap = cell_overlap(mask, cell_boxes)            # (rows, cols) fraction of each cell covered
+    overlap = cell_overlap(mask, cell_boxes)            # (rows, cols) fraction of each cell covered, exact
     obj = object_cells(overlap, min_overlap=0.0)        # any overlap, as the original N1 code
     obj_b1 = dilate_cells(obj, buffer=1)                # 8-neighbourhood dilation, once
     positions = cells_to_positions(obj_b1, image_token_positions)   # sequence positions
     rand = matched_random_cells(obj, rng=np.random.default_rng(0))  # same count, off the object
 
-Geometry. `cell_boxes` (rows, cols, 4) comes from the model adapter: for each image-token cell the
-box (x0, y0, x1, y1) it covers in the ORIGINAL image, in continuous pixel coordinates where pixel
-(row i, column j) occupies [j, j+1) x [i, i+1); so (0, 0, W, H) is the whole image. Boxes may
-reach outside the image (padding to a square: that part counts as background) or tile only part
-of it (centre crop). Cells are ordered row-major, as LLaVA orders its image tokens.
-`uniform_cell_boxes` tiles any rectangle into such a grid for adapters and tests.
+Geometry (exact: design habit 11). The model adapter gives, for each image-token cell, the box
+[x0, x1) x [y0, y1) it covers in the ORIGINAL image, in continuous pixel coordinates where pixel
+(row i, column j) is the unit square [j, j+1) x [i, i+1); so (0, 0, W, H) is the whole image.
+Inverting a resize, crop or padding makes the edges rational (e.g. 14 * 640 / 336), so the boxes
+are `PixelBoxes`: integer numerators over one integer scale per axis, never floats. A cell's
+overlap is (area of the mask pixels' squares inside its box) / (box area), computed in integers
+(`mask_coverage`) and rounded to float once; a cell holds the object exactly when a mask pixel's
+square meets its box in a positive area (no 1e-16 residue makes a far cell an object cell).
+What the model never sees is in no box: under a centre crop the cut-away parts; under padding a
+cell's box is clipped to the image, and a cell wholly in the padding has no box (overlap 0).
+Float boxes (rows, cols, 4) are accepted too (`cell_overlap`, tests), each edge taken at its exact
+binary value; `uniform_cell_boxes` tiles a rectangle into such a grid. Cells are ordered
+row-major, as LLaVA orders its image tokens.
 
 Tiled and dynamic-grid families. An image of InternVL becomes several tiles (+ a thumbnail),
 one of Qwen2-VL a grid whose shape depends on the image; the adapter describes every image token
@@ -300,7 +307,9 @@ def cell_overlap(mask: np.ndarray, cell_boxes: np.ndarray) -> np.ndarray:
 
 
 def object_cells(overlap: np.ndarray, min_overlap: float = 0.0) -> np.ndarray:
-    """Cells whose covered fraction is strictly greater than `min_overlap` (0.0 = any overlap)."""
+    """Cells whose covered fraction is strictly greater than `min_overlap` (0.0 = any overlap: exact,
+    since a cell holding no mask pixel has overlap exactly 0.0). For a positive threshold on a
+    model's cells prefer `mask_tokens`, which compares the exact fractions."""
     if not 0.0 <= min_overlap < 1.0:
         raise ValueError(f"min_overlap must be in [0, 1), got {min_overlap}")
     return np.asarray(overlap) > min_overlap

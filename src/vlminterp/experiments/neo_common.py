@@ -12,8 +12,9 @@ Object cells. The target's mask (polygon, RLE or crowd RLE: `CocoDataset.annotat
 mapped onto the model's image tokens through the adapter's geometry (`adapter.image_cells`:
 "crop" = the HF LLaVA processor's centre crop, "pad" = the original LLaVA padding, "resize" =
 InternVL's tiles + thumbnail and Qwen2-VL's dynamic grid): each token's box in the ORIGINAL image
-is a float rectangle, the covered fraction is exact (`data.cells.cell_overlap`), and a token is an
-object token when that fraction exceeds `min_overlap` (0.0 = any overlap, as the original code).
+has exact rational edges, the covered fraction is exact (`data.cells.mask_tokens`), and a token is
+an object token when that fraction exceeds `min_overlap` (0.0 = a mask pixel lies in its box, as
+the original code meant). A target with no object token is excluded (`map_object_cells`).
 Buffer b dilates the object's tokens with the 8-neighbourhood b times, within each tile (see
 `map_object_cells` for how InternVL's thumbnail counts). Token sets are (N,) bool arrays in
 image-token order; `TargetCells.positions` turns one into sequence positions.
