@@ -210,3 +210,45 @@ def test_targets_outside_the_crop_are_excluded_and_counted_by_n1_and_n3(train201
                                       spec=BlockingSpec(), cell_spec=CellSpec())
     assert len(blocking) == len(outside) and excluded_counts(blocking) == {EXCLUDED_OUTSIDE_CROP: len(outside)}
     assert excluded_note(excluded_counts(blocking)) == f"{len(outside)} excluded: object outside the crop ({len(outside)})"
+
+
+def resize_axis(length: int, parts: int) -> np.ndarray:
+    """(parts, length) integer overlaps when [0, length) is split into `parts` equal cells: in units
+    of 1 / parts pixels, pixel x spans [x parts, (x + 1) parts) and cell k spans [k length, (k + 1) length)."""
+    starts = np.arange(parts) * length
+    pixels = np.arange(length) * parts
+    return interval_overlaps(starts, starts + length, pixels, pixels + parts)
+
+
+@pytest.mark.parametrize("variant", ["internvl-real-geometry", "qwen2-vl-real-geometry"])
+def test_tiled_and_dynamic_grid_object_tokens_of_real_masks_equal_the_integer_reference(variant):
+    """InternVL (tiles cut from the image resized to the tile canvas, + a thumbnail) and Qwen2-VL
+    (one grid over the resized image): every token splits the ORIGINAL image evenly along each
+    axis, so a tile t of a cols x rows canvas with g x g tokens covers x parts c g .. c g + g - 1
+    of cols g equal parts (the thumbnail: g parts); Qwen2-VL's grid: its own parts. Every third
+    annotation of val2017 (time; the tile layout comes from the adapter, itself checked against
+    the real processor in test_adapters_internvl.py)."""
+    root = require(COCO_MINI)
+    adapter, _ = adapter_for_meta(variant)
+    coco = COCO(str(root / "annotations" / "instances_val2017.json"))
+    tile_counts = set()
+    for annotation in coco.dataset["annotations"][::3]:
+        info = coco.imgs[annotation["image_id"]]
+        width, height = info["width"], info["height"]
+        mask = coco.annToMask(annotation).astype(bool)
+        cells = adapter.image_cells((width, height))
+        expected = []
+        for tile, (rows, cols) in enumerate(cells.tile_shapes):
+            if cells.tile_kinds[tile] == "tile":
+                canvas_cols, canvas_rows = adapter.tile_layout((width, height))
+                tile_row, tile_col = divmod(tile, canvas_cols)
+                lx = resize_axis(width, canvas_cols * cols)[tile_col * cols:(tile_col + 1) * cols]
+                ly = resize_axis(height, canvas_rows * rows)[tile_row * rows:(tile_row + 1) * rows]
+            else:  # the thumbnail, or Qwen2-VL's single grid: the whole image
+                lx, ly = resize_axis(width, cols), resize_axis(height, rows)
+            covered = ly.astype(np.float64) @ mask.astype(np.float64) @ lx.T.astype(np.float64)
+            expected.extend((covered > 0).reshape(-1))
+        overlap, selected = mask_tokens(mask, cells.pixel_boxes)
+        assert selected.tolist() == expected, f"{variant}: annotation {annotation['id']}"
+        tile_counts.add(cells.num_tiles)
+    assert variant.startswith("qwen") or max(tile_counts) > 2  # several tiles and a thumbnail were exercised
