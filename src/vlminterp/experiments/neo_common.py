@@ -147,7 +147,7 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
             "image_id": int(row.image_id), "annotation_id": int(row.annotation_id),
             "cell_index": np.arange(cells.num_tokens), "tile": cells.tile.astype(np.int64),
             "cell_row": cells.row.astype(np.int64), "cell_col": cells.col.astype(np.int64),
-            "x0": cells.boxes[:, 0], "y0": cells.boxes[:, 1], "x1": cells.boxes[:, 2], "y1": cells.boxes[:, 3],
+            **dict(zip(("x0", "y0", "x1", "y1"), cells.boxes.T)),
             "overlap": overlap,
         })
         for b, selected in tokens.items():

@@ -110,7 +110,9 @@ class PatchGrid:
         wholly in the padding has no box.
         """
         width, height = original_size
-        patch_edges = [self.patch_size * k for k in range(self.cols + 1)], [self.patch_size * k for k in range(self.rows + 1)]
+        # cell edges in model-input pixels, per axis
+        patch_edges = ([self.patch_size * k for k in range(self.cols + 1)],
+                       [self.patch_size * k for k in range(self.rows + 1)])
         if geometry == "crop":
             # Mirrors transformers' get_resize_output_image_size (default_to_square=False) and
             # center_crop: short side -> shortest_edge, long side -> int(shortest_edge * long / short),
@@ -187,7 +189,8 @@ class ImageCells(TokenLayoutSizes):
         return self.boxes[self.tokens_of_tile(tile)].reshape(rows, cols, 4)
 
     @classmethod
-    def from_tiles(cls, tiles: list[tuple[str, int, int, np.ndarray]], original_size: tuple[int, int]) -> "ImageCells":
+    def from_tiles(cls, tiles: list[tuple[str, int, int, Sequence[int | Fraction]]],
+                   original_size: tuple[int, int]) -> "ImageCells":
         """Build from (kind, rows, cols, region) per tile, in token order; each tile's region
         [x0, y0, x1, y1) of the original image (ints or Fractions: exact) is split evenly into its
         rows x cols cells (row-major)."""
