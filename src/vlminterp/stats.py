@@ -3,6 +3,8 @@
     low, high = bootstrap_ci(flips, seed=0)             # 95% percentile bootstrap of the mean
     summary = grouped_mean_ci(df, by=["condition"], value="flipped", seed=0)
     low, high = wilson_interval(81, 263)                # 95% Wilson score interval of a proportion
+    counts = excluded_counts(table)                     # {"object outside the crop": 2}: excluded units
+    note = excluded_note(counts)                        # "2 excluded: object outside the crop (2)"
 """
 from __future__ import annotations
 
@@ -51,3 +53,20 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def excluded_counts(table: pd.DataFrame, unit: Sequence[str] = ("image_id",)) -> dict[str, int]:
+    """Reason -> number of distinct `unit`s (a target: image_id; a K3 mention: image_id, mention)
+    whose rows carry a non-empty `excluded` reason (N1, N3, K3 tables); {} when none."""
+    if "excluded" not in table or table.empty:
+        return {}
+    reasons = table.assign(excluded=table["excluded"].fillna("").astype(str))
+    reasons = reasons.loc[reasons["excluded"] != "", [*unit, "excluded"]].drop_duplicates()
+    return {str(k): int(v) for k, v in reasons["excluded"].value_counts().sort_index().items()}
+
+
+def excluded_note(counts: dict[str, int]) -> str:
+    """"3 excluded: object outside the crop (2), empty mask (1)" ("" when nothing was excluded)."""
+    if not counts:
+        return ""
+    return f"{sum(counts.values())} excluded: " + ", ".join(f"{reason} ({n})" for reason, n in counts.items())

@@ -1,13 +1,15 @@
 """Mask-to-cell geometry against a supersampled brute force; dilation, positions, random cells."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from cocofixtures import CocoBuilder
 
-from vlminterp.data.cells import (background_cells, cell_overlap, cells_to_positions, chebyshev_distance,
-                                  dilate_cells, dilate_tokens, last_row_cells, last_row_tokens, mask_tokens,
-                                  matched_random_cells, object_cells, random_cells, token_distance,
+from vlminterp.data.cells import (PixelBoxes, background_cells, cell_overlap, cells_to_positions, chebyshev_distance,
+                                  dilate_cells, dilate_tokens, even_edges, last_row_cells, last_row_tokens,
+                                  mask_tokens, matched_random_cells, object_cells, random_cells, token_distance,
                                   uniform_cell_boxes)
 from vlminterp.data.coco import CocoDataset
 
@@ -236,3 +238,24 @@ def test_mask_tokens_and_flat_positions_and_draws():
     grid[1, 2] = True
     assert np.array_equal(random_cells((16,), 5, rng=3, exclude=grid.reshape(-1)),
                           random_cells((4, 4), 5, rng=3, exclude=grid).reshape(-1))
+
+
+def test_exact_boxes_threshold_at_the_decimal_and_no_residue():
+    """min_overlap is read as the decimal it prints as (a cell covered exactly 3/10 is not above
+    0.3), and a cell whose rational box holds no mask pixel has overlap exactly 0."""
+    mask = np.zeros((1, 10), dtype=bool)
+    mask[0, :3] = True
+    row = PixelBoxes.grid(even_edges(0, 10, 1), even_edges(0, 1, 1))
+    assert mask_tokens(mask, row, 0.3)[1].tolist() == [False]
+    assert mask_tokens(mask, row, 0.29)[1].tolist() == [True]
+    # thirds of a 7-pixel row: 7/3 is no float, the box edges stay exact
+    mask = np.zeros((3, 7), dtype=bool)
+    mask[:, 4:] = True  # pixels [4, 7): in the last third [14/3, 7) and 2/3 px of the middle one
+    boxes = PixelBoxes.grid(even_edges(0, 7, 3), even_edges(0, 3, 1))
+    assert boxes.scale == (3, 1) and boxes.edges(1) == (Fraction(7, 3), 0, Fraction(14, 3), 3)
+    overlap, selected = mask_tokens(mask, boxes)
+    assert overlap.tolist() == [0.0, 2 / 7, 1.0] and selected.tolist() == [False, True, True]
+    assert np.array_equal(PixelBoxes.from_float(boxes.as_float()).shown, boxes.shown)
+    padded = PixelBoxes.grid([0, 0, 5], [0, 3])  # the first cell has no area: no box
+    assert padded.shown.tolist() == [False, True] and np.isnan(padded.as_float()[0]).all()
+    assert mask_tokens(mask, padded)[0].tolist() == [0.0, 3 / 15]  # column 4 of [0, 5) x [0, 3)

@@ -366,6 +366,31 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
     assert len(summary) == (L + 1) // 2 and summary["n_mentions"].iloc[0] == 1
 
 
+def test_localization_excludes_and_counts_a_mention_without_object_cells(synthetic, dataset, monkeypatch):
+    """A mention whose object has no cell (here: its mask emptied) gets one excluded row, and the
+    summary leaves it out of the accuracy and counts it."""
+    import vlminterp.experiments.kaduri_localization as k3
+    from vlminterp.experiments.kaduri_common import category_mask
+
+    session = _session(synthetic, dataset)
+    images = select_images(dataset, 6, seed=0)
+    category = images.iloc[0]["categories"].split(";")[0]
+    words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_id])
+    monkeypatch.setattr(k3, "category_mask", lambda ds, image_id, name: np.zeros_like(category_mask(ds, image_id, name)))
+    table = localization(session, images.iloc[[0]], LocalizationSpec(), dataset_vocabulary("shapes", dataset))
+    assert len(table) == 1 and table["excluded"].tolist() == ["empty mask"] and not table["hit"].any()
+    assert table[["layer", "head", "peak_cell", "n_object_cells"]].values.tolist() == [[-1, -1, -1, 0]]
+    summary = summarize_localization(table)
+    assert summary.empty and list(summary.columns)[-1] == "n_excluded"
+    monkeypatch.setattr(k3, "category_mask", category_mask)
+    kept = localization(session, images.iloc[[0]], LocalizationSpec(), dataset_vocabulary("shapes", dataset))
+    assert kept["excluded"].eq("").all() and (kept["n_object_cells"] > 0).all()
+    both = summarize_localization(pd.concat([table, kept]))
+    assert (both["n_excluded"] == 1).all() and (both["n_mentions"] == 1).all()
+    assert both["accuracy"].tolist() == summarize_localization(kept)["accuracy"].tolist()
+
+
 # ---- K4 --------------------------------------------------------------------------------------------
 def test_top_k_count_and_yes_no():
     assert [top_k_count(f, 36) for f in (0.02, 0.05)] == [1, 2]

@@ -327,6 +327,11 @@ def test_figures_are_written(setup, tmp_path):
     blocking = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"],
                                       s["grids"], prompts=PromptSpec(), spec=BlockingSpec(window=2), cell_spec=CELLS)
     blocking["included"] = True
+    # one more target, excluded (no object cell): counted in a footnote, not plotted
+    ablation = pd.concat([ablation, ablation[ablation.condition == "none"].iloc[:2].assign(
+        image_id=-1, included=False, flipped=False, excluded="object outside the crop")], ignore_index=True)
+    blocking = pd.concat([blocking, blocking.iloc[:1].assign(image_id=-1, included=False,
+                                                             excluded="object outside the crop")], ignore_index=True)
     for plot, table, name in ((plot_flip_rates, ablation, "flips"), (plot_lens_curves, scores, "lens"),
                               (plot_blocking_drops, blocking, "blocking")):
         paths = plot(table, tmp_path / name, n_resamples=200)

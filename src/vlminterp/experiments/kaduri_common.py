@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.data.cells import mask_tokens
+from vlminterp.data.cells import exclusion_reason, mask_tokens
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import InterventionEngine
 from vlminterp.interventions.attention import edit_attention
@@ -102,14 +102,23 @@ def category_mask(dataset: CocoDataset, image_id: int, category: str) -> np.ndar
     return mask
 
 
+def object_tokens(adapter: VLMAdapter, mask: np.ndarray, geometry: str | None = None,
+                  min_overlap: float = 0.0) -> tuple[np.ndarray, str]:
+    """((N,) bool over the image's tokens (image-token order), exclusion reason): the tokens whose
+    box holds a mask pixel (covers more than `min_overlap` of it), through the adapter's exact
+    geometry (`adapter.image_cells` of the mask's (width, height); any family: InternVL's tiles and
+    thumbnail alike, Qwen2-VL's dynamic grid; for LLaVA its grid's cells, row-major). The reason is
+    "" when some token holds the object, else why none does (`data.cells.exclusion_reason`, e.g.
+    "object outside the crop")."""
+    height, width = mask.shape
+    overlap, selected = mask_tokens(mask, adapter.image_cells((width, height), geometry).pixel_boxes, min_overlap)
+    return selected, exclusion_reason(mask, overlap, selected)
+
+
 def mask_cells(adapter: VLMAdapter, mask: np.ndarray, geometry: str | None = None,
                min_overlap: float = 0.0) -> np.ndarray:
-    """(N,) bool over the image's tokens (image-token order): those whose box the mask overlaps,
-    through the adapter's geometry (`adapter.image_cells` of the mask's (width, height); any
-    family: InternVL's tiles and thumbnail alike, Qwen2-VL's dynamic grid). For LLaVA this is
-    its grid's cells, row-major."""
-    height, width = mask.shape
-    return mask_tokens(mask, adapter.image_cells((width, height), geometry).boxes, min_overlap)[1]
+    """The tokens of `object_tokens` alone."""
+    return object_tokens(adapter, mask, geometry, min_overlap)[0]
 
 
 # ---- text ---------------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ object token of its tile, in cells; inf when that tile holds none), hit, n_objec
 tokens over all tiles), chance, tolerance.
 A mention on the description's last token under attention_row="token" has no decode row (the
 token is never read back) and is skipped (logged).
+Exclusion: a mention whose object has no object token (`kaduri_common.object_tokens`; e.g. "object
+outside the crop": every instance lies in the part the centre crop cuts away) cannot be localized;
+it gets one row (layer -1, head -1, peak columns -1 or NaN, hit False) whose `excluded` column says
+why, and `summarize_localization` leaves it out of the accuracy and counts it (n_excluded). Other
+rows have `excluded` empty.
 """
 from __future__ import annotations
 
@@ -39,16 +44,16 @@ import numpy as np
 import pandas as pd
 
 from vlminterp.data.cells import token_distance
-from vlminterp.experiments.kaduri_common import KaduriSession, category_mask, mask_cells, token_mentions, token_spans
+from vlminterp.experiments.kaduri_common import KaduriSession, category_mask, object_tokens, token_mentions, token_spans
 from vlminterp.scoring.vocabulary import SynonymVocabulary
-from vlminterp.stats import bootstrap_ci
+from vlminterp.stats import bootstrap_ci, excluded_counts
 
 log = logging.getLogger(__name__)
 
 ROW_KINDS = ("token", "predicting")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
                         "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col", "peak_attention",
-                        "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance")
+                        "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance", "excluded")
 MEAN_HEAD = -1
 
 
@@ -97,8 +102,18 @@ def image_localization(session: KaduriSession, image_id: int, present: set[str],
                          f"image tokens in the prompt but {layout.num_tokens} in the adapter's cell geometry")
     out = []
     for index, mention, position in mentions:
-        cells = mask_cells(session.adapter, category_mask(session.dataset, image_id, mention.category),
-                           session.prompt.geometry, spec.min_overlap)
+        cells, excluded = object_tokens(session.adapter, category_mask(session.dataset, image_id, mention.category),
+                                        session.prompt.geometry, spec.min_overlap)
+        common = {"image_id": int(image_id), "mention": index, "category": mention.category,
+                  "surface": mention.surface, "token_index": mention.first_token, "position": position,
+                  "row_kind": spec.attention_row}
+        if excluded:
+            log.info("image %s: mention %r excluded (%s)", image_id, mention.surface, excluded)
+            out.append({**common, "layer": -1, "head": MEAN_HEAD, "peak_cell": -1, "peak_tile": -1, "peak_row": -1,
+                        "peak_col": -1, "peak_attention": np.nan, "image_mass": np.nan, "distance": np.nan,
+                        "hit": False, "n_object_cells": 0, "chance": np.nan, "tolerance": spec.tolerance,
+                        "excluded": excluded})
+            continue
         distance = token_distance(layout, cells)
         chance = float(np.mean(distance <= spec.tolerance))
         for layer in range(session.adapter.n_layers):
@@ -109,14 +124,13 @@ def image_localization(session: KaduriSession, image_id: int, present: set[str],
             for head, row in heads:
                 peak = int(np.argmax(row))
                 out.append({
-                    "image_id": int(image_id), "mention": index, "category": mention.category,
-                    "surface": mention.surface, "token_index": mention.first_token, "position": position,
-                    "row_kind": spec.attention_row, "layer": layer, "head": head, "peak_cell": peak,
+                    **common, "layer": layer, "head": head, "peak_cell": peak,
                     "peak_tile": int(layout.tile[peak]), "peak_row": int(layout.row[peak]),
                     "peak_col": int(layout.col[peak]),
                     "peak_attention": float(row[peak]), "image_mass": float(row.sum()),
                     "distance": float(distance[peak]), "hit": bool(distance[peak] <= spec.tolerance),
-                    "n_object_cells": int(cells.sum()), "chance": chance, "tolerance": spec.tolerance})
+                    "n_object_cells": int(cells.sum()), "chance": chance, "tolerance": spec.tolerance,
+                    "excluded": ""})
     return out
 
 
@@ -133,7 +147,11 @@ def localization(session: KaduriSession, images: pd.DataFrame, spec: Localizatio
 
 def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int | None = None) -> pd.DataFrame:
     """Accuracy (heads averaged) per layer, or per band of `band_width` layers, with a bootstrap 95%
-    interval over mentions (each mention's hits averaged over the band's layers first) and chance."""
+    interval over mentions (each mention's hits averaged over the band's layers first) and chance;
+    excluded mentions are left out and counted (n_excluded, the same on every row)."""
+    n_excluded = sum(excluded_counts(table, unit=("image_id", "mention")).values())
+    if "excluded" in table:
+        table = table[table["excluded"].fillna("") == ""]
     data = table[table["head"] == MEAN_HEAD].copy()
     width = band_width or 1
     data["band"] = data["layer"] // width
@@ -144,6 +162,7 @@ def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int |
         low, high = bootstrap_ci(per_mention["hit"].to_numpy(dtype=float), seed=seed)
         rows.append({"band": int(band), "layer_start": int(part["layer"].min()), "layer_end": int(part["layer"].max()),
                      "accuracy": float(per_mention["hit"].mean()), "low": low, "high": high,
-                     "chance": float(per_mention["chance"].mean()), "n_mentions": len(per_mention)})
+                     "chance": float(per_mention["chance"].mean()), "n_mentions": len(per_mention),
+                     "n_excluded": n_excluded})
     return pd.DataFrame(rows, columns=["band", "layer_start", "layer_end", "accuracy", "low", "high", "chance",
-                                       "n_mentions"])
+                                       "n_mentions", "n_excluded"])

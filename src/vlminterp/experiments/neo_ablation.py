@@ -37,6 +37,10 @@ Settings (one engine call per image and setting, every condition a batch row, pr
               token is the name's first sub-token; `p_correct` = that token's probability.
 Inclusion: `included` = the unablated run succeeds (target questions only); `flipped` = included
 and the ablated run fails. Every image keeps its rows whatever its inclusion.
+Exclusion: a target with no object token (`excluded` in the cell table: e.g. "object outside the
+crop", an object lying wholly in the part the centre crop cuts away) is not run; it gets one row
+per setting (condition "none", never included, success False) whose `excluded` column says why,
+so the table counts it (`stats.excluded_counts`). Other rows have `excluded` empty.
 
 CUDA out-of-memory halves the engine batch or the IG batch and redoes the work
 (`interventions.batching`); each row records `batch_size` and `ig_batch_size` in effect when its
@@ -67,7 +71,7 @@ log = logging.getLogger(__name__)
 ABLATION_COLUMNS = [
     "image_id", "annotation_id", "category", "setting", "question_kind", "condition", "family", "buffer",
     "n_requested", "n_tokens", "replacement", "success", "baseline_success", "included", "flipped",
-    "p_correct", "answer", "batch_size", "ig_batch_size", "oom_retries",
+    "p_correct", "answer", "batch_size", "ig_batch_size", "oom_retries", "excluded",
 ]
 _YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
 _NO = re.compile(r"^\W*no\b", re.IGNORECASE)
@@ -226,9 +230,14 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
     rows: list[dict] = []
     for target in tqdm(list(selection.itertuples(index=False)), desc="token ablation", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
+        target_cells = cells[image_id]
+        if target_cells.excluded:
+            log.info("image %s: target %s excluded (%s)", image_id, target.annotation_id, target_cells.excluded)
+            rows.extend(excluded_rows(image_id, int(target.annotation_id), name, spec, target_cells.excluded,
+                                      engine.batches.size, ig_batches.size))
+            continue
         first_row, retries_before = len(rows), engine.batches.retries + ig_batches.retries
         image = dataset.load_image(image_id)
-        target_cells = cells[image_id]
         answer_token = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
         vqa_ids, image_inputs = encode(processor, adapter, image, questions[image_id], cell_spec.geometry,
                                        system_prompt=prompts.system_prompt, answer_prefix=prompts.vqa_answer_prefix)
@@ -259,7 +268,7 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
                              "success": bool(success), "baseline_success": baseline, "included": included,
                              "flipped": bool(included and not success),
                              "p_correct": None if p_correct is None else float(p_correct[index]),
-                             "answer": answer})
+                             "answer": answer, "excluded": ""})
 
         if "vqa" in spec.settings:
             logits = engine.logits(vqa_input, conditions_for(vqa_input))[:, -1].float()
@@ -294,6 +303,17 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
     return table.astype({"buffer": "Int64", "n_requested": "Int64"})
 
 
+def excluded_rows(image_id: int, annotation_id: int, category: str, spec: AblationSpec, reason: str,
+                  batch_size: int, ig_batch_size: int) -> list[dict]:
+    """The rows of a target excluded for `reason` (module docstring): one per setting, nothing run."""
+    return [{"image_id": image_id, "annotation_id": annotation_id, "category": category, "setting": setting,
+             "question_kind": "target", "condition": "none", "family": "none", "buffer": None, "n_requested": 0,
+             "n_tokens": 0, "replacement": spec.replacement, "success": False, "baseline_success": False,
+             "included": False, "flipped": False, "p_correct": None, "answer": "", "batch_size": batch_size,
+             "ig_batch_size": ig_batch_size, "oom_retries": 0, "excluded": reason}
+            for setting in ("vqa", "polling", "generative") if setting in spec.settings]  # the run's order
+
+
 def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
     """Flip rate per setting x condition over included images, with bootstrap 95% intervals."""
     from vlminterp.stats import grouped_mean_ci
@@ -306,6 +326,9 @@ def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000)
 
 
 def polling_accuracy(table: pd.DataFrame) -> pd.DataFrame:
-    """Polling accuracy per condition over every image and both question kinds (chance = 0.5)."""
+    """Polling accuracy per condition over every image and both question kinds (chance = 0.5);
+    excluded targets (never asked) are left out."""
     polling = table[table["setting"] == "polling"]
+    if "excluded" in polling:
+        polling = polling[polling["excluded"].fillna("") == ""]
     return polling.groupby("condition")["success"].mean().rename("accuracy").reset_index()

@@ -31,7 +31,9 @@ image_id, annotation_id, category, block_set, window_kind (sliding | fixed | non
 correct (top-1 = the answer token), p_baseline, baseline_correct, included (= baseline_correct),
 drop (p_baseline - p_correct), relative_drop (drop / p_baseline), batch_size and oom_retries (the
 engine batch size in effect when the image was done, and how many times CUDA out-of-memory halved
-it during that image: `interventions.batching`).
+it during that image: `interventions.batching`), excluded (empty; for a target with no object
+token, e.g. "object outside the crop", the reason: such a target is not run and has only its
+"none" row, never included, so the table counts it: `stats.excluded_counts`).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ FIXED_WINDOWS: tuple[tuple[str, float, float], ...] = (
 BLOCK_SETS = ("object", "non_object", "object_to_last_row", "object_to_text")
 BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
                     "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
-                    "included", "drop", "relative_drop", *BATCH_COLUMNS]
+                    "included", "drop", "relative_drop", *BATCH_COLUMNS, "excluded"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,15 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
     rows: list[dict] = []
     for target in tqdm(list(selection.itertuples(index=False)), desc="attention blocking", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
+        if cells[image_id].excluded:
+            log.info("image %s: target %s excluded (%s)", image_id, target.annotation_id, cells[image_id].excluded)
+            rows.append({"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
+                         "block_set": "none", "window_kind": "none", "window": "none", "window_start": None,
+                         "window_end": None, "n_layers": 0, "n_blocked": 0, "p_correct": np.nan, "correct": False,
+                         "p_baseline": np.nan, "baseline_correct": False, "included": False, "drop": np.nan,
+                         "relative_drop": np.nan, **engine.batches.columns(since=engine.batches.retries),
+                         "excluded": cells[image_id].excluded})
+            continue
         retries_before = engine.batches.retries
         answer = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
         ids, image_inputs = encode(processor, adapter, dataset.load_image(image_id), questions[image_id],
@@ -178,7 +189,7 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
         batching = engine.batches.columns(since=retries_before)
         for row in image_rows:
             row.update(batching)
-            row.update(p_baseline=baseline[0], baseline_correct=baseline[1], included=baseline[1],
+            row.update(excluded="", p_baseline=baseline[0], baseline_correct=baseline[1], included=baseline[1],
                        drop=baseline[0] - row["p_correct"],
                        relative_drop=(baseline[0] - row["p_correct"]) / baseline[0] if baseline[0] > 0 else np.nan)
         rows.extend(image_rows)

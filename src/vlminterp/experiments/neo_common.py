@@ -12,8 +12,9 @@ Object cells. The target's mask (polygon, RLE or crowd RLE: `CocoDataset.annotat
 mapped onto the model's image tokens through the adapter's geometry (`adapter.image_cells`:
 "crop" = the HF LLaVA processor's centre crop, "pad" = the original LLaVA padding, "resize" =
 InternVL's tiles + thumbnail and Qwen2-VL's dynamic grid): each token's box in the ORIGINAL image
-is a float rectangle, the covered fraction is exact (`data.cells.cell_overlap`), and a token is an
-object token when that fraction exceeds `min_overlap` (0.0 = any overlap, as the original code).
+has exact rational edges, the covered fraction is exact (`data.cells.mask_tokens`), and a token is
+an object token when that fraction exceeds `min_overlap` (0.0 = a mask pixel lies in its box, as
+the original code meant). A target with no object token is excluded (`map_object_cells`).
 Buffer b dilates the object's tokens with the 8-neighbourhood b times, within each tile (see
 `map_object_cells` for how InternVL's thumbnail counts). Token sets are (N,) bool arrays in
 image-token order; `TargetCells.positions` turns one into sequence positions.
@@ -43,8 +44,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.data.cells import (cells_to_positions, dilate_tokens, last_row_tokens, mask_tokens,
-                                  tile_tokens, TokenLayoutSizes)
+from vlminterp.data.cells import (cells_to_positions, dilate_tokens, exclusion_reason, last_row_tokens,
+                                  mask_tokens, tile_tokens, TokenLayoutSizes)
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import AdaptiveBatch, StreamingMean
 from vlminterp.io import atomic_path
@@ -103,11 +104,12 @@ CELL_COLUMNS = ["image_id", "annotation_id", "cell_index", "tile", "cell_row", "
                 "overlap"]
 
 
-def image_object_tokens(mask: np.ndarray, cells, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """(overlap (N,), {b: object tokens dilated b times (N,) bool}) of one mask over the image's
-    tokens (`cells`: the adapter's `ImageCells`; dilation within each tile, `data.cells`)."""
-    overlap, base = mask_tokens(mask, cells.boxes, spec.min_overlap)
-    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}
+def image_object_tokens(mask: np.ndarray, cells, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray], str]:
+    """(overlap (N,), {b: object tokens dilated b times (N,) bool}, exclusion reason) of one mask
+    over the image's tokens (`cells`: the adapter's `ImageCells`; dilation within each tile; the
+    reason, "" when the target has object tokens: `data.cells.exclusion_reason`)."""
+    overlap, base = mask_tokens(mask, cells.pixel_boxes, spec.min_overlap)
+    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}, exclusion_reason(mask, overlap, base)
 
 
 def check_geometry(adapter, geometry: str, stage: str) -> None:
@@ -121,10 +123,12 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
     """One row per selected image x image token: its tile, cell, box, the target's overlap, object flags.
 
     Columns: image_id, annotation_id, cell_index (image-token order), tile, cell_row, cell_col (in
-    the tile's token grid), x0, y0, x1, y1 (the token's box in original-image pixels; NaN for a
-    cell wholly in padding), overlap, and one bool column object_b{b} per buffer. Single-grid
-    families (LLaVA) have tile 0 everywhere. An image whose target covers no token (possible with
-    a high `min_overlap`) keeps its rows; the experiments report it as having no object cells.
+    the tile's token grid), x0, y0, x1, y1 (the token's box in original-image pixels, floats of
+    the exact boxes; NaN for a cell wholly in padding), overlap (exact fraction, rounded once),
+    one bool column object_b{b} per buffer, and excluded: why the target is excluded from N1-N3
+    ("" when it has object tokens; `image_object_tokens`), the same on every row of the image.
+    Single-grid families (LLaVA) have tile 0 everywhere. An excluded target keeps its rows; the
+    experiments skip it and count it (`excluded` in their tables).
 
     Tiled families (InternVL): every tile is its own grid, the global thumbnail included, and the
     object tokens are all tokens whose box the mask overlaps, in whichever tile: the
@@ -138,18 +142,21 @@ def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spe
     for row in selection.itertuples(index=False):
         info = dataset.image_info(int(row.image_id))
         cells = adapter.image_cells((info["width"], info["height"]), spec.geometry)
-        overlap, tokens = image_object_tokens(dataset.annotation_mask(int(row.annotation_id)), cells, spec)
+        overlap, tokens, reason = image_object_tokens(dataset.annotation_mask(int(row.annotation_id)), cells, spec)
         frame = pd.DataFrame({
             "image_id": int(row.image_id), "annotation_id": int(row.annotation_id),
             "cell_index": np.arange(cells.num_tokens), "tile": cells.tile.astype(np.int64),
             "cell_row": cells.row.astype(np.int64), "cell_col": cells.col.astype(np.int64),
-            "x0": cells.boxes[:, 0], "y0": cells.boxes[:, 1], "x1": cells.boxes[:, 2], "y1": cells.boxes[:, 3],
+            **dict(zip(("x0", "y0", "x1", "y1"), cells.boxes.T)),
             "overlap": overlap,
         })
         for b, selected in tokens.items():
             frame[f"object_b{b}"] = selected
+        frame["excluded"] = reason
+        if reason:
+            log.info("image %s: target %s excluded: %s", row.image_id, row.annotation_id, reason)
         frames.append(frame)
-    columns = [*CELL_COLUMNS, *[f"object_b{b}" for b in spec.buffers]]
+    columns = [*CELL_COLUMNS, *[f"object_b{b}" for b in spec.buffers], "excluded"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
@@ -158,8 +165,10 @@ class TargetCells(TokenLayoutSizes):
     """The cell table of one image, per image token (image-token order): a `data.cells` token layout.
 
     tile, row, col (N,) int; tile_shapes: (rows, cols) of each tile; boxes (N, 4); overlap (N,);
-    object_b[b]: (N,) bool object tokens dilated b times. Token sets of the experiments are (N,)
-    bool arrays over these tokens; `dilate`, `distance` and `last_row` act within tiles.
+    object_b[b]: (N,) bool object tokens dilated b times; excluded: why the target has no object
+    token ("" when it has some; the experiments skip and count an excluded target). Token sets of
+    the experiments are (N,) bool arrays over these tokens; `dilate`, `distance` and `last_row`
+    act within tiles.
     """
 
     image_id: int
@@ -170,6 +179,7 @@ class TargetCells(TokenLayoutSizes):
     boxes: np.ndarray
     overlap: np.ndarray
     object_b: dict[int, np.ndarray] = field(default_factory=dict)
+    excluded: str = ""
 
     @classmethod
     def from_table(cls, table: pd.DataFrame) -> "TargetCells":
@@ -189,6 +199,7 @@ class TargetCells(TokenLayoutSizes):
             boxes=table[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64),
             overlap=table["overlap"].to_numpy(dtype=np.float64),
             object_b={b: table[f"object_b{b}"].astype(bool).to_numpy() for b in buffers},
+            excluded=str(table["excluded"].fillna("").iloc[0]) if "excluded" in table else "",
         )
         try:
             list(tile_tokens(cells))

@@ -188,7 +188,9 @@ def plot_localization(per_layer: pd.DataFrame, per_band: pd.DataFrame, stem: Pat
     left.grid(True, alpha=0.3)
     left.legend(fontsize=8)
     n = int(per_layer["n_mentions"].max()) if len(per_layer) else 0
-    left.set_title(f"per layer (n = {n} object mentions)")
+    excluded = int(per_layer["n_excluded"].max()) if "n_excluded" in per_layer and len(per_layer) else 0
+    left.set_title(f"per layer (n = {n} object mentions" + (f"; {excluded} excluded: no visible object cell)"
+                                                           if excluded else ")"))
     x = np.arange(len(per_band))
     errors = [per_band["accuracy"] - per_band["low"], per_band["high"] - per_band["accuracy"]]
     right.bar(x, per_band["accuracy"], yerr=errors, capsize=3, color="tab:blue")

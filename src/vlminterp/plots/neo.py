@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.plots.organism import save_figure  # noqa: E402
-from vlminterp.stats import grouped_mean_ci  # noqa: E402
+from vlminterp.stats import excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
 
 SETTING_COLOURS = {"generative": "tab:green", "polling": "tab:orange", "vqa": "tab:blue"}
 FAMILY_ORDER = ["object", "random_matched", "random", "register", "high_gradient", "all_image"]
@@ -59,7 +59,9 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
     axis.set_ylabel("identification flip rate")
     axis.set_title("N1 token ablation: share of correct answers lost (95% bootstrap intervals)")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="setting")
+    note = excluded_note(excluded_counts(table))
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title_fontsize=8,
+                title="setting" + (f"\n({note})".replace(": ", ":\n", 1) if note else ""))
     return save_figure(figure, stem)
 
 
@@ -147,4 +149,7 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
     figure.suptitle(f"N3 attention blocking ({n_images} images answered correctly; "
                     "95% bootstrap intervals)")
     figure.tight_layout()
+    note = excluded_note(excluded_counts(table))
+    if note:
+        figure.text(0.01, 0.005, f"targets: {note}", fontsize=8, ha="left", va="bottom")
     return save_figure(figure, stem)

@@ -38,6 +38,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -45,7 +46,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vlminterp.data.cells import TokenLayoutSizes
+from vlminterp.data.cells import PixelBoxes, TokenLayoutSizes, even_edges
 
 ImageGeometry = Literal["crop", "pad", "resize"]
 GEOMETRIES: tuple[str, ...] = ("crop", "pad", "resize")
@@ -99,44 +100,44 @@ class PatchGrid:
         k = np.arange(self.num_cells)
         return np.stack([k // self.cols, k % self.cols], axis=1)
 
-    def cell_boxes(self, original_size: tuple[int, int], geometry: ImageGeometry = "crop") -> np.ndarray:
-        """Pixel box [x0, y0, x1, y1) in the ORIGINAL image covered by each cell, in image-token order.
+    def pixel_boxes(self, original_size: tuple[int, int], geometry: ImageGeometry = "crop") -> PixelBoxes:
+        """Exact box [x0, x1) x [y0, y1) in the ORIGINAL image of each cell, in image-token order.
 
-        `original_size` is (width, height) as PIL reports it. Boxes are floats (continuous pixel
-        coordinates: pixel (x, y) covers [x, x+1) x [y, y+1)). Under "pad", boxes are clipped to
-        the image, and a cell lying wholly in the padding gets a row of NaN.
+        `original_size` is (width, height) as PIL reports it; pixel (x, y) covers [x, x+1) x [y, y+1).
+        A cell covers a patch of the model input; inverting the resize (and crop or padding) maps it
+        to a box with rational edges, kept exact (`data.cells.PixelBoxes`). Under "crop" what lies
+        outside the crop is in no box. Under "pad" boxes are clipped to the image, and a cell lying
+        wholly in the padding has no box.
         """
         width, height = original_size
+        # cell edges in model-input pixels, per axis
+        patch_edges = ([self.patch_size * k for k in range(self.cols + 1)],
+                       [self.patch_size * k for k in range(self.rows + 1)])
         if geometry == "crop":
             # Mirrors transformers' get_resize_output_image_size (default_to_square=False) and
             # center_crop: short side -> shortest_edge, long side -> int(shortest_edge * long / short),
-            # crop offset = (resized - crop) // 2.
+            # crop offset = (resized - crop) // 2. Resized pixel u is original u * width / new_w.
             if width <= height:
                 new_w, new_h = self.shortest_edge, int(self.shortest_edge * height / width)
             else:
                 new_w, new_h = int(self.shortest_edge * width / height), self.shortest_edge
             left, top = (new_w - self.input_size) // 2, (new_h - self.input_size) // 2
-            scale_x, scale_y = width / new_w, height / new_h
-            offset_x, offset_y = left * scale_x, top * scale_y
-            step_x, step_y = self.patch_size * scale_x, self.patch_size * scale_y
+            x_edges = [Fraction((left + u) * width, new_w) for u in patch_edges[0]]
+            y_edges = [Fraction((top + v) * height, new_h) for v in patch_edges[1]]
         elif geometry == "pad":
+            # expand2square pastes the image at ((side - width) // 2, (side - height) // 2) of a
+            # side x side square, which is then resized to input_size.
             side = max(width, height)
             pad_x, pad_y = (side - width) // 2, (side - height) // 2
-            scale = side / self.input_size
-            offset_x, offset_y = -pad_x, -pad_y
-            step_x = step_y = self.patch_size * scale
+            x_edges = [min(max(Fraction(u * side, self.input_size) - pad_x, 0), width) for u in patch_edges[0]]
+            y_edges = [min(max(Fraction(v * side, self.input_size) - pad_y, 0), height) for v in patch_edges[1]]
         else:
             raise ValueError(f"unknown geometry {geometry!r}; a PatchGrid supports {PATCH_GRID_GEOMETRIES}")
-        rc = self.cells()
-        x0 = offset_x + rc[:, 1] * step_x
-        y0 = offset_y + rc[:, 0] * step_y
-        boxes = np.stack([x0, y0, x0 + step_x, y0 + step_y], axis=1).astype(np.float64)
-        if geometry == "pad":
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-            empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            boxes[empty] = np.nan
-        return boxes
+        return PixelBoxes.grid(x_edges, y_edges)
+
+    def cell_boxes(self, original_size: tuple[int, int], geometry: ImageGeometry = "crop") -> np.ndarray:
+        """`pixel_boxes` as (num_cells, 4) floats, a row of NaN for a cell wholly in padding."""
+        return self.pixel_boxes(original_size, geometry).as_float()
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,18 +147,24 @@ class ImageCells(TokenLayoutSizes):
     A tile is one square crop the vision tower saw: the single grid of LLaVA (tile 0), one of
     InternVL's high-resolution tiles or its global thumbnail, the one dynamic grid of Qwen2-VL.
     Token k lies in tile `tile[k]` at (`row[k]`, `col[k]`) of that tile's token grid and covers
-    `boxes[k]` = [x0, y0, x1, y1) of the ORIGINAL image (continuous pixel coordinates; a row of
-    NaN: wholly in padding). Several tokens may cover the same pixels (thumbnail vs tiles).
+    the box `pixel_boxes[k]` of the ORIGINAL image, exact (`data.cells.PixelBoxes`; no box: wholly
+    in padding); `boxes[k]` = [x0, y0, x1, y1) as floats (a row of NaN: no box), for display.
+    Several tokens may cover the same pixels (thumbnail vs tiles).
     """
 
     tile: np.ndarray  # (N,) int
     row: np.ndarray  # (N,) int
     col: np.ndarray  # (N,) int
-    boxes: np.ndarray  # (N, 4) float64
+    pixel_boxes: PixelBoxes  # N exact boxes
     tile_shapes: tuple[tuple[int, int], ...]  # (rows, cols) of each tile's token grid
     tile_kinds: tuple[str, ...]  # per tile: "grid" (single-grid family), "tile" or "thumbnail"
     tile_boxes: np.ndarray  # (num_tiles, 4) region of the original image each tile shows
     original_size: tuple[int, int]  # (width, height)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(N, 4) float64 boxes in original-image pixels (NaN rows: no box)."""
+        return self.pixel_boxes.as_float()
 
     def cells(self) -> np.ndarray:
         """(N, 3) int array of (tile, row, col), in image-token order."""
@@ -182,26 +189,27 @@ class ImageCells(TokenLayoutSizes):
         return self.boxes[self.tokens_of_tile(tile)].reshape(rows, cols, 4)
 
     @classmethod
-    def from_tiles(cls, tiles: list[tuple[str, int, int, np.ndarray]], original_size: tuple[int, int]) -> "ImageCells":
+    def from_tiles(cls, tiles: list[tuple[str, int, int, Sequence[int | Fraction]]],
+                   original_size: tuple[int, int]) -> "ImageCells":
         """Build from (kind, rows, cols, region) per tile, in token order; each tile's region
-        [x0, y0, x1, y1) of the original image is split evenly into its rows x cols cells (row-major)."""
+        [x0, y0, x1, y1) of the original image (ints or Fractions: exact) is split evenly into its
+        rows x cols cells (row-major)."""
         tile_ids, rows_out, cols_out, boxes = [], [], [], []
         for index, (_, rows, cols, region) in enumerate(tiles):
-            x0, y0, x1, y1 = (float(v) for v in region)
+            x0, y0, x1, y1 = region
             r, c = np.divmod(np.arange(rows * cols), cols)
-            step_x, step_y = (x1 - x0) / cols, (y1 - y0) / rows
             tile_ids.append(np.full(rows * cols, index))
             rows_out.append(r)
             cols_out.append(c)
-            boxes.append(np.stack([x0 + c * step_x, y0 + r * step_y, x0 + (c + 1) * step_x, y0 + (r + 1) * step_y], 1))
+            boxes.append(PixelBoxes.grid(even_edges(x0, x1, cols), even_edges(y0, y1, rows)))
         return cls(
             tile=np.concatenate(tile_ids),
             row=np.concatenate(rows_out),
             col=np.concatenate(cols_out),
-            boxes=np.concatenate(boxes).astype(np.float64),
+            pixel_boxes=PixelBoxes.concatenate(boxes),
             tile_shapes=tuple((rows, cols) for _, rows, cols, _ in tiles),
             tile_kinds=tuple(kind for kind, *_ in tiles),
-            tile_boxes=np.array([region for *_, region in tiles], dtype=np.float64).reshape(-1, 4),
+            tile_boxes=np.array([[float(v) for v in region] for *_, region in tiles], dtype=np.float64).reshape(-1, 4),
             original_size=tuple(original_size),
         )
 
@@ -473,17 +481,17 @@ class VLMAdapter(ABC):
         """Per image token of one image of `original_size` (width, height): tile, row, col and box."""
         geometry = self._geometry(geometry)
         grid = self.grid
-        boxes = grid.cell_boxes(original_size, geometry)
+        pixel_boxes = grid.pixel_boxes(original_size, geometry)
         width, height = original_size
         cells = grid.cells()
         return ImageCells(
             tile=np.zeros(grid.num_cells, dtype=np.int64),
             row=cells[:, 0],
             col=cells[:, 1],
-            boxes=boxes,
+            pixel_boxes=pixel_boxes,
             tile_shapes=((grid.rows, grid.cols),),
             tile_kinds=("grid",),
-            tile_boxes=_grid_region(boxes, width, height),
+            tile_boxes=_grid_region(pixel_boxes.as_float(), width, height),
             original_size=tuple(original_size),
         )
 

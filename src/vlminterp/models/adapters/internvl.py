@@ -21,7 +21,8 @@ row-major, so a tile is a (tile_size / patch / 2)-square token grid (16 x 16 = 2
 """
 from __future__ import annotations
 
-import numpy as np
+from fractions import Fraction
+
 import torch
 from PIL import Image
 from torch import nn
@@ -111,10 +112,11 @@ class InternVLAdapter(ConditionalGenerationAdapter):
         tiles = []
         for index in range(cols * rows):
             r, c = divmod(index, cols)
-            region = np.array([c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows])
+            region = (Fraction(c * width, cols), Fraction(r * height, rows),
+                      Fraction((c + 1) * width, cols), Fraction((r + 1) * height, rows))
             tiles.append(("tile", token_rows, token_cols, region))
         if cols * rows > 1:  # the processor appends a thumbnail only when it cut several tiles
-            tiles.append(("thumbnail", token_rows, token_cols, np.array([0.0, 0.0, width, height])))
+            tiles.append(("thumbnail", token_rows, token_cols, (0, 0, width, height)))
         return ImageCells.from_tiles(tiles, original_size)
 
     def prepare_image(self, image: Image.Image, geometry: ImageGeometry | None = None) -> Image.Image:

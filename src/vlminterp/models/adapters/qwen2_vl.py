@@ -22,7 +22,6 @@ positions are not sequence indices: the prompt's positions come from the model's
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -98,7 +97,7 @@ class Qwen2VLAdapter(ConditionalGenerationAdapter):
         self._geometry(geometry)
         width, height = original_size
         new_w, new_h = self.resized_size(original_size)
-        region = np.array([0.0, 0.0, width, height])
+        region = (0, 0, width, height)
         return ImageCells.from_tiles([("grid", new_h // self.factor, new_w // self.factor, region)], original_size)
 
     def prepare_image(self, image: Image.Image, geometry: ImageGeometry | None = None) -> Image.Image:
