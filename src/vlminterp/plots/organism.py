@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.io import atomic_path  # noqa: E402
+from vlminterp.stats import error_bars  # noqa: E402
 
 TARGET_ACCURACY = 0.95
 STAGE_TITLES = {"vision": "Stage 1: vision tower (per-patch labels)", "language": "Stage 2: projector + LM (answer tokens)"}
@@ -69,7 +70,7 @@ def plot_evaluation(summary: pd.DataFrame, stem: Path, title: str = "Model organ
         raise ValueError(f"evaluation summary lacks columns {sorted(missing)}")
     figure, axis = plt.subplots(figsize=(1.3 * len(summary) + 3, 4))
     x = range(len(summary))
-    errors = [summary["accuracy"] - summary["ci_low"], summary["ci_high"] - summary["accuracy"]]
+    errors = error_bars(summary["accuracy"], summary["ci_low"], summary["ci_high"])
     axis.bar([i - 0.2 for i in x], summary["accuracy"], width=0.4, yerr=errors, capsize=3, label="accuracy",
              color="tab:blue")
     axis.bar([i + 0.2 for i in x], summary["strict_accuracy"], width=0.4, label="strict (exact answer)",
