@@ -6,6 +6,7 @@ from pathlib import Path
 from vlminterp.artifacts import restore_pulled_stages, run_stage_dirs
 from vlminterp.config_checks import ConfigError, check_config, check_judge_key
 from vlminterp.sharding import shard_names
+from vlminterp.stale_locks import clear_stale_locks
 
 
 def config_sources():
@@ -26,6 +27,11 @@ except ConfigError as error:
 
 RUN = config["run"]
 SEED = config["seed"]
+
+# Locks left by a Snakemake that was killed (kill -9, a lost session) are removed, so the same
+# command resumes; those of a Snakemake still running here are kept (vlminterp.stale_locks).
+if workflow.is_main_process and clear_stale_locks(Path.cwd()):
+    print("removed the locks of a Snakemake that is no longer running (resuming)", file=sys.stderr)
 
 # Stages fetched by a plain `dvc pull` (or `dvc checkout`) get back the times and Snakemake
 # metadata recorded at push, before Snakemake compares them (vlminterp.artifacts).
