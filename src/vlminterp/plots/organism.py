@@ -25,12 +25,15 @@ STAGE_TITLES = {"vision": "Stage 1: vision tower (per-patch labels)", "language"
 
 
 def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
-    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; return both paths."""
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; return both paths.
+
+    The PDF carries no creation date, so the same figure gives the same bytes on every run."""
     paths = []
     for suffix in (".png", ".pdf"):
         path = Path(stem).with_suffix(suffix)
         with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight")
+            figure.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight",
+                           metadata={"CreationDate": None} if suffix == ".pdf" else None)
         paths.append(path)
     plt.close(figure)
     return paths
