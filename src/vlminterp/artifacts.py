@@ -56,8 +56,10 @@ def stage_dirs(repo_root: Path, run: str) -> list[Path]:
     """The stage directories of one run: every directory directly under results/<run>/."""
     run_dir = repo_root / "results" / run
     if not run_dir.is_dir():
-        raise ArtifactError(f"{run_dir} does not exist: run `snakemake --cores all` first "
-                            f"(or check the run name, config key `run`)")
+        runs = sorted(p.name for p in (repo_root / "results").glob("*") if p.is_dir())
+        raise ArtifactError(f"{run_dir} does not exist: runs here: {', '.join(runs) or 'none'}. "
+                            f"Name one with RUN=<run> (make push RUN=<run>), or run it first "
+                            f"(snakemake --cores all --configfile <its config>)")
     return sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
@@ -314,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for path in done:
         print(f"{args.command}ed {path}")
+    if args.command == "push":
+        pointers = f"results/{args.run}/*.dvc results/{args.run}/.gitignore" + (" data.dvc" if args.data else "")
+        print(f"Now commit the pointers, so that clones can pull them:\n"
+              f"  git add {pointers} && git commit -m 'results of {args.run}'")
     return 0
 
 
