@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= all
-RUN    ?= $(shell $(PYTHON) -c "import re,sys; print(re.search(r'^run:\s*(\S+)', open('config.yaml').read(), re.M).group(1))")
+# Which run: `make reproduce CONFIG=configs/llava-1.5-7b.yaml`; RUN (its `run:` key) names
+# results/<run>/ for report, push and pull (`make pull RUN=tiny`).
+CONFIG ?= config.yaml
+RUN    ?= $(shell $(PYTHON) -c "import re,sys; print(re.search(r'^run:\s*(\S+)', open('$(CONFIG)').read(), re.M).group(1))")
 
 .PHONY: install reproduce report test test-fast bench smoke-gpu push pull clean lock
 
@@ -17,11 +20,11 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 reproduce: install
-	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/$(RUN)/report.html
 
 report: install
-	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/$(RUN)/report.html
 
 test: install
 	$(BIN)/python -m pytest
@@ -35,10 +38,10 @@ bench: install
 smoke-gpu: install   ## LLaVA-1.5-7B sizes, random bf16 weights, every stage on a few images, one GPU (README)
 	$(BIN)/python -m benchmarks.gpu_smoke --size 7b --device cuda
 
-push: install    ## share results/$(RUN) (and data/ if present) through the DVC remote
+push: install    ## share results/$(RUN) (and data/ if present) through the DVC remote; then commit the pointers
 	$(BIN)/python -m vlminterp.artifacts push --run $(RUN) $(if $(wildcard data),--data)
 
-pull: install    ## fetch results/$(RUN) from the DVC remote, timestamps restored for Snakemake
+pull: install    ## fetch results/$(RUN) from the DVC remote (plain `dvc pull` works too)
 	$(BIN)/python -m vlminterp.artifacts pull --run $(RUN) $(if $(wildcard data.dvc),--data)
 
 lock:

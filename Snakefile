@@ -1,7 +1,7 @@
 # Reproduces Neo et al. (2025) and Kaduri et al. (2025) on LLaVA-style models.
 #   snakemake --cores all                                  # default run: shapes world + organism
 #   snakemake --cores all --configfile configs/<run>.yaml  # another run
-#   snakemake --report results/report.html                 # HTML report of the last run
+#   snakemake --report results/<run>/report.html [--configfile ...]   # HTML report of a run
 # No logic here: validation and input functions live in workflow/rules/common.smk.
 from snakemake.utils import min_version
 

@@ -11,15 +11,21 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, check: bool = True,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run `snakemake` on the repository's Snakefile inside `workdir` and return the result."""
+def snakemake_command(workdir: Path, *args: str, configfile: Path = TINY_CONFIG,
+                      env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run `snakemake` on this checkout inside `workdir`."""
     cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), *args]
     # The rule scripts run in `workdir`: a relative PYTHONPATH (PYTHONPATH=src) would not reach this
     # checkout there, and they would silently import whatever vlminterp the environment has installed.
     python_path = os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**(env or os.environ), "PYTHONHASHSEED": "0", "PYTHONPATH": python_path}
+    return cmd, {**(env or os.environ), "PYTHONHASHSEED": "0", "PYTHONPATH": python_path}
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, check: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `snakemake` on the repository's Snakefile inside `workdir` and return the result."""
+    cmd, env = snakemake_command(workdir, *args, configfile=configfile, env=env)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"

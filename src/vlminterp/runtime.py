@@ -2,7 +2,10 @@
 
     from vlminterp.runtime import rule_context
     with rule_context(snakemake.log[0], threads=snakemake.threads, seed=snakemake.params.seed):
-        ...  # library call; logging, warnings and tqdm bars go to the log file and the console
+        ...  # library call; logging, warnings and tqdm bars go to the rule's log file
+
+The console (Snakemake's output) gets only warnings, errors and the traceback of a failure; the
+progress bars and INFO lines stay in the log (`show-failed-logs` prints it when a job fails).
 """
 from __future__ import annotations
 
@@ -14,29 +17,9 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class _Tee:
-    """A text stream that writes to several streams (the console and a log file)."""
-
-    def __init__(self, *streams: IO[str]):
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-            stream.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
-
-    def isatty(self) -> bool:
-        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -67,14 +50,19 @@ def log_peak_gpu_memory(logger: logging.Logger) -> int | None:
 @contextlib.contextmanager
 def rule_context(log_path: str | os.PathLike, *, threads: int | None = None,
                  seed: int | None = None) -> Iterator[logging.Logger]:
-    """Tee stderr and `logging` into `log_path`, set torch threads and seeds, log any failure; the last
-    line reports the peak GPU memory when the rule used CUDA (`log_peak_gpu_memory`)."""
+    """Send stderr (progress bars) and `logging` to `log_path`, warnings and errors also to the
+    console; set torch threads and seeds, log any failure; the last line reports the peak GPU
+    memory when the rule used CUDA (`log_peak_gpu_memory`)."""
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", buffering=1) as log_file:
         original_stderr = sys.stderr
-        sys.stderr = _Tee(original_stderr, log_file)
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)
+        sys.stderr = log_file
+        console = logging.StreamHandler(original_stderr)
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=log_file, force=True)
+        logging.getLogger().addHandler(console)
         logging.captureWarnings(True)
         logger = logging.getLogger("vlminterp.rule")
         started = time.perf_counter()

@@ -5,11 +5,14 @@
     low, high = wilson_interval(81, 263)                # 95% Wilson score interval of a proportion
     counts = excluded_counts(table)                     # {"object outside the crop": 2}: excluded units
     note = excluded_note(counts)                        # "2 excluded: object outside the crop (2)"
+    axis.bar(x, mean, yerr=error_bars(mean, low, high))   # non-negative error bars for matplotlib
+
+Every interval contains its estimate, also at 0% and 100% (where floating point would otherwise
+leave the bound 1e-16 on the wrong side and matplotlib refuses a negative error bar).
 """
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +32,8 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, level: float = 0.95,
     means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
+    estimate = float(data.mean())
+    return min(float(low), estimate), max(float(high), estimate)
 
 
 def grouped_mean_ci(df: pd.DataFrame, *, by: Sequence[str], value: str, level: float = 0.95,
@@ -52,7 +56,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if successes == n else max(p, min(1.0, centre + half))
+    return low, high
+
+
+def error_bars(estimate, low, high) -> np.ndarray:
+    """matplotlib's `yerr` (2 x n: below, above) for estimates with interval [low, high]: never
+    negative, 0 where the interval is unknown (NaN)."""
+    estimate, low, high = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (estimate, low, high))
+    return np.clip(np.nan_to_num(np.vstack([estimate - low, high - estimate])), 0.0, None)
 
 
 def excluded_counts(table: pd.DataFrame, unit: Sequence[str] = ("image_id",)) -> dict[str, int]:

@@ -56,7 +56,7 @@ def test_data_round_trip_through_a_local_remote(tmp_path):
     assert not has_hash(origin / "data.dvc")
     push(origin, RUN, extra=[origin / "data"])
     pointer = yaml.safe_load((origin / "data.dvc").read_text())
-    assert has_hash(origin / "data.dvc") and pointer["outs"][0]["nfiles"] == 3   # + .mtimes.json
+    assert has_hash(origin / "data.dvc") and pointer["outs"][0]["nfiles"] == 3   # + .provenance.json
     assert pointer["outs"][0]["desc"].startswith("COCO 2017")        # the description survives dvc add
     _git(origin, "add", "-A")
     _git(origin, "commit", "-qm", "track")
@@ -83,3 +83,41 @@ def test_pull_skips_a_data_pointer_nobody_pushed(tmp_path, capsys):
     assert pulled == [clone / "results" / RUN / "neo"]
     assert "data.dvc records no hash yet" in capsys.readouterr().err
     assert not (clone / "data").exists()
+
+
+def test_pulled_stage_is_restored_once_in_recorded_order_after_the_code(tmp_path):
+    """After a checkout, times come back in their recorded order, newer than the workflow code and
+    not in the future; a file Snakemake rewrites later is never stamped back."""
+    import time
+
+    from vlminterp.artifacts import PROVENANCE_FILE, record_provenance, restore_pulled_stages
+
+    stage = tmp_path / "results" / RUN / "neo"
+    (stage / "sub").mkdir(parents=True)
+    files = [stage / "a.csv", stage / "sub" / "b.csv", stage / "c.png"]
+    for order, path in enumerate(files):
+        path.write_text(path.name)
+        os.utime(path, ns=(1_000_000_000_000 + order * 60_000_000_000,) * 2)   # a minute apart
+    record_provenance(tmp_path, [stage])
+    recorded = (stage / PROVENANCE_FILE).read_bytes()
+
+    clone = tmp_path / "clone"                 # as a checkout + dvc pull leaves it: times of now
+    (clone / "workflow").mkdir(parents=True)
+    (clone / "Snakefile").write_text("")
+    clone_stage = clone / "results" / RUN / "neo"
+    (clone_stage / "sub").mkdir(parents=True)
+    for path in reversed(files):
+        target = clone_stage / path.relative_to(stage)
+        target.write_text(path.name)
+    (clone_stage / PROVENANCE_FILE).write_bytes(recorded)
+    code_time = (clone / "Snakefile").stat().st_mtime_ns
+
+    assert restore_pulled_stages(clone, clone, [clone_stage]) == [clone_stage]
+    times = [(clone_stage / p.relative_to(stage)).stat().st_mtime_ns for p in files]
+    assert code_time < times[0] < times[1] < times[2] <= time.time_ns() + 1_000_000_000
+    assert restore_pulled_stages(clone, clone, [clone_stage]) == []          # once per checkout
+    rewritten = clone_stage / "a.csv"
+    rewritten.write_text("rewritten by snakemake")
+    after = rewritten.stat().st_mtime_ns
+    assert restore_pulled_stages(clone, clone, [clone_stage]) == []
+    assert rewritten.stat().st_mtime_ns == after

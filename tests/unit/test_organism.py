@@ -268,6 +268,54 @@ def test_training_is_deterministic_for_a_seed(world_dir, tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "atomic model dir left a temporary behind"
 
 
+@pytest.mark.parametrize("stop_after_saves", [1, 3], ids=["killed-in-stage-1", "killed-in-stage-2"])
+def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, tmp_path, monkeypatch,
+                                                                   stop_after_saves):
+    """A run stopped after its n-th checkpoint (as kill -9 would stop it: nothing cleaned up)
+    resumes from there and ends with the weights and losses of an uninterrupted run.
+    (The real kill -9 of the Snakemake job: tests/workflow/test_resume.py.)"""
+    from vlminterp.models.organism import train as training
+
+    spec = OrganismSpec.tiny(vision_steps=8, language_steps=8, max_train_images=40, log_every=1)
+    expected = train_organism(spec, world_dir, tmp_path / "uninterrupted")
+    real_save, saves = training.TrainingCheckpoint.save, []
+
+    class Killed(BaseException):
+        pass
+
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        saves.append(args[0])
+        if len(saves) == stop_after_saves:
+            raise Killed
+
+    checkpoints = tmp_path / ".model.checkpoint"
+    with monkeypatch.context() as patch:
+        patch.setattr(training.TrainingCheckpoint, "__init__", _checkpoint_every_3(training))
+        patch.setattr(training.TrainingCheckpoint, "save", save_then_die)
+        with pytest.raises(Killed):
+            train_organism(spec, world_dir, tmp_path / "model", checkpoint_dir=checkpoints)
+    assert saves[-1] == ("vision" if stop_after_saves == 1 else "language")
+    assert not (tmp_path / "model").exists() and (checkpoints / "checkpoint.pt").is_file()
+    with monkeypatch.context() as patch:
+        patch.setattr(training.TrainingCheckpoint, "__init__", _checkpoint_every_3(training))
+        resumed = train_organism(spec, world_dir, tmp_path / "model", checkpoint_dir=checkpoints)
+    pd.testing.assert_frame_equal(resumed, expected)
+    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "uninterrupted").state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "model" / "timings.json").read_text())["seconds"]["resumed_from"]
+    assert not checkpoints.exists(), "the checkpoint outlived the finished model"
+
+
+def _checkpoint_every_3(training):
+    real_init = training.TrainingCheckpoint.__init__
+
+    def init(self, directory, fingerprint, every=3):
+        real_init(self, directory, fingerprint, every=3)
+    return init
+
+
 @pytest.mark.slow
 def test_tiny_organism_learns(world_dir, tmp_path):
     losses = train_organism(OrganismSpec.tiny(), world_dir, tmp_path / "model")

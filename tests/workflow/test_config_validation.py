@@ -34,6 +34,44 @@ def test_bad_config_names_the_key_and_runs_nothing(tmp_path, edit, key_in_messag
     assert not (tmp_path / "results").exists(), "a job ran despite the invalid config"
 
 
+PASTED_KEY = "sk-proj-Zq8d0c1f2e3a4b5c6d7e8f9"
+
+
+@pytest.mark.parametrize("edit, expected_line", [
+    (lambda c: c.update(sed=1), "sed: unknown key"),
+    (lambda c: c.setdefault("kaduri", {}).setdefault("knockout", {}).update(
+        llm_judge={"enabled": True, "api_key_env": PASTED_KEY}),
+     "kaduri.knockout.llm_judge.api_key_env: must be the NAME of an environment variable"),
+], ids=["unknown-key", "pasted-api-key"])
+def test_each_problem_is_one_short_line_naming_key_and_file(tmp_path, edit, expected_line):
+    """No schema dump: the message is a few lines, names the key and the --configfile, and never
+    echoes a pasted secret; nothing (not even Snakemake's metadata) is written. (The cross-key
+    rules: tests/unit/test_config_checks.py.)"""
+    bad = _bad_config(tmp_path, edit)
+    proc = snakemake(tmp_path, "-n", "--cores", "1", configfile=bad, check=False)
+    message = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert expected_line in message, message[-3000:]
+    assert str(bad) in message
+    assert len(message.splitlines()) < 12, message
+    assert PASTED_KEY not in message
+    assert not (tmp_path / "results").exists() and not (tmp_path / ".snakemake" / "metadata").exists()
+
+
+def test_enabled_judge_with_unset_key_fails_before_any_job(tmp_path):
+    import os
+
+    judge = {"enabled": True, "api_key_env": "VLMINTERP_TEST_UNSET_JUDGE_KEY"}
+    bad = _bad_config(tmp_path, lambda c: c.setdefault("kaduri", {}).setdefault("knockout", {})
+                      .update(llm_judge=judge))
+    env = {k: v for k, v in os.environ.items() if k != judge["api_key_env"]}
+    proc = snakemake(tmp_path, "--cores", "1", configfile=bad, check=False, env=env)
+    assert proc.returncode != 0
+    assert "VLMINTERP_TEST_UNSET_JUDGE_KEY (kaduri.knockout.llm_judge.api_key_env) is not set" in (
+        proc.stdout + proc.stderr)
+    assert not (tmp_path / "results").exists(), "a job ran although the judge cannot run"
+
+
 def test_gpu_config_without_gpu_fails_before_any_job(tmp_path):
     import torch
 

@@ -1,109 +1,136 @@
-"""Outputs pushed to a real DVC remote (a local directory) and pulled into a fresh clone are
-byte-identical, and Snakemake then has nothing left to do; a partial pull reruns only the rest."""
+"""Outputs pushed to a real DVC remote (the repository's own default, a local directory next to
+the checkout) and pulled into a real `git clone` are byte-identical, and Snakemake, run inside the
+clone on the clone's own Snakefile, scripts and library (with their own checkout times), then has
+nothing left to do: after a plain `dvc pull`, after `make pull`, and only the missing stages after
+pulling two of them. A parameter changed in the clone still reruns what depends on it."""
 from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from snakemake_runner import TINY_CONFIG, snakemake
-from vlminterp.artifacts import REMOTE_HELP, ArtifactError, main as artifacts_main, pull, push
+from snakemake_runner import ROOT
+from vlminterp.artifacts import REMOTE_HELP, ArtifactError, main as artifacts_main, push
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 
 RUN = "tiny"
+CONFIG = "tests/configs/tiny.yaml"
+BIN = Path(sys.executable).parent
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, **GIT_ENV})
+def _run(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
+    """Run a command inside a checkout, importing that checkout's library (as its user would)."""
+    env = {**os.environ, **GIT_ENV, "PYTHONPATH": str(cwd / "src"), "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
 
 
-def _dvc_project(path: Path, remote: Path | None) -> None:
-    from dvc.repo import Repo
-
-    _git(path, "init", "-q")
-    Repo.init(str(path))
-    if remote is not None:
-        with Repo(str(path)).config.edit() as config:
-            config["remote"]["storage"] = {"url": str(remote)}
-            config["core"]["remote"] = "storage"
-    _git(path, "add", "-A")
-    _git(path, "commit", "-qm", "init")
+def _copy_checkout(source: Path, target: Path) -> None:
+    """The files git would commit from this checkout (tracked or not ignored), as they are now."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=source, capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        path = source / rel
+        if rel != ".venv" and path.is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / rel)
 
 
-def _planned_rules(workdir: Path) -> set[str]:
-    import re
-
-    out = snakemake(workdir, "-n", "--cores", "1").stdout
+def _planned_rules(checkout: Path, configfile: str = CONFIG) -> set[str]:
+    out = _run(checkout, str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", configfile).stdout
     return set(re.findall(r"^rule (\w+):", out, flags=re.M))
 
 
 @pytest.fixture(scope="module")
-def pushed(tiny_run, tmp_path_factory):
-    """A git+DVC project holding the tiny run's outputs, pushed to a local-directory remote."""
+def origin(tiny_run, tmp_path_factory):
+    """A git repository of this checkout holding the tiny run (outputs and Snakemake's metadata),
+    pushed with `make push RUN=tiny` to the default remote ../vlminterp-dvc-storage, pointers
+    committed as the README says."""
     base = tmp_path_factory.mktemp("dvc")
-    origin, remote = base / "origin", base / "remote"
-    origin.mkdir()
-    _dvc_project(origin, remote)
+    origin = base / "origin"
+    _copy_checkout(ROOT, origin)
     shutil.copytree(tiny_run / "results", origin / "results", copy_function=shutil.copy2)
-    push(origin, RUN)
-    _git(origin, "add", "-A")
-    _git(origin, "commit", "-qm", "track tiny run")
-    return base, origin
+    shutil.copytree(tiny_run / ".snakemake" / "metadata", origin / ".snakemake" / "metadata",
+                    copy_function=shutil.copy2)
+    _run(origin, "git", "init", "-q")
+    _run(origin, "git", "add", "-A")
+    _run(origin, "git", "commit", "-qm", "project")
+    # `-o install`: the shared venv is already installed (BIN points at it).
+    _run(origin, "make", "-o", "install", "push", f"RUN={RUN}", f"BIN={BIN}")
+    _run(origin, "git", "add", f"results/{RUN}")
+    _run(origin, "git", "commit", "-qm", "share the tiny run")
+    assert (base / "vlminterp-dvc-storage").is_dir()
+    return origin
 
 
-def _clone(base: Path, origin: Path, name: str) -> Path:
-    clone = base / name
-    _git(base, "clone", "-q", str(origin), str(clone))
+def _clone(origin: Path, name: str) -> Path:
+    clone = origin.parent / name
+    _run(origin.parent, "git", "clone", "-q", str(origin), str(clone))
+    assert not (clone / "results" / RUN / "model").exists()
     return clone
 
 
-def test_pull_into_fresh_clone_is_byte_identical_and_up_to_date(pushed):
-    base, origin = pushed
-    clone = _clone(base, origin, "clone_full")
-    assert not (clone / "results" / RUN / "model").exists()
-    pull(clone, RUN)
-    comparison = filecmp.dircmp(origin / "results" / RUN, clone / "results" / RUN)
-    def differences(cmp):
-        found = cmp.left_only + cmp.right_only + cmp.diff_files + cmp.funny_files
-        for sub in cmp.subdirs.values():
-            found += differences(sub)
-        return found
-    assert differences(comparison) == []
-    for table in (origin / "results" / RUN).rglob("*.csv"):
-        twin = clone / table.relative_to(origin)
-        assert twin.read_bytes() == table.read_bytes(), table
+def _differences(cmp: filecmp.dircmp) -> list[str]:
+    found = cmp.left_only + cmp.right_only + cmp.diff_files + cmp.funny_files
+    for sub in cmp.subdirs.values():
+        found += _differences(sub)
+    return found
+
+
+def test_plain_dvc_pull_leaves_nothing_to_do_and_params_still_count(origin):
+    clone = _clone(origin, "clone_dvc_pull")
+    _run(clone, str(BIN / "dvc"), "pull")                 # exits 0 despite the hashless data.dvc
+    for stage in (origin / "results" / RUN).iterdir():
+        if stage.is_dir():
+            comparison = filecmp.dircmp(stage, clone / "results" / RUN / stage.name, ignore=[])
+            assert _differences(comparison) == [], stage
+    assert _planned_rules(clone) == set()
+
+    config = clone / CONFIG
+    config.write_text(config.read_text().replace("html_images: 3", "html_images: 2"))
+    planned = _planned_rules(clone)
+    assert {"apply_logit_lens", "write_logit_lens_pages"} <= planned, planned
+    assert not planned & {"generate_world", "train_organism", "ablate_object_tokens"}, planned
+
+
+def test_make_pull_leaves_nothing_to_do(origin):
+    clone = _clone(origin, "clone_make_pull")
+    _run(clone, "make", "-o", "install", "pull", f"RUN={RUN}", f"BIN={BIN}")
     assert _planned_rules(clone) == set()
 
 
-def test_partial_pull_schedules_only_the_missing_stages(pushed):
-    base, origin = pushed
-    clone = _clone(base, origin, "clone_partial")
-    from dvc.repo import Repo
-
-    Repo(str(clone)).pull([str(clone / "results" / RUN / "data.dvc"),
-                           str(clone / "results" / RUN / "model.dvc")])
-    from vlminterp.artifacts import restore_mtimes
-
-    for stage in ("data", "model"):
-        restore_mtimes(clone / "results" / RUN / stage)
+def test_pulling_two_stages_schedules_only_the_rest(origin):
+    clone = _clone(origin, "clone_partial")
+    _run(clone, str(BIN / "dvc"), "pull", f"results/{RUN}/data.dvc", f"results/{RUN}/model.dvc")
     planned = _planned_rules(clone)
     assert planned, "nothing left to do although most stages were not pulled"
     assert not planned & {"generate_world", "train_organism"}, planned
     assert {"plot_training_curve", "evaluate_organism"} <= planned
 
 
+def _dvc_project(path: Path) -> None:
+    from dvc.repo import Repo
+
+    _run(path, "git", "init", "-q")
+    Repo.init(str(path))
+    _run(path, "git", "add", "-A")
+    _run(path, "git", "commit", "-qm", "init")
+
+
 def test_missing_remote_names_the_command_to_configure_one(tiny_run, tmp_path, capsys):
     project = tmp_path / "noremote"
     project.mkdir()
-    _dvc_project(project, None)
+    _dvc_project(project)
     shutil.copytree(tiny_run / "results" / RUN / "organism", project / "results" / RUN / "organism")
     with pytest.raises(ArtifactError, match="dvc remote add"):
         push(project, RUN)

@@ -1,16 +1,43 @@
 # Config validation, output paths and input functions shared by every stage.
 # Rules in the other .smk files only call the helpers defined here.
+import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
+from vlminterp.artifacts import restore_pulled_stages, run_stage_dirs
+from vlminterp.config_checks import ConfigError, check_config, check_judge_key
 from vlminterp.sharding import shard_names
+from vlminterp.stale_locks import clear_stale_locks
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+def config_sources():
+    """Where this run's config came from, for error messages: the --configfile files (or the
+    default config.yaml) and --config, when given."""
+    sources = [str(f) for f in workflow.overwrite_configfiles] or ["config.yaml"]
+    if workflow.config_settings.config:
+        sources.append("--config")
+    return sources
+
+
+# The schema (filling its defaults into `config`) and the rules tying keys together, before any
+# job: one short line per problem, naming the key and the config file.
+try:
+    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml", config_sources())
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 RUN = config["run"]
 SEED = config["seed"]
+
+# Locks left by a Snakemake that was killed (kill -9, a lost session) are removed, so the same
+# command resumes; those of a Snakemake still running here are kept (vlminterp.stale_locks).
+if workflow.is_main_process and clear_stale_locks(Path.cwd()):
+    print("removed the locks of a Snakemake that is no longer running (resuming)", file=sys.stderr)
+
+# Stages fetched by a plain `dvc pull` (or `dvc checkout`) get back the times and Snakemake
+# metadata recorded at push, before Snakemake compares them (vlminterp.artifacts).
+for _stage in restore_pulled_stages(Path.cwd(), Path(workflow.basedir), run_stage_dirs(Path.cwd(), RUN)):
+    print(f"restored the recorded times and Snakemake metadata of pulled {_stage.relative_to(Path.cwd())}/",
+          file=sys.stderr)
 
 
 def results(path):
@@ -130,9 +157,18 @@ def check_model():
         raise WorkflowError(str(error)) from None
 
 
+def check_secrets():
+    """Fail before any job when the enabled LLM judge's API-key variable is unset."""
+    try:
+        check_judge_key(config)
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
+
+
 onstart:
     check_device()
     check_model()
+    check_secrets()
 
 
 # Every stage's .smk appends the figures and tables it contributes to `rule all`.

@@ -367,6 +367,21 @@ def save_mean_embedding(mean: torch.Tensor, count: int, image_ids: Sequence[int]
     metadata.update({key: str(value) for key, value in (batching or {}).items()})
     with atomic_path(path) as tmp:
         save_file({"mean": mean.detach().cpu().float().contiguous()}, str(tmp), metadata=metadata)
+        sort_safetensors_header(tmp)
+
+
+def sort_safetensors_header(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys: safetensors writes its metadata
+    in hash-map order, which changes from process to process (and so would the file's bytes)."""
+    import json
+    import struct
+
+    raw = Path(path).read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)              # data stays 8-byte aligned, as safetensors writes it
+    Path(path).write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
 
 
 def load_mean_embedding(path: str | os.PathLike) -> torch.Tensor:

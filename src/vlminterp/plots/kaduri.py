@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.plots.organism import save_figure  # noqa: E402
+from vlminterp.stats import error_bars  # noqa: E402
 
 GROUP_COLORS = {"bos": "#444444", "system": "#9e9e9e", "image": "#1f77b4", "query": "#ff7f0e",
                 "generated": "#2ca02c"}
@@ -90,7 +91,7 @@ def plot_knockout_conditions(summary: pd.DataFrame, stem: Path, chance_recall: f
     main = summary[summary["family"].isin(["none", "all_layers"])].reset_index(drop=True)
     figure, axis = plt.subplots(figsize=(8, 4.5))
     x = np.arange(len(main))
-    errors = [main["mean"] - main["low"], main["high"] - main["mean"]]
+    errors = error_bars(main["mean"], main["low"], main["high"])
     colors = [CONDITION_COLORS.get(c, "tab:gray") for c in main["condition"]]
     axis.bar(x - 0.2, main["mean"], width=0.4, yerr=errors, capsize=3, color=colors,
              label="F1 vs unablated description")
@@ -192,7 +193,7 @@ def plot_localization(per_layer: pd.DataFrame, per_band: pd.DataFrame, stem: Pat
     left.set_title(f"per layer (n = {n} object mentions" + (f"; {excluded} excluded: no visible object cell)"
                                                            if excluded else ")"))
     x = np.arange(len(per_band))
-    errors = [per_band["accuracy"] - per_band["low"], per_band["high"] - per_band["accuracy"]]
+    errors = error_bars(per_band["accuracy"], per_band["low"], per_band["high"])
     right.bar(x, per_band["accuracy"], yerr=errors, capsize=3, color="tab:blue")
     right.scatter(x, per_band["chance"], marker="_", s=400, color="tab:red", zorder=3, label="chance")
     right.set_xticks(x, [f"{a}-{b}" for a, b in zip(per_band["layer_start"], per_band["layer_end"])])
@@ -222,7 +223,7 @@ def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...
             size = {"full_image": 9, "full_cache": 14}.get(row.method, 7)
             hollow = "2%" in row.label or row.method == "full_cache"  # full_cache rings full_image
             axis.errorbar(row.context_tokens, row.accuracy,
-                          yerr=[[row.accuracy - row.accuracy_low], [row.accuracy_high - row.accuracy]],
+                          yerr=error_bars(row.accuracy, row.accuracy_low, row.accuracy_high),
                           fmt=marker, color=color, markersize=size, capsize=3,
                           fillstyle="none" if hollow else "full", label=row.label)
         axis.axhline(0.5, color="tab:red", linestyle=":", linewidth=1)

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.plots.organism import save_figure  # noqa: E402
-from vlminterp.stats import excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
+from vlminterp.stats import error_bars, excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
 
 SETTING_COLOURS = {"generative": "tab:green", "polling": "tab:orange", "vqa": "tab:blue"}
 FAMILY_ORDER = ["object", "random_matched", "random", "register", "high_gradient", "all_image"]
@@ -48,8 +48,8 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
         part = summary[summary["setting"] == setting].set_index("condition").reindex(conditions)
         n_included = int(table[(table["setting"] == setting) & (table["condition"] == "none")
                                & table["included"].astype(bool)]["image_id"].nunique())
-        errors = np.vstack([(part["mean"] - part["low"]).to_numpy(), (part["high"] - part["mean"]).to_numpy()])
-        axis.bar(x + (index - (len(settings) - 1) / 2) * width, part["mean"], width=width, yerr=np.nan_to_num(errors),
+        errors = error_bars(part["mean"], part["low"], part["high"])
+        axis.bar(x + (index - (len(settings) - 1) / 2) * width, part["mean"], width=width, yerr=errors,
                  capsize=2, color=SETTING_COLOURS.get(setting), label=f"{setting} (n={n_included} included)")
     tokens = included.groupby("condition")["n_tokens"].mean()
     axis.set_xticks(x)
@@ -135,8 +135,8 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
         x = np.arange(len(order))
         for index, block_set in enumerate(sets):
             part = summary[summary["block_set"] == block_set].set_index("window").reindex(order)
-            errors = np.vstack([(part["mean"] - part["low"]).to_numpy(), (part["high"] - part["mean"]).to_numpy()])
-            right.bar(x + (index - (len(sets) - 1) / 2) * bar, part["mean"], width=bar, yerr=np.nan_to_num(errors),
+            errors = error_bars(part["mean"], part["low"], part["high"])
+            right.bar(x + (index - (len(sets) - 1) / 2) * bar, part["mean"], width=bar, yerr=errors,
                       capsize=2, color=BLOCK_COLOURS.get(block_set), label=block_set)
         spans = fixed.drop_duplicates("window").set_index("window")
         right.set_xticks(x)

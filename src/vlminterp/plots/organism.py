@@ -18,18 +18,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.io import atomic_path  # noqa: E402
+from vlminterp.stats import error_bars  # noqa: E402
 
 TARGET_ACCURACY = 0.95
 STAGE_TITLES = {"vision": "Stage 1: vision tower (per-patch labels)", "language": "Stage 2: projector + LM (answer tokens)"}
 
 
 def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
-    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; return both paths."""
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; return both paths.
+
+    The PDF carries no creation date, so the same figure gives the same bytes on every run."""
     paths = []
     for suffix in (".png", ".pdf"):
         path = Path(stem).with_suffix(suffix)
         with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight")
+            figure.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight",
+                           metadata={"CreationDate": None} if suffix == ".pdf" else None)
         paths.append(path)
     plt.close(figure)
     return paths
@@ -69,7 +73,7 @@ def plot_evaluation(summary: pd.DataFrame, stem: Path, title: str = "Model organ
         raise ValueError(f"evaluation summary lacks columns {sorted(missing)}")
     figure, axis = plt.subplots(figsize=(1.3 * len(summary) + 3, 4))
     x = range(len(summary))
-    errors = [summary["accuracy"] - summary["ci_low"], summary["ci_high"] - summary["accuracy"]]
+    errors = error_bars(summary["accuracy"], summary["ci_low"], summary["ci_high"])
     axis.bar([i - 0.2 for i in x], summary["accuracy"], width=0.4, yerr=errors, capsize=3, label="accuracy",
              color="tab:blue")
     axis.bar([i + 0.2 for i in x], summary["strict_accuracy"], width=0.4, label="strict (exact answer)",

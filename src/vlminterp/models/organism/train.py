@@ -13,10 +13,16 @@ labels from the COCO masks; the head is discarded afterwards. Stage 2
 tokens only, each example weighted equally whatever its length. The training set is rendered and
 tokenised once into tensors; no image processor runs inside the loop. Everything random draws from
 ``spec.seed``, so a rerun on the same machine and thread count gives identical weights.
+
+With a ``checkpoint_dir`` (rule train_organism passes ``results/<run>/.model.checkpoint``), the
+state of training (weights, optimizer, random generators, losses so far) is saved every
+``CHECKPOINT_EVERY`` steps; a run killed in between resumes from the last one and ends with the
+same weights as an uninterrupted run. The checkpoint is removed once the model is written.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -39,6 +45,46 @@ from vlminterp.models.organism.tokenizer import IMAGE, build_processor
 
 IGNORE_INDEX = -100
 LOSS_COLUMNS = ["step", "stage", "task", "loss"]
+CHECKPOINT_EVERY = 100      # steps between training checkpoints (about 0.1 s each for the organism)
+TIMINGS_FILE = "timings.json"   # wall/CPU seconds of training: the one model file that differs per run
+
+
+class TrainingCheckpoint:
+    """Periodic training state in ``directory/checkpoint.pt``, valid only for the same spec and world.
+
+    The saved state holds the stage ("vision" or "language"), the next step, the model's and the
+    optimizer's (and stage 1's head's) state, the generator and torch RNG states and the loss rows.
+    """
+
+    def __init__(self, directory: Path | None, fingerprint: dict, every: int = CHECKPOINT_EVERY):
+        self.path = None if directory is None else Path(directory) / "checkpoint.pt"
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True)
+        self.every = every
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none or it belongs to other settings."""
+        if self.path is None or not self.path.is_file():
+            return None
+        state = torch.load(self.path, weights_only=False)
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def due(self, step: int, last_step: int) -> bool:
+        return self.path is not None and (step + 1) % self.every == 0 and step != last_step
+
+    def save(self, stage: str, next_step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, rows: list[dict], head: torch.nn.Module | None = None) -> None:
+        state = {"fingerprint": self.fingerprint, "stage": stage, "next_step": next_step,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "head": None if head is None else head.state_dict(),
+                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "rows": list(rows)}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.parent.is_dir():
+            import shutil
+
+            shutil.rmtree(self.path.parent)
 
 
 @dataclass
@@ -163,18 +209,27 @@ def _selected_patch_features(model: LlavaForConditionalGeneration, pixel_values:
 
 
 def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData, spec: OrganismSpec,
-                       n_shapes: int, n_colors: int, generator: torch.Generator) -> list[dict]:
-    """Stage 1: per-patch shape and colour classification through a temporary linear head."""
+                       n_shapes: int, n_colors: int, generator: torch.Generator,
+                       checkpoint: TrainingCheckpoint | None = None, resume: dict | None = None) -> list[dict]:
+    """Stage 1: per-patch shape and colour classification through a temporary linear head.
+
+    Returns every loss row so far (those of `resume`, a stage-1 checkpoint state, included)."""
+    rows: list[dict] = list(resume["rows"]) if resume else []
     if spec.vision_steps == 0:
-        return []
+        return rows
     tower = model.model.vision_tower
     n_joint = n_shapes * n_colors + 1
     head = torch.nn.Linear(spec.vision_hidden_size, (n_shapes + 1) + (n_colors + 1) + n_joint)
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=spec.vision_lr, weight_decay=spec.weight_decay)
+    first_step = 0
+    if resume:
+        head.load_state_dict(resume["head"])
+        optimizer.load_state_dict(resume["optimizer"])
+        first_step = resume["next_step"]
     tower.train()
-    rows: list[dict] = []
-    progress = tqdm(range(spec.vision_steps), desc="stage 1: vision tower", mininterval=5)
+    progress = tqdm(range(first_step, spec.vision_steps), desc="stage 1: vision tower", mininterval=5,
+                    initial=first_step, total=spec.vision_steps)
     for step in progress:
         _set_lr(optimizer, spec.vision_lr * _schedule(step, spec.vision_steps, spec.warmup_steps))
         batch = torch.randint(len(data.pixel_values), (spec.vision_batch_size,), generator=generator)
@@ -197,14 +252,20 @@ def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData,
             rows += [{"step": step, "stage": "vision", "task": name, "loss": value.item()}
                      for name, value in losses.items()]
             progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if checkpoint and checkpoint.due(step, spec.vision_steps - 1):
+            checkpoint.save("vision", step + 1, model, optimizer, generator, rows, head=head)
     return rows
 
 
 def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spec: OrganismSpec,
-                   generator: torch.Generator, step_offset: int = 0) -> list[dict]:
-    """Stage 2: projector + language model (+ tower at a scaled lr) on the task mix, answer-token loss."""
+                   generator: torch.Generator, step_offset: int = 0, rows: list[dict] | None = None,
+                   checkpoint: TrainingCheckpoint | None = None, resume: dict | None = None) -> list[dict]:
+    """Stage 2: projector + language model (+ tower at a scaled lr) on the task mix, answer-token loss.
+
+    Appends to `rows` (stage 1's) and returns them; `resume` is a stage-2 checkpoint state."""
+    rows = list(resume["rows"]) if resume else list(rows or [])
     if spec.language_steps == 0:
-        return []
+        return rows
     tower_params = list(model.model.vision_tower.parameters())
     tower_ids = {id(p) for p in tower_params}
     other_params = [p for p in model.parameters() if id(p) not in tower_ids]
@@ -214,6 +275,10 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
     for p in tower_params:
         p.requires_grad_(spec.tower_lr_scale > 0)
     optimizer = torch.optim.AdamW(groups, lr=spec.language_lr, weight_decay=spec.weight_decay)
+    first_step = 0
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        first_step = resume["next_step"]
     model.train()
 
     weights = dict(spec.task_weights)
@@ -226,8 +291,8 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
     # features LLaVA would select), and run only projector + language model per step.
     tower_features = None if spec.tower_lr_scale > 0 else _frozen_tower_features(model, data.pixel_values)
     task_probs = torch.tensor([weights[t] for t in task_names])
-    rows: list[dict] = []
-    progress = tqdm(range(spec.language_steps), desc="stage 2: projector + LM", mininterval=5)
+    progress = tqdm(range(first_step, spec.language_steps), desc="stage 2: projector + LM", mininterval=5,
+                    initial=first_step, total=spec.language_steps)
     for step in progress:
         _set_lr(optimizer, spec.language_lr * _schedule(step, spec.language_steps, spec.warmup_steps))
         slot_tasks = torch.multinomial(task_probs, spec.language_batch_size, replacement=True, generator=generator)
@@ -256,6 +321,8 @@ def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spe
                                  "loss": per_example[selected].mean().item()})
             rows.append({"step": step_offset + step, "stage": "language", "task": "all", "loss": loss.item()})
             progress.set_postfix({r["task"]: f"{r['loss']:.3f}" for r in rows[-len(task_names) - 1:]}, refresh=False)
+        if checkpoint and checkpoint.due(step, spec.language_steps - 1):
+            checkpoint.save("language", step + 1, model, optimizer, generator, rows)
     for p in tower_params:
         p.requires_grad_(True)
     return rows
@@ -294,11 +361,14 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_loss.sum(dim=1) / counts
 
 
-def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path) -> pd.DataFrame:
+def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path,
+                   checkpoint_dir: Path | None = None) -> pd.DataFrame:
     """Train the organism on ``world_dir``'s train split; write model + processor to ``model_dir``.
 
     Returns the tidy loss table (step, stage, task, loss). ``model_dir`` is replaced atomically and
-    also receives ``organism.json`` (the spec, the world spec, timings) and ``losses.csv``.
+    also receives ``organism.json`` (the spec, the world spec, sizes), ``losses.csv`` and
+    ``timings.json`` (seconds per part: the only file that differs between identical runs).
+    With ``checkpoint_dir``, training resumes from the checkpoint a killed run left there.
     """
     world_dir, model_dir = Path(world_dir), Path(model_dir)
     spec.validate()
@@ -318,10 +388,24 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path) -> pd.D
                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id, image_size=world.image_size)
         data = prepare_training_data(processor, world_dir, spec, world.shapes, world.colors)
+        checkpoint = TrainingCheckpoint(checkpoint_dir, {"organism": spec.to_json(), "world": world.to_json(),
+                                                         "torch": torch.__version__})
+        resume = checkpoint.load()
+        if resume:
+            logging.getLogger(__name__).info("resuming training from its checkpoint: stage %s, step %d (%s)",
+                                             resume["stage"], resume["next_step"], checkpoint.path)
+            model.load_state_dict(resume["model"])
+            generator.set_state(resume["generator"])
         prepared = time.perf_counter()
-        rows = train_vision_tower(model, data, spec, len(world.shapes), len(world.colors), generator)
+        in_language = bool(resume) and resume["stage"] == "language"
+        rows = resume["rows"] if in_language else train_vision_tower(
+            model, data, spec, len(world.shapes), len(world.colors), generator, checkpoint=checkpoint,
+            resume=resume)
+        if resume:
+            torch.set_rng_state(resume["torch_rng"])
         vision_done = time.perf_counter()
-        rows += train_language(model, data, spec, generator, step_offset=spec.vision_steps)
+        rows = train_language(model, data, spec, generator, step_offset=spec.vision_steps, rows=rows,
+                              checkpoint=checkpoint, resume=resume if in_language else None)
         finished, cpu_finished = time.perf_counter(), time.process_time()
     finally:
         torch.set_num_threads(threads_before)
@@ -332,16 +416,19 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path) -> pd.D
         "organism_spec": spec.to_json(), "world_spec": world.to_json(), "parameters": n_params,
         "image_tokens": num_image_tokens(world.image_size, spec.patch_size),
         "train_images": int(len(data.pixel_values)), "train_examples": int(len(data.input_ids)),
-        "seconds": {"prepare": round(prepared - started, 2), "vision": round(vision_done - prepared, 2),
-                    "language": round(finished - vision_done, 2), "total": round(finished - started, 2),
-                    # CPU time over all threads: unlike wall time, not inflated by other processes.
-                    "cpu_total": round(cpu_finished - cpu_started, 2), "threads": spec.num_threads},
     }
+    seconds = {"prepare": round(prepared - started, 2), "vision": round(vision_done - prepared, 2),
+               "language": round(finished - vision_done, 2), "total": round(finished - started, 2),
+               # CPU time over all threads: unlike wall time, not inflated by other processes.
+               "cpu_total": round(cpu_finished - cpu_started, 2), "threads": spec.num_threads,
+               "resumed_from": None if not resume else f"{resume['stage']} step {resume['next_step']}"}
     with atomic_path(model_dir, is_dir=True) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         write_json(summary, tmp / "organism.json")
+        write_json({"seconds": seconds}, tmp / TIMINGS_FILE)
         losses.to_csv(tmp / "losses.csv", index=False)
+    checkpoint.remove()
     return losses
 
 

@@ -1,0 +1,153 @@
+"""Check a run's config before any job: the JSON schema, then the rules that tie keys together.
+
+`check_config` fills the schema's defaults into the config (as `snakemake.utils.validate` does) and
+raises one `ConfigError` listing every problem, one short line each, naming the key path and the
+config file(s) it came from, never the whole schema. workflow/rules/common.smk calls it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import yaml
+
+SECRET_KEYS = ("api_key_env",)      # values that may be a pasted secret: never echoed
+MAX_VALUE_CHARS = 80
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message lists each problem on its own line."""
+
+
+def _default_filling_validator(schema: dict):
+    """A Draft 2020-12 validator that fills in `default`s while validating (jsonschema FAQ)."""
+    from jsonschema import Draft202012Validator, validators
+
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, property_schema in properties.items():
+                if "default" in property_schema:
+                    instance.setdefault(name, _copy(property_schema["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    extended = validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
+    return extended(schema)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS - 3] + "..."
+
+
+def _key_path(parts: Sequence[Any]) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts).replace(".[", "[")
+
+
+def _schema_problems(config: dict, schema: dict) -> Iterator[str]:
+    """One line per schema violation: '<key path>: <what is wrong>'."""
+    validator = _default_filling_validator(schema)
+    for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = list(error.absolute_path)
+        if error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(allowed)):
+                yield (f"{_key_path([*path, key])}: unknown key "
+                       f"(allowed here: {', '.join(allowed)})")
+            continue
+        if path and path[-1] in SECRET_KEYS:
+            yield (f"{_key_path(path)}: must be the NAME of an environment variable "
+                   f"(letters, digits and _, not starting with a digit), never the key itself")
+            continue
+        where = _key_path(path) or "(top level)"
+        if error.validator == "required":
+            yield f"{where}: {error.message}"
+        elif error.validator == "enum":
+            yield f"{where}: {_short(error.instance)} is not one of {error.validator_value}"
+        elif error.validator == "type":
+            yield f"{where}: {_short(error.instance)} is not of type {error.validator_value}"
+        elif error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            relation = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",
+                        "exclusiveMaximum": "<"}[error.validator]
+            yield f"{where}: {_short(error.instance)} must be {relation} {error.validator_value}"
+        else:
+            yield f"{where}: {_short(error.instance)} is invalid ({error.validator} {_short(error.validator_value)})"
+
+
+def _spec_problem(cls: type, section: dict, where: str, **overrides: Any) -> str | None:
+    """The first inconsistency a library spec (ShapesWorldSpec, OrganismSpec) finds in `section`,
+    reworded to name the config key ('ShapesWorldSpec.cell_size=...' -> 'dataset.shapes.cell_size')."""
+    from vlminterp.specs import build_spec
+
+    try:
+        build_spec(cls, section, where=where, **overrides)
+    except ValueError as error:
+        return re.sub(rf"\b{cls.__name__}\.(\w+)=", rf"{where}.\1 = ", str(error))
+    return None
+
+
+def _cross_key_problems(config: dict) -> Iterator[str]:
+    """Rules between keys the schema cannot express (sizes that must agree or divide, limits that
+    depend on each other)."""
+    dataset, model = config["dataset"], config["model"]
+    shapes_world = dataset["kind"] == "shapes"
+    organism = model["kind"] == "organism"
+    if shapes_world:
+        from vlminterp.data.shapes import ShapesWorldSpec
+
+        world = dataset["shapes"]
+        problem = _spec_problem(ShapesWorldSpec, world, "dataset.shapes", seed=config["seed"])
+        if problem:
+            yield problem
+        max_annotations = config["neo"]["selection"]["max_annotations"]
+        if world["max_objects"] > max_annotations:
+            yield (f"neo.selection.max_annotations: {max_annotations} is below "
+                   f"dataset.shapes.max_objects={world['max_objects']}, so every image with more "
+                   f"objects would be dropped from N1-N3 silently; raise it to {world['max_objects']}")
+    if organism:
+        from vlminterp.models.organism import OrganismSpec
+
+        problem = _spec_problem(OrganismSpec, model["organism"], "model.organism", seed=config["seed"])
+        if problem:
+            yield problem
+        if shapes_world and dataset["shapes"]["cell_size"] != model["organism"]["patch_size"]:
+            cell, patch = dataset["shapes"]["cell_size"], model["organism"]["patch_size"]
+            yield (f"dataset.shapes.cell_size: {cell} differs from model.organism.patch_size="
+                   f"{patch}; the world's cells are the organism's vision patches, so the two "
+                   f"must be equal (and divide dataset.shapes.image_size)")
+
+
+def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dict:
+    """Fill the schema's defaults into `config` and raise ConfigError listing every problem.
+
+    `sources` names where the config came from (the --configfile files), for the message."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    problems = list(dict.fromkeys(_schema_problems(config, schema)))
+    if not problems:
+        problems = list(dict.fromkeys(_cross_key_problems(config)))
+    if problems:
+        origin = ", ".join(str(s) for s in sources) or "the config"
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid config ({origin}; keys documented in {schema_path}):\n{lines}")
+    return config
+
+
+def check_judge_key(config: dict, environ: dict | None = None) -> None:
+    """An enabled LLM judge whose API-key variable is unset fails here, before any job runs."""
+    judge = config["kaduri"]["knockout"]["llm_judge"]
+    variable = judge["api_key_env"]
+    environ = os.environ if environ is None else environ
+    if judge["enabled"] and variable and not environ.get(variable):
+        raise ConfigError(
+            f"kaduri.knockout.llm_judge.enabled is true but the environment variable {variable} "
+            f"(kaduri.knockout.llm_judge.api_key_env) is not set: export it, set api_key_env: null "
+            f"for an endpoint without a key, or disable the judge")
