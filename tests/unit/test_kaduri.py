@@ -376,7 +376,7 @@ def test_localization_excludes_and_counts_a_mention_without_object_cells(synthet
     images = select_images(dataset, 6, seed=0)
     category = images.iloc[0]["categories"].split(";")[0]
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_id])
+    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
     monkeypatch.setattr(k3, "category_mask", lambda ds, image_id, name: np.zeros_like(category_mask(ds, image_id, name)))
     table = localization(session, images.iloc[[0]], LocalizationSpec(), dataset_vocabulary("shapes", dataset))
     assert len(table) == 1 and table["excluded"].tolist() == ["empty mask"] and not table["hit"].any()
