@@ -15,12 +15,15 @@ Sides (one model, timed in interleaved rounds, logits checked equal):
   nnsight_prefix   what an nnsight user who hand-writes the prefix trick would do: one plain
                    forward over the first T-1 positions (use_cache), its KV cache expanded to the 36
                    rows, one trace over the last token of all rows with each row's mask edited.
+  tl_bridge        TransformerLens 4's TransformerBridge (booted on a copy of the model, its on-the-fly
+                   `pip install torchvision` turned off): one `run_with_hooks` per condition, the
+                   knockout on `blocks.{l}.attn.hook_attn_scores` (scores set to -inf before softmax).
 Ratios are taken within each round (same load) and summarised by their median; targets: >= 30x
-against `nnsight`, >= 1.5x against `nnsight_prefix`. TransformerLens's TransformerBridge is not
-here (not measured in this branch: see the README).
+against `nnsight` and `tl_bridge`, >= 1.5x against `nnsight_prefix` (all against `engine`).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import statistics
 import sys
 
@@ -78,11 +81,43 @@ def nnsight_sides(bench, ids, pixels, conditions):
     return idiomatic, prefix_shared
 
 
+def bridge_side(bench, ids, pixels, conditions):
+    """TransformerLens 4's TransformerBridge over a copy of the model (the bridge forces eager attention
+    on what it wraps): one `run_with_hooks` per condition, knockout on `hook_attn_scores`."""
+    import copy
+    import tempfile
+
+    import transformer_lens.model_bridge.sources.transformers.helpers as bridge_helpers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge_helpers._ensure_torchvision = lambda: False  # it would `pip install torchvision` at start-up
+    model = copy.deepcopy(bench.model)
+    model.config.architectures = [type(model).__name__]  # a random-weight model built from a config has none
+    folder = tempfile.mkdtemp(prefix="vlminterp-bridge-")  # the bridge reads its tokenizer from a folder
+    bench.processor.save_pretrained(folder)
+    bridge = TransformerBridge.boot_transformers(
+        folder, hf_model=model, tokenizer=transformers.AutoTokenizer.from_pretrained(folder), device=bench.device
+    )
+
+    def knocked(condition):
+        keys = torch.as_tensor(list(condition.key_positions))
+
+        def block(scores, hook):
+            scores[:, :, -1, keys] = float("-inf")
+            return scores
+
+        hooks = [(f"blocks.{layer}.attn.hook_attn_scores", block) for layer in condition.layers]
+        return bridge.run_with_hooks(ids, pixel_values=pixels, fwd_hooks=hooks)[:, -1]
+
+    return lambda: torch.cat([knocked(c) for c in conditions])
+
+
 def main(argv=None) -> dict:
     transformers.logging.set_verbosity_error()
     argv = list(sys.argv[1:] if argv is None else argv) + ["--attn", "eager"]  # nnsight edits eager's mask
     args, bench, ids, pixels = start(__doc__, argv)
     import nnsight
+
 
     conditions, labels = knockout_conditions(bench.adapter, ids)
     engine = InterventionEngine(bench.model, bench.adapter)
@@ -98,7 +133,8 @@ def main(argv=None) -> dict:
         finally:
             bench.model.set_attn_implementation("eager")
 
-    sides = {"engine": engine_sdpa, "engine_eager": engine_logits, "nnsight": idiomatic, "nnsight_prefix": prefix_shared}
+    sides = {"engine": engine_sdpa, "engine_eager": engine_logits, "nnsight": idiomatic, "nnsight_prefix": prefix_shared,
+             "tl_bridge": bridge_side(bench, ids, pixels, conditions)}
 
     def recorded(name):
         def run():
@@ -112,13 +148,13 @@ def main(argv=None) -> dict:
     diffs = {name: (outputs[name].float() - outputs["engine"].float()).abs().max().item() for name in sides}
     ratios = {
         f"{name}/{base}": [t / e for t, e in zip(times[name], times[base])]
-        for base in ("engine", "engine_eager") for name in ("nnsight", "nnsight_prefix")
+        for base in ("engine", "engine_eager") for name in ("nnsight", "nnsight_prefix", "tl_bridge")
     }
     tolerance = 1e-4 if bench.dtype == torch.float32 else 5e-2
     result = {
         "benchmark": "peers_knockout",
         "description": "36 last-token knockouts: the engine vs nnsight (idiomatic; hand-written prefix sharing)",
-        "peers": {"nnsight": nnsight.__version__},
+        "peers": {"nnsight": nnsight.__version__, "transformer-lens": importlib.metadata.version("transformer-lens")},
         "attention": "engine: sdpa; every other side: eager",
         "sizes": bench.sizes(),
         "sequence_length": ids.shape[1],
@@ -126,7 +162,7 @@ def main(argv=None) -> dict:
         "timing": {name: summarize(t) for name, t in times.items()},
         "ratios_within_rounds": ratios,
         "ratio_median": {name: statistics.median(r) for name, r in ratios.items()},
-        "targets": {"nnsight/engine": 30.0, "nnsight_prefix/engine": 1.5},
+        "targets": {"nnsight/engine": 30.0, "nnsight_prefix/engine": 1.5, "tl_bridge/engine": 30.0},
         "equality": {
             "max_abs_logit_diff_vs_engine": diffs,
             "tolerance": tolerance,
