@@ -17,6 +17,12 @@ attention probabilities (`AttentionEdit.observe`), then runs the model's own bac
 eager) with the explicit mask `allowed = causal AND padding AND NOT blocked`. Every query row keeps
 at least one key (its own position), so no row is ever fully masked (no NaN).
 
+`attend_shared_prefix(adapter, cache)` (the engine, with a `SharedPrefixCache`): the keys a layer
+call receives are each row's own positions, and the batch-1 prefix they continue is read from the
+cache in place (`LayerKeys`): scored for all rows in one batch-1 matmul, never copied per row. When
+a call's scores would outgrow a per-row copy of the prefix (a long suffix after a short prefix) the
+prefix is expanded for that layer call only and the model's backend runs as usual.
+
 Index convention: a query's index is its slot in the KV cache, i.e. its position in the sequence
 for ordinary caches: with K keys and Q queries in a call, the queries are slots K-Q .. K-1.
 """

@@ -183,6 +183,8 @@ class InterventionEngine:
                     position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
                 )
+            if all(p >= prefix for p in wanted):  # one unembedding, no per-position copies
+                return self.adapter.unembed(hidden[:, [p - prefix for p in wanted]])
             columns = []
             for p in wanted:
                 if p < prefix:
@@ -191,7 +193,8 @@ class InterventionEngine:
                     columns.append(self.adapter.unembed(hidden[:, p - prefix]))
             return torch.stack(columns, dim=1)
 
-        return torch.cat(self.batches.map(conds, run))
+        chunks = self.batches.map(conds, run)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @torch.no_grad()
     def generate(
