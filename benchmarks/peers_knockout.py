@@ -81,23 +81,28 @@ def nnsight_sides(bench, ids, pixels, conditions):
     return idiomatic, prefix_shared
 
 
-def bridge_side(bench, ids, pixels, conditions):
+def boot_bridge(bench):
     """TransformerLens 4's TransformerBridge over a copy of the model (the bridge forces eager attention
-    on what it wraps): one `run_with_hooks` per condition, knockout on `hook_attn_scores`."""
+    on what it wraps), its on-the-fly `pip install torchvision` turned off."""
     import copy
     import tempfile
 
     import transformer_lens.model_bridge.sources.transformers.helpers as bridge_helpers
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge_helpers._ensure_torchvision = lambda: False  # it would `pip install torchvision` at start-up
+    bridge_helpers._ensure_torchvision = lambda: False
     model = copy.deepcopy(bench.model)
     model.config.architectures = [type(model).__name__]  # a random-weight model built from a config has none
     folder = tempfile.mkdtemp(prefix="vlminterp-bridge-")  # the bridge reads its tokenizer from a folder
     bench.processor.save_pretrained(folder)
-    bridge = TransformerBridge.boot_transformers(
+    return TransformerBridge.boot_transformers(
         folder, hf_model=model, tokenizer=transformers.AutoTokenizer.from_pretrained(folder), device=bench.device
     )
+
+
+def bridge_side(bench, ids, pixels, conditions):
+    """One `run_with_hooks` per condition, the knockout on `hook_attn_scores`."""
+    bridge = boot_bridge(bench)
 
     def knocked(condition):
         keys = torch.as_tensor(list(condition.key_positions))
