@@ -138,8 +138,13 @@ def main(argv=None) -> dict:
         finally:
             bench.model.set_attn_implementation("eager")
 
-    sides = {"engine": engine_sdpa, "engine_eager": engine_logits, "nnsight": idiomatic, "nnsight_prefix": prefix_shared,
-             "tl_bridge": bridge_side(bench, ids, pixels, conditions)}
+    sides = {
+        "engine": engine_sdpa,
+        "engine_eager": engine_logits,
+        "nnsight": idiomatic,
+        "nnsight_prefix": prefix_shared,
+        "tl_bridge": bridge_side(bench, ids, pixels, conditions),
+    }
 
     def recorded(name):
         def run():

@@ -13,7 +13,8 @@ position before p unchanged, so positions < p run once (KV cache, batch 1) and e
 only positions >= p, reading the one batch-1 prefix cache in place (shared_prefix.py: the
 extra memory of a condition is its own positions' keys/values, never a copy of the prefix);
 conditions are batched (each row its own ablation or knockout mask, see knockout.py); greedy
-decoding of C rows costs about one row's memory traffic. Blocking the last prompt token is one token of work per condition.
+decoding of C rows costs about one row's memory traffic. Blocking the last prompt token is one
+token of work per condition.
 
 Positions: every forward gets explicit RoPE position ids from `adapter.rope_positions` (1-D, or
 Qwen2-VL's 3-D M-RoPE), sliced for the suffix and continued (index + delta) for decode steps, so
