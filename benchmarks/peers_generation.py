@@ -1,4 +1,4 @@
-"""The 16 K2 generation conditions of generation_batched.py (decode-time knockouts), engine vs TransformerLens.
+"""The 16 K2 generation conditions of generation_batched.py (decode-time knockouts): engine vs peers.
 
     pip install -e .[bench]
     python -m benchmarks.peers_generation --new-tokens 32          # real-geometry random model, CPU
@@ -9,11 +9,13 @@ Sides (one process, interleaved rounds, generated tokens checked identical; EOS 
               `generate` (its KV cache on) per condition under `hooks(fwd_hooks=...)`, the knockout
               on `hook_attn_scores` for every query whose sequence slot the condition names
               (prefill rows and each decode step alike).
-nnsight is not here: its decode-time edits need one `.source` edit per layer per generated step
-(`tracer.iter`), which this branch did not write.
+  nnsight     nnsight 0.8.1 as documented for generation: one `generate` trace per condition
+              (invokes with pixel_values do not batch), `tracer.iter[:new_tokens]` over the steps,
+              each knocked layer's additive mask edited through `.source` (eager).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import statistics
 import sys
 
@@ -27,25 +29,65 @@ from vlminterp.interventions import From, InterventionEngine, as_condition
 from vlminterp.interventions.knockout import explicit_positions
 
 
-def knockout_hooks(condition, n_layers: int) -> list:
-    """`hook_attn_scores` hooks blocking each query slot the (single-knockout) condition names."""
-    hooks = []
-    for knockout in as_condition(condition).knockouts:
-        start = knockout.query_positions.start if isinstance(knockout.query_positions, From) else None
-        explicit = set(explicit_positions(knockout.query_positions).tolist())
-        keys = explicit_positions(knockout.key_positions)
+def knocked_rows(knockout, num_queries: int, num_keys: int):
+    """(query row, key positions) pairs a knockout blocks in one attention call (queries = last slots)."""
+    start = knockout.query_positions.start if isinstance(knockout.query_positions, From) else None
+    explicit = set(explicit_positions(knockout.query_positions).tolist())
+    keys = explicit_positions(knockout.key_positions)
+    keys = keys[keys < num_keys]
+    for row in range(num_queries):
+        slot = num_keys - num_queries + row
+        if slot in explicit or (start is not None and slot >= start):
+            yield row, keys
 
-        def block(scores, hook, start=start, explicit=explicit, keys=keys):
-            queries, num_keys = scores.shape[-2], scores.shape[-1]
-            for row in range(queries):
-                slot = num_keys - queries + row  # queries are the last slots of the cache
-                if slot in explicit or (start is not None and slot >= start):
-                    scores[:, :, row, keys[keys < num_keys]] = float("-inf")
+
+def knockouts_at(condition, layer: int) -> list:
+    return [k for k in as_condition(condition).knockouts if k.layers is None or layer in k.layers]
+
+
+def knockout_hooks(condition, n_layers: int) -> list:
+    """TransformerBridge: `hook_attn_scores` hooks setting the blocked scores to -inf."""
+
+    def make_hook(knockouts):
+        def block(scores, hook):
+            for knockout in knockouts:
+                for row, keys in knocked_rows(knockout, scores.shape[-2], scores.shape[-1]):
+                    scores[:, :, row, keys] = float("-inf")
             return scores
 
-        layers = range(n_layers) if knockout.layers is None else knockout.layers
-        hooks += [(f"blocks.{layer}.attn.hook_attn_scores", block) for layer in layers]
-    return hooks
+        return block
+
+    return [(f"blocks.{layer}.attn.hook_attn_scores", make_hook(knockouts_at(condition, layer)))
+            for layer in range(n_layers) if knockouts_at(condition, layer)]
+
+
+def nnsight_generation(bench, ids, pixels, new_tokens: int):
+    """nnsight as documented for generation: one `generate` trace per condition, `tracer.iter` over the
+    steps, each knocked layer's additive mask edited through `.source` (eager)."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    model = TransformersModel(bench.model, processor=bench.processor, tokenizer=bench.processor.tokenizer,
+                              task="image-text-to-text")
+    layers = model.model.language_model.layers
+
+    def generate(condition) -> list[int]:
+        knocked = [(index, layer, knockouts_at(condition, index)) for index, layer in enumerate(layers)]
+        knocked = [(layer, knockouts) for _, layer, knockouts in knocked if knockouts]
+        with model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=new_tokens, do_sample=False,
+                            min_new_tokens=0, eos_token_id=NO_EOS, pad_token_id=0) as tracer:
+            for _ in tracer.iter[:new_tokens] if knocked else []:
+                for layer, knockouts in knocked:
+                    call = layer.self_attn.source.attention_interface_1
+                    args, kwargs = call.inputs
+                    mask = args[4].clone()
+                    for knockout in knockouts:
+                        for row, keys in knocked_rows(knockout, mask.shape[-2], mask.shape[-1]):
+                            mask[..., row, keys] = torch.finfo(mask.dtype).min
+                    call.inputs = ((*args[:4], mask, *args[5:]), kwargs)
+            tokens = tracer.result.save()
+        return tokens[0, ids.shape[1]:].tolist()
+
+    return generate
 
 
 def main(argv=None) -> dict:
@@ -76,33 +118,40 @@ def main(argv=None) -> dict:
     def bridge_side():
         outputs["tl_bridge"] = [bridge_generation(c) for c in conditions]
 
-    sides = {"engine": engine_side, "tl_bridge": bridge_side}
+    nnsight_generate = nnsight_generation(bench, ids, pixels, new_tokens)
+
+    def nnsight_side():
+        outputs["nnsight"] = [nnsight_generate(c) for c in conditions]
+
+    sides = {"engine": engine_side, "tl_bridge": bridge_side, "nnsight": nnsight_side}
     with torch.no_grad():
         for run in sides.values():
             run()  # warm-up outside the timing
         times = time_interleaved(sides, args.repeats, bench.device)
-    ratios = [b / e for b, e in zip(times["tl_bridge"], times["engine"])]
-    identical = outputs["engine"] == outputs["tl_bridge"]
+    ratios = {f"{name}/engine": [t / e for t, e in zip(times[name], times["engine"])] for name in ("tl_bridge", "nnsight")}
+    identical = outputs["engine"] == outputs["tl_bridge"] == outputs["nnsight"]
+    differing = [label for i, label in enumerate(labels)
+                 if not outputs["engine"][i] == outputs["tl_bridge"][i] == outputs["nnsight"][i]]
     result = {
         "benchmark": "peers_generation",
         "description": f"{len(conditions)} K2 generation conditions x {new_tokens} tokens: engine vs TransformerBridge",
-        "peers": {"transformer-lens": __import__("importlib.metadata").metadata.version("transformer-lens")},
+        "peers": {name: importlib.metadata.version(name) for name in ("transformer-lens", "nnsight")},
         "sizes": bench.sizes(),
         "sequence_length": length,
         "conditions": len(conditions),
         "condition_labels": labels,
         "new_tokens_per_condition": new_tokens,
         "timing": {name: summarize(t) for name, t in times.items()},
-        "ratios_within_rounds": {"tl_bridge/engine": ratios},
-        "ratio_median": {"tl_bridge/engine": statistics.median(ratios)},
+        "ratios_within_rounds": ratios,
+        "ratio_median": {name: statistics.median(r) for name, r in ratios.items()},
         "equality": {
             "identical_generations": identical,
-            "differing_conditions": [l for l, a, b in zip(labels, outputs["engine"], outputs["tl_bridge"]) if a != b],
+            "differing_conditions": differing,
             "distinct_generations": len({tuple(t) for t in outputs["engine"]}),
         },
     }
     finish(result, args, "peers_generation")
-    print(f"tl_bridge/engine = {result['ratio_median']['tl_bridge/engine']:.1f}x, identical = {identical}, "
+    print(", ".join(f"{name} = {r:.1f}x" for name, r in result["ratio_median"].items()) + f", identical = {identical}, "
           f"{result['equality']['distinct_generations']} distinct generations")
     return result
 
