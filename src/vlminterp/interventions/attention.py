@@ -195,9 +195,9 @@ class LayerKeys:
         batch, heads, num_queries, head_dim = query.shape
         kv_heads = self.keys.shape[1]
         rows = heads // kv_heads * num_queries
-        folded = _fold_rows(query.reshape(batch, kv_heads, rows, head_dim))
-        own = _fold_rows(query.reshape(batch, kv_heads, rows, head_dim) @ self.keys.transpose(2, 3))
-        scores = torch.cat([folded @ self.prefix_keys.transpose(2, 3), own], dim=-1).mul_(scaling)
+        grouped = query.reshape(batch, kv_heads, rows, head_dim)
+        own = _fold_rows(grouped @ self.keys.transpose(2, 3))
+        scores = torch.cat([_fold_rows(grouped) @ self.prefix_keys.transpose(2, 3), own], dim=-1).mul_(scaling)
         blocked = (~allowed).expand(batch, heads, num_queries, self.length)
         scores.masked_fill_(_fold_rows(blocked.reshape(batch, kv_heads, rows, self.length)), float("-inf"))
         probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
