@@ -6,7 +6,8 @@
     finish(result, args, "my_benchmark", ratio="ratio_naive_over_fast")   # target_met, environment, JSON
 
 --model accepts a synthetic variant name (e.g. "real-geometry"), "llava-1.5-7b-random" (LLaVA-1.5-7B
-sizes, random weights, for GPU runs), or a local model directory (e.g. the organism) / hub id.
+sizes, random weights, for GPU runs), "llava-1.5-7b-narrow" (its per-row geometry, 2 heads: CPU memory
+checks), or a local model directory (e.g. the organism) / hub id.
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ from vlminterp.models.synthetic import (  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FULL_7B = "llava-1.5-7b-random"
+# LLaVA-1.5-7B's per-row geometry on a CPU budget: 32 layers, head_dim 128, its vocabulary, 576 image
+# tokens, but 2 heads (width 256) and a 1-layer vision tower: memory per row relative to its own KV
+# (attention rows vs keys/values) is that of the 7B, the weights are ~0.1 GB.
+NARROW_7B = "llava-1.5-7b-narrow"
 DESCRIBE = " describe the image"  # Kaduri et al.'s prompt text, with the long system prompt
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -97,10 +102,9 @@ def load_bench_model(args) -> Bench:
     dtype = DTYPES[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
     if args.model in SYNTHETIC_VARIANTS:
         model, processor = build_synthetic(args.model, attn_implementation=args.attn, dtype=dtype, device=args.device)
-    elif args.model == FULL_7B:
-        model = build_model_from_config(
-            llava_1_5_7b_config(), dtype=dtype, device=args.device, attn_implementation=args.attn
-        )
+    elif args.model in (FULL_7B, NARROW_7B):
+        config = llava_1_5_7b_config() if args.model == FULL_7B else narrow_7b_config()
+        model = build_model_from_config(config, dtype=dtype, device=args.device, attn_implementation=args.attn)
         processor = build_processor(SYNTHETIC_VARIANTS["real-geometry"])  # same 336 px / 14 px geometry
     else:
         dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
@@ -108,6 +112,16 @@ def load_bench_model(args) -> Bench:
             ModelSpec(args.model, dtype=dtype_name, device=args.device, attn_implementation=args.attn)
         )
     return Bench(model, processor, adapter_for(model, processor), args.model, args.device, dtype)
+
+
+def narrow_7b_config():
+    """NARROW_7B: LLaVA-1.5-7B's config with 2 heads of 128 (width 256) and a 1-layer, 64-wide vision tower."""
+    config = llava_1_5_7b_config()
+    text, vision = config.text_config, config.vision_config
+    text.hidden_size, text.intermediate_size, text.head_dim = 256, 688, 128
+    text.num_attention_heads = text.num_key_value_heads = 2
+    vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers, vision.num_attention_heads = 64, 128, 1, 2
+    return config
 
 
 def start(doc: str, argv=None, *, options: dict[str, int] | None = None):

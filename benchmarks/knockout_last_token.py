@@ -67,16 +67,22 @@ def key_sets(adapter, input_ids) -> dict[str, list[int]]:
     }
 
 
+def knockout_conditions(adapter, input_ids) -> tuple[list[Knockout], list[str]]:
+    """The 36 last-token knockouts (6 key sets x 6 layer windows) and their labels."""
+    length = input_ids.shape[1]
+    conditions, labels = [], []
+    for set_name, keys in key_sets(adapter, input_ids).items():
+        for window_name, layers in scaled_windows(adapter.n_layers).items():
+            conditions.append(Knockout([length - 1], keys, layers=layers))
+            labels.append(f"{set_name}@{window_name}")
+    return conditions, labels
+
+
 def main(argv=None) -> dict:
     args, bench, ids, pixels = start(__doc__, argv)
     length = ids.shape[1]
     windows = scaled_windows(bench.adapter.n_layers)
-    sets = key_sets(bench.adapter, ids)
-    conditions, labels = [], []
-    for set_name, keys in sets.items():
-        for window_name, layers in windows.items():
-            conditions.append(Knockout([length - 1], keys, layers=layers))
-            labels.append(f"{set_name}@{window_name}")
+    conditions, labels = knockout_conditions(bench.adapter, ids)
     fast_engine, sequential_engine = engines(bench)
     results: dict[str, torch.Tensor] = {}
 

@@ -4,20 +4,23 @@
     python -m benchmarks.run_all --model path/to/organism          # the organism (target >= 10x)
     python -m benchmarks.run_all --device cuda --model llava-1.5-7b-random --dtype bf16
 
-Each benchmark is also runnable alone (python -m benchmarks.<name>). Arguments other than those
-below are passed through to every benchmark (--model, --device, --dtype, --attn, --repeats, --threads).
+Each benchmark is also runnable alone (python -m benchmarks.<name>); the peers benchmark
+(benchmarks.peers_knockout: nnsight, TransformerLens) needs `pip install -e .[bench]` and runs
+alone. Arguments other than those below are passed through to every benchmark (--model,
+--device, --dtype, --attn, --repeats, --threads).
 """
 from __future__ import annotations
 
 import sys
 
-from benchmarks import generation_batched, knockout_last_token, prefill_throughput, streaming_mean
+from benchmarks import generation_batched, knockout_last_token, memory_prefix, prefill_throughput, streaming_mean
 from benchmarks.common import RESULTS_DIR, save
 
 BENCHMARKS = {
     "knockout_last_token": knockout_last_token.main,
     "generation_batched": generation_batched.main,
     "streaming_mean": streaming_mean.main,
+    "memory_prefix": memory_prefix.main,
     "prefill_throughput": prefill_throughput.main,
 }
 
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "streaming_equals_naive_mean",
                 "prefill_mfu",
                 "decode_tokens_per_second",
+                "estimate_llava_1_5_7b_bf16",
             )
             if key in result
         }

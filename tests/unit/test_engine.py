@@ -201,3 +201,28 @@ def test_per_layer_subsets_equal_blocking_the_dropped_keys(variant, synthetic, m
     prompt_only = select_cache(cache, text)
     full = continue_generation(adapter, select_cache(cache, range(length)), question, max_new_tokens=8)
     assert continue_generation(adapter, prompt_only, question, max_new_tokens=8) != full
+
+
+def test_conditions_do_not_copy_the_shared_prefix(synthetic, make_inputs):
+    """Each extra condition costs its own positions' KV and activations, never a copy of the prefix's
+    KV cache (the engine used to copy it into every row: >= 1x the prefix KV per condition)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks.memory_prefix import ConditionsPhase, kv_bytes_per_position, peak_bytes
+
+    model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-llama", "sdpa")
+    length = ids.shape[1]
+    image = adapter.image_positions(ids)[0]
+    conditions = [Knockout([length - 1], image[i:], layers=[i % adapter.n_layers]) for i in range(16)]
+    engine = InterventionEngine(model, adapter)
+    prepared = engine.prepare(ids, pixels)
+    phase = ConditionsPhase(engine, "cpu")
+    with torch.no_grad():
+        engine.logits(prepared, conditions)  # warm-up
+        one = peak_bytes(lambda: engine.logits(prepared, conditions[:1]), phase)["conditions_phase"]
+        many = peak_bytes(lambda: engine.logits(prepared, conditions), phase)["conditions_phase"]
+    per_condition = (many - one) / (len(conditions) - 1)
+    prefix_kv = (length - 1) * kv_bytes_per_position(adapter, torch.float32)
+    assert 0 < per_condition < 0.25 * prefix_kv, (per_condition, prefix_kv)

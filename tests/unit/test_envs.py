@@ -40,7 +40,7 @@ def _env_pins(path: Path) -> dict[str, str]:
 def test_pyproject_pins_match_lock():
     quoted = re.findall(r'"([A-Za-z0-9_.\-]+==[^"]+)"', (ROOT / "pyproject.toml").read_text())
     declared = _pins(quoted)
-    lock = _lock()
+    lock = {**_lock(), **_pins((ROOT / "requirements-bench.lock").read_text().splitlines())}  # + the [bench] extra
     assert declared, "pyproject.toml declares no exact pins"
     mismatches = {name: (ver, lock.get(name)) for name, ver in declared.items()
                   if lock.get(name) != ver}
@@ -58,3 +58,8 @@ def test_conda_env_pins_match_lock(env_file):
 
 def test_torch_lock_is_the_cpu_release():
     assert _lock()["torch"] == "2.13.0", "keep torch pinned at 2.13.0 (a looser pin pulls CUDA)"
+
+
+def test_benchmark_peers_never_move_the_main_pins():
+    bench = _pins((ROOT / "requirements-bench.lock").read_text().splitlines())
+    assert "nnsight" in bench and not set(bench) & set(_lock()), "requirements-bench.lock only adds packages"

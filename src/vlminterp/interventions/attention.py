@@ -17,6 +17,12 @@ attention probabilities (`AttentionEdit.observe`), then runs the model's own bac
 eager) with the explicit mask `allowed = causal AND padding AND NOT blocked`. Every query row keeps
 at least one key (its own position), so no row is ever fully masked (no NaN).
 
+`attend_shared_prefix(adapter, cache)` (the engine, with a `SharedPrefixCache`): the keys a layer
+call receives are each row's own positions, and the batch-1 prefix they continue is read from the
+cache in place (`LayerKeys`): scored for all rows in one batch-1 matmul, never copied per row. When
+a call's scores would outgrow a per-row copy of the prefix (a long suffix after a short prefix) the
+prefix is expanded for that layer call only and the model's backend runs as usual.
+
 Index convention: a query's index is its slot in the KV cache, i.e. its position in the sequence
 for ordinary caches: with K keys and Q queries in a call, the queries are slots K-Q .. K-1.
 """
@@ -105,6 +111,105 @@ def attention_probabilities(
     return torch.softmax(scores, dim=-1)
 
 
+class SharedPrefix(Protocol):
+    """KV-cache positions shared by every row of a batch, stored once (batch 1)."""
+
+    def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(keys, values) of the shared positions at `layer`, each (1, kv_heads, P, head_dim); None if P = 0."""
+
+
+def _fold_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, Hkv, M, n) -> (1, Hkv, B*M, n): every row's query rows side by side, for one batch-1 matmul."""
+    batch, kv_heads, rows, n = x.shape
+    return x.transpose(0, 1).reshape(1, kv_heads, batch * rows, n)
+
+
+def _unfold_rows(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of `_fold_rows`: (1, Hkv, B*M, n) -> (B, Hkv, M, n)."""
+    _, kv_heads, rows, n = x.shape
+    return x.reshape(kv_heads, batch, rows // batch, n).transpose(0, 1)
+
+
+class LayerKeys:
+    """The keys and values one attention call reads: optionally a batch-1 prefix shared by every row,
+    then each row's own keys (B, kv_heads, S, head_dim).
+
+    The prefix is never expanded to the batch: its scores and its share of the output come from one
+    batch-1 matmul with every row's queries side by side (`_fold_rows`), the query heads of one
+    key/value head grouped together (grouped-query attention without repeating keys)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, prefix: tuple[torch.Tensor, torch.Tensor] | None):
+        self.keys, self.values = keys, values
+        self.prefix_keys, self.prefix_values = prefix if prefix is not None else (None, None)
+        self.prefix_length = 0 if prefix is None else prefix[0].shape[2]
+
+    @property
+    def length(self) -> int:
+        return self.prefix_length + self.keys.shape[2]
+
+    def materialized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) over the whole key range, (B, kv_heads, P + S, head_dim): with a prefix, a
+        copy of it per row (for this layer call only)."""
+        if not self.prefix_length:
+            return self.keys, self.values
+        batch = self.keys.shape[0]
+        return tuple(
+            torch.cat([shared.expand(batch, *shared.shape[1:]), own], dim=2)
+            for shared, own in ((self.prefix_keys, self.keys), (self.prefix_values, self.values))
+        )
+
+    def split_is_smaller(self, num_heads: int, num_queries: int) -> bool:
+        """Whether this call's attention scores (float32, per row) take less memory than a per-row copy
+        of the prefix's keys and values. Then `attend` reads the prefix in place (knockouts at the last
+        prompt tokens, decode steps); else the backend gets `materialized` keys (a long suffix after a
+        short prefix, e.g. ablations of image tokens: the fused sdpa kernel never holds the scores)."""
+        scores = num_heads * num_queries * self.length * 4
+        copy = 2 * self.prefix_keys[0].numel() * self.prefix_keys.element_size()
+        return scores <= copy
+
+    def scores(self, query: torch.Tensor, scaling: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(B, H, Q, P + S) scaled dot products of `query` (B, H, Q, head_dim) with every key."""
+        batch, heads, num_queries, head_dim = query.shape
+        dtype = dtype or query.dtype
+        kv_heads = self.keys.shape[1]
+        grouped = query.to(dtype).reshape(batch, kv_heads, heads // kv_heads * num_queries, head_dim)
+        scores = grouped @ self.keys.to(dtype).transpose(2, 3)
+        if self.prefix_length:
+            shared = _fold_rows(grouped) @ self.prefix_keys.to(dtype).transpose(2, 3)
+            scores = torch.cat([_unfold_rows(shared, batch), scores], dim=-1)
+        return scores.reshape(batch, heads, num_queries, self.length) * scaling
+
+    def probabilities(self, module, query: torch.Tensor, allowed: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Softmax attention probabilities (B, H, Q, P + S) in float32 (what `AttentionEdit.observe` sees)."""
+        if not self.prefix_length:
+            return attention_probabilities(module, query, self.keys, allowed, scaling)
+        scores = self.scores(query, scaling, torch.float32).masked_fill(~allowed, float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
+    def attend(
+        self, module, query: torch.Tensor, allowed: torch.Tensor, scaling: float, dropout: float
+    ) -> tuple[torch.Tensor, None]:
+        """(output (B, Q, H, head_dim), None), computed as transformers' eager attention does (scores in
+        the query dtype, softmax in float32), reading the prefix in place. Scores, mask and
+        probabilities live in the folded layout (1, kv_heads, B * rows, P + S), one buffer each."""
+        batch, heads, num_queries, head_dim = query.shape
+        kv_heads = self.keys.shape[1]
+        rows = heads // kv_heads * num_queries
+        grouped = query.reshape(batch, kv_heads, rows, head_dim)
+        own = _fold_rows(grouped @ self.keys.transpose(2, 3))
+        scores = torch.cat([_fold_rows(grouped) @ self.prefix_keys.transpose(2, 3), own], dim=-1).mul_(scaling)
+        blocked = (~allowed).expand(batch, heads, num_queries, self.length)
+        scores.masked_fill_(_fold_rows(blocked.reshape(batch, kv_heads, rows, self.length)), float("-inf"))
+        probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        del scores
+        probabilities = torch.nn.functional.dropout(probabilities, p=dropout, training=module.training)
+        output = probabilities[..., : self.prefix_length] @ self.prefix_values
+        own_probabilities = _unfold_rows(probabilities[..., self.prefix_length :], batch)
+        output = _unfold_rows(output, batch) + own_probabilities @ self.values
+        output = output.reshape(batch, heads, num_queries, output.shape[-1])
+        return output.transpose(1, 2).contiguous(), None
+
+
 def _model_eager_function(module) -> Callable | None:
     return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
 
@@ -147,17 +252,23 @@ class AttentionEdit(Protocol):
 
 
 class AttentionEditor:
-    """The single patched attention function of one language model, applying all active edits."""
+    """The single patched attention function of one language model, applying all active edits.
+
+    With `shared_prefix` set (see `attend_shared_prefix`), the keys/values a layer call receives are
+    each row's own suffix, and the batch-1 prefix they follow is read from `shared_prefix` in place."""
 
     def __init__(self, adapter):
         self.adapter = adapter
         self.edits: list[AttentionEdit] = []
         self.backend = adapter.text_config._attn_implementation
+        self.shared_prefix: SharedPrefix | None = None
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         batch, heads, num_queries, _ = query.shape
-        num_keys = key.shape[2]
         layer = module.layer_idx
+        prefix = self.shared_prefix.prefix(layer) if self.shared_prefix is not None else None
+        keys = LayerKeys(key, value, prefix)
+        num_keys = keys.length
         q_slots = query_slots(num_queries, num_keys, query.device)
         if (
             attention_mask is not None
@@ -178,32 +289,52 @@ class AttentionEditor:
             edit.observe(
                 layer,
                 q_slots,
-                lambda rows: attention_probabilities(module, query[:, :, rows], key, allowed[:, :, rows], scale),
+                lambda rows: keys.probabilities(module, query[:, :, rows], allowed[:, :, rows], scale),
             )
-        return run_backend(self.backend, module, query, key, value, allowed, scaling, dropout, kwargs)
+        if keys.prefix_length and keys.split_is_smaller(heads, num_queries):
+            return keys.attend(module, query, allowed, scale, dropout)
+        full_key, full_value = keys.materialized()
+        return run_backend(self.backend, module, query, full_key, full_value, allowed, scaling, dropout, kwargs)
 
 
 _EDITOR_ATTRIBUTE = "_vlminterp_attention_editor"
 
 
 @contextlib.contextmanager
-def edit_attention(adapter, edit: AttentionEdit) -> Iterator[AttentionEdit]:
-    """Activate `edit` on the language model's attention; composable with other active edits."""
+def _active_editor(adapter) -> Iterator[AttentionEditor]:
+    """The language model's editor: the one already active, or a new one installed for the block."""
     owner = adapter.language_model
     editor: AttentionEditor | None = getattr(owner, _EDITOR_ATTRIBUTE, None)
     if editor is not None:
+        yield editor
+        return
+    editor = AttentionEditor(adapter)
+    with use_attention_function(adapter, editor, label="vlminterp_edits"):
+        setattr(owner, _EDITOR_ATTRIBUTE, editor)
+        try:
+            yield editor
+        finally:
+            delattr(owner, _EDITOR_ATTRIBUTE)
+
+
+@contextlib.contextmanager
+def edit_attention(adapter, edit: AttentionEdit) -> Iterator[AttentionEdit]:
+    """Activate `edit` on the language model's attention; composable with other active edits."""
+    with _active_editor(adapter) as editor:
         editor.edits.append(edit)
         try:
             yield edit
         finally:
             editor.edits.remove(edit)
-        return
-    editor = AttentionEditor(adapter)
-    editor.edits.append(edit)
-    with use_attention_function(adapter, editor, label="vlminterp_edits"):
-        setattr(owner, _EDITOR_ATTRIBUTE, editor)
-        try:
-            yield edit
-        finally:
-            delattr(owner, _EDITOR_ATTRIBUTE)
 
+
+@contextlib.contextmanager
+def attend_shared_prefix(adapter, shared_prefix: SharedPrefix) -> Iterator[SharedPrefix]:
+    """Inside the block, every attention call of the language model reads `shared_prefix.prefix(layer)`
+    (batch 1, shared by every row) before the keys/values it is handed (each row's own suffix)."""
+    with _active_editor(adapter) as editor:
+        previous, editor.shared_prefix = editor.shared_prefix, shared_prefix
+        try:
+            yield shared_prefix
+        finally:
+            editor.shared_prefix = previous

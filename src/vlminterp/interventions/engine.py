@@ -13,9 +13,11 @@ the generation config's), unless `eos_token_id` (an int or a list, as in `model.
 
 Why it is fast (see DESIGN.md): an intervention whose earliest touched position is p leaves every
 position before p unchanged, so positions < p run once (KV cache, batch 1) and each condition runs
-only positions >= p, the cache expanded across the batch; conditions are batched (each row its own
-ablation or knockout mask, see knockout.py); greedy decoding of C rows costs about one row's
-memory traffic. Blocking the last prompt token is one token of work per condition.
+only positions >= p, reading the one batch-1 prefix cache in place (shared_prefix.py: the
+extra memory of a condition is its own positions' keys/values, never a copy of the prefix);
+conditions are batched (each row its own ablation or knockout mask, see knockout.py); greedy
+decoding of C rows costs about one row's memory traffic. Blocking the last prompt token is one
+token of work per condition.
 
 Positions: every forward gets explicit RoPE position ids from `adapter.rope_positions` (1-D, or
 Qwen2-VL's 3-D M-RoPE), sliced for the suffix and continued (index + delta) for decode steps, so
@@ -40,7 +42,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from ..models.adapters import VLMAdapter, adapter_for
 from ..models.adapters.base import RopePositions, token_ids
@@ -48,7 +49,8 @@ from .ablation import apply_ablations
 from .batching import AdaptiveBatch
 from .conditions import Condition, ConditionLike, as_condition
 from .knockout import KnockoutMasks
-from .attention import edit_attention
+from .attention import attend_shared_prefix, edit_attention
+from .shared_prefix import SharedPrefixCache
 
 
 EosIds = int | Sequence[int] | None  # one id, several, or none at all (never stop early)
@@ -88,59 +90,6 @@ def shared_prefix_length(conditions: Sequence[Condition], length: int) -> int:
     touched = [c.earliest_touched() for c in conditions]
     touched = [t for t in touched if t is not None]
     return max(0, min(touched + [length - 1]))
-
-
-class PreallocatedLayer(DynamicLayer):
-    """A `DynamicLayer` with room reserved up front: appends write in place instead of re-copying
-    the whole cache with `torch.cat` at every decode step. Keys/values are views of the filled part,
-    so the cache length (and the engine's query-slot convention) is exactly as for `DynamicLayer`."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
-        super().__init__()
-        batch, heads, length, _ = keys.shape
-        if capacity < length:
-            raise ValueError(f"capacity {capacity} < {length} cached positions")
-        self._key_buffer = keys.new_empty(batch, heads, capacity, keys.shape[-1])
-        self._value_buffer = values.new_empty(batch, heads, capacity, values.shape[-1])
-        self._key_buffer[:, :, :length] = keys
-        self._value_buffer[:, :, :length] = values
-        self.dtype, self.device = keys.dtype, keys.device
-        self.is_initialized = True
-        self._set_length(length)
-
-    def _set_length(self, length: int) -> None:
-        self.length = length
-        self.keys = self._key_buffer[:, :, :length]
-        self.values = self._value_buffer[:, :, :length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        if end > self._key_buffer.shape[2]:
-            raise RuntimeError(f"preallocated cache full ({self._key_buffer.shape[2]} slots)")
-        self._key_buffer[:, :, self.length : end] = key_states
-        self._value_buffer[:, :, self.length : end] = value_states
-        self._set_length(end)
-        return self.keys, self.values
-
-
-def preallocated_cache(
-    source: DynamicCache | None, batch_size: int, capacity: int, adapter: VLMAdapter
-) -> DynamicCache:
-    """A cache for `batch_size` rows with room for `capacity` positions, starting from `source`'s
-    (batch-1) keys/values repeated for every row (or empty when `source` is None)."""
-    layers = []
-    for index in range(adapter.n_layers):
-        if source is not None:
-            keys, values = source.layers[index].keys, source.layers[index].values
-            keys = keys.expand(batch_size, *keys.shape[1:])
-            values = values.expand(batch_size, *values.shape[1:])
-        else:
-            weight = adapter.embed_tokens.weight
-            keys = values = weight.new_empty(batch_size, adapter.n_kv_heads, 0, adapter.head_dim)
-        layers.append(PreallocatedLayer(keys, values, capacity))
-    cache = DynamicCache()
-    cache.layers = layers
-    return cache
 
 
 class InterventionEngine:
@@ -204,12 +153,16 @@ class InterventionEngine:
         )
         return prefix, hidden, cache
 
-    def _row_context(self, chunk: list[Condition]):
+    def _row_context(self, chunk: list[Condition], cache: SharedPrefixCache) -> contextlib.ExitStack:
+        """Attention for one chunk: the shared prefix read in place (never copied per row), each row's knockouts."""
+        context = contextlib.ExitStack()
+        if cache.prefix_length:
+            context.enter_context(attend_shared_prefix(self.adapter, cache))
         rows = [list(c.knockouts) for c in chunk]
-        if not any(rows):
-            return contextlib.nullcontext()
-        masks = KnockoutMasks(rows, self.adapter.n_layers, self.adapter.n_heads, self.device)
-        return edit_attention(self.adapter, masks)
+        if any(rows):
+            masks = KnockoutMasks(rows, self.adapter.n_layers, self.adapter.n_heads, self.device)
+            context.enter_context(edit_attention(self.adapter, masks))
+        return context
 
     def _suffix_embeds(self, prepared: PreparedInput, chunk: list[Condition], prefix: int) -> torch.Tensor:
         embeds = prepared.inputs_embeds.expand(len(chunk), -1, -1)
@@ -236,13 +189,16 @@ class InterventionEngine:
 
         def run(chunk: list[Condition]) -> torch.Tensor:
             batch = len(chunk)
-            with self._row_context(chunk):
+            cache = SharedPrefixCache(prefix_cache, batch, length, self.adapter)
+            with self._row_context(chunk, cache):
                 hidden, _ = self.adapter.language_model_forward(
                     self._suffix_embeds(prepared, chunk, prefix),
-                    past_key_values=preallocated_cache(prefix_cache, batch, length, self.adapter),
+                    past_key_values=cache,
                     position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
                 )
+            if all(p >= prefix for p in wanted):  # one unembedding, no per-position copies
+                return self.adapter.unembed(hidden[:, [p - prefix for p in wanted]])
             columns = []
             for p in wanted:
                 if p < prefix:
@@ -251,7 +207,8 @@ class InterventionEngine:
                     columns.append(self.adapter.unembed(hidden[:, p - prefix]))
             return torch.stack(columns, dim=1)
 
-        return torch.cat(self.batches.map(conds, run))
+        chunks = self.batches.map(conds, run)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @torch.no_grad()
     def generate(
@@ -270,10 +227,11 @@ class InterventionEngine:
 
         def run(chunk: list[Condition]) -> list[list[int]]:
             batch = len(chunk)
-            with self._row_context(chunk):
+            cache = SharedPrefixCache(prefix_cache, batch, length + max_new_tokens, self.adapter)
+            with self._row_context(chunk, cache):
                 hidden, cache = self.adapter.language_model_forward(
                     self._suffix_embeds(prepared, chunk, prefix),
-                    past_key_values=preallocated_cache(prefix_cache, batch, length + max_new_tokens, self.adapter),
+                    past_key_values=cache,
                     position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
                 )
