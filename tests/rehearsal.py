@@ -7,7 +7,10 @@ real tokenizer, with only what this machine cannot have replaced:
   `<image>` = 32000 and `<pad>` = 32001, the 336 px CLIP crop, 576 image tokens), loaded by path;
 - COCO's host: a server on 127.0.0.1 serving ../shared/fixtures/coco-mini in the official layout
   (the annotation archive's own size and MD5 stated, since it is not the official archive);
-- the device (cpu: no GPU), image counts and generation lengths (`OVERRIDES`).
+- the device (cpu: no GPU), image counts and generation lengths (`OVERRIDES`);
+- Neo et al.'s released files: coco-mini holds none of their 100 question images and the tiny model
+  is not LLaVA-1.5-7B (their mean is 4096-d), so the rehearsal asks the template question on every
+  target and keeps its own mean (tests/workflow/test_authors_data.py runs their files by the CLI).
 
     run = rehearse(tmp_dir)      # -> Rehearsal(root, run_dir, checkpoint, mirror, proc, seconds)
 """
@@ -35,9 +38,12 @@ RUN = "llava-1.5-7b"
 OVERRIDES = {
     "device": "cpu",
     "neo": {
-        "selection": {"max_images": 8},   # a cap: coco-mini has few images that pass the paper's rule
+        "selection": {"max_images": 8,    # a cap: coco-mini has few images that pass the paper's rule
+                      "include_question_images": False},
         "mean": {"max_images": 6},
         "ablation": {"max_new_tokens": 12, "ig_steps": 8},
+        "authors_data": {"questions": False, "mean_vector": None},
+        "prompts": {"vqa_images": "all"},
     },
     "kaduri": {"n_images": 4, "max_new_tokens": 12, "reprompt": {"questions_per_image": 1}},
 }

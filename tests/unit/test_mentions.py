@@ -75,3 +75,26 @@ def test_ignored_phrases_win_the_longest_match_but_are_not_reported():
 def test_forms_written_with_a_hyphen_match_hyphen_or_space():
     vocab = {"shirt": ["t-shirt"]}
     assert [m.surface for m in find_mentions("a T-shirt and two t shirts", vocab)] == ["T-shirt", "t shirts"]
+
+
+def test_digits_may_touch_a_form_letters_may_not():
+    assert mentioned_categories("2dogs and 3cats", VOCAB) == {"dog", "cat"}
+    assert mentioned_categories("dogma, catalogue, bus2", VOCAB) == {"bus"}
+
+
+def test_en_dash_and_unicode_hyphens_join_words():
+    assert [m.category for m in find_mentions("a hot\u2013dog, a hot\u2010dog", VOCAB)] == ["hot dog", "hot dog"]
+
+
+def test_plural_of_an_of_phrase_is_on_its_head():
+    assert plural_forms("bed of flowers") == ["beds of flowers"]
+    assert mentioned_categories("beds of flowers by a bed", {"bed": ["bed"]}, ignore=["bed of flowers"]) == {"bed"}
+
+
+def test_dropped_beside_drops_a_form_only_next_to_its_category():
+    vocab = {"chair": ["seat"], "toilet": ["toilet"]}
+    matcher = MentionMatcher(vocab, dropped_beside={"seat": "toilet"})
+    assert {m.category for m in matcher.find("a toilet with its seats up")} == {"toilet"}
+    assert {m.category for m in matcher.find("two seats")} == {"chair"}
+    with pytest.raises(ValueError, match="dropped_beside"):
+        MentionMatcher(vocab, dropped_beside={"seat": "sofa"})

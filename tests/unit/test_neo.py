@@ -20,7 +20,8 @@ from vlminterp.experiments.neo_ablation import (AblationSpec, integrated_gradien
 from vlminterp.experiments.neo_blocking import BlockingSpec, fraction_window, layer_windows, run_attention_blocking
 from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, cells_by_image,
                                               compute_mean_embedding, encode, load_mean_embedding,
-                                              map_object_cells, mean_image_ids, save_mean_embedding, vqa_questions)
+                                              map_object_cells, mean_image_ids, question_image_ids,
+                                              save_mean_embedding, vqa_questions)
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
 from vlminterp.interventions import BatchOutOfMemoryError, InterventionEngine, capture_residual
 from vlminterp.scoring.vocabulary import load_vocabulary
@@ -127,6 +128,41 @@ def test_vqa_questions_from_template_fields_or_a_file(setup, tmp_path):
     path = tmp_path / "q.csv"
     pd.DataFrame({"image_id": sel["image_id"], "question": [f"Q{i}" for i in sel["image_id"]]}).to_csv(path, index=False)
     assert vqa_questions(ds, sel, PromptSpec(vqa_questions_file=str(path))) == {i: f"Q{i}" for i in sel["image_id"]}
+
+
+def _one_question_file(setup, tmp_path):
+    """A questions file with a question for the first selected image only (as the authors' 100)."""
+    asked = int(setup["selection"]["image_id"].iloc[0])
+    path = tmp_path / "authors.csv"
+    pd.DataFrame({"image_id": [asked, 99999], "question": ["What is the thing?", "Not selected?"]}).to_csv(path, index=False)
+    return asked, PromptSpec(vqa_questions_file=str(path), vqa_images="with_question")
+
+
+def test_vqa_images_with_question_falls_back_to_the_template_for_the_others(setup, tmp_path):
+    ds, sel = setup["dataset"], setup["selection"]
+    asked, prompts = _one_question_file(setup, tmp_path)
+    questions = vqa_questions(ds, sel, prompts)
+    assert questions[asked] == "What is the thing?"
+    for row in sel[sel.image_id != asked].itertuples():
+        assert questions[row.image_id] == f"What shape is the {ds.annotation(row.annotation_id)['attributes']['color']} object?"
+    assert question_image_ids(prompts) == {asked, 99999} and question_image_ids(PromptSpec()) is None
+    with pytest.raises(ValueError, match="0 questions for image"):
+        vqa_questions(ds, sel, dataclasses.replace(prompts, vqa_images="all"))  # every target needs one
+    with pytest.raises(ValueError, match="needs a questions file"):
+        PromptSpec(vqa_images="with_question")
+
+
+def test_vqa_setting_and_blocking_run_only_on_images_with_a_question(setup, tmp_path):
+    s = setup
+    asked, prompts = _one_question_file(setup, tmp_path)
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, polling_new_tokens=2, random_counts=(2,), settings=("vqa", "polling"))
+    ablation = run_token_ablation(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
+                                  s["mean"], prompts=prompts, vocabulary=s["vocabulary"], spec=spec, cell_spec=CELLS)
+    assert set(ablation.loc[ablation.setting == "vqa", "image_id"]) == {asked}
+    assert set(ablation.loc[ablation.setting == "polling", "image_id"]) == set(s["selection"]["image_id"])
+    blocking = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"],
+                                      s["grids"], prompts=prompts, spec=BlockingSpec(window=2), cell_spec=CELLS)
+    assert set(blocking["image_id"]) == {asked}
 
 
 def test_answer_first_token_is_the_names_first_sub_token(synthetic):

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 
 import pytest
 import yaml
+from shared_fixtures import COCO_MINI, require
 
 from vlminterp.data.shapes import PALETTE, SHAPE_OUTLINES
 from vlminterp.scoring.vocabulary import (SynonymVocabulary, as_vocabulary, available_vocabularies, load_vocabulary,
@@ -67,9 +69,67 @@ def test_coco_has_exactly_the_80_categories(coco):
     ("The knives and forks.", {"knife", "fork"}),
     ("Geese, oxen and mice.", {"bird", "cow", "mouse"}),
     ("The category is located near a catwalk.", set()),
+    # CHAIR's compound-word rules, on phrases of COCO 2017 captions outside the coco-mini subset
+    ("A street with telephone poles and a car.", {"car"}),
+    ("A baby goat next to a woman.", {"sheep", "person"}),
+    ("An old train car on the tracks.", {"train"}),
+    ("Two train cars and a car.", {"train", "car"}),
+    ("A pitcher of water and a pitcher of beer on a table.", {"dining table"}),
+    ("A baseball pitcher throws the ball.", {"person", "sports ball"}),
+    ("A hot\u2013dog with mustard.", {"hot dog"}),
+    ("2dogs playing in the snow", {"dog"}),
+    ("Two beds of flowers beside a bed.", {"bed"}),
+    ("A toilet with the seat up.", {"toilet"}),
+    ("A seat by the window.", {"chair"}),
+    ("Baby zebras and adult giraffes near a baby.", {"zebra", "giraffe", "person"}),
 ])
 def test_coco_synonyms_and_traps(coco, text, expected):
     assert coco.categories_in(text) == expected
+
+
+#: Real COCO 2017 captions of coco-mini (annotation id -> the categories a careful reader finds in
+#: the caption, checked by hand), each one a compound-word trap of issue 13.
+REAL_CAPTION_CATEGORIES = {
+    448387: set(),                                  # "The large adult panda is walking ..."
+    197971: {"bear"},                               # "An adult polar bear stands next to a polar bear cub."
+    192808: {"bear"},                               # "A white baby bear rubs against a large white bear ..."
+    77275: {"elephant"},                            # "The baby elephant stands on a rock ..."
+    13094: {"person", "toilet"},                    # "Baby brushing teeth while sitting on a toilet."
+    547256: {"person"},                             # "A woman standing next to a phone booth ..."
+    477090: {"airplane"},                           # "... with telephone lines in the picture ..."
+    562975: {"backpack", "chair"},                  # "Office cubicle with a backpack sitting on computer chair"
+    570940: {"chair", "dining table"},              # "A computer chair sitting in front of an office desk."
+    608796: {"person", "remote"},                   # "A man holding a tv remote and wii controller."
+    350327: {"fire hydrant"},                       # "A fire hydrant sits in a bed of flowers."
+    353615: {"fire hydrant"},                       # "... fire hydrant in a bed of colorful flowers."
+    517488: {"laptop"},                             # "The laptop has an mp3 player next to it."
+    14609: {"person", "toilet"},                    # "A young boy sittingon a toilette seat ..."
+    607682: {"tv", "laptop"},                       # "Part of a computer screen in front of a laptop."
+    620094: {"person"},                             # "A pitcher winds up in preparation to throw a pitch."
+}
+
+
+def test_compound_words_on_real_coco_captions(coco):
+    root = require(COCO_MINI)
+    captions = {}
+    for split in ("train2017", "val2017"):
+        data = json.loads((root / "annotations" / f"captions_{split}.json").read_text())
+        captions.update({a["id"]: a["caption"] for a in data["annotations"]})
+    found = {ann_id: coco.categories_in(captions[ann_id]) for ann_id in REAL_CAPTION_CATEGORIES}
+    assert found == REAL_CAPTION_CATEGORIES
+
+
+def test_animal_qualifiers_and_dropped_beside_in_a_file(tmp_path):
+    path = tmp_path / "pets.yaml"
+    path.write_text("categories: {person: [baby, man], dog: [puppy], chair: [seat], toilet: []}\n"
+                    "dropped_beside: {seat: toilet}\n"
+                    "animal_qualifiers: {qualifiers: [baby], categories: [dog], other_animals: [panda]}\n")
+    vocab = load_vocabulary(path)
+    assert vocab.categories_in("a baby puppy, a baby panda") == {"dog"}
+    assert vocab.categories_in("a baby dog and a baby") == {"dog", "person"}
+    assert vocab.categories_in("seats and a toilet") == {"toilet"}
+    assert vocab.categories_in("two seats") == {"chair"}
+    assert vocabulary_from_dict(vocab.to_dict()).to_dict() == vocab.to_dict()
 
 
 def test_shapes_vocabulary(shapes):
@@ -114,6 +174,9 @@ def test_load_from_path_bare_mapping_and_file_format(tmp_path):
     ("categories: {cat: [x]}\nignore: cat walk\n", "ignore"),
     ("[1, 2]\n", "mapping"),
     ("cat: [kitten\n", "YAML"),
+    ("categories: {cat: [x]}\nanimal_qualifiers: {qualifiers: [baby], categories: [dog]}\n", "unknown categories"),
+    ("categories: {cat: [x]}\nanimal_qualifiers: [baby]\n", "animal_qualifiers"),
+    ("categories: {cat: [x]}\ndropped_beside: {x: dog}\n", "dropped_beside"),
 ])
 def test_bad_files_name_the_file(tmp_path, content, match):
     path = tmp_path / "bad.yaml"

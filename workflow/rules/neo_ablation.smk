@@ -48,10 +48,37 @@ rule compute_mean_embedding:
         "../scripts/compute_mean_embedding.py"
 
 
+if config["neo"]["ablation"]["mean_vector"] == "authors" and not AUTHORS_DATA["mean_vector"]:
+    raise WorkflowError("neo.ablation.mean_vector: authors needs neo.authors_data.mean_vector (the authors' "
+                        "file for this model; they released one for LLaVA-1.5-7B and one for LLaVA-Phi-3-mini)")
+
+if AUTHORS_DATA["mean_vector"]:
+    FINAL_OUTPUTS.append(results("neo/mean_comparison.json"))
+
+    rule compare_mean_vectors:
+        input:
+            run=results("neo/mean_embedding.safetensors"),
+            authors=results(f"neo/authors/{AUTHORS_DATA['mean_vector']}"),
+        output:
+            comparison=results("neo/mean_comparison.json"),
+            authors_mean=results("neo/authors_mean_embedding.safetensors"),
+        log:
+            logs("compare_mean_vectors"),
+        script:
+            "../scripts/compare_mean_vectors.py"
+
+
+def neo_ablation_mean():
+    """The mean the ablation replaces embeddings with: this run's, or the authors' (neo.ablation.mean_vector)."""
+    if config["neo"]["ablation"]["mean_vector"] == "authors":
+        return results("neo/authors_mean_embedding.safetensors")
+    return results("neo/mean_embedding.safetensors")
+
+
 rule ablate_object_tokens:
     input:
         **neo_stage_inputs(),
-        mean=results("neo/mean_embedding.safetensors"),
+        mean=neo_ablation_mean(),
     output:
         results("neo/ablation/shards/{shard}.csv"),
     params:

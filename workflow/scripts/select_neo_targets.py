@@ -1,4 +1,6 @@
 """Rule select_neo_targets: the images and target objects of N1-N3 (Neo et al.'s selection rules)."""
+import pandas as pd
+
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.io import write_table
 from vlminterp.runtime import rule_context
@@ -7,4 +9,6 @@ from vlminterp.specs import build_spec
 with rule_context(snakemake.log[0], seed=snakemake.params.seed):
     spec = build_spec(SelectionSpec, snakemake.params.selection, where="neo.selection", seed=snakemake.params.seed)
     dataset = CocoDataset.load(snakemake.params.dataset_dir, spec.split)
-    write_table(select_targets(dataset, spec), snakemake.output[0])
+    # Neo et al.'s question images are selected whenever they qualify (their VQA and N3 images).
+    required = pd.read_csv(snakemake.input.questions)["image_id"] if spec.include_question_images else ()
+    write_table(select_targets(dataset, spec, required), snakemake.output[0])

@@ -21,17 +21,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+
+log = logging.getLogger(__name__)
 
 REQUIRED_TOP_LEVEL_KEYS = ("images", "annotations", "categories")
 REQUIRED_IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -289,6 +292,9 @@ class SelectionSpec:
         `n_qualifying` says how many annotations of the image qualified. "first" keeps N1's
         one-target-per-image design; the smallest id is independent of file order and seed, and
         `n_qualifying > 1` lets an analysis drop images where another candidate object remains.
+    include_question_images: every qualifying image that has a VQA question (the ids handed to
+        `select_targets` as `required_image_ids`: Neo et al.'s 100 question images) is selected,
+        and the seeded sample fills the rest up to `max_images`.
     """
 
     split: str = "train2017"
@@ -299,6 +305,7 @@ class SelectionSpec:
     max_images: int | None = 1000
     seed: int = 0
     targets_per_image: Literal["first", "all"] = "first"
+    include_question_images: bool = False
 
     def __post_init__(self) -> None:
         low, high = self.target_area_range
@@ -330,21 +337,33 @@ def qualifying_targets(dataset: CocoDataset, image_id: int, spec: SelectionSpec)
     ]
 
 
-def select_targets(dataset: CocoDataset, spec: SelectionSpec) -> pd.DataFrame:
+def select_targets(dataset: CocoDataset, spec: SelectionSpec, required_image_ids: Iterable[int] = ()) -> pd.DataFrame:
     """Images and their target object under `spec`, one row per image (or per target, see spec).
 
+    `required_image_ids`: images kept whenever they qualify, before the seeded sample fills the
+    rest up to `max_images` (`spec.include_question_images`; given without it, an error).
     Columns: TARGET_COLUMNS (bbox split into bbox_x, bbox_y, bbox_w, bbox_h in COCO's xywh).
     Rows sorted by image_id then annotation_id. Deterministic for a given file and spec.
     """
+    required = {int(i) for i in required_image_ids}
+    if required and not spec.include_question_images:
+        raise ValueError("select_targets: required_image_ids given but SelectionSpec.include_question_images is off")
     if dataset.split != spec.split:
         raise ValueError(f"SelectionSpec.split is '{spec.split}' but the dataset was loaded "
                          f"with split '{dataset.split}' ({dataset.annotation_file})")
     qualifying = {image_id: targets for image_id in dataset.image_ids()
                   if (targets := qualifying_targets(dataset, image_id, spec))}
-    kept_ids = sorted(qualifying)
-    if spec.max_images is not None and len(kept_ids) > spec.max_images:
+    kept_required = sorted(required & set(qualifying))
+    if len(kept_required) < len(required):
+        log.warning("select_targets: %d of the %d required images have no qualifying target in %s: %s",
+                    len(required) - len(kept_required), len(required), spec.split,
+                    sorted(required - set(qualifying))[:20])
+    kept_ids = sorted(set(qualifying) - set(kept_required))
+    room = None if spec.max_images is None else max(spec.max_images - len(kept_required), 0)
+    if room is not None and len(kept_ids) > room:
         rng = np.random.default_rng(spec.seed)
-        kept_ids = sorted(int(i) for i in rng.choice(kept_ids, size=spec.max_images, replace=False))
+        kept_ids = [int(i) for i in rng.choice(kept_ids, size=room, replace=False)] if room else []
+    kept_ids = sorted([*kept_required, *kept_ids])
     rows = []
     for image_id in kept_ids:
         targets = qualifying[image_id]

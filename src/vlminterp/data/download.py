@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import random
 import re
@@ -42,6 +43,8 @@ import requests
 import urllib3
 
 from vlminterp.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 OFFICIAL_BASE_URL = "http://images.cocodataset.org"
 #: Size and MD5 of the official annotations_trainval2017.zip.
@@ -629,3 +632,47 @@ def download_images(spec: CocoDownloadSpec, selection: Mapping[str, Iterable[int
                                 failures=report.failures, report=report)
     return report
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Single files (small released data files, e.g. the authors' questions and mean vectors)
+# ----------------------------------------------------------------------------------------------
+def _sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_file(path: Path, size: int | None, sha256: str | None) -> None:
+    """Raise ValueError naming ``path`` when its size or SHA-256 differs from the expected one."""
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        raise ValueError(f"{path.name} is {actual_size} bytes, expected {size}")
+    if sha256 is not None and (actual := _sha256(path)) != sha256.lower():
+        raise ValueError(f"{path.name} has SHA-256 {actual}, expected {sha256}")
+
+
+def download_file(url: str, dest: str | os.PathLike, *, size: int | None, sha256: str | None, retries: int = 5,
+                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep) -> Path:
+    """Fetch one file to ``dest`` with the COCO machinery (``.part`` resume, retries with backoff)
+    and check its size and SHA-256; a file already at ``dest`` that passes the check is kept.
+    Raises ``CocoDownloadError`` naming the URL when it cannot get a file that passes."""
+    dest = Path(dest)
+    if dest.is_file():
+        try:
+            check_file(dest, size, sha256)
+            return dest
+        except ValueError as exc:
+            log.warning("%s: existing file fails its check (%s); downloading it again", dest, exc)
+            dest.unlink()
+    fetcher = _Fetcher(CocoDownloadSpec(retries=retries), session, sleep)
+    try:
+        fetcher.fetch(url, dest, lambda part: check_file(part, size, sha256))
+    except (_Transient, _Permanent) as exc:
+        raise CocoDownloadError(f"could not download {url} to {dest}: {exc}",
+                                failures=[{"url": url, "path": str(dest), "error": str(exc)}]) from None
+    finally:
+        fetcher.close()
+    return dest

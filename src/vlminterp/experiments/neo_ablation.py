@@ -62,7 +62,7 @@ from tqdm import tqdm
 from vlminterp.data.cells import random_cells
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, TargetCells, PromptSpec, answer_first_token,
-                                              encode, vqa_questions)
+                                              encode, question_image_ids, vqa_questions)
 from vlminterp.interventions import Ablation, AdaptiveBatch, Condition, InterventionEngine
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 
@@ -81,7 +81,9 @@ _NO = re.compile(r"^\W*no\b", re.IGNORECASE)
 class AblationSpec:
     """Settings of N1 (defaults: the paper's).
 
-    replacement: "mean" (the streaming mean image embedding) or "zero".
+    replacement: "mean" (the mean image embedding) or "zero".
+    mean_vector: which mean: "run" (this run's streaming mean) or "authors" (Neo et al.'s released
+        one); the workflow hands the chosen file to the stage.
     settings: which of "generative", "polling", "vqa" to run.
     random_counts: sizes n of the random-token baselines (capped at the number of image tokens).
     register_std: register tokens have an L2 norm above mean + this many std (within the image).
@@ -93,6 +95,7 @@ class AblationSpec:
     """
 
     replacement: str = "mean"
+    mean_vector: str = "run"
     settings: tuple[str, ...] = SETTINGS
     random_counts: tuple[int, ...] = (5, 10, 20, 40, 60, 100, 250)
     register_std: float = 2.0
@@ -106,6 +109,8 @@ class AblationSpec:
     def __post_init__(self):
         if self.replacement not in ("mean", "zero"):
             raise ValueError(f"replacement must be 'mean' or 'zero', got {self.replacement!r}")
+        if self.mean_vector not in ("run", "authors"):
+            raise ValueError(f"mean_vector must be 'run' or 'authors', got {self.mean_vector!r}")
         unknown = set(self.settings) - set(SETTINGS)
         if unknown or not self.settings:
             raise ValueError(f"settings must be a non-empty subset of {SETTINGS}, got {self.settings}")
@@ -227,6 +232,7 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
     tokenizer = processor.tokenizer
     vector = mean if spec.replacement == "mean" else None
     questions = vqa_questions(dataset, selection, prompts)  # the IG target is the VQA answer
+    vqa_images = question_image_ids(prompts)  # None: every target; else the VQA setting's images
     rows: list[dict] = []
     for target in tqdm(list(selection.itertuples(index=False)), desc="token ablation", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
@@ -270,7 +276,7 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
                              "p_correct": None if p_correct is None else float(p_correct[index]),
                              "answer": answer, "excluded": ""})
 
-        if "vqa" in spec.settings:
+        if "vqa" in spec.settings and (vqa_images is None or image_id in vqa_images):
             logits = engine.logits(vqa_input, conditions_for(vqa_input))[:, -1].float()
             probs = logits.softmax(dim=-1)
             top = logits.argmax(dim=-1).tolist()

@@ -46,7 +46,8 @@ import torch
 from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode, vqa_questions
+from vlminterp.experiments.neo_common import (CellSpec, TargetCells, PromptSpec, answer_first_token, encode,
+                                              question_image_ids, vqa_questions)
 from vlminterp.interventions import BATCH_COLUMNS, Condition, InterventionEngine, Knockout
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
     """The N3 table (module docstring)."""
     engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size, stage="N3 attention blocking")
     tokenizer = processor.tokenizer
+    asked = question_image_ids(prompts)
+    if asked is not None:  # the authors' design: N3 runs on the images that have a question
+        selection = selection[selection["image_id"].isin(asked)]
     questions = vqa_questions(dataset, selection, prompts)
     windows = layer_windows(adapter.n_layers, spec)
     rows: list[dict] = []

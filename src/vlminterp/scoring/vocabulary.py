@@ -9,8 +9,13 @@
 
 File format (YAML): ``categories`` maps each category name to its surface forms; ``ignore``
 (optional) lists phrases that block shorter matches but name nothing; ``plurals`` (optional,
-default true) adds regular plurals of every form. A bare mapping ``category: [forms]`` is also
-accepted. Matching rules are those of ``vlminterp.scoring.mentions`` (whole words, any case,
+default true) adds regular plurals of every form; ``dropped_beside`` (optional) maps a form to a
+category beside which it names nothing (CHAIR: "seat" is no chair in a text about a toilet);
+``animal_qualifiers`` (optional; CHAIR's "baby bird is a bird, not a person" rule) has
+``qualifiers`` (e.g. [baby, adult]), ``categories`` (the animal categories: "<qualifier> <form>" is
+added as a form of the category, for every form) and ``other_animals`` (animals outside the
+categories: "<qualifier> <animal>" names nothing, so "adult panda" is no person). A bare mapping
+``category: [forms]`` is also accepted. Matching rules are those of ``vlminterp.scoring.mentions`` (whole words, any case,
 longest match first). A category always matches its own name.
 """
 from __future__ import annotations
@@ -31,7 +36,8 @@ log = logging.getLogger(__name__)
 
 _PACKAGE = "vlminterp.scoring"
 _FOLDER = "synonyms"
-_TOP_LEVEL_KEYS = {"name", "categories", "ignore", "plurals"}
+_TOP_LEVEL_KEYS = {"name", "categories", "ignore", "plurals", "dropped_beside", "animal_qualifiers"}
+_QUALIFIER_KEYS = {"qualifiers", "categories", "other_animals"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +50,7 @@ class SynonymVocabulary:
         ignore: phrases that win the longest-match race but are never reported.
         plurals: add regular plurals of every form and ignored phrase.
         source: where it came from (a file path, or "built from N categories").
+        dropped_beside: form -> category: the form names nothing in a text mentioning the category.
     """
 
     name: str
@@ -51,6 +58,7 @@ class SynonymVocabulary:
     ignore: tuple[str, ...] = ()
     plurals: bool = True
     source: str = field(default="", repr=False)
+    dropped_beside: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cats = {}
@@ -67,7 +75,8 @@ class SynonymVocabulary:
 
     @functools.cached_property
     def matcher(self) -> MentionMatcher:
-        return MentionMatcher(self.categories, plurals=self.plurals, ignore=self.ignore)
+        return MentionMatcher(self.categories, plurals=self.plurals, ignore=self.ignore,
+                              dropped_beside=self.dropped_beside)
 
     def find(self, text: str) -> list[Mention]:
         """Every category mention in ``text``, left to right."""
@@ -90,12 +99,12 @@ class SynonymVocabulary:
             return self
         log.info("vocabulary %s: adding %d categories without synonyms: %s", self.name, len(missing), missing)
         return SynonymVocabulary(self.name, {**self.categories, **{c: (c,) for c in missing}},
-                                 self.ignore, self.plurals, self.source)
+                                 self.ignore, self.plurals, self.source, self.dropped_beside)
 
     def to_dict(self) -> dict[str, Any]:
         """The file format (round-trips through ``vocabulary_from_dict``)."""
         return {"name": self.name, "categories": {c: list(f) for c, f in self.categories.items()},
-                "ignore": list(self.ignore), "plurals": self.plurals}
+                "ignore": list(self.ignore), "plurals": self.plurals, "dropped_beside": dict(self.dropped_beside)}
 
 
 VocabularyLike = SynonymVocabulary | Mapping[str, Iterable[str]]
@@ -129,8 +138,10 @@ def vocabulary_from_dict(data: Mapping[str, Any], *, name: str = "custom", sourc
         ignore = data.get("ignore") or ()
         plurals = data.get("plurals", True)
         name = data.get("name", name)
+        dropped_beside = data.get("dropped_beside") or {}
+        qualifiers = data.get("animal_qualifiers")
     else:
-        categories, ignore, plurals = data, (), True
+        categories, ignore, plurals, dropped_beside, qualifiers = data, (), True, {}, None
     if not isinstance(categories, Mapping) or not categories:
         raise ValueError(f"{where}: 'categories' must be a non-empty mapping of category -> list of forms")
     if isinstance(ignore, str) or not all(isinstance(p, str) for p in ignore):
@@ -143,11 +154,38 @@ def vocabulary_from_dict(data: Mapping[str, Any], *, name: str = "custom", sourc
         bad = [f for f in forms if not isinstance(f, str)]
         if bad:
             raise ValueError(f"{where}: forms of {category!r} must be strings, got {bad!r}")
+    if not isinstance(dropped_beside, Mapping):
+        raise ValueError(f"{where}: 'dropped_beside' must map a form to a category")
+    categories = {str(c): tuple(f) for c, f in categories.items()}
+    if qualifiers is not None:
+        categories, ignore = _qualify_animals(qualifiers, categories, tuple(ignore), where)
     try:
-        return SynonymVocabulary(str(name), {str(c): tuple(f) for c, f in categories.items()},
-                                 tuple(ignore), plurals, source)
+        return SynonymVocabulary(str(name), categories, tuple(ignore), plurals, source, dict(dropped_beside))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+def _qualify_animals(spec: Any, categories: dict[str, tuple[str, ...]], ignore: tuple[str, ...], where: str,
+                     ) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """CHAIR's qualifier rule: "<qualifier> <animal form>" names the animal's category (not a
+    person, though "baby"/"adult" alone are persons); "<qualifier> <other animal>" names nothing."""
+    if not isinstance(spec, Mapping) or set(spec) - _QUALIFIER_KEYS or "qualifiers" not in spec:
+        raise ValueError(f"{where}: 'animal_qualifiers' must be a mapping with 'qualifiers' and optional "
+                         f"'categories', 'other_animals' (lists); got {spec!r}")
+    lists = {key: spec.get(key) or [] for key in _QUALIFIER_KEYS}
+    for key, words in lists.items():
+        if isinstance(words, str) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"{where}: animal_qualifiers.{key} must be a list of strings")
+    unknown = [c for c in lists["categories"] if c not in categories]
+    if unknown:
+        raise ValueError(f"{where}: animal_qualifiers.categories names unknown categories {unknown}")
+    qualified = dict(categories)
+    for category in lists["categories"]:
+        qualified[category] = tuple(dict.fromkeys(
+            [*categories[category], *(f"{q} {form}" for form in (category, *categories[category])
+                                      for q in lists["qualifiers"])]))
+    extra_ignore = [f"{q} {animal}" for animal in lists["other_animals"] for q in lists["qualifiers"]]
+    return qualified, tuple(dict.fromkeys([*ignore, *extra_ignore]))
 
 
 def vocabulary_from_categories(categories: Iterable[str | Mapping[str, Any]], *, name: str = "categories",
