@@ -4,7 +4,7 @@
         df.to_csv(tmp, index=False)
     write_table(df, "results/x/table.csv")            # same, csv or parquet by suffix
     write_json({"a": 1}, "results/x/summary.json")
-    write_yaml(config, "results/x/effective_config.yaml")
+    write_yaml(config, "results/x/config/effective_config.yaml")
 """
 from __future__ import annotations
 

@@ -153,6 +153,8 @@ def test_sharded_run_gives_the_same_tables(tiny_run, tmp_path):
 
 
 def test_llm_judge_stage_scores_the_same_generations(tiny_run, tmp_path):
+    """In a copy of the tiny run, so the shared run keeps its own config (and effective config)."""
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "judged", symlinks=True)
     with FakeChatServer() as server:
         config = yaml.safe_load(TINY_CONFIG.read_text())
         config["kaduri"]["knockout"] = {"llm_judge": {"enabled": True, "base_url": server.base_url,

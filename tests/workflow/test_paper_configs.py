@@ -3,6 +3,7 @@ it lists its whole DAG on a machine without weights or a GPU, and it means exact
 plus the schema's defaults, never the default run's config.yaml."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -34,7 +35,8 @@ def local_model(tmp_path_factory):
 
 
 def _snakemake(checkout, *args):
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=checkout, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([str(SNAKEMAKE), *args], cwd=checkout, capture_output=True, text=True, env=env)
 
 
 def leaves(tree: dict, prefix: tuple = ()):
@@ -76,12 +78,12 @@ def test_paper_dag_dry_run(checkout, config):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_means_what_it_says(checkout, local_model, tmp_path, config):
-    """The effective config (results/<run>/effective_config.yaml) holds every value of the file, and
+    """The effective config (results/<run>/config/effective_config.yaml) holds every value of the file, and
     every key of config.yaml that the file leaves unset has the schema's default."""
     overlay = {"device": "cpu", "model": {"pretrained": {"id": str(local_model)}}}  # no GPU, no hub
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     given = yaml.safe_load(config.read_text())
-    target = f"results/{given['run']}/effective_config.yaml"
+    target = f"results/{given['run']}/config/effective_config.yaml"
     proc = _snakemake(checkout, "--cores", "1", "--configfile", f"configs/{config.name}",
                       str(tmp_path / "overlay.yaml"), "--", target)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -50,7 +50,7 @@ def test_nothing_left_to_do_afterwards(rehearsal):
 def test_the_effective_config_is_the_papers(rehearsal):
     """Run from a root with config.yaml beside it: the paper's area rule, not the default run's
     (every config: tests/workflow/test_paper_configs.py)."""
-    effective = yaml.safe_load((rehearsal.run_dir / "effective_config.yaml").read_text())
+    effective = yaml.safe_load((rehearsal.run_dir / "config" / "effective_config.yaml").read_text())
     assert effective["config_files"][0] == PAPER_CONFIG
     assert effective["neo"]["selection"]["target_area_range"] == [1000.0, 2000.0]
     assert effective["neo"]["selection"]["exclude_crowd_targets"] is True
@@ -102,7 +102,7 @@ def _crop_cell_sets(mask: np.ndarray) -> set[tuple[int, int]]:
 
 def test_object_cells_are_the_masks_pixels_under_the_crop(rehearsal, coco_train):
     cells = _table(rehearsal, "neo/cells.csv")
-    effective = yaml.safe_load((rehearsal.run_dir / "effective_config.yaml").read_text())
+    effective = yaml.safe_load((rehearsal.run_dir / "config" / "effective_config.yaml").read_text())
     assert effective["neo"]["cells"]["geometry"] == "crop" and effective["neo"]["cells"]["min_overlap"] == 0
     for annotation_id, part in cells.groupby("annotation_id"):
         mask = coco_train.annToMask(coco_train.anns[int(annotation_id)])
