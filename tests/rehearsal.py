@@ -10,7 +10,7 @@ real tokenizer, with only what this machine cannot have replaced:
 - the device (cpu: no GPU), image counts and generation lengths (`OVERRIDES`);
 - Neo et al.'s released files: coco-mini holds none of their 100 question images and the tiny model
   is not LLaVA-1.5-7B (their mean is 4096-d), so the rehearsal asks the template question on every
-  target and keeps its own mean (tests/workflow/test_authors_data.py runs their files by the CLI).
+  target and keeps its own mean (tests/workflow/test_authors_data_cli.py runs their files by the CLI).
 
     run = rehearse(tmp_dir)      # -> Rehearsal(root, run_dir, checkpoint, mirror, proc, seconds)
 """
