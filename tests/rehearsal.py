@@ -81,6 +81,13 @@ def copy_checkout(destination: Path) -> Path:
     return destination
 
 
+def snakemake_in(checkout: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `snakemake *args` from the root of a checkout copy, importing that copy's library."""
+    env = {**os.environ, "PYTHONHASHSEED": "0",
+           "PYTHONPATH": os.pathsep.join([str(checkout / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([str(SNAKEMAKE), *args], cwd=checkout, capture_output=True, text=True, env=env)
+
+
 def write_checkpoint(directory: Path) -> Path:
     """A tiny random-weight LLaVA with LLaVA-1.5-7B's layout and real processor, saved in bf16."""
     import torch

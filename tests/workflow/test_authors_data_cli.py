@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
 import pandas as pd
 import pytest
 import yaml
 from coco_mirror import MirrorServer, build_mirror_from_coco
-from rehearsal import SNAKEMAKE, copy_checkout
+from rehearsal import snakemake_in
 from shared_fixtures import COCO_MINI, LLAVA_INTERP, require
 
 from vlminterp.data.authors_data import questions_table
@@ -23,22 +22,7 @@ pytestmark = pytest.mark.workflow
 AUTHORS_RULES = {"download_authors_file", "convert_authors_questions", "compare_mean_vectors"}
 
 
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory):
-    return copy_checkout(tmp_path_factory.mktemp("checkout"))
-
-
-@pytest.fixture(scope="module")
-def local_model(tmp_path_factory):
-    from vlminterp.models.synthetic import build_synthetic, save_synthetic
-
-    directory = tmp_path_factory.mktemp("model")
-    save_synthetic(*build_synthetic("tiny-llama"), directory)
-    return directory
-
-
-def _snakemake(checkout, *args):
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=checkout, capture_output=True, text=True)
+_snakemake = snakemake_in  # from the checkout copy's root (fixtures `checkout`, `local_model`: conftest.py)
 
 
 def _planned(checkout, *configs):

@@ -3,14 +3,12 @@ it lists its whole DAG on a machine without weights or a GPU, and it means exact
 plus the schema's defaults, never the default run's config.yaml."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
 import pytest
 import yaml
 
-from rehearsal import ROOT, SNAKEMAKE, copy_checkout
+from rehearsal import ROOT, snakemake_in
 
 pytestmark = pytest.mark.workflow
 
@@ -19,24 +17,7 @@ SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text
 MISSING = object()
 
 
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory):
-    return copy_checkout(tmp_path_factory.mktemp("checkout"))
-
-
-@pytest.fixture(scope="module")
-def local_model(tmp_path_factory):
-    """A saved tiny LLaVA: a local model directory the early model checks accept."""
-    from vlminterp.models.synthetic import build_synthetic, save_synthetic
-
-    directory = tmp_path_factory.mktemp("model")
-    save_synthetic(*build_synthetic("tiny-llama"), directory)
-    return directory
-
-
-def _snakemake(checkout, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=checkout, capture_output=True, text=True, env=env)
+_snakemake = snakemake_in  # from the checkout copy's root (fixtures `checkout`, `local_model`: conftest.py)
 
 
 def leaves(tree: dict, prefix: tuple = ()):
