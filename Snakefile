@@ -70,5 +70,5 @@ localrules:
 
 rule all:
     input:
-        FINAL_OUTPUTS,
+        get_final_output(),
     default_target: True

@@ -126,6 +126,29 @@ def _cross_key_problems(config: dict) -> Iterator[str]:
                    f"must be equal (and divide dataset.shapes.image_size)")
 
 
+def _neo_problems(config: dict) -> Iterator[str]:
+    """Where the Neo stages' VQA questions, mean vector and splits come from must agree."""
+    neo, dataset = config["neo"], config["dataset"]
+    authors = neo["authors_data"]
+    questions_file = authors["questions"] or neo["prompts"]["vqa_questions_file"]
+    if authors["questions"] and neo["prompts"]["vqa_questions_file"]:
+        yield ("neo.authors_data.questions supplies the VQA questions file; set "
+               f"neo.prompts.vqa_questions_file to null (it is {neo['prompts']['vqa_questions_file']!r})")
+    for key, needs in (("neo.selection.include_question_images", neo["selection"]["include_question_images"]),
+                       ("neo.prompts.vqa_images: with_question", neo["prompts"]["vqa_images"] == "with_question")):
+        if needs and not questions_file:
+            yield (f"{key} needs a questions file: set neo.authors_data.questions or "
+                   "neo.prompts.vqa_questions_file")
+    if neo["ablation"]["mean_vector"] == "authors" and not authors["mean_vector"]:
+        yield ("neo.ablation.mean_vector: authors needs neo.authors_data.mean_vector (the authors' file for "
+               "this model; they released one for LLaVA-1.5-7B and one for LLaVA-Phi-3-mini)")
+    if dataset["kind"] == "coco":
+        for key in ("selection", "mean"):
+            if neo[key]["split"] != dataset["split"]:
+                yield (f"neo.{key}.split: {neo[key]['split']!r} must equal dataset.split={dataset['split']!r} "
+                       "for COCO: only that split's images are downloaded")
+
+
 def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dict:
     """Fill the schema's defaults into `config` and raise ConfigError listing every problem.
 
@@ -133,7 +156,7 @@ def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dic
     schema = yaml.safe_load(Path(schema_path).read_text())
     problems = list(dict.fromkeys(_schema_problems(config, schema)))
     if not problems:
-        problems = list(dict.fromkeys(_cross_key_problems(config)))
+        problems = list(dict.fromkeys([*_cross_key_problems(config), *_neo_problems(config)]))
     if problems:
         origin = ", ".join(str(s) for s in sources) or "the config"
         lines = "\n".join(f"  - {p}" for p in problems)

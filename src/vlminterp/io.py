@@ -94,3 +94,17 @@ def write_yaml(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100))
+
+
+def write_effective_config(config: dict, sources: list[str], path: str | os.PathLike, log: str | os.PathLike) -> None:
+    """Write a run's effective config (`config_files` = where it came from, then every value) and a
+    one-line log; sources are shown relative when inside the working directory, else absolute."""
+    def shown(source: str) -> str:
+        if source == "--config":
+            return source
+        relative = os.path.relpath(source)
+        return os.path.abspath(source) if relative.startswith("..") else relative
+
+    shown_sources = [shown(source) for source in sources]
+    write_yaml({"config_files": shown_sources, **dict(config)}, path)
+    Path(log).write_text(f"{path}: the config of {', '.join(shown_sources)} with the schema's defaults\n")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from vlminterp.artifacts import restore_pulled_stages, run_stage_dirs
 from vlminterp.config_checks import ConfigError, check_config, check_judge_key
+from vlminterp.io import write_effective_config
 from vlminterp.sharding import shard_names
 from vlminterp.stale_locks import clear_stale_locks
 
@@ -67,9 +68,11 @@ def uses_organism():
 
 
 DATASET = config["dataset"]
-# Selection tables (one row per image, columns image_id + file_name) whose images a run needs;
-# stages append theirs so rule download_coco_images fetches exactly the union.
-IMAGE_SELECTIONS = []
+NEO = config["neo"]
+AUTHORS_DATA = NEO["authors_data"]
+KADURI = config["kaduri"]
+# The software environment of every job (`--sdm conda`): each one imports the vlminterp library.
+LIBRARY_ENV = "../../envs/torch.yaml"
 
 
 def uses_shapes():
@@ -94,6 +97,13 @@ def get_annotations():
     if uses_shapes():
         return results("data/shapes")
     return f"{dataset_root()}/annotations/instances_{DATASET['split']}.json"
+
+
+def dataset_dir_of_input(wildcards, input):
+    """Params function: the dataset root a job reads, found from its dataset input (the shapes world
+    directory itself; under COCO's root, annotations/instances_<split>.json or images/<split>.manifest.csv)."""
+    path = input.world if "world" in input.keys() else input.annotations
+    return path if uses_shapes() else str(Path(path).parent.parent)
 
 
 def get_model_dir():
@@ -171,15 +181,112 @@ onstart:
     check_secrets()
 
 
-# Every stage's .smk appends the figures and tables it contributes to `rule all`.
-FINAL_OUTPUTS = []
-
-
 def shards(n_images):
     """Shard ids ("000", ...) splitting `n_images` per-image jobs (sharding.images_per_shard)."""
     return shard_names(n_images, config["sharding"]["images_per_shard"])
 
 
 def shard_outputs(pattern, n_images):
-    """The per-shard files a gather rule concatenates: `pattern` with each `{shard}` filled in."""
+    """The per-shard files a gather job concatenates: `pattern` with each `{shard}` filled in."""
     return expand(results(pattern), shard=shards(n_images))
+
+
+# ---- Neo et al. (N1-N3) -----------------------------------------------------------------------
+def neo_vocabulary():
+    """Synonym vocabulary of the Neo stages: neo.vocabulary, or the one named after the dataset kind."""
+    return NEO["vocabulary"] or DATASET["kind"]
+
+
+def neo_images():
+    """Most targets the Neo stages study (fixes their number of shards)."""
+    return NEO["selection"]["max_images"]
+
+
+def neo_questions_file():
+    """The VQA questions file: the authors' questions converted, the user's file, or None (template)."""
+    if AUTHORS_DATA["questions"]:
+        return results("neo/authors_questions.csv")
+    return NEO["prompts"]["vqa_questions_file"]
+
+
+def neo_questions_input():
+    """{"questions": file} when the run asks questions from a file (so stages rerun when it changes)."""
+    return {"questions": neo_questions_file()} if neo_questions_file() else {}
+
+
+def neo_stage_params():
+    """Params every per-image Neo stage passes to vlminterp.experiments.neo_common.load_stage_inputs."""
+    return dict(model=model_spec(), dataset_dir=dataset_dir_of_input, split=NEO["selection"]["split"], cells=NEO["cells"],
+                prompts={**NEO["prompts"], "vqa_questions_file": neo_questions_file()},
+                vocabulary=neo_vocabulary(), images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
+
+
+def neo_stage_inputs():
+    """Inputs every per-image Neo stage reads (after rules select_neo_targets and map_object_cells)."""
+    return dict(world=get_dataset_dir(), selection=rules.select_neo_targets.output[0],
+                cells=rules.map_object_cells.output[0], model=get_model_dir(), **neo_questions_input())
+
+
+def neo_ablation_mean():
+    """The mean the ablation replaces embeddings with: this run's, or the authors' (neo.ablation.mean_vector)."""
+    if NEO["ablation"]["mean_vector"] == "authors":
+        return results("neo/authors_mean_embedding.safetensors")
+    return rules.compute_mean_embedding.output[0]
+
+
+# ---- Kaduri et al. (K1-K4) --------------------------------------------------------------------
+def kaduri_split():
+    """Dataset split of the K stages: kaduri.split, else dataset.split."""
+    return KADURI["split"] or DATASET["split"]
+
+
+def kaduri_shards(pattern):
+    """The shard files of a per-image K stage (n_images split by sharding.images_per_shard)."""
+    return shard_outputs(pattern, KADURI["n_images"])
+
+
+def kaduri_vocabulary():
+    """Synonym vocabulary of the judges: kaduri.vocabulary, else the dataset kind's (shapes, coco)."""
+    return KADURI["vocabulary"] or DATASET["kind"]
+
+
+def kaduri_session():
+    """Keyword arguments of vlminterp.experiments.kaduri_common.open_session."""
+    return dict(model=model_spec(), dataset_dir=dataset_root(), split=kaduri_split(),
+                batch_size=KADURI["batch_size"],
+                prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
+                            geometry=KADURI["geometry"]))
+
+
+# ---- what a run makes ---------------------------------------------------------------------------
+def get_image_selections(wildcards):
+    """Selection tables (image_id, file_name) whose images a COCO run downloads: the union of the
+    Neo targets, the mean's images and the Kaduri images (rule download_coco_images)."""
+    return [rules.select_neo_targets.output[0], rules.select_mean_images.output[0],
+            rules.select_kaduri_images.output[0]]
+
+
+def get_final_output():
+    """What the default target asks for: each stage's summary tables and figures, the effective
+    config, and the optional stages this config enables."""
+    final = [
+        rules.write_effective_config.output[0],
+        *rules.plot_token_ablation.output,
+        rules.gather_token_ablation.output[0],
+        *rules.plot_logit_lens.output,
+        rules.gather_logit_lens_scores.output[0],
+        rules.write_logit_lens_pages.output[0],
+        *rules.plot_attention_blocking.output,
+        rules.gather_attention_blocking.output[0],
+        *rules.plot_attention_fractions.output,
+        *rules.plot_group_knockouts.output,
+        *rules.plot_localization.output,
+        *rules.plot_reprompting.output,
+    ]
+    if uses_organism():
+        final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]
+    if AUTHORS_DATA["mean_vector"]:
+        final.append(rules.compare_mean_vectors.output.comparison)
+    if KADURI["knockout"]["llm_judge"]["enabled"]:
+        final.append(rules.judge_group_knockouts_llm.output.summary)
+    return final

@@ -10,6 +10,8 @@ rule generate_world:
         seed=SEED,
     log:
         logs("generate_world"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/generate_world.py"
 
@@ -22,6 +24,8 @@ rule download_coco_annotations:
         coco=DATASET["coco"],
     log:
         logs("download_coco_annotations_{split}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/download_coco_annotations.py"
 
@@ -29,12 +33,14 @@ rule download_coco_annotations:
 rule download_coco_images:
     input:
         annotations=get_annotations(),
-        selections=lambda wildcards: IMAGE_SELECTIONS,
+        selections=get_image_selections,
     output:
         manifest=f"{dataset_root()}/images/{{split}}.manifest.csv",
     params:
         coco=DATASET["coco"],
     log:
         logs("download_coco_images_{split}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/download_coco_images.py"

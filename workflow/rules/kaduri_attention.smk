@@ -1,15 +1,10 @@
 # K1 (Kaduri et al.): share of the generated tokens' attention per layer and token group.
 
-FINAL_OUTPUTS.extend([
-    results("kaduri/attention/summary.csv"),
-    results("kaduri/attention/fractions.png"),
-])
-
 
 rule measure_attention_fractions:
     input:
         world=get_dataset_dir(),
-        images=results("kaduri/images.csv"),
+        images=rules.select_kaduri_images.output[0],
         model=get_model_dir(),
     output:
         results("kaduri/attention/shards/{shard}.csv"),
@@ -26,6 +21,8 @@ rule measure_attention_fractions:
         **model_resources(),
     log:
         logs("measure_attention_fractions/{shard}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/measure_attention_fractions.py"
 
@@ -37,13 +34,15 @@ rule gather_attention_fractions:
         results("kaduri/attention/fractions.csv"),
     log:
         logs("gather_attention_fractions"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/gather_shards.py"
 
 
 rule plot_attention_fractions:
     input:
-        results("kaduri/attention/fractions.csv"),
+        rules.gather_attention_fractions.output[0],
     output:
         summary=report(results("kaduri/attention/summary.csv"), caption=caption("attention_summary"),
                        category="Kaduri et al.", subcategory="K1 attention fractions"),
@@ -54,5 +53,7 @@ rule plot_attention_fractions:
         seed=SEED,
     log:
         logs("plot_attention_fractions"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_attention_fractions.py"

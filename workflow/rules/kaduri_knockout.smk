@@ -1,20 +1,11 @@
 # K2 (Kaduri et al.): attention knockout between token groups; descriptions scored by the offline
 # judge (and, when kaduri.knockout.llm_judge.enabled, by an LLM judge in its own rule).
 
-FINAL_OUTPUTS.extend([
-    results("kaduri/knockout/summary.csv"),
-    results("kaduri/knockout/conditions.png"),
-    results("kaduri/knockout/start_layer.png"),
-    results("kaduri/knockout/windows.png"),
-])
-if KADURI["knockout"]["llm_judge"]["enabled"]:
-    FINAL_OUTPUTS.append(results("kaduri/knockout/llm_judge_summary.csv"))
-
 
 rule run_group_knockouts:
     input:
         world=get_dataset_dir(),
-        images=results("kaduri/images.csv"),
+        images=rules.select_kaduri_images.output[0],
         model=get_model_dir(),
     output:
         results("kaduri/knockout/shards/{shard}.csv"),
@@ -32,6 +23,8 @@ rule run_group_knockouts:
         **model_resources(),
     log:
         logs("run_group_knockouts/{shard}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/run_group_knockouts.py"
 
@@ -43,13 +36,15 @@ rule gather_group_knockouts:
         results("kaduri/knockout/descriptions.csv"),
     log:
         logs("gather_group_knockouts"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/gather_shards.py"
 
 
 rule plot_group_knockouts:
     input:
-        table=results("kaduri/knockout/descriptions.csv"),
+        table=rules.gather_group_knockouts.output[0],
         annotations=get_annotations(),
     output:
         summary=report(results("kaduri/knockout/summary.csv"), caption=caption("knockout_summary"),
@@ -60,18 +55,20 @@ rule plot_group_knockouts:
         windows=figure("kaduri/knockout/windows.png", "knockout_windows", "Kaduri et al.", "K2 knockout"),
         pdfs=[results(f"kaduri/knockout/{name}.pdf") for name in ("conditions", "start_layer", "windows")],
     params:
-        dataset_dir=dataset_root(),
+        dataset_dir=dataset_dir_of_input,
         split=kaduri_split(),
         seed=SEED,
     log:
         logs("plot_group_knockouts"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_group_knockouts.py"
 
 
 rule judge_group_knockouts_llm:
     input:
-        results("kaduri/knockout/descriptions.csv"),
+        rules.gather_group_knockouts.output[0],
     output:
         table=results("kaduri/knockout/llm_judge.csv"),
         summary=report(results("kaduri/knockout/llm_judge_summary.csv"), caption=caption("knockout_llm_judge"),
@@ -83,5 +80,7 @@ rule judge_group_knockouts_llm:
         seed=SEED,
     log:
         logs("judge_group_knockouts_llm"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/judge_group_knockouts_llm.py"

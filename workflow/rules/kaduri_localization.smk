@@ -1,15 +1,10 @@
 # K3 (Kaduri et al.): does the attention of a generated object word peak on the object?
 
-FINAL_OUTPUTS.extend([
-    results("kaduri/localization/summary.csv"),
-    results("kaduri/localization/accuracy.png"),
-])
-
 
 rule localize_objects:
     input:
         world=get_dataset_dir(),
-        images=results("kaduri/images.csv"),
+        images=rules.select_kaduri_images.output[0],
         model=get_model_dir(),
     output:
         results("kaduri/localization/shards/{shard}.csv"),
@@ -27,6 +22,8 @@ rule localize_objects:
         **model_resources(),
     log:
         logs("localize_objects/{shard}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/localize_objects.py"
 
@@ -38,13 +35,15 @@ rule gather_localization:
         results("kaduri/localization/peaks.csv"),
     log:
         logs("gather_localization"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/gather_shards.py"
 
 
 rule plot_localization:
     input:
-        results("kaduri/localization/peaks.csv"),
+        rules.gather_localization.output[0],
     output:
         summary=report(results("kaduri/localization/summary.csv"), caption=caption("localization_summary"),
                        category="Kaduri et al.", subcategory="K3 localization"),
@@ -55,5 +54,7 @@ rule plot_localization:
         seed=SEED,
     log:
         logs("plot_localization"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_localization.py"

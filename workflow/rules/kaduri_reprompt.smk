@@ -1,24 +1,21 @@
 # K4 (Kaduri et al.): answer POPE-style yes/no questions from compressed caches of the describe prompt.
 
-FINAL_OUTPUTS.extend([
-    results("kaduri/reprompt/summary.csv"),
-    results("kaduri/reprompt/accuracy.png"),
-])
-
 
 rule build_reprompt_questions:
     input:
         annotations=get_annotations(),
-        images=results("kaduri/images.csv"),
+        images=rules.select_kaduri_images.output[0],
     output:
         results("kaduri/reprompt/questions.csv"),
     params:
-        dataset_dir=dataset_root(),
+        dataset_dir=dataset_dir_of_input,
         split=kaduri_split(),
         questions_per_image=KADURI["reprompt"]["questions_per_image"],
         seed=SEED,
     log:
         logs("build_reprompt_questions"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/build_reprompt_questions.py"
 
@@ -26,8 +23,8 @@ rule build_reprompt_questions:
 rule answer_reprompt_questions:
     input:
         world=get_dataset_dir(),
-        images=results("kaduri/images.csv"),
-        questions=results("kaduri/reprompt/questions.csv"),
+        images=rules.select_kaduri_images.output[0],
+        questions=rules.build_reprompt_questions.output[0],
         model=get_model_dir(),
     output:
         results("kaduri/reprompt/shards/{shard}.csv"),
@@ -44,6 +41,8 @@ rule answer_reprompt_questions:
         **model_resources(),
     log:
         logs("answer_reprompt_questions/{shard}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/answer_reprompt_questions.py"
 
@@ -55,13 +54,15 @@ rule gather_reprompt_answers:
         results("kaduri/reprompt/answers.csv"),
     log:
         logs("gather_reprompt_answers"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/gather_shards.py"
 
 
 rule plot_reprompting:
     input:
-        results("kaduri/reprompt/answers.csv"),
+        rules.gather_reprompt_answers.output[0],
     output:
         summary=report(results("kaduri/reprompt/summary.csv"), caption=caption("reprompt_summary"),
                        category="Kaduri et al.", subcategory="K4 re-prompting"),
@@ -71,5 +72,7 @@ rule plot_reprompting:
         seed=SEED,
     log:
         logs("plot_reprompting"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_reprompting.py"

@@ -1,10 +1,5 @@
 # Neo et al. N3: attention blocking from the last position (and into the last image row), per layer window.
 
-FINAL_OUTPUTS.extend([
-    results("neo/blocking/blocking.csv"),
-    results("neo/blocking/blocking_drops.png"),
-])
-
 
 rule block_object_attention:
     input:
@@ -19,6 +14,8 @@ rule block_object_attention:
         **model_resources(),
     log:
         logs("block_object_attention/{shard}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/block_object_attention.py"
 
@@ -30,13 +27,15 @@ rule gather_attention_blocking:
         results("neo/blocking/blocking.csv"),
     log:
         logs("gather_attention_blocking"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/gather_shards.py"
 
 
 rule plot_attention_blocking:
     input:
-        results("neo/blocking/blocking.csv"),
+        rules.gather_attention_blocking.output[0],
     output:
         png=figure("neo/blocking/blocking_drops.png", "neo_blocking_drops", "Neo et al.", "N3 attention blocking"),
         pdf=results("neo/blocking/blocking_drops.pdf"),
@@ -46,5 +45,7 @@ rule plot_attention_blocking:
         resamples=config["neo"]["bootstrap_resamples"],
     log:
         logs("plot_attention_blocking"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_neo.py"

@@ -1,11 +1,5 @@
 # Neo et al. N2: logit lens on visual tokens (top-k per position and layer, object vs background curves).
 
-FINAL_OUTPUTS.extend([
-    results("neo/logit_lens/scores.csv"),
-    results("neo/logit_lens/lens_curves.png"),
-    results("neo/logit_lens/pages"),
-])
-
 
 rule apply_logit_lens:
     input:
@@ -21,6 +15,8 @@ rule apply_logit_lens:
         **model_resources(),
     log:
         logs("apply_logit_lens/{shard}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/apply_logit_lens.py"
 
@@ -32,6 +28,8 @@ rule gather_logit_lens_topk:
         results("neo/logit_lens/topk.csv.gz"),
     log:
         logs("gather_logit_lens_topk"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/gather_shards.py"
 
@@ -43,13 +41,15 @@ rule gather_logit_lens_scores:
         results("neo/logit_lens/scores.csv"),
     log:
         logs("gather_logit_lens_scores"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/gather_shards.py"
 
 
 rule plot_logit_lens:
     input:
-        results("neo/logit_lens/scores.csv"),
+        rules.gather_logit_lens_scores.output[0],
     output:
         png=figure("neo/logit_lens/lens_curves.png", "neo_lens_curves", "Neo et al.", "N2 logit lens"),
         pdf=results("neo/logit_lens/lens_curves.pdf"),
@@ -59,24 +59,28 @@ rule plot_logit_lens:
         resamples=config["neo"]["bootstrap_resamples"],
     log:
         logs("plot_logit_lens"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_neo.py"
 
 
 rule write_logit_lens_pages:
     input:
-        topk=results("neo/logit_lens/topk.csv.gz"),
-        selection=results("neo/selection.csv"),
-        cells=results("neo/cells.csv"),
+        topk=rules.gather_logit_lens_topk.output[0],
+        selection=rules.select_neo_targets.output[0],
+        cells=rules.map_object_cells.output[0],
         world=get_dataset_dir(),
     output:
         # not a report item: a pure-HTML report cannot hold a directory (open pages/index.html)
         directory(results("neo/logit_lens/pages")),
     params:
-        dataset_dir=dataset_root(),
+        dataset_dir=dataset_dir_of_input,
         split=config["neo"]["selection"]["split"],
         max_pages=config["neo"]["logit_lens"]["html_images"],
     log:
         logs("write_logit_lens_pages"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/write_logit_lens_pages.py"

@@ -4,65 +4,6 @@ import re
 
 from vlminterp.data.authors_data import AUTHORS_FILES
 
-AUTHORS_DATA = config["neo"]["authors_data"]
-
-
-def neo_vocabulary():
-    """Synonym vocabulary of the Neo stages: neo.vocabulary, or the one named after the dataset kind."""
-    return config["neo"]["vocabulary"] or config["dataset"]["kind"]
-
-
-def neo_images():
-    """Most targets the Neo stages study (fixes their number of shards)."""
-    return config["neo"]["selection"]["max_images"]
-
-
-
-def neo_questions_file():
-    """The VQA questions file: the authors' questions converted, the user's file, or None (template)."""
-    if AUTHORS_DATA["questions"]:
-        return results("neo/authors_questions.csv")
-    return config["neo"]["prompts"]["vqa_questions_file"]
-
-
-def neo_questions_input():
-    """{"questions": file} when the run asks questions from a file (so stages rerun when it changes)."""
-    return {"questions": neo_questions_file()} if neo_questions_file() else {}
-
-
-def neo_stage_params():
-    """Params every per-image Neo stage passes to vlminterp.experiments.neo_common.load_stage_inputs."""
-    return dict(model=model_spec(), dataset_dir=dataset_root(), split=config["neo"]["selection"]["split"], cells=config["neo"]["cells"],
-                prompts={**config["neo"]["prompts"], "vqa_questions_file": neo_questions_file()},
-                vocabulary=neo_vocabulary(), images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
-
-
-def neo_stage_inputs():
-    """Inputs every per-image Neo stage reads."""
-    return dict(world=get_dataset_dir(), selection=results("neo/selection.csv"), cells=results("neo/cells.csv"),
-                model=get_model_dir(), **neo_questions_input())
-
-
-if AUTHORS_DATA["questions"] and config["neo"]["prompts"]["vqa_questions_file"]:
-    raise WorkflowError("neo.authors_data.questions supplies the VQA questions file; set "
-                        "neo.prompts.vqa_questions_file to null (it is "
-                        f"{config['neo']['prompts']['vqa_questions_file']!r})")
-for key, needs in (("neo.selection.include_question_images", config["neo"]["selection"]["include_question_images"]),
-                   ("neo.prompts.vqa_images: with_question", config["neo"]["prompts"]["vqa_images"] == "with_question")):
-    if needs and not neo_questions_file():
-        raise WorkflowError(f"{key} needs a questions file: set neo.authors_data.questions or "
-                            "neo.prompts.vqa_questions_file")
-
-
-IMAGE_SELECTIONS.append(results("neo/selection.csv"))
-
-if not uses_shapes():
-    for key in ("selection", "mean"):
-        if config["neo"][key]["split"] != DATASET["split"]:
-            raise WorkflowError(
-                f"neo.{key}.split={config['neo'][key]['split']!r} must equal dataset.split="
-                f"{DATASET['split']!r} for COCO: only that split's images are downloaded")
-
 
 localrules:
     download_authors_file,
@@ -79,6 +20,8 @@ rule download_authors_file:
         retries=AUTHORS_DATA["retries"],
     log:
         logs("download_authors_file_{name}"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/download_authors_file.py"
 
@@ -90,6 +33,8 @@ rule convert_authors_questions:
         results("neo/authors_questions.csv"),
     log:
         logs("convert_authors_questions"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/convert_authors_questions.py"
 
@@ -101,11 +46,13 @@ rule select_neo_targets:
     output:
         results("neo/selection.csv"),
     params:
-        dataset_dir=dataset_root(),
+        dataset_dir=dataset_dir_of_input,
         selection=config["neo"]["selection"],
         seed=SEED,
     log:
         logs("select_neo_targets"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/select_neo_targets.py"
 
@@ -113,16 +60,18 @@ rule select_neo_targets:
 rule map_object_cells:
     input:
         annotations=get_annotations(),
-        selection=results("neo/selection.csv"),
+        selection=rules.select_neo_targets.output[0],
         model=get_model_dir(),
     output:
         results("neo/cells.csv"),
     params:
-        dataset_dir=dataset_root(),
+        dataset_dir=dataset_dir_of_input,
         cells=config["neo"]["cells"],
         split=config["neo"]["selection"]["split"],
         model=model_spec(),
     log:
         logs("map_object_cells"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/map_object_cells.py"

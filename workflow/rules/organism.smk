@@ -1,12 +1,5 @@
 # Model organism: a tiny LLaVA trained from scratch on the shapes world, then evaluated.
 
-if uses_organism():
-    FINAL_OUTPUTS.extend([
-        results("organism/training_loss.png"),
-        results("organism/evaluation_summary.csv"),
-        results("organism/evaluation.png"),
-    ])
-
 
 rule train_organism:
     input:
@@ -21,6 +14,8 @@ rule train_organism:
         **model_resources(),
     log:
         logs("train_organism"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/train_organism.py"
 
@@ -33,6 +28,8 @@ rule plot_training_curve:
         pdf=results("organism/training_loss.pdf"),
     log:
         logs("plot_training_curve"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_training_curve.py"
 
@@ -55,17 +52,21 @@ rule evaluate_organism:
         **model_resources(),
     log:
         logs("evaluate_organism"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/evaluate_organism.py"
 
 
 rule plot_organism_evaluation:
     input:
-        results("organism/evaluation_summary.csv"),
+        rules.evaluate_organism.output.summary,
     output:
         png=figure("organism/evaluation.png", "evaluation", "Model organism"),
         pdf=results("organism/evaluation.pdf"),
     log:
         logs("plot_organism_evaluation"),
+    conda:
+        LIBRARY_ENV
     script:
         "../scripts/plot_organism_evaluation.py"
