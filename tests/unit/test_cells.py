@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from cocofixtures import CocoBuilder
 
-from vlminterp.data.cells import (PixelBoxes, background_cells, cell_overlap, cells_to_positions, chebyshev_distance,
+from vlminterp.geometry import (PixelBoxes, background_cells, cell_overlap, cells_to_positions, chebyshev_distance,
                                   dilate_cells, dilate_tokens, even_edges, last_row_cells, last_row_tokens,
                                   mask_tokens, matched_random_cells, object_cells, random_cells, token_distance,
                                   uniform_cell_boxes)

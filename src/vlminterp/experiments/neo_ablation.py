@@ -7,12 +7,12 @@
 
 Ablation replaces the post-projector embeddings at chosen image positions, before LM layer 0,
 with the mean image embedding (a streaming mean over other images, `neo_common`) or with zeros.
-Conditions per image (token sets over the image's tokens, `neo_common.TargetCells`; for tiled
+Conditions per image (token sets over the image's tokens, `geometry.TargetCells`; for tiled
 families every tile and InternVL's thumbnail included; `condition` names them):
   none                 the unablated run (the inclusion test);
   object_b{b}          the target's tokens dilated b times (b in CellSpec.buffers), in every tile
                        the object shows in: InternVL's object tokens include the thumbnail's
-                       tokens that overlap the object (`neo_common.map_object_cells`);
+                       tokens that overlap the object (`geometry.map_object_cells`);
   random_matched_b{b}  as many random tokens as object_b{b}, drawn among the image's non-object
                        tokens (outside its b=0 tokens, any tile); skipped when too few exist;
   random_n{n}          n random cells anywhere (n in `random_counts`, capped at the number of image
@@ -59,10 +59,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vlminterp.data.cells import random_cells
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, TargetCells, PromptSpec, answer_first_token,
-                                              encode, question_image_ids, vqa_questions)
+from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, PromptSpec, answer_first_token, encode,
+                                              question_image_ids, vqa_questions)
+from vlminterp.geometry import TargetCells, random_cells
 from vlminterp.interventions import Ablation, AdaptiveBatch, Condition, InterventionEngine
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 

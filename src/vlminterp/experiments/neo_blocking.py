@@ -6,7 +6,7 @@
                                    prompts=PromptSpec(), spec=BlockingSpec(), cell_spec=CellSpec())
 
 VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets (token sets of
-`neo_common.TargetCells`: every tile, InternVL's thumbnail included):
+`geometry.TargetCells`: every tile, InternVL's thumbnail included):
   object_b{b}        the last prompt position may not attend to the object's tokens dilated b times;
   non_object         ... nor to any image token outside the object's b=0 tokens (the control);
   object_to_last_row the last row of image tokens (those not themselves object tokens) may not
@@ -46,8 +46,9 @@ import torch
 from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import (CellSpec, TargetCells, PromptSpec, answer_first_token, encode,
-                                              question_image_ids, vqa_questions)
+from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, encode, question_image_ids,
+                                              vqa_questions)
+from vlminterp.geometry import TargetCells
 from vlminterp.interventions import BATCH_COLUMNS, Condition, InterventionEngine, Knockout
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,8 @@ import torch
 from transformers import DynamicCache
 
 from ..models.adapters import VLMAdapter, adapter_for
-from ..models.adapters.base import RopePositions, token_ids
+from ..models.adapters.config_values import token_ids
+from ..models.adapters.positions import RopePositions
 from .ablation import apply_ablations
 from .batching import AdaptiveBatch
 from .conditions import Condition, ConditionLike, as_condition

@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from ..models.adapters.base import token_ids
+from ..models.adapters.config_values import token_ids
 from .ablation import replace_embeddings
 from .attention import use_attention_function
 from .conditions import ConditionLike, as_condition

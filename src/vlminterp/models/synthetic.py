@@ -48,6 +48,7 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfi
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from .adapters.internvl import ImageOnlyInternVLProcessor
+from .adapters.prompt import LLAVA_SYSTEM_PROMPT
 from .adapters.qwen2_vl import ImageOnlyQwen2VLProcessor
 
 IMAGE_TOKEN = "<image>"
@@ -69,11 +70,6 @@ CHATML_SPECIAL_TOKENS = (
     "<|vision_start|>",
     "<|vision_end|>",
     *QWEN2_VL_TOKENS.values(),
-)
-
-LLAVA_SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the human's questions."
 )
 
 # A fixed corpus so the tokenizer (and hence every synthetic model) is deterministic. It covers the
