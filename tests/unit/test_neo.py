@@ -22,7 +22,8 @@ from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first
                                               encode, load_mean_embedding, mean_image_ids, question_image_ids,
                                               save_mean_embedding, vqa_questions)
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
-from vlminterp.interventions import BatchOutOfMemoryError, InterventionEngine, capture_residual
+from vlminterp.batching import BatchOutOfMemoryError
+from vlminterp.interventions import InterventionEngine, capture_residual
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -49,7 +49,8 @@ import torch
 
 from vlminterp.data.coco import CocoDataset
 from vlminterp.geometry import TargetCells, cells_by_image, check_geometry
-from vlminterp.interventions import AdaptiveBatch, StreamingMean
+from vlminterp.batching import AdaptiveBatch
+from vlminterp.interventions import StreamingMean
 from vlminterp.io import atomic_path
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from transformers import DynamicCache
 
 from ..models.adapters.positions import RopePositions
 from .engine import EosIds, greedy_continue, until_eos
-from .knockout import From, Knockout, Positions, explicit_positions, knockout
+from .knockout import Knockout, knockout
+from .positions import From, Positions, explicit_positions
 
 
 class PromptCache(DynamicCache):

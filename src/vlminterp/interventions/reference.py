@@ -31,7 +31,8 @@ from .ablation import replace_embeddings
 from .attention import use_attention_function
 from .conditions import ConditionLike, as_condition
 from .engine import EosIds, until_eos
-from .knockout import Knockout, explicit_positions, open_start
+from .knockout import Knockout
+from .positions import explicit_positions, open_start
 
 
 def _positions_below(positions, limit: int) -> list[int]:
