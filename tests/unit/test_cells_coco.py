@@ -32,11 +32,11 @@ from pycocotools.coco import COCO
 from shared_fixtures import COCO_MINI, require
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.geometry import EXCLUDED_OUTSIDE_CROP, cells_by_image, map_object_cells, mask_tokens
 from vlminterp.data.coco import SelectionSpec, select_targets
 from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
 from vlminterp.experiments.neo_common import CellSpec, PromptSpec
+from vlminterp.geometry import EXCLUDED_OUTSIDE_CROP, cells_by_image, map_object_cells, mask_tokens
 from vlminterp.scoring.vocabulary import load_vocabulary
 from vlminterp.stats import excluded_counts, excluded_note
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlminterp.geometry import (category_mask, cell_overlap, chebyshev_distance, dilate_cells, object_tokens,
-                                token_distance)
+from vlminterp.batching import BatchOutOfMemoryError
 from vlminterp.data.coco import CocoDataset
 from vlminterp.data.questions import build_pope_questions
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
@@ -26,7 +25,8 @@ from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, 
 from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization, summarize_localization
 from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
                                                    summarize_reprompting, top_k_count)
-from vlminterp.batching import BatchOutOfMemoryError
+from vlminterp.geometry import (category_mask, cell_overlap, chebyshev_distance, dilate_cells, object_tokens,
+                                token_distance)
 from vlminterp.interventions import From, reference_generate
 from vlminterp.interventions.capture import capture_attention as capture
 from vlminterp.models.adapters import LLAVA_SYSTEM_PROMPT, TOKEN_GROUPS

@@ -12,8 +12,6 @@ import pytest
 import torch
 from cocofixtures import CocoBuilder
 
-from vlminterp.geometry import (cells_by_image, dilate_tokens, last_row_tokens, map_object_cells, object_tokens,
-                                token_distance)
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.experiments import neo_ablation, neo_blocking
 from vlminterp.experiments.kaduri_common import DescribePrompt, KaduriSession, select_images
@@ -21,6 +19,8 @@ from vlminterp.experiments.kaduri_localization import LocalizationSpec, localiza
 from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
 from vlminterp.experiments.neo_common import CellSpec, PromptSpec, compute_mean_embedding
+from vlminterp.geometry import (cells_by_image, dilate_tokens, last_row_tokens, map_object_cells, object_tokens,
+                                token_distance)
 from vlminterp.interventions import InterventionEngine
 from vlminterp.scoring.vocabulary import load_vocabulary
 

@@ -47,9 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vlminterp.batching import AdaptiveBatch
 from vlminterp.data.coco import CocoDataset
 from vlminterp.geometry import TargetCells, cells_by_image, check_geometry
-from vlminterp.batching import AdaptiveBatch
 from vlminterp.interventions import StreamingMean
 from vlminterp.io import atomic_path
 

@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from vlminterp.data.shapes import load_world_spec
 from vlminterp.batching import BATCH_COLUMNS, AdaptiveBatch
+from vlminterp.data.shapes import load_world_spec
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.organism.tasks import VQA_ANSWER_PREFIX, TaskExample, load_scenes, task_examples
 from vlminterp.scoring.mentions import MentionMatcher
