@@ -25,8 +25,7 @@ from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, 
 from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization, summarize_localization
 from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
                                                    summarize_reprompting, top_k_count)
-from vlminterp.geometry import (category_mask, cell_overlap, chebyshev_distance, dilate_cells, object_tokens,
-                                token_distance)
+from vlminterp.geometry import category_mask, cell_overlap, chebyshev_distance, dilate_cells, object_tokens
 from vlminterp.interventions import From, reference_generate
 from vlminterp.interventions.capture import capture_attention as capture
 from vlminterp.models.adapters import LLAVA_SYSTEM_PROMPT, TOKEN_GROUPS

@@ -22,7 +22,7 @@ from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first
                                               encode, load_mean_embedding, mean_image_ids, question_image_ids,
                                               save_mean_embedding, vqa_questions)
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
-from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells, uniform_cell_boxes
+from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells
 from vlminterp.interventions import InterventionEngine, capture_residual
 from vlminterp.scoring.vocabulary import load_vocabulary
 
