@@ -125,8 +125,8 @@ def checkpoint_model(size: str, words: list[str]):
         processor = build_processor(words, image_size=336, patch_size=14, special_ids=LLAVA_1_5_SPECIAL_IDS,
                                     vocab_size=config.text_config.vocab_size)
     elif size == "tiny":
-        config = synthetic_config(with_sizes("tiny-llama", **TINY_SIZES))
         processor = build_processor(words, **TINY_SIZES)
+        config = synthetic_config(with_sizes("tiny-llama", **TINY_SIZES), tokenizer=processor.tokenizer)
     else:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     tokenizer = processor.tokenizer
@@ -135,14 +135,9 @@ def checkpoint_model(size: str, words: list[str]):
            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     image_id = tokenizer.convert_tokens_to_ids(IMAGE)
     text = config.text_config
-    if size == "7b":
-        found = {key: getattr(text, key) for key in ids} | {"image_token_id": config.image_token_id}
-        if found != ids | {"image_token_id": image_id}:
-            raise AssertionError(f"tokenizer layout {ids} does not match LLaVA-1.5-7B's config {found}")
-    else:
-        for key, value in ids.items():
-            setattr(text, key, value)
-        config.image_token_id, config.pad_token_id = image_id, tokenizer.pad_token_id
+    found = {key: getattr(text, key) for key in ids} | {"image_token_id": config.image_token_id}
+    if found != ids | {"image_token_id": image_id}:
+        raise AssertionError(f"tokenizer layout {ids} does not match the {size} config's {found}")
     return config, processor
 
 

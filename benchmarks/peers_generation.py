@@ -26,7 +26,7 @@ from benchmarks.common import finish, start, summarize, time_interleaved
 from benchmarks.generation_batched import NO_EOS, k2_conditions
 from benchmarks.peers_knockout import boot_bridge
 from vlminterp.interventions import From, InterventionEngine, as_condition
-from vlminterp.interventions.knockout import explicit_positions
+from vlminterp.interventions.positions import explicit_positions
 
 
 def knocked_rows(knockout, num_queries: int, num_keys: int):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vlminterp.data.cells import uniform_cell_boxes
+from vlminterp.geometry import uniform_cell_boxes
 
 # tokens a decoder can produce that would break a naive page
 NASTY_TOKENS = [

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlminterp.models.adapters import LlavaAdapter, PatchGrid, UnsupportedModelError, adapter_for
+from vlminterp.geometry import PatchGrid
+from vlminterp.models.adapters import LlavaAdapter, UnsupportedModelError, adapter_for
 from vlminterp.models.synthetic import SYNTHETIC_VARIANTS, build_processor
 
 # ---------------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from cocofixtures import CocoBuilder
 
-from vlminterp.data.cells import (PixelBoxes, background_cells, cell_overlap, cells_to_positions, chebyshev_distance,
-                                  dilate_cells, dilate_tokens, even_edges, last_row_cells, last_row_tokens,
-                                  mask_tokens, matched_random_cells, object_cells, random_cells, token_distance,
-                                  uniform_cell_boxes)
 from vlminterp.data.coco import CocoDataset
+from vlminterp.geometry import (PixelBoxes, TokenLayout, background_cells, cell_overlap, cells_to_positions,
+                                chebyshev_distance, dilate_cells, dilate_tokens, even_edges, last_row_cells,
+                                last_row_tokens, mask_tokens, matched_random_cells, object_cells, random_cells,
+                                token_distance, uniform_cell_boxes)
 
 SUPERSAMPLE = 8
 
@@ -193,19 +193,33 @@ def test_random_cells_counts_and_errors():
         random_cells((4, 5), 1, rng=0, exclude=exclude)
 
 
-class _Layout:
+def _layout() -> TokenLayout:
     """Two tiles: a 3x4 grid then a 2x2 grid (a thumbnail, say), row-major within each."""
+    return TokenLayout(tile=np.array([0] * 12 + [1] * 4),
+                       row=np.concatenate([np.arange(12) // 4, np.arange(4) // 2]),
+                       col=np.concatenate([np.arange(12) % 4, np.arange(4) % 2]),
+                       tile_shapes=((3, 4), (2, 2)))
 
-    tile_shapes = ((3, 4), (2, 2))
 
-    def __init__(self):
-        self.tile = np.array([0] * 12 + [1] * 4)
-        self.row = np.concatenate([np.arange(12) // 4, np.arange(4) // 2])
-        self.col = np.concatenate([np.arange(12) % 4, np.arange(4) % 2])
+def test_token_layout_indexes_tiles_in_any_token_order():
+    layout = _layout()
+    assert (layout.num_tokens, layout.num_tiles) == (16, 2)
+    assert layout.token_index(1, 1, 0) == 14 and layout.token_index(0, 2, 3) == 11
+    assert layout.grid_of(np.arange(16), 1).tolist() == [[12, 13], [14, 15]]
+    order = np.random.default_rng(0).permutation(16)  # the same cells, tokens in another order
+    shuffled = TokenLayout(layout.tile[order], layout.row[order], layout.col[order], layout.tile_shapes)
+    shuffled.check()
+    assert shuffled.grid_of(order, 0).tolist() == np.arange(12).reshape(3, 4).tolist()
+    assert all(order[shuffled.token_index(t, r, c)] == layout.token_index(t, r, c)
+               for t, r, c in layout.cells())
+    with pytest.raises(IndexError, match="outside tile 1's 2x2 grid"):
+        layout.token_index(1, 2, 0)
+    with pytest.raises(ValueError, match="do not cover its 2x2 grid"):
+        TokenLayout(layout.tile[:15], layout.row[:15], layout.col[:15], layout.tile_shapes).check()
 
 
 def test_token_functions_act_within_each_tile():
-    layout = _Layout()
+    layout = _layout()
     selected = np.zeros(16, dtype=bool)
     selected[3] = True  # tile 0, (0, 3): the tile's right edge
     dilated = dilate_tokens(layout, selected, 1)

@@ -32,11 +32,11 @@ from pycocotools.coco import COCO
 from shared_fixtures import COCO_MINI, require
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.data.cells import EXCLUDED_OUTSIDE_CROP, mask_tokens
 from vlminterp.data.coco import SelectionSpec, select_targets
-from vlminterp.experiments.neo_ablation import AblationSpec, polling_accuracy, run_token_ablation
+from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
-from vlminterp.experiments.neo_common import CellSpec, PromptSpec, cells_by_image, map_object_cells
+from vlminterp.experiments.neo_common import CellSpec, PromptSpec
+from vlminterp.geometry import EXCLUDED_OUTSIDE_CROP, cells_by_image, map_object_cells, mask_tokens
 from vlminterp.scoring.vocabulary import load_vocabulary
 from vlminterp.stats import excluded_counts, excluded_note
 
@@ -205,7 +205,6 @@ def test_targets_outside_the_crop_are_excluded_and_counted_by_n1_and_n3(train201
                                   spec=AblationSpec(), cell_spec=CellSpec())
     assert len(ablation) == 3 * len(outside) and not ablation["included"].any() and set(ablation["condition"]) == {"none"}
     assert excluded_counts(ablation) == {EXCLUDED_OUTSIDE_CROP: len(outside)}
-    assert polling_accuracy(ablation).empty
     blocking = run_attention_blocking(model, processor, adapter, dataset, chosen, grids, prompts=prompts,
                                       spec=BlockingSpec(), cell_spec=CellSpec())
     assert len(blocking) == len(outside) and excluded_counts(blocking) == {EXCLUDED_OUTSIDE_CROP: len(outside)}

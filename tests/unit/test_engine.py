@@ -8,9 +8,8 @@ import torch
 from helpers import continuation_ids, mixed_conditions
 from oomfixtures import out_of_memory_above
 
+from vlminterp.batching import AdaptiveBatch, BatchOutOfMemoryError
 from vlminterp.interventions import (
-    AdaptiveBatch,
-    BatchOutOfMemoryError,
     From,
     InterventionEngine,
     Knockout,
@@ -115,7 +114,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_results(synthetic, make_in
     assert clean.batches.columns() == {"batch_size": 16, "oom_retries": 0}
 
     engine = InterventionEngine(model, adapter, max_batch_size=16, stage="test stage")
-    with caplog.at_level(logging.WARNING, logger="vlminterp.interventions.batching"), \
+    with caplog.at_level(logging.WARNING, logger="vlminterp.batching"), \
             out_of_memory_above(adapter.language_model, 3) as oom:
         logits = engine.logits(engine.prepare(ids, pixels), conditions, positions=None)
         mark = engine.batches.retries

@@ -19,13 +19,13 @@ from vlminterp.data.shapes import ShapesWorldSpec, generate_world
 from vlminterp.experiments.kaduri_common import DescribePrompt, KaduriSession
 from vlminterp.experiments.kaduri_knockout import KnockoutSpec, image_knockouts
 from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
-from vlminterp.experiments.neo_common import CellSpec, PromptSpec, cells_by_image, encode as neo_encode
-from vlminterp.experiments.neo_common import map_object_cells
+from vlminterp.experiments.neo_common import CellSpec, PromptSpec, encode as neo_encode
+from vlminterp.geometry import cells_by_image, map_object_cells
 from vlminterp.interventions import InterventionEngine, reference_generate
 from vlminterp.interventions.cache import continue_generation, prefill_cache, select_cache
 from vlminterp.interventions.engine import until_eos
 from vlminterp.models.adapters import adapter_for
-from vlminterp.models.adapters.base import token_ids
+from vlminterp.models.adapters.config_values import token_ids
 from vlminterp.models.loading import ModelSpec, load_model
 from vlminterp.models.synthetic import save_synthetic
 from vlminterp.scoring.vocabulary import load_vocabulary

@@ -11,24 +11,24 @@ import pytest
 import torch
 from PIL import Image
 
-from vlminterp.data.cells import cell_overlap, chebyshev_distance, dilate_cells, token_distance
+from vlminterp.batching import BatchOutOfMemoryError
 from vlminterp.data.coco import CocoDataset
 from vlminterp.data.questions import build_pope_questions
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
 from vlminterp.experiments.kaduri_attention import (AttentionFractionSpec, attention_fractions, key_shares,
                                                     summarize_attention_fractions)
-from vlminterp.experiments.kaduri_common import (KEY_GROUPS, LLAVA_SYSTEM_PROMPT, DescribePrompt, KaduriSession,
-                                                 dataset_vocabulary, mask_cells, run_shard, select_images,
-                                                 token_mentions, token_spans)
+from vlminterp.experiments.kaduri_common import (KEY_GROUPS, DescribePrompt, KaduriSession, dataset_vocabulary,
+                                                 run_shard, select_images, token_mentions, token_spans)
 from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, group_knockouts,
                                                    knockout_chance, knockout_conditions, llm_judge_knockouts,
                                                    summarize_knockouts, window_grid)
 from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization, summarize_localization
 from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
                                                    summarize_reprompting, top_k_count)
-from vlminterp.interventions import BatchOutOfMemoryError, From, reference_generate
+from vlminterp.geometry import category_mask, cell_overlap, chebyshev_distance, dilate_cells, object_tokens
+from vlminterp.interventions import From, reference_generate
 from vlminterp.interventions.capture import capture_attention as capture
-from vlminterp.models.adapters import TOKEN_GROUPS
+from vlminterp.models.adapters import LLAVA_SYSTEM_PROMPT, TOKEN_GROUPS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the fake chat server
 from fake_chat_server import FakeChatServer  # noqa: E402
@@ -308,7 +308,7 @@ def test_object_cells_use_the_adapter_geometry_painted_image(synthetic, geometry
         valid = ~np.isnan(boxes).any(axis=1)
         overlap[valid] = cell_overlap(mask, boxes[valid][None])[0]
         overlap = overlap.reshape(g.rows, g.cols)
-        cells = mask_cells(adapter, mask, geometry)  # per token = the grid's cells, row-major
+        cells, _ = object_tokens(adapter, mask, geometry)  # per token = the grid's cells, row-major
         np.testing.assert_array_equal(cells, (overlap > 0).reshape(-1))
         # resampling blurs edges: compare where the answer is unambiguous
         assert np.all(red_share[overlap > 0.6] > 0.3), (geometry, size, overlap, red_share)
@@ -357,9 +357,8 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
         means = table[table["head"] == -1].sort_values("layer")
         for layer, peak in zip(means["layer"], means["peak_cell"]):
             assert peak == int(record.image_row(layer, position).mean(0).argmax())
-        from vlminterp.experiments.kaduri_common import category_mask
 
-        cells = mask_cells(session.adapter, category_mask(dataset, int(row["image_id"]), category)).reshape(-1)
+        cells = object_tokens(session.adapter, category_mask(dataset, int(row["image_id"]), category))[0].reshape(-1)
         assert (table["hit"] == cells[table["peak_cell"]]).all()
         assert table["chance"].iloc[0] == pytest.approx(cells.mean())
     summary = summarize_localization(table, band_width=2)
@@ -370,7 +369,6 @@ def test_localization_excludes_and_counts_a_mention_without_object_cells(synthet
     """A mention whose object has no cell (here: its mask emptied) gets one excluded row, and the
     summary leaves it out of the accuracy and counts it."""
     import vlminterp.experiments.kaduri_localization as k3
-    from vlminterp.experiments.kaduri_common import category_mask
 
     session = _session(synthetic, dataset)
     images = select_images(dataset, 6, seed=0)

@@ -12,18 +12,18 @@ import yaml
 from cocofixtures import CocoBuilder
 from oomfixtures import out_of_memory_above
 
-from vlminterp.data.cells import cell_box_grid, cell_overlap, uniform_cell_boxes
+from vlminterp.batching import BatchOutOfMemoryError
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
 from vlminterp.experiments.neo_ablation import (AblationSpec, integrated_gradients, register_cells,
                                                 run_token_ablation)
 from vlminterp.experiments.neo_blocking import BlockingSpec, fraction_window, layer_windows, run_attention_blocking
-from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, cells_by_image,
-                                              compute_mean_embedding, encode, load_mean_embedding,
-                                              map_object_cells, mean_image_ids, question_image_ids,
+from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, compute_mean_embedding,
+                                              encode, load_mean_embedding, mean_image_ids, question_image_ids,
                                               save_mean_embedding, vqa_questions)
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
-from vlminterp.interventions import BatchOutOfMemoryError, InterventionEngine, capture_residual
+from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells
+from vlminterp.interventions import InterventionEngine, capture_residual
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,15 +12,15 @@ import pytest
 import torch
 from cocofixtures import CocoBuilder
 
-from vlminterp.data.cells import dilate_tokens, last_row_tokens, token_distance
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.experiments import neo_ablation, neo_blocking
-from vlminterp.experiments.kaduri_common import DescribePrompt, KaduriSession, mask_cells, select_images
+from vlminterp.experiments.kaduri_common import DescribePrompt, KaduriSession, select_images
 from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization
 from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
-from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, cells_by_image, compute_mean_embedding,
-                                              map_object_cells)
+from vlminterp.experiments.neo_common import CellSpec, PromptSpec, compute_mean_embedding
+from vlminterp.geometry import (cells_by_image, dilate_tokens, last_row_tokens, map_object_cells, object_tokens,
+                                token_distance)
 from vlminterp.interventions import InterventionEngine
 from vlminterp.scoring.vocabulary import load_vocabulary
 
@@ -123,7 +123,7 @@ def test_object_tokens_equal_the_brute_force_per_tile(variant, synthetic, datase
                 np.testing.assert_array_equal(got[in_tile], (distance <= b)[in_tile], err_msg=f"{image_id} t{tile} b{b}")
             np.testing.assert_array_equal(dilate_tokens(cells, base, b), distance <= b)
         np.testing.assert_array_equal(token_distance(cells, base), distance)
-        np.testing.assert_array_equal(mask_cells(adapter, dataset.annotation_mask(int(part.annotation_id.iloc[0]))),
+        np.testing.assert_array_equal(object_tokens(adapter, dataset.annotation_mask(int(part.annotation_id.iloc[0])))[0],
                                       base)  # K3's mapping is the same
         target = cells_by_image(part)[image_id]
         assert target.tile_shapes == cells.tile_shapes

@@ -102,8 +102,7 @@ def test_judge_identical_is_one_and_empty_is_zero(tiny_run):
 
 def test_localization_uses_the_adapter_cell_geometry(tiny_run):
     from vlminterp.data.coco import CocoDataset
-    from vlminterp.data.cells import token_distance
-    from vlminterp.experiments.kaduri_common import category_mask, mask_cells
+    from vlminterp.geometry import category_mask, object_tokens, token_distance
     from vlminterp.models.adapters import adapter_for
     from vlminterp.models.organism import load_organism
 
@@ -114,7 +113,7 @@ def test_localization_uses_the_adapter_cell_geometry(tiny_run):
     dataset = CocoDataset.load(_out(tiny_run) / "data" / "shapes", "val")
     for (image_id, category), rows in peaks.groupby(["image_id", "category"]):
         mask = category_mask(dataset, int(image_id), category)
-        cells = mask_cells(adapter, mask, "crop")
+        cells, _ = object_tokens(adapter, mask, "crop")
         assert (rows["n_object_cells"] == cells.sum()).all()
         distance = token_distance(adapter.image_cells(mask.shape[::-1], "crop"), cells)
         np.testing.assert_array_equal(rows["distance"], distance[rows["peak_cell"]])

@@ -1,7 +1,7 @@
 """Rule compute_mean_embedding: streaming mean of the post-projector image embedding (N1's ablation vector)."""
+from vlminterp.batching import AdaptiveBatch
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import compute_mean_embedding, save_mean_embedding
-from vlminterp.interventions import AdaptiveBatch
 from vlminterp.io import read_table
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.loading import ModelSpec, load_model

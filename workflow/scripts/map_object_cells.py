@@ -1,6 +1,7 @@
 """Rule map_object_cells: each target's mask on the model's image-token grid (overlap, buffers)."""
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import CellSpec, load_adapter_geometry, map_object_cells
+from vlminterp.experiments.neo_common import CellSpec, load_adapter_geometry
+from vlminterp.geometry import map_object_cells
 from vlminterp.io import read_table, write_table
 from vlminterp.models.loading import ModelSpec
 from vlminterp.runtime import rule_context

@@ -1,7 +1,7 @@
 """Rule write_logit_lens_pages: one self-contained interactive logit-lens page per image + an index."""
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import cells_by_image
 from vlminterp.experiments.neo_logit_lens import write_lens_pages
+from vlminterp.geometry import cells_by_image
 from vlminterp.io import atomic_path, read_table
 from vlminterp.runtime import rule_context
 

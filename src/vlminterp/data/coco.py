@@ -269,10 +269,6 @@ class CocoDataset:
         return segmentation_to_mask(ann.get("segmentation"), info["height"], info["width"],
                                     where=f"{self.annotation_file}: annotation {annotation_id}: ")
 
-    def category_image_counts(self) -> dict[int, int]:
-        """Category id -> number of images containing it (every category, zeros included)."""
-        return {cid: len(set(self.coco.catToImgs.get(cid, []))) for cid in sorted(self.coco.cats)}
-
 
 # ---- target selection (N1) --------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.data.cells import exclusion_reason, mask_tokens
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import InterventionEngine
 from vlminterp.interventions.attention import edit_attention
@@ -48,13 +47,6 @@ log = logging.getLogger(__name__)
 KEY_GROUPS: tuple[str, ...] = ("bos", "system", "image", "query", "generated")
 IMAGE_COLUMNS = ("image_id", "file_name", "width", "height", "categories")
 LIST_SEPARATOR = ";"
-
-#: The LLaVA-1.5 system prompt Kaduri et al. use (configs/llava-1.5-7b.yaml sets it).
-LLAVA_SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the human's questions."
-)
-
 
 @dataclass(frozen=True)
 class DescribePrompt:
@@ -90,35 +82,6 @@ def select_images(dataset: CocoDataset, n_images: int, seed: int) -> pd.DataFram
 def dataset_vocabulary(name: str, dataset: CocoDataset) -> SynonymVocabulary:
     """The judge's vocabulary (packaged name or YAML path), extended by the dataset's categories."""
     return load_vocabulary(name, categories=list(dataset.category_names().values()))
-
-
-def category_mask(dataset: CocoDataset, image_id: int, category: str) -> np.ndarray:
-    """Union of the masks of every instance of `category` in the image (crowd included)."""
-    info = dataset.image_info(image_id)
-    mask = np.zeros((info["height"], info["width"]), dtype=bool)
-    for ann in dataset.annotations_of(image_id):
-        if dataset.category_name(ann["category_id"]) == category:
-            mask |= dataset.annotation_mask(ann["id"])
-    return mask
-
-
-def object_tokens(adapter: VLMAdapter, mask: np.ndarray, geometry: str | None = None,
-                  min_overlap: float = 0.0) -> tuple[np.ndarray, str]:
-    """((N,) bool over the image's tokens (image-token order), exclusion reason): the tokens whose
-    box holds a mask pixel (covers more than `min_overlap` of it), through the adapter's exact
-    geometry (`adapter.image_cells` of the mask's (width, height); any family: InternVL's tiles and
-    thumbnail alike, Qwen2-VL's dynamic grid; for LLaVA its grid's cells, row-major). The reason is
-    "" when some token holds the object, else why none does (`data.cells.exclusion_reason`, e.g.
-    "object outside the crop")."""
-    height, width = mask.shape
-    overlap, selected = mask_tokens(mask, adapter.image_cells((width, height), geometry).pixel_boxes, min_overlap)
-    return selected, exclusion_reason(mask, overlap, selected)
-
-
-def mask_cells(adapter: VLMAdapter, mask: np.ndarray, geometry: str | None = None,
-               min_overlap: float = 0.0) -> np.ndarray:
-    """The tokens of `object_tokens` alone."""
-    return object_tokens(adapter, mask, geometry, min_overlap)[0]
 
 
 # ---- text ---------------------------------------------------------------------------------------

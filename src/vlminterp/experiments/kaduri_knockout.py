@@ -34,7 +34,7 @@ Table columns: image_id, condition, family (none | all_layers | window | from_la
 blocked for all_layers/from_layer, the window where it is visible for window; -1 for none),
 n_layers, description, n_generated, reference, batch_size and oom_retries (the engine batch size in
 effect when the image was done, and how many times CUDA out-of-memory halved it during that image:
-`interventions.batching`), the judge's SCORE_COLUMNS, then gt_ + the same columns against the
+`vlminterp.batching`), the judge's SCORE_COLUMNS, then gt_ + the same columns against the
 annotations, and categories (ground truth, ";"-joined).
 """
 from __future__ import annotations
@@ -44,8 +44,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from vlminterp.batching import BATCH_COLUMNS
 from vlminterp.experiments.kaduri_common import KaduriSession
-from vlminterp.interventions import BATCH_COLUMNS, Condition, From, Knockout
+from vlminterp.interventions import Condition, From, Knockout
 from vlminterp.models.adapters import TokenGroups
 from vlminterp.scoring.judge import SCORE_COLUMNS, judge_table
 from vlminterp.scoring.vocabulary import SynonymVocabulary

@@ -12,10 +12,10 @@ the image tokens (`attention_row`: "token" = the row of that token read back dur
 position P+t; "predicting" = the row that produced it, P-1+t) is recorded per layer in one extra
 forward pass (`kaduri_common`), per head and heads averaged. The peak cell is the image token
 with the most attention. The object's cells are the tokens whose box its mask overlaps (all
-instances of the category, `min_overlap` as in `data.cells.object_cells`), through the adapter's
+instances of the category, `min_overlap` as in `geometry.object_cells`), through the adapter's
 own per-token geometry (`adapter.image_cells`, so the same mapping the model's patches use).
 Hit: the peak token lies within Chebyshev distance `tolerance` of an object token OF THE SAME
-TILE (`data.cells.token_distance`; distances never cross tiles). Single-grid families (LLaVA)
+TILE (`geometry.token_distance`; distances never cross tiles). Single-grid families (LLaVA)
 have one tile; InternVL's high-resolution tiles and its thumbnail are separate tiles, each
 holding its own object tokens, so a peak on the object in the thumbnail is a hit as well;
 Qwen2-VL has one grid whose shape depends on the image. Chance: the share of the image's tokens
@@ -29,7 +29,7 @@ object token of its tile, in cells; inf when that tile holds none), hit, n_objec
 tokens over all tiles), chance, tolerance.
 A mention on the description's last token under attention_row="token" has no decode row (the
 token is never read back) and is skipped (logged).
-Exclusion: a mention whose object has no object token (`kaduri_common.object_tokens`; e.g. "object
+Exclusion: a mention whose object has no object token (`geometry.object_tokens`; e.g. "object
 outside the crop": every instance lies in the part the centre crop cuts away) cannot be localized;
 it gets one row (layer -1, head -1, peak columns -1 or NaN, hit False) whose `excluded` column says
 why, and `summarize_localization` leaves it out of the accuracy and counts it (n_excluded). Other
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vlminterp.data.cells import token_distance
-from vlminterp.experiments.kaduri_common import KaduriSession, category_mask, object_tokens, token_mentions, token_spans
+from vlminterp.experiments.kaduri_common import KaduriSession, token_mentions, token_spans
+from vlminterp.geometry import category_mask, object_tokens, token_distance
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 from vlminterp.stats import bootstrap_ci, excluded_counts
 

@@ -36,7 +36,7 @@ Table columns: image_id, question_id, question, category, answer (truth: yes/no)
 negative_type (positive | random | popular | adversarial), method, k_fraction, k_tokens,
 context_tokens, input_tokens, response, predicted (yes | no | other), correct, batch_size and
 oom_retries (the batch size in effect when the image was done, and how many times CUDA
-out-of-memory halved it during that image: `interventions.batching`).
+out-of-memory halved it during that image: `vlminterp.batching`).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from vlminterp.data.questions import NEGATIVE_STRATEGIES
 from vlminterp.experiments.kaduri_common import EncodedImage, KaduriSession
 from transformers import DynamicCache
 
-from vlminterp.interventions.batching import BATCH_COLUMNS
+from vlminterp.batching import BATCH_COLUMNS
 from vlminterp.interventions.cache import KeptCache, check_sliding_window, prefill_cache, select_cache
 from vlminterp.interventions.engine import EosIds, PreparedInput, greedy_continue, until_eos
 from vlminterp.interventions.knockout import knockout

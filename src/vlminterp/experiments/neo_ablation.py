@@ -7,12 +7,12 @@
 
 Ablation replaces the post-projector embeddings at chosen image positions, before LM layer 0,
 with the mean image embedding (a streaming mean over other images, `neo_common`) or with zeros.
-Conditions per image (token sets over the image's tokens, `neo_common.TargetCells`; for tiled
+Conditions per image (token sets over the image's tokens, `geometry.TargetCells`; for tiled
 families every tile and InternVL's thumbnail included; `condition` names them):
   none                 the unablated run (the inclusion test);
   object_b{b}          the target's tokens dilated b times (b in CellSpec.buffers), in every tile
                        the object shows in: InternVL's object tokens include the thumbnail's
-                       tokens that overlap the object (`neo_common.map_object_cells`);
+                       tokens that overlap the object (`geometry.map_object_cells`);
   random_matched_b{b}  as many random tokens as object_b{b}, drawn among the image's non-object
                        tokens (outside its b=0 tokens, any tile); skipped when too few exist;
   random_n{n}          n random cells anywhere (n in `random_counts`, capped at the number of image
@@ -43,7 +43,7 @@ per setting (condition "none", never included, success False) whose `excluded` c
 so the table counts it (`stats.excluded_counts`). Other rows have `excluded` empty.
 
 CUDA out-of-memory halves the engine batch or the IG batch and redoes the work
-(`interventions.batching`); each row records `batch_size` and `ig_batch_size` in effect when its
+(`vlminterp.batching`); each row records `batch_size` and `ig_batch_size` in effect when its
 image was done and `oom_retries`, the halvings during that image (0 and the configured sizes
 unless memory ran out).
 """
@@ -59,11 +59,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vlminterp.data.cells import random_cells
+from vlminterp.batching import AdaptiveBatch
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, TargetCells, PromptSpec, answer_first_token,
-                                              encode, question_image_ids, vqa_questions)
-from vlminterp.interventions import Ablation, AdaptiveBatch, Condition, InterventionEngine
+from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, PromptSpec, answer_first_token, encode,
+                                              question_image_ids, vqa_questions)
+from vlminterp.geometry import TargetCells, random_cells
+from vlminterp.interventions import Ablation, Condition, InterventionEngine
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 
 log = logging.getLogger(__name__)
@@ -329,12 +330,3 @@ def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000)
                               n_resamples=n_resamples)
     tokens = included.groupby(["setting", "condition"])["n_tokens"].mean().rename("mean_tokens").reset_index()
     return summary.merge(tokens, on=["setting", "condition"], how="left")
-
-
-def polling_accuracy(table: pd.DataFrame) -> pd.DataFrame:
-    """Polling accuracy per condition over every image and both question kinds (chance = 0.5);
-    excluded targets (never asked) are left out."""
-    polling = table[table["setting"] == "polling"]
-    if "excluded" in polling:
-        polling = polling[polling["excluded"].fillna("") == ""]
-    return polling.groupby("condition")["success"].mean().rename("accuracy").reset_index()

@@ -6,7 +6,7 @@
                                    prompts=PromptSpec(), spec=BlockingSpec(), cell_spec=CellSpec())
 
 VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets (token sets of
-`neo_common.TargetCells`: every tile, InternVL's thumbnail included):
+`geometry.TargetCells`: every tile, InternVL's thumbnail included):
   object_b{b}        the last prompt position may not attend to the object's tokens dilated b times;
   non_object         ... nor to any image token outside the object's b=0 tokens (the control);
   object_to_last_row the last row of image tokens (those not themselves object tokens) may not
@@ -31,7 +31,7 @@ image_id, annotation_id, category, block_set, window_kind (sliding | fixed | non
 correct (top-1 = the answer token), p_baseline, baseline_correct, included (= baseline_correct),
 drop (p_baseline - p_correct), relative_drop (drop / p_baseline), batch_size and oom_retries (the
 engine batch size in effect when the image was done, and how many times CUDA out-of-memory halved
-it during that image: `interventions.batching`), excluded (empty; for a target with no object
+it during that image: `vlminterp.batching`), excluded (empty; for a target with no object
 token, e.g. "object outside the crop", the reason: such a target is not run and has only its
 "none" row, never included, so the table counts it: `stats.excluded_counts`).
 """
@@ -45,10 +45,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from vlminterp.batching import BATCH_COLUMNS
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import (CellSpec, TargetCells, PromptSpec, answer_first_token, encode,
-                                              question_image_ids, vqa_questions)
-from vlminterp.interventions import BATCH_COLUMNS, Condition, InterventionEngine, Knockout
+from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, encode, question_image_ids,
+                                              vqa_questions)
+from vlminterp.geometry import TargetCells
+from vlminterp.interventions import Condition, InterventionEngine, Knockout
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,21 @@
 """What the three Neo et al. experiments (N1-N3) share: targets, object cells, prompts, the mean.
 
-    from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, map_object_cells,
-        TargetCells, vqa_questions, compute_mean_embedding, save_mean_embedding, load_mean_embedding)
+    from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, vqa_questions,
+        compute_mean_embedding, save_mean_embedding, load_mean_embedding)
 
-    cells = map_object_cells(dataset, selection, adapter, CellSpec(buffers=(0, 1, 2)))
-    target = TargetCells.from_table(cells[cells.image_id == 7])    # per token: tile, row, col, object_b[b]
-    target.positions(target.object_b[1], adapter.image_positions(input_ids)[0])   # sequence positions
+    cells = map_object_cells(dataset, selection, adapter, CellSpec(buffers=(0, 1, 2)))   # vlminterp.geometry
     questions = vqa_questions(dataset, selection, PromptSpec())     # image_id -> VQA question
 
 Object cells. The target's mask (polygon, RLE or crowd RLE: `CocoDataset.annotation_mask`) is
 mapped onto the model's image tokens through the adapter's geometry (`adapter.image_cells`:
 "crop" = the HF LLaVA processor's centre crop, "pad" = the original LLaVA padding, "resize" =
 InternVL's tiles + thumbnail and Qwen2-VL's dynamic grid): each token's box in the ORIGINAL image
-has exact rational edges, the covered fraction is exact (`data.cells.mask_tokens`), and a token is
+has exact rational edges, the covered fraction is exact (`geometry.mask_tokens`), and a token is
 an object token when that fraction exceeds `min_overlap` (0.0 = a mask pixel lies in its box, as
-the original code meant). A target with no object token is excluded (`map_object_cells`).
+the original code meant). A target with no object token is excluded (`geometry.map_object_cells`).
 Buffer b dilates the object's tokens with the 8-neighbourhood b times, within each tile (see
-`map_object_cells` for how InternVL's thumbnail counts). Token sets are (N,) bool arrays in
-image-token order; `TargetCells.positions` turns one into sequence positions.
+`geometry.map_object_cells` for how InternVL's thumbnail counts). Token sets are (N,) bool arrays
+in image-token order; `geometry.TargetCells.positions` turns one into sequence positions.
 
 VQA question source (N1's VQA setting and N3). Neo et al. released their questions
 (`data.authors_data`: one question for each of 100 COCO train2017 images; their VQA and N3 runs
@@ -41,7 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -49,10 +47,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.data.cells import (cells_to_positions, dilate_tokens, exclusion_reason, last_row_tokens,
-                                  mask_tokens, tile_tokens, TokenLayoutSizes)
+from vlminterp.batching import AdaptiveBatch
 from vlminterp.data.coco import CocoDataset
-from vlminterp.interventions import AdaptiveBatch, StreamingMean
+from vlminterp.geometry import TargetCells, cells_by_image, check_geometry
+from vlminterp.interventions import StreamingMean
 from vlminterp.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -111,156 +109,6 @@ class PromptSpec:
             raise ValueError(f"vqa_images must be 'all' or 'with_question', got {self.vqa_images!r}")
         if self.vqa_images == "with_question" and not self.vqa_questions_file:
             raise ValueError("vqa_images='with_question' needs a questions file (vqa_questions_file)")
-
-
-# ---- cells ----------------------------------------------------------------------------------------
-CELL_COLUMNS = ["image_id", "annotation_id", "cell_index", "tile", "cell_row", "cell_col", "x0", "y0", "x1", "y1",
-                "overlap"]
-
-
-def image_object_tokens(mask: np.ndarray, cells, spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray], str]:
-    """(overlap (N,), {b: object tokens dilated b times (N,) bool}, exclusion reason) of one mask
-    over the image's tokens (`cells`: the adapter's `ImageCells`; dilation within each tile; the
-    reason, "" when the target has object tokens: `data.cells.exclusion_reason`)."""
-    overlap, base = mask_tokens(mask, cells.pixel_boxes, spec.min_overlap)
-    return overlap, {b: dilate_tokens(cells, base, b) for b in spec.buffers}, exclusion_reason(mask, overlap, base)
-
-
-def check_geometry(adapter, geometry: str, stage: str) -> None:
-    """Fail early, naming the family and the stage, when the family cannot show images this way."""
-    if geometry not in adapter.geometries:
-        raise ValueError(f"{stage}: the {adapter.family} family has no {geometry!r} image geometry (it supports "
-                         f"{list(adapter.geometries)}); set neo.cells.geometry accordingly")
-
-
-def map_object_cells(dataset: CocoDataset, selection: pd.DataFrame, adapter, spec: CellSpec) -> pd.DataFrame:
-    """One row per selected image x image token: its tile, cell, box, the target's overlap, object flags.
-
-    Columns: image_id, annotation_id, cell_index (image-token order), tile, cell_row, cell_col (in
-    the tile's token grid), x0, y0, x1, y1 (the token's box in original-image pixels, floats of
-    the exact boxes; NaN for a cell wholly in padding), overlap (exact fraction, rounded once),
-    one bool column object_b{b} per buffer, and excluded: why the target is excluded from N1-N3
-    ("" when it has object tokens; `image_object_tokens`), the same on every row of the image.
-    Single-grid families (LLaVA) have tile 0 everywhere. An excluded target keeps its rows; the
-    experiments skip it and count it (`excluded` in their tables).
-
-    Tiled families (InternVL): every tile is its own grid, the global thumbnail included, and the
-    object tokens are all tokens whose box the mask overlaps, in whichever tile: the
-    high-resolution tiles' tokens AND the thumbnail's (a paper-faithful reading of "the tokens
-    that carry the object"; ablating only one view would leave the object in the other). Buffer b
-    dilates within each tile and never crosses into another tile. Qwen2-VL: one grid per image,
-    whose shape depends on the image size.
-    """
-    check_geometry(adapter, spec.geometry, "map_object_cells")
-    frames = []
-    for row in selection.itertuples(index=False):
-        info = dataset.image_info(int(row.image_id))
-        cells = adapter.image_cells((info["width"], info["height"]), spec.geometry)
-        overlap, tokens, reason = image_object_tokens(dataset.annotation_mask(int(row.annotation_id)), cells, spec)
-        frame = pd.DataFrame({
-            "image_id": int(row.image_id), "annotation_id": int(row.annotation_id),
-            "cell_index": np.arange(cells.num_tokens), "tile": cells.tile.astype(np.int64),
-            "cell_row": cells.row.astype(np.int64), "cell_col": cells.col.astype(np.int64),
-            **dict(zip(("x0", "y0", "x1", "y1"), cells.boxes.T)),
-            "overlap": overlap,
-        })
-        for b, selected in tokens.items():
-            frame[f"object_b{b}"] = selected
-        frame["excluded"] = reason
-        if reason:
-            log.info("image %s: target %s excluded: %s", row.image_id, row.annotation_id, reason)
-        frames.append(frame)
-    columns = [*CELL_COLUMNS, *[f"object_b{b}" for b in spec.buffers], "excluded"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-
-
-@dataclass
-class TargetCells(TokenLayoutSizes):
-    """The cell table of one image, per image token (image-token order): a `data.cells` token layout.
-
-    tile, row, col (N,) int; tile_shapes: (rows, cols) of each tile; boxes (N, 4); overlap (N,);
-    object_b[b]: (N,) bool object tokens dilated b times; excluded: why the target has no object
-    token ("" when it has some; the experiments skip and count an excluded target). Token sets of
-    the experiments are (N,) bool arrays over these tokens; `dilate`, `distance` and `last_row`
-    act within tiles.
-    """
-
-    image_id: int
-    tile: np.ndarray
-    row: np.ndarray
-    col: np.ndarray
-    tile_shapes: tuple[tuple[int, int], ...]
-    boxes: np.ndarray
-    overlap: np.ndarray
-    object_b: dict[int, np.ndarray] = field(default_factory=dict)
-    excluded: str = ""
-
-    @classmethod
-    def from_table(cls, table: pd.DataFrame) -> "TargetCells":
-        if table["image_id"].nunique() != 1:
-            raise ValueError("TargetCells.from_table takes the rows of exactly one image")
-        table = table.sort_values("cell_index")
-        image_id = int(table["image_id"].iloc[0])
-        if not np.array_equal(table["cell_index"].to_numpy(), np.arange(len(table))):
-            raise ValueError(f"image {image_id}: cell_index is not 0..{len(table) - 1}")
-        tile = table["tile"].to_numpy(dtype=np.int64) if "tile" in table else np.zeros(len(table), np.int64)
-        row, col = table["cell_row"].to_numpy(dtype=np.int64), table["cell_col"].to_numpy(dtype=np.int64)
-        shapes = tuple((int(row[tile == t].max()) + 1, int(col[tile == t].max()) + 1)
-                       for t in range(int(tile.max()) + 1))
-        buffers = sorted(int(c[len("object_b"):]) for c in table.columns if c.startswith("object_b"))
-        cells = cls(
-            image_id=image_id, tile=tile, row=row, col=col, tile_shapes=shapes,
-            boxes=table[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float64),
-            overlap=table["overlap"].to_numpy(dtype=np.float64),
-            object_b={b: table[f"object_b{b}"].astype(bool).to_numpy() for b in buffers},
-            excluded=str(table["excluded"].fillna("").iloc[0]) if "excluded" in table else "",
-        )
-        try:
-            list(tile_tokens(cells))
-        except ValueError as error:
-            raise ValueError(f"image {image_id}: {error}") from None
-        return cells
-
-    def object_base(self) -> np.ndarray:
-        """The object's own tokens: the smallest buffer's set (b = 0 unless not studied)."""
-        return self.object_b[min(self.object_b)]
-
-    def dilate(self, selected: np.ndarray, buffer: int) -> np.ndarray:
-        return dilate_tokens(self, selected, buffer)
-
-    def last_row(self) -> np.ndarray:
-        return last_row_tokens(self)
-
-    def grid_of(self, values: np.ndarray, tile: int = 0) -> np.ndarray:
-        """One tile's part of a per-token array (N, ...) as its (rows, cols, ...) grid."""
-        rows, cols = self.tile_shapes[tile]
-        tokens = np.flatnonzero(self.tile == tile)
-        order = np.argsort(self.row[tokens] * cols + self.col[tokens], kind="stable")
-        values = np.asarray(values)
-        return values[tokens[order]].reshape(rows, cols, *values.shape[1:])
-
-    def grid_boxes(self, tile: int = 0) -> np.ndarray:
-        """(rows, cols, 4) boxes of one tile."""
-        return self.grid_of(self.boxes, tile)
-
-    def check_prompt(self, image_positions) -> np.ndarray:
-        """The prompt's image-token positions (`adapter.image_positions`, one image) as int64,
-        after checking that the prompt shows exactly this table's tokens."""
-        image_positions = np.asarray(image_positions.cpu() if isinstance(image_positions, torch.Tensor)
-                                     else image_positions, dtype=np.int64).reshape(-1)
-        if len(image_positions) != self.num_tokens:
-            raise ValueError(f"image {self.image_id}: the prompt holds {len(image_positions)} image tokens but the "
-                             f"cell table has {self.num_tokens}: cells mapped with another geometry or processor")
-        return image_positions
-
-    def positions(self, selected: np.ndarray, image_positions) -> np.ndarray:
-        """Sequence positions of a token set (sorted), given the prompt's image-token positions."""
-        return cells_to_positions(np.asarray(selected, dtype=bool), self.check_prompt(image_positions))
-
-
-def cells_by_image(cells: pd.DataFrame) -> dict[int, TargetCells]:
-    """The cell table split into `TargetCells` per image id."""
-    return {int(image_id): TargetCells.from_table(part) for image_id, part in cells.groupby("image_id", sort=True)}
 
 
 # ---- prompts and answers --------------------------------------------------------------------------

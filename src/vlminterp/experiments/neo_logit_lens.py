@@ -13,7 +13,7 @@ the model's own logits.)
 
 Tables:
   topk    one row per image x position x layer x rank: image_id, position, tile, cell_row,
-          cell_col (the token's cell, `neo_common.map_object_cells`; tile 0 for LLaVA), layer,
+          cell_col (the token's cell, `geometry.map_object_cells`; tile 0 for LLaVA), layer,
           rank, token (decoded), token_id, prob, is_object (b=0 token). The format of
           `plots.lens_html.write_lens_page`.
   scores  one row per image x layer x region (object = the target's b=0 tokens; background = the
@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import CellSpec, TargetCells, PromptSpec, answer_first_token, encode
+from vlminterp.experiments.neo_common import CellSpec, PromptSpec, answer_first_token, encode
+from vlminterp.geometry import TargetCells
 from vlminterp.interventions import InterventionEngine, capture_residual
 from vlminterp.scoring.mentions import plural_forms
 from vlminterp.scoring.vocabulary import SynonymVocabulary

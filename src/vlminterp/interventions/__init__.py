@@ -4,25 +4,23 @@
         replace_embeddings, knockout, capture_residual, capture_attention, capture_image_embeddings,
         StreamingMean, reference_logits, reference_generate)
 
-Module map: ablation (embedding replacement), knockout (attention-edge blocking), attention (the
-registry patch both knockout and attention capture use), capture, cache (KV-cache surgery),
-engine (batched + prefix-shared), batching (halving the batch on CUDA out-of-memory), reference
-(naive oracle), stats (streaming mean), conditions.
+Module map: positions (explicit and open-ended position sets), ablation (embedding replacement),
+knockout (attention-edge blocking), attention (the registry patch both knockout and attention
+capture use), capture, cache (KV-cache surgery), engine (batched + prefix-shared; it halves its
+batch on CUDA out-of-memory with `vlminterp.batching`), reference (naive oracle), stats
+(streaming mean), conditions.
 """
 from .ablation import Ablation, apply_ablations, replace_embeddings
-from .batching import BATCH_COLUMNS, AdaptiveBatch, BatchOutOfMemoryError
 from .capture import capture_attention, capture_image_embeddings, capture_residual
 from .conditions import Condition, as_condition
 from .engine import GenerationOutput, InterventionEngine, PreparedInput
-from .knockout import From, Knockout, knockout
+from .knockout import Knockout, knockout
+from .positions import From
 from .reference import reference_generate, reference_logits
 from .stats import StreamingMean
 
 __all__ = [
-    "BATCH_COLUMNS",
     "Ablation",
-    "AdaptiveBatch",
-    "BatchOutOfMemoryError",
     "Condition",
     "From",
     "GenerationOutput",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .knockout import explicit_positions
+from .positions import explicit_positions
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..models.adapters.base import RopePositions
+from ..models.adapters.positions import RopePositions
 from .engine import EosIds, greedy_continue, until_eos
-from .knockout import From, Knockout, Positions, explicit_positions, knockout
+from .knockout import Knockout, knockout
+from .positions import From, Positions, explicit_positions
 
 
 class PromptCache(DynamicCache):

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .attention import edit_attention
-from .knockout import From, Positions, _PositionSet
+from .positions import From, Positions, PositionSet
 
 
 def _chunks_to_tensor(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +76,7 @@ def capture_residual(
 ) -> Iterator[ResidualRecord]:
     """Record layer outputs (and layer-0 inputs) at `positions` (None = all) in `layers` (None = all)."""
     record = ResidualRecord()
-    wanted = _PositionSet([positions if positions is not None else From(0)], device="cpu")
+    wanted = PositionSet([positions if positions is not None else From(0)], device="cpu")
     chosen = set(range(adapter.n_layers) if layers is None else [int(l) % adapter.n_layers for l in layers])
 
     def keep(layer_key: int, hidden: torch.Tensor, start: int) -> None:
@@ -113,7 +113,7 @@ class AttentionRecord:
     """An `AttentionEdit` that records attention probabilities of chosen query slots."""
 
     def __init__(self, query_positions: Positions, layers: set[int], average_heads: bool, to_cpu: bool):
-        self.queries = _PositionSet([query_positions], device="cpu")
+        self.queries = PositionSet([query_positions], device="cpu")
         self.layers = layers
         self.average_heads = average_heads
         self.to_cpu = to_cpu

@@ -43,10 +43,11 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..batching import AdaptiveBatch
 from ..models.adapters import VLMAdapter, adapter_for
-from ..models.adapters.base import RopePositions, token_ids
+from ..models.adapters.config_values import token_ids
+from ..models.adapters.positions import RopePositions
 from .ablation import apply_ablations
-from .batching import AdaptiveBatch
 from .conditions import Condition, ConditionLike, as_condition
 from .knockout import KnockoutMasks
 from .attention import attend_shared_prefix, edit_attention

@@ -22,39 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import edit_attention
-
-
-@dataclass(frozen=True)
-class From:
-    """Every position from `start` on (open-ended: covers tokens generated later)."""
-
-    start: int
-
-    def __post_init__(self):
-        if self.start < 0:
-            raise ValueError(f"From(start) needs start >= 0, got {self.start}")
-
-
-Positions = Sequence[int] | torch.Tensor | range | From
-
-
-def explicit_positions(positions: Positions) -> torch.Tensor:
-    """The explicit (finite) positions as a sorted, unique LongTensor (empty for `From`)."""
-    if isinstance(positions, From):
-        return torch.empty(0, dtype=torch.long)
-    tensor = torch.as_tensor(list(positions) if isinstance(positions, range) else positions, dtype=torch.long)
-    tensor = tensor.flatten().cpu().unique()
-    if len(tensor) and int(tensor.min()) < 0:
-        raise ValueError("knockout positions must be non-negative sequence indices")
-    return tensor
-
-
-def open_start(positions: Positions) -> int | None:
-    return positions.start if isinstance(positions, From) else None
-
-
-def _is_empty(positions: Positions) -> bool:
-    return not isinstance(positions, From) and len(explicit_positions(positions)) == 0
+from .positions import Positions, PositionSet, explicit_positions, is_empty, open_start
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,8 +36,8 @@ class Knockout:
 
     def is_noop(self) -> bool:
         return (
-            _is_empty(self.query_positions)
-            or _is_empty(self.key_positions)
+            is_empty(self.query_positions)
+            or is_empty(self.key_positions)
             or (self.layers is not None and len(list(self.layers)) == 0)
             or (self.heads is not None and len(list(self.heads)) == 0)
         )
@@ -82,28 +50,6 @@ class Knockout:
         if (start := open_start(self.query_positions)) is not None:
             candidates.append(start)
         return min(candidates)
-
-
-class _PositionSet:
-    """Per-row membership of positions: explicit indices (bool table) OR >= an open start."""
-
-    def __init__(self, per_row: Sequence[Positions | None], device):
-        explicit = [explicit_positions(p) if p is not None else torch.empty(0, dtype=torch.long) for p in per_row]
-        width = max([int(e.max()) + 1 for e in explicit if len(e)] + [1])
-        self.table = torch.zeros(len(per_row), width, dtype=torch.bool)
-        for row, e in enumerate(explicit):
-            self.table[row, e] = True
-        never = torch.iinfo(torch.long).max
-        starts = [open_start(p) if p is not None else None for p in per_row]
-        self.start = torch.tensor([never if s is None else s for s in starts], dtype=torch.long)
-        self.table, self.start = self.table.to(device), self.start.to(device)
-
-    def contains(self, indices: torch.Tensor) -> torch.Tensor:
-        """(rows, len(indices)) membership."""
-        width = self.table.shape[1]
-        inside = indices < width
-        hit = self.table[:, indices.clamp(max=width - 1)] & inside[None, :]
-        return hit | (indices[None, :] >= self.start[:, None])
 
 
 class _KnockoutSlot:
@@ -125,8 +71,8 @@ class _KnockoutSlot:
                 self.head_on[row, [_check_index(h, n_heads, "head") for h in ko.heads]] = True
         self.layer_on = self.layer_on.to(device)
         self.head_on = self.head_on.to(device) if self.head_on is not None else None
-        self.queries = _PositionSet([k.query_positions if k is not None else None for k in knockouts], device)
-        self.keys = _PositionSet([k.key_positions if k is not None else None for k in knockouts], device)
+        self.queries = PositionSet([k.query_positions if k is not None else None for k in knockouts], device)
+        self.keys = PositionSet([k.key_positions if k is not None else None for k in knockouts], device)
         self._keys_for: tuple[int, torch.Tensor | None] = (-1, None)
 
     def blocked(self, layer: int, q_slots: torch.Tensor, num_keys: int) -> torch.Tensor | None:

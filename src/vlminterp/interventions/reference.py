@@ -26,12 +26,13 @@ import torch
 from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from ..models.adapters.base import token_ids
+from ..models.adapters.config_values import token_ids
 from .ablation import replace_embeddings
 from .attention import use_attention_function
 from .conditions import ConditionLike, as_condition
 from .engine import EosIds, until_eos
-from .knockout import Knockout, explicit_positions, open_start
+from .knockout import Knockout
+from .positions import explicit_positions, open_start
 
 
 def _positions_below(positions, limit: int) -> list[int]:

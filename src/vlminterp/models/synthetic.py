@@ -48,6 +48,8 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfi
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from .adapters.internvl import ImageOnlyInternVLProcessor
+from .adapters.prompt import LLAVA_SYSTEM_PROMPT
+from .llava_config import llava_config
 from .adapters.qwen2_vl import ImageOnlyQwen2VLProcessor
 
 IMAGE_TOKEN = "<image>"
@@ -69,11 +71,6 @@ CHATML_SPECIAL_TOKENS = (
     "<|vision_start|>",
     "<|vision_end|>",
     *QWEN2_VL_TOKENS.values(),
-)
-
-LLAVA_SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the human's questions."
 )
 
 # A fixed corpus so the tokenizer (and hence every synthetic model) is deterministic. It covers the
@@ -239,34 +236,27 @@ def _llava_text_config(variant: SyntheticVariant, vocab: dict[str, int]) -> PreT
     raise ValueError(f"unknown text_model {variant.text_model!r}; expected 'llama', 'phi3' or 'mistral'")
 
 
-def synthetic_config(variant) -> PreTrainedConfig:
-    """The config of a synthetic variant (vocabulary = the synthetic tokenizer's): LlavaConfig,
-    InternVLConfig or Qwen2VLConfig according to the variant's family."""
+def synthetic_config(variant, tokenizer=None) -> PreTrainedConfig:
+    """The config of a synthetic variant: LlavaConfig, InternVLConfig or Qwen2VLConfig according to
+    the variant's family. Its vocabulary is the synthetic tokenizer's, or for a LLaVA variant that of
+    `tokenizer` (any tokenizer with `<s>`, `</s>`, `<pad>` and `<image>`, e.g. the organism's)."""
     if isinstance(variant, str):
         variant = _variant(variant)
     if isinstance(variant, InternVLVariant):
         return internvl_config(variant)
     if isinstance(variant, Qwen2VLVariant):
         return qwen2_vl_config(variant)
-    vocab = build_tokenizer().get_vocab()
-    vision_config = CLIPVisionConfig(
-        hidden_size=variant.vision_hidden_size,
-        intermediate_size=variant.vision_intermediate_size,
-        num_hidden_layers=variant.vision_layers,
-        num_attention_heads=variant.vision_heads,
+    vocab = (tokenizer or build_tokenizer()).get_vocab()
+    return llava_config(
+        _llava_text_config(variant, vocab),
         image_size=variant.image_size,
         patch_size=variant.patch_size,
-        projection_dim=variant.vision_hidden_size,
-        initializer_range=variant.initializer_range,
-    )
-    return LlavaConfig(
-        text_config=_llava_text_config(variant, vocab),
-        vision_config=vision_config,
+        vision_hidden_size=variant.vision_hidden_size,
+        vision_intermediate_size=variant.vision_intermediate_size,
+        vision_layers=variant.vision_layers,
+        vision_heads=variant.vision_heads,
+        vision_initializer_range=variant.initializer_range,
         image_token_id=vocab[IMAGE_TOKEN],
-        image_seq_length=variant.grid_side**2,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
         pad_token_id=vocab["<pad>"],
     )
 

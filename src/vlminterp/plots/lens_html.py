@@ -18,7 +18,7 @@ Input table: long format, one row per position x layer x rank, with columns `pos
 `cell_row`, `cell_col`, `layer` (0 = embedding output), `rank` (1..k), `token`, `prob`, and
 optionally `tile` (default 0; extra columns such as `image_id` are allowed; at most one image).
 It must be complete: every position has every layer with ranks 1..k. `cell_boxes` (rows, cols, 4)
-holds each cell's box (x0, y0, x1, y1) in ORIGINAL-image pixels (see `vlminterp.data.cells`);
+holds each cell's box (x0, y0, x1, y1) in ORIGINAL-image pixels (see `vlminterp.geometry`);
 boxes may reach past the border (padding, drawn clipped to the image), be NaN (a cell wholly in
 the padding: never drawn) or leave borders uncovered (centre crop). Tiled families (InternVL's
 tiles + thumbnail) give one such grid per tile, a list indexed by `tile`, and the object cells

@@ -5,7 +5,8 @@
     plot_lens_curves(lens_scores, Path("results/run/neo/logit_lens/lens_curves"), seed=0)
     plot_blocking_drops(blocking_table, Path("results/run/neo/blocking/blocking_drops"), seed=0)
 
-Intervals are 95% percentile bootstraps over images (`vlminterp.stats.grouped_mean_ci`).
+Intervals are 95% percentile bootstraps over images (`vlminterp.stats.grouped_mean_ci`); N1's
+flip rates are those of `experiments.neo_ablation.flip_summary`, computed there once.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from vlminterp.experiments.neo_ablation import flip_summary  # noqa: E402
 from vlminterp.plots.organism import save_figure  # noqa: E402
 from vlminterp.stats import error_bars, excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
 
@@ -38,8 +40,7 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
     """N1: share of correctly identified objects that flip to failure, per condition and setting."""
     included = table[table["included"].astype(bool) & (table["condition"] != "none")]
     settings = [s for s in ("generative", "polling", "vqa") if s in set(table["setting"])]
-    summary = grouped_mean_ci(included, by=["setting", "condition"], value="flipped", seed=seed,
-                              n_resamples=n_resamples)
+    summary = flip_summary(table, seed=seed, n_resamples=n_resamples)
     conditions = _condition_order(table.loc[table["condition"] != "none", "condition"])
     figure, axis = plt.subplots(figsize=(max(7.0, 0.62 * len(conditions) * max(1, len(settings)) / 2 + 3), 4.6))
     width = 0.8 / max(1, len(settings))

@@ -6,23 +6,15 @@
 
 A new family: subclass `VLMAdapter` (or `ConditionalGenerationAdapter`, which already maps the module
 paths of transformers' `*ForConditionalGeneration` layout) in its own module and call
-`register_adapter(ThatAdapter)`.
+`register_adapter(ThatAdapter)`. Image geometry (patch grids, per-token cells) is `vlminterp.geometry`.
 """
 from __future__ import annotations
 
-from .base import (
-    GEOMETRIES,
-    TOKEN_GROUPS,
-    ConditionalGenerationAdapter,
-    ImageCells,
-    ImageGeometry,
-    PatchGrid,
-    PromptTemplate,
-    RopePositions,
-    TokenGroups,
-    VLMAdapter,
-    pad_to_square,
-)
+from .base import VLMAdapter
+from .conditional_generation import ConditionalGenerationAdapter
+from .positions import RopePositions
+from .prompt import LLAVA_SYSTEM_PROMPT, PromptTemplate
+from .token_groups import TOKEN_GROUPS, TokenGroups
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
@@ -64,12 +56,9 @@ register_adapter(Qwen2VLAdapter)
 __all__ = [
     "ADAPTERS",
     "ConditionalGenerationAdapter",
-    "GEOMETRIES",
-    "ImageCells",
-    "ImageGeometry",
     "InternVLAdapter",
+    "LLAVA_SYSTEM_PROMPT",
     "LlavaAdapter",
-    "PatchGrid",
     "PromptTemplate",
     "Qwen2VLAdapter",
     "RopePositions",
@@ -79,6 +68,5 @@ __all__ = [
     "VLMAdapter",
     "adapter_class_for_config",
     "adapter_for",
-    "pad_to_square",
     "register_adapter",
 ]

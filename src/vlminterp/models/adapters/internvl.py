@@ -28,15 +28,12 @@ from PIL import Image
 from torch import nn
 from transformers import InternVLProcessor
 
-from .base import (
-    ConditionalGenerationAdapter,
-    ImageCells,
-    ImageGeometry,
-    ImageOnlyProcessorMixin,
-    PromptTemplate,
-    load_image_only_processor,
-    setting,
-)
+from vlminterp.geometry import ImageCells, ImageGeometry
+
+from .conditional_generation import ConditionalGenerationAdapter
+from .config_values import setting
+from .processor import ImageOnlyProcessorMixin, load_image_only_processor
+from .prompt import PromptTemplate
 
 CHATML_USER_TURN = "<|im_start|>user\n{image}\n{text}<|im_end|>\n<|im_start|>assistant\n"
 CHATML_SYSTEM_TURN = "<|im_start|>system\n{system}<|im_end|>\n"

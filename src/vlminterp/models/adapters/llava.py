@@ -13,7 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import ConditionalGenerationAdapter, ImageGeometry, PatchGrid, PromptTemplate, pad_to_square, setting
+from vlminterp.geometry import ImageGeometry, PatchGrid, pad_to_square
+
+from .conditional_generation import ConditionalGenerationAdapter
+from .config_values import setting
+from .prompt import PromptTemplate
 
 VICUNA_TEMPLATE = PromptTemplate(user_turn="USER: {image}\n{text} ASSISTANT:", system_turn="{system} ")
 PHI3_TEMPLATE = PromptTemplate(

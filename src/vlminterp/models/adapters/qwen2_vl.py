@@ -27,16 +27,13 @@ from PIL import Image
 from torch import nn
 from transformers import Qwen2VLProcessor
 
-from .base import (
-    ConditionalGenerationAdapter,
-    ImageCells,
-    ImageGeometry,
-    ImageOnlyProcessorMixin,
-    PromptTemplate,
-    RopePositions,
-    load_image_only_processor,
-    setting,
-)
+from vlminterp.geometry import ImageCells, ImageGeometry
+
+from .conditional_generation import ConditionalGenerationAdapter
+from .config_values import setting
+from .positions import RopePositions
+from .processor import ImageOnlyProcessorMixin, load_image_only_processor
+from .prompt import PromptTemplate
 
 QWEN2_VL_SYSTEM_PROMPT = "You are a helpful assistant."  # the default system turn of Qwen2-VL's chat template
 QWEN2_VL_TEMPLATE = PromptTemplate(

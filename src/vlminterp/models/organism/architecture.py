@@ -18,7 +18,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from vlminterp.models.llava_config import llava_config, num_image_tokens  # noqa: F401 (part of this API)
 
 from vlminterp.specs import check_fields
 
@@ -159,23 +161,9 @@ class OrganismSpec:
         return cls(**values)
 
 
-def num_image_tokens(image_size: int, patch_size: int) -> int:
-    """Image tokens per image after dropping CLS: one per patch."""
-    if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
-    return (image_size // patch_size) ** 2
-
-
 def build_config(spec: OrganismSpec, *, vocab_size: int, image_token_id: int, pad_token_id: int,
                  bos_token_id: int, eos_token_id: int, image_size: int) -> LlavaConfig:
     """The LlavaConfig of the organism for a tokenizer and a world image size."""
-    n_tokens = num_image_tokens(image_size, spec.patch_size)
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_intermediate_size,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads, image_size=image_size,
-        patch_size=spec.patch_size, num_channels=3, hidden_act="quick_gelu",
-        initializer_range=spec.vision_initializer_range, projection_dim=spec.vision_hidden_size,
-    )
     text = LlamaConfig(
         vocab_size=vocab_size, hidden_size=spec.text_hidden_size, intermediate_size=spec.text_intermediate_size,
         num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
@@ -183,10 +171,12 @@ def build_config(spec: OrganismSpec, *, vocab_size: int, image_token_id: int, pa
         initializer_range=spec.text_initializer_range, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
         eos_token_id=eos_token_id, tie_word_embeddings=False,
     )
-    config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=image_token_id, image_seq_length=n_tokens,
-        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-1,
-        multimodal_projector_bias=True, tie_word_embeddings=False,
+    config = llava_config(
+        text, image_size=image_size, patch_size=spec.patch_size, vision_hidden_size=spec.vision_hidden_size,
+        vision_intermediate_size=spec.vision_intermediate_size, vision_layers=spec.vision_layers,
+        vision_heads=spec.vision_heads, vision_initializer_range=spec.vision_initializer_range,
+        image_token_id=image_token_id, vision_feature_layer=-1, multimodal_projector_bias=True,
+        tie_word_embeddings=False,
     )
     config.pad_token_id = pad_token_id
     config.bos_token_id = bos_token_id

@@ -19,7 +19,7 @@ prompt, the generated answer, the expected answer and two flags:
   its probability).
 
 Prompts run ``batch_size`` at a time; CUDA out-of-memory halves the batch and redoes it
-(``interventions.batching``): ``batch_size`` and ``oom_retries`` on each row are the batch size in
+(``vlminterp.batching``): ``batch_size`` and ``oom_retries`` on each row are the batch size in
 effect when its task was done and how many times memory ran out during that task.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from vlminterp.batching import BATCH_COLUMNS, AdaptiveBatch
 from vlminterp.data.shapes import load_world_spec
-from vlminterp.interventions.batching import BATCH_COLUMNS, AdaptiveBatch
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.organism.tasks import VQA_ANSWER_PREFIX, TaskExample, load_scenes, task_examples
 from vlminterp.scoring.mentions import MentionMatcher
