@@ -426,24 +426,13 @@ def check_image(path: Path) -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _md5(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_archive(spec: CocoDownloadSpec, path: Path) -> None:
-    size = path.stat().st_size
-    if spec.annotations_size is not None and size != spec.annotations_size:
-        raise ValueError(f"{path.name} is {size} bytes, expected {spec.annotations_size}")
+    check_file(path, spec.annotations_size, None, check_content=_check_zip, md5=spec.annotations_md5)
+
+
+def _check_zip(path: Path) -> None:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path.name} is not a zip archive")
-    if spec.annotations_md5 is not None:
-        actual = _md5(path)
-        if actual.lower() != spec.annotations_md5.lower():
-            raise ValueError(f"{path.name} has MD5 {actual}, expected {spec.annotations_md5}")
 
 
 def _looks_like_complete_json(path: Path) -> bool:
@@ -637,21 +626,30 @@ def download_images(spec: CocoDownloadSpec, selection: Mapping[str, Iterable[int
 # ----------------------------------------------------------------------------------------------
 # Single files (small released data files, e.g. the authors' questions and mean vectors)
 # ----------------------------------------------------------------------------------------------
-def _sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+DIGEST_NAMES = {"sha256": "SHA-256", "md5": "MD5"}
+
+
+def _digest(path: Path, algorithm: str, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def check_file(path: Path, size: int | None, sha256: str | None) -> None:
-    """Raise ValueError naming ``path`` when its size or SHA-256 differs from the expected one."""
+def check_file(path: Path, size: int | None, sha256: str | None, *, md5: str | None = None,
+               check_content: Callable[[Path], None] | None = None) -> None:
+    """Raise ValueError naming ``path`` when its size, its content check (cheap, before hashing) or
+    its SHA-256 / MD5 differs from the expected one (None: not checked). The one verification of
+    every download: COCO's annotation archive and the authors' files."""
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         raise ValueError(f"{path.name} is {actual_size} bytes, expected {size}")
-    if sha256 is not None and (actual := _sha256(path)) != sha256.lower():
-        raise ValueError(f"{path.name} has SHA-256 {actual}, expected {sha256}")
+    if check_content is not None:
+        check_content(path)
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected is not None and (actual := _digest(path, algorithm)) != expected.lower():
+            raise ValueError(f"{path.name} has {DIGEST_NAMES[algorithm]} {actual}, expected {expected}")
 
 
 def download_file(url: str, dest: str | os.PathLike, *, size: int | None, sha256: str | None, retries: int = 5,
