@@ -127,6 +127,7 @@ def narrow_7b_config():
 def start(doc: str, argv=None, *, options: dict[str, int] | None = None):
     """Parse the common arguments (plus integer `options`, e.g. {"--new-tokens": 64}), load the model
     and encode the paper's input: (args, bench, input_ids, pixel_values)."""
+    mark_start()
     parser = base_parser(doc.strip().splitlines()[0])
     for flag, default in (options or {}).items():
         parser.add_argument(flag, type=int, default=default)
@@ -180,18 +181,35 @@ def summarize(times: list[float]) -> dict:
     return {"seconds_min": min(times), "seconds_median": statistics.median(times), "seconds_all": times}
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15-minute load averages (None where the OS keeps none)."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+_load_at_start = load_average()  # reset by mark_start(), i.e. by start(), when a benchmark begins
+
+
+def mark_start() -> None:
+    """Record the load average now as the benchmark's start (start() does; environment() reports it)."""
+    global _load_at_start
+    _load_at_start = load_average()
+
+
 def environment() -> dict:
+    """Versions, threads, and the load average (1, 5, 15 min) at the benchmark's start and now (its end):
+    times taken on a loaded machine are noisy (memory numbers are not)."""
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "load_average_start": _load_at_start,
+        "load_average_end": load_average(),
     }
-    try:
-        info["load_average_1min"] = os.getloadavg()[0]
-    except OSError:
-        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     import transformers

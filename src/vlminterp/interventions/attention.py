@@ -49,8 +49,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 SUPPORTED_BACKENDS = ("sdpa", "eager")
 # The scores of one layer call over a shared prefix are computed a chunk of rows at a time, each
-# chunk's at most this share of the rows' own KV cache (module docstring).
-WORKSPACE_SHARE_OF_OWN_KV = 0.25
+# chunk's at most this share of the rows' own KV cache (module docstring); None: all rows at once.
+WORKSPACE_SHARE_OF_OWN_KV: float | None = 0.25
 _names = itertools.count()
 
 
@@ -350,9 +350,11 @@ class AttentionEditor:
                 lambda rows: keys.probabilities(module, query[:, :, rows], allowed[:, :, rows], scale),
             )
         if keys.prefix_length and keys.split_is_smaller(heads, num_queries):
-            budget = WORKSPACE_SHARE_OF_OWN_KV * self.shared_prefix.own_kv_bytes()
-            per_row = keys.workspace_bytes_per_row(heads, num_queries, query.dtype, query.device)
-            return keys.attend(module, query, allowed, scale, dropout, rows_per_chunk=max(1, int(budget // per_row)))
+            rows = None
+            if WORKSPACE_SHARE_OF_OWN_KV is not None:
+                budget = WORKSPACE_SHARE_OF_OWN_KV * self.shared_prefix.own_kv_bytes()
+                rows = int(budget // keys.workspace_bytes_per_row(heads, num_queries, query.dtype, query.device))
+            return keys.attend(module, query, allowed, scale, dropout, rows_per_chunk=rows)
         full_key, full_value = keys.materialized()
         return run_backend(self.backend, module, query, full_key, full_value, allowed, scaling, dropout, kwargs)
 
