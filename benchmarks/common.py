@@ -189,26 +189,28 @@ def load_average() -> list[float] | None:
         return None
 
 
-_load_at_start = load_average()  # reset by mark_start(), i.e. by start(), when a benchmark begins
+_started = {"load_average": load_average(), "wall": time.perf_counter(), "cpu": time.process_time()}
 
 
 def mark_start() -> None:
-    """Record the load average now as the benchmark's start (start() does; environment() reports it)."""
-    global _load_at_start
-    _load_at_start = load_average()
+    """Record the load average and clocks now as the benchmark's start (start() does; environment()
+    reports them)."""
+    _started.update(load_average=load_average(), wall=time.perf_counter(), cpu=time.process_time())
 
 
 def environment() -> dict:
-    """Versions, threads, and the load average (1, 5, 15 min) at the benchmark's start and now (its end):
-    times taken on a loaded machine are noisy (memory numbers are not)."""
+    """Versions, threads, the load average (1, 5, 15 min) at the benchmark's start and now (its end), and
+    the seconds in between: times taken on a loaded machine are noisy (memory numbers are not)."""
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
-        "load_average_start": _load_at_start,
+        "load_average_start": _started["load_average"],
         "load_average_end": load_average(),
+        "seconds_since_start": round(time.perf_counter() - _started["wall"], 1),
+        "cpu_seconds_since_start": round(time.process_time() - _started["cpu"], 1),  # this process only
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
