@@ -209,6 +209,7 @@ def main(argv=None) -> dict:
     prepared = engine.prepare(ids, pixels)
     phase = ConditionsPhase(engine, device)
     per_position = kv_bytes_per_position(adapter, bench.dtype)
+    itemsize = torch.empty(0, dtype=bench.dtype).element_size()
     new_tokens = args.new_tokens
 
     knockouts, _ = knockout_conditions(adapter, ids)
@@ -242,6 +243,9 @@ def main(argv=None) -> dict:
         "prefix_kv_bytes": prefix * per_position,
         "extra_over_own_kv": logits["conditions_phase"]["extra_over_own_kv"]["36"],
         "target_extra_over_own_kv": 2.0,
+        # the (1, V) logit row the call returns per condition: the result, not overhead (it dominates
+        # the narrow 7B geometry's per-condition bytes, whose KV is 16x narrower than the 7B's)
+        "returned_logits_bytes_per_condition": adapter.lm_head.weight.shape[0] * itemsize,
         "attention_rows_in_one_chunk": logits_one_chunk,
     })
     generation.update({

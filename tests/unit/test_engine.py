@@ -231,7 +231,9 @@ def test_conditions_do_not_copy_the_shared_prefix(synthetic, make_inputs):
 def _eager_attention(query, prefix, keys, values, allowed, scaling):
     """Independent reference: the prefix copied in front of every row's keys, float64 softmax."""
     batch, heads = query.shape[:2]
-    full_keys, full_values = (torch.cat([p.expand(batch, -1, -1, -1), own], dim=2) for p, own in zip(prefix, (keys, values)))
+    full_keys, full_values = (
+        torch.cat([shared.expand(batch, -1, -1, -1), own], dim=2) for shared, own in zip(prefix, (keys, values))
+    )
     repeat = heads // keys.shape[1]
     full_keys, full_values = (x.repeat_interleave(repeat, dim=1).double() for x in (full_keys, full_values))
     scores = (query.double() @ full_keys.transpose(2, 3)) * scaling
