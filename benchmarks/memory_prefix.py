@@ -12,7 +12,7 @@ batch-1 prefix forward's, whatever C: the rows never get near it), and the condi
 peak (the chunk runs after the prefix, above what was alive when they began, the prefix cache
 among it); per extra condition (peak(C) - peak(1)) / (C - 1) of that phase, and that over the
 condition's own KV size (its own positions, suffix + generated, x layers x keys and values).
-Target: <= 2 for the knockouts. The same with the attention's rows in one chunk
+Target: <= 2 for the knockouts. The same with the attention in one chunk
 (`attention.WORKSPACE_SHARE_OF_OWN_KV = None`) shows what the chunking buys, and the conditions
 phase's time with and without it (interleaved, --repeats x 5 rounds) what it costs. The prefix's
 KV size is printed too: copying it per row (the engine before shared_prefix.py) costs that much
@@ -155,8 +155,8 @@ def measure(phase: ConditionsPhase, conditions: list, counts: list[int], call, o
 
 
 @contextlib.contextmanager
-def attention_rows_in_one_chunk():
-    """The engine with every row of a layer call scored at once (no chunks: the engine before chunking)."""
+def attention_in_one_chunk():
+    """The engine with every head and row of a layer call scored at once (the engine before chunking)."""
     previous, attention.WORKSPACE_SHARE_OF_OWN_KV = attention.WORKSPACE_SHARE_OF_OWN_KV, None
     try:
         yield
@@ -171,7 +171,7 @@ def phase_times(phase: ConditionsPhase, call, rounds: int) -> dict:
     call()
     for _ in range(rounds):
         for side in times:
-            with attention_rows_in_one_chunk() if side == "one_chunk" else contextlib.nullcontext():
+            with attention_in_one_chunk() if side == "one_chunk" else contextlib.nullcontext():
                 call()
             times[side].append((phase.seconds, phase.cpu_seconds))
     ratios = [c[1] / o[1] for c, o in zip(times["chunks"], times["one_chunk"])]
@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         logits = measure(phase, knockouts, [1, 9, 36], logits_of, own_kv)
         generation = measure(phase, generation_conditions, [1, 4, 16], generate, gen_own_kv)
-        with attention_rows_in_one_chunk():
+        with attention_in_one_chunk():
             logits_one_chunk = measure(phase, knockouts, [1, 9, 36], logits_of, own_kv)["conditions_phase"]
         rounds = 5 * args.repeats
         times = {
@@ -246,7 +246,7 @@ def main(argv=None) -> dict:
         # the (1, V) logit row the call returns per condition: the result, not overhead (it dominates
         # the narrow 7B geometry's per-condition bytes, whose KV is 16x narrower than the 7B's)
         "returned_logits_bytes_per_condition": adapter.lm_head.weight.shape[0] * itemsize,
-        "attention_rows_in_one_chunk": logits_one_chunk,
+        "attention_in_one_chunk": logits_one_chunk,
     })
     generation.update({
         "new_tokens": new_tokens,
@@ -289,7 +289,7 @@ def main(argv=None) -> dict:
             f"({part['own_kv_bytes_per_condition'] / 1024:.0f} KB) {_rounded(phase_part['extra_over_own_kv'])}; "
             f"prefix KV {part['prefix_kv_bytes'] / MB:.1f} MB"
         )
-    print(f"logits, attention rows in one chunk: extra / own KV {_rounded(logits_one_chunk['extra_over_own_kv'])}")
+    print(f"logits, attention in one chunk: extra / own KV {_rounded(logits_one_chunk['extra_over_own_kv'])}")
     for name, timing in times.items():
         print(
             f"conditions phase, {name}: CPU ms chunks {timing['chunks_ms']['cpu_min']:.1f} vs one chunk "

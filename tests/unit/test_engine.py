@@ -244,8 +244,9 @@ def _eager_attention(query, prefix, keys, values, allowed, scaling):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask", ["per row", "per row and head", "shared"])
 @pytest.mark.parametrize("num_queries", [1, 3])
-def test_shared_prefix_attention_in_row_chunks_equals_eager_attention(dtype, mask, num_queries):
-    """`LayerKeys.attend` (prefix read in place, rows in chunks) equals attention over per-row copies."""
+def test_shared_prefix_attention_in_chunks_equals_eager_attention(dtype, mask, num_queries):
+    """`LayerKeys.attend` (prefix read in place; in chunks of heads, of heads and rows) equals attention
+    over per-row copies of the prefix; chunks of heads alone give the bits of one chunk."""
     from vlminterp.interventions.attention import LayerKeys
 
     generator = torch.Generator().manual_seed(0)
@@ -263,8 +264,17 @@ def test_shared_prefix_attention_in_row_chunks_equals_eager_attention(dtype, mas
     allowed[..., -1] = True  # every query keeps a key
     expected = _eager_attention(query, prefix, keys, values, allowed, 0.35)
     layer = LayerKeys(keys, values, prefix)
+    module = torch.nn.Module().eval()
+    one_head = batch * layer.workspace_bytes_per_row(heads // kv_heads, num_queries, dtype, "cpu")
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
-    for rows_per_chunk in (None, 1, 2, 4):
-        output, _ = layer.attend(torch.nn.Module().eval(), query, allowed, 0.35, 0.0, rows_per_chunk)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same matmul gives the same bits
+    try:
+        outputs = {budget: layer.attend(module, query, allowed, 0.35, 0.0, budget)[0]
+                   for budget in (None, one_head, one_head / 2, 1)}  # one chunk, per head, + rows, 1 row
+    finally:
+        torch.set_num_threads(threads)
+    for budget, output in outputs.items():
         assert output.shape == expected.shape and output.dtype == dtype
-        assert (output.double() - expected).abs().max() < tolerance, rows_per_chunk
+        assert (output.double() - expected).abs().max() < tolerance, budget
+    assert torch.equal(outputs[one_head], outputs[None])

@@ -24,12 +24,13 @@ a call's scores would outgrow a per-row copy of the prefix (a long suffix after 
 prefix is expanded for that layer call only and the model's backend runs as usual.
 The scores of a row over the prefix are as large as the prefix (heads x queries x P + S floats per
 layer call): for a one-token suffix that is more than the row's own KV cache in all layers at small
-widths. So a call's rows are scored a chunk at a time, each chunk's scores at most
-WORKSPACE_SHARE_OF_OWN_KV of the rows' own KV cache (at least one row per chunk), one buffer
-turned into probabilities in place: the attention's working memory is then a fixed share of what
-the rows hold anyway, and an extra condition costs its own KV, that share of it, and its hidden
-states (benchmarks/memory_prefix.py). At LLaVA-1.5-7B sizes on the paper's 634-position sequence one
-chunk holds every row.
+widths. So a call's scores are computed a chunk at a time, each chunk's at most
+WORKSPACE_SHARE_OF_OWN_KV of the rows' own KV cache, one buffer turned into probabilities in
+place: chunks of key/value heads (the same bits as one chunk on one CPU thread), and of rows too
+only when one key/value head of every row is over the budget. The attention's working memory is
+then a fixed share of what the rows hold anyway, and an extra condition costs its own KV, that
+share of it, and its hidden states (benchmarks/memory_prefix.py). At LLaVA-1.5-7B sizes on the
+paper's 634-position sequence one chunk holds everything.
 
 Index convention: a query's index is its slot in the KV cache, i.e. its position in the sequence
 for ordinary caches: with K keys and Q queries in a call, the queries are slots K-Q .. K-1.
@@ -48,8 +49,8 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 SUPPORTED_BACKENDS = ("sdpa", "eager")
-# The scores of one layer call over a shared prefix are computed a chunk of rows at a time, each
-# chunk's at most this share of the rows' own KV cache (module docstring); None: all rows at once.
+# The scores of one layer call over a shared prefix are computed a chunk (of heads, of rows) at a
+# time, each chunk's at most this share of the rows' own KV cache (module docstring); None: at once.
 WORKSPACE_SHARE_OF_OWN_KV: float | None = 0.25
 _names = itertools.count()
 
@@ -214,43 +215,62 @@ class LayerKeys:
         allowed: torch.Tensor,
         scaling: float,
         dropout: float,
-        rows_per_chunk: int | None = None,
+        workspace_bytes: float | None = None,
     ) -> tuple[torch.Tensor, None]:
         """(output (B, Q, H, head_dim), None), computed as transformers' eager attention does (scores in
-        the query dtype, softmax in float32), reading the prefix in place, `rows_per_chunk` batch rows
-        at a time (None: all at once). Each chunk's scores are one buffer in the folded layout
-        (1, kv_heads, rows * group * Q, P + S), turned into probabilities in place where the dtypes allow."""
+        the query dtype, softmax in float32), reading the prefix in place, with at most
+        `workspace_bytes` of scores at a time (None: all at once): in chunks of key/value heads, each
+        head's matmuls exactly those of one chunk (same bits on one CPU thread), and in chunks of rows
+        as well only when one key/value head of every row is over it (matmuls of fewer rows: the
+        rounding may differ)."""
         batch, heads, num_queries, _ = query.shape
         kv_heads = self.keys.shape[1]
-        # blocked pairs in the (B, kv_heads, group, Q, P + S) layout of `_attend_rows`' scores
-        heads_shape = (kv_heads, heads // kv_heads) if allowed.shape[1] == heads else (1, 1)
+        group = heads // kv_heads
+        # blocked pairs in the (B, kv_heads, group, Q, P + S) layout of `_attend_chunk`'s scores
+        heads_shape = (kv_heads, group) if allowed.shape[1] == heads else (1, 1)
         blocked = ~allowed.reshape(allowed.shape[0], *heads_shape, allowed.shape[2], self.length)
-        chunks = 1 if rows_per_chunk is None else -(-batch // max(1, rows_per_chunk))
-        if chunks == 1:
-            return self._attend_rows(module, query, blocked, self.keys, self.values, scaling, dropout), None
-        step = -(-batch // chunks)  # equal chunks (no one-row tail)
+        one_head_one_row = self.workspace_bytes_per_row(group, num_queries, query.dtype, query.device)
+        head_step, row_step = kv_heads, batch
+        if workspace_bytes is not None and batch * kv_heads * one_head_one_row > workspace_bytes:
+            head_step = max(1, int(workspace_bytes // (batch * one_head_one_row)))
+            if head_step == 1:
+                row_step = max(1, int(workspace_bytes // one_head_one_row))
+        head_step, row_step = _even_step(kv_heads, head_step), _even_step(batch, row_step)
+        if (head_step, row_step) == (kv_heads, batch):
+            output = self._attend_chunk(module, query, blocked, self.keys, self.values,
+                                        self.prefix_keys, self.prefix_values, scaling, dropout)
+            return output, None
         output = query.new_empty(batch, num_queries, heads, self.values.shape[-1])
-        for start in range(0, batch, step):
-            rows = slice(start, start + step)
-            output[rows] = self._attend_rows(
-                module,
-                query[rows],
-                blocked[rows] if blocked.shape[0] == batch else blocked,
-                self.keys[rows],
-                self.values[rows],
-                scaling,
-                dropout,
-            )
+        for first_head in range(0, kv_heads, head_step):
+            kv = slice(first_head, first_head + head_step)
+            query_heads = slice(first_head * group, (first_head + head_step) * group)
+            mask_heads = kv if heads_shape[0] > 1 else slice(None)
+            for first_row in range(0, batch, row_step):
+                rows = slice(first_row, first_row + row_step)
+                mask_rows = rows if blocked.shape[0] == batch else slice(None)
+                output[rows, :, query_heads] = self._attend_chunk(
+                    module,
+                    query[rows, query_heads],
+                    blocked[mask_rows, mask_heads],
+                    self.keys[rows, kv],
+                    self.values[rows, kv],
+                    self.prefix_keys[:, kv],
+                    self.prefix_values[:, kv],
+                    scaling,
+                    dropout,
+                )
         return output, None
 
-    def _attend_rows(self, module, query, blocked, keys, values, scaling, dropout) -> torch.Tensor:
-        """`attend` for the batch rows of `query` (their own `keys` / `values`): (B, Q, H, head_dim)."""
+    @staticmethod
+    def _attend_chunk(module, query, blocked, keys, values, prefix_keys, prefix_values, scaling, dropout):
+        """`attend` for the rows and heads of `query` (B, H, Q, head_dim): their own `keys` / `values`,
+        the prefix's `prefix_keys` / `prefix_values` of the same key/value heads; (B, Q, H, head_dim)."""
         batch, heads, num_queries, head_dim = query.shape
-        kv_heads, length, prefix = keys.shape[1], self.length, self.prefix_length
-        group = heads // kv_heads
+        kv_heads, prefix = keys.shape[1], prefix_keys.shape[2]
+        length, group = prefix + keys.shape[2], heads // kv_heads
         grouped = query.reshape(batch, kv_heads, group * num_queries, head_dim)
         scores = query.new_empty(1, kv_heads, batch * group * num_queries, length)
-        torch.matmul(_fold_rows(grouped), self.prefix_keys.transpose(2, 3), out=scores[..., :prefix])
+        torch.matmul(_fold_rows(grouped), prefix_keys.transpose(2, 3), out=scores[..., :prefix])
         scores[..., prefix:] = _fold_rows(grouped @ keys.transpose(2, 3))
         scores.mul_(scaling)
         by_head = scores.view(kv_heads, batch, group, num_queries, length).transpose(0, 1)  # a view
@@ -261,11 +281,17 @@ class LayerKeys:
             probabilities = scores.copy_(torch.softmax(scores, dim=-1, dtype=torch.float32))
         if dropout and module.training:
             probabilities = torch.nn.functional.dropout(probabilities, p=dropout, training=True)
-        output = probabilities[..., :prefix] @ self.prefix_values
+        output = probabilities[..., :prefix] @ prefix_values
         own_probabilities = _unfold_rows(probabilities[..., prefix:], batch)
         output = _unfold_rows(output, batch) + own_probabilities @ values
         output = output.reshape(batch, heads, num_queries, output.shape[-1])
         return output.transpose(1, 2).contiguous()
+
+
+def _even_step(total: int, step: int) -> int:
+    """The chunk size that splits `total` into as many chunks as `step` does, all (nearly) equal."""
+    chunks = -(-total // max(1, step))
+    return -(-total // chunks)
 
 
 def _model_eager_function(module) -> Callable | None:
@@ -350,11 +376,10 @@ class AttentionEditor:
                 lambda rows: keys.probabilities(module, query[:, :, rows], allowed[:, :, rows], scale),
             )
         if keys.prefix_length and keys.split_is_smaller(heads, num_queries):
-            rows = None
+            budget = None
             if WORKSPACE_SHARE_OF_OWN_KV is not None:
                 budget = WORKSPACE_SHARE_OF_OWN_KV * self.shared_prefix.own_kv_bytes()
-                rows = int(budget // keys.workspace_bytes_per_row(heads, num_queries, query.dtype, query.device))
-            return keys.attend(module, query, allowed, scale, dropout, rows_per_chunk=rows)
+            return keys.attend(module, query, allowed, scale, dropout, workspace_bytes=budget)
         full_key, full_value = keys.materialized()
         return run_backend(self.backend, module, query, full_key, full_value, allowed, scaling, dropout, kwargs)
 
