@@ -126,6 +126,7 @@ def narrow_7b_config():
 def start(doc: str, argv=None, *, options: dict[str, int] | None = None):
     """Parse the common arguments (plus integer `options`, e.g. {"--new-tokens": 64}), load the model
     and encode the paper's input: (args, bench, input_ids, pixel_values)."""
+    mark_start()
     parser = base_parser(doc.strip().splitlines()[0])
     for flag, default in (options or {}).items():
         parser.add_argument(flag, type=int, default=default)
@@ -179,18 +180,37 @@ def summarize(times: list[float]) -> dict:
     return {"seconds_min": min(times), "seconds_median": statistics.median(times), "seconds_all": times}
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15-minute load averages (None where the OS keeps none)."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+_started = {"load_average": load_average(), "wall": time.perf_counter(), "cpu": time.process_time()}
+
+
+def mark_start() -> None:
+    """Record the load average and clocks now as the benchmark's start (start() does; environment()
+    reports them)."""
+    _started.update(load_average=load_average(), wall=time.perf_counter(), cpu=time.process_time())
+
+
 def environment() -> dict:
+    """Versions, threads, the load average (1, 5, 15 min) at the benchmark's start and now (its end), and
+    the seconds in between: times taken on a loaded machine are noisy (memory numbers are not)."""
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "load_average_start": _started["load_average"],
+        "load_average_end": load_average(),
+        "seconds_since_start": round(time.perf_counter() - _started["wall"], 1),
+        "cpu_seconds_since_start": round(time.process_time() - _started["cpu"], 1),  # this process only
     }
-    try:
-        info["load_average_1min"] = os.getloadavg()[0]
-    except OSError:
-        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     import transformers

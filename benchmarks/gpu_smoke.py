@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import RESULTS_DIR, environment, save
+from benchmarks.common import RESULTS_DIR, environment, mark_start, save
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = ROOT / "configs" / "llava-1.5-7b.yaml"
@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default benchmarks/results/gpu_smoke_<device>_<size>.json)")
     args = parser.parse_args(argv)
+    mark_start()
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():  # no CUDA context is created here

@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 import torch
 
-from benchmarks.common import base_parser, environment, load_bench_model, output_path, save
+from benchmarks.common import base_parser, environment, load_bench_model, mark_start, output_path, save
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=32, help="N (the larger run uses 4N)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "N"), help=argparse_suppress())
     args = parser.parse_args(argv)
+    mark_start()
     if args.child:
         print(json.dumps(_measure(args, args.child[0], int(args.child[1]))))
         return {}

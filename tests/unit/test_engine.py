@@ -225,3 +225,55 @@ def test_conditions_do_not_copy_the_shared_prefix(synthetic, make_inputs):
     per_condition = (many - one) / (len(conditions) - 1)
     prefix_kv = (length - 1) * kv_bytes_per_position(adapter, torch.float32)
     assert 0 < per_condition < 0.25 * prefix_kv, (per_condition, prefix_kv)
+
+
+def _eager_attention(query, prefix, keys, values, allowed, scaling):
+    """Independent reference: the prefix copied in front of every row's keys, float64 softmax."""
+    batch, heads = query.shape[:2]
+    full_keys, full_values = (
+        torch.cat([shared.expand(batch, -1, -1, -1), own], dim=2) for shared, own in zip(prefix, (keys, values))
+    )
+    repeat = heads // keys.shape[1]
+    full_keys, full_values = (x.repeat_interleave(repeat, dim=1).double() for x in (full_keys, full_values))
+    scores = (query.double() @ full_keys.transpose(2, 3)) * scaling
+    probabilities = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return (probabilities @ full_values).transpose(1, 2)  # (B, Q, H, head_dim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask", ["per row", "per row and head", "shared"])
+@pytest.mark.parametrize("num_queries", [1, 3])
+def test_shared_prefix_attention_in_chunks_equals_eager_attention(dtype, mask, num_queries):
+    """`LayerKeys.attend` (prefix read in place; in chunks of heads, of heads and rows) equals attention
+    over per-row copies of the prefix; chunks of heads alone give the bits of one chunk."""
+    from vlminterp.interventions.attention import LayerKeys
+
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, prefix_length, own, head_dim = 5, 6, 2, 7, num_queries + 1, 8
+
+    def random(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    query = random(batch, heads, num_queries, head_dim)
+    prefix = (random(1, kv_heads, prefix_length, head_dim), random(1, kv_heads, prefix_length, head_dim))
+    keys, values = random(batch, kv_heads, own, head_dim), random(batch, kv_heads, own, head_dim)
+    length = prefix_length + own
+    shape = {"per row": (batch, 1), "per row and head": (batch, heads), "shared": (1, 1)}[mask]
+    allowed = torch.rand(*shape, num_queries, length, generator=generator) > 0.4
+    allowed[..., -1] = True  # every query keeps a key
+    expected = _eager_attention(query, prefix, keys, values, allowed, 0.35)
+    layer = LayerKeys(keys, values, prefix)
+    module = torch.nn.Module().eval()
+    one_head = batch * layer.workspace_bytes_per_row(heads // kv_heads, num_queries, dtype, "cpu")
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same matmul gives the same bits
+    try:
+        outputs = {budget: layer.attend(module, query, allowed, 0.35, 0.0, budget)[0]
+                   for budget in (None, one_head, one_head / 2, 1)}  # one chunk, per head, + rows, 1 row
+    finally:
+        torch.set_num_threads(threads)
+    for budget, output in outputs.items():
+        assert output.shape == expected.shape and output.dtype == dtype
+        assert (output.double() - expected).abs().max() < tolerance, budget
+    assert torch.equal(outputs[one_head], outputs[None])

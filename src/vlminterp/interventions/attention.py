@@ -22,6 +22,15 @@ call receives are each row's own positions, and the batch-1 prefix they continue
 cache in place (`LayerKeys`): scored for all rows in one batch-1 matmul, never copied per row. When
 a call's scores would outgrow a per-row copy of the prefix (a long suffix after a short prefix) the
 prefix is expanded for that layer call only and the model's backend runs as usual.
+The scores of a row over the prefix are as large as the prefix (heads x queries x P + S floats per
+layer call): for a one-token suffix that is more than the row's own KV cache in all layers at small
+widths. So a call's scores are computed a chunk at a time, each chunk's at most
+WORKSPACE_SHARE_OF_OWN_KV of the rows' own KV cache, one buffer turned into probabilities in
+place: chunks of key/value heads (the same bits as one chunk on one CPU thread), and of rows too
+only when one key/value head of every row is over the budget. The attention's working memory is
+then a fixed share of what the rows hold anyway, and an extra condition costs its own KV, that
+share of it, and its hidden states (benchmarks/memory_prefix.py). At LLaVA-1.5-7B sizes on the
+paper's 634-position sequence one chunk holds everything.
 
 Index convention: a query's index is its slot in the KV cache, i.e. its position in the sequence
 for ordinary caches: with K keys and Q queries in a call, the queries are slots K-Q .. K-1.
@@ -40,6 +49,9 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 SUPPORTED_BACKENDS = ("sdpa", "eager")
+# The scores of one layer call over a shared prefix are computed a chunk (of heads, of rows) at a
+# time, each chunk's at most this share of the rows' own KV cache (module docstring); None: at once.
+WORKSPACE_SHARE_OF_OWN_KV: float | None = 0.25
 _names = itertools.count()
 
 
@@ -117,6 +129,9 @@ class SharedPrefix(Protocol):
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(keys, values) of the shared positions at `layer`, each (1, kv_heads, P, head_dim); None if P = 0."""
 
+    def own_kv_bytes(self) -> int:
+        """Bytes held for every row's own keys and values, all layers (what the rows cost anyway)."""
+
 
 def _fold_rows(x: torch.Tensor) -> torch.Tensor:
     """(B, Hkv, M, n) -> (1, Hkv, B*M, n): every row's query rows side by side, for one batch-1 matmul."""
@@ -186,28 +201,97 @@ class LayerKeys:
         scores = self.scores(query, scaling, torch.float32).masked_fill(~allowed, float("-inf"))
         return torch.softmax(scores, dim=-1)
 
+    def workspace_bytes_per_row(self, num_heads: int, num_queries: int, dtype: torch.dtype, device) -> int:
+        """Bytes `attend` holds at once per batch row: the scores in `dtype`, plus a float32 softmax
+        unless float32 scores are turned into probabilities in place (CPU)."""
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        in_place = dtype == torch.float32 and torch.device(device).type == "cpu"
+        return num_heads * num_queries * self.length * (itemsize + (0 if in_place else 4))
+
     def attend(
-        self, module, query: torch.Tensor, allowed: torch.Tensor, scaling: float, dropout: float
+        self,
+        module,
+        query: torch.Tensor,
+        allowed: torch.Tensor,
+        scaling: float,
+        dropout: float,
+        workspace_bytes: float | None = None,
     ) -> tuple[torch.Tensor, None]:
         """(output (B, Q, H, head_dim), None), computed as transformers' eager attention does (scores in
-        the query dtype, softmax in float32), reading the prefix in place. Scores, mask and
-        probabilities live in the folded layout (1, kv_heads, B * rows, P + S), one buffer each."""
-        batch, heads, num_queries, head_dim = query.shape
+        the query dtype, softmax in float32), reading the prefix in place, with at most
+        `workspace_bytes` of scores at a time (None: all at once): in chunks of key/value heads, each
+        head's matmuls exactly those of one chunk (same bits on one CPU thread), and in chunks of rows
+        as well only when one key/value head of every row is over it (matmuls of fewer rows: the
+        rounding may differ)."""
+        batch, heads, num_queries, _ = query.shape
         kv_heads = self.keys.shape[1]
-        rows = heads // kv_heads * num_queries
-        grouped = query.reshape(batch, kv_heads, rows, head_dim)
-        own = _fold_rows(grouped @ self.keys.transpose(2, 3))
-        scores = torch.cat([_fold_rows(grouped) @ self.prefix_keys.transpose(2, 3), own], dim=-1).mul_(scaling)
-        blocked = (~allowed).expand(batch, heads, num_queries, self.length)
-        scores.masked_fill_(_fold_rows(blocked.reshape(batch, kv_heads, rows, self.length)), float("-inf"))
-        probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        del scores
-        probabilities = torch.nn.functional.dropout(probabilities, p=dropout, training=module.training)
-        output = probabilities[..., : self.prefix_length] @ self.prefix_values
-        own_probabilities = _unfold_rows(probabilities[..., self.prefix_length :], batch)
-        output = _unfold_rows(output, batch) + own_probabilities @ self.values
+        group = heads // kv_heads
+        # blocked pairs in the (B, kv_heads, group, Q, P + S) layout of `_attend_chunk`'s scores
+        heads_shape = (kv_heads, group) if allowed.shape[1] == heads else (1, 1)
+        blocked = ~allowed.reshape(allowed.shape[0], *heads_shape, allowed.shape[2], self.length)
+        one_head_one_row = self.workspace_bytes_per_row(group, num_queries, query.dtype, query.device)
+        head_step, row_step = kv_heads, batch
+        if workspace_bytes is not None and batch * kv_heads * one_head_one_row > workspace_bytes:
+            head_step = max(1, int(workspace_bytes // (batch * one_head_one_row)))
+            if head_step == 1:
+                row_step = max(1, int(workspace_bytes // one_head_one_row))
+        head_step, row_step = _even_step(kv_heads, head_step), _even_step(batch, row_step)
+        if (head_step, row_step) == (kv_heads, batch):
+            output = self._attend_chunk(module, query, blocked, self.keys, self.values,
+                                        self.prefix_keys, self.prefix_values, scaling, dropout)
+            return output, None
+        output = query.new_empty(batch, num_queries, heads, self.values.shape[-1])
+        for first_head in range(0, kv_heads, head_step):
+            kv = slice(first_head, first_head + head_step)
+            query_heads = slice(first_head * group, (first_head + head_step) * group)
+            mask_heads = kv if heads_shape[0] > 1 else slice(None)
+            for first_row in range(0, batch, row_step):
+                rows = slice(first_row, first_row + row_step)
+                mask_rows = rows if blocked.shape[0] == batch else slice(None)
+                output[rows, :, query_heads] = self._attend_chunk(
+                    module,
+                    query[rows, query_heads],
+                    blocked[mask_rows, mask_heads],
+                    self.keys[rows, kv],
+                    self.values[rows, kv],
+                    self.prefix_keys[:, kv],
+                    self.prefix_values[:, kv],
+                    scaling,
+                    dropout,
+                )
+        return output, None
+
+    @staticmethod
+    def _attend_chunk(module, query, blocked, keys, values, prefix_keys, prefix_values, scaling, dropout):
+        """`attend` for the rows and heads of `query` (B, H, Q, head_dim): their own `keys` / `values`,
+        the prefix's `prefix_keys` / `prefix_values` of the same key/value heads; (B, Q, H, head_dim)."""
+        batch, heads, num_queries, head_dim = query.shape
+        kv_heads, prefix = keys.shape[1], prefix_keys.shape[2]
+        length, group = prefix + keys.shape[2], heads // kv_heads
+        grouped = query.reshape(batch, kv_heads, group * num_queries, head_dim)
+        scores = query.new_empty(1, kv_heads, batch * group * num_queries, length)
+        torch.matmul(_fold_rows(grouped), prefix_keys.transpose(2, 3), out=scores[..., :prefix])
+        scores[..., prefix:] = _fold_rows(grouped @ keys.transpose(2, 3))
+        scores.mul_(scaling)
+        by_head = scores.view(kv_heads, batch, group, num_queries, length).transpose(0, 1)  # a view
+        by_head.masked_fill_(blocked, float("-inf"))
+        if scores.dtype == torch.float32 and scores.device.type == "cpu":  # in place: same bits as softmax()
+            probabilities = torch.softmax(scores, dim=-1, out=scores)
+        else:  # float32 softmax, rounded back into the scores' buffer (in-place aliasing unverified on GPUs)
+            probabilities = scores.copy_(torch.softmax(scores, dim=-1, dtype=torch.float32))
+        if dropout and module.training:
+            probabilities = torch.nn.functional.dropout(probabilities, p=dropout, training=True)
+        output = probabilities[..., :prefix] @ prefix_values
+        own_probabilities = _unfold_rows(probabilities[..., prefix:], batch)
+        output = _unfold_rows(output, batch) + own_probabilities @ values
         output = output.reshape(batch, heads, num_queries, output.shape[-1])
-        return output.transpose(1, 2).contiguous(), None
+        return output.transpose(1, 2).contiguous()
+
+
+def _even_step(total: int, step: int) -> int:
+    """The chunk size that splits `total` into as many chunks as `step` does, all (nearly) equal."""
+    chunks = -(-total // max(1, step))
+    return -(-total // chunks)
 
 
 def _model_eager_function(module) -> Callable | None:
@@ -292,7 +376,10 @@ class AttentionEditor:
                 lambda rows: keys.probabilities(module, query[:, :, rows], allowed[:, :, rows], scale),
             )
         if keys.prefix_length and keys.split_is_smaller(heads, num_queries):
-            return keys.attend(module, query, allowed, scale, dropout)
+            budget = None
+            if WORKSPACE_SHARE_OF_OWN_KV is not None:
+                budget = WORKSPACE_SHARE_OF_OWN_KV * self.shared_prefix.own_kv_bytes()
+            return keys.attend(module, query, allowed, scale, dropout, workspace_bytes=budget)
         full_key, full_value = keys.materialized()
         return run_backend(self.backend, module, query, full_key, full_value, allowed, scaling, dropout, kwargs)
 

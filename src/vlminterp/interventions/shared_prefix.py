@@ -97,3 +97,10 @@ class SharedPrefixCache(DynamicCache):
         """(keys, values) of the shared prefix at `layer`, each (1, kv_heads, P, head_dim); None if P = 0."""
         own = self.layers[layer]
         return (own.prefix_keys, own.prefix_values) if own.prefix_length else None
+
+    def own_kv_bytes(self) -> int:
+        """Bytes of the buffers reserved for every row's own keys and values, all layers."""
+        return sum(
+            (layer._key_buffer.numel() + layer._value_buffer.numel()) * layer._key_buffer.element_size()
+            for layer in self.layers
+        )
