@@ -23,11 +23,11 @@ def kaduri_vocabulary():
 
 
 def kaduri_session():
-    """Keyword arguments of vlminterp.experiments.kaduri_common.open_session."""
+    """The K stages' session: keyword arguments of vlminterp.experiments.session.StageConfig."""
     return dict(model=model_spec(), dataset_dir=dataset_root(), split=kaduri_split(),
-                batch_size=KADURI["batch_size"],
+                batch_size=KADURI["batch_size"], vocabulary=kaduri_vocabulary(),
                 prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
-                            geometry=KADURI["geometry"]))
+                            geometry=KADURI["geometry"], max_new_tokens=KADURI["max_new_tokens"]))
 
 
 

@@ -22,9 +22,7 @@ rule run_group_knockouts:
         shard=r"\d+",
     params:
         session=kaduri_session(),
-        spec={k: v for k, v in KADURI["knockout"].items() if k != "llm_judge"},
-        max_new_tokens=KADURI["max_new_tokens"],
-        vocabulary=kaduri_vocabulary(),
+        spec=KADURI["knockout"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
     threads: model_threads(experiment=True)
@@ -77,7 +75,7 @@ rule judge_group_knockouts_llm:
         summary=report(results("kaduri/knockout/llm_judge_summary.csv"), caption=caption("knockout_llm_judge"),
                        category="Kaduri et al.", subcategory="K2 knockout"),
     params:
-        judge={k: v for k, v in KADURI["knockout"]["llm_judge"].items() if k not in ("enabled", "cache")},
+        judge=KADURI["knockout"]["llm_judge"],
         cache=results(KADURI["knockout"]["llm_judge"]["cache"]),
         vocabulary=kaduri_vocabulary(),
         seed=SEED,

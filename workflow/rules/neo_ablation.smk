@@ -34,10 +34,8 @@ rule compute_mean_embedding:
     output:
         results("neo/mean_embedding.safetensors"),
     params:
-        model=model_spec(),
-        dataset_dir=dataset_root(),
+        session=neo_session(config["neo"]["mean"]["split"]),
         mean=config["neo"]["mean"],
-        geometry=config["neo"]["cells"]["geometry"],
         seed=SEED,
     threads: model_threads(experiment=True)
     resources:

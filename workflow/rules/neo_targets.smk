@@ -30,11 +30,18 @@ def neo_questions_input():
     return {"questions": neo_questions_file()} if neo_questions_file() else {}
 
 
+def neo_session(split):
+    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.session.StageConfig."""
+    return dict(model=model_spec(), dataset_dir=dataset_root(), split=split, vocabulary=neo_vocabulary(),
+                prompt=dict(geometry=config["neo"]["cells"]["geometry"],
+                            system_prompt=config["neo"]["prompts"]["system_prompt"]))
+
+
 def neo_stage_params():
-    """Params every per-image Neo stage passes to vlminterp.experiments.neo_common.load_stage_inputs."""
-    return dict(model=model_spec(), dataset_dir=dataset_root(), split=config["neo"]["selection"]["split"], cells=config["neo"]["cells"],
+    """Params every per-image Neo stage passes to its vlminterp.experiments.stages function."""
+    return dict(session=neo_session(config["neo"]["selection"]["split"]),
                 prompts={**config["neo"]["prompts"], "vqa_questions_file": neo_questions_file()},
-                vocabulary=neo_vocabulary(), images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
+                images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
 
 def neo_stage_inputs():
