@@ -79,6 +79,7 @@ class EncodedImage:
     size: tuple[int, int]  # original (width, height)
     groups: TokenGroups
     prepared: PreparedInput = field(repr=False)
+    image_inputs: dict = field(repr=False, default_factory=dict)  # the processor's (pixel_values, ...), on the CPU
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -154,12 +155,14 @@ class Session:
         prompt = self.adapter.format_prompt(text, self.prompt.system_prompt)
         if answer_prefix:
             prompt = f"{prompt} {answer_prefix}"
-        return self._prepare(image, prompt)
+        input_ids, image_inputs = self._encode(image, prompt)
+        return self.engine.prepare(input_ids, **image_inputs)
 
-    def _prepare(self, image, prompt: str) -> PreparedInput:
+    def _encode(self, image, prompt: str) -> tuple[torch.Tensor, dict]:
+        """(input_ids (1, T), image inputs) of a full prompt text with the image placeholder."""
         shown = self.adapter.prepare_image(image, self.prompt.geometry)
         encoding = self.processor(images=shown, text=prompt, return_tensors="pt")
-        return self.engine.prepare(encoding["input_ids"], **self.adapter.image_inputs(encoding))
+        return encoding["input_ids"], self.adapter.image_inputs(encoding)
 
     @torch.no_grad()
     def image_features(self, images: Sequence) -> torch.Tensor:
@@ -175,8 +178,9 @@ class Session:
     def encode(self, image_id: int, text: str | None = None) -> EncodedImage:
         """The describe prompt (or `text`, a full prompt with the image placeholder) of one image."""
         image = self.dataset.load_image(image_id)
-        prepared = self._prepare(image, text if text is not None else self.describe_text())
-        return EncodedImage(int(image_id), image.size, self.adapter.token_groups(prepared.input_ids.cpu()), prepared)
+        input_ids, image_inputs = self._encode(image, text if text is not None else self.describe_text())
+        return EncodedImage(int(image_id), image.size, self.adapter.token_groups(input_ids),
+                            self.engine.prepare(input_ids, **image_inputs), image_inputs)
 
     def tokenize(self, text: str, *, bos: bool) -> torch.Tensor:
         """(1, n) token ids of a text (with the tokenizer's BOS when `bos`)."""
