@@ -40,7 +40,7 @@ def neo_session(split):
 def neo_stage_params():
     """Params every per-image Neo stage passes to its vlminterp.experiments.stages function."""
     return dict(session=neo_session(config["neo"]["selection"]["split"]),
-                prompts={**config["neo"]["prompts"], "vqa_questions_file": neo_questions_file()},
+                prompts=config["neo"]["prompts"],
                 images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
 

@@ -8,5 +8,6 @@ with rule_context(snakemake.log[0], threads=snakemake.threads, seed=params.seed)
     table = stages.token_ablation(session=params.session, spec=params.ablation, prompts=params.prompts,
                                   selection=snakemake.input.selection, cells=snakemake.input.cells,
                                   mean=snakemake.input.mean, shard=snakemake.wildcards.shard,
-                                  images_per_shard=params.images_per_shard, seed=params.seed)
+                                  images_per_shard=params.images_per_shard, seed=params.seed,
+                                  questions=snakemake.input.get("questions"))
     write_table(table, snakemake.output[0])

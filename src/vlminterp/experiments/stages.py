@@ -71,43 +71,48 @@ def _neo_shard(session: Section, stage: str, selection: Path, cells: Path, shard
             cells_by_image(table[table["image_id"].isin(targets["image_id"])]))
 
 
-def _prompts(prompts: Section):
+def _prompts(prompts: Section, questions: Path | None):
+    """neo.prompts as a PromptSpec; `questions`, the VQA questions file the run asks from (the
+    stage's input: neo.prompts.vqa_questions_file, or the authors' questions converted when
+    neo.authors_data.questions), replaces the section's file."""
     from vlminterp.experiments.neo_prompts import PromptSpec
 
-    return build_spec(PromptSpec, prompts, where="neo.prompts")
+    return build_spec(PromptSpec, prompts, where="neo.prompts",
+                      **({"vqa_questions_file": str(questions)} if questions else {}))
 
 
 def token_ablation(*, session: Section, spec: Section, prompts: Section, selection: Path, cells: Path, mean: Path,
-                   shard: str, images_per_shard: int, seed: int) -> pd.DataFrame:
+                   shard: str, images_per_shard: int, seed: int, questions: Path | None = None) -> pd.DataFrame:
     """Rule ablate_object_tokens: N1 on one shard of the targets."""
     from vlminterp.experiments.mean_embedding import load_mean_embedding
     from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 
     ablation = build_spec(AblationSpec, spec, where="neo.ablation", seed=seed)
     opened, targets, target_cells = _neo_shard(session, "N1 token ablation", selection, cells, shard, images_per_shard)
-    return run_token_ablation(opened, targets, ablation, cells=target_cells, prompts=_prompts(prompts),
+    return run_token_ablation(opened, targets, ablation, cells=target_cells, prompts=_prompts(prompts, questions),
                               mean=load_mean_embedding(mean))
 
 
 def logit_lens(*, session: Section, spec: Section, prompts: Section, selection: Path, cells: Path, shard: str,
-               images_per_shard: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+               images_per_shard: int, questions: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rule apply_logit_lens: N2 on one shard of the targets, (topk, scores)."""
     from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens
 
     lens = build_spec(LensSpec, spec, where="neo.logit_lens")
     opened, targets, target_cells = _neo_shard(session, "N2 logit lens", selection, cells, shard, images_per_shard)
-    return run_logit_lens(opened, targets, lens, cells=target_cells, prompts=_prompts(prompts))
+    return run_logit_lens(opened, targets, lens, cells=target_cells, prompts=_prompts(prompts, questions))
 
 
 def attention_blocking(*, session: Section, spec: Section, prompts: Section, selection: Path, cells: Path,
-                       shard: str, images_per_shard: int) -> pd.DataFrame:
+                       shard: str, images_per_shard: int, questions: Path | None = None) -> pd.DataFrame:
     """Rule block_object_attention: N3 on one shard of the targets."""
     from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
 
     blocking = build_spec(BlockingSpec, spec, where="neo.blocking")
     opened, targets, target_cells = _neo_shard(session, "N3 attention blocking", selection, cells, shard,
                                                images_per_shard)
-    return run_attention_blocking(opened, targets, blocking, cells=target_cells, prompts=_prompts(prompts))
+    return run_attention_blocking(opened, targets, blocking, cells=target_cells,
+                                  prompts=_prompts(prompts, questions))
 
 
 # ---- Kaduri et al. (K1-K4) ------------------------------------------------------------------------
