@@ -62,7 +62,8 @@ from tqdm import tqdm
 from vlminterp.data.cells import random_cells
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_common import TargetCells
-from vlminterp.experiments.neo_prompts import SETTINGS, PromptSpec, answer_first_token, question_image_ids, vqa_questions
+from vlminterp.experiments.neo_prompts import (SETTINGS, PromptSpec, answer_first_token, question_image_ids,
+                                               vqa_questions)
 from vlminterp.experiments.session import Session
 from vlminterp.interventions import Ablation, AdaptiveBatch, Condition
 

@@ -22,7 +22,7 @@ from vlminterp.io import read_table
 from vlminterp.sharding import shard_rows
 from vlminterp.specs import build_spec
 
-Path = str | os.PathLike
+PathLike = str | os.PathLike
 Section = Mapping[str, Any]
 
 
@@ -32,7 +32,8 @@ def open_session(session: Section, stage: str) -> Session:
 
 
 # ---- Neo et al. (N1-N3) ---------------------------------------------------------------------------
-def object_cells(*, model: Section, dataset_dir: Path, split: str, cells: Section, selection: Path) -> pd.DataFrame:
+def object_cells(*, model: Section, dataset_dir: PathLike, split: str, cells: Section,
+                 selection: PathLike) -> pd.DataFrame:
     """Rule map_object_cells: the cell table of the selected targets (`neo_common.map_object_cells`),
     from the model's geometry only (no weights loaded)."""
     from vlminterp.data.coco import CocoDataset
@@ -44,7 +45,7 @@ def object_cells(*, model: Section, dataset_dir: Path, split: str, cells: Sectio
     return map_object_cells(CocoDataset.load(dataset_dir, split), read_table(selection), adapter, spec)
 
 
-def mean_embedding(*, session: Section, mean: Section, images: Path, output: Path) -> None:
+def mean_embedding(*, session: Section, mean: Section, images: PathLike, output: PathLike) -> None:
     """Rule compute_mean_embedding: the streaming mean of `images` (neo.mean; the session opens
     the split they come from), written to `output`."""
     import logging
@@ -61,7 +62,7 @@ def mean_embedding(*, session: Section, mean: Section, images: Path, output: Pat
     save_mean_embedding(vector, count, image_ids, output, batching=batches.columns())
 
 
-def _neo_shard(session: Section, stage: str, selection: Path, cells: Path, shard: str, images_per_shard: int):
+def _neo_shard(session: Section, stage: str, selection: PathLike, cells: PathLike, shard: str, images_per_shard: int):
     """(session, this shard's targets, their cells by image) of a per-image Neo stage."""
     from vlminterp.experiments.neo_common import cells_by_image
 
@@ -71,7 +72,7 @@ def _neo_shard(session: Section, stage: str, selection: Path, cells: Path, shard
             cells_by_image(table[table["image_id"].isin(targets["image_id"])]))
 
 
-def _prompts(prompts: Section, questions: Path | None):
+def _prompts(prompts: Section, questions: PathLike | None):
     """neo.prompts as a PromptSpec; `questions`, the VQA questions file the run asks from (the
     stage's input: neo.prompts.vqa_questions_file, or the authors' questions converted when
     neo.authors_data.questions), replaces the section's file."""
@@ -81,8 +82,9 @@ def _prompts(prompts: Section, questions: Path | None):
                       **({"vqa_questions_file": str(questions)} if questions else {}))
 
 
-def token_ablation(*, session: Section, spec: Section, prompts: Section, selection: Path, cells: Path, mean: Path,
-                   shard: str, images_per_shard: int, seed: int, questions: Path | None = None) -> pd.DataFrame:
+def token_ablation(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike,
+                   mean: PathLike, shard: str, images_per_shard: int, seed: int,
+                   questions: PathLike | None = None) -> pd.DataFrame:
     """Rule ablate_object_tokens: N1 on one shard of the targets."""
     from vlminterp.experiments.mean_embedding import load_mean_embedding
     from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
@@ -93,8 +95,8 @@ def token_ablation(*, session: Section, spec: Section, prompts: Section, selecti
                               mean=load_mean_embedding(mean))
 
 
-def logit_lens(*, session: Section, spec: Section, prompts: Section, selection: Path, cells: Path, shard: str,
-               images_per_shard: int, questions: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def logit_lens(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike, shard: str,
+               images_per_shard: int, questions: PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rule apply_logit_lens: N2 on one shard of the targets, (topk, scores)."""
     from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens
 
@@ -103,8 +105,8 @@ def logit_lens(*, session: Section, spec: Section, prompts: Section, selection: 
     return run_logit_lens(opened, targets, lens, cells=target_cells, prompts=_prompts(prompts, questions))
 
 
-def attention_blocking(*, session: Section, spec: Section, prompts: Section, selection: Path, cells: Path,
-                       shard: str, images_per_shard: int, questions: Path | None = None) -> pd.DataFrame:
+def attention_blocking(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike,
+                       shard: str, images_per_shard: int, questions: PathLike | None = None) -> pd.DataFrame:
     """Rule block_object_attention: N3 on one shard of the targets."""
     from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
 
@@ -116,13 +118,13 @@ def attention_blocking(*, session: Section, spec: Section, prompts: Section, sel
 
 
 # ---- Kaduri et al. (K1-K4) ------------------------------------------------------------------------
-def _kaduri_shard(session: Section, stage: str, images: Path, shard: str, images_per_shard: int):
+def _kaduri_shard(session: Section, stage: str, images: PathLike, shard: str, images_per_shard: int):
     from vlminterp.experiments.kaduri_images import load_images_table
 
     return open_session(session, stage), shard_rows(load_images_table(images), shard, images_per_shard)
 
 
-def attention_fractions(*, session: Section, spec: Section, images: Path, shard: str,
+def attention_fractions(*, session: Section, spec: Section, images: PathLike, shard: str,
                         images_per_shard: int) -> pd.DataFrame:
     """Rule measure_attention_fractions: K1 on one shard of the images."""
     from vlminterp.experiments.kaduri_attention import AttentionFractionSpec
@@ -132,7 +134,7 @@ def attention_fractions(*, session: Section, spec: Section, images: Path, shard:
     return run(opened, rows, build_spec(AttentionFractionSpec, spec, where="kaduri.attention"))
 
 
-def group_knockouts(*, session: Section, spec: Section, images: Path, shard: str,
+def group_knockouts(*, session: Section, spec: Section, images: PathLike, shard: str,
                     images_per_shard: int) -> pd.DataFrame:
     """Rule run_group_knockouts: K2 on one shard of the images, judged offline."""
     from vlminterp.experiments.kaduri_knockout import KnockoutSpec
@@ -142,7 +144,7 @@ def group_knockouts(*, session: Section, spec: Section, images: Path, shard: str
     return run(opened, rows, build_spec(KnockoutSpec, spec, where="kaduri.knockout"))
 
 
-def localization(*, session: Section, spec: Section, images: Path, shard: str,
+def localization(*, session: Section, spec: Section, images: PathLike, shard: str,
                  images_per_shard: int) -> pd.DataFrame:
     """Rule localize_objects: K3 on one shard of the images."""
     from vlminterp.experiments.kaduri_localization import LocalizationSpec
@@ -152,7 +154,7 @@ def localization(*, session: Section, spec: Section, images: Path, shard: str,
     return run(opened, rows, build_spec(LocalizationSpec, spec, where="kaduri.localization"))
 
 
-def reprompting(*, session: Section, spec: Section, images: Path, questions: Path, shard: str,
+def reprompting(*, session: Section, spec: Section, images: PathLike, questions: PathLike, shard: str,
                 images_per_shard: int) -> pd.DataFrame:
     """Rule answer_reprompt_questions: K4 on one shard of the images."""
     from vlminterp.experiments.kaduri_reprompt import RepromptSpec
