@@ -26,7 +26,7 @@ def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
     """Each config section that configures a library stage -> (its spec dataclass, the spec's
     fields the config does not hold: the run's seed and thread count, which the workflow passes,
     and library-only options). A section passes whole (`specs.build_spec`); its sub-sections are
-    the nested spec dataclasses of its fields (kaduri.knockout.llm_judge: `LLMJudgeConfig`).
+    the nested spec dataclasses of its fields (e.g. neo.blocking.fixed_windows: `FixedWindow`).
 
     The dataclasses hold the defaults; the schema repeats them for its readers, and
     tests/unit/test_config_schema.py fails when a key or a default differs. Sections read by the
@@ -36,7 +36,7 @@ def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
     from vlminterp.data.coco import SelectionSpec
     from vlminterp.data.shapes import ShapesWorldSpec
     from vlminterp.experiments.kaduri_attention import AttentionFractionSpec
-    from vlminterp.experiments.kaduri_knockout import KnockoutSpec
+    from vlminterp.experiments.kaduri_knockout import KnockoutSpec, LLMJudgeConfig
     from vlminterp.experiments.kaduri_localization import LocalizationSpec
     from vlminterp.experiments.kaduri_reprompt import RepromptSpec
     from vlminterp.experiments.mean_embedding import MeanSpec
@@ -60,6 +60,7 @@ def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
         "neo.blocking": (BlockingSpec, none),
         "kaduri.attention": (AttentionFractionSpec, none),
         "kaduri.knockout": (KnockoutSpec, none),
+        "kaduri.llm_judge": (LLMJudgeConfig, none),
         "kaduri.localization": (LocalizationSpec, none),
         "kaduri.reprompt": (RepromptSpec, none),
     }
@@ -201,11 +202,11 @@ def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dic
 
 def check_judge_key(config: dict, environ: dict | None = None) -> None:
     """An enabled LLM judge whose API-key variable is unset fails here, before any job runs."""
-    judge = config["kaduri"]["knockout"]["llm_judge"]
+    judge = config["kaduri"]["llm_judge"]
     variable = judge["api_key_env"]
     environ = os.environ if environ is None else environ
     if judge["enabled"] and variable and not environ.get(variable):
         raise ConfigError(
-            f"kaduri.knockout.llm_judge.enabled is true but the environment variable {variable} "
-            f"(kaduri.knockout.llm_judge.api_key_env) is not set: export it, set api_key_env: null "
+            f"kaduri.llm_judge.enabled is true but the environment variable {variable} "
+            f"(kaduri.llm_judge.api_key_env) is not set: export it, set api_key_env: null "
             f"for an endpoint without a key, or disable the judge")

@@ -1,11 +1,11 @@
 """Turn a validated config section into a library spec dataclass, naming any bad key.
 
     spec = build_spec(OrganismSpec, config["model"]["organism"], where="model.organism", seed=0)
-    spec = build_spec(KnockoutSpec, config["kaduri"]["knockout"], where="kaduri.knockout")  # nested
+    spec = build_spec(BlockingSpec, config["neo"]["blocking"], where="neo.blocking")   # whole
     check_fields(OrganismSpec, values)      # a saved spec's JSON: ValueError naming unknown fields
 
 A config section passes whole: a sub-section becomes the nested spec dataclass of its field
-(`KnockoutSpec.llm_judge: LLMJudgeConfig`), a list becomes a tuple, and a list of mappings whose
+(`StageConfig.prompt: DescribePrompt`), a list becomes a tuple, and a list of mappings whose
 field is `tuple[SomeNamedTuple, ...]` becomes a tuple of those (`BlockingSpec.fixed_windows`).
 Which section maps onto which dataclass: `config_checks.SECTION_SPECS`.
 """

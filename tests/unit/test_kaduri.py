@@ -241,7 +241,7 @@ def test_a_stage_runs_on_its_shard_of_the_images_table(synthetic, world, dataset
     write_table(images, tmp_path / "images.csv")
     session = dict(model={"id_or_path": str(tmp_path / "model")}, dataset_dir=str(world), split="val",
                    prompt={"text": "Describe this image.", "max_new_tokens": 3}, vocabulary="shapes")
-    section = {"window_step": 0, "start_layer_step": 0, "llm_judge": {"enabled": False}}
+    section = {"window_step": 0, "start_layer_step": 0, "sweep_target": "generated"}
     table = stages.group_knockouts(session=session, spec=section, images=tmp_path / "images.csv", shard="1",
                                    images_per_shard=2)
     expected = group_knockouts(_session(synthetic, dataset, max_new_tokens=3), images.iloc[2:],

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from vlminterp.experiments.kaduri_knockout import KnockoutSpec
+from vlminterp.experiments.kaduri_knockout import LLMJudgeConfig
 from vlminterp.specs import build_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,23 +17,23 @@ KADURI = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["kaduri"]["proper
 
 
 def test_llm_judge_section_builds_the_judge_spec():
-    """kaduri.knockout passes whole: its llm_judge sub-section is the nested LLMJudgeConfig, which
-    builds the judge client's spec with the run's cache path."""
+    """kaduri.llm_judge (its own section: changing the judge never reruns the knockouts) builds
+    the judge client's spec with the run's cache path."""
     config = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}}
     validate(config, str(SCHEMA_PATH), set_default=True)
-    spec = build_spec(KnockoutSpec, config["kaduri"]["knockout"], where="kaduri.knockout")
-    assert spec.llm_judge.enabled is False
-    assert not spec.llm_judge.cache.startswith("/"), "the cache lives under results/<run>/"
-    client = spec.llm_judge.client_spec("results/x/" + spec.llm_judge.cache)
+    judge = build_spec(LLMJudgeConfig, config["kaduri"]["llm_judge"], where="kaduri.llm_judge")
+    assert judge.enabled is False
+    assert not judge.cache.startswith("/"), "the cache lives under results/<run>/"
+    client = judge.client_spec("results/x/" + judge.cache)
     assert client.api_key_env == "OPENAI_API_KEY" and client.cache_path.endswith("llm_judge_cache.jsonl")
-    assert client.model == KADURI["knockout"]["properties"]["llm_judge"]["properties"]["model"]["default"]
+    assert client.model == KADURI["llm_judge"]["properties"]["model"]["default"]
 
 
 def test_defaults_fill_in_and_bad_keys_fail():
     config = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}}
     validate(config, str(SCHEMA_PATH), set_default=True)
     assert config["kaduri"]["reprompt"]["top_k_fractions"] == [0.02, 0.05]
-    assert config["kaduri"]["knockout"]["llm_judge"]["enabled"] is False
+    assert config["kaduri"]["llm_judge"]["enabled"] is False
     bad = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"},
            "kaduri": {"knockout": {"window_stp": 2}}}
     with pytest.raises(Exception, match="window_stp"):

@@ -1,5 +1,5 @@
 # K2 (Kaduri et al.): attention knockout between token groups; descriptions scored by the offline
-# judge (and, when kaduri.knockout.llm_judge.enabled, by an LLM judge in its own rule).
+# judge (and, when kaduri.llm_judge.enabled, by an LLM judge in its own rule).
 
 FINAL_OUTPUTS.extend([
     results("kaduri/knockout/summary.csv"),
@@ -7,7 +7,7 @@ FINAL_OUTPUTS.extend([
     results("kaduri/knockout/start_layer.png"),
     results("kaduri/knockout/windows.png"),
 ])
-if KADURI["knockout"]["llm_judge"]["enabled"]:
+if KADURI["llm_judge"]["enabled"]:
     FINAL_OUTPUTS.append(results("kaduri/knockout/llm_judge_summary.csv"))
 
 
@@ -75,8 +75,8 @@ rule judge_group_knockouts_llm:
         summary=report(results("kaduri/knockout/llm_judge_summary.csv"), caption=caption("knockout_llm_judge"),
                        category="Kaduri et al.", subcategory="K2 knockout"),
     params:
-        judge=KADURI["knockout"]["llm_judge"],
-        cache=results(KADURI["knockout"]["llm_judge"]["cache"]),
+        judge=KADURI["llm_judge"],
+        cache=results(KADURI["llm_judge"]["cache"]),
         vocabulary=kaduri_vocabulary(),
         seed=SEED,
     log:

@@ -9,7 +9,7 @@ from vlminterp.specs import build_spec
 
 params = snakemake.params
 with rule_context(snakemake.log[0], seed=params.seed):
-    judge = build_spec(LLMJudgeConfig, params.judge, where="kaduri.knockout.llm_judge")
+    judge = build_spec(LLMJudgeConfig, params.judge, where="kaduri.llm_judge")
     Path(params.cache).parent.mkdir(parents=True, exist_ok=True)
     table = read_table(snakemake.input[0])
     judged = llm_judge_knockouts(table, judge.client_spec(params.cache), load_vocabulary(params.vocabulary))

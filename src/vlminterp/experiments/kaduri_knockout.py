@@ -61,7 +61,8 @@ KNOCKOUT_COLUMNS = ("image_id", "condition", "family", "target", "layer_start", 
 
 @dataclass(frozen=True)
 class LLMJudgeConfig:
-    """The optional LLM judge of K2 (config kaduri.knockout.llm_judge): `enabled` runs rule
+    """The optional LLM judge of K2 (config section kaduri.llm_judge, beside kaduri.knockout: the
+    judge is its own rule, and changing it never reruns the knockouts): `enabled` runs rule
     judge_group_knockouts_llm; `cache` is its answer cache under results/<run>/; the other fields
     are the request's (`scoring.llm_judge.LLMJudgeSpec`, built by `client_spec`)."""
 
@@ -88,14 +89,12 @@ class LLMJudgeConfig:
 @dataclass(frozen=True)
 class KnockoutSpec:
     """window_step: spacing s of the window grid (0 = no windows); start_layer_step: spacing of the
-    start layers l (0 = no sweep); sweep_target: what the from-l sweep blocks from the image;
-    llm_judge: the optional LLM judge (its own rule). The description cap is the session's
-    (`DescribePrompt.max_new_tokens`)."""
+    start layers l (0 = no sweep); sweep_target: what the from-l sweep blocks from the image. The
+    description cap is the session's (`DescribePrompt.max_new_tokens`)."""
 
     window_step: int = 1
     start_layer_step: int = 1
     sweep_target: str = "generated"
-    llm_judge: LLMJudgeConfig = LLMJudgeConfig()
 
     def __post_init__(self):
         if self.sweep_target not in TARGETS:
