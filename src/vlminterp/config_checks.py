@@ -6,6 +6,7 @@ config file(s) it came from, never the whole schema. workflow/rules/common.smk c
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,57 @@ MAX_VALUE_CHARS = 80
 
 class ConfigError(ValueError):
     """The config is invalid; the message lists each problem on its own line."""
+
+
+def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
+    """Each config section that configures a library stage -> (its spec dataclass, the spec's
+    fields the config does not hold: the run's seed and thread count, which the workflow passes,
+    and library-only options). A section passes whole (`specs.build_spec`); its sub-sections are
+    the nested spec dataclasses of its fields (e.g. neo.blocking.fixed_windows: `FixedWindow`).
+
+    The dataclasses hold the defaults; the schema repeats them for its readers, and
+    tests/unit/test_config_schema.py fails when a key or a default differs. Sections read by the
+    workflow alone (resources, sharding, evaluation, neo.authors_data, dataset.coco, the K
+    stages' shared keys: they become the `session` of experiments.session.StageConfig) have no
+    spec of their own."""
+    from vlminterp.data.coco import SelectionSpec
+    from vlminterp.data.shapes import ShapesWorldSpec
+    from vlminterp.experiments.kaduri_attention import AttentionFractionSpec
+    from vlminterp.experiments.kaduri_knockout import KnockoutSpec, LLMJudgeConfig
+    from vlminterp.experiments.kaduri_localization import LocalizationSpec
+    from vlminterp.experiments.kaduri_reprompt import RepromptSpec
+    from vlminterp.experiments.mean_embedding import MeanSpec
+    from vlminterp.experiments.neo_ablation import AblationSpec
+    from vlminterp.experiments.neo_blocking import BlockingSpec
+    from vlminterp.geometry import CellSpec
+    from vlminterp.experiments.neo_logit_lens import LensSpec
+    from vlminterp.experiments.neo_prompts import PromptSpec
+    from vlminterp.models.organism import OrganismSpec
+
+    none = frozenset()
+    return {
+        "dataset.shapes": (ShapesWorldSpec, frozenset({"seed"})),
+        "model.organism": (OrganismSpec, frozenset({"seed", "num_threads"})),
+        "neo.selection": (SelectionSpec, frozenset({"seed", "targets_per_image"})),
+        "neo.cells": (CellSpec, none),
+        "neo.prompts": (PromptSpec, none),
+        "neo.mean": (MeanSpec, none),
+        "neo.ablation": (AblationSpec, frozenset({"seed"})),
+        "neo.logit_lens": (LensSpec, none),
+        "neo.blocking": (BlockingSpec, none),
+        "kaduri.attention": (AttentionFractionSpec, none),
+        "kaduri.knockout": (KnockoutSpec, none),
+        "kaduri.llm_judge": (LLMJudgeConfig, none),
+        "kaduri.localization": (LocalizationSpec, none),
+        "kaduri.reprompt": (RepromptSpec, none),
+    }
+
+
+def config_section(config: dict, dotted: str) -> dict:
+    """The section at a dotted key path ("neo.ablation")."""
+    for key in dotted.split("."):
+        config = config[key]
+    return config
 
 
 def _default_filling_validator(schema: dict):
@@ -95,30 +147,37 @@ def _spec_problem(cls: type, section: dict, where: str, **overrides: Any) -> str
     return None
 
 
+def _section_problems(config: dict) -> Iterator[str]:
+    """What the stages' spec dataclasses find wrong in their sections (`section_specs`; the shapes
+    world's and the organism's only when the run uses them)."""
+    used = {"dataset.shapes": config["dataset"]["kind"] == "shapes",
+            "model.organism": config["model"]["kind"] == "organism"}
+    for dotted, (cls, _) in section_specs().items():
+        if not used.get(dotted, True):
+            continue
+        overrides = {"seed": config["seed"]} if "seed" in {f.name for f in dataclasses.fields(cls)} else {}
+        if dotted == "neo.prompts" and config["neo"]["authors_data"]["questions"]:
+            overrides["vqa_questions_file"] = "neo/authors_questions.csv"  # the rules supply the authors' file
+        problem = _spec_problem(cls, config_section(config, dotted), dotted, **overrides)
+        if problem:
+            yield problem
+
+
 def _cross_key_problems(config: dict) -> Iterator[str]:
     """Rules between keys the schema cannot express (sizes that must agree or divide, limits that
     depend on each other)."""
+    yield from _section_problems(config)
     dataset, model = config["dataset"], config["model"]
     shapes_world = dataset["kind"] == "shapes"
     organism = model["kind"] == "organism"
     if shapes_world:
-        from vlminterp.data.shapes import ShapesWorldSpec
-
         world = dataset["shapes"]
-        problem = _spec_problem(ShapesWorldSpec, world, "dataset.shapes", seed=config["seed"])
-        if problem:
-            yield problem
         max_annotations = config["neo"]["selection"]["max_annotations"]
         if world["max_objects"] > max_annotations:
             yield (f"neo.selection.max_annotations: {max_annotations} is below "
                    f"dataset.shapes.max_objects={world['max_objects']}, so every image with more "
                    f"objects would be dropped from N1-N3 silently; raise it to {world['max_objects']}")
     if organism:
-        from vlminterp.models.organism import OrganismSpec
-
-        problem = _spec_problem(OrganismSpec, model["organism"], "model.organism", seed=config["seed"])
-        if problem:
-            yield problem
         if shapes_world and dataset["shapes"]["cell_size"] != model["organism"]["patch_size"]:
             cell, patch = dataset["shapes"]["cell_size"], model["organism"]["patch_size"]
             yield (f"dataset.shapes.cell_size: {cell} differs from model.organism.patch_size="
@@ -166,11 +225,11 @@ def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dic
 
 def check_judge_key(config: dict, environ: dict | None = None) -> None:
     """An enabled LLM judge whose API-key variable is unset fails here, before any job runs."""
-    judge = config["kaduri"]["knockout"]["llm_judge"]
+    judge = config["kaduri"]["llm_judge"]
     variable = judge["api_key_env"]
     environ = os.environ if environ is None else environ
     if judge["enabled"] and variable and not environ.get(variable):
         raise ConfigError(
-            f"kaduri.knockout.llm_judge.enabled is true but the environment variable {variable} "
-            f"(kaduri.knockout.llm_judge.api_key_env) is not set: export it, set api_key_env: null "
+            f"kaduri.llm_judge.enabled is true but the environment variable {variable} "
+            f"(kaduri.llm_judge.api_key_env) is not set: export it, set api_key_env: null "
             f"for an endpoint without a key, or disable the judge")

@@ -35,8 +35,9 @@ from vlminterp.data.coco import CocoDataset
 from vlminterp.data.coco import SelectionSpec, select_targets
 from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
-from vlminterp.experiments.neo_common import CellSpec, PromptSpec
-from vlminterp.geometry import EXCLUDED_OUTSIDE_CROP, cells_by_image, map_object_cells, mask_tokens
+from vlminterp.experiments.neo_prompts import PromptSpec
+from vlminterp.experiments.session import Session
+from vlminterp.geometry import EXCLUDED_OUTSIDE_CROP, CellSpec, cells_by_image, map_object_cells, mask_tokens
 from vlminterp.scoring.vocabulary import load_vocabulary
 from vlminterp.stats import excluded_counts, excluded_note
 
@@ -200,13 +201,12 @@ def test_targets_outside_the_crop_are_excluded_and_counted_by_n1_and_n3(train201
     model, processor, adapter = synthetic("real-geometry")
     chosen = selection[selection["image_id"].isin(outside)]
     prompts = PromptSpec(vqa_question="What is the {name} made of?")
-    ablation = run_token_ablation(model, processor, adapter, dataset, chosen, grids, torch.zeros(1), prompts=prompts,
-                                  vocabulary=load_vocabulary("coco", categories=list(dataset.category_names().values())),
-                                  spec=AblationSpec(), cell_spec=CellSpec())
+    session = Session.from_model(model, processor, dataset,
+                                 vocabulary=load_vocabulary("coco", categories=list(dataset.category_names().values())))
+    ablation = run_token_ablation(session, chosen, AblationSpec(), cells=grids, prompts=prompts, mean=torch.zeros(1))
     assert len(ablation) == 3 * len(outside) and not ablation["included"].any() and set(ablation["condition"]) == {"none"}
     assert excluded_counts(ablation) == {EXCLUDED_OUTSIDE_CROP: len(outside)}
-    blocking = run_attention_blocking(model, processor, adapter, dataset, chosen, grids, prompts=prompts,
-                                      spec=BlockingSpec(), cell_spec=CellSpec())
+    blocking = run_attention_blocking(session, chosen, BlockingSpec(), cells=grids, prompts=prompts)
     assert len(blocking) == len(outside) and excluded_counts(blocking) == {EXCLUDED_OUTSIDE_CROP: len(outside)}
     assert excluded_note(excluded_counts(blocking)) == f"{len(outside)} excluded: object outside the crop ({len(outside)})"
 

@@ -25,7 +25,7 @@ def test_valid_config_gets_the_schema_defaults():
     config = _checked()
     assert config["device"] == "cpu"
     assert config["model"]["organism"]["patch_size"] == 16
-    assert config["kaduri"]["knockout"]["llm_judge"]["api_key_env"] == "OPENAI_API_KEY"
+    assert config["kaduri"]["llm_judge"]["api_key_env"] == "OPENAI_API_KEY"
 
 
 @pytest.mark.parametrize("edit, line", [
@@ -67,7 +67,7 @@ def test_every_schema_problem_is_listed_once_without_the_schema():
                                          ("MY KEY", False)])
 def test_api_key_env_must_look_like_a_variable_name(name, valid):
     def edit(c):
-        c["kaduri"]["knockout"] = {"llm_judge": {"api_key_env": name}}
+        c["kaduri"]["llm_judge"] = {"api_key_env": name}
     if valid:
         _checked(edit)
     else:
@@ -77,9 +77,9 @@ def test_api_key_env_must_look_like_a_variable_name(name, valid):
 
 
 def test_enabled_judge_needs_its_variable():
-    config = _checked(lambda c: c["kaduri"].update(knockout={"llm_judge": {"enabled": True}}))
+    config = _checked(lambda c: c["kaduri"].update(llm_judge={"enabled": True}))
     with pytest.raises(ConfigError, match="OPENAI_API_KEY .* is not set"):
         check_judge_key(config, environ={})
     check_judge_key(config, environ={"OPENAI_API_KEY": "x"})
-    config["kaduri"]["knockout"]["llm_judge"]["enabled"] = False
+    config["kaduri"]["llm_judge"]["enabled"] = False
     check_judge_key(config, environ={})

@@ -14,12 +14,10 @@ SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def _spec_sections():
-    """(schema $defs name, spec dataclass, fields the workflow fills in itself)."""
-    from vlminterp.data.shapes import ShapesWorldSpec
-    from vlminterp.models.organism import OrganismSpec
+    """(config section, spec dataclass, spec fields the config does not hold): every section."""
+    from vlminterp.config_checks import section_specs
 
-    return [("dataset.shapes", ShapesWorldSpec, {"seed"}),
-            ("model.organism", OrganismSpec, {"seed", "num_threads"})]
+    return [(name, cls, filled) for name, (cls, filled) in section_specs().items()]
 
 
 def _section(dotted: str) -> dict:
@@ -46,21 +44,85 @@ def test_every_object_rejects_unknown_keys():
     assert not open_objects, f"objects that accept unknown keys: {open_objects}"
 
 
+def _as_config(value, like=None):
+    """A spec value as the config writes it (tuples as lists, named tuples as mappings, pairs as a
+    mapping where the config has one: OrganismSpec.task_weights)."""
+    if isinstance(like, dict) and isinstance(value, tuple):
+        return dict(value)
+    if hasattr(value, "_asdict"):
+        return {k: _as_config(v) for k, v in value._asdict().items()}
+    if isinstance(value, tuple):
+        return [_as_config(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_config(v) for k, v in value.items()}
+    return value
+
+
+def _compare(name: str, section: dict, spec_cls, filled=frozenset()) -> list[str]:
+    """Where a schema section and a spec dataclass differ: keys, defaults, nested sections."""
+    fields = {f.name: f for f in dataclasses.fields(spec_cls) if f.name not in filled}
+    problems = []
+    if set(section["properties"]) != set(fields):
+        problems.append(f"{name}: only in schema {set(section['properties']) - set(fields)}, "
+                        f"only in {spec_cls.__name__} {set(fields) - set(section['properties'])}")
+    default_spec = spec_cls(**({"base_url": "x", "model": "m"} if spec_cls.__name__ == "LLMJudgeSpec" else {}))
+    for key, sub in section["properties"].items():
+        if key not in fields:
+            continue
+        expected = getattr(default_spec, key)
+        if dataclasses.is_dataclass(expected):
+            problems += _compare(f"{name}.{key}", sub, type(expected))
+            if sub.get("default") != {}:
+                problems.append(f"{name}.{key}: a nested section's default must be {{}}, filled by its keys")
+        elif sub.get("default") != _as_config(expected, sub.get("default")):
+            problems.append(f"default of {name}.{key}: schema {sub.get('default')!r} != spec {_as_config(expected)!r}")
+    return problems
+
+
 @pytest.mark.parametrize("name, spec_cls, filled", _spec_sections(), ids=lambda v: str(v))
 def test_schema_section_matches_spec_dataclass(name, spec_cls, filled):
-    section = _section(name)["properties"]
-    fields = {f.name: f for f in dataclasses.fields(spec_cls) if f.name not in filled}
-    assert set(section) == set(fields), (
-        f"schema {name} and {spec_cls.__name__} disagree: "
-        f"only in schema {set(section) - set(fields)}, only in spec {set(fields) - set(section)}")
-    default_spec = spec_cls()
-    for key, sub in section.items():
-        expected = getattr(default_spec, key)
-        if key == "task_weights":
-            expected = dict(expected)
-        elif isinstance(expected, tuple):
-            expected = list(expected)
-        assert sub.get("default") == expected, f"default of {name}.{key}: schema {sub.get('default')!r} != spec {expected!r}"
+    """Every library section: the same keys as its dataclass, the same defaults, nested alike."""
+    problems = _compare(name, _section(name), spec_cls, filled)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_section_maps_onto_a_spec_or_the_session():
+    """Each object section of neo: and kaduri: is a spec section (or the workflow's own:
+    neo.authors_data); kaduri's shared keys are the session's (StageConfig, DescribePrompt)."""
+    from vlminterp.experiments.session import DescribePrompt, StageConfig
+
+    specs = {name for name, _, _ in _spec_sections()}
+    for paper in ("neo", "kaduri"):
+        for key, sub in _section(paper)["properties"].items():
+            if sub.get("type") == "object" and f"{paper}.{key}" != "neo.authors_data":
+                assert f"{paper}.{key}" in specs, f"{paper}.{key} has no spec dataclass"
+    kaduri = _section("kaduri")["properties"]
+    prompt, config = DescribePrompt(), StageConfig(model=None, dataset_dir="", split="")
+    assert kaduri["prompt"]["default"] == prompt.text
+    assert kaduri["system_prompt"]["default"] == prompt.system_prompt
+    assert kaduri["geometry"]["default"] == prompt.geometry
+    assert kaduri["max_new_tokens"]["default"] == prompt.max_new_tokens
+    assert kaduri["batch_size"]["default"] == config.batch_size
+
+
+def test_a_section_passes_whole():
+    """The default config builds every spec from its section as it is, and every value of the
+    section reads back from the spec (no key dropped, renamed or injected)."""
+    from vlminterp.config_checks import config_section
+    from vlminterp.specs import build_spec
+
+    config = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}}
+    validate(config, str(SCHEMA_PATH), set_default=True)
+    for name, spec_cls, filled in _spec_sections():
+        section = config_section(config, name)
+        spec = build_spec(spec_cls, section, where=name, **({"seed": 0} if "seed" in filled else {}))
+        assert _read_back(section, spec) == section, name
+
+
+def _read_back(section: dict, spec) -> dict:
+    """The section's keys read from the built spec, as config values (nested specs as mappings)."""
+    return {key: _read_back(section[key], getattr(spec, key)) if dataclasses.is_dataclass(getattr(spec, key))
+            else _as_config(getattr(spec, key), section[key]) for key in section}
 
 
 @pytest.mark.parametrize("config_file", [ROOT / "config.yaml", ROOT / "tests" / "configs" / "tiny.yaml",

@@ -202,6 +202,43 @@ def test_per_layer_subsets_equal_blocking_the_dropped_keys(variant, synthetic, m
     assert continue_generation(adapter, prompt_only, question, max_new_tokens=8) != full
 
 
+@pytest.mark.parametrize("variant", ["tiny-llama", "tiny-phi3"])
+def test_engine_continues_kept_caches_in_batches_as_the_reference_answers(variant, synthetic, make_inputs):
+    """`continue_cache` (what K4 runs): questions of two lengths after two kept caches, two rows per
+    batch, each answer equal to the naive reference on the whole input with the dropped keys blocked."""
+    model, processor, adapter, ids, pixels = _setup(synthetic, make_inputs, variant, "sdpa")
+    engine = InterventionEngine(model, adapter, max_batch_size=2)
+    length = ids.shape[1]
+    text = [p for p in range(length) if p not in adapter.image_positions(ids)[0].tolist()]
+    questions = [continuation_ids(processor, q) for q in
+                 (" Is there a cat? ASSISTANT:", " Is there a dog? ASSISTANT:", " What is it? ASSISTANT:",
+                  " Is there a red square here? ASSISTANT:")]
+    assert len({q.shape[1] for q in questions}) > 1, "two lengths: two batches"
+    kept = engine.kept_caches(engine.prepare(ids, pixels), {"all": range(length), "text": text})
+    for key, dropped in (("all", []), ("text", sorted(set(range(length)) - set(text)))):
+        blocked = [Knockout(From(length), dropped)] if dropped else None
+        expected = [reference_generate(model, adapter, torch.cat([ids, q], 1), pixels, blocked, max_new_tokens=6)
+                    for q in questions]
+        assert engine.continue_cache(kept[key], questions, max_new_tokens=6) == expected, key
+
+
+@pytest.mark.parametrize("variant", ["tiny-llama", "tiny-qwen2-vl"])
+def test_extend_equals_preparing_the_longer_input(variant, synthetic, make_inputs):
+    """`engine.extend` (K4's full_image input) gives the embeddings and RoPE positions of preparing
+    prompt + text at once (Qwen2-VL: M-RoPE positions continue after the image)."""
+    from helpers import split_inputs
+
+    model, processor, adapter = synthetic(variant)
+    ids, pixels, extra = split_inputs(adapter, make_inputs(processor, adapter))
+    engine = InterventionEngine(model, adapter)
+    question = continuation_ids(processor, " Is there a cat? ASSISTANT:")
+    extended = engine.extend(engine.prepare(ids, pixels, **extra), question)
+    whole = engine.prepare(torch.cat([ids, question], 1), pixels, **extra)
+    assert torch.equal(extended.input_ids, whole.input_ids)
+    torch.testing.assert_close(extended.inputs_embeds, whole.inputs_embeds)
+    assert torch.equal(extended.rope.span(0, whole.length + 3), whole.rope.span(0, whole.length + 3))
+
+
 def test_conditions_do_not_copy_the_shared_prefix(synthetic, make_inputs):
     """Each extra condition costs its own positions' KV and activations, never a copy of the prefix's
     KV cache (the engine used to copy it into every row: >= 1x the prefix KV per condition)."""

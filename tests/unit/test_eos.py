@@ -16,11 +16,11 @@ from helpers import continuation_ids, encode
 
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
-from vlminterp.experiments.kaduri_common import DescribePrompt, KaduriSession
 from vlminterp.experiments.kaduri_knockout import KnockoutSpec, image_knockouts
 from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
-from vlminterp.experiments.neo_common import CellSpec, PromptSpec, encode as neo_encode
-from vlminterp.geometry import cells_by_image, map_object_cells
+from vlminterp.experiments.neo_prompts import PromptSpec
+from vlminterp.experiments.session import DescribePrompt, Session
+from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
 from vlminterp.interventions import InterventionEngine, reference_generate
 from vlminterp.interventions.cache import continue_generation, prefill_cache, select_cache
 from vlminterp.interventions.engine import until_eos
@@ -95,18 +95,18 @@ def test_n1_generative_answers_end_at_the_second_eos(synthetic, world):
                                                       exclude_crowd_targets=False, max_images=1))
     image_id = int(selection["image_id"].iloc[0])
     prompts, cells = PromptSpec(), CellSpec()
-    ids, inputs = neo_encode(processor, adapter, dataset.load_image(image_id), prompts.describe, cells.geometry,
-                             system_prompt=prompts.system_prompt)
-    engine = InterventionEngine(model, adapter)
-    free = engine.generate(engine.prepare(ids, **inputs), [None], NEW_TOKENS, eos_token_id=-1).tokens[0]
+    free_session = Session.from_model(model, processor, dataset, DescribePrompt(geometry=cells.geometry))
+    prepared = free_session.prepare(dataset.load_image(image_id), prompts.describe)
+    free = free_session.engine.generate(prepared, [None], NEW_TOKENS, eos_token_id=-1).tokens[0]
     stopping, stopping_adapter, expected = with_second_eos(model, processor, free)
     grids = cells_by_image(map_object_cells(dataset, selection, stopping_adapter, cells))
     vocabulary = load_vocabulary("shapes", categories=list(dataset.category_names().values()))
     spec = AblationSpec(settings=("generative",), max_new_tokens=NEW_TOKENS, ig_steps=2, ig_batch_size=2,
                         random_counts=(2,))
-    table = run_token_ablation(stopping, processor, stopping_adapter, dataset, selection, grids,
-                               torch.zeros(adapter.hidden_size), prompts=prompts, vocabulary=vocabulary, spec=spec,
-                               cell_spec=cells)
+    session = Session.from_model(stopping, processor, dataset, DescribePrompt(geometry=cells.geometry),
+                                 vocabulary=vocabulary)
+    table = run_token_ablation(session, selection, spec, cells=grids, prompts=prompts,
+                               mean=torch.zeros(adapter.hidden_size))
     answer = table.set_index("condition").loc["none", "answer"]
     decode = lambda tokens: processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()  # noqa: E731
     assert answer == decode(expected) != decode(free)
@@ -116,13 +116,13 @@ def test_k2_descriptions_end_at_the_second_eos(synthetic, world):
     model, processor, _ = synthetic("tiny-llama")
     dataset = CocoDataset.load(world, "val")
     image_id = dataset.image_ids()[0]
-    session = KaduriSession.from_model(model, processor, dataset, DescribePrompt())
+    session = Session.from_model(model, processor, dataset, DescribePrompt(max_new_tokens=NEW_TOKENS))
     item = session.encode(image_id)
     free = session.engine.generate(item.prepared, [None], NEW_TOKENS, eos_token_id=-1).tokens[0]
     stopping, _, expected = with_second_eos(model, processor, free)
-    session = KaduriSession.from_model(stopping, processor, dataset, DescribePrompt())
-    rows = image_knockouts(session, image_id, KnockoutSpec(max_new_tokens=NEW_TOKENS))
+    session = Session.from_model(stopping, processor, dataset, DescribePrompt(max_new_tokens=NEW_TOKENS))
+    rows = image_knockouts(session, image_id, KnockoutSpec())
     clean = next(row for row in rows if row["condition"] == "none")
     assert clean["n_generated"] == len(expected) < len(free)
     assert clean["description"] == session.decode(expected) != session.decode(free)
-    assert session.describe(session.encode(image_id), NEW_TOKENS) == expected
+    assert session.describe(session.encode(image_id)) == expected

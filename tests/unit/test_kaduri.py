@@ -17,8 +17,11 @@ from vlminterp.data.questions import build_pope_questions
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
 from vlminterp.experiments.kaduri_attention import (AttentionFractionSpec, attention_fractions, key_shares,
                                                     summarize_attention_fractions)
-from vlminterp.experiments.kaduri_common import (KEY_GROUPS, DescribePrompt, KaduriSession, dataset_vocabulary,
-                                                 run_shard, select_images, token_mentions, token_spans)
+from vlminterp.experiments import stages
+from vlminterp.experiments.description_attention import KEY_GROUPS
+from vlminterp.experiments.kaduri_images import select_images
+from vlminterp.experiments.kaduri_text import dataset_vocabulary, token_mentions, token_spans
+from vlminterp.experiments.session import DescribePrompt, Session
 from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, group_knockouts,
                                                    knockout_chance, knockout_conditions, llm_judge_knockouts,
                                                    summarize_knockouts, window_grid)
@@ -47,9 +50,9 @@ def dataset(world) -> CocoDataset:
     return CocoDataset.load(world, "val")
 
 
-def _session(synthetic, dataset, variant="tiny-llama", attn="sdpa", **prompt) -> KaduriSession:
+def _session(synthetic, dataset, variant="tiny-llama", attn="sdpa", **prompt) -> Session:
     model, processor, _ = synthetic(variant, attn)
-    return KaduriSession.from_model(model, processor, dataset, DescribePrompt(**prompt))
+    return Session.from_model(model, processor, dataset, DescribePrompt(**prompt), vocabulary="shapes")
 
 
 # ---- token groups (adapter) ------------------------------------------------------------------------
@@ -108,9 +111,9 @@ def test_reforward_attention_equals_per_step_capture_during_generation(synthetic
 
 
 def test_attention_fractions_sum_to_one_and_per_head_averages(synthetic, dataset):
-    session = _session(synthetic, dataset)
+    session = _session(synthetic, dataset, max_new_tokens=8)
     images = select_images(session.dataset, 2, seed=0)
-    table = attention_fractions(session, images, AttentionFractionSpec(max_new_tokens=8))
+    table = attention_fractions(session, images, AttentionFractionSpec())
     sums = table.groupby(["image_id", "layer", "head"])["mean"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-6)
     shares = table.groupby(["image_id", "layer", "head"])["key_share"].sum()
@@ -132,9 +135,9 @@ def test_key_shares_count_keys_up_to_each_row():
 
 
 def test_per_image_results_do_not_depend_on_the_other_images(synthetic, dataset):
-    session = _session(synthetic, dataset)
+    session = _session(synthetic, dataset, max_new_tokens=6)
     images = select_images(session.dataset, 3, seed=0)
-    spec = AttentionFractionSpec(max_new_tokens=6)
+    spec = AttentionFractionSpec()
     together = attention_fractions(session, images, spec)
     alone = attention_fractions(session, images.iloc[[2]], spec)
     pd.testing.assert_frame_equal(together[together["image_id"] == images["image_id"].iloc[2]].reset_index(drop=True),
@@ -177,7 +180,7 @@ def test_knockout_conditions_block_the_right_pairs(synthetic, make_inputs):
 def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(synthetic, dataset):
     session = _session(synthetic, dataset)
     image_ids = dataset.image_ids()[:2]
-    spec = KnockoutSpec(max_new_tokens=6, start_layer_step=2, window_step=2)
+    spec = KnockoutSpec(start_layer_step=2, window_step=2)
     blind = []
     for image_id in image_ids:
         item = session.encode(image_id)
@@ -193,10 +196,9 @@ def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(syn
 
 
 def test_group_knockouts_table_and_judge(synthetic, dataset):
-    session = _session(synthetic, dataset)
+    session = _session(synthetic, dataset, max_new_tokens=5)
     images = select_images(dataset, 2, seed=0)
-    vocabulary = dataset_vocabulary("shapes", dataset)
-    table = group_knockouts(session, images, KnockoutSpec(max_new_tokens=5), vocabulary)
+    table = group_knockouts(session, images, KnockoutSpec())
     n_conditions = len(knockout_conditions(session.encode(int(images["image_id"][0])).groups,
                                            session.adapter.n_layers, KnockoutSpec()))
     assert len(table) == 2 * n_conditions
@@ -210,13 +212,12 @@ def test_group_knockouts_table_and_judge(synthetic, dataset):
 
 def test_group_knockouts_out_of_memory_halves_the_batch_with_the_same_table(synthetic, dataset):
     images = select_images(dataset, 2, seed=0)
-    vocabulary = dataset_vocabulary("shapes", dataset)
-    spec = KnockoutSpec(max_new_tokens=4, window_step=2, start_layer_step=2)
-    clean = group_knockouts(_session(synthetic, dataset), images, spec, vocabulary)
+    spec = KnockoutSpec(window_step=2, start_layer_step=2)
+    clean = group_knockouts(_session(synthetic, dataset, max_new_tokens=4), images, spec)
     assert set(clean["batch_size"]) == {64} and set(clean["oom_retries"]) == {0}
-    session = _session(synthetic, dataset)
+    session = _session(synthetic, dataset, max_new_tokens=4)
     with out_of_memory_above(session.adapter.language_model, 3) as oom:
-        table = group_knockouts(session, images, spec, vocabulary)
+        table = group_knockouts(session, images, spec)
     assert oom.raised > 0 and oom.largest_run <= 3
     batching = ["batch_size", "oom_retries"]
     pd.testing.assert_frame_equal(table.drop(columns=batching), clean.drop(columns=batching))
@@ -225,10 +226,12 @@ def test_group_knockouts_out_of_memory_halves_the_batch_with_the_same_table(synt
     assert per_image[0] >= 1 and per_image[1] == 0  # the halved size stays for the next image
     with out_of_memory_above(session.adapter.language_model, 0), \
             pytest.raises(BatchOutOfMemoryError, match="K2 group knockouts.*batch size 1"):
-        group_knockouts(session, images, spec, vocabulary)
+        group_knockouts(session, images, spec)
 
 
-def test_run_shard_runs_the_stage_on_its_rows_of_the_images_table(synthetic, world, dataset, tmp_path):
+def test_a_stage_runs_on_its_shard_of_the_images_table(synthetic, world, dataset, tmp_path):
+    """What rule run_group_knockouts calls: plain values in (the session's and the section's dicts,
+    paths), the table of its shard out, equal to the experiment run on those rows."""
     from vlminterp.io import write_table
     from vlminterp.models.synthetic import save_synthetic
 
@@ -237,12 +240,12 @@ def test_run_shard_runs_the_stage_on_its_rows_of_the_images_table(synthetic, wor
     images = select_images(dataset, 3, seed=0)
     write_table(images, tmp_path / "images.csv")
     session = dict(model={"id_or_path": str(tmp_path / "model")}, dataset_dir=str(world), split="val",
-                   prompt={"text": "Describe this image."})
-    spec = KnockoutSpec(max_new_tokens=3, window_step=0, start_layer_step=0)
-    table = run_shard(group_knockouts, spec, images=tmp_path / "images.csv", shard="1", images_per_shard=2,
-                      session=session, vocabulary="shapes")
-    expected = group_knockouts(_session(synthetic, dataset), images.iloc[2:], spec,
-                               dataset_vocabulary("shapes", dataset))
+                   prompt={"text": "Describe this image.", "max_new_tokens": 3}, vocabulary="shapes")
+    section = {"window_step": 0, "start_layer_step": 0, "sweep_target": "generated"}
+    table = stages.group_knockouts(session=session, spec=section, images=tmp_path / "images.csv", shard="1",
+                                   images_per_shard=2)
+    expected = group_knockouts(_session(synthetic, dataset, max_new_tokens=3), images.iloc[2:],
+                               KnockoutSpec(window_step=0, start_layer_step=0))
     pd.testing.assert_frame_equal(table, expected.reset_index(drop=True))
     assert table["image_id"].tolist() == [int(images["image_id"].iloc[2])] * 4
 
@@ -344,9 +347,9 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
     row = images.iloc[0]
     category = row["categories"].split(";")[0]
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
+    monkeypatch.setattr(Session, "describe", lambda self, item: list(words) + [self.eos_token_ids[0]])
     for kind in ("predicting", "token"):
-        table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0), vocabulary)
+        table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0))
         L, H = session.adapter.n_layers, session.adapter.n_heads
         assert len(table) == L * (H + 1)
         item = session.encode(int(row["image_id"]))
@@ -374,15 +377,15 @@ def test_localization_excludes_and_counts_a_mention_without_object_cells(synthet
     images = select_images(dataset, 6, seed=0)
     category = images.iloc[0]["categories"].split(";")[0]
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
+    monkeypatch.setattr(Session, "describe", lambda self, item: list(words) + [self.eos_token_ids[0]])
     monkeypatch.setattr(k3, "category_mask", lambda ds, image_id, name: np.zeros_like(category_mask(ds, image_id, name)))
-    table = localization(session, images.iloc[[0]], LocalizationSpec(), dataset_vocabulary("shapes", dataset))
+    table = localization(session, images.iloc[[0]], LocalizationSpec())
     assert len(table) == 1 and table["excluded"].tolist() == ["empty mask"] and not table["hit"].any()
     assert table[["layer", "head", "peak_cell", "n_object_cells"]].values.tolist() == [[-1, -1, -1, 0]]
     summary = summarize_localization(table)
     assert summary.empty and list(summary.columns)[-1] == "n_excluded"
     monkeypatch.setattr(k3, "category_mask", category_mask)
-    kept = localization(session, images.iloc[[0]], LocalizationSpec(), dataset_vocabulary("shapes", dataset))
+    kept = localization(session, images.iloc[[0]], LocalizationSpec())
     assert kept["excluded"].eq("").all() and (kept["n_object_cells"] > 0).all()
     both = summarize_localization(pd.concat([table, kept]))
     assert (both["n_excluded"] == 1).all() and (both["n_mentions"] == 1).all()
@@ -399,10 +402,10 @@ def test_top_k_count_and_yes_no():
 
 
 def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset):
-    session = _session(synthetic, dataset)
+    session = _session(synthetic, dataset, max_new_tokens=6)
     images = select_images(dataset, 2, seed=0)
     questions = build_pope_questions(dataset, list(images["image_id"]), 1, seed=0)
-    table = reprompting(session, images, questions, RepromptSpec(max_new_tokens=6, answer_tokens=3))
+    table = reprompting(session, images, RepromptSpec(answer_tokens=3), questions=questions)
     assert set(table["method"]) == set(METHODS)
     full = table[table["method"] == "full_image"].set_index("question_id")
     cached = table[table["method"] == "full_cache"].set_index("question_id")
@@ -431,14 +434,12 @@ def test_top_image_positions_follow_the_received_attention():
 def test_plots_write_png_and_pdf(synthetic, dataset, tmp_path):
     from vlminterp.plots import kaduri as plots
 
-    session = _session(synthetic, dataset)
+    session = _session(synthetic, dataset, max_new_tokens=4)
     images = select_images(dataset, 2, seed=0)
-    vocabulary = dataset_vocabulary("shapes", dataset)
-    k1 = summarize_attention_fractions(attention_fractions(session, images, AttentionFractionSpec(max_new_tokens=4)))
-    k2 = summarize_knockouts(group_knockouts(session, images, KnockoutSpec(max_new_tokens=4), vocabulary),
-                             require_reference=False)
+    k1 = summarize_attention_fractions(attention_fractions(session, images, AttentionFractionSpec()))
+    k2 = summarize_knockouts(group_knockouts(session, images, KnockoutSpec()), require_reference=False)
     questions = build_pope_questions(dataset, list(images["image_id"]), 1, seed=0)
-    k4 = summarize_reprompting(reprompting(session, images, questions, RepromptSpec(max_new_tokens=4, answer_tokens=2)))
+    k4 = summarize_reprompting(reprompting(session, images, RepromptSpec(answer_tokens=2), questions=questions))
     layers = pd.DataFrame({"band": [0, 1], "layer_start": [0, 1], "layer_end": [0, 1], "accuracy": [0.5, 0.7],
                            "low": [0.3, 0.5], "high": [0.7, 0.9], "chance": [0.2, 0.2], "n_mentions": [10, 10]})
     written = [*plots.plot_attention_fractions(k1, tmp_path / "k1"),

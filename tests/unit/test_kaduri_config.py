@@ -1,60 +1,39 @@
 """The kaduri: section of the config schema and the K spec dataclasses describe the same keys."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
 
-from vlminterp.experiments.kaduri_attention import AttentionFractionSpec
-from vlminterp.experiments.kaduri_knockout import KnockoutSpec
-from vlminterp.experiments.kaduri_localization import LocalizationSpec
-from vlminterp.experiments.kaduri_reprompt import RepromptSpec
-from vlminterp.scoring.llm_judge import LLMJudgeSpec
+from vlminterp.experiments.kaduri_knockout import LLMJudgeConfig
+from vlminterp.specs import build_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 KADURI = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["kaduri"]["properties"]
-
-# (schema section, spec dataclass, spec fields the workflow fills, schema keys that are not spec fields)
-SECTIONS = [
-    ("attention", AttentionFractionSpec, {"max_new_tokens"}, set()),
-    ("knockout", KnockoutSpec, {"max_new_tokens"}, {"llm_judge"}),
-    ("localization", LocalizationSpec, {"max_new_tokens"}, {"band_width"}),
-    ("reprompt", RepromptSpec, {"max_new_tokens"}, set()),
-]
-
-
-@pytest.mark.parametrize("name, spec_cls, filled, extra", SECTIONS, ids=[s[0] for s in SECTIONS])
-def test_section_matches_spec(name, spec_cls, filled, extra):
-    section = KADURI[name]["properties"]
-    fields = {f.name for f in dataclasses.fields(spec_cls)} - filled
-    assert set(section) - extra == fields
-    default = spec_cls()
-    for key in fields:
-        expected = getattr(default, key)
-        expected = list(expected) if isinstance(expected, tuple) else expected
-        assert section[key]["default"] == expected, f"default of kaduri.{name}.{key}"
-    assert KADURI["max_new_tokens"]["default"] == default.max_new_tokens
+# Keys and defaults of every kaduri section against its spec: tests/unit/test_config_schema.py.
 
 
 def test_llm_judge_section_builds_the_judge_spec():
-    section = KADURI["knockout"]["properties"]["llm_judge"]["properties"]
-    keys = set(section) - {"enabled", "cache"}
-    assert keys <= {f.name for f in dataclasses.fields(LLMJudgeSpec)}
-    defaults = {k: section[k]["default"] for k in keys}
-    spec = LLMJudgeSpec(**defaults)
-    assert spec.api_key_env == "OPENAI_API_KEY" and section["enabled"]["default"] is False
-    assert not section["cache"]["default"].startswith("/"), "the cache lives under results/<run>/"
+    """kaduri.llm_judge (its own section: changing the judge never reruns the knockouts) builds
+    the judge client's spec with the run's cache path."""
+    config = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}}
+    validate(config, str(SCHEMA_PATH), set_default=True)
+    judge = build_spec(LLMJudgeConfig, config["kaduri"]["llm_judge"], where="kaduri.llm_judge")
+    assert judge.enabled is False
+    assert not judge.cache.startswith("/"), "the cache lives under results/<run>/"
+    client = judge.client_spec("results/x/" + judge.cache)
+    assert client.api_key_env == "OPENAI_API_KEY" and client.cache_path.endswith("llm_judge_cache.jsonl")
+    assert client.model == KADURI["llm_judge"]["properties"]["model"]["default"]
 
 
 def test_defaults_fill_in_and_bad_keys_fail():
     config = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}}
     validate(config, str(SCHEMA_PATH), set_default=True)
     assert config["kaduri"]["reprompt"]["top_k_fractions"] == [0.02, 0.05]
-    assert config["kaduri"]["knockout"]["llm_judge"]["enabled"] is False
+    assert config["kaduri"]["llm_judge"]["enabled"] is False
     bad = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"},
            "kaduri": {"knockout": {"window_stp": 2}}}
     with pytest.raises(Exception, match="window_stp"):

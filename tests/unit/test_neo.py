@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from cocofixtures import CocoBuilder
 from oomfixtures import out_of_memory_above
 
@@ -18,16 +17,17 @@ from vlminterp.data.shapes import ShapesWorldSpec, generate_world
 from vlminterp.experiments.neo_ablation import (AblationSpec, integrated_gradients, register_cells,
                                                 run_token_ablation)
 from vlminterp.experiments.neo_blocking import BlockingSpec, fraction_window, layer_windows, run_attention_blocking
-from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, compute_mean_embedding,
-                                              encode, load_mean_embedding, mean_image_ids, question_image_ids,
-                                              save_mean_embedding, vqa_questions)
+from vlminterp.experiments.mean_embedding import (compute_mean_embedding, load_mean_embedding, mean_image_ids,
+                                                  save_mean_embedding)
+from vlminterp.experiments.neo_prompts import PromptSpec, answer_first_token, question_image_ids, vqa_questions
+from vlminterp.experiments.session import DescribePrompt, Session
+from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
 from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells
 from vlminterp.interventions import InterventionEngine, capture_residual
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 CELLS = CellSpec()
 
 
@@ -47,35 +47,13 @@ def setup(world, synthetic):
     selection = select_targets(dataset, SelectionSpec(split="val", target_area_range=(0, 1e9),
                                                       exclude_crowd_targets=False, max_images=3))
     cells = map_object_cells(dataset, selection, adapter, CELLS)
-    mean, _ = compute_mean_embedding(adapter, processor, CocoDataset.load(world, "train"), [1, 2, 3], "crop")
+    shown = DescribePrompt(geometry=CELLS.geometry)
+    mean, _ = compute_mean_embedding(Session.from_model(model, processor, CocoDataset.load(world, "train"), shown),
+                                     [1, 2, 3])
     vocabulary = load_vocabulary("shapes", categories=list(dataset.category_names().values()))
+    session = Session.from_model(model, processor, dataset, shown, vocabulary=vocabulary)
     return dict(model=model, processor=processor, adapter=adapter, dataset=dataset, selection=selection,
-                cells=cells, grids=cells_by_image(cells), mean=mean, vocabulary=vocabulary)
-
-
-# ---- schema <-> specs ------------------------------------------------------------------------------
-def _neo(section):
-    return SCHEMA["properties"]["neo"]["properties"][section]["properties"]
-
-
-@pytest.mark.parametrize("section, cls, skip", [
-    ("cells", CellSpec, set()), ("prompts", PromptSpec, set()), ("ablation", AblationSpec, {"seed"}),
-    ("logit_lens", LensSpec, {"html_images"}), ("blocking", BlockingSpec, set()),
-    ("selection", SelectionSpec, {"seed", "targets_per_image"}),
-])
-def test_neo_schema_defaults_equal_the_spec_defaults(section, cls, skip):
-    props = _neo(section)
-    fields = {f.name for f in dataclasses.fields(cls)} - skip
-    assert set(props) - {"html_images"} == fields
-    default = cls()
-    for name in fields:
-        expected = getattr(default, name)
-        if name == "fixed_windows":
-            expected = [{"name": n, "start": a, "end": b} for n, a, b in expected]
-        elif isinstance(expected, tuple):
-            expected = list(expected)
-        assert props[name]["default"] == pytest.approx(expected) if isinstance(expected, float) else \
-            props[name]["default"] == expected, name
+                cells=cells, grids=cells_by_image(cells), mean=mean, vocabulary=vocabulary, session=session)
 
 
 # ---- cells --------------------------------------------------------------------------------------------
@@ -156,12 +134,11 @@ def test_vqa_setting_and_blocking_run_only_on_images_with_a_question(setup, tmp_
     s = setup
     asked, prompts = _one_question_file(setup, tmp_path)
     spec = AblationSpec(ig_steps=2, ig_batch_size=2, polling_new_tokens=2, random_counts=(2,), settings=("vqa", "polling"))
-    ablation = run_token_ablation(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
-                                  s["mean"], prompts=prompts, vocabulary=s["vocabulary"], spec=spec, cell_spec=CELLS)
+    ablation = run_token_ablation(s["session"], s["selection"], spec, cells=s["grids"], prompts=prompts, mean=s["mean"])
     assert set(ablation.loc[ablation.setting == "vqa", "image_id"]) == {asked}
     assert set(ablation.loc[ablation.setting == "polling", "image_id"]) == set(s["selection"]["image_id"])
-    blocking = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"],
-                                      s["grids"], prompts=prompts, spec=BlockingSpec(window=2), cell_spec=CELLS)
+    blocking = run_attention_blocking(s["session"], s["selection"], BlockingSpec(window=2), cells=s["grids"],
+                                      prompts=prompts)
     assert set(blocking["image_id"]) == {asked}
 
 
@@ -210,9 +187,7 @@ def test_lens_normalises_once_last_layer_equals_model_logits(setup, make_inputs)
 
 def test_logit_lens_tables(setup, tmp_path):
     s = setup
-    topk, scores = run_logit_lens(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
-                                  prompts=PromptSpec(), vocabulary=s["vocabulary"], spec=LensSpec(top_k=3),
-                                  cell_spec=CELLS)
+    topk, scores = run_logit_lens(s["session"], s["selection"], LensSpec(top_k=3), cells=s["grids"], prompts=PromptSpec())
     n_images, n_layers = len(s["selection"]), s["adapter"].n_layers + 1
     assert len(topk) == n_images * 16 * n_layers * 3
     assert (topk.groupby(["image_id", "position", "layer"])["prob"].apply(lambda p: p.is_monotonic_decreasing)).all()
@@ -257,8 +232,7 @@ def _ablation(setup, selection, **overrides):
     settings = dict(ig_steps=2, ig_batch_size=2, max_new_tokens=6, polling_new_tokens=2, random_counts=(2, 5, 40))
     spec = AblationSpec(**{**settings, **overrides})
     s = setup
-    return run_token_ablation(s["model"], s["processor"], s["adapter"], s["dataset"], selection, s["grids"], s["mean"],
-                              prompts=PromptSpec(), vocabulary=s["vocabulary"], spec=spec, cell_spec=CELLS)
+    return run_token_ablation(s["session"], selection, spec, cells=s["grids"], prompts=PromptSpec(), mean=s["mean"])
 
 
 def test_token_ablation_table(setup):
@@ -315,9 +289,11 @@ def test_zero_ablation_of_every_image_token_equals_zeroed_embeddings(setup):
     s = setup
     image_id = int(s["selection"]["image_id"].iloc[0])
     question = vqa_questions(s["dataset"], s["selection"].iloc[:1], PromptSpec())[image_id]
-    ids, image_inputs = encode(s["processor"], s["adapter"], s["dataset"].load_image(image_id), question, "crop",
-                               answer_prefix="It is a")
-    embeds = s["adapter"].embed(ids, **image_inputs).detach()
+    prompt = s["adapter"].format_prompt(question) + " It is a"
+    image = s["adapter"].prepare_image(s["dataset"].load_image(image_id), "crop")
+    encoding = s["processor"](images=image, text=prompt, return_tensors="pt")
+    ids = encoding["input_ids"]
+    embeds = s["adapter"].embed(ids, **s["adapter"].image_inputs(encoding)).detach()
     embeds[ids == s["adapter"].image_token_id] = 0
     with torch.no_grad():
         hidden, _ = s["adapter"].language_model_forward(embeds, use_cache=False)
@@ -331,8 +307,7 @@ def test_zero_ablation_of_every_image_token_equals_zeroed_embeddings(setup):
 def test_attention_blocking_table(setup):
     s = setup
     spec = BlockingSpec(window=2)
-    table = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
-                                   prompts=PromptSpec(), spec=spec, cell_spec=CELLS)
+    table = run_attention_blocking(s["session"], s["selection"], spec, cells=s["grids"], prompts=PromptSpec())
     n_windows = len(layer_windows(s["adapter"].n_layers, spec))
     per_image = 1 + n_windows * (3 + 1 + 1 + 1)
     assert (table.groupby("image_id").size() == per_image).all()
@@ -344,9 +319,9 @@ def test_attention_blocking_table(setup):
     assert (table.loc[table.block_set != "none", "drop"].abs() > 0).any()
     sliding = table[(table.window_kind == "sliding") & (table.block_set == "object_b0")]
     assert sorted(sliding["window_start"].unique()) == list(range(s["adapter"].n_layers))
-    apart = pd.concat([run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"],
-                                              s["selection"].iloc[[i]], s["grids"], prompts=PromptSpec(), spec=spec,
-                                              cell_spec=CELLS) for i in range(len(s["selection"]))], ignore_index=True)
+    apart = pd.concat([run_attention_blocking(s["session"], s["selection"].iloc[[i]], spec, cells=s["grids"],
+                                              prompts=PromptSpec()) for i in range(len(s["selection"]))],
+                      ignore_index=True)
     pd.testing.assert_frame_equal(table, apart)
 
 
@@ -358,10 +333,9 @@ def test_figures_are_written(setup, tmp_path):
     ablation = _ablation(setup, setup["selection"], settings=("vqa", "polling"))
     ablation["included"] = True  # a random model identifies nothing; plot every row
     ablation["flipped"] = ~ablation["success"]
-    _, scores = run_logit_lens(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
-                               prompts=PromptSpec(), vocabulary=s["vocabulary"], spec=LensSpec(), cell_spec=CELLS)
-    blocking = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"],
-                                      s["grids"], prompts=PromptSpec(), spec=BlockingSpec(window=2), cell_spec=CELLS)
+    _, scores = run_logit_lens(s["session"], s["selection"], LensSpec(), cells=s["grids"], prompts=PromptSpec())
+    blocking = run_attention_blocking(s["session"], s["selection"], BlockingSpec(window=2), cells=s["grids"],
+                                      prompts=PromptSpec())
     blocking["included"] = True
     # one more target, excluded (no object cell): counted in a footnote, not plotted
     ablation = pd.concat([ablation, ablation[ablation.condition == "none"].iloc[:2].assign(
@@ -375,13 +349,12 @@ def test_figures_are_written(setup, tmp_path):
 
 
 def test_geometry_adapter_without_weights_matches_the_loaded_one(tmp_path, synthetic):
-    from vlminterp.experiments.neo_common import load_adapter_geometry
-    from vlminterp.models.loading import ModelSpec
+    from vlminterp.models.loading import ModelSpec, load_adapter
 
     model, processor, adapter = synthetic("tiny-odd-grid")
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    light = load_adapter_geometry(ModelSpec(str(tmp_path)))
+    light = load_adapter(ModelSpec(str(tmp_path)), weights=False)
     assert light.grid == adapter.grid
     assert np.array_equal(light.cell_boxes((50, 30), "crop"), adapter.cell_boxes((50, 30), "crop"))
     assert light.format_prompt("Hi") == adapter.format_prompt("Hi")

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from shared_fixtures import COCO_MINI, LLAMA2_TOKENIZER, require
-from vlminterp.experiments.kaduri_common import token_mentions, token_spans
-from vlminterp.experiments.neo_common import answer_first_token
+from vlminterp.experiments.kaduri_text import token_mentions, token_spans
+from vlminterp.experiments.neo_prompts import answer_first_token
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 

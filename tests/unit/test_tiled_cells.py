@@ -13,20 +13,28 @@ import torch
 from cocofixtures import CocoBuilder
 
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
-from vlminterp.experiments import neo_ablation, neo_blocking
-from vlminterp.experiments.kaduri_common import DescribePrompt, KaduriSession, select_images
+from vlminterp.experiments import session as session_module
+from vlminterp.experiments.kaduri_images import select_images
 from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization
+from vlminterp.experiments.mean_embedding import compute_mean_embedding
 from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
-from vlminterp.experiments.neo_common import CellSpec, PromptSpec, compute_mean_embedding
-from vlminterp.geometry import (cells_by_image, dilate_tokens, last_row_tokens, map_object_cells, object_tokens,
-                                token_distance)
+from vlminterp.experiments.neo_prompts import PromptSpec
+from vlminterp.experiments.session import DescribePrompt, Session
+from vlminterp.geometry import (CellSpec, cells_by_image, dilate_tokens, last_row_tokens, map_object_cells,
+                                object_tokens, token_distance)
 from vlminterp.interventions import InterventionEngine
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 FAMILIES = ["tiny-internvl", "tiny-qwen2-vl"]
 CELLS = CellSpec(geometry="resize")
 PROMPTS = PromptSpec(vqa_question="What is the {name}?")
+
+
+def _session(model, processor, dataset, geometry=CELLS.geometry) -> Session:
+    """A Neo session: images shown with the cells' geometry, the shapes vocabulary."""
+    return Session.from_model(model, processor, dataset, DescribePrompt(geometry=geometry),
+                              vocabulary=load_vocabulary("shapes", categories=list(CATEGORIES)))
 # (width, height), target rectangle (x, y, w, h) in pixels [x, x + w) x [y, y + h)
 # tiny-internvl: 96x40 -> 2 tiles side by side (x 0-48, 48-96; tokens 12 x 10 px) + thumbnail;
 # 40x88 -> 2 tiles stacked; 70x50 -> 2 x 2 tiles (8.75 x 6.25 px tokens) + thumbnail.
@@ -151,11 +159,11 @@ def test_dilation_stops_at_the_tile_border(synthetic, dataset, selection):
 
 
 def test_a_geometry_the_family_lacks_fails_early_naming_it(synthetic, dataset, selection):
-    _, processor, adapter = synthetic("tiny-internvl")
+    model, processor, adapter = synthetic("tiny-internvl")
     with pytest.raises(ValueError, match="map_object_cells: the internvl family has no 'crop'"):
         map_object_cells(dataset, selection, adapter, CellSpec(geometry="crop"))
     with pytest.raises(ValueError, match="compute_mean_embedding: the internvl family has no 'pad'"):
-        compute_mean_embedding(adapter, processor, dataset, [1], "pad")
+        compute_mean_embedding(_session(model, processor, dataset, geometry="pad"), [1])
 
 
 def test_a_cell_table_of_another_geometry_is_refused(synthetic, dataset, selection):
@@ -164,13 +172,13 @@ def test_a_cell_table_of_another_geometry_is_refused(synthetic, dataset, selecti
     cells = cells_by_image(table)
     cells[1] = cells_by_image(table[table.image_id == 3].assign(image_id=1))[1]  # 11x5 tokens for a 5x12 image
     with pytest.raises(ValueError, match="prompt holds 60 image tokens but the cell table has 55"):
-        run_attention_blocking(model, processor, adapter, dataset, selection.iloc[:1], cells, prompts=PROMPTS,
-                               spec=BlockingSpec(window=4), cell_spec=CELLS)
+        run_attention_blocking(_session(model, processor, dataset), selection.iloc[:1], BlockingSpec(window=4),
+                               cells=cells, prompts=PROMPTS)
 
 
 # ---- (2) the experiments on those tokens -----------------------------------------------------------
-def _spy_engine(monkeypatch, module) -> list:
-    """Record (input_ids, conditions) of every engine call the module makes."""
+def _spy_engine(monkeypatch) -> list:
+    """Record (input_ids, conditions) of every call of the engines a session makes for a stage."""
     calls = []
 
     class Spy(InterventionEngine):
@@ -182,7 +190,7 @@ def _spy_engine(monkeypatch, module) -> list:
             calls.append((prepared.input_ids.cpu(), list(conditions)))
             return super().generate(prepared, conditions, *args, **kwargs)
 
-    monkeypatch.setattr(module, "InterventionEngine", Spy)
+    monkeypatch.setattr(session_module, "InterventionEngine", Spy)
     return calls
 
 
@@ -190,12 +198,11 @@ def _spy_engine(monkeypatch, module) -> list:
 def test_token_ablation_ablates_the_object_tokens(variant, synthetic, dataset, selection, monkeypatch):
     model, processor, adapter = synthetic(variant)
     cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))
-    mean, _ = compute_mean_embedding(adapter, processor, dataset, [1, 3], "resize")
-    vocabulary = load_vocabulary("shapes", categories=list(CATEGORIES))
-    calls = _spy_engine(monkeypatch, neo_ablation)
+    session = _session(model, processor, dataset)
+    mean, _ = compute_mean_embedding(session, [1, 3])
+    calls = _spy_engine(monkeypatch)
     spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=3, polling_new_tokens=2, random_counts=(3, 500))
-    table = run_token_ablation(model, processor, adapter, dataset, selection, cells, mean, prompts=PROMPTS,
-                               vocabulary=vocabulary, spec=spec, cell_spec=CELLS)
+    table = run_token_ablation(session, selection, spec, cells=cells, prompts=PROMPTS, mean=mean)
     assert set(table["setting"]) == {"vqa", "polling", "generative"}
     images = [int(i) for i in selection.image_id for _ in range(4)]  # vqa, 2 x polling, generative, in order
     assert len(calls) == 4 * len(selection)
@@ -228,10 +235,10 @@ def test_token_ablation_ablates_the_object_tokens(variant, synthetic, dataset, s
 def test_attention_blocking_blocks_the_object_tokens(variant, synthetic, dataset, selection, monkeypatch):
     model, processor, adapter = synthetic(variant)
     cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))
-    calls = _spy_engine(monkeypatch, neo_blocking)
+    session = _session(model, processor, dataset)
+    calls = _spy_engine(monkeypatch)
     spec = BlockingSpec(window=4, fixed_windows=(("all", 0.0, 1.0),))
-    table = run_attention_blocking(model, processor, adapter, dataset, selection, cells, prompts=PROMPTS, spec=spec,
-                                   cell_spec=CELLS)
+    table = run_attention_blocking(session, selection, spec, cells=cells, prompts=PROMPTS)
     # images run in selection order, each as 3 engine calls: the sets read at the last position
     # (+ the unblocked row), then object_to_last_row and object_to_text
     order = [int(i) for i in selection.image_id]
@@ -268,12 +275,11 @@ def test_attention_blocking_blocks_the_object_tokens(variant, synthetic, dataset
 @pytest.mark.parametrize("variant", FAMILIES)
 def test_localization_peaks_and_distances_per_tile(variant, synthetic, dataset, monkeypatch):
     model, processor, adapter = synthetic(variant)
-    session = KaduriSession.from_model(model, processor, dataset, DescribePrompt())
+    session = _session(model, processor, dataset, geometry=None)
     words = session.tokenizer("a circle, a square and a triangle.", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
+    monkeypatch.setattr(Session, "describe", lambda self, item: list(words) + [self.eos_token_ids[0]])
     images = select_images(dataset, len(IMAGES), seed=0)
-    vocabulary = load_vocabulary("shapes", categories=list(CATEGORIES))
-    table = localization(session, images, LocalizationSpec(tolerance=1), vocabulary)
+    table = localization(session, images, LocalizationSpec(tolerance=1))
     assert set(table["image_id"]) == set(range(1, len(IMAGES) + 1))  # one present category per image
     L, H = adapter.n_layers, adapter.n_heads
     assert len(table) == len(IMAGES) * L * (H + 1)
@@ -310,10 +316,8 @@ def test_logit_lens_tables_and_pages_per_tile(variant, synthetic, dataset, selec
 
     model, processor, adapter = synthetic(variant)
     cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))
-    vocabulary = load_vocabulary("shapes", categories=list(CATEGORIES))
-    topk, scores = run_logit_lens(model, processor, adapter, dataset, selection, cells, prompts=PROMPTS,
-                                  vocabulary=vocabulary, spec=LensSpec(top_k=2, background_buffer=1),
-                                  cell_spec=CELLS)
+    topk, scores = run_logit_lens(_session(model, processor, dataset), selection, LensSpec(top_k=2, background_buffer=1),
+                                  cells=cells, prompts=PROMPTS)
     pages = write_lens_pages(topk, selection, cells, dataset, tmp_path, max_pages=None)
     for (path, _, _), image_id in zip(pages, selection.image_id):
         size = IMAGES[image_id - 1][0]

@@ -39,9 +39,8 @@ PASTED_KEY = "sk-proj-Zq8d0c1f2e3a4b5c6d7e8f9"
 
 @pytest.mark.parametrize("edit, expected_line", [
     (lambda c: c.update(sed=1), "sed: unknown key"),
-    (lambda c: c.setdefault("kaduri", {}).setdefault("knockout", {}).update(
-        llm_judge={"enabled": True, "api_key_env": PASTED_KEY}),
-     "kaduri.knockout.llm_judge.api_key_env: must be the NAME of an environment variable"),
+    (lambda c: c.setdefault("kaduri", {}).update(llm_judge={"enabled": True, "api_key_env": PASTED_KEY}),
+     "kaduri.llm_judge.api_key_env: must be the NAME of an environment variable"),
 ], ids=["unknown-key", "pasted-api-key"])
 def test_each_problem_is_one_short_line_naming_key_and_file(tmp_path, edit, expected_line):
     """No schema dump: the message is a few lines, names the key and the --configfile, and never
@@ -62,12 +61,11 @@ def test_enabled_judge_with_unset_key_fails_before_any_job(tmp_path):
     import os
 
     judge = {"enabled": True, "api_key_env": "VLMINTERP_TEST_UNSET_JUDGE_KEY"}
-    bad = _bad_config(tmp_path, lambda c: c.setdefault("kaduri", {}).setdefault("knockout", {})
-                      .update(llm_judge=judge))
+    bad = _bad_config(tmp_path, lambda c: c.setdefault("kaduri", {}).update(llm_judge=judge))
     env = {k: v for k, v in os.environ.items() if k != judge["api_key_env"]}
     proc = snakemake(tmp_path, "--cores", "1", configfile=bad, check=False, env=env)
     assert proc.returncode != 0
-    assert "VLMINTERP_TEST_UNSET_JUDGE_KEY (kaduri.knockout.llm_judge.api_key_env) is not set" in (
+    assert "VLMINTERP_TEST_UNSET_JUDGE_KEY (kaduri.llm_judge.api_key_env) is not set" in (
         proc.stdout + proc.stderr)
     assert not (tmp_path / "results").exists(), "a job ran although the judge cannot run"
 

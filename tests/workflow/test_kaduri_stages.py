@@ -156,8 +156,8 @@ def test_llm_judge_stage_scores_the_same_generations(tiny_run, tmp_path):
     tiny_run = shutil.copytree(tiny_run, tmp_path / "judged", symlinks=True)
     with FakeChatServer() as server:
         config = yaml.safe_load(TINY_CONFIG.read_text())
-        config["kaduri"]["knockout"] = {"llm_judge": {"enabled": True, "base_url": server.base_url,
-                                                      "model": "fake", "api_key_env": None}}
+        config["kaduri"]["llm_judge"] = {"enabled": True, "base_url": server.base_url, "model": "fake",
+                                         "api_key_env": None}
         configfile = tmp_path / "llm.yaml"
         configfile.write_text(yaml.safe_dump(config, sort_keys=False))
         dry = snakemake(tiny_run, "-n", "--cores", "1", configfile=configfile).stdout

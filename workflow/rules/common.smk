@@ -214,11 +214,16 @@ def neo_questions_input():
     return {"questions": neo_questions_file()} if neo_questions_file() else {}
 
 
+def neo_session(split):
+    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.session.StageConfig."""
+    return dict(model=model_spec(), dataset_dir=dataset_root(), split=split, vocabulary=neo_vocabulary(),
+                prompt=dict(geometry=NEO["cells"]["geometry"], system_prompt=NEO["prompts"]["system_prompt"]))
+
+
 def neo_stage_params():
-    """Params every per-image Neo stage passes to vlminterp.experiments.neo_common.load_stage_inputs."""
-    return dict(model=model_spec(), dataset_dir=dataset_dir_of_input, split=NEO["selection"]["split"], cells=NEO["cells"],
-                prompts={**NEO["prompts"], "vqa_questions_file": neo_questions_file()},
-                vocabulary=neo_vocabulary(), images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
+    """Params every per-image Neo stage passes to its vlminterp.experiments.stages function."""
+    return dict(session=neo_session(NEO["selection"]["split"]), prompts=NEO["prompts"],
+                images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
 
 def neo_stage_inputs():
@@ -251,11 +256,11 @@ def kaduri_vocabulary():
 
 
 def kaduri_session():
-    """Keyword arguments of vlminterp.experiments.kaduri_common.open_session."""
+    """The K stages' session: keyword arguments of vlminterp.experiments.session.StageConfig."""
     return dict(model=model_spec(), dataset_dir=dataset_root(), split=kaduri_split(),
-                batch_size=KADURI["batch_size"],
+                batch_size=KADURI["batch_size"], vocabulary=kaduri_vocabulary(),
                 prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
-                            geometry=KADURI["geometry"]))
+                            geometry=KADURI["geometry"], max_new_tokens=KADURI["max_new_tokens"]))
 
 
 # ---- what a run makes ---------------------------------------------------------------------------
@@ -287,6 +292,6 @@ def get_final_output():
         final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]
     if AUTHORS_DATA["mean_vector"]:
         final.append(rules.compare_mean_vectors.output.comparison)
-    if KADURI["knockout"]["llm_judge"]["enabled"]:
+    if KADURI["llm_judge"]["enabled"]:
         final.append(rules.judge_group_knockouts_llm.output.summary)
     return final

@@ -13,7 +13,6 @@ rule measure_attention_fractions:
     params:
         session=kaduri_session(),
         spec=KADURI["attention"],
-        max_new_tokens=KADURI["max_new_tokens"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
     threads: model_threads(experiment=True)

@@ -1,5 +1,5 @@
 # K2 (Kaduri et al.): attention knockout between token groups; descriptions scored by the offline
-# judge (and, when kaduri.knockout.llm_judge.enabled, by an LLM judge in its own rule).
+# judge (and, when kaduri.llm_judge.enabled, by an LLM judge in its own rule).
 
 
 rule run_group_knockouts:
@@ -13,9 +13,7 @@ rule run_group_knockouts:
         shard=r"\d+",
     params:
         session=kaduri_session(),
-        spec={k: v for k, v in KADURI["knockout"].items() if k != "llm_judge"},
-        max_new_tokens=KADURI["max_new_tokens"],
-        vocabulary=kaduri_vocabulary(),
+        spec=KADURI["knockout"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
     threads: model_threads(experiment=True)
@@ -74,8 +72,8 @@ rule judge_group_knockouts_llm:
         summary=report(results("kaduri/knockout/llm_judge_summary.csv"), caption=caption("knockout_llm_judge"),
                        category="Kaduri et al.", subcategory="K2 knockout"),
     params:
-        judge={k: v for k, v in KADURI["knockout"]["llm_judge"].items() if k not in ("enabled", "cache")},
-        cache=results(KADURI["knockout"]["llm_judge"]["cache"]),
+        judge=KADURI["llm_judge"],
+        cache=results(KADURI["llm_judge"]["cache"]),
         vocabulary=kaduri_vocabulary(),
         seed=SEED,
     log:

@@ -12,9 +12,7 @@ rule localize_objects:
         shard=r"\d+",
     params:
         session=kaduri_session(),
-        spec={k: v for k, v in KADURI["localization"].items() if k != "band_width"},
-        max_new_tokens=KADURI["max_new_tokens"],
-        vocabulary=kaduri_vocabulary(),
+        spec=KADURI["localization"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
     threads: model_threads(experiment=True)

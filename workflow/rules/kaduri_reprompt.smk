@@ -33,7 +33,6 @@ rule answer_reprompt_questions:
     params:
         session=kaduri_session(),
         spec=KADURI["reprompt"],
-        max_new_tokens=KADURI["max_new_tokens"],
         images_per_shard=config["sharding"]["images_per_shard"],
         seed=SEED,
     threads: model_threads(experiment=True)

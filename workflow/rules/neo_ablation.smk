@@ -28,10 +28,8 @@ rule compute_mean_embedding:
     output:
         results("neo/mean_embedding.safetensors"),
     params:
-        model=model_spec(),
-        dataset_dir=dataset_dir_of_input,
+        session=neo_session(NEO["mean"]["split"]),
         mean=config["neo"]["mean"],
-        geometry=config["neo"]["cells"]["geometry"],
         seed=SEED,
     threads: model_threads(experiment=True)
     resources:

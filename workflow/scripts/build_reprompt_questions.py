@@ -1,7 +1,7 @@
 """Rule build_reprompt_questions (K4): POPE-style yes/no questions about the Kaduri images."""
 from vlminterp.data.coco import CocoDataset
 from vlminterp.data.questions import build_pope_questions
-from vlminterp.experiments.kaduri_common import load_images_table
+from vlminterp.experiments.kaduri_images import load_images_table
 from vlminterp.io import write_table
 from vlminterp.runtime import rule_context
 

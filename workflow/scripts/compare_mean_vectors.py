@@ -3,7 +3,7 @@ their vector is also written in the run's format, for neo.ablation.mean_vector: 
 import json
 
 from vlminterp.data.authors_data import compare_means, load_authors_mean
-from vlminterp.experiments.neo_common import load_mean_embedding, save_mean_embedding
+from vlminterp.experiments.mean_embedding import load_mean_embedding, save_mean_embedding
 from vlminterp.io import atomic_path
 from vlminterp.runtime import rule_context
 

@@ -1,6 +1,6 @@
 """Rule select_kaduri_images: the seeded sample of annotated images every Kaduri et al. stage reads."""
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.kaduri_common import select_images
+from vlminterp.experiments.kaduri_images import select_images
 from vlminterp.io import write_table
 from vlminterp.runtime import rule_context
 

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import mean_image_ids
+from vlminterp.experiments.mean_embedding import mean_image_ids
 from vlminterp.io import read_table, write_table
 from vlminterp.runtime import rule_context
 

@@ -1,12 +1,12 @@
 """K1 (Kaduri et al.): where the generated tokens' attention goes, per layer and token group.
 
-    spec = AttentionFractionSpec(max_new_tokens=300)
-    table = attention_fractions(session, images, spec)        # session: kaduri_common.KaduriSession
+    spec = AttentionFractionSpec(per_head=True)               # config section kaduri.attention
+    table = attention_fractions(session, images, spec)        # session: experiments.session.Session
     summary = summarize_attention_fractions(table, seed=0)    # over images, heads averaged
 
 For each image: the unablated greedy description, then one extra forward pass recording the
 attention rows of the generated tokens read back during decoding (positions P .. P+n-2, P = prompt
-length; `kaduri_common` explains why that equals the per-step attention). Each row's attention
+length; `description_attention` explains why that equals the per-step attention). Each row's attention
 is split over the key groups KEY_GROUPS = bos, system (the rest of the system group: system
 prompt and user-role tag), image, query (user text and assistant tag) and generated (earlier
 generated tokens and the token itself); the five shares sum to 1.
@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlminterp.experiments.kaduri_common import KEY_GROUPS, KaduriSession
+from vlminterp.experiments.description_attention import KEY_GROUPS
+from vlminterp.experiments.session import Session
 from vlminterp.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ MEAN_HEAD = -1
 
 @dataclass(frozen=True)
 class AttentionFractionSpec:
-    """max_new_tokens: length cap of the description; per_head: also write one row per head."""
+    """per_head: also write one row per head (the description cap is the session's:
+    `DescribePrompt.max_new_tokens`)."""
 
-    max_new_tokens: int = 300
     per_head: bool = True
 
 
@@ -50,10 +51,10 @@ def key_shares(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return cumulative[rows] / (rows[:, None] + 1)
 
 
-def image_attention_fractions(session: KaduriSession, image_id: int, spec: AttentionFractionSpec) -> list[dict]:
+def image_attention_fractions(session: Session, image_id: int, spec: AttentionFractionSpec) -> list[dict]:
     """Rows of the K1 table for one image."""
     item = session.encode(image_id)
-    generated = session.describe(item, spec.max_new_tokens)
+    generated = session.describe(item)
     record = session.description_attention(item, generated)
     P = item.prompt_length
     rows = record.rows(0).numpy()
@@ -78,7 +79,7 @@ def image_attention_fractions(session: KaduriSession, image_id: int, spec: Atten
     return out
 
 
-def attention_fractions(session: KaduriSession, images: pd.DataFrame, spec: AttentionFractionSpec) -> pd.DataFrame:
+def attention_fractions(session: Session, images: pd.DataFrame, spec: AttentionFractionSpec) -> pd.DataFrame:
     """The K1 table (module docstring) for every image of `images` (column image_id)."""
     rows = []
     for n, image_id in enumerate(images["image_id"], 1):

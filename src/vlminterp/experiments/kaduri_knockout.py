@@ -1,7 +1,7 @@
 """K2 (Kaduri et al.): attention knockout between token groups, descriptions scored by a judge.
 
-    spec = KnockoutSpec(max_new_tokens=300, window_step=4, start_layer_step=1)
-    table = group_knockouts(session, images, spec, vocabulary)     # one row per image x condition
+    spec = KnockoutSpec(window_step=4, start_layer_step=1)      # config section kaduri.knockout
+    table = group_knockouts(session, images, spec)     # one row per image x condition (session.vocabulary judges)
     summary = summarize_knockouts(table, seed=0)                   # F1 per condition with intervals
 
 Conditions (`knockout_conditions`; every knockout blocks the keys of the IMAGE group, all heads):
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from vlminterp.batching import BATCH_COLUMNS
-from vlminterp.experiments.kaduri_common import KaduriSession
+from vlminterp.experiments.session import Session
 from vlminterp.interventions import Condition, From, Knockout
 from vlminterp.models.adapters import TokenGroups
 from vlminterp.scoring.judge import SCORE_COLUMNS, judge_table
@@ -61,12 +61,38 @@ KNOCKOUT_COLUMNS = ("image_id", "condition", "family", "target", "layer_start", 
 
 
 @dataclass(frozen=True)
-class KnockoutSpec:
-    """max_new_tokens: description cap; window_step: spacing s of the window grid (0 = no windows);
-    start_layer_step: spacing of the start layers l (0 = no sweep); sweep_target: what the
-    from-l sweep blocks from the image."""
+class LLMJudgeConfig:
+    """The optional LLM judge of K2 (config section kaduri.llm_judge, beside kaduri.knockout: the
+    judge is its own rule, and changing it never reruns the knockouts): `enabled` runs rule
+    judge_group_knockouts_llm; `cache` is its answer cache under results/<run>/; the other fields
+    are the request's (`scoring.llm_judge.LLMJudgeSpec`, built by `client_spec`)."""
 
-    max_new_tokens: int = 300
+    enabled: bool = False
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-2024-08-06"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    seed: int = 0
+    temperature: float = 0.0
+    timeout: float = 60.0
+    retries: int = 3
+    max_tokens: int = 512
+    cache: str = "kaduri/knockout/llm_judge_cache.jsonl"
+
+    def client_spec(self, cache_path: str | None):
+        """The judge client's spec, its answers cached in `cache_path` (the run's `cache`)."""
+        from vlminterp.scoring.llm_judge import LLMJudgeSpec
+
+        return LLMJudgeSpec(base_url=self.base_url, model=self.model, api_key_env=self.api_key_env, seed=self.seed,
+                            temperature=self.temperature, timeout=self.timeout, retries=self.retries,
+                            max_tokens=self.max_tokens, cache_path=cache_path)
+
+
+@dataclass(frozen=True)
+class KnockoutSpec:
+    """window_step: spacing s of the window grid (0 = no windows); start_layer_step: spacing of the
+    start layers l (0 = no sweep); sweep_target: what the from-l sweep blocks from the image. The
+    description cap is the session's (`DescribePrompt.max_new_tokens`)."""
+
     window_step: int = 1
     start_layer_step: int = 1
     sweep_target: str = "generated"
@@ -74,8 +100,8 @@ class KnockoutSpec:
     def __post_init__(self):
         if self.sweep_target not in TARGETS:
             raise ValueError(f"sweep_target must be one of {TARGETS}, got {self.sweep_target!r}")
-        if self.window_step < 0 or self.start_layer_step < 0 or self.max_new_tokens < 1:
-            raise ValueError("window_step and start_layer_step must be >= 0, max_new_tokens >= 1")
+        if self.window_step < 0 or self.start_layer_step < 0:
+            raise ValueError("window_step and start_layer_step must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -128,11 +154,11 @@ def knockout_conditions(groups: TokenGroups, n_layers: int, spec: KnockoutSpec) 
     return out
 
 
-def image_knockouts(session: KaduriSession, image_id: int, spec: KnockoutSpec) -> list[dict]:
+def image_knockouts(session: Session, image_id: int, spec: KnockoutSpec) -> list[dict]:
     """Unjudged rows of the K2 table for one image: every condition decoded as one engine batch."""
     item = session.encode(image_id)
     conditions = knockout_conditions(item.groups, session.adapter.n_layers, spec)
-    output = session.engine.generate(item.prepared, [c.condition for c in conditions], spec.max_new_tokens,
+    output = session.engine.generate(item.prepared, [c.condition for c in conditions], session.prompt.max_new_tokens,
                                      session.eos_token_ids)
     texts = [session.decode(tokens) for tokens in output.tokens]
     reference = texts[0]
@@ -151,9 +177,9 @@ def judge_knockouts(table: pd.DataFrame, vocabulary: SynonymVocabulary, categori
     return pd.concat([judged, gt, truth[["categories"]]], axis=1)
 
 
-def group_knockouts(session: KaduriSession, images: pd.DataFrame, spec: KnockoutSpec,
-                    vocabulary: SynonymVocabulary) -> pd.DataFrame:
-    """The judged K2 table (module docstring) for every image of `images` (image_id, categories)."""
+def group_knockouts(session: Session, images: pd.DataFrame, spec: KnockoutSpec) -> pd.DataFrame:
+    """The judged K2 table (module docstring) for every image of `images` (image_id, categories),
+    judged with the session's vocabulary."""
     rows, truth = [], []
     categories = dict(zip(images["image_id"].astype(int), images["categories"].fillna("")))
     batches = session.engine.batches
@@ -166,7 +192,7 @@ def group_knockouts(session: KaduriSession, images: pd.DataFrame, spec: Knockout
         truth.extend([categories[image_id]] * len(image_rows))
         log.info("K2: image %d/%d (id %s): %d conditions", n, len(images), image_id, len(image_rows))
     table = pd.DataFrame(rows, columns=[*KNOCKOUT_COLUMNS, *BATCH_COLUMNS])
-    return judge_knockouts(table, vocabulary, pd.Series(truth, dtype=object))
+    return judge_knockouts(table, session.vocabulary, pd.Series(truth, dtype=object))
 
 
 def chance_recall(n_named: float, n_categories: int) -> float:

@@ -1,7 +1,7 @@
 """K3 (Kaduri et al.): does a generated object word attend to the object, per layer?
 
-    spec = LocalizationSpec(max_new_tokens=300, tolerance=1, attention_row="predicting")
-    table = localization(session, images, spec, vocabulary)      # one row per mention x layer x head
+    spec = LocalizationSpec(tolerance=1, attention_row="predicting")   # config section kaduri.localization
+    table = localization(session, images, spec)      # one row per mention x layer x head (session.vocabulary)
     per_layer = summarize_localization(table, seed=0)            # accuracy per layer with intervals
     per_band = summarize_localization(table, band_width=8)       # ... per band of layers
 
@@ -10,7 +10,7 @@ offline judge matches them (`scoring.vocabulary`: names, plurals, synonyms), kep
 category is annotated in the image; the mention's first generated token. Its attention row over
 the image tokens (`attention_row`: "token" = the row of that token read back during decoding,
 position P+t; "predicting" = the row that produced it, P-1+t) is recorded per layer in one extra
-forward pass (`kaduri_common`), per head and heads averaged. The peak cell is the image token
+forward pass (`description_attention`), per head and heads averaged. The peak cell is the image token
 with the most attention. The object's cells are the tokens whose box its mask overlaps (all
 instances of the category, `min_overlap` as in `geometry.object_cells`), through the adapter's
 own per-token geometry (`adapter.image_cells`, so the same mapping the model's patches use).
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vlminterp.experiments.kaduri_common import KaduriSession, token_mentions, token_spans
+from vlminterp.experiments.kaduri_text import token_mentions, token_spans
+from vlminterp.experiments.session import Session
 from vlminterp.geometry import category_mask, object_tokens, token_distance
-from vlminterp.scoring.vocabulary import SynonymVocabulary
 from vlminterp.stats import bootstrap_ci, excluded_counts
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,16 @@ MEAN_HEAD = -1
 
 @dataclass(frozen=True)
 class LocalizationSpec:
-    """max_new_tokens: description cap; tolerance: Chebyshev cells; attention_row: "token" or
-    "predicting"; min_overlap: a cell is an object cell when the mask covers more than this
-    fraction of it; per_head: also write one row per head."""
+    """tolerance: Chebyshev cells; attention_row: "token" or "predicting"; min_overlap: a cell is
+    an object cell when the mask covers more than this fraction of it; per_head: also write one
+    row per head; band_width: layers per band of the summary (`summarize_localization`). The
+    description cap is the session's (`DescribePrompt.max_new_tokens`)."""
 
-    max_new_tokens: int = 300
     tolerance: int = 1
     attention_row: str = "predicting"
     min_overlap: float = 0.0
     per_head: bool = True
+    band_width: int = 8
 
     def __post_init__(self):
         if self.attention_row not in ROW_KINDS:
@@ -76,15 +77,14 @@ class LocalizationSpec:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
 
 
-def image_localization(session: KaduriSession, image_id: int, present: set[str], spec: LocalizationSpec,
-                       vocabulary: SynonymVocabulary) -> list[dict]:
+def image_localization(session: Session, image_id: int, present: set[str], spec: LocalizationSpec) -> list[dict]:
     """Rows of the K3 table for one image (`present`: its annotated categories)."""
     item = session.encode(image_id)
-    generated = session.describe(item, spec.max_new_tokens)
+    generated = session.describe(item)
     text, spans = token_spans(session.tokenizer, generated)
     P, n = item.prompt_length, len(generated)
     mentions = []
-    for index, mention in enumerate(token_mentions(text, spans, vocabulary)):
+    for index, mention in enumerate(token_mentions(text, spans, session.vocabulary)):
         if mention.category not in present:
             continue
         t = mention.first_token
@@ -134,13 +134,13 @@ def image_localization(session: KaduriSession, image_id: int, present: set[str],
     return out
 
 
-def localization(session: KaduriSession, images: pd.DataFrame, spec: LocalizationSpec,
-                 vocabulary: SynonymVocabulary) -> pd.DataFrame:
-    """The K3 table (module docstring) for every image of `images` (image_id, categories)."""
+def localization(session: Session, images: pd.DataFrame, spec: LocalizationSpec) -> pd.DataFrame:
+    """The K3 table (module docstring) for every image of `images` (image_id, categories); the
+    session's vocabulary finds the mentions."""
     rows = []
     for n, (image_id, categories) in enumerate(zip(images["image_id"].astype(int), images["categories"].fillna("")), 1):
         present = {c for c in str(categories).split(";") if c}
-        rows.extend(image_localization(session, image_id, present, spec, vocabulary))
+        rows.extend(image_localization(session, image_id, present, spec))
         log.info("K3: image %d/%d (id %s)", n, len(images), image_id)
     return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
 

@@ -2,7 +2,7 @@
 
     spec = RepromptSpec(top_k_fractions=(0.02, 0.05), questions_per_image=3)
     questions = build_pope_questions(dataset, image_ids, n_per_image=3, seed=0)
-    table = reprompting(session, images, questions, spec)     # one row per question x method (x k)
+    table = reprompting(session, images, spec, questions=questions)   # one row per question x method (x k)
     summary = summarize_reprompting(table)                    # accuracy, POPE F1, yes-ratio, context
 
 For each image, the describe prompt (P positions) runs ONCE: its per-layer KV cache is kept and
@@ -27,8 +27,8 @@ produced them, heads averaged), per layer. Each yes/no question (POPE style,
 k = max(1, round(f * n_image_tokens)) for each f in `top_k_fractions`, chosen per layer by the
 attention received during the description; the table reports f (k_fraction) and k (k_tokens).
 The cache methods answer all questions of one token length as one batch (the kept cache repeated
-per row, `continue_batch`; at most the engine's batch size per batch, halved on CUDA
-out-of-memory). `context_tokens` is the number of positions kept before the question (the cache
+per row, `InterventionEngine.continue_cache`; at most the engine's batch size per batch, halved
+on CUDA out-of-memory). `context_tokens` is the number of positions kept before the question (the cache
 width; for description_text the prompt's tokens before the question); `input_tokens` adds the
 question.
 
@@ -40,7 +40,6 @@ out-of-memory halved it during that image: `vlminterp.batching`).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -49,13 +48,8 @@ import pandas as pd
 import torch
 
 from vlminterp.data.questions import NEGATIVE_STRATEGIES
-from vlminterp.experiments.kaduri_common import EncodedImage, KaduriSession
-from transformers import DynamicCache
-
 from vlminterp.batching import BATCH_COLUMNS
-from vlminterp.interventions.cache import KeptCache, check_sliding_window, prefill_cache, select_cache
-from vlminterp.interventions.engine import EosIds, PreparedInput, greedy_continue, until_eos
-from vlminterp.interventions.knockout import knockout
+from vlminterp.experiments.session import Session
 from vlminterp.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -68,11 +62,11 @@ REPROMPT_COLUMNS = ("image_id", "question_id", "question", "category", "answer",
 
 @dataclass(frozen=True)
 class RepromptSpec:
-    """max_new_tokens: description cap; answer_tokens: answer cap; top_k_fractions: shares of the
-    image tokens kept by the top-k methods; questions_per_image: POPE k per image (positives and
-    each negative type); continuation: what follows a cache ("{question}" is replaced)."""
+    """answer_tokens: answer cap; top_k_fractions: shares of the image tokens kept by the top-k
+    methods; questions_per_image: POPE k per image (positives and each negative type);
+    continuation: what follows a cache ("{question}" is replaced). The description cap is the
+    session's (`DescribePrompt.max_new_tokens`)."""
 
-    max_new_tokens: int = 300
     answer_tokens: int = 4
     top_k_fractions: tuple[float, ...] = (0.02, 0.05)
     questions_per_image: int = 3
@@ -97,11 +91,6 @@ def parse_yes_no(response: str) -> str:
     return first if first in ("yes", "no") else "other"
 
 
-def _ids(session: KaduriSession, text: str, bos: bool) -> torch.Tensor:
-    ids = session.tokenizer(text, add_special_tokens=bos, return_tensors="pt")["input_ids"]
-    return ids.to(session.engine.device)
-
-
 def top_image_positions(received: list[torch.Tensor], image_positions, k: int) -> list[list[int]]:
     """Per layer, the k image positions with the most received attention (ties: earlier token)."""
     image = list(image_positions)
@@ -114,39 +103,15 @@ def top_image_positions(received: list[torch.Tensor], image_positions, k: int) -
 
 
 @torch.no_grad()
-def continue_batch(adapter, kept: KeptCache, new_input_ids: torch.Tensor, max_new_tokens: int,
-                   eos_token_id: EosIds) -> list[list[int]]:
-    """`interventions.cache.continue_generation` for B same-length continuations at once: the kept
-    cache is repeated for every row (each row a different question after the same context)."""
-    batch, n = new_input_ids.shape
-    check_sliding_window(adapter, kept, n, max_new_tokens)
-    cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(batch, -1, -1, -1).contiguous(),
-                                          layer.values.expand(batch, -1, -1, -1).contiguous())
-                                         for layer in kept.cache.layers])
-    start = kept.original_length
-    rope = kept.rope.to(new_input_ids.device)  # text continues after the source prompt (M-RoPE aware)
-    positions = rope.span(start, start + n, batch)
-    padding = kept.padding_knockouts()
-    context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
-    with context:
-        hidden, cache = adapter.language_model_forward(adapter.embed_tokens(new_input_ids), past_key_values=cache,
-                                                       position_ids=positions, use_cache=True)
-        generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos_token_id, positions=rope)
-    return [until_eos(row, eos_token_id) for row in generated.tolist()]
-
-
-@torch.no_grad()
-def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataFrame, spec: RepromptSpec) -> list[dict]:
+def image_reprompting(session: Session, image_id: int, questions: pd.DataFrame, spec: RepromptSpec) -> list[dict]:
     """Rows of the K4 table for one image and its questions."""
-    item: EncodedImage = session.encode(image_id)
-    adapter, groups, P = session.adapter, item.groups, item.prompt_length
-    generated = session.describe(item, spec.max_new_tokens)
+    engine, adapter = session.engine, session.adapter
+    item = session.encode(image_id)
+    groups, P = item.groups, item.prompt_length
+    generated = session.describe(item)
     description = session.decode(generated).strip()
     record = session.description_attention(item, generated)
     received = [record.image_received[layer] for layer in range(adapter.n_layers)]
-    device = session.engine.device
-    image_inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in item.image_inputs.items()}
-    cache = prefill_cache(adapter, item.input_ids.to(device), **image_inputs)
     prompt_positions = sorted(groups.system + groups.query)
     n_image = len(groups.image)
     selections = {("full_cache", None): list(range(P)), ("prompt_cache", None): prompt_positions}
@@ -154,42 +119,30 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
         top = top_image_positions(received, groups.image, top_k_count(fraction, n_image))
         selections[("image_topk", fraction)] = top
         selections[("prompt_image_topk", fraction)] = [sorted(prompt_positions + t) for t in top]
-    kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
+    kept = engine.kept_caches(item.prepared, selections)
 
     eos = session.eos_token_ids
     question_list = list(questions.itertuples(index=False))
-    continuations = [_ids(session, spec.continuation.format(question=q.question), bos=False) for q in question_list]
+    continuations = [session.tokenize(spec.continuation.format(question=q.question), bos=False) for q in question_list]
     answers: dict[int, dict] = {i: {} for i in range(len(question_list))}
     # Cache methods: the questions of one token length are one batch per kept cache.
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(continuations):
-        by_length.setdefault(ids.shape[1], []).append(i)
-    for length, members in by_length.items():
-        for key, cache_kept in kept.items():
-            def answer(chunk: list[int], cache_kept=cache_kept) -> list[list[int]]:
-                batch = torch.cat([continuations[i] for i in chunk])
-                return continue_batch(adapter, cache_kept, batch, spec.answer_tokens, eos)
-
-            answered = [tokens for part in session.engine.batches.iterate(members, answer) for tokens in part]
-            for i, tokens in zip(members, answered):
-                answers[i][key] = (tokens, cache_kept.width, cache_kept.width + length)
+    for key, cache_kept in kept.items():
+        answered = engine.continue_cache(cache_kept, continuations, spec.answer_tokens, eos)
+        for i, tokens in enumerate(answered):
+            answers[i][key] = (tokens, cache_kept.width, cache_kept.width + continuations[i].shape[1])
     for i, q in enumerate(question_list):
         new_ids = continuations[i]
         # full_image: the describe prompt and the question as one ordinary input (no cache surgery;
         # the image features are reused, the language model runs from scratch).
-        full_ids = torch.cat([item.input_ids.to(new_ids.device), new_ids], dim=1)
-        embeds = torch.cat([item.prepared.inputs_embeds, adapter.embed_tokens(new_ids)], dim=1)
-        positions = adapter.rope_positions(full_ids, **image_inputs)
-        tokens = session.engine.generate(PreparedInput(full_ids, embeds, positions), [None], spec.answer_tokens,
-                                         eos).tokens[0]
+        tokens = engine.generate(engine.extend(item.prepared, new_ids), [None], spec.answer_tokens, eos).tokens[0]
         answers[i][("full_image", None)] = (tokens, P, P + new_ids.shape[1])
         text_prompt = adapter.format_text_prompt(q.question, description, session.prompt.system_prompt)
-        text_ids = _ids(session, text_prompt, bos=True)
-        context = _ids(session, text_prompt[: text_prompt.rindex(q.question)].rstrip(), bos=True).shape[1]
-        tokens = session.engine.generate(session.engine.prepare(text_ids), [None], spec.answer_tokens, eos).tokens[0]
+        text_ids = session.tokenize(text_prompt, bos=True)
+        context = session.tokenize(text_prompt[: text_prompt.rindex(q.question)].rstrip(), bos=True).shape[1]
+        tokens = engine.generate(engine.prepare(text_ids), [None], spec.answer_tokens, eos).tokens[0]
         answers[i][("description_text", None)] = (tokens, context, text_ids.shape[1])
         single = session.encode(image_id, text=adapter.format_prompt(q.question, session.prompt.system_prompt))
-        tokens = session.engine.generate(single.prepared, [None], spec.answer_tokens, eos).tokens[0]
+        tokens = engine.generate(single.prepared, [None], spec.answer_tokens, eos).tokens[0]
         answers[i][("single_turn", None)] = (tokens, len(single.groups.system) + len(single.groups.image),
                                              single.prompt_length)
 
@@ -209,8 +162,8 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
     return rows
 
 
-def reprompting(session: KaduriSession, images: pd.DataFrame, questions: pd.DataFrame,
-                spec: RepromptSpec) -> pd.DataFrame:
+def reprompting(session: Session, images: pd.DataFrame, spec: RepromptSpec, *,
+                questions: pd.DataFrame) -> pd.DataFrame:
     """The K4 table (module docstring) for every image of `images` with its rows of `questions`."""
     rows = []
     by_image = {int(i): part for i, part in questions.groupby("image_id", sort=False)}

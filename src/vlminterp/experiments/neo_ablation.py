@@ -1,12 +1,12 @@
 """N1 (Neo et al.): ablate image tokens and see whether the model still identifies the object.
 
     from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
-    table = run_token_ablation(model, processor, adapter, dataset, selection, cells, mean,
-                               prompts=PromptSpec(), vocabulary=load_vocabulary("shapes"),
-                               spec=AblationSpec(seed=0))
+    table = run_token_ablation(session, selection, AblationSpec(seed=0), cells=cells_by_image(table),
+                               prompts=PromptSpec(), mean=load_mean_embedding(path))
+    # session: experiments.session.Session (its vocabulary judges the generative setting)
 
 Ablation replaces the post-projector embeddings at chosen image positions, before LM layer 0,
-with the mean image embedding (a streaming mean over other images, `neo_common`) or with zeros.
+with the mean image embedding (a streaming mean over other images, `mean_embedding`) or with zeros.
 Conditions per image (token sets over the image's tokens, `geometry.TargetCells`; for tiled
 families every tile and InternVL's thumbnail included; `condition` names them):
   none                 the unablated run (the inclusion test);
@@ -61,11 +61,12 @@ from tqdm import tqdm
 
 from vlminterp.batching import AdaptiveBatch
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import (SETTINGS, CellSpec, PromptSpec, answer_first_token, encode,
-                                              question_image_ids, vqa_questions)
+from vlminterp.batching import AdaptiveBatch
+from vlminterp.experiments.neo_prompts import (SETTINGS, PromptSpec, answer_first_token, question_image_ids,
+                                               vqa_questions)
+from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells, random_cells
-from vlminterp.interventions import Ablation, Condition, InterventionEngine
-from vlminterp.scoring.vocabulary import SynonymVocabulary
+from vlminterp.interventions import Ablation, Condition
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +225,12 @@ def _absent_category(dataset: CocoDataset, image_id: int, seed: int) -> str | No
     return absent[int(_rng(seed, image_id, "absent").integers(len(absent)))]
 
 
-def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
-                       cells: dict[int, TargetCells], mean: torch.Tensor, *, prompts: PromptSpec,
-                       vocabulary: SynonymVocabulary, spec: AblationSpec, cell_spec: CellSpec) -> pd.DataFrame:
+def run_token_ablation(session: Session, selection: pd.DataFrame, spec: AblationSpec, *,
+                       cells: dict[int, TargetCells], prompts: PromptSpec, mean: torch.Tensor) -> pd.DataFrame:
     """The N1 table: one row per image x setting x question kind x condition (module docstring)."""
-    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size, stage="N1 token ablation")
+    engine = session.engine_for("N1 token ablation", spec.batch_size)
     ig_batches = AdaptiveBatch(spec.ig_batch_size, "N1 token ablation (integrated gradients)")
-    tokenizer = processor.tokenizer
+    adapter, dataset, tokenizer, vocabulary = session.adapter, session.dataset, session.tokenizer, session.vocabulary
     vector = mean if spec.replacement == "mean" else None
     questions = vqa_questions(dataset, selection, prompts)  # the IG target is the VQA answer
     vqa_images = question_image_ids(prompts)  # None: every target; else the VQA setting's images
@@ -246,9 +246,7 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
         first_row, retries_before = len(rows), engine.batches.retries + ig_batches.retries
         image = dataset.load_image(image_id)
         answer_token = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
-        vqa_ids, image_inputs = encode(processor, adapter, image, questions[image_id], cell_spec.geometry,
-                                       system_prompt=prompts.system_prompt, answer_prefix=prompts.vqa_answer_prefix)
-        vqa_input = engine.prepare(vqa_ids, **image_inputs)
+        vqa_input = session.prepare(image, questions[image_id], answer_prefix=prompts.vqa_answer_prefix)
         (image_pos,) = adapter.image_positions(vqa_input.input_ids)
         target_cells.check_prompt(image_pos)
         register = register_cells(vqa_input.inputs_embeds[0, image_pos], (target_cells.num_tokens,), spec.register_std)
@@ -289,16 +287,12 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
             if absent is not None:
                 asked.append(("absent", absent, _NO))
             for kind, polled, expected in asked:
-                ids, inputs = encode(processor, adapter, image, prompts.polling.format(name=polled), cell_spec.geometry,
-                                     system_prompt=prompts.system_prompt)
-                prepared = engine.prepare(ids, **inputs)
+                prepared = session.prepare(image, prompts.polling.format(name=polled))
                 out = engine.generate(prepared, conditions_for(prepared), spec.polling_new_tokens)
                 answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
                 add_rows("polling", kind, [bool(expected.match(a)) for a in answers], answers)
         if "generative" in spec.settings:
-            ids, inputs = encode(processor, adapter, image, prompts.describe, cell_spec.geometry,
-                                 system_prompt=prompts.system_prompt)
-            prepared = engine.prepare(ids, **inputs)
+            prepared = session.prepare(image, prompts.describe)
             out = engine.generate(prepared, conditions_for(prepared), spec.max_new_tokens)
             answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
             add_rows("generative", "target", [name in vocabulary.categories_in(a) for a in answers], answers)

@@ -2,8 +2,8 @@
 
     from vlminterp.experiments.neo_blocking import BlockingSpec, layer_windows, run_attention_blocking
     windows = layer_windows(n_layers=32, spec=BlockingSpec())   # sliding (every start) + fixed
-    table = run_attention_blocking(model, processor, adapter, dataset, selection, cells,
-                                   prompts=PromptSpec(), spec=BlockingSpec(), cell_spec=CellSpec())
+    table = run_attention_blocking(session, selection, BlockingSpec(), cells=cells_by_image(table),
+                                   prompts=PromptSpec())     # session: experiments.session.Session
 
 VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets (token sets of
 `geometry.TargetCells`: every tile, InternVL's thumbnail included):
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -46,20 +47,27 @@ import torch
 from tqdm import tqdm
 
 from vlminterp.batching import BATCH_COLUMNS
-from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first_token, encode, question_image_ids,
-                                              vqa_questions)
+from vlminterp.experiments.neo_prompts import PromptSpec, answer_first_token, question_image_ids, vqa_questions
+from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
-from vlminterp.interventions import Condition, InterventionEngine, Knockout
+from vlminterp.interventions import Condition, Knockout
 
 log = logging.getLogger(__name__)
 
 # The paper's windows on 32 layers (0-indexed, inclusive): early 0-9, mid 11-20, late 21-31,
 # early-mid 5-14, mid-late 15-24, all; as [start, end) fractions of the depth.
-FIXED_WINDOWS: tuple[tuple[str, float, float], ...] = (
+class FixedWindow(NamedTuple):
+    """A fixed window of layers: [start, end) as fractions of the depth (config neo.blocking.fixed_windows)."""
+
+    name: str
+    start: float
+    end: float
+
+
+FIXED_WINDOWS: tuple[FixedWindow, ...] = tuple(FixedWindow(*window) for window in (
     ("early", 0 / 32, 10 / 32), ("mid", 11 / 32, 21 / 32), ("late", 21 / 32, 32 / 32),
     ("early-mid", 5 / 32, 15 / 32), ("mid-late", 15 / 32, 25 / 32), ("all", 0.0, 1.0),
-)
+))
 BLOCK_SETS = ("object", "non_object", "object_to_last_row", "object_to_text")
 BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
                     "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
@@ -79,7 +87,7 @@ class BlockingSpec:
     block_sets: which sets to run; batch_size: most conditions per engine batch."""
 
     window: int = 5
-    fixed_windows: tuple[tuple[str, float, float], ...] = FIXED_WINDOWS
+    fixed_windows: tuple[FixedWindow, ...] = FIXED_WINDOWS
     block_sets: tuple[str, ...] = BLOCK_SETS
     batch_size: int = 64
 
@@ -130,12 +138,11 @@ def block_sets(cells: TargetCells, spec: BlockingSpec, image_positions: np.ndarr
 
 
 @torch.no_grad()
-def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
-                           cells: dict[int, TargetCells], *, prompts: PromptSpec, spec: BlockingSpec,
-                           cell_spec: CellSpec) -> pd.DataFrame:
+def run_attention_blocking(session: Session, selection: pd.DataFrame, spec: BlockingSpec, *,
+                           cells: dict[int, TargetCells], prompts: PromptSpec) -> pd.DataFrame:
     """The N3 table (module docstring)."""
-    engine = InterventionEngine(model, adapter, max_batch_size=spec.batch_size, stage="N3 attention blocking")
-    tokenizer = processor.tokenizer
+    engine = session.engine_for("N3 attention blocking", spec.batch_size)
+    adapter, dataset, tokenizer = session.adapter, session.dataset, session.tokenizer
     asked = question_image_ids(prompts)
     if asked is not None:  # the authors' design: N3 runs on the images that have a question
         selection = selection[selection["image_id"].isin(asked)]
@@ -155,10 +162,8 @@ def run_attention_blocking(model, processor, adapter, dataset: CocoDataset, sele
             continue
         retries_before = engine.batches.retries
         answer = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)
-        ids, image_inputs = encode(processor, adapter, dataset.load_image(image_id), questions[image_id],
-                                   cell_spec.geometry, system_prompt=prompts.system_prompt,
+        prepared = session.prepare(dataset.load_image(image_id), questions[image_id],
                                    answer_prefix=prompts.vqa_answer_prefix)
-        prepared = engine.prepare(ids, **image_inputs)
         (positions,) = adapter.image_positions(prepared.input_ids)
         last = prepared.length - 1
         sets = block_sets(cells[image_id], spec, positions.cpu().numpy(), last)

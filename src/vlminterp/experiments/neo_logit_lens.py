@@ -1,8 +1,8 @@
 """N2 (Neo et al.): the logit lens on visual tokens, with numbers instead of only pictures.
 
     from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens
-    topk, scores = run_logit_lens(model, processor, adapter, dataset, selection, cells,
-                                  prompts=PromptSpec(), vocabulary=vocab, spec=LensSpec(top_k=5))
+    topk, scores = run_logit_lens(session, selection, LensSpec(top_k=5), cells=cells_by_image(table),
+                                  prompts=PromptSpec())     # session: experiments.session.Session
 
 One forward pass per image with the describe prompt (through the engine, unablated). For every
 layer output l (l = 0: the embedding output, i.e. the LM's input; l = 1..L: decoder layer l's
@@ -41,9 +41,10 @@ import torch
 from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_common import CellSpec, PromptSpec, answer_first_token, encode
+from vlminterp.experiments.neo_prompts import PromptSpec, answer_first_token
+from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
-from vlminterp.interventions import InterventionEngine, capture_residual
+from vlminterp.interventions import capture_residual
 from vlminterp.scoring.mentions import plural_forms
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 
@@ -58,10 +59,12 @@ SCORE_COLUMNS = ["image_id", "annotation_id", "category", "layer", "region", "n_
 @dataclass(frozen=True)
 class LensSpec:
     """top_k: tokens kept per position and layer; background_buffer: background cells lie outside
-    the object's cells dilated this many times (1 keeps the object's immediate border out)."""
+    the object's cells dilated this many times (1 keeps the object's immediate border out);
+    html_images: interactive pages written (`write_lens_pages`, the first images of the selection)."""
 
     top_k: int = 5
     background_buffer: int = 1
+    html_images: int = 20
 
     def __post_init__(self):
         if self.top_k < 1 or self.background_buffer < 0:
@@ -88,12 +91,11 @@ def lens_logits(adapter, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: pd.DataFrame,
-                   cells: dict[int, TargetCells], *, prompts: PromptSpec, vocabulary: SynonymVocabulary,
-                   spec: LensSpec, cell_spec: CellSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_logit_lens(session: Session, selection: pd.DataFrame, spec: LensSpec, *,
+                   cells: dict[int, TargetCells], prompts: PromptSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(topk, scores) tables of N2 for the selected images (module docstring)."""
-    engine = InterventionEngine(model, adapter)
-    tokenizer = processor.tokenizer
+    adapter, dataset, engine = session.adapter, session.dataset, session.engine
+    tokenizer, vocabulary = session.tokenizer, session.vocabulary
     categories = list(dataset.category_names().values())
     category_tokens = torch.tensor([answer_first_token(tokenizer, prompts.vqa_answer_prefix, c) for c in categories])
     if len(set(category_tokens.tolist())) != len(categories):
@@ -102,9 +104,7 @@ def run_logit_lens(model, processor, adapter, dataset: CocoDataset, selection: p
     for target in tqdm(list(selection.itertuples(index=False)), desc="logit lens", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
         target_cells = cells[image_id]
-        ids, image_inputs = encode(processor, adapter, dataset.load_image(image_id), prompts.describe,
-                                   cell_spec.geometry, system_prompt=prompts.system_prompt)
-        prepared = engine.prepare(ids, **image_inputs)
+        prepared = session.prepare(dataset.load_image(image_id), prompts.describe)
         (positions,) = adapter.image_positions(prepared.input_ids)
         target_cells.check_prompt(positions)
         with capture_residual(adapter, positions=positions) as record:

@@ -11,7 +11,7 @@ Modules, from the ground up (each imports only those above it):
                 square `PatchGrid` of a single-grid family (LLaVA); `pad_to_square`
     tokens      the token layout of one image (`TokenLayout`: tile, row, col per image token),
                 the adapters' `ImageCells` (with exact boxes), token sets within tiles
-    objects     object masks to object tokens: `map_object_cells` (the Neo cell table),
+    objects     object masks to object tokens: `CellSpec` (config neo.cells), `map_object_cells` (the Neo cell table),
                 `TargetCells` (its object flags per image), `object_tokens` + `category_mask` (K3),
                 the exclusion reasons
 
@@ -23,14 +23,14 @@ from __future__ import annotations
 from .boxes import PixelBoxes, as_pixel_boxes, even_edges, mask_coverage, mask_tokens, uniform_cell_boxes
 from .grid import (background_cells, cell_box_grid, cell_overlap, cells_to_positions, chebyshev_distance,
                    dilate_cells, last_row_cells, matched_random_cells, object_cells, random_cells)
-from .objects import (CELL_COLUMNS, EXCLUDED_BELOW_MIN_OVERLAP, EXCLUDED_EMPTY_MASK, EXCLUDED_OUTSIDE_CROP,
+from .objects import (CELL_COLUMNS, CellSpec, EXCLUDED_BELOW_MIN_OVERLAP, EXCLUDED_EMPTY_MASK, EXCLUDED_OUTSIDE_CROP,
                       TargetCells, category_mask, cells_by_image, check_geometry, exclusion_reason,
                       image_object_tokens, map_object_cells, object_overlap, object_tokens)
 from .patch_grid import GEOMETRIES, PATCH_GRID_GEOMETRIES, ImageGeometry, PatchGrid, pad_to_square
 from .tokens import ImageCells, TokenLayout, dilate_tokens, last_row_tokens, tile_tokens, token_distance
 
 __all__ = [
-    "CELL_COLUMNS", "EXCLUDED_BELOW_MIN_OVERLAP", "EXCLUDED_EMPTY_MASK", "EXCLUDED_OUTSIDE_CROP", "GEOMETRIES",
+    "CELL_COLUMNS", "CellSpec", "EXCLUDED_BELOW_MIN_OVERLAP", "EXCLUDED_EMPTY_MASK", "EXCLUDED_OUTSIDE_CROP", "GEOMETRIES",
     "ImageCells", "ImageGeometry", "PATCH_GRID_GEOMETRIES", "PatchGrid", "PixelBoxes", "TargetCells", "TokenLayout",
     "as_pixel_boxes", "background_cells", "category_mask", "cell_box_grid", "cell_overlap", "cells_by_image",
     "cells_to_positions", "chebyshev_distance", "check_geometry", "dilate_cells", "dilate_tokens", "even_edges",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -28,18 +27,33 @@ import torch
 
 from .boxes import mask_tokens
 from .grid import cells_to_positions
+from .patch_grid import GEOMETRIES
 from .tokens import ImageCells, TokenLayout
 
 log = logging.getLogger(__name__)
 
 
-class ObjectCellSpec(Protocol):
-    """How a mask becomes object tokens (the Neo stages' `CellSpec` is one): the image geometry
-    ("crop", "pad", "resize"), `min_overlap` and the dilation `buffers` studied."""
+@dataclass(frozen=True)
+class CellSpec:
+    """How a target's mask becomes image-token cells (config section neo.cells).
 
-    geometry: str
-    min_overlap: float
-    buffers: tuple[int, ...]
+    geometry: "crop" (HF LLaVA-1.5 processor) or "pad" (original LLaVA code), LLaVA only; "resize"
+        (the whole image resized: InternVL, Qwen2-VL, whose only geometry it is).
+    min_overlap: a cell is an object cell when its covered fraction is strictly above this.
+    buffers: the dilation amounts b studied (object cells dilated b times, 8-neighbourhood).
+    """
+
+    geometry: str = "crop"
+    min_overlap: float = 0.0
+    buffers: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self):
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {list(GEOMETRIES)}, got {self.geometry!r}")
+        if not 0.0 <= self.min_overlap < 1.0:
+            raise ValueError(f"min_overlap must be in [0, 1), got {self.min_overlap}")
+        if not self.buffers or min(self.buffers) < 0 or len(set(self.buffers)) != len(self.buffers):
+            raise ValueError(f"buffers must be distinct non-negative integers, got {self.buffers}")
 
 
 # Why an object has no object token (a target of N1-N3, a mention of K3): such an object cannot be
@@ -96,7 +110,7 @@ CELL_COLUMNS = ["image_id", "annotation_id", "cell_index", "tile", "cell_row", "
 
 
 def image_object_tokens(mask: np.ndarray, cells: ImageCells,
-                        spec: ObjectCellSpec) -> tuple[np.ndarray, dict[int, np.ndarray], str]:
+                        spec: CellSpec) -> tuple[np.ndarray, dict[int, np.ndarray], str]:
     """(overlap (N,), {b: object tokens dilated b times (N,) bool}, exclusion reason) of one mask
     over the image's tokens (`object_overlap`; dilation within each tile)."""
     overlap, base, reason = object_overlap(mask, cells, spec.min_overlap)
@@ -110,7 +124,7 @@ def check_geometry(adapter, geometry: str, stage: str) -> None:
                          f"{list(adapter.geometries)}); set neo.cells.geometry accordingly")
 
 
-def map_object_cells(dataset, selection: pd.DataFrame, adapter, spec: ObjectCellSpec) -> pd.DataFrame:
+def map_object_cells(dataset, selection: pd.DataFrame, adapter, spec: CellSpec) -> pd.DataFrame:
     """One row per selected image x image token: its tile, cell, box, the target's overlap, object flags.
 
     Columns: image_id, annotation_id, cell_index (image-token order), tile, cell_row, cell_col (in

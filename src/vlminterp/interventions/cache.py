@@ -6,6 +6,10 @@ per layer, then ask a new question after it, positions continuing, greedy decodi
     kept = select_cache(cache, keep=system_and_prompt + top_image)     # same positions in every layer
     kept = select_cache(cache, keep=[positions_for_layer(l) for l in range(L)])  # or per layer
     answer = continue_generation(adapter, kept, question_ids, max_new_tokens=8)
+    answers = continue_batch(adapter, kept, questions_ids, max_new_tokens=8)   # (B, n): B answers
+
+`InterventionEngine.prompt_cache` / `continue_cache` run these for the experiments (one prepared
+input, continuations of any lengths, batched at the engine's batch size).
 
 RoPE: kept keys keep the rotation of their ORIGINAL positions (they are gathered, not recomputed),
 and the new tokens get the positions they would have had right after the full prompt: sequence
@@ -143,25 +147,28 @@ def check_sliding_window(adapter, kept: KeptCache, new_tokens: int, max_new_toke
 
 
 @torch.no_grad()
-def continue_generation(
+def continue_batch(
     adapter,
     kept: KeptCache,
     new_input_ids: torch.Tensor,
     max_new_tokens: int,
     eos_token_id: EosIds = None,
-) -> list[int]:
-    """Append `new_input_ids` (1, n) after the kept cache and decode greedily; ids up to the first EOS
-    (any of `eos_token_id`; default: every EOS id of the model)."""
+) -> list[list[int]]:
+    """Append each row of `new_input_ids` (B, n: B continuations of one length) after the kept
+    cache and decode greedily; per row, the ids up to the first EOS (any of `eos_token_id`;
+    default: every EOS id of the model). The kept cache is repeated for every row and never
+    modified, so the same KeptCache answers any number of questions."""
     if new_input_ids.ndim == 1:
         new_input_ids = new_input_ids[None]
-    check_sliding_window(adapter, kept, new_input_ids.shape[1], max_new_tokens)
+    batch, n = new_input_ids.shape
+    check_sliding_window(adapter, kept, n, max_new_tokens)
     eos = adapter.eos_token_ids if eos_token_id is None else eos_token_id
-    # A fresh copy of the kept cache, so the same KeptCache can answer several questions.
-    cache = DynamicCache(ddp_cache_data=[(l.keys, l.values) for l in kept.cache.layers])
+    cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(batch, -1, -1, -1).contiguous(),
+                                          layer.values.expand(batch, -1, -1, -1).contiguous())
+                                         for layer in kept.cache.layers])
     start = kept.original_length
-    n = new_input_ids.shape[1]
-    rope = kept.rope.to(new_input_ids.device)
-    positions = rope.span(start, start + n)
+    rope = kept.rope.to(new_input_ids.device)  # text continues after the source prompt (M-RoPE aware)
+    positions = rope.span(start, start + n, batch)
     padding = kept.padding_knockouts()
     context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
     with context:
@@ -169,4 +176,15 @@ def continue_generation(
             adapter.embed_tokens(new_input_ids), past_key_values=cache, position_ids=positions, use_cache=True
         )
         generated = greedy_continue(adapter, hidden, cache, start + n, max_new_tokens, eos, positions=rope)
-    return until_eos(generated[0].tolist(), eos)
+    return [until_eos(row, eos) for row in generated.tolist()]
+
+
+def continue_generation(
+    adapter,
+    kept: KeptCache,
+    new_input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_id: EosIds = None,
+) -> list[int]:
+    """`continue_batch` for one continuation (1, n): its ids up to the first EOS."""
+    return continue_batch(adapter, kept, new_input_ids, max_new_tokens, eos_token_id)[0]

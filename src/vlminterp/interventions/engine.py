@@ -7,6 +7,10 @@
     logits = engine.logits(prepared, conditions)             # (C, 1, V): last position by default
     out = engine.generate(prepared, [None, Knockout(From(T), image_positions)], max_new_tokens=64)
     out.tokens[c]                                            # generated ids of condition c (up to EOS)
+    longer = engine.extend(prepared, question_ids)           # the same input with text appended
+    engine.observe_generation(prepared, out.tokens[0], observer)   # attention rows that produced a generation
+    kept = engine.kept_caches(prepared, {"prompt": text_positions})   # subsets of the prompt's KV cache
+    answers = engine.continue_cache(kept["prompt"], [q1_ids, q2_ids], max_new_tokens=4)   # batched
 
 Generation stops at ANY of the model's EOS ids (`adapter.eos_token_ids`: the text config's and
 the generation config's), unless `eos_token_id` (an int or a list, as in `model.generate`) says otherwise.
@@ -37,7 +41,7 @@ ends up used, and `engine.batches.columns(since)` gives the batch_size / oom_ret
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -243,6 +247,77 @@ class InterventionEngine:
 
         tokens = [row for rows in self.batches.map(conds, run) for row in rows]
         return GenerationOutput(tokens=tokens, prefix_length=prefix)
+
+    # ---- operations on one prepared input (no conditions) ----------------------------------------
+    @torch.no_grad()
+    def extend(self, prepared: PreparedInput, new_input_ids: torch.Tensor) -> PreparedInput:
+        """`prepared` followed by the text tokens `new_input_ids` ((1, n) or (n,)): their embeddings
+        appended, their RoPE positions continuing after the prompt (index + delta, M-RoPE aware),
+        exactly the input a processor would give for the longer text."""
+        if new_input_ids.ndim == 1:
+            new_input_ids = new_input_ids[None]
+        if new_input_ids.shape[1] == 0:
+            return prepared
+        new_input_ids = new_input_ids.to(self.device)
+        input_ids = torch.cat([prepared.input_ids, new_input_ids], dim=1)
+        embeds = self.adapter.embed_tokens(new_input_ids).to(prepared.inputs_embeds.dtype)
+        rope = prepared.rope
+        positions = RopePositions(rope.span(0, input_ids.shape[1]), rope.delta)
+        return PreparedInput(input_ids, torch.cat([prepared.inputs_embeds, embeds], dim=1), positions)
+
+    @torch.no_grad()
+    def observe_generation(self, prepared: PreparedInput, generated: Sequence[int], observer) -> None:
+        """One forward pass over `prepared` + `generated` (the last generated token excluded: it is
+        never fed back) with `observer` as an attention edit (`interventions.attention`): how an
+        experiment captures the attention that produced a generation (row P-1+t produced token t)."""
+        fed = torch.as_tensor(list(generated[:-1]), dtype=torch.long)
+        full = self.extend(prepared, fed)
+        with edit_attention(self.adapter, observer):
+            self.adapter.language_model_forward(full.inputs_embeds, position_ids=full.rope.span(0, full.length),
+                                                use_cache=False)
+
+    @torch.no_grad()
+    def prompt_cache(self, prepared: PreparedInput):
+        """The KV cache of the whole prepared input (`cache.PromptCache`: every position kept, with
+        the prompt's RoPE positions)."""
+        from .cache import PromptCache
+
+        rope = prepared.rope
+        _, cache = self.adapter.language_model_forward(
+            prepared.inputs_embeds, past_key_values=PromptCache(rope),
+            position_ids=rope.span(0, prepared.length), use_cache=True)
+        return cache
+
+    def kept_caches(self, prepared: PreparedInput, selections: Mapping) -> dict:
+        """{key: `cache.KeptCache`} of the prompt's KV cache (one prefill) keeping, per key, the
+        positions `selections[key]` (one list for every layer, or one list per layer:
+        `cache.select_cache`); each answers any number of `continue_cache` calls."""
+        from .cache import select_cache
+
+        cache = self.prompt_cache(prepared)
+        return {key: select_cache(cache, keep) for key, keep in selections.items()}
+
+    @torch.no_grad()
+    def continue_cache(self, kept, continuations: Sequence[torch.Tensor], max_new_tokens: int,
+                       eos_token_id: EosIds = None) -> list[list[int]]:
+        """Greedy answers to each continuation ((1, n) token ids, any lengths) appended after the
+        kept cache (`cache.select_cache`): continuations of one length run as one batch (chunked at
+        this engine's batch size, halved on CUDA out-of-memory); answers in the given order."""
+        from .cache import continue_batch
+
+        by_length: dict[int, list[int]] = {}
+        for index, ids in enumerate(continuations):
+            by_length.setdefault(ids.shape[-1], []).append(index)
+        answers: list[list[int] | None] = [None] * len(continuations)
+        for members in by_length.values():
+            def run(chunk: list[int]) -> list[list[int]]:
+                batch = torch.cat([continuations[i].reshape(1, -1) for i in chunk]).to(self.device)
+                return continue_batch(self.adapter, kept, batch, max_new_tokens, eos_token_id)
+
+            answered = [tokens for part in self.batches.iterate(members, run) for tokens in part]
+            for index, tokens in zip(members, answered):
+                answers[index] = tokens
+        return answers
 
 
 def greedy_continue(

@@ -193,3 +193,24 @@ def load_model(spec: ModelSpec):
     log.info("loaded model %s (%s, %s) in %.1f s", spec.id_or_path, spec.dtype, spec.device,
              time.perf_counter() - started)
     return model.eval(), processor
+
+
+def load_adapter(spec: ModelSpec, *, weights: bool = True):
+    """The model of `spec` behind its family's adapter (`adapter.model`, `adapter.processor`): the
+    one place a stage loads a model. `weights=False` builds the model on the meta device from its
+    config and loads only the processor: cheap even for 7B, enough for the prompt format and the
+    image-token geometry (map_object_cells), never for a forward pass."""
+    from .adapters import adapter_for
+
+    if weights:
+        model, processor = load_model(spec)
+        return adapter_for(model, processor)
+    from transformers import AutoConfig
+
+    source_kwargs = {} if spec.is_local else {"revision": spec.revision}
+    config = AutoConfig.from_pretrained(spec.id_or_path, **source_kwargs)
+    adapter_class = adapter_class_for_config(config)
+    processor = adapter_class.load_processor(spec.id_or_path, **source_kwargs)
+    with torch.device("meta"):
+        model = adapter_class.model_class()(config)
+    return adapter_class(model, processor)

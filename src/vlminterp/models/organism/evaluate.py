@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from vlminterp.batching import BATCH_COLUMNS, AdaptiveBatch
 from vlminterp.data.shapes import load_world_spec
@@ -45,14 +45,13 @@ EVALUATION_COLUMNS = ["image_id", "task", "object_index", "target_shape", "targe
 
 
 def load_organism(model_dir: Path) -> tuple[LlavaForConditionalGeneration, object]:
-    """Model (eval mode) and processor, loaded the way any llava-hf checkpoint is."""
+    """Model (eval mode) and processor through `models.loading.load_model`, the loader of every stage."""
+    from vlminterp.models.loading import ModelSpec, load_model
+
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir / 'config.json'} not found: not a saved model directory")
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
-    model.eval()
-    return model, processor
+    return load_model(ModelSpec(str(model_dir)))
 
 
 def evaluate_organism(model_dir: Path, world_dir: Path, split: str = "val", max_images: int | None = None,

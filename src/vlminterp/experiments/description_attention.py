@@ -1,0 +1,102 @@
+"""The attention of a generated description, reduced while it is computed (K1, K3, K4 of Kaduri et al.).
+
+    attention = session.description_attention(item, generated, image_rows=[p])   # experiments.session
+    attention.groups_of_layer(layer)     # (H, n_rows, len(KEY_GROUPS)) mass per key group
+    attention.image_row(layer, p)        # (H, n_image) the image row of position p
+    attention.image_received[layer]      # (H, n_image) attention each image token received
+
+The description's attention. K1, K3 and K4 need the attention rows of the generated tokens during
+decoding. Rather than capturing inside the step-by-step decode (one call per token, rows of
+growing width), we re-run ONE forward pass over prompt + generated tokens (the last one excluded:
+it is never fed back) and record the rows of positions P-1 .. P+n-2, where P is the prompt length:
+row P-1+t is exactly the attention computed when the model produced generated token t (causal
+attention gives each row the same keys and values as the cached decode step).
+tests/unit/test_kaduri.py checks this against a per-step capture during `InterventionEngine.generate`.
+Only what the experiments need is kept, reduced inside the attention function (see
+`DescriptionAttention`): per layer and head, each row's attention mass per token group, the full
+image row of a few chosen positions (K3), and the attention each image token received summed over
+the rows (K4) -- never the T x T x L x H tensor.
+
+Row conventions (documented in each table):
+- the *decode rows* are the generated tokens read back during decoding, positions P .. P+n-2
+  (the knockout engine's `From(P)`): K1 reports their attention;
+- the *predicting row* of generated token t is P-1+t, the row whose output is token t.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from vlminterp.models.adapters import TokenGroups
+
+#: Key groups of the attention tables: BOS apart from the rest of the system group.
+KEY_GROUPS: tuple[str, ...] = ("bos", "system", "image", "query", "generated")
+
+
+class DescriptionAttention:
+    """An attention edit (observe only) reducing the rows of queries >= `first_row`, per layer.
+
+    After the forward pass, for each layer l:
+    - group_mass[l]: (H, n_rows, len(KEY_GROUPS)) attention mass per key group (rows sum to 1);
+    - image_rows[l]: (H, len(image_rows), n_image) full image rows of the chosen positions;
+    - image_received[l]: (H, n_image) attention each image token received, summed over all rows.
+    Heads are kept; average over dim 0 for the heads-averaged values.
+    """
+
+    def __init__(self, groups: TokenGroups, first_row: int, n_layers: int, image_rows: Sequence[int] = ()):
+        self.groups = groups
+        self.first_row = int(first_row)
+        self.image = torch.as_tensor(groups.image, dtype=torch.long)
+        self.image_row_positions = [int(p) for p in image_rows]
+        self.group_mass: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        self.image_rows_parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n_layers)]
+        self.image_received: list[torch.Tensor | None] = [None] * n_layers
+        self.row_positions: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        self._onehot: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def blocked(self, layer, q_slots, num_keys, batch_size, num_heads):
+        return None
+
+    def _group_matrix(self, num_keys: int, device) -> torch.Tensor:
+        key = (num_keys, device)
+        if key not in self._onehot:
+            labels = self.groups.labels(num_keys)
+            matrix = torch.zeros(num_keys, len(KEY_GROUPS), dtype=torch.float32)
+            for g, name in enumerate(KEY_GROUPS):
+                matrix[torch.as_tensor(labels == name), g] = 1.0
+            self._onehot[key] = matrix.to(device)
+        return self._onehot[key]
+
+    def observe(self, layer, q_slots, probabilities) -> None:
+        selected = torch.nonzero(q_slots >= self.first_row).flatten()
+        if len(selected) == 0:
+            return
+        probs = probabilities(selected)  # (B, H, n, K)
+        if probs.shape[0] != 1:
+            raise ValueError("DescriptionAttention observes one sequence (batch of 1)")
+        probs = probs[0].float()
+        slots = q_slots[selected].cpu()
+        self.row_positions[layer].append(slots)
+        self.group_mass[layer].append((probs @ self._group_matrix(probs.shape[-1], probs.device)).cpu())
+        image = probs[..., self.image.to(probs.device)]  # (H, n, n_image)
+        received = image.sum(dim=1).cpu()
+        self.image_received[layer] = received if self.image_received[layer] is None else self.image_received[layer] + received
+        wanted = [i for i, p in enumerate(slots.tolist()) if p in set(self.image_row_positions)]
+        if wanted:
+            self.image_rows_parts[layer].append((slots[wanted], image[:, wanted].cpu()))
+
+    def rows(self, layer: int = 0) -> torch.Tensor:
+        return torch.cat(self.row_positions[layer])
+
+    def groups_of_layer(self, layer: int) -> torch.Tensor:
+        """(H, n_rows, len(KEY_GROUPS)) for rows `rows()`."""
+        return torch.cat(self.group_mass[layer], dim=1)
+
+    def image_row(self, layer: int, position: int) -> torch.Tensor:
+        """(H, n_image) attention of the row at `position` over the image tokens (token order)."""
+        for slots, values in self.image_rows_parts[layer]:
+            hits = (slots == position).nonzero().flatten()
+            if len(hits):
+                return values[:, int(hits[0])]
+        raise KeyError(f"no image row recorded for position {position} in layer {layer}")

@@ -1,0 +1,164 @@
+"""What each rule script that runs the model calls: plain values in (paths, config sections as
+dicts), a table out. No Snakemake object enters the library; the rule's `params:` hold the config
+sections whole, and each section becomes its spec dataclass here (`specs.build_spec`).
+
+    table = stages.group_knockouts(session=params.session, spec=params.spec, images="…/images.csv",
+                                   shard="000", images_per_shard=100)
+
+`session`: the keyword arguments of `experiments.session.StageConfig` (model: ModelSpec's; dataset
+directory and split; prompt: DescribePrompt's; vocabulary; batch_size), built by the rules
+(`kaduri_session()`, `neo_session()` in workflow/rules). Per-image stages run on one shard of
+their rows (`sharding.shard_rows`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import pandas as pd
+
+from vlminterp.experiments.session import Session, StageConfig
+from vlminterp.io import read_table
+from vlminterp.sharding import shard_rows
+from vlminterp.specs import build_spec
+
+PathLike = str | os.PathLike
+Section = Mapping[str, Any]
+
+
+def open_session(session: Section, stage: str) -> Session:
+    """The session of a stage from StageConfig's keyword arguments."""
+    return Session.open(build_spec(StageConfig, {**session, "stage": stage}, where="session"))
+
+
+# ---- Neo et al. (N1-N3) ---------------------------------------------------------------------------
+def object_cells(*, model: Section, dataset_dir: PathLike, split: str, cells: Section,
+                 selection: PathLike) -> pd.DataFrame:
+    """Rule map_object_cells: the cell table of the selected targets (`geometry.map_object_cells`),
+    from the model's geometry only (no weights loaded)."""
+    from vlminterp.data.coco import CocoDataset
+    from vlminterp.geometry import CellSpec, map_object_cells
+    from vlminterp.models.loading import ModelSpec, load_adapter
+
+    spec = build_spec(CellSpec, cells, where="neo.cells")
+    adapter = load_adapter(build_spec(ModelSpec, model, where="model"), weights=False)
+    return map_object_cells(CocoDataset.load(dataset_dir, split), read_table(selection), adapter, spec)
+
+
+def mean_embedding(*, session: Section, mean: Section, images: PathLike, output: PathLike) -> None:
+    """Rule compute_mean_embedding: the streaming mean of `images` (neo.mean; the session opens
+    the split they come from), written to `output`."""
+    import logging
+
+    from vlminterp.experiments.mean_embedding import MeanSpec, compute_mean_embedding, save_mean_embedding
+    from vlminterp.batching import AdaptiveBatch
+
+    spec = build_spec(MeanSpec, mean, where="neo.mean")
+    opened = open_session(session, "mean embedding")
+    image_ids = [int(i) for i in read_table(images)["image_id"]]
+    batches = AdaptiveBatch(spec.batch_size, "mean embedding")
+    vector, count = compute_mean_embedding(opened, image_ids, batch_size=batches)
+    logging.getLogger(__name__).info("mean of %d vectors from %d images of split %s", count, len(image_ids), spec.split)
+    save_mean_embedding(vector, count, image_ids, output, batching=batches.columns())
+
+
+def _neo_shard(session: Section, stage: str, selection: PathLike, cells: PathLike, shard: str, images_per_shard: int):
+    """(session, this shard's targets, their cells by image) of a per-image Neo stage."""
+    from vlminterp.geometry import cells_by_image
+
+    targets = shard_rows(read_table(selection), shard, images_per_shard)
+    table = read_table(cells)
+    return (open_session(session, stage), targets,
+            cells_by_image(table[table["image_id"].isin(targets["image_id"])]))
+
+
+def _prompts(prompts: Section, questions: PathLike | None):
+    """neo.prompts as a PromptSpec; `questions`, the VQA questions file the run asks from (the
+    stage's input: neo.prompts.vqa_questions_file, or the authors' questions converted when
+    neo.authors_data.questions), replaces the section's file."""
+    from vlminterp.experiments.neo_prompts import PromptSpec
+
+    return build_spec(PromptSpec, prompts, where="neo.prompts",
+                      **({"vqa_questions_file": str(questions)} if questions else {}))
+
+
+def token_ablation(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike,
+                   mean: PathLike, shard: str, images_per_shard: int, seed: int,
+                   questions: PathLike | None = None) -> pd.DataFrame:
+    """Rule ablate_object_tokens: N1 on one shard of the targets."""
+    from vlminterp.experiments.mean_embedding import load_mean_embedding
+    from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
+
+    ablation = build_spec(AblationSpec, spec, where="neo.ablation", seed=seed)
+    opened, targets, target_cells = _neo_shard(session, "N1 token ablation", selection, cells, shard, images_per_shard)
+    return run_token_ablation(opened, targets, ablation, cells=target_cells, prompts=_prompts(prompts, questions),
+                              mean=load_mean_embedding(mean))
+
+
+def logit_lens(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike, shard: str,
+               images_per_shard: int, questions: PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rule apply_logit_lens: N2 on one shard of the targets, (topk, scores)."""
+    from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens
+
+    lens = build_spec(LensSpec, spec, where="neo.logit_lens")
+    opened, targets, target_cells = _neo_shard(session, "N2 logit lens", selection, cells, shard, images_per_shard)
+    return run_logit_lens(opened, targets, lens, cells=target_cells, prompts=_prompts(prompts, questions))
+
+
+def attention_blocking(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike,
+                       shard: str, images_per_shard: int, questions: PathLike | None = None) -> pd.DataFrame:
+    """Rule block_object_attention: N3 on one shard of the targets."""
+    from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
+
+    blocking = build_spec(BlockingSpec, spec, where="neo.blocking")
+    opened, targets, target_cells = _neo_shard(session, "N3 attention blocking", selection, cells, shard,
+                                               images_per_shard)
+    return run_attention_blocking(opened, targets, blocking, cells=target_cells,
+                                  prompts=_prompts(prompts, questions))
+
+
+# ---- Kaduri et al. (K1-K4) ------------------------------------------------------------------------
+def _kaduri_shard(session: Section, stage: str, images: PathLike, shard: str, images_per_shard: int):
+    from vlminterp.experiments.kaduri_images import load_images_table
+
+    return open_session(session, stage), shard_rows(load_images_table(images), shard, images_per_shard)
+
+
+def attention_fractions(*, session: Section, spec: Section, images: PathLike, shard: str,
+                        images_per_shard: int) -> pd.DataFrame:
+    """Rule measure_attention_fractions: K1 on one shard of the images."""
+    from vlminterp.experiments.kaduri_attention import AttentionFractionSpec
+    from vlminterp.experiments.kaduri_attention import attention_fractions as run
+
+    opened, rows = _kaduri_shard(session, "K1 attention fractions", images, shard, images_per_shard)
+    return run(opened, rows, build_spec(AttentionFractionSpec, spec, where="kaduri.attention"))
+
+
+def group_knockouts(*, session: Section, spec: Section, images: PathLike, shard: str,
+                    images_per_shard: int) -> pd.DataFrame:
+    """Rule run_group_knockouts: K2 on one shard of the images, judged offline."""
+    from vlminterp.experiments.kaduri_knockout import KnockoutSpec
+    from vlminterp.experiments.kaduri_knockout import group_knockouts as run
+
+    opened, rows = _kaduri_shard(session, "K2 group knockouts", images, shard, images_per_shard)
+    return run(opened, rows, build_spec(KnockoutSpec, spec, where="kaduri.knockout"))
+
+
+def localization(*, session: Section, spec: Section, images: PathLike, shard: str,
+                 images_per_shard: int) -> pd.DataFrame:
+    """Rule localize_objects: K3 on one shard of the images."""
+    from vlminterp.experiments.kaduri_localization import LocalizationSpec
+    from vlminterp.experiments.kaduri_localization import localization as run
+
+    opened, rows = _kaduri_shard(session, "K3 localization", images, shard, images_per_shard)
+    return run(opened, rows, build_spec(LocalizationSpec, spec, where="kaduri.localization"))
+
+
+def reprompting(*, session: Section, spec: Section, images: PathLike, questions: PathLike, shard: str,
+                images_per_shard: int) -> pd.DataFrame:
+    """Rule answer_reprompt_questions: K4 on one shard of the images."""
+    from vlminterp.experiments.kaduri_reprompt import RepromptSpec
+    from vlminterp.experiments.kaduri_reprompt import reprompting as run
+
+    opened, rows = _kaduri_shard(session, "K4 re-prompting", images, shard, images_per_shard)
+    return run(opened, rows, build_spec(RepromptSpec, spec, where="kaduri.reprompt"), questions=read_table(questions))
