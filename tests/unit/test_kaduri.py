@@ -118,10 +118,34 @@ def test_attention_fractions_sum_to_one_and_per_head_averages(synthetic, dataset
     per_head = table[table["head"] >= 0].groupby(["image_id", "layer", "group"])["mean"].mean()
     averaged = table[table["head"] == -1].set_index(["image_id", "layer", "group"])["mean"]
     np.testing.assert_allclose(per_head.sort_index().to_numpy(), averaged.sort_index().to_numpy(), atol=1e-6)
-    assert set(table["n_tokens"]) == {7}  # 8 generated tokens, 7 of them read back
+    assert set(table["n_tokens"]) == {8}  # 8 generated tokens: the prefill's last row and 7 read back
     summary = summarize_attention_fractions(table)
     assert len(summary) == session.adapter.n_layers * len(KEY_GROUPS)
     assert (summary["low"] <= summary["mean"] + 1e-12).all() and (summary["mean"] <= summary["high"] + 1e-12).all()
+
+
+@pytest.mark.parametrize("include_prefill_row", [True, False])
+def test_attention_fractions_count_the_rows_of_every_generation_step(synthetic, dataset, include_prefill_row):
+    """K1 against transformers' own `generate(output_attentions=True)`: the last row of every step,
+    the prefill's included (Kaduri et al.'s attention store), heads averaged, averaged over steps."""
+    session = _session(synthetic, dataset, "tiny-gqa", "eager")
+    image_id = dataset.image_ids()[0]
+    spec = AttentionFractionSpec(max_new_tokens=6, per_head=False, include_prefill_row=include_prefill_row)
+    table = attention_fractions(session, pd.DataFrame({"image_id": [image_id]}), spec)
+    item = session.encode(image_id)
+    n_generated = int(table["n_generated"].iloc[0])  # EOS may end the description before the cap
+    with torch.no_grad():
+        out = session.model.generate(input_ids=item.input_ids, **item.image_inputs, max_new_tokens=n_generated,
+                                     do_sample=False, output_attentions=True, return_dict_in_generate=True)
+    assert len(out.attentions) == n_generated  # one step per generated token, step 0 = the prefill
+    steps = out.attentions if include_prefill_row else out.attentions[1:]
+    image = torch.as_tensor(item.groups.image)
+    for layer in range(session.adapter.n_layers):
+        rows = torch.stack([step[layer][0, :, -1, :item.prompt_length].float() for step in steps])  # (n, H, P)
+        expected = rows[..., image].sum(-1).mean(dim=1)  # per row: image mass, heads averaged
+        got = table[(table["layer"] == layer) & (table["group"] == "image")]
+        assert int(got["n_tokens"].iloc[0]) == len(steps)
+        np.testing.assert_allclose(float(got["mean"].iloc[0]), float(expected.mean()), atol=1e-5)
 
 
 def test_key_shares_count_keys_up_to_each_row():
