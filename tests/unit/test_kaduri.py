@@ -417,8 +417,8 @@ def test_localization_excludes_and_counts_a_mention_without_object_cells(synthet
 
 # ---- K4 --------------------------------------------------------------------------------------------
 def test_top_k_count_and_yes_no():
-    assert [top_k_count(f, 36) for f in (0.02, 0.05)] == [1, 2]
-    assert [top_k_count(f, 576) for f in (0.02, 0.05)] == [12, 29]
+    assert [top_k_count(f, 36) for f in (0.02, 0.05, 0.1)] == [1, 1, 3]   # 0.72 -> 1 (at least one), 1.8, 3.6
+    assert [top_k_count(f, 576) for f in (0.02, 0.05)] == [11, 28]        # the authors' int(f * 576)
     assert top_k_count(1.0, 36) == 36
     assert [parse_yes_no(a) for a in ("Yes", " no.", "Yes, there is", "Maybe", "", "NO!")] == \
         ["yes", "no", "yes", "other", "other", "no"]
@@ -428,7 +428,8 @@ def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset
     session = _session(synthetic, dataset)
     images = select_images(dataset, 2, seed=0)
     questions = build_pope_questions(dataset, list(images["image_id"]), 1, seed=0)
-    table = reprompting(session, images, questions, RepromptSpec(max_new_tokens=6, answer_tokens=3))
+    spec = RepromptSpec(max_new_tokens=6, answer_tokens=3, image_topk_positions=("after_kept", "after_prompt"))
+    table = reprompting(session, images, questions, spec)
     assert set(table["method"]) == set(METHODS)
     full = table[table["method"] == "full_image"].set_index("question_id")
     cached = table[table["method"] == "full_cache"].set_index("question_id")
@@ -444,6 +445,31 @@ def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset
     summary = summarize_reprompting(table)
     assert {"accuracy", "f1", "yes_ratio", "context_tokens"} <= set(summary.columns)
     assert set(summary["setting"]) == {"all", "random", "popular", "adversarial"}
+
+
+def test_top_k_only_cache_continues_after_the_highest_kept_position(synthetic, dataset):
+    """"after_kept" (the authors' top-k-only cache): a cache keeping the prompt's first m+1 positions
+    in every layer answers exactly as the plain text prompt ids[:m+1] + question generated from
+    scratch; "after_prompt" puts the question at P instead."""
+    from vlminterp.experiments.kaduri_reprompt import continuation_cache, continue_batch
+    from vlminterp.interventions import reference_generate
+    from vlminterp.interventions.cache import prefill_cache, select_cache
+
+    session = _session(synthetic, dataset)
+    item = session.encode(dataset.image_ids()[0])
+    first_image = min(item.groups.image)
+    kept = select_cache(prefill_cache(session.adapter, item.input_ids, **item.image_inputs), list(range(first_image)))
+    question = session.tokenizer(" USER: Is there a red circle? ASSISTANT:", add_special_tokens=False,
+                                 return_tensors="pt")["input_ids"]
+    after_kept = continuation_cache(kept, "after_kept")
+    assert (after_kept.original_length, continuation_cache(kept, "after_prompt").original_length) == \
+        (first_image, item.prompt_length)
+    answer = continue_batch(session.adapter, after_kept, question, 8, eos_token_id=-1)[0]
+    text_only = torch.cat([item.input_ids[:, :first_image], question], dim=1)
+    assert answer == reference_generate(session.model, session.adapter, text_only, None, max_new_tokens=8,
+                                        eos_token_id=-1)
+    shifted = continue_batch(session.adapter, continuation_cache(kept, "after_prompt"), question, 8, eos_token_id=-1)
+    assert shifted[0] != answer  # the position matters to the answer
 
 
 def test_top_image_positions_follow_the_received_attention():

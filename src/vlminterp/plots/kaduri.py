@@ -29,7 +29,8 @@ GROUP_LABELS = {"bos": "BOS (sink)", "system": "system (rest)", "image": "image"
 CONDITION_COLORS = {"none": "#2ca02c", "image->generated": "#1f77b4", "image->query": "#ff7f0e",
                     "image->query+generated": "#d62728"}
 METHOD_STYLE = {"single_turn": ("#8c564b", "X"), "full_image": ("black", "*"), "full_cache": ("#7f7f7f", "P"), "prompt_cache": ("#ff7f0e", "s"),
-                "image_topk": ("#1f77b4", "o"), "prompt_image_topk": ("#9467bd", "D"),
+                "image_topk": ("#1f77b4", "o"), "image_topk_after_prompt": ("#17becf", "v"),
+                "prompt_image_topk": ("#9467bd", "D"),
                 "description_text": ("#2ca02c", "^")}
 
 
