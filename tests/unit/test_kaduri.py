@@ -185,17 +185,46 @@ def test_knockout_conditions_block_the_right_pairs(synthetic, make_inputs):
     _, processor, adapter = synthetic("tiny-llama")
     ids = make_inputs(processor, adapter)["input_ids"]
     groups = adapter.token_groups(ids)
-    conditions = {c.label: c for c in knockout_conditions(groups, 4, KnockoutSpec(start_layer_step=2))}
+    spec = KnockoutSpec(start_layer_step=2, window_targets=("generated",), fixed_windows=(), sweep_layers="from_l",
+                        sweep_target="generated")
+    conditions = {c.label: c for c in knockout_conditions(groups, 4, spec)}
     assert list(conditions)[:4] == ["none", "image->generated", "image->query", "image->query+generated"]
     (gen,) = conditions["image->generated"].condition.knockouts
     assert gen.query_positions == From(groups.prompt_length) and gen.layers is None
     assert conditions["image->generated"].condition.earliest_touched() == groups.prompt_length  # prefill untouched
     assert conditions["image->query"].condition.earliest_touched() == groups.query[0]
-    (window,) = conditions["window 1-2"].condition.knockouts
+    (window,) = conditions["window 1-2 (generated)"].condition.knockouts
     assert list(window.layers) == [0, 3]
-    assert conditions["window 0-3"].condition.knockouts[0].is_noop()
+    assert conditions["window 0-3 (generated)"].condition.knockouts[0].is_noop()
     assert [l for l in conditions if l.startswith("from")] == ["from 0", "from 2"]
     assert list(conditions["from 2"].condition.knockouts[0].layers) == [2, 3]
+
+
+def test_knockout_defaults_are_the_authors_windows_and_sweep(synthetic, make_inputs):
+    """The authors' LLaVA runs on 32 layers: the image visible only in layers 4..20 (blocked where
+    layer_idx < 4 or > 20) for generated (decode rows), query (prefill rows after the image) and
+    all; the sweep blocks query + generated where layer_idx > l."""
+    _, processor, adapter = synthetic("tiny-llama")
+    groups = adapter.token_groups(make_inputs(processor, adapter)["input_ids"])
+    conditions = {c.label: c for c in knockout_conditions(groups, 32, KnockoutSpec(window_step=0, start_layer_step=8))}
+    hidden = [l for l in range(32) if l < 4 or l > 20]
+    image, query, decode = list(groups.image), list(groups.query), From(groups.prompt_length)
+    expected = {"generated": [(decode, hidden)], "query": [(query, hidden)],
+                "query+generated": [(query, hidden), (decode, hidden)]}
+    for target, pairs in expected.items():
+        fixed = conditions[f"fixed 4-20 ({target})"]
+        assert (fixed.family, fixed.target, fixed.layer_start, fixed.layer_end) == ("fixed_window", target, 4, 20)
+        got = [(k.query_positions, list(k.layers)) for k in fixed.condition.knockouts]
+        assert got == pairs and all(list(k.key_positions) == image for k in fixed.condition.knockouts)
+    sweep = {label: c for label, c in conditions.items() if c.family == "from_layer"}
+    assert list(sweep) == ["after 0", "after 8", "after 16", "after 24"]
+    for l in (0, 8, 16, 24):
+        condition = sweep[f"after {l}"]
+        assert condition.target == "query+generated" and condition.layer_start == l + 1
+        assert [list(k.layers) for k in condition.condition.knockouts] == [list(range(l + 1, 32))] * 2
+    assert "after 31" not in conditions  # would block nothing
+    with pytest.raises(ValueError, match="sweep_layers"):
+        KnockoutSpec(sweep_layers="before")
 
 
 def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(synthetic, dataset):
@@ -262,7 +291,7 @@ def test_run_shard_runs_the_stage_on_its_rows_of_the_images_table(synthetic, wor
     write_table(images, tmp_path / "images.csv")
     session = dict(model={"id_or_path": str(tmp_path / "model")}, dataset_dir=str(world), split="val",
                    prompt={"text": "Describe this image."})
-    spec = KnockoutSpec(max_new_tokens=3, window_step=0, start_layer_step=0)
+    spec = KnockoutSpec(max_new_tokens=3, window_step=0, start_layer_step=0, fixed_windows=())
     table = run_shard(group_knockouts, spec, images=tmp_path / "images.csv", shard="1", images_per_shard=2,
                       session=session, vocabulary="shapes")
     expected = group_knockouts(_session(synthetic, dataset), images.iloc[2:], spec,
