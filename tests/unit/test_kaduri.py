@@ -399,7 +399,8 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
     monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
     for kind in ("predicting", "token"):
-        table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0), vocabulary)
+        spec = LocalizationSpec(attention_row=kind, tolerance=0, scope="all")
+        table = localization(session, images.iloc[[0]], spec, vocabulary)
         L, H = session.adapter.n_layers, session.adapter.n_heads
         assert len(table) == L * (H + 1)
         item = session.encode(int(row["image_id"]))
@@ -431,17 +432,55 @@ def test_localization_excludes_and_counts_a_mention_without_object_cells(synthet
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
     monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
     monkeypatch.setattr(k3, "category_mask", lambda ds, image_id, name: np.zeros_like(category_mask(ds, image_id, name)))
-    table = localization(session, images.iloc[[0]], LocalizationSpec(), dataset_vocabulary("shapes", dataset))
+    table = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"), dataset_vocabulary("shapes", dataset))
     assert len(table) == 1 and table["excluded"].tolist() == ["empty mask"] and not table["hit"].any()
     assert table[["layer", "head", "peak_cell", "n_object_cells"]].values.tolist() == [[-1, -1, -1, 0]]
     summary = summarize_localization(table)
-    assert summary.empty and list(summary.columns)[-1] == "n_excluded"
+    assert summary.empty and "n_excluded" in summary.columns
     monkeypatch.setattr(k3, "category_mask", category_mask)
-    kept = localization(session, images.iloc[[0]], LocalizationSpec(), dataset_vocabulary("shapes", dataset))
+    kept = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"), dataset_vocabulary("shapes", dataset))
     assert kept["excluded"].eq("").all() and (kept["n_object_cells"] > 0).all()
     both = summarize_localization(pd.concat([table, kept]))
     assert (both["n_excluded"] == 1).all() and (both["n_mentions"] == 1).all()
     assert both["accuracy"].tolist() == summarize_localization(kept)["accuracy"].tolist()
+
+
+def test_localization_scope_keeps_the_objects_the_image_to_generated_knockout_removes(synthetic, dataset,
+                                                                                       monkeypatch):
+    """`disappears` against the naive oracle's image->generated description; scope "disappearing"
+    keeps only those mentions."""
+    from vlminterp.experiments import kaduri_localization as k3
+    from vlminterp.interventions import Condition, Knockout, reference_generate
+
+    session = _session(synthetic, dataset)
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    images = select_images(dataset, 6, seed=0)
+    row = images[images["categories"].str.count(";") >= 1].iloc[0]  # two annotated categories
+    first, second = row["categories"].split(";")[:2]
+    words = session.tokenizer(f"A {first} and a {second}.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
+    image = pd.DataFrame([row])
+    table = localization(session, image, LocalizationSpec(scope="all", per_head=False), vocabulary)
+    item = session.encode(int(row["image_id"]))
+    inputs = dict(item.image_inputs)
+    blind = Condition(knockouts=(Knockout(From(item.prompt_length), list(item.groups.image)),))
+    tokens = reference_generate(session.model, session.adapter, item.input_ids, inputs.pop("pixel_values"), blind,
+                                300, session.eos_token_ids, **inputs)
+    named = {m.category for m in vocabulary.find(session.decode(tokens))}
+    flags = table.drop_duplicates("mention").set_index("category")["disappears"]
+    assert flags.to_dict() == {c: c not in named for c in flags.index}
+    monkeypatch.setattr(k3, "knocked_out_categories", lambda *args: {first})  # the first object survives
+    scoped = localization(session, image, LocalizationSpec(per_head=False), vocabulary)
+    assert set(scoped["category"]) == {second} and scoped["disappears"].all()
+
+
+def test_localization_interval_resamples_images_not_mentions():
+    """Two images, ten mentions each, all hits in one and none in the other: resampling images gives
+    0, 0.5 or 1 (the interval spans [0, 1]); resampling the 20 mentions would give about 0.5 +- 0.22."""
+    rows = [{"image_id": image, "mention": m, "layer": 0, "head": -1, "hit": image == 1, "chance": 0.1,
+             "excluded": ""} for image in (1, 2) for m in range(10)]
+    summary = summarize_localization(pd.DataFrame(rows))
+    assert summary[["accuracy", "low", "high", "n_mentions", "n_images"]].values.tolist() == [[0.5, 0.0, 1.0, 20, 2]]
 
 
 # ---- K4 --------------------------------------------------------------------------------------------
