@@ -188,10 +188,9 @@ def image_reprompting(session: KaduriSession, image_id: int, questions: pd.DataF
         for position in spec.image_topk_positions:
             selections[(TOPK_POSITION_METHODS[position], fraction)] = top
         selections[("prompt_image_topk", fraction)] = [sorted(prompt_positions + t) for t in top]
-    kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
-    for fraction in spec.top_k_fractions:
-        if ("image_topk", fraction) in kept:
-            kept[("image_topk", fraction)] = continuation_cache(kept[("image_topk", fraction)], "after_kept")
+    position_of = {method: position for position, method in TOPK_POSITION_METHODS.items()}
+    kept = {(method, fraction): continuation_cache(select_cache(cache, keep), position_of.get(method, "after_prompt"))
+            for (method, fraction), keep in selections.items()}
 
     eos = session.eos_token_ids
     question_list = list(questions.itertuples(index=False))
