@@ -432,13 +432,14 @@ def test_localization_excludes_and_counts_a_mention_without_object_cells(synthet
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
     monkeypatch.setattr(KaduriSession, "describe", lambda self, item, n: list(words) + [self.eos_token_ids[0]])
     monkeypatch.setattr(k3, "category_mask", lambda ds, image_id, name: np.zeros_like(category_mask(ds, image_id, name)))
-    table = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"), dataset_vocabulary("shapes", dataset))
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    table = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"), vocabulary)
     assert len(table) == 1 and table["excluded"].tolist() == ["empty mask"] and not table["hit"].any()
     assert table[["layer", "head", "peak_cell", "n_object_cells"]].values.tolist() == [[-1, -1, -1, 0]]
     summary = summarize_localization(table)
     assert summary.empty and "n_excluded" in summary.columns
     monkeypatch.setattr(k3, "category_mask", category_mask)
-    kept = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"), dataset_vocabulary("shapes", dataset))
+    kept = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"), vocabulary)
     assert kept["excluded"].eq("").all() and (kept["n_object_cells"] > 0).all()
     both = summarize_localization(pd.concat([table, kept]))
     assert (both["n_excluded"] == 1).all() and (both["n_mentions"] == 1).all()

@@ -10,9 +10,9 @@ offline judge matches them (`scoring.vocabulary`: names, plurals, synonyms), kep
 category is annotated in the image; the mention's first generated token. `scope` picks the
 mentions: "disappearing" (the paper's, as far as a secondary summary of it tells: the text of
 arXiv 2411.17491 could not be read here; the authors' code has no localization script) keeps
-those whose category the image->generated knockout's description (K2's condition, decoded here
-in the same engine call) no longer names, the objects the generated tokens must read from the
-image themselves; "all" keeps every mention. Every row says which (`disappears`). Its attention row over
+those whose category the image->generated knockout's description (K2's condition, decoded for
+the image) no longer names, the objects the generated tokens must read from the image
+themselves; "all" keeps every mention. Every row says which (`disappears`). Its attention row over
 the image tokens (`attention_row`: "token" = the row of that token read back during decoding,
 position P+t; "predicting" = the row that produced it, P-1+t) is recorded per layer in one extra
 forward pass (`kaduri_common`), per head and heads averaged. The peak cell is the image token
@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 ROW_KINDS = ("token", "predicting")
 SCOPES = ("disappearing", "all")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
-                        "disappears", "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col", "peak_attention",
-                        "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance", "excluded")
+                        "disappears", "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col",
+                        "peak_attention", "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance", "excluded")
 MEAN_HEAD = -1
 
 
