@@ -61,7 +61,8 @@ ROW_KINDS = ("token", "predicting")
 SCOPES = ("disappearing", "all")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
                         "disappears", "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col",
-                        "peak_attention", "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance", "excluded")
+                        "peak_attention", "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance",
+                        "excluded")
 MEAN_HEAD = -1
 
 
