@@ -32,6 +32,9 @@ include: "workflow/rules/kaduri_knockout.smk"
 include: "workflow/rules/kaduri_localization.smk"
 include: "workflow/rules/kaduri_reprompt.smk"
 
+# The papers' headline numbers beside this run's
+include: "workflow/rules/paper_comparison.smk"
+
 
 report: "workflow/report/workflow.rst"
 
@@ -66,6 +69,7 @@ localrules:
     plot_localization,
     plot_reprompting,
     write_logit_lens_pages,
+    compare_with_papers,
 
 
 rule all:

@@ -1,6 +1,7 @@
 """Summary statistics with uncertainty, shared by every figure and summary table.
 
     low, high = bootstrap_ci(flips, seed=0)             # 95% percentile bootstrap of the mean
+    low, high = cluster_bootstrap_ci(hits, image_ids)   # ... resampling images, not mentions
     summary = grouped_mean_ci(df, by=["condition"], value="flipped", seed=0)
     low, high = wilson_interval(81, 263)                # 95% Wilson score interval of a proportion
     counts = excluded_counts(table)                     # {"object outside the crop": 2}: excluded units
@@ -33,6 +34,31 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, level: float = 0.95,
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     estimate = float(data.mean())
+    return min(float(low), estimate), max(float(high), estimate)
+
+
+def cluster_bootstrap_ci(values: Sequence[float] | np.ndarray, clusters: Sequence, *, level: float = 0.95,
+                         n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` resampling whole clusters (e.g. the
+    images a K3 mention belongs to) with replacement: each resample's statistic is the pooled mean
+    over the units of its clusters. Units of one image are not independent; resampling units
+    would make the interval too narrow."""
+    data = np.asarray(values, dtype=np.float64)
+    labels = pd.Series(list(clusters))
+    keep = ~np.isnan(data)
+    data, labels = data[keep], labels[keep].to_numpy()
+    if data.size == 0:
+        return float("nan"), float("nan")
+    estimate = float(data.mean())
+    codes, _ = pd.factorize(labels)
+    sums, counts = np.bincount(codes, weights=data), np.bincount(codes).astype(np.float64)
+    if sums.size == 1 or np.all(data == data[0]):
+        return estimate, estimate
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, sums.size, size=(n_resamples, sums.size))
+    means = sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
     return min(float(low), estimate), max(float(high), estimate)
 
 

@@ -121,10 +121,34 @@ def test_attention_fractions_sum_to_one_and_per_head_averages(synthetic, dataset
     per_head = table[table["head"] >= 0].groupby(["image_id", "layer", "group"])["mean"].mean()
     averaged = table[table["head"] == -1].set_index(["image_id", "layer", "group"])["mean"]
     np.testing.assert_allclose(per_head.sort_index().to_numpy(), averaged.sort_index().to_numpy(), atol=1e-6)
-    assert set(table["n_tokens"]) == {7}  # 8 generated tokens, 7 of them read back
+    assert set(table["n_tokens"]) == {8}  # 8 generated tokens: the prefill's last row and 7 read back
     summary = summarize_attention_fractions(table)
     assert len(summary) == session.adapter.n_layers * len(KEY_GROUPS)
     assert (summary["low"] <= summary["mean"] + 1e-12).all() and (summary["mean"] <= summary["high"] + 1e-12).all()
+
+
+@pytest.mark.parametrize("include_prefill_row", [True, False])
+def test_attention_fractions_count_the_rows_of_every_generation_step(synthetic, dataset, include_prefill_row):
+    """K1 against transformers' own `generate(output_attentions=True)`: the last row of every step,
+    the prefill's included (Kaduri et al.'s attention store), heads averaged, averaged over steps."""
+    session = _session(synthetic, dataset, "tiny-gqa", "eager", max_new_tokens=6)
+    image_id = dataset.image_ids()[0]
+    spec = AttentionFractionSpec(per_head=False, include_prefill_row=include_prefill_row)
+    table = attention_fractions(session, pd.DataFrame({"image_id": [image_id]}), spec)
+    item = session.encode(image_id)
+    n_generated = int(table["n_generated"].iloc[0])  # EOS may end the description before the cap
+    with torch.no_grad():
+        out = session.model.generate(input_ids=item.input_ids, **item.image_inputs, max_new_tokens=n_generated,
+                                     do_sample=False, output_attentions=True, return_dict_in_generate=True)
+    assert len(out.attentions) == n_generated  # one step per generated token, step 0 = the prefill
+    steps = out.attentions if include_prefill_row else out.attentions[1:]
+    image = torch.as_tensor(item.groups.image)
+    for layer in range(session.adapter.n_layers):
+        rows = torch.stack([step[layer][0, :, -1, :item.prompt_length].float() for step in steps])  # (n, H, P)
+        expected = rows[..., image].sum(-1).mean(dim=1)  # per row: image mass, heads averaged
+        got = table[(table["layer"] == layer) & (table["group"] == "image")]
+        assert int(got["n_tokens"].iloc[0]) == len(steps)
+        np.testing.assert_allclose(float(got["mean"].iloc[0]), float(expected.mean()), atol=1e-5)
 
 
 def test_key_shares_count_keys_up_to_each_row():
@@ -164,17 +188,46 @@ def test_knockout_conditions_block_the_right_pairs(synthetic, make_inputs):
     _, processor, adapter = synthetic("tiny-llama")
     ids = make_inputs(processor, adapter)["input_ids"]
     groups = adapter.token_groups(ids)
-    conditions = {c.label: c for c in knockout_conditions(groups, 4, KnockoutSpec(start_layer_step=2))}
+    spec = KnockoutSpec(start_layer_step=2, window_targets=("generated",), fixed_windows=(), sweep_layers="from_l",
+                        sweep_target="generated")
+    conditions = {c.label: c for c in knockout_conditions(groups, 4, spec)}
     assert list(conditions)[:4] == ["none", "image->generated", "image->query", "image->query+generated"]
     (gen,) = conditions["image->generated"].condition.knockouts
     assert gen.query_positions == From(groups.prompt_length) and gen.layers is None
     assert conditions["image->generated"].condition.earliest_touched() == groups.prompt_length  # prefill untouched
     assert conditions["image->query"].condition.earliest_touched() == groups.query[0]
-    (window,) = conditions["window 1-2"].condition.knockouts
+    (window,) = conditions["window 1-2 (generated)"].condition.knockouts
     assert list(window.layers) == [0, 3]
-    assert conditions["window 0-3"].condition.knockouts[0].is_noop()
+    assert conditions["window 0-3 (generated)"].condition.knockouts[0].is_noop()
     assert [l for l in conditions if l.startswith("from")] == ["from 0", "from 2"]
     assert list(conditions["from 2"].condition.knockouts[0].layers) == [2, 3]
+
+
+def test_knockout_defaults_are_the_authors_windows_and_sweep(synthetic, make_inputs):
+    """The authors' LLaVA runs on 32 layers: the image visible only in layers 4..20 (blocked where
+    layer_idx < 4 or > 20) for generated (decode rows), query (prefill rows after the image) and
+    all; the sweep blocks query + generated where layer_idx > l."""
+    _, processor, adapter = synthetic("tiny-llama")
+    groups = adapter.token_groups(make_inputs(processor, adapter)["input_ids"])
+    conditions = {c.label: c for c in knockout_conditions(groups, 32, KnockoutSpec(window_step=0, start_layer_step=8))}
+    hidden = [l for l in range(32) if l < 4 or l > 20]
+    image, query, decode = list(groups.image), list(groups.query), From(groups.prompt_length)
+    expected = {"generated": [(decode, hidden)], "query": [(query, hidden)],
+                "query+generated": [(query, hidden), (decode, hidden)]}
+    for target, pairs in expected.items():
+        fixed = conditions[f"fixed 4-20 ({target})"]
+        assert (fixed.family, fixed.target, fixed.layer_start, fixed.layer_end) == ("fixed_window", target, 4, 20)
+        got = [(k.query_positions, list(k.layers)) for k in fixed.condition.knockouts]
+        assert got == pairs and all(list(k.key_positions) == image for k in fixed.condition.knockouts)
+    sweep = {label: c for label, c in conditions.items() if c.family == "from_layer"}
+    assert list(sweep) == ["after 0", "after 8", "after 16", "after 24"]
+    for l in (0, 8, 16, 24):
+        condition = sweep[f"after {l}"]
+        assert condition.target == "query+generated" and condition.layer_start == l + 1
+        assert [list(k.layers) for k in condition.condition.knockouts] == [list(range(l + 1, 32))] * 2
+    assert "after 31" not in conditions  # would block nothing
+    with pytest.raises(ValueError, match="sweep_layers"):
+        KnockoutSpec(sweep_layers="before")
 
 
 def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(synthetic, dataset):
@@ -241,11 +294,11 @@ def test_a_stage_runs_on_its_shard_of_the_images_table(synthetic, world, dataset
     write_table(images, tmp_path / "images.csv")
     session = dict(model={"id_or_path": str(tmp_path / "model")}, dataset_dir=str(world), split="val",
                    prompt={"text": "Describe this image.", "max_new_tokens": 3}, vocabulary="shapes")
-    section = {"window_step": 0, "start_layer_step": 0, "sweep_target": "generated"}
+    section = {"window_step": 0, "start_layer_step": 0, "fixed_windows": []}
     table = stages.group_knockouts(session=session, spec=section, images=tmp_path / "images.csv", shard="1",
                                    images_per_shard=2)
     expected = group_knockouts(_session(synthetic, dataset, max_new_tokens=3), images.iloc[2:],
-                               KnockoutSpec(window_step=0, start_layer_step=0))
+                               KnockoutSpec(window_step=0, start_layer_step=0, fixed_windows=()))
     pd.testing.assert_frame_equal(table, expected.reset_index(drop=True))
     assert table["image_id"].tolist() == [int(images["image_id"].iloc[2])] * 4
 
@@ -349,7 +402,7 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
     monkeypatch.setattr(Session, "describe", lambda self, item: list(words) + [self.eos_token_ids[0]])
     for kind in ("predicting", "token"):
-        table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0))
+        table = localization(session, images.iloc[[0]], LocalizationSpec(attention_row=kind, tolerance=0, scope="all"))
         L, H = session.adapter.n_layers, session.adapter.n_heads
         assert len(table) == L * (H + 1)
         item = session.encode(int(row["image_id"]))
@@ -379,23 +432,61 @@ def test_localization_excludes_and_counts_a_mention_without_object_cells(synthet
     words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
     monkeypatch.setattr(Session, "describe", lambda self, item: list(words) + [self.eos_token_ids[0]])
     monkeypatch.setattr(k3, "category_mask", lambda ds, image_id, name: np.zeros_like(category_mask(ds, image_id, name)))
-    table = localization(session, images.iloc[[0]], LocalizationSpec())
+    table = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"))
     assert len(table) == 1 and table["excluded"].tolist() == ["empty mask"] and not table["hit"].any()
     assert table[["layer", "head", "peak_cell", "n_object_cells"]].values.tolist() == [[-1, -1, -1, 0]]
     summary = summarize_localization(table)
-    assert summary.empty and list(summary.columns)[-1] == "n_excluded"
+    assert summary.empty and "n_excluded" in summary.columns
     monkeypatch.setattr(k3, "category_mask", category_mask)
-    kept = localization(session, images.iloc[[0]], LocalizationSpec())
+    kept = localization(session, images.iloc[[0]], LocalizationSpec(scope="all"))
     assert kept["excluded"].eq("").all() and (kept["n_object_cells"] > 0).all()
     both = summarize_localization(pd.concat([table, kept]))
     assert (both["n_excluded"] == 1).all() and (both["n_mentions"] == 1).all()
     assert both["accuracy"].tolist() == summarize_localization(kept)["accuracy"].tolist()
 
 
+def test_localization_scope_keeps_the_objects_the_image_to_generated_knockout_removes(synthetic, dataset,
+                                                                                       monkeypatch):
+    """`disappears` against the naive oracle's image->generated description; scope "disappearing"
+    keeps only those mentions."""
+    from vlminterp.experiments import kaduri_localization as k3
+    from vlminterp.interventions import Condition, Knockout, reference_generate
+
+    session = _session(synthetic, dataset)
+    vocabulary = dataset_vocabulary("shapes", dataset)
+    images = select_images(dataset, 6, seed=0)
+    row = images[images["categories"].str.count(";") >= 1].iloc[0]  # two annotated categories
+    first, second = row["categories"].split(";")[:2]
+    words = session.tokenizer(f"A {first} and a {second}.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(Session, "describe", lambda self, item: list(words) + [self.eos_token_ids[0]])
+    image = pd.DataFrame([row])
+    table = localization(session, image, LocalizationSpec(scope="all", per_head=False))
+    item = session.encode(int(row["image_id"]))
+    inputs = dict(item.image_inputs)
+    blind = Condition(knockouts=(Knockout(From(item.prompt_length), list(item.groups.image)),))
+    tokens = reference_generate(session.model, session.adapter, item.input_ids, inputs.pop("pixel_values"), blind,
+                                300, session.eos_token_ids, **inputs)
+    named = {m.category for m in vocabulary.find(session.decode(tokens))}
+    flags = table.drop_duplicates("mention").set_index("category")["disappears"]
+    assert flags.to_dict() == {c: c not in named for c in flags.index}
+    monkeypatch.setattr(k3, "knocked_out_categories", lambda *args: {first})  # the first object survives
+    scoped = localization(session, image, LocalizationSpec(per_head=False))
+    assert set(scoped["category"]) == {second} and scoped["disappears"].all()
+
+
+def test_localization_interval_resamples_images_not_mentions():
+    """Two images, ten mentions each, all hits in one and none in the other: resampling images gives
+    0, 0.5 or 1 (the interval spans [0, 1]); resampling the 20 mentions would give about 0.5 +- 0.22."""
+    rows = [{"image_id": image, "mention": m, "layer": 0, "head": -1, "hit": image == 1, "chance": 0.1,
+             "excluded": ""} for image in (1, 2) for m in range(10)]
+    summary = summarize_localization(pd.DataFrame(rows))
+    assert summary[["accuracy", "low", "high", "n_mentions", "n_images"]].values.tolist() == [[0.5, 0.0, 1.0, 20, 2]]
+
+
 # ---- K4 --------------------------------------------------------------------------------------------
 def test_top_k_count_and_yes_no():
-    assert [top_k_count(f, 36) for f in (0.02, 0.05)] == [1, 2]
-    assert [top_k_count(f, 576) for f in (0.02, 0.05)] == [12, 29]
+    assert [top_k_count(f, 36) for f in (0.02, 0.05, 0.1)] == [1, 1, 3]   # 0.72 -> 1 (at least one), 1.8, 3.6
+    assert [top_k_count(f, 576) for f in (0.02, 0.05)] == [11, 28]        # the authors' int(f * 576)
     assert top_k_count(1.0, 36) == 36
     assert [parse_yes_no(a) for a in ("Yes", " no.", "Yes, there is", "Maybe", "", "NO!")] == \
         ["yes", "no", "yes", "other", "other", "no"]
@@ -405,7 +496,8 @@ def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset
     session = _session(synthetic, dataset, max_new_tokens=6)
     images = select_images(dataset, 2, seed=0)
     questions = build_pope_questions(dataset, list(images["image_id"]), 1, seed=0)
-    table = reprompting(session, images, RepromptSpec(answer_tokens=3), questions=questions)
+    table = reprompting(session, images, RepromptSpec(answer_tokens=3, image_topk_positions=("after_kept", "after_prompt")),
+                        questions=questions)
     assert set(table["method"]) == set(METHODS)
     full = table[table["method"] == "full_image"].set_index("question_id")
     cached = table[table["method"] == "full_cache"].set_index("question_id")
@@ -421,6 +513,29 @@ def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset
     summary = summarize_reprompting(table)
     assert {"accuracy", "f1", "yes_ratio", "context_tokens"} <= set(summary.columns)
     assert set(summary["setting"]) == {"all", "random", "popular", "adversarial"}
+
+
+def test_top_k_only_cache_continues_after_the_highest_kept_position(synthetic, dataset):
+    """"after_kept" (the authors' top-k-only cache): a cache keeping the prompt's first m+1 positions
+    in every layer answers exactly as the plain text prompt ids[:m+1] + question generated from
+    scratch; "after_prompt" puts the question at P instead."""
+    from vlminterp.interventions import reference_generate
+    from vlminterp.interventions.cache import continue_batch, prefill_cache, select_cache
+
+    session = _session(synthetic, dataset)
+    item = session.encode(dataset.image_ids()[0])
+    first_image = min(item.groups.image)
+    kept = select_cache(prefill_cache(session.adapter, item.input_ids, **item.image_inputs), list(range(first_image)))
+    question = session.tokenizer(" USER: Is there a red circle? ASSISTANT:", add_special_tokens=False,
+                                 return_tensors="pt")["input_ids"]
+    after_kept = kept.continuing_after_kept()
+    assert (after_kept.original_length, kept.original_length) == (first_image, item.prompt_length)
+    answer = continue_batch(session.adapter, after_kept, question, 8, eos_token_id=-1)[0]
+    text_only = torch.cat([item.input_ids[:, :first_image], question], dim=1)
+    assert answer == reference_generate(session.model, session.adapter, text_only, None, max_new_tokens=8,
+                                        eos_token_id=-1)
+    shifted = continue_batch(session.adapter, kept, question, 8, eos_token_id=-1)
+    assert shifted[0] != answer  # the position matters to the answer
 
 
 def test_top_image_positions_follow_the_received_attention():

@@ -38,3 +38,35 @@ def test_defaults_fill_in_and_bad_keys_fail():
            "kaduri": {"knockout": {"window_stp": 2}}}
     with pytest.raises(Exception, match="window_stp"):
         validate(bad, str(SCHEMA_PATH), set_default=True)
+
+
+# ---- every config states each paper's image geometry (issue #13, point 7) --------------------------
+CONFIGS = sorted([ROOT / "config.yaml", *(ROOT / "configs").glob("*.yaml")])
+#: Family of each config's model -> the geometries that family has (adapters' `geometries`).
+FAMILY_GEOMETRIES = {"llava": {"crop", "pad"}, "internvl": {"resize"}, "qwen2_vl": {"resize"}}
+
+
+def _family(config: dict) -> str:
+    if config["model"]["kind"] == "organism":
+        return "llava"
+    model_id = config["model"]["pretrained"]["id"].lower()
+    return next(family for key, family in (("llava", "llava"), ("internvl", "internvl"), ("qwen2", "qwen2_vl"))
+                if key in model_id)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_states_the_geometry_of_each_paper(path):
+    config = yaml.safe_load(path.read_text())
+    neo = config.get("neo", {}).get("cells", {}).get("geometry")
+    kaduri = config.get("kaduri", {}).get("geometry")
+    assert neo is not None, f"{path.name}: neo.cells.geometry is not stated"
+    assert kaduri is not None, f"{path.name}: kaduri.geometry is not stated"
+    allowed = FAMILY_GEOMETRIES[_family(config)]
+    assert {neo, kaduri} <= allowed, f"{path.name}: {neo}/{kaduri} not geometries of the family ({allowed})"
+
+
+@pytest.mark.parametrize("name", ["llava-1.5-7b.yaml", "llava-phi-3-mini.yaml"])
+def test_llava_paper_configs_crop_for_neo_and_pad_for_kaduri(name):
+    config = yaml.safe_load((ROOT / "configs" / name).read_text())
+    assert config["neo"]["cells"]["geometry"] == "crop"    # Neo et al.: the HF processor
+    assert config["kaduri"]["geometry"] == "pad"           # Kaduri et al.: LLaVA's process_images

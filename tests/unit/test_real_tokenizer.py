@@ -74,3 +74,38 @@ def test_generated_yes_is_a_polling_success(processor):
     for answer in ("Yes, there is", "yes.", " Yes"):
         assert _YES.match(tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"]))
     assert not _YES.match(tokenizer.decode(tokenizer("Yesterday", add_special_tokens=False)["input_ids"]))
+
+
+def _original_llava_ids(prompt: str, n_image_tokens: int = 576) -> list[int]:
+    """What the original LLaVA code feeds the model for `prompt` (its `tokenizer_image_token` with
+    the slow Llama tokenizer): each text chunk around `<image>` encoded by SentencePiece on its own
+    (so each gets the dummy prefix space), BOS once at the start, the image where `<image>` was."""
+    import sentencepiece
+
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(require(LLAMA2_TOKENIZER)))
+    before, after = prompt.split("<image>")
+    return [pieces.bos_id(), *pieces.encode(before), *[32000] * n_image_tokens, *pieces.encode(after)]
+
+
+def test_kaduri_paper_prompt_tokenizes_as_the_original(processor, synthetic):
+    """configs/llava-1.5-7b.yaml's describe prompt, put in the chat template by the adapter and
+    encoded by the processor, gives exactly the ids of Kaduri et al.'s code ("USER: <image>\\n
+    describe the image ASSISTANT:" with the long system prompt; a space after the newline)."""
+    from pathlib import Path
+
+    import yaml
+
+    from vlminterp.models.adapters import adapter_for
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "llava-1.5-7b.yaml").read_text())
+    kaduri = config["kaduri"]
+    model, _, _ = synthetic("tiny-llama")                  # a Llama text model: the Vicuna template
+    prompt = adapter_for(model, processor).format_prompt(kaduri["prompt"], kaduri["system_prompt"])
+    assert prompt.endswith("USER: <image>\n describe the image ASSISTANT:")
+    assert prompt.startswith("A chat between a curious human and an artificial intelligence assistant.")
+    image = Image.open(require(COCO_MINI) / "train2017" / "000000037666.jpg")
+    ids = processor(images=image, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
+    assert ids == _original_llava_ids(prompt)
+    # Without the space the text differs from the original's after the image: "\ndescribe" is not "\n describe".
+    unspaced = prompt.replace("\n describe", "\ndescribe")
+    assert processor(images=image, text=unspaced)["input_ids"][0] != _original_llava_ids(prompt)

@@ -172,3 +172,15 @@ def test_llm_judge_stage_scores_the_same_generations(tiny_run, tmp_path):
     assert (_out(tiny_run) / "kaduri" / "knockout" / "llm_judge_cache.jsonl").is_file()
     summary = _table(tiny_run, "knockout/llm_judge_summary.csv")
     assert "image->query+generated" in set(summary["condition"])
+
+
+def test_paper_comparison_on_the_organism(tiny_run):
+    """paper_comparison.csv holds every headline of both papers, this run's K2 numbers as its K2
+    summary has them, and on the organism says on every row that it is not LLaVA."""
+    table = pd.read_csv(_out(tiny_run) / "paper_comparison.csv", keep_default_na=False, na_values=[""])
+    assert table.groupby("experiment").size().to_dict() == {"K2": 3, "K3": 5, "K4": 3, "N1": 12}
+    assert table["note"].str.contains("the organism is not LLaVA").all()
+    summary = _table(tiny_run, "knockout/summary.csv").set_index("condition")
+    for condition in ("image->generated", "image->query"):
+        row = table[table["condition"] == condition].iloc[0]
+        assert (row["value"], row["n"]) == (summary.loc[condition, "mean"], summary.loc[condition, "n_images"])

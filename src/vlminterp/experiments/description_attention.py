@@ -19,7 +19,8 @@ the rows (K4) -- never the T x T x L x H tensor.
 
 Row conventions (documented in each table):
 - the *decode rows* are the generated tokens read back during decoding, positions P .. P+n-2
-  (the knockout engine's `From(P)`): K1 reports their attention;
+  (the knockout engine's `From(P)`): K1 reports their attention, with the prefill's last row P-1
+  as the authors' code does (`AttentionFractionSpec.include_prefill_row`);
 - the *predicting row* of generated token t is P-1+t, the row whose output is token t.
 """
 from __future__ import annotations

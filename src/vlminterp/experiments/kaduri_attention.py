@@ -5,15 +5,19 @@
     summary = summarize_attention_fractions(table, seed=0)    # over images, heads averaged
 
 For each image: the unablated greedy description, then one extra forward pass recording the
-attention rows of the generated tokens read back during decoding (positions P .. P+n-2, P = prompt
-length; `description_attention` explains why that equals the per-step attention). Each row's attention
+attention rows that produced the description: the prompt's last row P-1 (the prefill step, which
+produces the first token) and the generated tokens read back during decoding, P .. P+n-2 (P =
+prompt length; `description_attention` explains why that equals the per-step attention). Kaduri et al.'s
+code stores the last row of every generation step, the prefill's included
+(`include_prefill_row: true`, the default); false keeps the decode rows only. Each row's attention
 is split over the key groups KEY_GROUPS = bos, system (the rest of the system group: system
 prompt and user-role tag), image, query (user text and assistant tag) and generated (earlier
 generated tokens and the token itself); the five shares sum to 1.
 
 Table (long format, one row per image x layer x head x group):
     image_id, layer, head (-1 = heads averaged, else the head index), group,
-    mean, std (over the image's generated tokens; population std), n_tokens (decode rows),
+    mean, std (over the image's rows; population std), n_tokens (rows: P-1 and the decode rows, or
+    the decode rows only),
     key_share (mean over those rows of the group's share of the keys: what attention would be if
     spread uniformly), n_generated (tokens of the description, EOS included).
 """
@@ -38,10 +42,12 @@ MEAN_HEAD = -1
 
 @dataclass(frozen=True)
 class AttentionFractionSpec:
-    """per_head: also write one row per head (the description cap is the session's:
-    `DescribePrompt.max_new_tokens`)."""
+    """per_head: also write one row per head; include_prefill_row: also count the prompt's last row
+    P-1, the step that produced the first generated token (as Kaduri et al.'s code), not only the
+    decode rows P .. P+n-2. The description cap is the session's (`DescribePrompt.max_new_tokens`)."""
 
     per_head: bool = True
+    include_prefill_row: bool = True
 
 
 def key_shares(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -58,15 +64,15 @@ def image_attention_fractions(session: Session, image_id: int, spec: AttentionFr
     record = session.description_attention(item, generated)
     P = item.prompt_length
     rows = record.rows(0).numpy()
-    decode = rows >= P  # drop row P-1 (the last prompt token)
-    if not decode.any():
-        log.warning("image %s: the description has %d token(s), no decode step to report", image_id, len(generated))
+    counted = rows >= (P - 1 if spec.include_prefill_row else P)  # P-1: the prefill's last row
+    if not counted.any():
+        log.warning("image %s: the description has %d token(s), no row to report", image_id, len(generated))
         return []
-    positions = rows[decode]
+    positions = rows[counted]
     shares = key_shares(item.groups.labels(int(positions.max()) + 1), positions).mean(axis=0)
     out = []
     for layer in range(session.adapter.n_layers):
-        mass = record.groups_of_layer(layer)[:, torch.as_tensor(decode)].double().numpy()  # (H, n, G)
+        mass = record.groups_of_layer(layer)[:, torch.as_tensor(counted)].double().numpy()  # (H, n, G)
         heads = [(MEAN_HEAD, mass.mean(axis=0))]
         if spec.per_head:
             heads += [(h, mass[h]) for h in range(mass.shape[0])]
@@ -74,7 +80,7 @@ def image_attention_fractions(session: Session, image_id: int, spec: AttentionFr
             means, stds = values.mean(axis=0), values.std(axis=0)
             for g, group in enumerate(KEY_GROUPS):
                 out.append({"image_id": int(image_id), "layer": layer, "head": head, "group": group,
-                            "mean": float(means[g]), "std": float(stds[g]), "n_tokens": int(decode.sum()),
+                            "mean": float(means[g]), "std": float(stds[g]), "n_tokens": int(counted.sum()),
                             "key_share": float(shares[g]), "n_generated": len(generated)})
     return out
 

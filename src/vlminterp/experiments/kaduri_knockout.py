@@ -11,11 +11,22 @@ Conditions (`knockout_conditions`; every knockout blocks the keys of the IMAGE g
     image->query             the query tokens (user text + assistant tag) never see the image, every
                              layer (prefill);
     image->query+generated   both;
-    window a-b               generated tokens see the image only in layers a..b (image->generated in
-                             every other layer); [a, b] runs over a grid: a in 0, s, 2s, ...,
+    window a-b (target)      the target tokens (each of `window_targets`: generated, query or
+                             query+generated) see the image only in layers a..b, blocked in every
+                             other layer; [a, b] runs over a grid: a in 0, s, 2s, ...,
                              b in s-1, 2s-1, ..., L-1 (s = window_step), a <= b;
-    from l                   `sweep_target` (generated, query or query+generated) blocked from the
-                             image in layers l .. L-1, l = 0, t, 2t, ... (t = start_layer_step).
+    fixed a-b (target)       the same for each of `fixed_windows`, [start, end) fractions of the
+                             depth (`neo_blocking.fraction_window`); the default is Kaduri et al.'s
+                             window, the image visible in layers 4-20 of LLaVA's 32 (their three
+                             `block_vis_to_{gen,query,all}_not_between_layers_4_to_20` runs);
+    after l / from l         `sweep_target` (generated, query or query+generated) blocked from the
+                             image in the layers strictly after l (`sweep_layers: after_l`, the
+                             authors' `layer_idx > l`) or from l on (`from_l`), l = 0, t, 2t, ...
+                             (t = start_layer_step); a sweep step that blocks no layer is left out.
+The defaults are the authors' semantics: windows for all three targets, the sweep blocking
+query+generated strictly after l. Their "gen" variant blocks decode steps only (the prefill
+untouched), "query" the prompt's rows after the image (the prefill), "all" both: here the targets
+generated, query and query+generated.
 All conditions of one image are ONE call of the engine (one batch, chunked at its max batch size);
 the engine computes the untouched prefix once (up to the first query position for conditions that
 touch the query, the whole prompt for the others). Decoding is greedy.
@@ -29,9 +40,10 @@ Chance (`chance_recall`): a description naming m distinct categories drawn unifo
 categories of the dataset, scored against a reference naming r of them, has expected recall m / C
 (each reference category is named with probability m / C), whatever r.
 
-Table columns: image_id, condition, family (none | all_layers | window | from_layer), target
+Table columns: image_id, condition, family (none | all_layers | window | fixed_window | from_layer), target
 (generated | query | query+generated | ""), layer_start, layer_end (the layers where the image is
-blocked for all_layers/from_layer, the window where it is visible for window; -1 for none),
+blocked for all_layers/from_layer, the window where it is visible for window and fixed_window;
+-1 for none),
 n_layers, description, n_generated, reference, batch_size and oom_retries (the engine batch size in
 effect when the image was done, and how many times CUDA out-of-memory halved it during that image:
 `vlminterp.batching`), the judge's SCORE_COLUMNS, then gt_ + the same columns against the
@@ -45,6 +57,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from vlminterp.batching import BATCH_COLUMNS
+from vlminterp.experiments.neo_blocking import fraction_window
 from vlminterp.experiments.session import Session
 from vlminterp.interventions import Condition, From, Knockout
 from vlminterp.models.adapters import TokenGroups
@@ -58,6 +71,11 @@ TARGETS = ("generated", "query", "query+generated")
 MAIN_CONDITIONS = ("none", "image->generated", "image->query", "image->query+generated")
 KNOCKOUT_COLUMNS = ("image_id", "condition", "family", "target", "layer_start", "layer_end", "n_layers",
                     "description", "n_generated", "reference")
+
+
+SWEEP_LAYERS = ("after_l", "from_l")
+#: Kaduri et al.'s window for LLaVA-1.5 (32 layers): the image visible in layers 4..20, as fractions.
+AUTHORS_WINDOW = (0.125, 0.65625)
 
 
 @dataclass(frozen=True)
@@ -89,17 +107,31 @@ class LLMJudgeConfig:
 
 @dataclass(frozen=True)
 class KnockoutSpec:
-    """window_step: spacing s of the window grid (0 = no windows); start_layer_step: spacing of the
-    start layers l (0 = no sweep); sweep_target: what the from-l sweep blocks from the image. The
-    description cap is the session's (`DescribePrompt.max_new_tokens`)."""
+    """window_step: spacing s of the window grid (0 = no grid); window_targets: the tokens each
+    window (grid and fixed) hides the image from outside it; fixed_windows: ([start, end) fractions
+    of the depth) windows run besides the grid; start_layer_step: spacing of the sweep's l (0 = no
+    sweep); sweep_target: what the sweep blocks from the image; sweep_layers: "after_l" = layers > l
+    (the authors'), "from_l" = layers >= l. Defaults follow the authors' code (module docstring).
+    The description cap is the session's (`DescribePrompt.max_new_tokens`)."""
 
     window_step: int = 1
     start_layer_step: int = 1
-    sweep_target: str = "generated"
+    sweep_target: str = "query+generated"
+    window_targets: tuple[str, ...] = TARGETS
+    fixed_windows: tuple[tuple[float, float], ...] = (AUTHORS_WINDOW,)
+    sweep_layers: str = "after_l"
 
     def __post_init__(self):
         if self.sweep_target not in TARGETS:
             raise ValueError(f"sweep_target must be one of {TARGETS}, got {self.sweep_target!r}")
+        if self.sweep_layers not in SWEEP_LAYERS:
+            raise ValueError(f"sweep_layers must be one of {SWEEP_LAYERS}, got {self.sweep_layers!r}")
+        if not set(self.window_targets) <= set(TARGETS):
+            raise ValueError(f"window_targets must be some of {TARGETS}, got {self.window_targets}")
+        windows = tuple(tuple(float(x) for x in w) for w in self.fixed_windows)
+        if any(len(w) != 2 or not 0.0 <= w[0] < w[1] <= 1.0 for w in windows):
+            raise ValueError(f"a fixed window is [start, end) with 0 <= start < end <= 1, got {self.fixed_windows}")
+        object.__setattr__(self, "fixed_windows", windows)  # YAML lists -> hashable tuples
         if self.window_step < 0 or self.start_layer_step < 0:
             raise ValueError("window_step and start_layer_step must be >= 0")
 
@@ -141,16 +173,24 @@ def knockout_conditions(groups: TokenGroups, n_layers: int, spec: KnockoutSpec) 
         label = f"image->{target}"
         out.append(KnockoutCondition(label, "all_layers", target, 0, last,
                                      Condition(knockouts=_blocks(target, groups, None), label=label)))
-    for a, b in window_grid(n_layers, spec.window_step):
+    windows = [("window", a, b) for a, b in window_grid(n_layers, spec.window_step)]
+    for start, end in spec.fixed_windows:
+        visible = fraction_window(n_layers, start, end)
+        windows.append(("fixed_window", visible[0], visible[-1]))
+    for family, a, b in windows:
         hidden = [l for l in range(n_layers) if not a <= l <= b]
-        label = f"window {a}-{b}"
-        out.append(KnockoutCondition(label, "window", "generated", a, b,
-                                     Condition(knockouts=_blocks("generated", groups, hidden), label=label)))
+        for target in spec.window_targets:
+            label = f"{'window' if family == 'window' else 'fixed'} {a}-{b} ({target})"
+            out.append(KnockoutCondition(label, family, target, a, b,
+                                         Condition(knockouts=_blocks(target, groups, hidden), label=label)))
     if spec.start_layer_step > 0:
         for l in range(0, n_layers, spec.start_layer_step):
-            label = f"from {l}"
-            out.append(KnockoutCondition(label, "from_layer", spec.sweep_target, l, last, Condition(
-                knockouts=_blocks(spec.sweep_target, groups, list(range(l, n_layers))), label=label)))
+            first = l + 1 if spec.sweep_layers == "after_l" else l
+            if first >= n_layers:
+                continue  # blocks no layer: the unablated description
+            label = f"{'after' if spec.sweep_layers == 'after_l' else 'from'} {l}"
+            out.append(KnockoutCondition(label, "from_layer", spec.sweep_target, first, last, Condition(
+                knockouts=_blocks(spec.sweep_target, groups, list(range(first, n_layers))), label=label)))
     return out
 
 

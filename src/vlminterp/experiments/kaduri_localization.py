@@ -7,7 +7,12 @@
 
 For each image: the unablated greedy description; its object mentions, matched exactly as the
 offline judge matches them (`scoring.vocabulary`: names, plurals, synonyms), kept when the
-category is annotated in the image; the mention's first generated token. Its attention row over
+category is annotated in the image; the mention's first generated token. `scope` picks the
+mentions: "disappearing" (the paper's, as far as a secondary summary of it tells: the text of
+arXiv 2411.17491 could not be read here; the authors' code has no localization script) keeps
+those whose category the image->generated knockout's description (K2's condition, decoded for
+the image) no longer names, the objects the generated tokens must read from the image
+themselves; "all" keeps every mention. Every row says which (`disappears`). Its attention row over
 the image tokens (`attention_row`: "token" = the row of that token read back during decoding,
 position P+t; "predicting" = the row that produced it, P-1+t) is recorded per layer in one extra
 forward pass (`description_attention`), per head and heads averaged. The peak cell is the image token
@@ -22,7 +27,8 @@ Qwen2-VL has one grid whose shape depends on the image. Chance: the share of the
 that would be hits (the accuracy of a uniformly random peak).
 
 Table columns: image_id, mention (index within the description), category, surface, token_index,
-position (of the attention row), row_kind, layer, head (-1 = heads averaged), peak_cell (image
+position (of the attention row), row_kind, disappears (the category is missing from the
+image->generated knockout's description), layer, head (-1 = heads averaged), peak_cell (image
 token index), peak_tile, peak_row, peak_col (its tile and cell in that tile's grid; tile 0 for
 LLaVA), peak_attention, image_mass (attention on all image tokens), distance (to the nearest
 object token of its tile, in cells; inf when that tile holds none), hit, n_object_cells (object
@@ -46,14 +52,17 @@ import pandas as pd
 from vlminterp.experiments.kaduri_text import token_mentions, token_spans
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import category_mask, object_tokens, token_distance
-from vlminterp.stats import bootstrap_ci, excluded_counts
+from vlminterp.interventions import Condition, From, Knockout
+from vlminterp.stats import cluster_bootstrap_ci, excluded_counts
 
 log = logging.getLogger(__name__)
 
 ROW_KINDS = ("token", "predicting")
+SCOPES = ("disappearing", "all")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
-                        "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col", "peak_attention",
-                        "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance", "excluded")
+                        "disappears", "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col",
+                        "peak_attention", "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance",
+                        "excluded")
 MEAN_HEAD = -1
 
 
@@ -61,16 +70,21 @@ MEAN_HEAD = -1
 class LocalizationSpec:
     """tolerance: Chebyshev cells; attention_row: "token" or "predicting"; min_overlap: a cell is
     an object cell when the mask covers more than this fraction of it; per_head: also write one
-    row per head; band_width: layers per band of the summary (`summarize_localization`). The
-    description cap is the session's (`DescribePrompt.max_new_tokens`)."""
+    row per head; scope: "disappearing" = only mentions whose category the image->generated
+    knockout removes from the description, "all" = every one; band_width: layers per band of the
+    summary (`summarize_localization`). The description cap is the session's
+    (`DescribePrompt.max_new_tokens`)."""
 
     tolerance: int = 1
     attention_row: str = "predicting"
     min_overlap: float = 0.0
     per_head: bool = True
+    scope: str = "disappearing"
     band_width: int = 8
 
     def __post_init__(self):
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.attention_row not in ROW_KINDS:
             raise ValueError(f"attention_row must be one of {ROW_KINDS}, got {self.attention_row!r}")
         if self.tolerance < 0:
@@ -83,9 +97,12 @@ def image_localization(session: Session, image_id: int, present: set[str], spec:
     generated = session.describe(item)
     text, spans = token_spans(session.tokenizer, generated)
     P, n = item.prompt_length, len(generated)
+    kept_without_image = knocked_out_categories(session, item)
     mentions = []
     for index, mention in enumerate(token_mentions(text, spans, session.vocabulary)):
         if mention.category not in present:
+            continue
+        if spec.scope == "disappearing" and mention.category in kept_without_image:
             continue
         t = mention.first_token
         position = P + t if spec.attention_row == "token" else P - 1 + t
@@ -106,7 +123,7 @@ def image_localization(session: Session, image_id: int, present: set[str], spec:
                                         session.prompt.geometry, spec.min_overlap)
         common = {"image_id": int(image_id), "mention": index, "category": mention.category,
                   "surface": mention.surface, "token_index": mention.first_token, "position": position,
-                  "row_kind": spec.attention_row}
+                  "row_kind": spec.attention_row, "disappears": mention.category not in kept_without_image}
         if excluded:
             log.info("image %s: mention %r excluded (%s)", image_id, mention.surface, excluded)
             out.append({**common, "layer": -1, "head": MEAN_HEAD, "peak_cell": -1, "peak_tile": -1, "peak_row": -1,
@@ -134,6 +151,16 @@ def image_localization(session: Session, image_id: int, present: set[str], spec:
     return out
 
 
+def knocked_out_categories(session: Session, item) -> set[str]:
+    """Categories the description still names when the generated tokens never see the image (K2's
+    image->generated: every layer, decode steps only)."""
+    blind = Condition(knockouts=(Knockout(From(item.prompt_length), list(item.groups.image)),),
+                      label="image->generated")
+    tokens = session.engine.generate(item.prepared, [blind], session.prompt.max_new_tokens,
+                                     session.eos_token_ids).tokens[0]
+    return {m.category for m in session.vocabulary.find(session.decode(tokens))}
+
+
 def localization(session: Session, images: pd.DataFrame, spec: LocalizationSpec) -> pd.DataFrame:
     """The K3 table (module docstring) for every image of `images` (image_id, categories); the
     session's vocabulary finds the mentions."""
@@ -146,9 +173,10 @@ def localization(session: Session, images: pd.DataFrame, spec: LocalizationSpec)
 
 
 def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int | None = None) -> pd.DataFrame:
-    """Accuracy (heads averaged) per layer, or per band of `band_width` layers, with a bootstrap 95%
-    interval over mentions (each mention's hits averaged over the band's layers first) and chance;
-    excluded mentions are left out and counted (n_excluded, the same on every row)."""
+    """Accuracy (heads averaged) per layer, or per band of `band_width` layers, over mentions (each
+    mention's hits averaged over the band's layers first), with a 95% bootstrap interval that
+    resamples images (the mentions of one description are not independent), and chance; excluded
+    mentions are left out and counted (n_excluded, the same on every row)."""
     n_excluded = sum(excluded_counts(table, unit=("image_id", "mention")).values())
     if "excluded" in table:
         table = table[table["excluded"].fillna("") == ""]
@@ -159,10 +187,12 @@ def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int |
     rows = []
     for band, part in data.groupby("band", sort=True):
         per_mention = part.groupby(mention)[["hit", "chance"]].mean()
-        low, high = bootstrap_ci(per_mention["hit"].to_numpy(dtype=float), seed=seed)
+        low, high = cluster_bootstrap_ci(per_mention["hit"].to_numpy(dtype=float),
+                                         per_mention.index.get_level_values("image_id"), seed=seed)
         rows.append({"band": int(band), "layer_start": int(part["layer"].min()), "layer_end": int(part["layer"].max()),
                      "accuracy": float(per_mention["hit"].mean()), "low": low, "high": high,
                      "chance": float(per_mention["chance"].mean()), "n_mentions": len(per_mention),
-                     "n_excluded": n_excluded})
+                     "n_excluded": n_excluded,
+                     "n_images": int(per_mention.index.get_level_values("image_id").nunique())})
     return pd.DataFrame(rows, columns=["band", "layer_start", "layer_end", "accuracy", "low", "high", "chance",
-                                       "n_mentions", "n_excluded"])
+                                       "n_mentions", "n_excluded", "n_images"])

@@ -16,7 +16,12 @@ produced them, heads averaged), per layer. Each yes/no question (POPE style,
                        input (the upper bound of every cache method below; context = P);
     full_cache         the whole describe-prompt cache kept (must give exactly full_image's answers);
     prompt_cache       system + query positions only ("q"): no image token;
-    image_topk         the top-k image positions of each layer only ("s");
+    image_topk         the top-k image positions of each layer only ("s"); the question continues
+                       one position after the highest position kept in any layer, as Kaduri et
+                       al.'s code does for this cache (`image_topk_positions`: "after_kept");
+    image_topk_after_prompt
+                       the same cache with the question at P, where every other cache method
+                       continues ("after_prompt"; run when listed in `image_topk_positions`);
     prompt_image_topk  both ("qs");
     description_text   no image and no cache: a text-only prompt with the model's own description
                        where the image would be (`adapter.format_text_prompt`);
@@ -24,8 +29,9 @@ produced them, heads averaged), per layer. Each yes/no question (POPE style,
                        fresh single-turn prompt with the image (context = system + image tokens).
                        A model that never saw a second user turn (the organism) can answer this
                        well and the continuation badly; compare full_image with it.
-k = max(1, round(f * n_image_tokens)) for each f in `top_k_fractions`, chosen per layer by the
-attention received during the description; the table reports f (k_fraction) and k (k_tokens).
+k = floor(f * n_image_tokens) (at least 1) for each f in `top_k_fractions`, as the authors' code
+(`int(k * n)`: 11 and 28 of LLaVA's 576 for 2% and 5%), chosen per layer by the attention received
+during the description; the table reports f (k_fraction) and k (k_tokens).
 The cache methods answer all questions of one token length as one batch (the kept cache repeated
 per row, `InterventionEngine.continue_cache`; at most the engine's batch size per batch, halved
 on CUDA out-of-memory). `context_tokens` is the number of positions kept before the question (the cache
@@ -54,8 +60,10 @@ from vlminterp.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
 
-METHODS = ("single_turn", "full_image", "full_cache", "prompt_cache", "image_topk", "prompt_image_topk",
-           "description_text")
+METHODS = ("single_turn", "full_image", "full_cache", "prompt_cache", "image_topk", "image_topk_after_prompt",
+           "prompt_image_topk", "description_text")
+#: Where the question continues after the top-k-only cache -> the method it gives.
+TOPK_POSITION_METHODS = {"after_kept": "image_topk", "after_prompt": "image_topk_after_prompt"}
 REPROMPT_COLUMNS = ("image_id", "question_id", "question", "category", "answer", "negative_type", "method",
                     "k_fraction", "k_tokens", "context_tokens", "input_tokens", "response", "predicted", "correct")
 
@@ -64,15 +72,22 @@ REPROMPT_COLUMNS = ("image_id", "question_id", "question", "category", "answer",
 class RepromptSpec:
     """answer_tokens: answer cap; top_k_fractions: shares of the image tokens kept by the top-k
     methods; questions_per_image: POPE k per image (positives and each negative type);
-    continuation: what follows a cache ("{question}" is replaced). The description cap is the
-    session's (`DescribePrompt.max_new_tokens`)."""
+    continuation: what follows a cache ("{question}" is replaced); image_topk_positions: where the
+    question continues after the top-k-only cache, one method each ("after_kept": after the
+    highest kept position, the authors' choice; "after_prompt": at the prompt's end, as the other
+    caches). The description cap is the session's (`DescribePrompt.max_new_tokens`)."""
 
     answer_tokens: int = 4
     top_k_fractions: tuple[float, ...] = (0.02, 0.05)
     questions_per_image: int = 3
     continuation: str = " USER: {question} ASSISTANT:"
+    image_topk_positions: tuple[str, ...] = ("after_kept",)
 
     def __post_init__(self):
+        unknown = set(self.image_topk_positions) - set(TOPK_POSITION_METHODS)
+        if not self.image_topk_positions or unknown:
+            raise ValueError(f"image_topk_positions must be some of {tuple(TOPK_POSITION_METHODS)}, "
+                             f"got {self.image_topk_positions}")
         if not self.top_k_fractions or any(not 0 < f <= 1 for f in self.top_k_fractions):
             raise ValueError(f"top_k_fractions must be in (0, 1], got {self.top_k_fractions}")
         if "{question}" not in self.continuation:
@@ -80,8 +95,8 @@ class RepromptSpec:
 
 
 def top_k_count(fraction: float, n_image: int) -> int:
-    """Image tokens kept for a fraction: round(f * n), at least 1, at most n."""
-    return int(min(n_image, max(1, round(fraction * n_image))))
+    """Image tokens kept for a fraction: floor(f * n) as the authors' `int(k * n)`, at least 1, at most n."""
+    return int(min(n_image, max(1, int(fraction * n_image))))
 
 
 def parse_yes_no(response: str) -> str:
@@ -117,9 +132,11 @@ def image_reprompting(session: Session, image_id: int, questions: pd.DataFrame, 
     selections = {("full_cache", None): list(range(P)), ("prompt_cache", None): prompt_positions}
     for fraction in spec.top_k_fractions:
         top = top_image_positions(received, groups.image, top_k_count(fraction, n_image))
-        selections[("image_topk", fraction)] = top
+        for position in spec.image_topk_positions:
+            selections[(TOPK_POSITION_METHODS[position], fraction)] = top
         selections[("prompt_image_topk", fraction)] = [sorted(prompt_positions + t) for t in top]
-    kept = engine.kept_caches(item.prepared, selections)
+    after_kept = {key for key in selections if key[0] == TOPK_POSITION_METHODS["after_kept"]}
+    kept = engine.kept_caches(item.prepared, selections, continue_after_kept=after_kept)
 
     eos = session.eos_token_ids
     question_list = list(questions.itertuples(index=False))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache
@@ -83,6 +83,15 @@ class KeptCache:
     @property
     def width(self) -> int:
         return max(len(k) for k in self.kept_positions)
+
+    def continuing_after_kept(self) -> "KeptCache":
+        """This cache with text continuing one position after the highest position kept in any layer
+        (Kaduri et al.'s top-k-only cache) instead of after the source prompt: RoPE ids are the
+        source prompt's up to there, and text after it continues from their largest id + 1 (for
+        1-D RoPE: the sequence index)."""
+        end = max(int(k.max()) for k in self.kept_positions) + 1
+        ids = self.rope.ids[..., :end]
+        return replace(self, original_length=end, positions=RopePositions(ids, int(ids.max()) + 1 - end))
 
     def padding_knockouts(self) -> list[Knockout]:
         """Block every new query from the padding slots of layers that kept fewer positions."""

@@ -288,14 +288,17 @@ class InterventionEngine:
             position_ids=rope.span(0, prepared.length), use_cache=True)
         return cache
 
-    def kept_caches(self, prepared: PreparedInput, selections: Mapping) -> dict:
+    def kept_caches(self, prepared: PreparedInput, selections: Mapping, continue_after_kept=()) -> dict:
         """{key: `cache.KeptCache`} of the prompt's KV cache (one prefill) keeping, per key, the
         positions `selections[key]` (one list for every layer, or one list per layer:
-        `cache.select_cache`); each answers any number of `continue_cache` calls."""
+        `cache.select_cache`); each answers any number of `continue_cache` calls. Text continues
+        after the prompt, or, for the keys in `continue_after_kept`, one position after the highest
+        kept one (`KeptCache.continuing_after_kept`)."""
         from .cache import select_cache
 
         cache = self.prompt_cache(prepared)
-        return {key: select_cache(cache, keep) for key, keep in selections.items()}
+        kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
+        return {key: c.continuing_after_kept() if key in continue_after_kept else c for key, c in kept.items()}
 
     @torch.no_grad()
     def continue_cache(self, kept, continuations: Sequence[torch.Tensor], max_new_tokens: int,

@@ -362,7 +362,8 @@ def llava_1_5_config(*, text_layers: int = 32, text_hidden: int = 4096, text_int
 def llava_1_5_processor(sentencepiece_model) -> LlavaProcessor:
     """LLaVA-1.5's processor built from the Llama 2 SentencePiece model its tokenizer extends, as
     `llava-hf/llava-1.5-7b-hf` has it: BOS added, `<image>` = 32000 and `<pad>` = 32001 appended,
-    no legacy prefix-space handling; a CLIP image processor that resizes the short side to 336 and
+    SentencePiece's prefix space on every text segment (legacy), so the text after `<image>` starts
+    with a `▁` token as in llava-hf's and the original LLaVA's tokenization; a CLIP image processor that resizes the short side to 336 and
     centre-crops 336 x 336 (CLIP's mean and std), 14 px patches: 576 image tokens. The conversion
     from the SentencePiece model needs the `sentencepiece` and `protobuf` packages."""
     import shutil
@@ -373,7 +374,7 @@ def llava_1_5_processor(sentencepiece_model) -> LlavaProcessor:
 
     with tempfile.TemporaryDirectory() as directory:
         shutil.copy(sentencepiece_model, Path(directory, "tokenizer.model"))
-        tokenizer = LlamaTokenizer.from_pretrained(directory, legacy=False, add_bos_token=True,
+        tokenizer = LlamaTokenizer.from_pretrained(directory, legacy=True, add_bos_token=True,
                                                    add_eos_token=False)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})

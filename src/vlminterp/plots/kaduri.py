@@ -29,7 +29,8 @@ GROUP_LABELS = {"bos": "BOS (sink)", "system": "system (rest)", "image": "image"
 CONDITION_COLORS = {"none": "#2ca02c", "image->generated": "#1f77b4", "image->query": "#ff7f0e",
                     "image->query+generated": "#d62728"}
 METHOD_STYLE = {"single_turn": ("#8c564b", "X"), "full_image": ("black", "*"), "full_cache": ("#7f7f7f", "P"), "prompt_cache": ("#ff7f0e", "s"),
-                "image_topk": ("#1f77b4", "o"), "prompt_image_topk": ("#9467bd", "D"),
+                "image_topk": ("#1f77b4", "o"), "image_topk_after_prompt": ("#17becf", "v"),
+                "prompt_image_topk": ("#9467bd", "D"),
                 "description_text": ("#2ca02c", "^")}
 
 
@@ -113,7 +114,7 @@ def plot_knockout_conditions(summary: pd.DataFrame, stem: Path, chance_recall: f
 
 def plot_knockout_start_layer(summary: pd.DataFrame, stem: Path,
                               title: str = "K2: knockout from layer l onward") -> list[Path]:
-    """F1 against the start layer l of the knockout (layers l .. L-1 blocked)."""
+    """F1 against the first blocked layer of the sweep (that layer .. L-1 blocked)."""
     _require(summary, {"family", "target", "layer_start", "mean", "low", "high"}, "knockout summary")
     part = summary[summary["family"] == "from_layer"].sort_values("layer_start")
     figure, axis = plt.subplots(figsize=(7, 4.2))
@@ -139,9 +140,12 @@ def plot_knockout_start_layer(summary: pd.DataFrame, stem: Path,
 
 def plot_knockout_windows(summary: pd.DataFrame, stem: Path,
                           title: str = "K2: generated tokens see the image only in layers [a, b]") -> list[Path]:
-    """Heat map of F1 over windows [a, b] (a = first, b = last layer where the image is visible)."""
+    """Heat map of F1 over the grid's windows [a, b] (a = first, b = last layer where the image is
+    visible) for the generated target (the only one in tables without a target column)."""
     _require(summary, {"family", "layer_start", "layer_end", "mean"}, "knockout summary")
     part = summary[summary["family"] == "window"]
+    if "target" in part:
+        part = part[part["target"].fillna("generated") == "generated"]
     starts = sorted(set(part["layer_start"].astype(int)))
     ends = sorted(set(part["layer_end"].astype(int)))
     grid = np.full((len(starts), len(ends)), np.nan)
