@@ -334,7 +334,7 @@ def test_attention_blocking_table(setup):
     table = run_attention_blocking(s["model"], s["processor"], s["adapter"], s["dataset"], s["selection"], s["grids"],
                                    prompts=PromptSpec(), spec=spec, cell_spec=CELLS)
     n_windows = len(layer_windows(s["adapter"].n_layers, spec))
-    per_image = 1 + n_windows * (3 + 1 + 1 + 1)
+    per_image = 1 + n_windows * (3 + 1 + 1 + 1 + 1)
     assert (table.groupby("image_id").size() == per_image).all()
     assert np.allclose(table["drop"], table["p_baseline"] - table["p_correct"])
     none = table[table.block_set == "none"]
@@ -385,3 +385,56 @@ def test_geometry_adapter_without_weights_matches_the_loaded_one(tmp_path, synth
     assert light.grid == adapter.grid
     assert np.array_equal(light.cell_boxes((50, 30), "crop"), adapter.cell_boxes((50, 30), "crop"))
     assert light.format_prompt("Hi") == adapter.format_prompt("Hi")
+
+
+# ---- the authors' N3 sets and the matched random draws, on a hand-drawn 4x4 grid --------------------------
+def _hand_grid(object_b: dict[int, list[int]], side: int = 4, image_id: int = 1):
+    """A single-tile side x side token table whose object sets are the given token lists."""
+    from vlminterp.experiments.neo_common import TargetCells
+
+    n = side * side
+    flags = {b: np.isin(np.arange(n), tokens) for b, tokens in object_b.items()}
+    return TargetCells(image_id=image_id, tile=np.zeros(n, np.int64), row=np.arange(n) // side,
+                       col=np.arange(n) % side, tile_shapes=((side, side),), boxes=np.zeros((n, 4)),
+                       overlap=np.zeros(n), object_b=flags)
+
+
+def test_blocking_sets_are_the_authors_on_a_hand_drawn_grid():
+    """Object at token 5 (row 1, col 1) of a 4x4 grid; image tokens at positions 10..25, last = 30.
+    b1 by hand: rows 0-2 x cols 0-2 = tokens 0,1,2,4,5,6,8,9,10."""
+    from vlminterp.experiments.neo_blocking import block_sets
+
+    b1 = [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    cells = _hand_grid({0: [5], 2: list(range(16))})     # b1 not studied: dilated from b0 here
+    positions = np.arange(10, 26)
+    sets = {name: (list(q), list(k)) for name, q, k in block_sets(cells, BlockingSpec(), positions, 30)}
+    assert sets["object_b0"] == ([30], [15])
+    assert sets["non_object"] == ([30], [10 + t for t in (3, 7, 11, 12, 13, 14, 15)])
+    assert sets["object_to_last_row"] == ([22, 23, 24, 25], [10 + t for t in b1])
+    assert sets["image_to_last_row"] == ([22, 23, 24, 25], list(range(10, 22)))
+    assert sets["object_to_text"] == ([26, 27, 28, 29, 30], [15])
+    # the other choices: the control outside b0, the last row outside the blocked object
+    other = BlockingSpec(control_buffer=0, last_row_buffer=0, last_row_queries="outside_object")
+    cells = _hand_grid({0: [13]})                        # the object in the last row
+    sets = {name: (list(q), list(k)) for name, q, k in block_sets(cells, other, positions, 30)}
+    assert sets["non_object"] == ([30], [10 + t for t in range(16) if t != 13])
+    assert sets["object_to_last_row"] == ([22, 24, 25], [23])
+
+
+def test_matched_random_draws_avoid_the_whole_buffered_set():
+    """random_matched_b{b} never touches the object dilated b times (8x8 grid, object at token 27),
+    and is skipped when fewer tokens than |b| lie outside it."""
+    from vlminterp.experiments.neo_ablation import token_sets
+
+    b1 = [18, 19, 20, 26, 27, 28, 34, 35, 36]
+    b2 = [r * 8 + c for r in range(1, 6) for c in range(1, 6)]
+    cells = _hand_grid({0: [27], 1: b1, 2: b2}, side=8)
+    for seed in range(20):
+        sets = {s.condition: s for s in token_sets(cells, AblationSpec(seed=seed), None, None)}
+        for b in (0, 1, 2):
+            drawn = sets[f"random_matched_b{b}"].cells
+            assert drawn.sum() == cells.object_b[b].sum()
+            assert not (drawn & cells.object_b[b]).any(), (seed, b)
+    crowded = _hand_grid({0: list(range(30)), 1: list(range(40))}, side=8)
+    names = {s.condition for s in token_sets(crowded, AblationSpec(), None, None)}
+    assert "random_matched_b0" in names and "random_matched_b1" not in names   # 40 > 64 - 40

@@ -13,8 +13,9 @@ families every tile and InternVL's thumbnail included; `condition` names them):
   object_b{b}          the target's tokens dilated b times (b in CellSpec.buffers), in every tile
                        the object shows in: InternVL's object tokens include the thumbnail's
                        tokens that overlap the object (`neo_common.map_object_cells`);
-  random_matched_b{b}  as many random tokens as object_b{b}, drawn among the image's non-object
-                       tokens (outside its b=0 tokens, any tile); skipped when too few exist;
+  random_matched_b{b}  as many random tokens as object_b{b}, drawn among the tokens outside
+                       object_b{b} itself (any tile), so the draw never touches the buffered
+                       object; skipped when fewer than |object_b{b}| tokens lie outside it;
   random_n{n}          n random cells anywhere (n in `random_counts`, capped at the number of image
                        tokens; duplicates after capping are dropped);
   register             cells whose embedding's L2 norm exceeds mean + `register_std` std of the
@@ -193,12 +194,11 @@ def token_sets(cells: TargetCells, spec: AblationSpec, register: np.ndarray | No
     total = cells.num_tokens
     shape = (total,)
     sets = [TokenSet(f"object_b{b}", "object", grid, b, int(grid.sum())) for b, grid in cells.object_b.items()]
-    base = cells.object_base()
     for b, grid in cells.object_b.items():
         n = int(grid.sum())
-        if 0 < n <= total - int(base.sum()):
+        if 0 < n <= total - n:
             name = f"random_matched_b{b}"
-            draw = random_cells(shape, n, _rng(spec.seed, cells.image_id, name), exclude=base)
+            draw = random_cells(shape, n, _rng(spec.seed, cells.image_id, name), exclude=grid)
             sets.append(TokenSet(name, "random_matched", draw, b, n))
     for n in sorted({min(n, total) for n in spec.random_counts}):
         name = f"random_n{n}"
