@@ -22,6 +22,7 @@ from vlminterp.experiments.neo_common import (CellSpec, PromptSpec, answer_first
                                               compute_mean_embedding, encode, load_mean_embedding,
                                               map_object_cells, mean_image_ids, question_image_ids,
                                               save_mean_embedding, vqa_questions)
+from vlminterp.experiments.neo_screening import ScreeningSpec
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
 from vlminterp.interventions import BatchOutOfMemoryError, InterventionEngine, capture_residual
 from vlminterp.scoring.vocabulary import load_vocabulary
@@ -61,7 +62,7 @@ def _neo(section):
 @pytest.mark.parametrize("section, cls, skip", [
     ("cells", CellSpec, set()), ("prompts", PromptSpec, set()), ("ablation", AblationSpec, {"seed"}),
     ("logit_lens", LensSpec, {"html_images"}), ("blocking", BlockingSpec, set()),
-    ("selection", SelectionSpec, {"seed", "targets_per_image"}),
+    ("selection", SelectionSpec, {"seed", "targets_per_image"}), ("screening", ScreeningSpec, {"seed"}),
 ])
 def test_neo_schema_defaults_equal_the_spec_defaults(section, cls, skip):
     props = _neo(section)

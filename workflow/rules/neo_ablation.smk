@@ -12,7 +12,7 @@ IMAGE_SELECTIONS.append(results("neo/mean_images.csv"))
 rule select_mean_images:
     input:
         annotations=get_annotations(),
-        selection=results("neo/selection.csv"),
+        selection=NEO_CANDIDATES,  # with the noising filter: every candidate (the filter needs the images first)
     output:
         results("neo/mean_images.csv"),
     params:

@@ -54,7 +54,11 @@ for key, needs in (("neo.selection.include_question_images", config["neo"]["sele
                             "neo.prompts.vqa_questions_file")
 
 
-IMAGE_SELECTIONS.append(results("neo/selection.csv"))
+SCREENING = config["neo"]["screening"]
+# With Neo et al.'s noising filter on, select_neo_targets writes the candidates and
+# screen_neo_targets the selection; every COCO image a candidate needs is downloaded.
+NEO_CANDIDATES = results("neo/candidates.csv") if SCREENING["enabled"] else results("neo/selection.csv")
+IMAGE_SELECTIONS.append(NEO_CANDIDATES)
 
 if not uses_shapes():
     for key in ("selection", "mean"):
@@ -99,15 +103,48 @@ rule select_neo_targets:
         annotations=get_annotations(),
         **neo_questions_input(),
     output:
-        results("neo/selection.csv"),
+        NEO_CANDIDATES,
     params:
         dataset_dir=dataset_root(),
         selection=config["neo"]["selection"],
+        screening=SCREENING,
         seed=SEED,
     log:
         logs("select_neo_targets"),
     script:
         "../scripts/select_neo_targets.py"
+
+
+if SCREENING["enabled"]:
+    FINAL_OUTPUTS.append(results("neo/screening.csv"))
+
+    rule screen_neo_targets:
+        input:
+            candidates=NEO_CANDIDATES,
+            world=get_dataset_dir(),
+            model=get_model_dir(),
+            **neo_questions_input(),
+        output:
+            selection=results("neo/selection.csv"),
+            screening=results("neo/screening.csv"),
+        params:
+            model=model_spec(),
+            dataset_dir=dataset_root(),
+            split=config["neo"]["selection"]["split"],
+            cells=config["neo"]["cells"],
+            prompts={**config["neo"]["prompts"], "vqa_questions_file": neo_questions_file()},
+            vocabulary=neo_vocabulary(),
+            screening=SCREENING,
+            max_images=config["neo"]["selection"]["max_images"],
+            include_question_images=config["neo"]["selection"]["include_question_images"],
+            seed=SEED,
+        threads: model_threads(experiment=True)
+        resources:
+            **model_resources(),
+        log:
+            logs("screen_neo_targets"),
+        script:
+            "../scripts/screen_neo_targets.py"
 
 
 rule map_object_cells:

@@ -37,7 +37,9 @@ Settings (one engine call per image and setting, every condition a batch row, pr
   vqa         the VQA question with the assistant turn primed with "It is a"; success = top-1 next
               token is the name's first sub-token; `p_correct` = that token's probability.
 Inclusion: `included` = the unablated run succeeds (target questions only); `flipped` = included
-and the ablated run fails. Every image keeps its rows whatever its inclusion.
+and the ablated run fails. Every image keeps its rows whatever its inclusion. With the noising
+filter (`neo_screening`) the selection holds only images that passed it, plus question images
+kept untested (screen = "exempt"), which run the VQA setting only.
 Exclusion: a target with no object token (`excluded` in the cell table: e.g. "object outside the
 crop", an object lying wholly in the part the centre crop cuts away) is not run; it gets one row
 per setting (condition "none", never included, success False) whose `excluded` column says why,
@@ -282,7 +284,10 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
             top = logits.argmax(dim=-1).tolist()
             add_rows("vqa", "target", [t == answer_token for t in top],
                      [tokenizer.decode([t]) for t in top], probs[:, answer_token].tolist())
-        if "polling" in spec.settings:
+        # A question image kept without the noising test (`neo_screening`, screen = "exempt") is
+        # there for the VQA setting only, as in the authors' runs.
+        screened_out = getattr(target, "screen", "") == "exempt"
+        if "polling" in spec.settings and not screened_out:
             asked = [("target", name, _YES)]
             absent = _absent_category(dataset, image_id, spec.seed)
             if absent is not None:
@@ -294,7 +299,7 @@ def run_token_ablation(model, processor, adapter, dataset: CocoDataset, selectio
                 out = engine.generate(prepared, conditions_for(prepared), spec.polling_new_tokens)
                 answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
                 add_rows("polling", kind, [bool(expected.match(a)) for a in answers], answers)
-        if "generative" in spec.settings:
+        if "generative" in spec.settings and not screened_out:
             ids, inputs = encode(processor, adapter, image, prompts.describe, cell_spec.geometry,
                                  system_prompt=prompts.system_prompt)
             prepared = engine.prepare(ids, **inputs)
