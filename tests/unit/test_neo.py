@@ -439,3 +439,45 @@ def test_matched_random_draws_avoid_the_whole_buffered_set():
     crowded = _hand_grid({0: list(range(30)), 1: list(range(40))}, side=8)
     names = {s.condition for s in token_sets(crowded, AblationSpec(), None, None)}
     assert "random_matched_b0" in names and "random_matched_b1" not in names   # 40 > 64 - 40
+
+
+def test_high_gradient_sweep_takes_the_top_n_tokens_by_hand():
+    """Attribution scores by hand on a 4x4 grid: the sweep's sets are the n largest, for every n of
+    random_counts (capped at 16), beside the count-matched set."""
+    from vlminterp.experiments.neo_ablation import token_sets
+
+    scores = np.array([0.1, 9, 0.2, 3, 0.3, 8, 0.4, 0.5, 7, 0.6, 0.7, 0.8, 6, 0.9, 1.0, 5])
+    cells = _hand_grid({0: [5]})
+    sets = {s.condition: s for s in token_sets(cells, AblationSpec(random_counts=(2, 5, 40)), None, scores)}
+    assert np.flatnonzero(sets["high_gradient_n2"].cells).tolist() == [1, 5]
+    assert np.flatnonzero(sets["high_gradient_n5"].cells).tolist() == [1, 5, 8, 12, 15]   # 9, 8, 7, 6, 5
+    assert sets["high_gradient_n16"].cells.all() and sets["high_gradient_n16"].n_requested == 16
+    assert np.flatnonzero(sets["high_gradient_b0"].cells).tolist() == [1]
+    assert {s.family for name, s in sets.items() if name.startswith("high_gradient")} == {"high_gradient"}
+
+
+def test_integrated_gradients_the_authors_way_equal_a_step_by_step_loop(setup, make_inputs):
+    """objective="logit", points="linspace", reduce="sum_of_abs" (the authors' recipe) against a
+    plain loop written here: one forward and backward per alpha in linspace(0, 1, steps), gradients
+    summed, times (input - baseline) / steps, |.| summed over the hidden dimension."""
+    model, processor, adapter = setup["model"], setup["processor"], setup["adapter"]
+    inputs = make_inputs(processor, adapter)
+    prepared = InterventionEngine(model, adapter).prepare(inputs["input_ids"], inputs["pixel_values"])
+    (positions,) = adapter.image_positions(prepared.input_ids)
+    target, steps = 11, 4
+    attribution = integrated_gradients(adapter, prepared.inputs_embeds, positions, setup["mean"], target, steps=steps,
+                                       batch_size=3, objective="logit", points="linspace", reduce="sum_of_abs")
+    embeds = prepared.inputs_embeds.detach().float()
+    baseline = embeds.clone()
+    baseline[:, positions] = setup["mean"].float()
+    total = torch.zeros_like(embeds)
+    for alpha in (0.0, 1 / 3, 2 / 3, 1.0):
+        point = (baseline + alpha * (embeds - baseline)).requires_grad_(True)
+        hidden, _ = adapter.language_model_forward(point, use_cache=False)
+        adapter.unembed(hidden[:, -1])[0, target].backward()
+        total += point.grad
+    expected = ((embeds - baseline) * total / steps).abs().sum(dim=-1)[0, positions]
+    np.testing.assert_allclose(attribution, expected.numpy(), rtol=1e-4, atol=1e-7)
+    signed = integrated_gradients(adapter, prepared.inputs_embeds, positions, setup["mean"], target, steps=steps,
+                                  batch_size=3, objective="logit", points="linspace")
+    assert not np.allclose(np.abs(signed), attribution)     # the two rankings differ on this model
