@@ -135,3 +135,44 @@ def test_screening_stage_on_a_tiny_model_and_exempt_images_run_vqa_only(world, s
                                spec=AblationSpec(ig_steps=1, ig_batch_size=1, max_new_tokens=2, polling_new_tokens=1,
                                                  random_counts=(2,)), cell_spec=CellSpec())
     assert set(table["setting"]) == {"vqa"}
+
+
+def test_a_target_the_model_names_is_tested_again_on_its_noised_image(world, synthetic, tmp_path):
+    """The tiny random model's description of image 2 (a circle) says "tv" (seen once, kept by
+    this test's vocabulary as a synonym of circle), so the filter noises it and asks again. The
+    noised image is rebuilt here: every pixel of each 6 x 6 token that holds a mask pixel, found by
+    scanning the cells, with the seeded draw; its description comes from transformers' own
+    generate; the status follows from the two answers by a regular expression."""
+    import re
+
+    model, processor, adapter = synthetic("tiny-llama")
+    dataset = CocoDataset.load(world, "val")
+    candidates = select_targets(dataset, SelectionSpec(split="val", target_area_range=(0, 1e9),
+                                                       exclude_crowd_targets=False, max_images=None))
+    (tmp_path / "tv.yaml").write_text("name: tv\ncategories:\n  circle: [circle, tv]\n  square: [square]\n"
+                                      "  triangle: [triangle]\n")
+    vocabulary = load_vocabulary(tmp_path / "tv.yaml", categories=list(dataset.category_names().values()))
+    spec = ScreeningSpec(enabled=True, max_new_tokens=8, seed=5)
+    row = candidates[candidates["image_id"] == 2]
+    kept, screening = screen_targets(model, processor, adapter, dataset, row, prompts=PromptSpec(),
+                                     vocabulary=vocabulary, cell_spec=CellSpec(), spec=spec, max_images=None)
+    result = screening.iloc[0]
+    assert result["baseline_success"], result["baseline_answer"]   # the premise of this test
+
+    mask = dataset.annotation_mask(int(row["annotation_id"].iloc[0]))
+    region = np.zeros_like(mask)
+    for top in range(0, 24, 6):
+        for left in range(0, 24, 6):
+            if mask[top:top + 6, left:left + 6].any():
+                region[top:top + 6, left:left + 6] = True
+    pixels = np.array(dataset.load_image(2).convert("RGB"))
+    pixels[region] = np.random.default_rng([5, 2]).integers(0, 256, size=(int(region.sum()), 3), dtype=np.uint8)
+    inputs = processor(images=Image.fromarray(pixels), text=adapter.format_prompt("Describe this image.", None),
+                       return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert result["noised_answer"] == answer
+    names = bool(re.search(r"\b(circles?|tvs?)\b", answer, re.IGNORECASE))
+    assert result["status"] == ("failed_noised" if names else "passed")
+    assert kept["image_id"].tolist() == ([] if names else [2])
