@@ -45,6 +45,7 @@ def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
     from vlminterp.geometry import CellSpec
     from vlminterp.experiments.neo_logit_lens import LensSpec
     from vlminterp.experiments.neo_prompts import PromptSpec
+    from vlminterp.experiments.neo_screening import ScreeningSpec
     from vlminterp.models.organism import OrganismSpec
 
     none = frozenset()
@@ -52,6 +53,7 @@ def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
         "dataset.shapes": (ShapesWorldSpec, frozenset({"seed"})),
         "model.organism": (OrganismSpec, frozenset({"seed", "num_threads"})),
         "neo.selection": (SelectionSpec, frozenset({"seed", "targets_per_image"})),
+        "neo.screening": (ScreeningSpec, frozenset({"seed"})),
         "neo.cells": (CellSpec, none),
         "neo.prompts": (PromptSpec, none),
         "neo.mean": (MeanSpec, none),

@@ -309,7 +309,7 @@ def test_attention_blocking_table(setup):
     spec = BlockingSpec(window=2)
     table = run_attention_blocking(s["session"], s["selection"], spec, cells=s["grids"], prompts=PromptSpec())
     n_windows = len(layer_windows(s["adapter"].n_layers, spec))
-    per_image = 1 + n_windows * (3 + 1 + 1 + 1)
+    per_image = 1 + n_windows * (3 + 1 + 1 + 1 + 1)
     assert (table.groupby("image_id").size() == per_image).all()
     assert np.allclose(table["drop"], table["p_baseline"] - table["p_correct"])
     none = table[table.block_set == "none"]
@@ -358,3 +358,98 @@ def test_geometry_adapter_without_weights_matches_the_loaded_one(tmp_path, synth
     assert light.grid == adapter.grid
     assert np.array_equal(light.cell_boxes((50, 30), "crop"), adapter.cell_boxes((50, 30), "crop"))
     assert light.format_prompt("Hi") == adapter.format_prompt("Hi")
+
+
+# ---- the authors' N3 sets and the matched random draws, on a hand-drawn 4x4 grid --------------------------
+def _hand_grid(object_b: dict[int, list[int]], side: int = 4, image_id: int = 1):
+    """A single-tile side x side token table whose object sets are the given token lists."""
+    from vlminterp.geometry import TargetCells
+
+    n = side * side
+    flags = {b: np.isin(np.arange(n), tokens) for b, tokens in object_b.items()}
+    return TargetCells(image_id=image_id, tile=np.zeros(n, np.int64), row=np.arange(n) // side,
+                       col=np.arange(n) % side, tile_shapes=((side, side),), boxes=np.zeros((n, 4)),
+                       overlap=np.zeros(n), object_b=flags)
+
+
+def test_blocking_sets_are_the_authors_on_a_hand_drawn_grid():
+    """Object at token 5 (row 1, col 1) of a 4x4 grid; image tokens at positions 10..25, last = 30.
+    b1 by hand: rows 0-2 x cols 0-2 = tokens 0,1,2,4,5,6,8,9,10."""
+    from vlminterp.experiments.neo_blocking import block_sets
+
+    b1 = [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    cells = _hand_grid({0: [5], 2: list(range(16))})     # b1 not studied: dilated from b0 here
+    positions = np.arange(10, 26)
+    sets = {name: (list(q), list(k)) for name, q, k in block_sets(cells, BlockingSpec(), positions, 30)}
+    assert sets["object_b0"] == ([30], [15])
+    assert sets["non_object"] == ([30], [10 + t for t in (3, 7, 11, 12, 13, 14, 15)])
+    assert sets["object_to_last_row"] == ([22, 23, 24, 25], [10 + t for t in b1])
+    assert sets["image_to_last_row"] == ([22, 23, 24, 25], list(range(10, 22)))
+    assert sets["object_to_text"] == ([26, 27, 28, 29, 30], [15])
+    # the other choices: the control outside b0, the last row outside the blocked object
+    other = BlockingSpec(control_buffer=0, last_row_buffer=0, last_row_queries="outside_object")
+    cells = _hand_grid({0: [13]})                        # the object in the last row
+    sets = {name: (list(q), list(k)) for name, q, k in block_sets(cells, other, positions, 30)}
+    assert sets["non_object"] == ([30], [10 + t for t in range(16) if t != 13])
+    assert sets["object_to_last_row"] == ([22, 24, 25], [23])
+
+
+def test_matched_random_draws_avoid_the_whole_buffered_set():
+    """random_matched_b{b} never touches the object dilated b times (8x8 grid, object at token 27),
+    and is skipped when fewer tokens than |b| lie outside it."""
+    from vlminterp.experiments.neo_ablation import token_sets
+
+    b1 = [18, 19, 20, 26, 27, 28, 34, 35, 36]
+    b2 = [r * 8 + c for r in range(1, 6) for c in range(1, 6)]
+    cells = _hand_grid({0: [27], 1: b1, 2: b2}, side=8)
+    for seed in range(20):
+        sets = {s.condition: s for s in token_sets(cells, AblationSpec(seed=seed), None, None)}
+        for b in (0, 1, 2):
+            drawn = sets[f"random_matched_b{b}"].cells
+            assert drawn.sum() == cells.object_b[b].sum()
+            assert not (drawn & cells.object_b[b]).any(), (seed, b)
+    crowded = _hand_grid({0: list(range(30)), 1: list(range(40))}, side=8)
+    names = {s.condition for s in token_sets(crowded, AblationSpec(), None, None)}
+    assert "random_matched_b0" in names and "random_matched_b1" not in names   # 40 > 64 - 40
+
+
+def test_high_gradient_sweep_takes_the_top_n_tokens_by_hand():
+    """Attribution scores by hand on a 4x4 grid: the sweep's sets are the n largest, for every n of
+    random_counts (capped at 16), beside the count-matched set."""
+    from vlminterp.experiments.neo_ablation import token_sets
+
+    scores = np.array([0.1, 9, 0.2, 3, 0.3, 8, 0.4, 0.5, 7, 0.6, 0.7, 0.8, 6, 0.9, 1.0, 5])
+    cells = _hand_grid({0: [5]})
+    sets = {s.condition: s for s in token_sets(cells, AblationSpec(random_counts=(2, 5, 40)), None, scores)}
+    assert np.flatnonzero(sets["high_gradient_n2"].cells).tolist() == [1, 5]
+    assert np.flatnonzero(sets["high_gradient_n5"].cells).tolist() == [1, 5, 8, 12, 15]   # 9, 8, 7, 6, 5
+    assert sets["high_gradient_n16"].cells.all() and sets["high_gradient_n16"].n_requested == 16
+    assert np.flatnonzero(sets["high_gradient_b0"].cells).tolist() == [1]
+    assert {s.family for name, s in sets.items() if name.startswith("high_gradient")} == {"high_gradient"}
+
+
+def test_integrated_gradients_the_authors_way_equal_a_step_by_step_loop(setup, make_inputs):
+    """objective="logit", points="linspace", reduce="sum_of_abs" (the authors' recipe) against a
+    plain loop written here: one forward and backward per alpha in linspace(0, 1, steps), gradients
+    summed, times (input - baseline) / steps, |.| summed over the hidden dimension."""
+    model, processor, adapter = setup["model"], setup["processor"], setup["adapter"]
+    inputs = make_inputs(processor, adapter)
+    prepared = InterventionEngine(model, adapter).prepare(inputs["input_ids"], inputs["pixel_values"])
+    (positions,) = adapter.image_positions(prepared.input_ids)
+    target, steps = 11, 4
+    attribution = integrated_gradients(adapter, prepared.inputs_embeds, positions, setup["mean"], target, steps=steps,
+                                       batch_size=3, objective="logit", points="linspace", reduce="sum_of_abs")
+    embeds = prepared.inputs_embeds.detach().float()
+    baseline = embeds.clone()
+    baseline[:, positions] = setup["mean"].float()
+    total = torch.zeros_like(embeds)
+    for alpha in (0.0, 1 / 3, 2 / 3, 1.0):
+        point = (baseline + alpha * (embeds - baseline)).requires_grad_(True)
+        hidden, _ = adapter.language_model_forward(point, use_cache=False)
+        adapter.unembed(hidden[:, -1])[0, target].backward()
+        total += point.grad
+    expected = ((embeds - baseline) * total / steps).abs().sum(dim=-1)[0, positions]
+    np.testing.assert_allclose(attribution, expected.numpy(), rtol=1e-4, atol=1e-7)
+    signed = integrated_gradients(adapter, prepared.inputs_embeds, positions, setup["mean"], target, steps=steps,
+                                  batch_size=3, objective="logit", points="linspace")
+    assert not np.allclose(np.abs(signed), attribution)     # the two rankings differ on this model

@@ -217,7 +217,7 @@ def test_token_ablation_ablates_the_object_tokens(variant, synthetic, dataset, s
             assert ablated[f"object_b{b}"] == expected_positions(adapter, input_ids, layout, distance <= b, size)
             matched = set(ablated.get(f"random_matched_b{b}", []))
             assert len(matched) in (0, int((distance <= b).sum()))
-            assert matched <= set(expected_positions(adapter, input_ids, layout, ~base, size))
+            assert matched <= set(expected_positions(adapter, input_ids, layout, distance > b, size))
         assert ablated["all_image"] == image_positions.tolist() == expected_positions(
             adapter, input_ids, layout, np.ones(layout.num_tokens, bool), size)
         assert len(ablated["random_n3"]) == 3 and set(ablated["random_n3"]) <= set(image_positions.tolist())
@@ -240,7 +240,8 @@ def test_attention_blocking_blocks_the_object_tokens(variant, synthetic, dataset
     spec = BlockingSpec(window=4, fixed_windows=(("all", 0.0, 1.0),))
     table = run_attention_blocking(session, selection, spec, cells=cells, prompts=PROMPTS)
     # images run in selection order, each as 3 engine calls: the sets read at the last position
-    # (+ the unblocked row), then object_to_last_row and object_to_text
+    # (+ the unblocked row), then the sets read by the last row (object_to_last_row and
+    # image_to_last_row), then object_to_text
     order = [int(i) for i in selection.image_id]
     assert len(calls) == 3 * len(order)
     per_image = {}
@@ -258,15 +259,20 @@ def test_attention_blocking_blocks_the_object_tokens(variant, synthetic, dataset
             ko = knockouts[f"object_b{b}"]
             assert _positions(ko.query_positions) == [last]
             assert _positions(ko.key_positions) == expected_positions(adapter, input_ids, layout, distance <= b, size)
+        # the authors' sets: the control is every image token outside b1; b1 -> every last-row token
         assert _positions(knockouts["non_object"].key_positions) == expected_positions(adapter, input_ids, layout,
-                                                                                     ~base, size)
+                                                                                     distance > 1, size)
         last_tile = layout.num_tiles - 1
         rows, cols = layout.tile_shapes[last_tile]
-        last_row = [(last_tile, rows - 1, c) for c in range(cols)
-                    if not base[layout.token_index(last_tile, rows - 1, c)]]
+        last_row = [(last_tile, rows - 1, c) for c in range(cols)]
+        last_row_positions = adapter.positions_of_cells(input_ids, last_row, image_size=size).tolist()
         ko = knockouts["object_to_last_row"]
-        assert _positions(ko.query_positions) == adapter.positions_of_cells(input_ids, last_row, image_size=size).tolist()
-        assert _positions(ko.key_positions) == expected_positions(adapter, input_ids, layout, base, size)
+        assert _positions(ko.query_positions) == last_row_positions
+        assert _positions(ko.key_positions) == expected_positions(adapter, input_ids, layout, distance <= 1, size)
+        ko = knockouts["image_to_last_row"]
+        assert _positions(ko.query_positions) == last_row_positions
+        assert _positions(ko.key_positions) == sorted(set(adapter.image_positions(input_ids)[0].tolist())
+                                                      - set(last_row_positions))
         part = table[(table.image_id == image_id) & (table.block_set == "object_b1")]
         assert (part["n_blocked"] == (distance <= 1).sum()).all() and len(part) > 0
     assert set(per_image) == set(order)

@@ -71,7 +71,7 @@ def test_paper_config_downloads_converts_and_selects_with_their_questions(checko
         (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
         run = "results/llava-1.5-7b"
         proc = _snakemake(checkout, "--cores", "1", "--configfile", "configs/llava-1.5-7b.yaml",
-                          str(tmp_path / "overlay.yaml"), "--", f"{run}/neo/selection.csv")
+                          str(tmp_path / "overlay.yaml"), "--", f"{run}/neo/candidates.csv")
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert [r["path"] for r in server.requests if r["path"].startswith("/data/")] == ["/data/clean_questions.json"]
     converted = pd.read_csv(checkout / run / "neo" / "authors_questions.csv")
@@ -80,8 +80,9 @@ def test_paper_config_downloads_converts_and_selects_with_their_questions(checko
     # coco-mini holds none of their 100 images: the selection is the paper rule's alone, and says so
     dataset = CocoDataset.load(checkout / "data" / "coco", "train2017")
     assert not set(converted["image_id"]) & set(dataset.image_ids())
-    selection = pd.read_csv(checkout / run / "neo" / "selection.csv")
-    expected = select_targets(dataset, SelectionSpec(max_images=1000))
+    # the noising filter's candidates (neo.screening: every qualifying image, before the model's test)
+    selection = pd.read_csv(checkout / run / "neo" / "candidates.csv")
+    expected = select_targets(dataset, SelectionSpec(max_images=None))
     assert selection["image_id"].tolist() == expected["image_id"].tolist()
     assert selection["annotation_id"].tolist() == expected["annotation_id"].tolist()
     log = (checkout / run / "logs" / "select_neo_targets.log").read_text()

@@ -71,6 +71,10 @@ DATASET = config["dataset"]
 NEO = config["neo"]
 AUTHORS_DATA = NEO["authors_data"]
 KADURI = config["kaduri"]
+# With Neo et al.'s noising filter on, select_neo_targets writes the candidates and
+# screen_neo_targets the selection; every COCO image a candidate needs is downloaded.
+SCREENING = NEO["screening"]
+NEO_CANDIDATES = results("neo/candidates.csv") if SCREENING["enabled"] else results("neo/selection.csv")
 # The software environment of every job (`--sdm conda`): each one imports the vlminterp library.
 LIBRARY_ENV = "../../envs/torch.yaml"
 
@@ -226,9 +230,14 @@ def neo_stage_params():
                 images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
 
+def neo_selection():
+    """The Neo targets: select_neo_targets' table, or with the noising filter what it kept."""
+    return rules.screen_neo_targets.output.selection if SCREENING["enabled"] else rules.select_neo_targets.output[0]
+
+
 def neo_stage_inputs():
     """Inputs every per-image Neo stage reads (after rules select_neo_targets and map_object_cells)."""
-    return dict(world=get_dataset_dir(), selection=rules.select_neo_targets.output[0],
+    return dict(world=get_dataset_dir(), selection=neo_selection(),
                 cells=rules.map_object_cells.output[0], model=get_model_dir(), **neo_questions_input())
 
 
@@ -266,7 +275,7 @@ def kaduri_session():
 # ---- what a run makes ---------------------------------------------------------------------------
 def get_image_selections(wildcards):
     """Selection tables (image_id, file_name) whose images a COCO run downloads: the union of the
-    Neo targets, the mean's images and the Kaduri images (rule download_coco_images)."""
+    Neo candidate targets, the mean's images and the Kaduri images (rule download_coco_images)."""
     return [rules.select_neo_targets.output[0], rules.select_mean_images.output[0],
             rules.select_kaduri_images.output[0]]
 
@@ -293,6 +302,8 @@ def get_final_output():
         final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]
     if AUTHORS_DATA["mean_vector"]:
         final.append(rules.compare_mean_vectors.output.comparison)
+    if SCREENING["enabled"]:
+        final.append(rules.screen_neo_targets.output.screening)
     if KADURI["llm_judge"]["enabled"]:
         final.append(rules.judge_group_knockouts_llm.output.summary)
     return final

@@ -4,7 +4,7 @@
 rule select_mean_images:
     input:
         annotations=get_annotations(),
-        selection=rules.select_neo_targets.output[0],
+        selection=rules.select_neo_targets.output[0],  # every candidate target: the mean images avoid them all
     output:
         results("neo/mean_images.csv"),
     params:

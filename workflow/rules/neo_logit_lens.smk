@@ -68,7 +68,7 @@ rule plot_logit_lens:
 rule write_logit_lens_pages:
     input:
         topk=rules.gather_logit_lens_topk.output[0],
-        selection=rules.select_neo_targets.output[0],
+        selection=neo_selection(),
         cells=rules.map_object_cells.output[0],
         world=get_dataset_dir(),
     output:

@@ -44,10 +44,11 @@ rule select_neo_targets:
         annotations=get_annotations(),
         **neo_questions_input(),
     output:
-        results("neo/selection.csv"),
+        NEO_CANDIDATES,
     params:
         dataset_dir=dataset_dir_of_input,
         selection=config["neo"]["selection"],
+        screening=SCREENING,
         seed=SEED,
     log:
         logs("select_neo_targets"),
@@ -57,10 +58,40 @@ rule select_neo_targets:
         "../scripts/select_neo_targets.py"
 
 
+if SCREENING["enabled"]:
+
+    rule screen_neo_targets:
+        input:
+            candidates=rules.select_neo_targets.output[0],
+            world=get_dataset_dir(),
+            model=get_model_dir(),
+            **neo_questions_input(),
+        output:
+            selection=results("neo/selection.csv"),
+            screening=results("neo/screening.csv"),
+        params:
+            session=neo_session(NEO["selection"]["split"]),
+            screening=SCREENING,
+            prompts=NEO["prompts"],
+            cells=NEO["cells"],
+            max_images=NEO["selection"]["max_images"],
+            include_question_images=NEO["selection"]["include_question_images"],
+            seed=SEED,
+        threads: model_threads(experiment=True)
+        resources:
+            **model_resources(),
+        log:
+            logs("screen_neo_targets"),
+        conda:
+            LIBRARY_ENV
+        script:
+            "../scripts/screen_neo_targets.py"
+
+
 rule map_object_cells:
     input:
         annotations=get_annotations(),
-        selection=rules.select_neo_targets.output[0],
+        selection=neo_selection(),
         model=get_model_dir(),
     output:
         results("neo/cells.csv"),

@@ -13,15 +13,20 @@ families every tile and InternVL's thumbnail included; `condition` names them):
   object_b{b}          the target's tokens dilated b times (b in CellSpec.buffers), in every tile
                        the object shows in: InternVL's object tokens include the thumbnail's
                        tokens that overlap the object (`geometry.map_object_cells`);
-  random_matched_b{b}  as many random tokens as object_b{b}, drawn among the image's non-object
-                       tokens (outside its b=0 tokens, any tile); skipped when too few exist;
+  random_matched_b{b}  as many random tokens as object_b{b}, drawn among the tokens outside
+                       object_b{b} itself (any tile), so the draw never touches the buffered
+                       object; skipped when fewer than |object_b{b}| tokens lie outside it;
   random_n{n}          n random cells anywhere (n in `random_counts`, capped at the number of image
                        tokens; duplicates after capping are dropped);
   register             cells whose embedding's L2 norm exceeds mean + `register_std` std of the
                        image's norms (skipped when there is none);
-  high_gradient_b{b}   the |object_b{b}| cells of largest |integrated gradient| attribution
-                       (`ig_steps` midpoint steps from a baseline with the mean vector at the image
-                       positions only, target = the correct answer token of the VQA prompt);
+  high_gradient_b{b}   the |object_b{b}| tokens of largest integrated-gradient attribution
+                       (`ig_steps` steps from a baseline with the mean vector at the image positions
+                       only; target, objective, path points and ranking: AblationSpec.ig_*, by
+                       default the authors': the "Yes" logit after the polling question, linspace
+                       points, tokens ranked by the sum of |attribution| over the hidden dimension);
+  high_gradient_n{n}   the n tokens of largest attribution, n in `random_counts` (capped), as the
+                       random sweep (the authors' sweep);
   all_image            every image token.
 Every random draw uses a generator seeded by (seed, image_id, condition), so a row never depends
 on which other images were processed in the same call (shards equal the unsharded run).
@@ -36,7 +41,9 @@ Settings (one engine call per image and setting, every condition a batch row, pr
   vqa         the VQA question with the assistant turn primed with "It is a"; success = top-1 next
               token is the name's first sub-token; `p_correct` = that token's probability.
 Inclusion: `included` = the unablated run succeeds (target questions only); `flipped` = included
-and the ablated run fails. Every image keeps its rows whatever its inclusion.
+and the ablated run fails. Every image keeps its rows whatever its inclusion. With the noising
+filter (`neo_screening`) the selection holds only images that passed it, plus question images
+kept untested (screen = "exempt"), which run the VQA setting only.
 Exclusion: a target with no object token (`excluded` in the cell table: e.g. "object outside the
 crop", an object lying wholly in the part the centre crop cuts away) is not run; it gets one row
 per setting (condition "none", never included, success False) whose `excluded` column says why,
@@ -75,6 +82,8 @@ ABLATION_COLUMNS = [
     "n_requested", "n_tokens", "replacement", "success", "baseline_success", "included", "flipped",
     "p_correct", "answer", "batch_size", "ig_batch_size", "oom_retries", "excluded",
 ]
+IG_CHOICES = {"ig_target": ("polling_yes", "vqa_answer"), "ig_objective": ("logit", "probability"),
+              "ig_ranking": ("sum_of_abs", "abs_of_sum"), "ig_points": ("linspace", "midpoint")}
 _YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
 _NO = re.compile(r"^\W*no\b", re.IGNORECASE)
 
@@ -87,9 +96,17 @@ class AblationSpec:
     mean_vector: which mean: "run" (this run's streaming mean) or "authors" (Neo et al.'s released
         one); the workflow hands the chosen file to the stage.
     settings: which of "generative", "polling", "vqa" to run.
-    random_counts: sizes n of the random-token baselines (capped at the number of image tokens).
+    random_counts: sizes n of the random-token and high-gradient sweeps (capped at the number of
+        image tokens).
     register_std: register tokens have an L2 norm above mean + this many std (within the image).
     ig_steps, ig_batch_size: integrated-gradient steps, and how many run as one batch.
+    ig_target: what the attribution explains: "polling_yes" (the "Yes" token after the polling
+        question, the authors' code) or "vqa_answer" (the name's first token after the VQA prompt).
+    ig_objective: "logit" (the authors) or "probability" of that token at the last position.
+    ig_ranking: tokens ranked by "sum_of_abs" (sum over the hidden dimension of |attribution|, the
+        authors) or "abs_of_sum" (|signed sum|).
+    ig_points: the path's points: "linspace" (alpha = 0, 1/(steps-1), ..., 1, the authors) or
+        "midpoint" ((k + 0.5) / steps, the midpoint rule).
     max_new_tokens: generation length of the generative setting.
     polling_new_tokens: generation length of the polling answers.
     batch_size: most conditions the engine runs as one batch.
@@ -103,6 +120,10 @@ class AblationSpec:
     register_std: float = 2.0
     ig_steps: int = 50
     ig_batch_size: int = 10
+    ig_target: str = "polling_yes"
+    ig_objective: str = "logit"
+    ig_ranking: str = "sum_of_abs"
+    ig_points: str = "linspace"
     max_new_tokens: int = 200
     polling_new_tokens: int = 3
     batch_size: int = 64
@@ -120,6 +141,9 @@ class AblationSpec:
             raise ValueError("ig_steps and ig_batch_size must be >= 1")
         if any(n < 1 for n in self.random_counts):
             raise ValueError(f"random_counts must be positive, got {self.random_counts}")
+        for key, allowed in IG_CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
 
 
 # ---- token sets -------------------------------------------------------------------------------------
@@ -146,22 +170,35 @@ def register_cells(embeddings: torch.Tensor, shape: tuple[int, ...], n_std: floa
 
 
 def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: torch.Tensor, baseline_vector,
-                         target_token: int, steps: int, batch_size: int | AdaptiveBatch, rope=None) -> np.ndarray:
-    """Integrated-gradient attribution of each image position to p(target | prompt) at the last position.
+                         target_token: int, steps: int, batch_size: int | AdaptiveBatch, rope=None, *,
+                         objective: str = "probability", points: str = "midpoint",
+                         reduce: str = "sum") -> np.ndarray:
+    """Integrated-gradient attribution of each image position to the target token at the last position.
 
     The baseline equals the input except at the image positions, which hold `baseline_vector`;
-    the path integral uses `steps` midpoint points, run `batch_size` at a time (an `AdaptiveBatch`:
-    halved on CUDA out-of-memory; the gradients are summed one step at a time in step order, so
-    the order of the sum does not depend on the batch size). Returns, per image position, the
-    attribution summed over the hidden dimension (its sign kept). `rope`: the input's
-    `RopePositions` (needed by M-RoPE families such as Qwen2-VL; None = 0..T-1).
+    the path integral uses `steps` points ("midpoint": (k + 0.5) / steps; "linspace": 0 .. 1 with
+    both ends, the authors'), run `batch_size` at a time (an `AdaptiveBatch`: halved on CUDA
+    out-of-memory; the gradients are summed one step at a time in step order, so the order of the
+    sum does not depend on the batch size). `objective`: the target's "probability" or "logit".
+    Returns, per image position, the attribution reduced over the hidden dimension: "sum" (its sign
+    kept; IG completeness holds for it) or "sum_of_abs" (sum of |attribution|, the authors'
+    ranking). `rope`: the input's `RopePositions` (needed by M-RoPE families such as Qwen2-VL;
+    None = 0..T-1).
     """
     batches = batch_size if isinstance(batch_size, AdaptiveBatch) else AdaptiveBatch(batch_size, "integrated gradients")
     inputs = inputs_embeds.detach()
     baseline = inputs.clone()
     baseline[:, image_positions] = baseline_vector.to(inputs.device, inputs.dtype)
     delta = inputs - baseline
-    alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).tolist()
+    if points == "midpoint":
+        alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).tolist()
+    elif points == "linspace":
+        alphas = torch.linspace(0, 1, steps, dtype=torch.float32).tolist()
+    else:
+        raise ValueError(f"points must be 'midpoint' or 'linspace', got {points!r}")
+    if objective not in ("probability", "logit") or reduce not in ("sum", "sum_of_abs"):
+        raise ValueError(f"objective must be 'probability' or 'logit' and reduce 'sum' or 'sum_of_abs', "
+                         f"got {objective!r}, {reduce!r}")
 
     def gradients(chunk: list[float]) -> torch.Tensor:
         a = torch.tensor(chunk, dtype=torch.float32).to(inputs.device, inputs.dtype)[:, None, None]
@@ -169,16 +206,17 @@ def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: 
             path = (baseline + a * delta).requires_grad_(True)
             positions = None if rope is None else rope.span(0, path.shape[1], batch=path.shape[0])
             hidden, _ = adapter.language_model_forward(path, position_ids=positions, use_cache=False)
-            prob = adapter.unembed(hidden[:, -1]).float().softmax(dim=-1)[:, target_token]
-            (grad,) = torch.autograd.grad(prob.sum(), path)
+            logits = adapter.unembed(hidden[:, -1]).float()
+            value = (logits if objective == "logit" else logits.softmax(dim=-1))[:, target_token]
+            (grad,) = torch.autograd.grad(value.sum(), path)
         return grad[:, image_positions].float()
 
     total = torch.zeros(len(image_positions), inputs.shape[-1], dtype=torch.float32, device=inputs.device)
     for grads in batches.iterate(alphas, gradients):
         for step_grad in grads:
             total += step_grad
-    attribution = (delta[0, image_positions].float() * total / steps).sum(dim=-1)
-    return attribution.cpu().numpy()
+    attribution = delta[0, image_positions].float() * total / steps
+    return (attribution.abs() if reduce == "sum_of_abs" else attribution).sum(dim=-1).cpu().numpy()
 
 
 def top_cells(scores: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -195,12 +233,11 @@ def token_sets(cells: TargetCells, spec: AblationSpec, register: np.ndarray | No
     total = cells.num_tokens
     shape = (total,)
     sets = [TokenSet(f"object_b{b}", "object", grid, b, int(grid.sum())) for b, grid in cells.object_b.items()]
-    base = cells.object_base()
     for b, grid in cells.object_b.items():
         n = int(grid.sum())
-        if 0 < n <= total - int(base.sum()):
+        if 0 < n <= total - n:
             name = f"random_matched_b{b}"
-            draw = random_cells(shape, n, _rng(spec.seed, cells.image_id, name), exclude=base)
+            draw = random_cells(shape, n, _rng(spec.seed, cells.image_id, name), exclude=grid)
             sets.append(TokenSet(name, "random_matched", draw, b, n))
     for n in sorted({min(n, total) for n in spec.random_counts}):
         name = f"random_n{n}"
@@ -212,6 +249,8 @@ def token_sets(cells: TargetCells, spec: AblationSpec, register: np.ndarray | No
             n = int(grid.sum())
             if n:
                 sets.append(TokenSet(f"high_gradient_b{b}", "high_gradient", top_cells(attribution, n, shape), b, n))
+        for n in sorted({min(n, total) for n in spec.random_counts}):
+            sets.append(TokenSet(f"high_gradient_n{n}", "high_gradient", top_cells(attribution, n, shape), None, n))
     sets.append(TokenSet("all_image", "all_image", np.ones(shape, dtype=bool), None, total))
     return sets
 
@@ -223,6 +262,22 @@ def _absent_category(dataset: CocoDataset, image_id: int, seed: int) -> str | No
     if not absent:
         return None
     return absent[int(_rng(seed, image_id, "absent").integers(len(absent)))]
+
+
+def ig_target_input(session: Session, image, name: str, prompts: PromptSpec, spec: AblationSpec, vqa_input,
+                    answer_token: int):
+    """(prepared input, target token) of the integrated-gradient attribution (`AblationSpec.ig_target`):
+    the VQA prompt and the name's first token, or the polling question and the first token of
+    "Yes" after the assistant tag (the authors' code; its "Yes" id was in fact BOS, not copied)."""
+    if spec.ig_target == "vqa_answer":
+        return vqa_input, answer_token
+    text = prompts.polling.format(name=name)
+    prompt = session.adapter.format_prompt(text, session.prompt.system_prompt)
+    yes = answer_first_token(session.tokenizer, prompt, "Yes")
+    if yes == session.tokenizer.unk_token_id:
+        raise ValueError(f"neo.ablation.ig_target: the tokenizer has no token for 'Yes' after {prompt!r}; "
+                         "use ig_target: vqa_answer")
+    return session.prepare(image, text), yes
 
 
 def run_token_ablation(session: Session, selection: pd.DataFrame, spec: AblationSpec, *,
@@ -250,8 +305,12 @@ def run_token_ablation(session: Session, selection: pd.DataFrame, spec: Ablation
         (image_pos,) = adapter.image_positions(vqa_input.input_ids)
         target_cells.check_prompt(image_pos)
         register = register_cells(vqa_input.inputs_embeds[0, image_pos], (target_cells.num_tokens,), spec.register_std)
-        attribution = integrated_gradients(adapter, vqa_input.inputs_embeds, image_pos, mean, answer_token,
-                                           spec.ig_steps, ig_batches, rope=vqa_input.rope)
+        ig_input, ig_token = ig_target_input(session, image, name, prompts, spec, vqa_input, answer_token)
+        (ig_pos,) = adapter.image_positions(ig_input.input_ids)
+        attribution = integrated_gradients(adapter, ig_input.inputs_embeds, ig_pos, mean, ig_token,
+                                           spec.ig_steps, ig_batches, rope=ig_input.rope, objective=spec.ig_objective,
+                                           points=spec.ig_points,
+                                           reduce="sum_of_abs" if spec.ig_ranking == "sum_of_abs" else "sum")
         sets = token_sets(target_cells, spec, register, attribution)
         common = {"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
                   "replacement": spec.replacement}
@@ -281,7 +340,10 @@ def run_token_ablation(session: Session, selection: pd.DataFrame, spec: Ablation
             top = logits.argmax(dim=-1).tolist()
             add_rows("vqa", "target", [t == answer_token for t in top],
                      [tokenizer.decode([t]) for t in top], probs[:, answer_token].tolist())
-        if "polling" in spec.settings:
+        # A question image kept without the noising test (`neo_screening`, screen = "exempt") is
+        # there for the VQA setting only, as in the authors' runs.
+        screened_out = getattr(target, "screen", "") == "exempt"
+        if "polling" in spec.settings and not screened_out:
             asked = [("target", name, _YES)]
             absent = _absent_category(dataset, image_id, spec.seed)
             if absent is not None:
@@ -291,7 +353,7 @@ def run_token_ablation(session: Session, selection: pd.DataFrame, spec: Ablation
                 out = engine.generate(prepared, conditions_for(prepared), spec.polling_new_tokens)
                 answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
                 add_rows("polling", kind, [bool(expected.match(a)) for a in answers], answers)
-        if "generative" in spec.settings:
+        if "generative" in spec.settings and not screened_out:
             prepared = session.prepare(image, prompts.describe)
             out = engine.generate(prepared, conditions_for(prepared), spec.max_new_tokens)
             answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]

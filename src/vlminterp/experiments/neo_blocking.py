@@ -6,24 +6,31 @@
                                    prompts=PromptSpec())     # session: experiments.session.Session
 
 VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets (token sets of
-`geometry.TargetCells`: every tile, InternVL's thumbnail included):
+`geometry.TargetCells`: every tile, InternVL's thumbnail included; the defaults are the
+authors' sets, `attention_experiment_curate.py` of clemneo/llava-interp):
   object_b{b}        the last prompt position may not attend to the object's tokens dilated b times;
-  non_object         ... nor to any image token outside the object's b=0 tokens (the control);
-  object_to_last_row the last row of image tokens (those not themselves object tokens) may not
-                     attend to the object's b=0 tokens (does the object's information reach the
-                     last row, next to the text, through attention?). For a tiled family this is
-                     the last row of the last tile in token order (InternVL: the thumbnail's);
+  non_object         ... nor to any image token outside the object's tokens dilated
+                     `control_buffer` times (the control; the authors: b=1);
+  object_to_last_row the last row of image tokens may not attend to the object's tokens dilated
+                     `last_row_buffer` times (the authors: b=1): does the object's information
+                     reach the last row, next to the text, through attention? `last_row_queries`:
+                     "all" = every last-row token (the authors), "outside_object" = only those not
+                     themselves in the blocked set. For a tiled family this is the last row of the
+                     last tile in token order (InternVL: the thumbnail's);
+  image_to_last_row  the last row may not attend to any other image token (every image token
+                     except the last row): the authors' "all but the last row -> last row" set;
   object_to_text     every text position after the image (the question, the assistant tag, the
                      answer prefix, the last position) may not attend to the object's b=0 cells:
                      when blocking the last position alone does nothing, this says whether the
-                     object's identity reaches the answer through the question tokens instead.
+                     object's identity reaches the answer through the question tokens instead
+                     (not in the authors' code).
 Windows: a sliding window of `window` layers started at every layer (truncated at the top, so a
 2-layer organism still gets one window per start) and the paper's fixed windows, given as
 [start, end) fractions of the depth (`FIXED_WINDOWS`; for 32 layers exactly 0-9, 11-20, 21-31,
 5-14, 15-24, 0-31). Blocking is an explicit boolean mask in the attention function (all heads);
 blocked probabilities are exactly zero (engine tests). All windows of one image and block set
 family run as one batched engine call: the last-position sets share the whole prompt prefix (one
-token of work per condition); the last-row set shares the prefix up to the last image row.
+token of work per condition); the sets read by the last row share the prefix up to that row.
 
 Table: one row per image x block set x window, plus the unblocked row (block_set "none"):
 image_id, annotation_id, category, block_set, window_kind (sliding | fixed | none), window
@@ -68,7 +75,8 @@ FIXED_WINDOWS: tuple[FixedWindow, ...] = tuple(FixedWindow(*window) for window i
     ("early", 0 / 32, 10 / 32), ("mid", 11 / 32, 21 / 32), ("late", 21 / 32, 32 / 32),
     ("early-mid", 5 / 32, 15 / 32), ("mid-late", 15 / 32, 25 / 32), ("all", 0.0, 1.0),
 ))
-BLOCK_SETS = ("object", "non_object", "object_to_last_row", "object_to_text")
+BLOCK_SETS = ("object", "non_object", "object_to_last_row", "image_to_last_row", "object_to_text")
+LAST_ROW_QUERIES = ("all", "outside_object")
 BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
                     "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
                     "included", "drop", "relative_drop", *BATCH_COLUMNS, "excluded"]
@@ -84,11 +92,17 @@ class Window:
 @dataclass(frozen=True)
 class BlockingSpec:
     """window: layers per sliding window; fixed_windows: (name, start, end) fractions of the depth;
-    block_sets: which sets to run; batch_size: most conditions per engine batch."""
+    block_sets: which sets to run; control_buffer: the non_object control blocks every image token
+    outside the object dilated this many times; last_row_buffer: object_to_last_row blocks the
+    object dilated this many times; last_row_queries: "all" last-row tokens or those
+    "outside_object" (module docstring); batch_size: most conditions per engine batch."""
 
     window: int = 5
     fixed_windows: tuple[FixedWindow, ...] = FIXED_WINDOWS
     block_sets: tuple[str, ...] = BLOCK_SETS
+    control_buffer: int = 1
+    last_row_buffer: int = 1
+    last_row_queries: str = "all"
     batch_size: int = 64
 
     def __post_init__(self):
@@ -97,6 +111,11 @@ class BlockingSpec:
         unknown = set(self.block_sets) - set(BLOCK_SETS)
         if unknown:
             raise ValueError(f"unknown block sets {sorted(unknown)}")
+        if self.control_buffer < 0 or self.last_row_buffer < 0:
+            raise ValueError(f"control_buffer and last_row_buffer must be >= 0, got "
+                             f"{self.control_buffer}, {self.last_row_buffer}")
+        if self.last_row_queries not in LAST_ROW_QUERIES:
+            raise ValueError(f"last_row_queries must be one of {LAST_ROW_QUERIES}, got {self.last_row_queries!r}")
         for entry in self.fixed_windows:
             if len(entry) != 3 or not 0.0 <= float(entry[1]) < float(entry[2]) <= 1.0:
                 raise ValueError(f"a fixed window is (name, start, end) with 0 <= start < end <= 1, got {entry}")
@@ -118,19 +137,35 @@ def layer_windows(n_layers: int, spec: BlockingSpec) -> list[Window]:
     return sliding + fixed
 
 
+def object_tokens(cells: TargetCells, buffer: int) -> np.ndarray:
+    """The object's tokens dilated `buffer` times: the cell table's column when studied, else the
+    b=0 tokens dilated here (8-neighbourhood, within each tile)."""
+    if buffer in cells.object_b:
+        return cells.object_b[buffer]
+    if 0 not in cells.object_b:
+        raise ValueError(f"image {cells.image_id}: buffer {buffer} needs the b=0 object tokens in the cell table")
+    return cells.dilate(cells.object_b[0], buffer)
+
+
 def block_sets(cells: TargetCells, spec: BlockingSpec, image_positions: np.ndarray, last: int):
-    """(name, query positions, key positions) of every block set of one image."""
+    """(name, query positions, key positions) of every block set of one image (module docstring)."""
     image_positions = cells.check_prompt(image_positions)
     base = cells.object_base()
+    last_row = cells.last_row()
     out = []
     if "object" in spec.block_sets:
         for b, tokens in cells.object_b.items():
             out.append((f"object_b{b}", [last], cells.positions(tokens, image_positions)))
     if "non_object" in spec.block_sets:
-        out.append(("non_object", [last], cells.positions(~base, image_positions)))
+        control = ~object_tokens(cells, spec.control_buffer)
+        out.append(("non_object", [last], cells.positions(control, image_positions)))
     if "object_to_last_row" in spec.block_sets:
-        queries = cells.positions(cells.last_row() & ~base, image_positions)
-        out.append(("object_to_last_row", queries, cells.positions(base, image_positions)))
+        keys = object_tokens(cells, spec.last_row_buffer)
+        queries = last_row if spec.last_row_queries == "all" else last_row & ~keys
+        out.append(("object_to_last_row", cells.positions(queries, image_positions), cells.positions(keys, image_positions)))
+    if "image_to_last_row" in spec.block_sets:
+        out.append(("image_to_last_row", cells.positions(last_row, image_positions),
+                    cells.positions(~last_row, image_positions)))
     if "object_to_text" in spec.block_sets:
         queries = np.arange(int(image_positions.max()) + 1, last + 1)
         out.append(("object_to_text", queries, cells.positions(base, image_positions)))
@@ -167,12 +202,14 @@ def run_attention_blocking(session: Session, selection: pd.DataFrame, spec: Bloc
         (positions,) = adapter.image_positions(prepared.input_ids)
         last = prepared.length - 1
         sets = block_sets(cells[image_id], spec, positions.cpu().numpy(), last)
-        # One call for the sets read at the last position (+ the unblocked row), one per other set
-        # (each shares the prefix up to its own first blocked query).
-        groups = [[s for s in sets if list(s[1]) == [last]]] + [[s] for s in sets if list(s[1]) != [last]]
+        # One call for the sets read at the last position (+ the unblocked row), one per other query
+        # set (each shares the prefix up to its own first blocked query).
+        groups: dict[tuple[int, ...], list] = {(last,): []}
+        for entry in sets:
+            groups.setdefault(tuple(int(q) for q in entry[1]), []).append(entry)
         common = {"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name}
         baseline, image_rows = None, []
-        for group_index, group in enumerate(groups):
+        for group_index, group in enumerate(groups.values()):
             conditions, labels = ([Condition()], [None]) if group_index == 0 else ([], [])
             for set_name, queries, keys in group:
                 for window in windows:

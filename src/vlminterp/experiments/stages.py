@@ -62,6 +62,22 @@ def mean_embedding(*, session: Section, mean: Section, images: PathLike, output:
     save_mean_embedding(vector, count, image_ids, output, batching=batches.columns())
 
 
+def screen_targets(*, session: Section, screening: Section, prompts: Section, cells: Section, candidates: PathLike,
+                   max_images: int | None, seed: int, questions: PathLike | None = None,
+                   exempt_questions: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rule screen_neo_targets: Neo et al.'s noising filter over the candidates, (kept targets,
+    screening table); the images of the questions file are exempt when `exempt_questions`
+    (neo.selection.include_question_images)."""
+    from vlminterp.experiments.neo_screening import ScreeningSpec, screen_targets as run
+    from vlminterp.geometry import CellSpec
+
+    spec = build_spec(ScreeningSpec, screening, where="neo.screening", seed=seed)
+    exempt = read_table(questions)["image_id"] if exempt_questions and questions else ()
+    return run(open_session(session, "N1 noising filter"), read_table(candidates), spec,
+               prompts=_prompts(prompts, questions), cell_spec=build_spec(CellSpec, cells, where="neo.cells"),
+               max_images=max_images, exempt=exempt)
+
+
 def _neo_shard(session: Section, stage: str, selection: PathLike, cells: PathLike, shard: str, images_per_shard: int):
     """(session, this shard's targets, their cells by image) of a per-image Neo stage."""
     from vlminterp.geometry import cells_by_image

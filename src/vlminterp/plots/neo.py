@@ -101,7 +101,8 @@ def plot_lens_curves(scores: pd.DataFrame, stem: Path, *, seed: int = 0, n_resam
 
 
 BLOCK_COLOURS = {"object_b0": "tab:red", "object_b1": "tab:orange", "object_b2": "tab:brown",
-                 "non_object": "tab:gray", "object_to_last_row": "tab:purple", "object_to_text": "tab:blue"}
+                 "non_object": "tab:gray", "object_to_last_row": "tab:purple", "image_to_last_row": "tab:pink",
+                 "object_to_text": "tab:blue"}
 
 
 def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
