@@ -87,13 +87,13 @@ class OrganismSpec:
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
     patch_pair_target: bool = False
-    text_steps: int = 600
+    text_steps: int = 300
     text_batch_size: int = 64
     text_lr: float = 2e-3
-    align_steps: int = 300
+    align_steps: int = 150
     align_batch_size: int = 64
     align_lr: float = 2e-3
-    language_steps: int = 2400
+    language_steps: int = 600
     language_batch_size: int = 64
     language_lr: float = 2e-3
     tower_lr_scale: float = 0.0
