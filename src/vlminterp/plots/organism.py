@@ -50,8 +50,12 @@ def plot_training_curves(losses: pd.DataFrame, stem: Path, smooth: int = 5) -> l
     stages += sorted(set(losses["stage"]) - set(stages))
     if not stages:
         raise ValueError("loss table is empty")
-    figure, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 4), squeeze=False)
-    for axis, stage in zip(axes[0], stages):
+    columns = min(2, len(stages))
+    rows = -(-len(stages) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False, layout="constrained")
+    for axis in axes.flat[len(stages):]:
+        axis.set_visible(False)
+    for axis, stage in zip(axes.flat, stages):
         part = losses[losses["stage"] == stage]
         for task, rows in part.groupby("task", sort=True):
             rows = rows.sort_values("step")
