@@ -356,17 +356,26 @@ def test_training_is_deterministic_for_a_seed(world_dir, tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "atomic model dir left a temporary behind"
 
 
+RESUME_SPEC = OrganismSpec.tiny(vision_steps=8, text_steps=8, align_steps=8, language_steps=8, max_train_images=40,
+                                log_every=1)  # with a checkpoint every 3 steps: 2 per stage
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world_dir, tmp_path_factory) -> tuple[pd.DataFrame, Path]:
+    model_dir = tmp_path_factory.mktemp("uninterrupted") / "model"
+    return train_organism(RESUME_SPEC, world_dir, model_dir), model_dir
+
+
 @pytest.mark.parametrize("stop_after_saves, stage", [(1, "vision"), (3, "text"), (7, "instruct")])
-def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, tmp_path, monkeypatch,
+def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, tmp_path, monkeypatch, uninterrupted,
                                                                    stop_after_saves, stage):
     """A run stopped after its n-th checkpoint (as kill -9 would stop it: nothing cleaned up)
     resumes from there and ends with the weights and losses of an uninterrupted run.
     (The real kill -9 of the Snakemake job: tests/workflow/test_resume.py.)"""
     from vlminterp.models.organism import train as training
 
-    spec = OrganismSpec.tiny(vision_steps=8, text_steps=8, align_steps=8, language_steps=8, max_train_images=40,
-                             log_every=1)  # a checkpoint every 3 steps: 2 per stage
-    expected = train_organism(spec, world_dir, tmp_path / "uninterrupted")
+    spec = RESUME_SPEC
+    expected, expected_dir = uninterrupted
     real_save, saves = training.TrainingCheckpoint.save, []
 
     class Killed(BaseException):
@@ -390,7 +399,7 @@ def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, t
         patch.setattr(training.TrainingCheckpoint, "__init__", _checkpoint_every_3(training))
         resumed = train_organism(spec, world_dir, tmp_path / "model", checkpoint_dir=checkpoints)
     pd.testing.assert_frame_equal(resumed, expected)
-    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "uninterrupted").state_dict()
+    a = LlavaForConditionalGeneration.from_pretrained(expected_dir).state_dict()
     b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "model" / "timings.json").read_text())["seconds"]["resumed_from"]
