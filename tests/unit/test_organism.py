@@ -419,9 +419,11 @@ def test_tiny_organism_learns(world_dir, tmp_path):
     losses = train_organism(OrganismSpec.tiny(), world_dir, tmp_path / "model")
     assert set(losses.columns) == {"step", "stage", "task", "loss"}
     assert list(dict.fromkeys(losses["stage"])) == ["vision", "text", "align", "instruct"]
-    for stage, task in (("vision", "patch_shape"), ("text", "all"), ("align", "all"), ("instruct", "all")):
+    # Each stage learns (tiny, seed 0: the last losses are 5%, 7%, 43% and 1% of the first ones).
+    for stage, task, ratio in (("vision", "patch_shape", 0.5), ("text", "all", 0.5), ("align", "all", 0.7),
+                               ("instruct", "all", 0.25)):
         curve = losses[(losses["stage"] == stage) & (losses["task"] == task)].sort_values("step")
-        assert curve["loss"].tail(3).mean() < 0.5 * curve["loss"].head(3).mean(), stage
+        assert curve["loss"].tail(3).mean() < ratio * curve["loss"].head(3).mean(), stage
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
