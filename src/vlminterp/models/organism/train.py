@@ -61,7 +61,7 @@ class TrainingCheckpoint:
     """Periodic training state in ``directory/checkpoint.pt``, valid only for the same spec and world.
 
     The saved state holds the stage (one of ``STAGES``), the next step, the model's and the
-    optimizer's (and stage 1's head's) state, the generator and torch RNG states and the loss rows.
+    optimizer's (and stage 0's head's) state, the generator and torch RNG states and the loss rows.
     """
 
     def __init__(self, directory: Path | None, fingerprint: dict, every: int = CHECKPOINT_EVERY):
