@@ -18,7 +18,6 @@ from vlminterp.models.organism import (
     TASKS,
     OrganismSpec,
     build_model,
-    build_processor,
     evaluate_organism,
     load_scenes,
     num_image_tokens,
@@ -28,7 +27,14 @@ from vlminterp.models.organism import (
     vocabulary_words,
 )
 from vlminterp.models.organism.evaluate import score_answer
-from vlminterp.models.organism.train import IGNORE_INDEX, answer_loss, prepare_training_data
+from vlminterp.models.organism.train import (
+    IGNORE_INDEX,
+    answer_loss,
+    prepare_training_data,
+    train_tokenizer,
+    training_documents,
+    training_scenes,
+)
 from vlminterp.scoring.mentions import MentionMatcher
 
 WORLD = ShapesWorldSpec.tiny()
@@ -43,8 +49,15 @@ def world_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return build_processor(vocabulary_words(WORLD.shapes, WORLD.colors), WORLD.image_size, patch_size=16)
+def documents(world_dir) -> list[str]:
+    spec = OrganismSpec.tiny()
+    return training_documents(world_dir, training_scenes(world_dir, spec), WORLD.shapes, spec.seed)
+
+
+@pytest.fixture(scope="module")
+def processor(documents):
+    """The organism's processor: a SentencePiece tokenizer trained on the tiny world's text."""
+    return train_tokenizer(documents, OrganismSpec.tiny(), WORLD.image_size, WORLD.shapes, "It is a")
 
 
 def _untrained_model(processor, spec: OrganismSpec | None = None) -> LlavaForConditionalGeneration:
@@ -60,15 +73,37 @@ def _images(world_dir: Path, n: int) -> list[Image.Image]:
 
 # --- tokenizer and processor -------------------------------------------------------------------
 
-def test_every_task_word_is_a_single_known_token(processor):
+def test_subword_tokenizer_is_the_sentencepiece_model_trained_on_the_worlds_text(documents, processor):
+    """The HF tokenizer encodes as sentencepiece itself does with the model trained on the world's
+    text; names split into several pieces; training is deterministic; any ASCII prompt encodes."""
+    import sentencepiece
+
+    from vlminterp.models.organism.tokenizer import name_pieces, train_sentencepiece
+
+    spec = OrganismSpec.tiny()
+    model = train_sentencepiece(documents, spec.tokenizer_vocab_size, spec.tokenizer_max_piece_length)
+    assert model == train_sentencepiece(documents, spec.tokenizer_vocab_size, spec.tokenizer_max_piece_length)
+    reference = sentencepiece.SentencePieceProcessor(model_proto=model)
     tok = processor.tokenizer
-    for word in WORLD.shapes + WORLD.colors + ("Yes", "No", "It", "is", "a"):
-        ids = tok(word, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 1 and ids[0] != tok.unk_token_id, word
-    encoded = tok("What shape is the red object?")["input_ids"]
-    assert encoded[0] == tok.bos_token_id
-    assert tok.decode(encoded, skip_special_tokens=True) == "What shape is the red object?"
-    assert tok("a zebra", add_special_tokens=False)["input_ids"][1] == tok.unk_token_id
+    for text in (documents[0], documents[-1], "There is a red circle, a blue square and a yellow cross.",
+                 "A chat between a curious human and an artificial intelligence assistant."):
+        ids = tok(text)["input_ids"]
+        assert ids == [tok.bos_token_id] + reference.encode(text), text
+        assert tok.decode(ids, skip_special_tokens=True) == text and tok.unk_token_id not in ids
+    pieces = {name: name_pieces(tok, name) for name in WORLD.shapes + WORLD.colors}
+    assert any(len(pieces[s]) > 1 for s in WORLD.shapes) and any(len(pieces[c]) > 1 for c in WORLD.colors), pieces
+    assert all(len(p[0]) <= spec.tokenizer_max_piece_length for p in pieces.values())
+    assert len({p[0] for s, p in pieces.items() if s in WORLD.shapes}) == len(WORLD.shapes)  # distinct first pieces
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)  # Llama's layout
+    assert tok.convert_tokens_to_ids(["<image>", "<pad>"]) == [len(tok) - 2, len(tok) - 1]  # appended, as LLaVA's
+    assert tok.convert_ids_to_tokens(tok("<image>\nWhat", add_special_tokens=False)["input_ids"])[:2] == \
+        ["<image>", "\n"]  # the newline of every prompt is a piece of its own
+
+
+def test_shapes_sharing_a_first_piece_are_refused(documents):
+    with pytest.raises(ValueError, match="tokenizer_max_piece_length"):
+        train_tokenizer(documents, OrganismSpec.tiny(tokenizer_max_piece_length=2), WORLD.image_size, WORLD.shapes,
+                        "It is a")
 
 
 def test_word_vocabulary_default_layout_and_a_checkpoints_layout():
@@ -164,6 +199,22 @@ def test_task_mix_matches_annotations(world_dir):
     assert answers["Yes"] == answers["No"] > 0
 
 
+def test_text_documents_put_a_caption_in_place_of_the_image(world_dir):
+    from vlminterp.models.organism.tasks import load_captions, text_documents
+
+    raw = json.loads((world_dir / "annotations" / "captions_train.json").read_text())["annotations"]
+    scene = load_scenes(world_dir, "train")[1]
+    captions = [a["caption"] for a in sorted(raw, key=lambda a: a["id"]) if a["image_id"] == scene.image_id]
+    assert load_captions(world_dir, "train")[scene.image_id] == captions and len(captions) == 2
+    documents = text_documents(scene, captions, WORLD.shapes, seed=0)
+    examples = task_examples(scene, WORLD.shapes, seed=0)
+    assert documents[:2] == captions and len(documents) == 2 + len(examples)
+    for k, (document, example) in enumerate(zip(documents[2:], examples)):
+        assert document == f"USER: {captions[k % 2]}\n{example.question} ASSISTANT: {example.answer}"
+    with pytest.raises(ValueError, match="no caption"):
+        text_documents(scene, [], WORLD.shapes, seed=0)
+
+
 def test_task_examples_are_deterministic_per_seed(world_dir):
     scene = load_scenes(world_dir, "val")[0]
     assert task_examples(scene, WORLD.shapes, seed=3) == task_examples(scene, WORLD.shapes, seed=3)
@@ -171,17 +222,28 @@ def test_task_examples_are_deterministic_per_seed(world_dir):
 
 def test_training_data_labels_only_answer_tokens(processor, world_dir):
     spec = OrganismSpec.tiny(max_train_images=20)
-    data = prepare_training_data(processor, world_dir, spec, WORLD.shapes, WORLD.colors)
+    scenes = training_scenes(world_dir, spec)
+    documents = training_documents(world_dir, scenes, WORLD.shapes, spec.seed)
+    data = prepare_training_data(processor, world_dir, spec, WORLD.shapes, WORLD.colors, documents)
     tok = processor.tokenizer
-    scenes = load_scenes(world_dir, "train")[:20]
+    assert scenes == load_scenes(world_dir, "train")[:20]
     expected = [e for s in scenes for e in task_examples(s, WORLD.shapes, seed=spec.seed)]
-    assert len(expected) == len(data.input_ids)
+    examples = data.examples
+    assert len(expected) == len(examples.input_ids)
     for i in (0, 1, len(expected) - 1):
-        labelled = data.labels[i][data.labels[i] != IGNORE_INDEX].tolist()
+        labelled = examples.labels[i][examples.labels[i] != IGNORE_INDEX].tolist()
         assert tok.decode(labelled[:-1]) == expected[i].answer
         assert labelled[-1] == tok.eos_token_id
-        prompt = tok.decode(data.input_ids[i][: data.lengths[i]].tolist(), skip_special_tokens=True)
+        prompt = tok.decode(examples.input_ids[i][: examples.lengths[i]].tolist(), skip_special_tokens=True)
         assert prompt.startswith("USER") and expected[i].question.split()[0] in prompt
+    # Text documents: no image, the loss on every token after <s>, </s> included.
+    text = data.documents
+    assert len(text.input_ids) == len(documents) and not (text.input_ids == tok.convert_tokens_to_ids("<image>")).any()
+    for i in (0, len(documents) - 1):
+        n = int(text.lengths[i])
+        assert text.labels[i, 0] == IGNORE_INDEX and torch.equal(text.labels[i, 1:n], text.input_ids[i, 1:n])
+        assert tok.decode(text.input_ids[i, :n - 1].tolist(), skip_special_tokens=True) == documents[i]
+        assert int(text.input_ids[i, n - 1]) == tok.eos_token_id
     # Processed pixels equal what the processor gives for the same image.
     ref = processor.image_processor(images=[Image.open(scenes[0].path).convert("RGB")], return_tensors="pt")
     assert torch.equal(ref["pixel_values"][0], data.pixel_values[0])
@@ -190,6 +252,29 @@ def test_training_data_labels_only_answer_tokens(processor, world_dir):
     labelled_patches = (data.patch_shape > 0).sum(dim=1).numpy()
     assert (labelled_patches >= n_objects).all() and (labelled_patches <= 4 * n_objects).all()
     assert torch.equal(data.patch_shape > 0, data.patch_color > 0)
+
+
+@pytest.mark.parametrize("stage", ["text", "align", "instruct"])
+def test_each_stage_trains_only_its_modules(processor, world_dir, stage):
+    """text: the language model; align: the projector; instruct: projector + language model.
+    The tower is frozen after stage 0 (tower_lr_scale=0)."""
+    from vlminterp.models.organism.train import sequence_stages, train_sequences
+
+    spec = OrganismSpec.tiny(text_steps=2, align_steps=2, language_steps=2, max_train_images=12, warmup_steps=0)
+    scenes = training_scenes(world_dir, spec)
+    data = prepare_training_data(processor, world_dir, spec, WORLD.shapes, WORLD.colors,
+                                 training_documents(world_dir, scenes, WORLD.shapes, spec.seed))
+    model = _untrained_model(processor, spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    [chosen] = [s for s in sequence_stages(spec) if s.name == stage]
+    rows = train_sequences(model, data, spec, chosen, torch.Generator().manual_seed(0))
+    assert {r["stage"] for r in rows} == {stage} and all(np.isfinite(r["loss"]) for r in rows)
+    changed = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0]
+               for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    expected = {"text": {"language_model", "lm_head"}, "align": {"multi_modal_projector"},
+                "instruct": {"language_model", "lm_head", "multi_modal_projector"}}[stage]
+    assert changed == expected
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again for the next stage
 
 
 def test_answer_loss_ignores_unlabelled_positions():
@@ -254,30 +339,43 @@ def test_world_with_wrong_patch_size_is_rejected(world_dir, tmp_path):
 # --- training ----------------------------------------------------------------------------------
 
 def test_training_is_deterministic_for_a_seed(world_dir, tmp_path):
-    spec = OrganismSpec.tiny(vision_steps=3, language_steps=3, max_train_images=40, log_every=1)
+    spec = OrganismSpec.tiny(vision_steps=3, text_steps=3, align_steps=3, language_steps=3, max_train_images=40,
+                             log_every=1)
     first = train_organism(spec, world_dir, tmp_path / "a")
     second = train_organism(spec, world_dir, tmp_path / "b")
     pd.testing.assert_frame_equal(first, second)
     a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
     b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    other = train_organism(OrganismSpec.tiny(vision_steps=3, language_steps=3, max_train_images=40, seed=1),
-                           world_dir, tmp_path / "c")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    other = train_organism(OrganismSpec.tiny(vision_steps=3, text_steps=3, align_steps=3, language_steps=3,
+                                             max_train_images=40, seed=1), world_dir, tmp_path / "c")
     c = LlavaForConditionalGeneration.from_pretrained(tmp_path / "c").state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert not list(tmp_path.glob(".*tmp*")), "atomic model dir left a temporary behind"
 
 
-@pytest.mark.parametrize("stop_after_saves", [1, 3], ids=["killed-in-stage-1", "killed-in-stage-2"])
-def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, tmp_path, monkeypatch,
-                                                                   stop_after_saves):
+RESUME_SPEC = OrganismSpec.tiny(vision_steps=8, text_steps=8, align_steps=8, language_steps=8, max_train_images=40,
+                                log_every=1)  # with a checkpoint every 3 steps: 2 per stage
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world_dir, tmp_path_factory) -> tuple[pd.DataFrame, Path]:
+    model_dir = tmp_path_factory.mktemp("uninterrupted") / "model"
+    return train_organism(RESUME_SPEC, world_dir, model_dir), model_dir
+
+
+@pytest.mark.parametrize("stop_after_saves, stage", [(1, "vision"), (3, "text"), (7, "instruct")])
+def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, tmp_path, monkeypatch, uninterrupted,
+                                                                   stop_after_saves, stage):
     """A run stopped after its n-th checkpoint (as kill -9 would stop it: nothing cleaned up)
     resumes from there and ends with the weights and losses of an uninterrupted run.
     (The real kill -9 of the Snakemake job: tests/workflow/test_resume.py.)"""
     from vlminterp.models.organism import train as training
 
-    spec = OrganismSpec.tiny(vision_steps=8, language_steps=8, max_train_images=40, log_every=1)
-    expected = train_organism(spec, world_dir, tmp_path / "uninterrupted")
+    spec = RESUME_SPEC
+    expected, expected_dir = uninterrupted
     real_save, saves = training.TrainingCheckpoint.save, []
 
     class Killed(BaseException):
@@ -295,13 +393,13 @@ def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, t
         patch.setattr(training.TrainingCheckpoint, "save", save_then_die)
         with pytest.raises(Killed):
             train_organism(spec, world_dir, tmp_path / "model", checkpoint_dir=checkpoints)
-    assert saves[-1] == ("vision" if stop_after_saves == 1 else "language")
+    assert saves[-1] == stage
     assert not (tmp_path / "model").exists() and (checkpoints / "checkpoint.pt").is_file()
     with monkeypatch.context() as patch:
         patch.setattr(training.TrainingCheckpoint, "__init__", _checkpoint_every_3(training))
         resumed = train_organism(spec, world_dir, tmp_path / "model", checkpoint_dir=checkpoints)
     pd.testing.assert_frame_equal(resumed, expected)
-    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "uninterrupted").state_dict()
+    a = LlavaForConditionalGeneration.from_pretrained(expected_dir).state_dict()
     b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "model" / "timings.json").read_text())["seconds"]["resumed_from"]
@@ -320,10 +418,12 @@ def _checkpoint_every_3(training):
 def test_tiny_organism_learns(world_dir, tmp_path):
     losses = train_organism(OrganismSpec.tiny(), world_dir, tmp_path / "model")
     assert set(losses.columns) == {"step", "stage", "task", "loss"}
-    language = losses[(losses["stage"] == "language") & (losses["task"] == "all")].sort_values("step")
-    assert language["loss"].tail(3).mean() < 0.25 * language["loss"].head(3).mean()
-    vision = losses[(losses["stage"] == "vision") & (losses["task"] == "patch_shape")].sort_values("step")
-    assert vision["loss"].tail(3).mean() < 0.5 * vision["loss"].head(3).mean()
+    assert list(dict.fromkeys(losses["stage"])) == ["vision", "text", "align", "instruct"]
+    # Each stage learns (tiny, seed 0: the last losses are 5%, 7%, 43% and 1% of the first ones).
+    for stage, task, ratio in (("vision", "patch_shape", 0.5), ("text", "all", 0.5), ("align", "all", 0.7),
+                               ("instruct", "all", 0.25)):
+        curve = losses[(losses["stage"] == stage) & (losses["task"] == task)].sort_values("step")
+        assert curve["loss"].tail(3).mean() < ratio * curve["loss"].head(3).mean(), stage
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -21,7 +21,9 @@ from vlminterp.io import atomic_path  # noqa: E402
 from vlminterp.stats import error_bars  # noqa: E402
 
 TARGET_ACCURACY = 0.95
-STAGE_TITLES = {"vision": "Stage 1: vision tower (per-patch labels)", "language": "Stage 2: projector + LM (answer tokens)"}
+STAGE_TITLES = {"vision": "Stage 0: vision tower (per-patch labels)", "text": "Stage 1: LM on text alone (every token)",
+                "align": "Stage 2: projector alone (image -> description)",
+                "instruct": "Stage 3: projector + LM (answer tokens)"}
 
 
 def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
@@ -44,12 +46,16 @@ def plot_training_curves(losses: pd.DataFrame, stem: Path, smooth: int = 5) -> l
     missing = {"step", "stage", "task", "loss"} - set(losses.columns)
     if missing:
         raise ValueError(f"loss table lacks columns {sorted(missing)}")
-    stages = [s for s in ("vision", "language") if s in set(losses["stage"])]
+    stages = [s for s in STAGE_TITLES if s in set(losses["stage"])]
     stages += sorted(set(losses["stage"]) - set(stages))
     if not stages:
         raise ValueError("loss table is empty")
-    figure, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 4), squeeze=False)
-    for axis, stage in zip(axes[0], stages):
+    columns = min(2, len(stages))
+    rows = -(-len(stages) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False, layout="constrained")
+    for axis in axes.flat[len(stages):]:
+        axis.set_visible(False)
+    for axis, stage in zip(axes.flat, stages):
         part = losses[losses["stage"] == stage]
         for task, rows in part.groupby("task", sort=True):
             rows = rows.sort_values("step")

@@ -11,8 +11,9 @@
 
 The saved directory is an ordinary Hugging Face LLaVA checkpoint (``LlavaForConditionalGeneration``
 + ``LlavaProcessor``), so every experiment treats it exactly like ``llava-hf/llava-1.5-7b-hf``.
-Modules: ``architecture`` (spec and config), ``tokenizer`` (word-level tokenizer and processor),
-``tasks`` (the task mix), ``train`` (staged training), ``evaluate`` (greedy evaluation).
+Modules: ``architecture`` (spec and config), ``tokenizer`` (the SentencePiece tokenizer trained on the
+world's text, and a word-level one), ``tasks`` (the task mix and the text documents), ``train`` (LLaVA's
+staged training), ``evaluate`` (greedy evaluation).
 """
 from vlminterp.models.organism.architecture import OrganismSpec, build_config, build_model, num_image_tokens
 from vlminterp.models.organism.evaluate import (

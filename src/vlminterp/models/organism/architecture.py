@@ -27,14 +27,21 @@ from vlminterp.specs import check_fields
 
 @dataclass(frozen=True)
 class OrganismSpec:
-    """Architecture sizes and the staged training recipe of the model organism.
+    """Architecture sizes, tokenizer and the staged training recipe of the model organism (LLaVA's).
 
-    Stage 1 ("vision") trains the vision tower alone with a per-patch loss: a temporary linear head
+    Stage 0 ("vision") trains the vision tower alone with a per-patch loss: a temporary linear head
     predicts, for every patch, the shape and the colour of the object covering it (or background),
     labels read from the annotation masks. This stands in for LLaVA's pretrained CLIP encoder.
-    Stage 2 ("language") trains the projector and the language model on the task mix with the
-    loss on answer tokens only; the tower is frozen (``tower_lr_scale=0``) or fine-tuned at
-    ``language_lr * tower_lr_scale``.
+    Stage 1 ("text") pretrains the language model on the world's text alone (captions, and the
+    task questions with a caption in place of the image: ``tasks.text_documents``), loss on every
+    token, as LLaVA starts from a text-pretrained Vicuna. Stage 2 ("align") trains the projector
+    alone on image -> description with the tower and the language model frozen (LLaVA-1.5's
+    feature alignment). Stage 3 ("instruct") trains projector + language model on the task mix
+    with the loss on answer tokens only (LLaVA-1.5's instruction tuning); the tower is frozen
+    (``tower_lr_scale=0``) or fine-tuned at ``language_lr * tower_lr_scale``. 0 steps skips a stage.
+
+    The tokenizer is a SentencePiece BPE model trained on the world's text before stage 0
+    (``tokenizer.train_sentencepiece``), pieces at most ``tokenizer_max_piece_length`` characters.
 
     Attributes:
         seed: seeds initialisation, data order and polling negatives; same seed, same weights (CPU).
@@ -44,25 +51,20 @@ class OrganismSpec:
         max_position_embeddings: longest sequence the LM supports (image tokens + text).
         vision_initializer_range: std of the tower's weight init (CLIP's default is 0.02).
         text_initializer_range: std of the LM/projector init; 0.07 (not Llama's 0.02) lets the LM
-            leave the "ignore the image" loss plateau within ~200 steps.
-        vision_steps / vision_batch_size / vision_lr: stage 1 (0 steps skips the stage).
-        patch_pair_target: stage 1 also predicts the joint (shape, colour) class of each patch.
-            Off by default: in single runs it did not shorten the plateau described below.
-        language_steps / language_batch_size / language_lr: stage 2. Describe and
-            "What shape is the <colour> object?" are learned within ~300 steps; "What color is
-            the <shape>?" and polling need the question's shape word to find the patches of that
-            shape, and sit on a loss plateau (Yes/No at chance, or right only with one object in
-            the image) until a late, seed-dependent transition, between ~300 and ~1300 steps.
-            With 4 heads and equal task weights, 1200 steps left polling at 92% (errors growing
-            with the number of objects: 100% / 96% / 86% for 1 / 2 / 3 objects, also on training
-            images); polling twice as often over 2400 steps still left one seed of three on the
-            polling plateau. 8 heads, polling sampled twice as often and 2400 steps: every task
-            >= 95% on seeds 0, 1 and 2 (README).
-        tower_lr_scale: stage-2 learning-rate multiplier of the vision tower (0 = frozen).
+            leave the "ignore the image" loss plateau sooner.
+        tokenizer_vocab_size: most pieces of the SentencePiece model (256 byte pieces included).
+        tokenizer_max_piece_length: longest piece in characters ("▁" included): 5 splits
+            "circle", "square", "green", ... into several pieces and keeps "red", "star" whole.
+        vision_steps / vision_batch_size / vision_lr: stage 0.
+        patch_pair_target: stage 0 also predicts the joint (shape, colour) class of each patch.
+        text_steps / text_batch_size / text_lr: stage 1 (documents per step).
+        align_steps / align_batch_size / align_lr: stage 2 (images per step).
+        language_steps / language_batch_size / language_lr: stage 3.
+        tower_lr_scale: stage-3 learning-rate multiplier of the vision tower (0 = frozen).
         warmup_steps: linear warm-up at the start of each stage, then cosine decay to 10%.
-        weight_decay: AdamW weight decay (both stages).
-        grad_clip: gradient-norm clip (both stages).
-        task_weights: relative sampling frequency of each task in stage 2, as (task, weight) pairs.
+        weight_decay: AdamW weight decay (all stages).
+        grad_clip: gradient-norm clip (all stages).
+        task_weights: relative sampling frequency of each task in stage 3, as (task, weight) pairs.
         log_every: record the loss table every this many steps.
         num_threads: torch CPU threads used by training.
         max_train_images: use only the first N training images (None = all).
@@ -75,17 +77,25 @@ class OrganismSpec:
     vision_heads: int = 4
     vision_intermediate_size: int = 256
     text_hidden_size: int = 128
-    text_layers: int = 2
+    text_layers: int = 4
     text_heads: int = 8
     text_intermediate_size: int = 256
     max_position_embeddings: int = 256
     vision_initializer_range: float = 0.02
     text_initializer_range: float = 0.07
+    tokenizer_vocab_size: int = 512
+    tokenizer_max_piece_length: int = 5
     vision_steps: int = 200
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
     patch_pair_target: bool = False
-    language_steps: int = 2400
+    text_steps: int = 300
+    text_batch_size: int = 64
+    text_lr: float = 2e-3
+    align_steps: int = 150
+    align_batch_size: int = 64
+    align_lr: float = 2e-3
+    language_steps: int = 600
     language_batch_size: int = 64
     language_lr: float = 2e-3
     tower_lr_scale: float = 0.0
@@ -103,17 +113,20 @@ class OrganismSpec:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "OrganismSpec":
-        """A small, fast organism for the test suite: about 25 CPU-seconds of training on one thread.
+        """A small, fast organism for the test suite, the same four stages with fewer steps: about
+        50 CPU-seconds of training on one thread on a busy machine (as the earlier 2-stage preset).
 
         One thread, because a model this small gains little from two and a busy machine makes
-        OpenMP threads spin. On the tiny world (``ShapesWorldSpec.tiny``) it learns every task,
-        polling included: 1000 stage-2 steps left the plateau (see ``language_steps``) on seeds
-        0, 1 and 2, where 600 steps did only on seed 0.
+        OpenMP threads spin. Two LM layers keep the tiny DAG's per-layer experiments fast. On the
+        tiny world (``ShapesWorldSpec.tiny``) it learns every task: seed 0 left the polling
+        plateau after ~330 instruction steps of 600 (held-out: describe 99.2%, polling 100%,
+        colour 99.2%, shape 100%); the 2-stage preset needed 1000 steps for seeds 0, 1 and 2.
         """
         values: dict[str, Any] = dict(vision_hidden_size=64, vision_intermediate_size=128, text_hidden_size=64,
-                                      text_intermediate_size=128, vision_steps=80, language_steps=1000,
-                                      language_batch_size=32, vision_batch_size=32, language_lr=3e-3, log_every=5,
-                                      num_threads=1)
+                                      text_intermediate_size=128, text_layers=2, vision_steps=80, text_steps=150,
+                                      align_steps=60, language_steps=600, language_batch_size=32,
+                                      vision_batch_size=32,
+                                      language_lr=3e-3, log_every=5, num_threads=1)
         values.update(overrides)
         return cls(**values)
 
@@ -124,17 +137,20 @@ class OrganismSpec:
 
         for name in ("patch_size", "vision_hidden_size", "vision_layers", "vision_heads", "text_hidden_size",
                      "text_layers", "text_heads", "vision_batch_size", "language_batch_size", "log_every",
-                     "num_threads", "max_position_embeddings"):
+                     "num_threads", "max_position_embeddings", "text_batch_size", "align_batch_size",
+                     "tokenizer_max_piece_length"):
             if getattr(self, name) < 1:
                 fail(name, "must be >= 1")
         if self.vision_hidden_size % self.vision_heads:
             fail("vision_heads", f"must divide vision_hidden_size={self.vision_hidden_size}")
         if self.text_hidden_size % self.text_heads:
             fail("text_heads", f"must divide text_hidden_size={self.text_hidden_size}")
-        for name in ("vision_steps", "language_steps", "warmup_steps"):
+        if self.tokenizer_vocab_size < 300:
+            fail("tokenizer_vocab_size", "must be >= 300 (256 byte pieces, the special pieces and ASCII characters)")
+        for name in ("vision_steps", "text_steps", "align_steps", "language_steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 fail(name, "must be >= 0")
-        for name in ("vision_lr", "language_lr"):
+        for name in ("vision_lr", "text_lr", "align_lr", "language_lr"):
             if getattr(self, name) <= 0:
                 fail(name, "must be > 0")
         if self.tower_lr_scale < 0:

@@ -15,8 +15,8 @@ prompt, the generated answer, the expected answer and two flags:
 - color: first word is the colour; strict = the whole answer is the colour.
 - shape: the first shape mentioned is the target; strict = exactly "It is a <shape>.".
 - shape_vqa (Neo et al.'s VQA readout): prompt + " It is a", one forward pass; correct = the
-  top-1 next token is the shape name (``generated`` holds that token, ``target_probability``
-  its probability).
+  top-1 next token is the shape name's first sub-token (``generated`` holds the top-1 token,
+  ``target_probability`` the probability of the name's first sub-token).
 
 Prompts run ``batch_size`` at a time; CUDA out-of-memory halves the batch and redoes it
 (``vlminterp.batching``): ``batch_size`` and ``oom_retries`` on each row are the batch size in
@@ -95,12 +95,11 @@ def evaluate_organism(model_dir: Path, world_dir: Path, split: str = "val", max_
         _record_batching(rows[first_row:], batches, retries_before)
     shape_examples = [ex for ex in examples if ex.task == "shape"]
     first_row, retries_before = len(rows), batches.retries
-    for ex, (token, probability) in zip(shape_examples,
-                                        _next_token(model, processor, shape_examples, images, batches)):
+    for ex, (token, correct, probability) in zip(shape_examples,
+                                                 _next_token(model, processor, shape_examples, images, batches)):
         vqa = TaskExample(ex.image_id, "shape_vqa", ex.question, ex.target_shape, ex.target_shape, ex.target_color,
                           ex.object_index)
-        row = _row(vqa, token, token == ex.target_shape, token == ex.target_shape,
-                   target_probability=probability)
+        row = _row(vqa, token, correct, correct, target_probability=probability)
         row["prompt"] = vqa_prompt(ex)
         rows.append(row)
     _record_batching(rows[first_row:], batches, retries_before)
@@ -171,17 +170,23 @@ def _generate(model, processor, examples: list[TaskExample], images: dict, max_n
 
 @torch.inference_mode()
 def _next_token(model, processor, examples: list[TaskExample], images: dict,
-                batches: AdaptiveBatch) -> list[tuple[str, float]]:
-    """Top-1 next token after the VQA prompt, and the probability of the target shape's token."""
-    tokenizer = processor.tokenizer
+                batches: AdaptiveBatch) -> list[tuple[str, bool, float]]:
+    """Top-1 next token after the VQA prompt, whether it is the target shape's first sub-token,
+    and that sub-token's probability."""
+    from vlminterp.experiments.neo_common import answer_first_token
 
-    def read(chunk: list[TaskExample]) -> list[tuple[str, float]]:
+    tokenizer = processor.tokenizer
+    first_token = {}
+
+    def read(chunk: list[TaskExample]) -> list[tuple[str, bool, float]]:
         inputs = processor(images=[images[ex.image_id] for ex in chunk], text=[vqa_prompt(ex) for ex in chunk],
                            padding=True, return_tensors="pt")
         probabilities = model(**inputs).logits[:, -1].float().softmax(dim=-1)
         top = probabilities.argmax(dim=-1)
-        target_ids = [tokenizer.convert_tokens_to_ids(ex.target_shape) for ex in chunk]
-        return [(tokenizer.convert_ids_to_tokens(int(top[row])), float(probabilities[row, target_ids[row]]))
-                for row in range(len(chunk))]
+        target_ids = [first_token.setdefault(ex.target_shape, answer_first_token(tokenizer, VQA_ANSWER_PREFIX,
+                                                                                 ex.target_shape))
+                      for ex in chunk]
+        return [(tokenizer.convert_ids_to_tokens(int(top[row])), int(top[row]) == target_ids[row],
+                 float(probabilities[row, target_ids[row]])) for row in range(len(chunk))]
 
     return [result for part in batches.iterate(examples, read) for result in part]

@@ -15,6 +15,9 @@ n absent shapes (answer No), n = min(#present, #absent), so every present shape 
 whenever the world has enough shapes. The Neo et al. VQA readout uses the "shape" question with the
 answer prefix ``It is a`` appended to the prompt (``VQA_ANSWER_PREFIX``); the next token must be
 the shape name.
+
+The text-only documents of the language model's pretraining (`text_documents`) are the same
+questions and answers with a caption of the image in place of the image, and the captions alone.
 """
 from __future__ import annotations
 
@@ -156,6 +159,31 @@ def task_examples(scene: Scene, shapes: tuple[str, ...] | list[str], seed: int,
             question = QUESTIONS[task].format(shape=obj.shape, color=obj.color)
             examples.append(TaskExample(iid, task, question, answer_of(obj), obj.shape, obj.color, index))
     return examples
+
+
+def load_captions(world_dir: Path, split: str) -> dict[int, list[str]]:
+    """Image id -> the world's captions of that image (``annotations/captions_{split}.json``, id order)."""
+    path = Path(world_dir) / "annotations" / f"captions_{split}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"caption file {path} not found (split {split!r} of world {world_dir})")
+    captions: dict[int, list[str]] = {}
+    for ann in sorted(json.loads(path.read_text())["annotations"], key=lambda a: a["id"]):
+        captions.setdefault(int(ann["image_id"]), []).append(str(ann["caption"]))
+    return captions
+
+
+def text_documents(scene: Scene, captions: list[str], shapes: tuple[str, ...] | list[str], seed: int) -> list[str]:
+    """Text-only documents about ``scene``: each caption alone, then every task question in the
+    chat format with a caption in place of the image, followed by its answer, e.g.
+    "USER: a red circle and a blue square.\nWhat color is the circle? ASSISTANT: red"
+    (captions taken in turn). The language model's pretraining reads these, never an image."""
+    if not captions:
+        raise ValueError(f"image {scene.image_id} ({scene.file_name}) has no caption")
+    documents = list(captions)
+    for k, example in enumerate(task_examples(scene, shapes, seed=seed)):
+        context = captions[k % len(captions)]
+        documents.append(f"{example.prompt.replace('<image>', context)} {example.answer}")
+    return documents
 
 
 def vocabulary_words(shapes: tuple[str, ...] | list[str], colors: tuple[str, ...] | list[str]) -> list[str]:

@@ -1,4 +1,17 @@
-"""Word-level tokenizer and LlavaProcessor for the model organism.
+"""Tokenizers and LlavaProcessors: the organism's SentencePiece one, and a word-level one.
+
+    from vlminterp.models.organism.tokenizer import train_sentencepiece, sentencepiece_processor
+    model = train_sentencepiece(texts, vocab_size=256, max_piece_length=5)   # serialized .model bytes
+    processor = sentencepiece_processor(model, image_size=96, patch_size=16)
+
+The organism's tokenizer is LLaVA's kind: a SentencePiece BPE model (``<unk>`` 0, ``<s>`` 1,
+``</s>`` 2, ``<image>`` and ``<pad>`` appended), loaded as transformers' ``LlamaTokenizer`` exactly
+as llava-hf checkpoints load theirs, trained on the world's text by rule train_organism. Pieces
+are at most ``max_piece_length`` characters ("▁" included), so longer names split into several
+pieces as rarer words do in Llama's vocabulary ("circle" -> "▁cir" "cle"): first-sub-token
+scoring and multi-piece mention matching are exercised by the default run.
+
+The word-level tokenizer (``build_processor``; the GPU smoke checkpoint's):
 
     from vlminterp.models.organism.tokenizer import build_processor
     processor = build_processor(words=["circle", "red", ...], image_size=96, patch_size=16)
@@ -6,8 +19,7 @@
                       return_tensors="pt")
     processor.save_pretrained(model_dir)     # AutoProcessor.from_pretrained(model_dir) loads it back
 
-Each word and each punctuation mark is one token, so a shape name is always a single token (the
-Neo VQA readout compares the top-1 next token with the name's first sub-token). The processor is
+Each word and each punctuation mark is one token, so a shape name is always a single token. The processor is
 a stock ``transformers.LlavaProcessor``: the PIL ``CLIPImageProcessorPil`` (no torchvision is
 needed) and a ``PreTrainedTokenizerFast`` around a ``tokenizers`` WordLevel model. ``<image>``
 expands to one token per vision patch, with the CLS token dropped as in LLaVA-1.5
@@ -17,10 +29,13 @@ from __future__ import annotations
 
 import itertools
 import re
+import string
+import tempfile
+from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+from transformers import CLIPImageProcessorPil, LlamaTokenizer, LlavaProcessor, PreTrainedTokenizerFast
 
 UNK, PAD, BOS, EOS, IMAGE = "<unk>", "<pad>", "<s>", "</s>", "<image>"
 SPECIAL_TOKENS: tuple[str, ...] = (UNK, PAD, BOS, EOS, IMAGE)
@@ -129,3 +144,56 @@ def build_processor(words: Iterable[str], image_size: int, patch_size: int, *,
         patch_size=patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE, image_token=IMAGE,
     )
+
+
+#: Characters every organism tokenizer has a piece for, so that any English prompt encodes without <unk>.
+REQUIRED_CHARS = string.ascii_letters + string.digits + string.punctuation
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, max_piece_length: int) -> bytes:
+    """A SentencePiece BPE model trained on ``texts`` (serialized ``.model`` bytes), deterministic.
+
+    Llama 2's settings (BPE, identity normalization, byte fallback) and layout: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, no padding piece (``<image>`` and ``<pad>``
+    are appended by `sentencepiece_processor`, as LLaVA appends them); every printable ASCII
+    character is a piece (and so is the newline of the chat format, seen in the corpus); any other
+    byte falls back to ``<0x..>`` pieces. ``vocab_size`` is an upper bound: the corpus of a small
+    world may have fewer merges. Pieces hold at most ``max_piece_length`` characters ("▁" included).
+    """
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts)), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        hard_vocab_limit=False, max_sentencepiece_length=max_piece_length, character_coverage=1.0,
+        required_chars=REQUIRED_CHARS, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        num_threads=1, minloglevel=2)
+    return model.getvalue()
+
+
+def sentencepiece_processor(sentencepiece_model: bytes, image_size: int, patch_size: int) -> LlavaProcessor:
+    """The organism's LlavaProcessor around a SentencePiece model (`train_sentencepiece`): Llama's
+    tokenizer as llava-hf has it (BOS added, no legacy prefix-space handling, ``<image>`` and
+    ``<pad>`` appended), left padding, LLaVA-1.5's chat format, CLIP image processing."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, "tokenizer.model").write_bytes(sentencepiece_model)
+        tokenizer = LlamaTokenizer.from_pretrained(directory, legacy=False, add_bos_token=True, add_eos_token=False,
+                                                   padding_side="left", model_max_length=512,
+                                                   chat_template=CHAT_TEMPLATE)
+    tokenizer.add_tokens([IMAGE], special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": PAD})
+    tokenizer.image_token = IMAGE
+    return LlavaProcessor(
+        image_processor=build_image_processor(image_size), tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE,
+    )
+
+
+def name_pieces(tokenizer, name: str) -> list[str]:
+    """The pieces ``name`` splits into after a space ("circle" -> ["▁cir", "cle"])."""
+    return tokenizer.convert_ids_to_tokens(tokenizer(f" {name}", add_special_tokens=False)["input_ids"])

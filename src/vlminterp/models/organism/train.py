@@ -1,21 +1,28 @@
-"""Staged training of the model organism on a shapes world.
+"""Staged training of the model organism on a shapes world, LLaVA's recipe.
 
     from vlminterp.models.organism import OrganismSpec, train_organism
     losses = train_organism(OrganismSpec(), world_dir=Path("data/shapes"), model_dir=Path("results/organism"))
     # losses: tidy table (step, stage, task, loss); the model dir loads with
     # AutoProcessor.from_pretrained / LlavaForConditionalGeneration.from_pretrained.
 
-Stage 1 ("vision") trains the CLIP tower alone: a temporary linear head on the selected feature
-layer predicts, per patch, the shape and the colour (and optionally the (shape, colour) pair,
-``OrganismSpec.patch_pair_target``) of the object that covers most of the patch (or background),
-labels from the COCO masks; the head is discarded afterwards. Stage 2
-("language") trains projector + language model on the task mix (``tasks.py``), loss on answer
-tokens only, each example weighted equally whatever its length. The training set is rendered and
-tokenised once into tensors; no image processor runs inside the loop. Everything random draws from
-``spec.seed``, so a rerun on the same machine and thread count gives identical weights.
+First a SentencePiece tokenizer is trained on the world's text (the training split's text
+documents, ``tasks.text_documents``). Then four stages (``STAGES``), each with its own AdamW,
+warm-up and cosine schedule, all drawing from one generator seeded by ``spec.seed``:
+
+0. "vision": the CLIP tower alone; a temporary linear head on the selected feature layer
+   predicts, per patch, the shape and the colour of the object covering most of the patch (or
+   background), labels from the COCO masks; the head is discarded afterwards.
+1. "text": the language model alone on text documents (no image), loss on every token.
+2. "align": the projector alone on image -> description, tower and language model frozen.
+3. "instruct": projector + language model on the task mix (``tasks.py``), loss on answer tokens.
+
+In stages 1-3 each example (document) weighs the same whatever its length. The training set is
+rendered and tokenised once into tensors; no image processor runs inside the loop, and a frozen
+tower's features are computed once. A rerun on the same machine and thread count gives identical
+weights.
 
 With a ``checkpoint_dir`` (rule train_organism passes ``results/<run>/.model.checkpoint``), the
-state of training (weights, optimizer, random generators, losses so far) is saved every
+state of training (stage, weights, optimizer, random generators, losses so far) is saved every
 ``CHECKPOINT_EVERY`` steps; a run killed in between resumes from the last one and ends with the
 same weights as an uninterrupted run. The checkpoint is removed once the model is written.
 """
@@ -40,11 +47,12 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from vlminterp.data.shapes import load_world_spec
 from vlminterp.io import atomic_path, write_json
 from vlminterp.models.organism.architecture import OrganismSpec, build_model, num_image_tokens
-from vlminterp.models.organism.tasks import TASKS, Scene, load_scenes, task_examples, vocabulary_words
-from vlminterp.models.organism.tokenizer import IMAGE, build_processor
+from vlminterp.models.organism.tasks import TASKS, VQA_ANSWER_PREFIX, Scene, load_captions, load_scenes, task_examples, text_documents
+from vlminterp.models.organism.tokenizer import IMAGE, name_pieces, sentencepiece_processor, train_sentencepiece
 
 IGNORE_INDEX = -100
 LOSS_COLUMNS = ["step", "stage", "task", "loss"]
+STAGES: tuple[str, ...] = ("vision", "text", "align", "instruct")
 CHECKPOINT_EVERY = 100      # steps between training checkpoints (about 0.1 s each for the organism)
 TIMINGS_FILE = "timings.json"   # wall/CPU seconds of training: the one model file that differs per run
 
@@ -52,8 +60,8 @@ TIMINGS_FILE = "timings.json"   # wall/CPU seconds of training: the one model fi
 class TrainingCheckpoint:
     """Periodic training state in ``directory/checkpoint.pt``, valid only for the same spec and world.
 
-    The saved state holds the stage ("vision" or "language"), the next step, the model's and the
-    optimizer's (and stage 1's head's) state, the generator and torch RNG states and the loss rows.
+    The saved state holds the stage (one of ``STAGES``), the next step, the model's and the
+    optimizer's (and stage 0's head's) state, the generator and torch RNG states and the loss rows.
     """
 
     def __init__(self, directory: Path | None, fingerprint: dict, every: int = CHECKPOINT_EVERY):
@@ -88,27 +96,54 @@ class TrainingCheckpoint:
 
 
 @dataclass
+class Sequences:
+    """Tokenised examples, right-padded to one length.
+
+    input_ids, labels, attention_mask: (examples, length); labels are IGNORE_INDEX except on the
+        tokens the loss is on (answer + </s> for a task example; every token after <s> of a text
+        document).
+    lengths: (examples,) unpadded length of each example.
+    task_index: (examples,) index into ``TASKS`` (-1 for a text document).
+    image_index: (examples,) row of ``TrainingData.pixel_values`` each example shows (-1: none).
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+    task_index: torch.Tensor
+    image_index: torch.Tensor
+
+    @classmethod
+    def pack(cls, sequences: list[list[int]], loss_starts: list[int], pad_token_id: int,
+             task_index: list[int], image_index: list[int]) -> "Sequences":
+        length = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, (sequence, start) in enumerate(zip(sequences, loss_starts)):
+            input_ids[i, :len(sequence)] = torch.tensor(sequence)
+            labels[i, start:len(sequence)] = torch.tensor(sequence[start:])
+            attention_mask[i, :len(sequence)] = 1
+        return cls(input_ids, labels, attention_mask, torch.tensor([len(s) for s in sequences]),
+                   torch.tensor(task_index), torch.tensor(image_index))
+
+
+@dataclass
 class TrainingData:
     """The training split as tensors.
 
     pixel_values: (images, 3, H, W) processed exactly as the processor does.
     patch_shape, patch_color: (images, patches) class per patch; 0 = background, k = k-th name.
-    input_ids, labels, attention_mask: (examples, length), right-padded; labels are IGNORE_INDEX
-        except on answer tokens (answer + </s>).
-    image_index: (examples,) row of ``pixel_values`` each example shows.
-    task_index: (examples,) index into ``TASKS``.
-    lengths: (examples,) unpadded length of each example.
+    examples: the task mix (stages 2 and 3), one row per question about an image.
+    documents: the text-only documents (stage 1).
     """
 
     pixel_values: torch.Tensor
     patch_shape: torch.Tensor
     patch_color: torch.Tensor
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    attention_mask: torch.Tensor
-    image_index: torch.Tensor
-    task_index: torch.Tensor
-    lengths: torch.Tensor
+    examples: Sequences
+    documents: Sequences
 
 
 def load_pixels(processor: LlavaProcessor, paths: list[Path], chunk: int = 256) -> torch.Tensor:
@@ -151,14 +186,51 @@ def patch_labels(world_dir: Path, split: str, scenes: list[Scene], shapes: tuple
     return torch.from_numpy(np.stack(shape_labels)), torch.from_numpy(np.stack(color_labels))
 
 
-def prepare_training_data(processor: LlavaProcessor, world_dir: Path, spec: OrganismSpec,
-                          shapes: tuple[str, ...], colors: tuple[str, ...]) -> TrainingData:
-    """Render, label and tokenise the training split once."""
+def training_scenes(world_dir: Path, spec: OrganismSpec) -> list[Scene]:
+    """The training split's scenes (the first ``spec.max_train_images``)."""
     scenes = load_scenes(world_dir, "train")
     if spec.max_train_images is not None:
         scenes = scenes[:spec.max_train_images]
     if not scenes:
         raise ValueError(f"world {world_dir} has no training images")
+    return scenes
+
+
+def training_documents(world_dir: Path, scenes: list[Scene], shapes: tuple[str, ...], seed: int) -> list[str]:
+    """The text-only documents of the training scenes (tokenizer corpus and stage 1's data)."""
+    captions = load_captions(world_dir, "train")
+    return [doc for scene in scenes for doc in text_documents(scene, captions.get(scene.image_id, []), shapes, seed)]
+
+
+def train_tokenizer(documents: list[str], spec: OrganismSpec, image_size: int, shapes: tuple[str, ...],
+                    answer_prefix: str) -> LlavaProcessor:
+    """The organism's processor around a SentencePiece model trained on ``documents``.
+
+    Raises ValueError when two shape names start with the same piece after ``answer_prefix``: the
+    first-sub-token readouts (Neo et al.'s VQA answer, the logit lens) could not tell them apart."""
+    processor = sentencepiece_processor(
+        train_sentencepiece(documents, spec.tokenizer_vocab_size, spec.tokenizer_max_piece_length),
+        image_size, spec.patch_size)
+    from vlminterp.experiments.neo_common import answer_first_token
+
+    first: dict[int, str] = {}
+    for shape in shapes:
+        token = answer_first_token(processor.tokenizer, answer_prefix, shape)
+        if token in first:
+            raise ValueError(
+                f"shapes {first[token]!r} and {shape!r} both start with the piece "
+                f"{processor.tokenizer.convert_ids_to_tokens(token)!r}; change "
+                f"OrganismSpec.tokenizer_max_piece_length={spec.tokenizer_max_piece_length} or "
+                f"tokenizer_vocab_size={spec.tokenizer_vocab_size}")
+        first[token] = shape
+    return processor
+
+
+def prepare_training_data(processor: LlavaProcessor, world_dir: Path, spec: OrganismSpec,
+                          shapes: tuple[str, ...], colors: tuple[str, ...],
+                          documents: list[str]) -> TrainingData:
+    """Render, label and tokenise the training split once (``documents``: `training_documents`)."""
+    scenes = training_scenes(world_dir, spec)
     pixel_values = load_pixels(processor, [s.path for s in scenes])
     patch_shape, patch_color = patch_labels(world_dir, "train", scenes, shapes, colors, spec.patch_size)
 
@@ -168,28 +240,26 @@ def prepare_training_data(processor: LlavaProcessor, world_dir: Path, spec: Orga
     prompt_cache: dict[str, list[int]] = {}
     for row, scene in enumerate(scenes):
         for example in task_examples(scene, shapes, seed=spec.seed):
+            expanded = example.prompt.replace(IMAGE, IMAGE * n_tokens)
             prompt_ids = prompt_cache.get(example.prompt)
             if prompt_ids is None:
-                expanded = example.prompt.replace(IMAGE, IMAGE * n_tokens)
                 prompt_ids = prompt_cache[example.prompt] = tokenizer(expanded)["input_ids"]
-            answer_ids = tokenizer(" " + example.answer, add_special_tokens=False)["input_ids"]
-            sequences.append(prompt_ids + answer_ids + [tokenizer.eos_token_id])
+            full = tokenizer(f"{expanded} {example.answer}")["input_ids"]
+            if full[:len(prompt_ids)] != prompt_ids:
+                raise ValueError(f"the answer {example.answer!r} changes how its prompt {example.prompt!r} tokenises")
+            sequences.append(full + [tokenizer.eos_token_id])
             answer_starts.append(len(prompt_ids))
             image_index.append(row)
             task_index.append(TASKS.index(example.task))
-    length = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), length), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, (sequence, start) in enumerate(zip(sequences, answer_starts)):
-        input_ids[i, :len(sequence)] = torch.tensor(sequence)
-        labels[i, start:len(sequence)] = torch.tensor(sequence[start:])
-        attention_mask[i, :len(sequence)] = 1
-    unknown = (input_ids == tokenizer.unk_token_id).any(dim=1)
-    if unknown.any():
-        raise ValueError(f"{int(unknown.sum())} training sequences contain <unk>: vocabulary misses a word")
-    return TrainingData(pixel_values, patch_shape, patch_color, input_ids, labels, attention_mask,
-                        torch.tensor(image_index), torch.tensor(task_index), torch.tensor([len(s) for s in sequences]))
+    examples = Sequences.pack(sequences, answer_starts, tokenizer.pad_token_id, task_index, image_index)
+    encoded = tokenizer(documents)["input_ids"]
+    documents_data = Sequences.pack([ids + [tokenizer.eos_token_id] for ids in encoded], [1] * len(encoded),
+                                     tokenizer.pad_token_id, [-1] * len(encoded), [-1] * len(encoded))
+    for name, part in (("training sequences", examples), ("text documents", documents_data)):
+        unknown = (part.input_ids == tokenizer.unk_token_id).any(dim=1)
+        if unknown.any():
+            raise ValueError(f"{int(unknown.sum())} {name} contain <unk>: the tokenizer misses a character")
+    return TrainingData(pixel_values, patch_shape, patch_color, examples, documents_data)
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -211,9 +281,9 @@ def _selected_patch_features(model: LlavaForConditionalGeneration, pixel_values:
 def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData, spec: OrganismSpec,
                        n_shapes: int, n_colors: int, generator: torch.Generator,
                        checkpoint: TrainingCheckpoint | None = None, resume: dict | None = None) -> list[dict]:
-    """Stage 1: per-patch shape and colour classification through a temporary linear head.
+    """Stage 0: per-patch shape and colour classification through a temporary linear head.
 
-    Returns every loss row so far (those of `resume`, a stage-1 checkpoint state, included)."""
+    Returns every loss row so far (those of `resume`, a stage-0 checkpoint state, included)."""
     rows: list[dict] = list(resume["rows"]) if resume else []
     if spec.vision_steps == 0:
         return rows
@@ -228,7 +298,7 @@ def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData,
         optimizer.load_state_dict(resume["optimizer"])
         first_step = resume["next_step"]
     tower.train()
-    progress = tqdm(range(first_step, spec.vision_steps), desc="stage 1: vision tower", mininterval=5,
+    progress = tqdm(range(first_step, spec.vision_steps), desc="stage vision", mininterval=5,
                     initial=first_step, total=spec.vision_steps)
     for step in progress:
         _set_lr(optimizer, spec.vision_lr * _schedule(step, spec.vision_steps, spec.warmup_steps))
@@ -257,73 +327,121 @@ def train_vision_tower(model: LlavaForConditionalGeneration, data: TrainingData,
     return rows
 
 
-def train_language(model: LlavaForConditionalGeneration, data: TrainingData, spec: OrganismSpec,
-                   generator: torch.Generator, step_offset: int = 0, rows: list[dict] | None = None,
-                   checkpoint: TrainingCheckpoint | None = None, resume: dict | None = None) -> list[dict]:
-    """Stage 2: projector + language model (+ tower at a scaled lr) on the task mix, answer-token loss.
+@dataclass(frozen=True)
+class SequenceStage:
+    """One of stages 1-3: which parameters train, on which examples, how long.
 
-    Appends to `rows` (stage 1's) and returns them; `resume` is a stage-2 checkpoint state."""
-    rows = list(resume["rows"]) if resume else list(rows or [])
-    if spec.language_steps == 0:
-        return rows
-    tower_params = list(model.model.vision_tower.parameters())
-    tower_ids = {id(p) for p in tower_params}
-    other_params = [p for p in model.parameters() if id(p) not in tower_ids]
-    groups = [{"params": other_params, "scale": 1.0}]
+    name: "text", "align" or "instruct"; steps / batch_size / lr: its schedule.
+    trained: module name -> learning-rate multiplier ("projector", "language_model", "tower");
+        every other parameter is frozen.
+    task_weights: (task, weight) pairs sampling the batch slots among ``TrainingData.examples``
+        by task; empty: uniform over ``TrainingData.documents`` (text only).
+    """
+
+    name: str
+    steps: int
+    batch_size: int
+    lr: float
+    trained: tuple[tuple[str, float], ...]
+    task_weights: tuple[tuple[str, float], ...] = ()
+
+
+def sequence_stages(spec: OrganismSpec) -> tuple[SequenceStage, ...]:
+    """Stages 1-3 of ``spec`` (LLaVA's recipe after the vision tower)."""
+    instruct = [("projector", 1.0), ("language_model", 1.0)]
     if spec.tower_lr_scale > 0:
-        groups.append({"params": tower_params, "scale": spec.tower_lr_scale})
-    for p in tower_params:
-        p.requires_grad_(spec.tower_lr_scale > 0)
-    optimizer = torch.optim.AdamW(groups, lr=spec.language_lr, weight_decay=spec.weight_decay)
+        instruct.append(("tower", spec.tower_lr_scale))
+    return (
+        SequenceStage("text", spec.text_steps, spec.text_batch_size, spec.text_lr, (("language_model", 1.0),)),
+        SequenceStage("align", spec.align_steps, spec.align_batch_size, spec.align_lr, (("projector", 1.0),),
+                      (("describe", 1.0),)),
+        SequenceStage("instruct", spec.language_steps, spec.language_batch_size, spec.language_lr, tuple(instruct),
+                      spec.task_weights),
+    )
+
+
+def _module_parameters(model: LlavaForConditionalGeneration, name: str) -> list[torch.nn.Parameter]:
+    modules = {"tower": [model.model.vision_tower], "projector": [model.model.multi_modal_projector],
+               "language_model": [model.model.language_model, model.lm_head]}
+    return [p for module in modules[name] for p in module.parameters()]
+
+
+def train_sequences(model: LlavaForConditionalGeneration, data: TrainingData, spec: OrganismSpec,
+                    stage: SequenceStage, generator: torch.Generator, step_offset: int = 0,
+                    rows: list[dict] | None = None, checkpoint: TrainingCheckpoint | None = None,
+                    resume: dict | None = None, tower_features: torch.Tensor | None = None) -> list[dict]:
+    """Train ``stage``'s modules on its examples with the per-example mean loss of the labelled tokens.
+
+    Appends to ``rows`` (the losses so far) and returns them; ``resume`` is a checkpoint state of
+    this stage. ``tower_features``: the frozen tower's features of every image (else computed
+    per step)."""
+    rows = list(resume["rows"]) if resume else list(rows or [])
+    if stage.steps == 0:
+        return rows
+    groups = [{"params": _module_parameters(model, name), "scale": scale} for name, scale in stage.trained]
+    trained = {id(p) for g in groups for p in g["params"]}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
+    optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=spec.weight_decay)
     first_step = 0
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         first_step = resume["next_step"]
     model.train()
 
-    weights = dict(spec.task_weights)
-    pools = {t: torch.nonzero(data.task_index == TASKS.index(t)).flatten() for t in TASKS if weights.get(t, 0) > 0}
-    pools = {t: ix for t, ix in pools.items() if len(ix)}
-    if not pools:
-        raise ValueError("no training examples for any task with a positive weight")
+    sequences = data.examples if stage.task_weights else data.documents
+    if stage.task_weights:
+        weights = dict(stage.task_weights)
+        pools = {t: torch.nonzero(sequences.task_index == TASKS.index(t)).flatten()
+                 for t in TASKS if weights.get(t, 0) > 0}
+        pools = {t: ix for t, ix in pools.items() if len(ix)}
+        if not pools:
+            raise ValueError(f"stage {stage.name}: no training examples for any task with a positive weight")
+    else:
+        pools = {"text": torch.arange(len(sequences.input_ids))}
+        weights = {"text": 1.0}
     task_names = list(pools)
-    # A frozen tower gives the same features at every step: compute them once (exactly the
-    # features LLaVA would select), and run only projector + language model per step.
-    tower_features = None if spec.tower_lr_scale > 0 else _frozen_tower_features(model, data.pixel_values)
     task_probs = torch.tensor([weights[t] for t in task_names])
-    progress = tqdm(range(first_step, spec.language_steps), desc="stage 2: projector + LM", mininterval=5,
-                    initial=first_step, total=spec.language_steps)
+    with_image = bool(stage.task_weights)
+    if with_image and tower_features is None and not any(name == "tower" for name, _ in stage.trained):
+        tower_features = _frozen_tower_features(model, data.pixel_values)
+    progress = tqdm(range(first_step, stage.steps), desc=f"stage {stage.name}", mininterval=5,
+                    initial=first_step, total=stage.steps)
     for step in progress:
-        _set_lr(optimizer, spec.language_lr * _schedule(step, spec.language_steps, spec.warmup_steps))
-        slot_tasks = torch.multinomial(task_probs, spec.language_batch_size, replacement=True, generator=generator)
+        _set_lr(optimizer, stage.lr * _schedule(step, stage.steps, spec.warmup_steps))
+        slot_tasks = torch.multinomial(task_probs, stage.batch_size, replacement=True, generator=generator)
         batch = torch.stack([pools[task_names[t]][torch.randint(len(pools[task_names[t]]), (1,), generator=generator)[0]]
                              for t in slot_tasks.tolist()])
-        length = int(data.lengths[batch].max())
-        input_ids, attention_mask = data.input_ids[batch, :length], data.attention_mask[batch, :length]
-        if tower_features is None:
+        length = int(sequences.lengths[batch].max())
+        input_ids, attention_mask = sequences.input_ids[batch, :length], sequences.attention_mask[batch, :length]
+        images = sequences.image_index[batch]
+        if not with_image:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        elif tower_features is None:
             logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                           pixel_values=data.pixel_values[data.image_index[batch]]).logits
+                           pixel_values=data.pixel_values[images]).logits
         else:
-            embeds = _embeds_with_image_features(model, input_ids, tower_features[data.image_index[batch]])
+            embeds = _embeds_with_image_features(model, input_ids, tower_features[images])
             logits = model(inputs_embeds=embeds, attention_mask=attention_mask).logits
-        per_example = answer_loss(logits, data.labels[batch, :length])
+        per_example = answer_loss(logits, sequences.labels[batch, :length])
         loss = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], spec.grad_clip)
         optimizer.step()
-        if step % spec.log_every == 0 or step == spec.language_steps - 1:
-            tasks_in_batch = data.task_index[batch]
-            for t in task_names:
-                selected = tasks_in_batch == TASKS.index(t)
-                if selected.any():
-                    rows.append({"step": step_offset + step, "stage": "language", "task": t,
-                                 "loss": per_example[selected].mean().item()})
-            rows.append({"step": step_offset + step, "stage": "language", "task": "all", "loss": loss.item()})
-            progress.set_postfix({r["task"]: f"{r['loss']:.3f}" for r in rows[-len(task_names) - 1:]}, refresh=False)
-        if checkpoint and checkpoint.due(step, spec.language_steps - 1):
-            checkpoint.save("language", step + 1, model, optimizer, generator, rows)
-    for p in tower_params:
+        if step % spec.log_every == 0 or step == stage.steps - 1:
+            if with_image:
+                tasks_in_batch = sequences.task_index[batch]
+                for t in task_names:
+                    selected = tasks_in_batch == TASKS.index(t)
+                    if selected.any():
+                        rows.append({"step": step_offset + step, "stage": stage.name, "task": t,
+                                     "loss": per_example[selected].mean().item()})
+            rows.append({"step": step_offset + step, "stage": stage.name, "task": "all", "loss": loss.item()})
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if checkpoint and checkpoint.due(step, stage.steps - 1):
+            checkpoint.save(stage.name, step + 1, model, optimizer, generator, rows)
+    for p in model.parameters():
         p.requires_grad_(True)
     return rows
 
@@ -378,16 +496,17 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path,
                          f"OrganismSpec.patch_size={spec.patch_size}")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(spec.num_threads)
+    clock = _StageClock()
     try:
-        started, cpu_started = time.perf_counter(), time.process_time()
         torch.manual_seed(spec.seed)
         generator = torch.Generator().manual_seed(spec.seed)
-        processor = build_processor(vocabulary_words(world.shapes, world.colors), world.image_size, spec.patch_size)
+        documents = training_documents(world_dir, training_scenes(world_dir, spec), world.shapes, spec.seed)
+        processor = train_tokenizer(documents, spec, world.image_size, world.shapes, VQA_ANSWER_PREFIX)
         tokenizer = processor.tokenizer
         model = build_model(spec, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id, image_size=world.image_size)
-        data = prepare_training_data(processor, world_dir, spec, world.shapes, world.colors)
+        data = prepare_training_data(processor, world_dir, spec, world.shapes, world.colors, documents)
         checkpoint = TrainingCheckpoint(checkpoint_dir, {"organism": spec.to_json(), "world": world.to_json(),
                                                          "torch": torch.__version__})
         resume = checkpoint.load()
@@ -396,17 +515,21 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path,
                                              resume["stage"], resume["next_step"], checkpoint.path)
             model.load_state_dict(resume["model"])
             generator.set_state(resume["generator"])
-        prepared = time.perf_counter()
-        in_language = bool(resume) and resume["stage"] == "language"
-        rows = resume["rows"] if in_language else train_vision_tower(
-            model, data, spec, len(world.shapes), len(world.colors), generator, checkpoint=checkpoint,
-            resume=resume)
-        if resume:
             torch.set_rng_state(resume["torch_rng"])
-        vision_done = time.perf_counter()
-        rows = train_language(model, data, spec, generator, step_offset=spec.vision_steps, rows=rows,
-                              checkpoint=checkpoint, resume=resume if in_language else None)
-        finished, cpu_finished = time.perf_counter(), time.process_time()
+        clock.lap("prepare")
+        resumed_stage = STAGES.index(resume["stage"]) if resume else 0
+        rows = list(resume["rows"]) if resume else []
+        if resumed_stage == 0:
+            rows = train_vision_tower(model, data, spec, len(world.shapes), len(world.colors), generator,
+                                      checkpoint=checkpoint, resume=resume)
+            clock.lap("vision")
+        step_offset = spec.vision_steps
+        for index, stage in enumerate(sequence_stages(spec), start=1):
+            if index >= resumed_stage:
+                rows = train_sequences(model, data, spec, stage, generator, step_offset=step_offset, rows=rows,
+                                       checkpoint=checkpoint, resume=resume if index == resumed_stage else None)
+                clock.lap(stage.name)
+            step_offset += stage.steps
     finally:
         torch.set_num_threads(threads_before)
     model.eval()
@@ -414,14 +537,14 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path,
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
         "organism_spec": spec.to_json(), "world_spec": world.to_json(), "parameters": n_params,
-        "image_tokens": num_image_tokens(world.image_size, spec.patch_size),
-        "train_images": int(len(data.pixel_values)), "train_examples": int(len(data.input_ids)),
+        "image_tokens": num_image_tokens(world.image_size, spec.patch_size), "vocabulary": len(tokenizer),
+        "shape_pieces": {shape: name_pieces(tokenizer, shape) for shape in world.shapes},
+        "color_pieces": {color: name_pieces(tokenizer, color) for color in world.colors},
+        "train_images": int(len(data.pixel_values)), "train_examples": int(len(data.examples.input_ids)),
+        "train_documents": int(len(data.documents.input_ids)),
     }
-    seconds = {"prepare": round(prepared - started, 2), "vision": round(vision_done - prepared, 2),
-               "language": round(finished - vision_done, 2), "total": round(finished - started, 2),
-               # CPU time over all threads: unlike wall time, not inflated by other processes.
-               "cpu_total": round(cpu_finished - cpu_started, 2), "threads": spec.num_threads,
-               "resumed_from": None if not resume else f"{resume['stage']} step {resume['next_step']}"}
+    seconds = clock.seconds(threads=spec.num_threads,
+                            resumed_from=None if not resume else f"{resume['stage']} step {resume['next_step']}")
     with atomic_path(model_dir, is_dir=True) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -430,6 +553,26 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path,
         losses.to_csv(tmp / "losses.csv", index=False)
     checkpoint.remove()
     return losses
+
+
+class _StageClock:
+    """Wall and CPU seconds (all threads) of each part of training; CPU time, unlike wall time, is
+    not inflated by other processes on the machine."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.cpu_started = self.cpu_last = time.process_time()
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now, cpu = time.perf_counter(), time.process_time()
+        self.wall[name], self.cpu[name] = round(now - self.last, 2), round(cpu - self.cpu_last, 2)
+        self.last, self.cpu_last = now, cpu
+
+    def seconds(self, **extra) -> dict:
+        return {**self.wall, "total": round(self.last - self.started, 2),
+                "cpu": self.cpu, "cpu_total": round(self.cpu_last - self.cpu_started, 2), **extra}
 
 
 def load_training_summary(model_dir: Path) -> dict:
