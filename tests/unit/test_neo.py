@@ -19,7 +19,8 @@ from vlminterp.experiments.neo_ablation import (AblationSpec, integrated_gradien
 from vlminterp.experiments.neo_blocking import BlockingSpec, fraction_window, layer_windows, run_attention_blocking
 from vlminterp.experiments.mean_embedding import (compute_mean_embedding, load_mean_embedding, mean_image_ids,
                                                   save_mean_embedding)
-from vlminterp.experiments.neo_prompts import PromptSpec, answer_first_token, question_image_ids, vqa_questions
+from vlminterp.experiments.neo_prompts import PromptSpec, question_image_ids, vqa_questions
+from vlminterp.models.adapters import answer_first_token
 from vlminterp.experiments.session import DescribePrompt, Session
 from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages

@@ -9,7 +9,7 @@ from PIL import Image
 
 from shared_fixtures import COCO_MINI, LLAMA2_TOKENIZER, require
 from vlminterp.experiments.kaduri_text import token_mentions, token_spans
-from vlminterp.experiments.neo_prompts import answer_first_token
+from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 

@@ -69,11 +69,12 @@ from tqdm import tqdm
 from vlminterp.batching import AdaptiveBatch
 from vlminterp.data.coco import CocoDataset
 from vlminterp.batching import AdaptiveBatch
-from vlminterp.experiments.neo_prompts import (SETTINGS, PromptSpec, answer_first_token, question_image_ids,
+from vlminterp.experiments.neo_prompts import (SETTINGS, PromptSpec, question_image_ids,
                                                vqa_questions)
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells, random_cells
 from vlminterp.interventions import Ablation, Condition
+from vlminterp.models.adapters import answer_first_token
 
 log = logging.getLogger(__name__)
 

@@ -54,10 +54,11 @@ import torch
 from tqdm import tqdm
 
 from vlminterp.batching import BATCH_COLUMNS
-from vlminterp.experiments.neo_prompts import PromptSpec, answer_first_token, question_image_ids, vqa_questions
+from vlminterp.experiments.neo_prompts import PromptSpec, question_image_ids, vqa_questions
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
 from vlminterp.interventions import Condition, Knockout
+from vlminterp.models.adapters import answer_first_token
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,11 @@ import torch
 from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_prompts import PromptSpec, answer_first_token
+from vlminterp.experiments.neo_prompts import PromptSpec
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
 from vlminterp.interventions import capture_residual
+from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.mentions import plural_forms
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 

@@ -3,7 +3,6 @@
     prompts = PromptSpec()                                          # config section neo.prompts
     questions = vqa_questions(dataset, selection, prompts)          # image_id -> VQA question
     asked = question_image_ids(prompts)                             # None: every target
-    token = answer_first_token(tokenizer, "It is a", "dog")         # the answer's first sub-token
 
 VQA question source (N1's VQA setting and N3). Neo et al. released their questions
 (`data.authors_data`: one question for each of 100 COCO train2017 images; their VQA and N3 runs
@@ -20,7 +19,7 @@ With `vqa_images = "with_question"` (the authors' design) the VQA setting and N3
 images the file has a question for (`question_image_ids`); N1's other settings run on every
 target, and their integrated-gradient target is asked with the template (the documented fallback).
 The assistant turn is then primed with the answer prefix ("It is a"), and the answer token is the
-first sub-token of the category name after that prefix (`answer_first_token`).
+first sub-token of the category name after that prefix (`models.adapters.answer_first_token`).
 """
 from __future__ import annotations
 
@@ -124,16 +123,3 @@ def _template_question(dataset: CocoDataset, annotation_id: int, prompts: Prompt
     return prompts.vqa_question.format(**fields)
 
 
-def answer_first_token(tokenizer, prefix: str, word: str) -> int:
-    """Id of the first token `word` adds when it follows `prefix` after a space.
-
-    Tokenizing the prefix alone and the prefix + " " + word and taking the first id where they
-    differ gives the word's first sub-token in context (e.g. "▁dog" after "It is a" for Llama's
-    SentencePiece vocabulary; the word itself for the organism's word-level vocabulary).
-    """
-    base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    full = tokenizer(f"{prefix} {word}", add_special_tokens=False)["input_ids"]
-    for index, token in enumerate(full):
-        if index >= len(base) or base[index] != token:
-            return int(token)
-    raise ValueError(f"{word!r} adds no token after {prefix!r}")

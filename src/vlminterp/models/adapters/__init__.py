@@ -13,7 +13,7 @@ from __future__ import annotations
 from .base import VLMAdapter
 from .conditional_generation import ConditionalGenerationAdapter
 from .positions import RopePositions
-from .prompt import LLAVA_SYSTEM_PROMPT, PromptTemplate
+from .prompt import LLAVA_SYSTEM_PROMPT, PromptTemplate, answer_first_token
 from .token_groups import TOKEN_GROUPS, TokenGroups
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
@@ -58,6 +58,7 @@ __all__ = [
     "ConditionalGenerationAdapter",
     "InternVLAdapter",
     "LLAVA_SYSTEM_PROMPT",
+    "answer_first_token",
     "LlavaAdapter",
     "PromptTemplate",
     "Qwen2VLAdapter",

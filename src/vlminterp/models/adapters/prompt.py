@@ -35,3 +35,18 @@ class PromptTemplate:
         if system_prompt:
             prompt = self.system_turn.format(system=system_prompt) + prompt
         return prompt
+
+
+def answer_first_token(tokenizer, prefix: str, word: str) -> int:
+    """Id of the first token `word` adds when it follows `prefix` after a space.
+
+    Tokenizing the prefix alone and the prefix + " " + word and taking the first id where they
+    differ gives the word's first sub-token in context (e.g. "▁dog" after "It is a" for Llama's
+    SentencePiece vocabulary; the word itself for the organism's word-level vocabulary).
+    """
+    base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    full = tokenizer(f"{prefix} {word}", add_special_tokens=False)["input_ids"]
+    for index, token in enumerate(full):
+        if index >= len(base) or base[index] != token:
+            return int(token)
+    raise ValueError(f"{word!r} adds no token after {prefix!r}")

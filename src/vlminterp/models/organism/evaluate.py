@@ -173,7 +173,7 @@ def _next_token(model, processor, examples: list[TaskExample], images: dict,
                 batches: AdaptiveBatch) -> list[tuple[str, bool, float]]:
     """Top-1 next token after the VQA prompt, whether it is the target shape's first sub-token,
     and that sub-token's probability."""
-    from vlminterp.experiments.neo_common import answer_first_token
+    from vlminterp.models.adapters import answer_first_token
 
     tokenizer = processor.tokenizer
     first_token = {}

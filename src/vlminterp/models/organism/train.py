@@ -211,7 +211,7 @@ def train_tokenizer(documents: list[str], spec: OrganismSpec, image_size: int, s
     processor = sentencepiece_processor(
         train_sentencepiece(documents, spec.tokenizer_vocab_size, spec.tokenizer_max_piece_length),
         image_size, spec.patch_size)
-    from vlminterp.experiments.neo_common import answer_first_token
+    from vlminterp.models.adapters import answer_first_token
 
     first: dict[int, str] = {}
     for shape in shapes:
