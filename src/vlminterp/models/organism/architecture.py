@@ -95,7 +95,7 @@ class OrganismSpec:
     align_steps: int = 150
     align_batch_size: int = 64
     align_lr: float = 2e-3
-    language_steps: int = 600
+    language_steps: int = 1000
     language_batch_size: int = 64
     language_lr: float = 2e-3
     tower_lr_scale: float = 0.0
