@@ -198,8 +198,59 @@ def test_logit_lens_tables(setup, tmp_path):
     object_cells = s["cells"].groupby("image_id")["object_b0"].sum()
     got = scores[(scores.region == "object") & (scores.layer == 0)].set_index("image_id")["n_cells"]
     assert (got == object_cells.reindex(got.index)).all()
-    pages = write_lens_pages(topk, s["selection"], s["grids"], s["dataset"], tmp_path / "pages", max_pages=2)
+    assert (scores["null_category"].isin(s["selection"]["category_name"])).all()
+    assert scores[["null_in_topk", "null_rank1", "null_top1"]].stack().between(0, 1).all()
+    pages = write_lens_pages(topk, s["selection"], s["grids"], s["dataset"], tmp_path / "pages", max_pages=2,
+                             scores=scores)
     assert len(pages) == 2 and (tmp_path / "pages" / "index.html").is_file()
+    for _, title, summary in pages:  # the index reads the scores table: one definition
+        image_id = int(title.split()[1].rstrip(":"))
+        obj = scores[(scores.image_id == image_id) & (scores.region == "object")].set_index("layer")["name_in_topk"]
+        best = summary["best layer (object name_in_topk)"]
+        if best is None:
+            assert summary["hit"] in ("miss", "unscorable") and not (obj > 0).any()
+        else:
+            assert summary["hit"] == "hit" and obj.loc[best] == obj.max() > 0
+            assert summary["name_in_topk there (last layer if none)"] == obj.loc[best]
+
+
+def test_logit_lens_skips_excluded_targets(setup):
+    """A target with no visible cell is not run by N2 (as by N1 and N3)."""
+    s = setup
+    first = int(s["selection"]["image_id"].iloc[0])
+    grids = {**s["grids"], first: dataclasses.replace(s["grids"][first], excluded="object outside the crop")}
+    topk, scores = run_logit_lens(s["session"], s["selection"], LensSpec(top_k=1), cells=grids, prompts=PromptSpec())
+    assert first not in set(scores["image_id"]) and first not in set(topk["image_id"])
+    assert set(scores["image_id"]) == set(s["selection"]["image_id"]) - {first}
+
+
+def test_lens_pages_show_hits_and_misses():
+    from vlminterp.experiments.neo_logit_lens import example_targets
+
+    selection = pd.DataFrame({"image_id": [1, 2, 3, 4, 5], "category_name": list("abcde")})
+    peak = {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.5, 5: np.nan}  # image 4 the only hit; 5 unscorable
+    scores = pd.DataFrame([{"image_id": i, "region": r, "layer": l, "name_in_topk": v if r == "object" else 1.0}
+                           for i, v in peak.items() for r in ("object", "background") for l in (0, 1)])
+    chosen = example_targets(selection, scores, 2)["image_id"].tolist()
+    assert chosen == [4, 1]  # a hit and a miss, each the first of its kind in selection order
+    assert example_targets(selection, scores, None)["image_id"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_lens_summaries_by_category_and_null_control_by_hand():
+    from vlminterp.experiments.neo_logit_lens import summarize_lens
+
+    rows = []
+    for image_id, category, hit, null_hit in ((1, "a", 1.0, 0.0), (2, "a", 0.5, 1.0), (3, "b", 0.0, 0.0)):
+        rows.append({"image_id": image_id, "category": category, "layer": 0, "region": "object",
+                     "name_in_topk": hit, "name_top1": hit, "name_rank1": hit, "name_rank": 1.0, "n_categories": 4,
+                     "null_in_topk": null_hit, "null_top1": null_hit, "null_rank1": null_hit})
+    by_category, control = summarize_lens(pd.DataFrame(rows))
+    a = by_category[by_category.category == "a"].iloc[0]
+    assert a["n_images"] == 2 and a["name_in_topk"] == pytest.approx(0.75)
+    assert by_category[by_category.category == "b"].iloc[0]["name_top1"] == 0.0
+    row = control.iloc[0]
+    assert row["name_rank1"] == pytest.approx(0.5) and row["name_rank1_null"] == pytest.approx(1 / 3)
+    assert row["chance_rank1"] == 0.25 and row["n_images"] == 3
 
 
 # ---- N1 ---------------------------------------------------------------------------------------------
