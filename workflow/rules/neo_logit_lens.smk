@@ -51,8 +51,10 @@ rule summarize_logit_lens:
     input:
         rules.gather_logit_lens_scores.output[0],
     output:
-        by_category=results("neo/logit_lens/scores_by_category.csv"),
-        null_control=results("neo/logit_lens/null_control.csv"),
+        by_category=report(results("neo/logit_lens/scores_by_category.csv"), caption=caption("neo_lens_by_category"),
+                           category="Neo et al.", subcategory="N2 logit lens"),
+        null_control=report(results("neo/logit_lens/null_control.csv"), caption=caption("neo_lens_null_control"),
+                            category="Neo et al.", subcategory="N2 logit lens"),
     log:
         logs("summarize_logit_lens"),
     conda:
