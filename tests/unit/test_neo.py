@@ -26,7 +26,7 @@ from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
 from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells
 from vlminterp.interventions import InterventionEngine, capture_residual
-from vlminterp.scoring.vocabulary import load_vocabulary
+from vlminterp.scoring.vocabulary import SynonymVocabulary, load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 CELLS = CellSpec()
@@ -505,3 +505,33 @@ def test_integrated_gradients_the_authors_way_equal_a_step_by_step_loop(setup, m
     signed = integrated_gradients(adapter, prepared.inputs_embeds, positions, setup["mean"], target, steps=steps,
                                   batch_size=3, objective="logit", points="linspace")
     assert not np.allclose(np.abs(signed), attribution)     # the two rankings differ on this model
+
+
+def test_vqa_readouts_exclude_a_target_whose_answer_piece_begins_another_category(setup):
+    """N1's VQA setting and N3 score one token; where the name's first piece also begins a form of
+    another category, the target is excluded from them (and only them) with the reason."""
+    s = setup
+    tokenizer = s["processor"].tokenizer
+    circle = answer_first_token(tokenizer, "It is a", "circle")
+    synonym = next(w for w in ("circlet", "circleish", "circ", "cir", "ci", "c")
+                   if answer_first_token(tokenizer, "It is a", w) == circle)  # a square synonym starting like "circle"
+    vocabulary = load_vocabulary("shapes", categories=list(s["dataset"].category_names().values()))
+    clashing = SynonymVocabulary("clash", {**vocabulary.categories, "square": ("square", synonym)})
+    session = Session.from_model(s["model"], s["processor"], s["dataset"], s["session"].prompt, vocabulary=clashing)
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=4, polling_new_tokens=2, random_counts=(2,),
+                        settings=("vqa", "polling"))
+    table = run_token_ablation(session, s["selection"], spec, cells=s["grids"], prompts=PromptSpec(), mean=s["mean"])
+    blocking = run_attention_blocking(session, s["selection"], BlockingSpec(window=2), cells=s["grids"],
+                                      prompts=PromptSpec())
+    assert {"circle", "square"} & set(s["selection"]["category_name"])  # the test is not vacuous
+    for target in s["selection"].itertuples():
+        vqa = table[(table.image_id == target.image_id) & (table.setting == "vqa")]
+        polling = table[(table.image_id == target.image_id) & (table.setting == "polling")]
+        blocked = blocking[blocking.image_id == target.image_id]
+        assert (polling["excluded"].fillna("") == "").all()  # polling reads no first piece
+        if target.category_name in ("circle", "square"):  # circle's own piece begins "square"'s synonym
+            assert len(vqa) == 1 and not vqa["included"].any() and len(blocked) == 1
+            other = "square" if target.category_name == "circle" else "circle"
+            assert other in vqa["excluded"].iloc[0] and other in blocked["excluded"].iloc[0]
+        else:
+            assert (vqa["excluded"].fillna("") == "").all() and len(vqa) > 1

@@ -52,6 +52,17 @@ class FirstPieces:
         """Categories with no crediting piece at all."""
         return [c for c, ids in self.credits.items() if not ids]
 
+    def name_piece_problem(self, category: str) -> str:
+        """Why `category`'s own name piece cannot score a one-token answer ("" when it can): the
+        reason a VQA readout excludes the target."""
+        if self.name_piece[category] is not None:
+            return ""
+        piece = self.forms[category][0][1]
+        others = [c for c in self.shared.get(piece, ()) if c != category]
+        if others:
+            return f"first piece of {category!r} also begins a form of {', '.join(others)}"
+        return f"first piece of {category!r} is unknown or blank"
+
 
 def category_forms(vocabulary: SynonymVocabulary, category: str) -> list[str]:
     """Every surface form of ``category``: name, synonyms and (if the vocabulary adds them) plurals."""
