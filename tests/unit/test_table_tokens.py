@@ -13,8 +13,9 @@ from vlminterp.experiments.neo_logit_lens import token_text
 from vlminterp.io import MalformedTableError, read_table, write_table
 from vlminterp.sharding import gather_shards
 
-PROCESSORS = ["HuggingFaceTB--SmolVLM-256M-Instruct", "Qwen--Qwen2-VL-2B", "Qwen--Qwen2.5-VL-7B-Instruct",
-              "Qwen--Qwen3-VL-8B-Instruct", "google--gemma-3-4b-it"]
+PROCESSORS = ["HuggingFaceTB--SmolVLM-256M-Instruct", "Qwen--Qwen2-VL-2B", "google--gemma-3-4b-it"]
+#: Same vocab.json and merges.txt as Qwen2-VL-2B (checked below); only their added tokens differ.
+QWEN_SIBLINGS = ["Qwen--Qwen2.5-VL-7B-Instruct", "Qwen--Qwen3-VL-8B-Instruct"]
 
 
 def _tokenizer(name: str):
@@ -28,15 +29,17 @@ def _tokenizer(name: str):
 
 
 def _round_trip(table: pd.DataFrame, tmp_path) -> pd.DataFrame:
+    """Two shards (gzipped and plain, as the top-k and scores shards), gathered, written, read."""
     half = len(table) // 2
-    shards = [tmp_path / "000_topk.csv.gz", tmp_path / "001_scores.csv"]  # both writers: gzip and plain
+    shards = [tmp_path / "000_topk.csv.gz", tmp_path / "001_scores.csv"]
     write_table(table.iloc[:half], shards[0])
     write_table(table.iloc[half:], shards[1])
-    write_table(gather_shards(shards), tmp_path / "gathered.csv.gz")
-    return read_table(tmp_path / "gathered.csv.gz")
+    write_table(gather_shards(shards), tmp_path / "gathered.csv")
+    return read_table(tmp_path / "gathered.csv")
 
 
-@pytest.mark.parametrize("name", ["llama2", *PROCESSORS])
+@pytest.mark.parametrize("name", ["llama2", *PROCESSORS[:2],
+                                  pytest.param(PROCESSORS[2], marks=pytest.mark.slow)])  # 262k tokens, 33 MB
 def test_every_token_text_of_a_real_vocabulary_round_trips(name, tmp_path):
     tokenizer = _tokenizer(name)
     ids = list(range(len(tokenizer)))
@@ -52,6 +55,20 @@ def test_every_token_text_of_a_real_vocabulary_round_trips(name, tmp_path):
     assert back["piece"].tolist() == pieces
     if name == "llama2":
         assert texts[17822] == "');\r"  # the token that broke the paper run's N2 table
+
+
+@pytest.mark.parametrize("name", QWEN_SIBLINGS)
+def test_the_other_qwen_vocabularies_add_only_tokens_that_round_trip(name, tmp_path):
+    import json
+
+    base, folder = require(FIXTURES / "processors" / "Qwen--Qwen2-VL-2B"), require(FIXTURES / "processors" / name)
+    for file in ("vocab.json", "merges.txt"):
+        assert (folder / file).read_bytes() == (base / file).read_bytes(), file
+    added = json.loads((folder / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    texts = [entry["content"] for entry in added.values()]
+    assert texts
+    back = _round_trip(pd.DataFrame({"token_id": [int(i) for i in added], "token": texts}), tmp_path)
+    assert back["token"].tolist() == texts
 
 
 def test_a_table_broken_by_an_unquoted_carriage_return_fails_naming_file_and_line(tmp_path):
