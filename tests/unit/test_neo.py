@@ -200,6 +200,17 @@ def test_logit_lens_tables(setup, tmp_path):
     assert (got == object_cells.reindex(got.index)).all()
     assert (scores["null_category"].isin(s["selection"]["category_name"])).all()
     assert scores[["null_in_topk", "null_rank1", "null_top1"]].stack().between(0, 1).all()
+    # name_in_topk and its null recomputed from the top-k table and each label's crediting pieces
+    from vlminterp.scoring.pieces import first_pieces
+
+    credits = first_pieces(s["processor"].tokenizer, s["vocabulary"], "It is a").credits
+    assert all(credits[c] for c in s["selection"]["category_name"])  # every label scorable: the check bites
+    for row in scores[scores.region == "object"].itertuples():
+        part = topk[(topk.image_id == row.image_id) & (topk.layer == row.layer) & topk.is_object.astype(bool)]
+        for label, value in ((row.category, row.name_in_topk), (row.null_category, row.null_in_topk)):
+            hit = part.groupby("position")["token_id"].apply(lambda ids: bool(set(ids) & credits[label]))
+            assert value == pytest.approx(hit.mean()) if credits[label] else np.isnan(value)
+
     pages = write_lens_pages(topk, s["selection"], s["grids"], s["dataset"], tmp_path / "pages", max_pages=2,
                              scores=scores)
     assert len(pages) == 2 and (tmp_path / "pages" / "index.html").is_file()
@@ -212,6 +223,16 @@ def test_logit_lens_tables(setup, tmp_path):
         else:
             assert summary["hit"] == "hit" and obj.loc[best] == obj.max() > 0
             assert summary["name_in_topk there (last layer if none)"] == obj.loc[best]
+
+
+def test_null_labels_permute_the_selections_categories():
+    from vlminterp.experiments.neo_logit_lens import permuted_labels
+
+    selection = pd.DataFrame({"image_id": [5, 3, 9, 1, 7, 2], "category_name": list("aabbcc")})
+    labels = permuted_labels(selection, 3)
+    assert sorted(labels) == [1, 2, 3, 5, 7, 9] and sorted(labels.values()) == list("aabbcc")
+    assert labels == permuted_labels(selection.iloc[::-1], 3)  # row order (a shard's view) does not matter
+    assert any(permuted_labels(selection, seed) != labels for seed in range(4, 10))
 
 
 def test_logit_lens_skips_excluded_targets(setup):
