@@ -93,10 +93,10 @@ class MalformedTableError(ValueError):
     """A CSV table with a row whose field count differs from its header's."""
 
 
-def _check_rows(text: str, path: str | os.PathLike) -> None:
+def _check_rows(raw: bytes, path: str | os.PathLike) -> None:
     """Fail naming the file and line of the first record whose field count is not the header's
     (a text cell with an unquoted line break, a truncated write), instead of padding it with NaN."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", newline=""))
     header = next(reader, None)
     if header is None:
         return
@@ -116,11 +116,10 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     raw = Path(path).read_bytes()
     if Path(path).suffix == ".gz":
         raw = gzip.decompress(raw)
-    text = raw.decode("utf-8")
-    _check_rows(text, path)
-    if not text.strip():
+    _check_rows(raw, path)
+    if not raw.strip():
         raise pd.errors.EmptyDataError(f"{path}: no columns to parse")
-    return pd.read_csv(io.StringIO(text, newline=""), keep_default_na=False, na_values=[""])
+    return pd.read_csv(io.BytesIO(raw), keep_default_na=False, na_values=[""])
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
