@@ -261,7 +261,8 @@ def test_lens_summaries_by_category_and_null_control_by_hand():
     from vlminterp.experiments.neo_logit_lens import summarize_lens
 
     rows = []
-    for image_id, category, hit, null_hit in ((1, "a", 1.0, 0.0), (2, "a", 0.5, 1.0), (3, "b", 0.0, 0.0)):
+    for image_id, category, hit, null_hit in ((1, "a", 1.0, 0.0), (2, "a", 0.5, 1.0), (3, "b", 0.0, 0.0),
+                                              (4, "c", np.nan, 0.0)):
         rows.append({"image_id": image_id, "category": category, "layer": 0, "region": "object",
                      "name_in_topk": hit, "name_top1": hit, "name_rank1": hit, "name_rank": 1.0, "n_categories": 4,
                      "null_in_topk": null_hit, "null_top1": null_hit, "null_rank1": null_hit})
@@ -269,9 +270,11 @@ def test_lens_summaries_by_category_and_null_control_by_hand():
     a = by_category[by_category.category == "a"].iloc[0]
     assert a["n_images"] == 2 and a["name_in_topk"] == pytest.approx(0.75)
     assert by_category[by_category.category == "b"].iloc[0]["name_top1"] == 0.0
+    c = by_category[by_category.category == "c"].iloc[0]  # unscorable: counted, no value
+    assert c["n_images"] == 1 and c["n_scored"] == 0 and np.isnan(c["name_in_topk"])
     row = control.iloc[0]
-    assert row["name_rank1"] == pytest.approx(0.5) and row["name_rank1_null"] == pytest.approx(1 / 3)
-    assert row["chance_rank1"] == 0.25 and row["n_images"] == 3
+    assert row["name_rank1"] == pytest.approx(0.5) and row["name_rank1_null"] == pytest.approx(1 / 4)
+    assert row["chance_rank1"] == 0.25 and row["n_images"] == 4
 
 
 # ---- N1 ---------------------------------------------------------------------------------------------

@@ -190,13 +190,15 @@ def run_logit_lens(session: Session, selection: pd.DataFrame, spec: LensSpec, *,
 def summarize_lens(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(by_category, null_control) summaries of the gathered N2 scores (module docstring).
 
-    by_category: category, layer, region, n_images (targets with a value), and the mean of each
-    measure over the category's targets. null_control: layer, region, and per measure its mean over
+    by_category: category, layer, region, n_images (targets), n_scored (targets whose name_in_topk
+    has a value: 0 for a category with no collision-free first piece), and the mean of each measure
+    over the category's targets. null_control: layer, region, and per measure its mean over
     all targets (`<measure>`), the same readout against the permuted labels (`<measure>_null`),
     with n_images, and `chance_rank1` = 1 / n_categories (what name_rank1_null should be near)."""
     keys = ["layer", "region"]
     by_category = (scores.groupby(["category", *keys], sort=True)
-                   .agg(n_images=("image_id", "nunique"), **{m: (m, "mean") for m in MEASURES},
+                   .agg(n_images=("image_id", "nunique"), n_scored=("name_in_topk", "count"),
+                        **{m: (m, "mean") for m in MEASURES},
                         name_rank=("name_rank", "mean"), n_categories=("n_categories", "max"))
                    .reset_index())
     nulls = {m: f"null_{m.removeprefix('name_')}" for m in MEASURES}
