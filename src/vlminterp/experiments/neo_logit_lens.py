@@ -74,7 +74,7 @@ MEASURES = ["name_in_topk", "name_top1", "name_rank1"]
 class LensSpec:
     """top_k: tokens kept per position and layer; background_buffer: background cells lie outside
     the object's cells dilated this many times (1 keeps the object's immediate border out);
-    html_images: interactive pages written (`write_lens_pages`, the first images of the selection)."""
+    html_images: interactive pages written (`write_lens_pages`: hits and misses alternately)."""
 
     top_k: int = 5
     background_buffer: int = 1
