@@ -20,6 +20,7 @@ FIXTURES = Path(os.environ.get("VLMINTERP_SHARED_FIXTURES", ROOT.parent / "share
 COCO_MINI = FIXTURES / "coco-mini"                                   # official COCO 2017 layout
 LLAMA2_TOKENIZER = FIXTURES / "llama2-tokenizer" / "tokenizer.model"  # LLaVA-1.5's base tokenizer
 LLAVA_INTERP = FIXTURES / "llava-interp"                             # Neo et al.'s data/ files
+CHAIR_SYNONYMS = FIXTURES / "chair" / "synonyms.txt"                 # CHAIR's synonym list
 
 
 def require(path: Path) -> Path:

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
+import io
 import json
 import os
 import shutil
@@ -60,26 +62,64 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
+def _csv_text(df: pd.DataFrame) -> str:
+    """The CSV text of `df`, every cell recoverable by `read_table`. Fields holding a delimiter,
+    quote or newline are quoted (the csv module's minimal rule); a carriage return is no line end
+    to that rule (its line terminator is "\n") but is one to every reader, so a table with a "\r" in
+    any text cell (Llama 2 has tokens such as ');\r') quotes every field instead."""
+    text_columns = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
+    has_cr = any(df[c].map(lambda v: isinstance(v, str) and "\r" in v).any() for c in text_columns)
+    has_cr = has_cr or any(isinstance(c, str) and "\r" in c for c in df.columns)
+    return df.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL)
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a long-format table atomically (.csv, .csv.gz or .parquet by suffix).
 
-    Gzipped tables carry no timestamp or file name, so the same table is the same bytes."""
+    Gzipped tables carry no timestamp or file name, so the same table is the same bytes. Every text
+    cell, whatever characters it holds (carriage returns, newlines, quotes, commas), reads back
+    exactly with `read_table`."""
     with atomic_path(path) as tmp:
         suffix = Path(path).suffix
         if suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         elif suffix == ".gz":
-            tmp.write_bytes(gzip.compress(df.to_csv(index=False).encode(), mtime=0))
+            tmp.write_bytes(gzip.compress(_csv_text(df).encode(), mtime=0))
         else:
-            df.to_csv(tmp, index=False)
+            tmp.write_bytes(_csv_text(df).encode())
+
+
+class MalformedTableError(ValueError):
+    """A CSV table with a row whose field count differs from its header's."""
+
+
+def _check_rows(raw: bytes, path: str | os.PathLike) -> None:
+    """Fail naming the file and line of the first record whose field count is not the header's
+    (a text cell with an unquoted line break, a truncated write), instead of padding it with NaN."""
+    reader = csv.reader(io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    for record in reader:
+        if len(record) != len(header):
+            raise MalformedTableError(
+                f"{path}: line {reader.line_num}: {len(record)} field(s) where the header has {len(header)} "
+                f"({record[:3]!r}...); the table is malformed (a text cell with an unquoted line break?)")
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by `write_table`. Only an empty CSV field is missing: text such as a
-    token "null", "NA" or "nan" (all in LLaVA's vocabulary) stays text."""
+    token "null", "NA" or "nan" (all in LLaVA's vocabulary) stays text. A CSV row with more or fewer
+    fields than the header raises `MalformedTableError` naming the file and line."""
     if Path(path).suffix == ".parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    raw = Path(path).read_bytes()
+    if Path(path).suffix == ".gz":
+        raw = gzip.decompress(raw)
+    _check_rows(raw, path)
+    if not raw.strip():
+        raise pd.errors.EmptyDataError(f"{path}: no columns to parse")
+    return pd.read_csv(io.BytesIO(raw), keep_default_na=False, na_values=[""])
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

@@ -26,7 +26,7 @@ from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
 from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells
 from vlminterp.interventions import InterventionEngine, capture_residual
-from vlminterp.scoring.vocabulary import load_vocabulary
+from vlminterp.scoring.vocabulary import SynonymVocabulary, load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 CELLS = CellSpec()
@@ -198,8 +198,83 @@ def test_logit_lens_tables(setup, tmp_path):
     object_cells = s["cells"].groupby("image_id")["object_b0"].sum()
     got = scores[(scores.region == "object") & (scores.layer == 0)].set_index("image_id")["n_cells"]
     assert (got == object_cells.reindex(got.index)).all()
-    pages = write_lens_pages(topk, s["selection"], s["grids"], s["dataset"], tmp_path / "pages", max_pages=2)
+    assert (scores["null_category"].isin(s["selection"]["category_name"])).all()
+    assert scores[["null_in_topk", "null_rank1", "null_top1"]].stack().between(0, 1).all()
+    # name_in_topk and its null recomputed from the top-k table and each label's crediting pieces
+    from vlminterp.scoring.pieces import first_pieces
+
+    credits = first_pieces(s["processor"].tokenizer, s["vocabulary"], "It is a").credits
+    assert all(credits[c] for c in s["selection"]["category_name"])  # every label scorable: the check bites
+    for row in scores[scores.region == "object"].itertuples():
+        part = topk[(topk.image_id == row.image_id) & (topk.layer == row.layer) & topk.is_object.astype(bool)]
+        for label, value in ((row.category, row.name_in_topk), (row.null_category, row.null_in_topk)):
+            hit = part.groupby("position")["token_id"].apply(lambda ids: bool(set(ids) & credits[label]))
+            assert value == pytest.approx(hit.mean()) if credits[label] else np.isnan(value)
+
+    pages = write_lens_pages(topk, s["selection"], s["grids"], s["dataset"], tmp_path / "pages", max_pages=2,
+                             scores=scores)
     assert len(pages) == 2 and (tmp_path / "pages" / "index.html").is_file()
+    for _, title, summary in pages:  # the index reads the scores table: one definition
+        image_id = int(title.split()[1].rstrip(":"))
+        obj = scores[(scores.image_id == image_id) & (scores.region == "object")].set_index("layer")["name_in_topk"]
+        best = summary["best layer (object name_in_topk)"]
+        if best is None:
+            assert summary["hit"] in ("miss", "unscorable") and not (obj > 0).any()
+        else:
+            assert summary["hit"] == "hit" and obj.loc[best] == obj.max() > 0
+            assert summary["name_in_topk there (last layer if none)"] == obj.loc[best]
+
+
+def test_null_labels_permute_the_selections_categories():
+    from vlminterp.experiments.neo_logit_lens import permuted_labels
+
+    selection = pd.DataFrame({"image_id": [5, 3, 9, 1, 7, 2], "category_name": list("aabbcc")})
+    labels = permuted_labels(selection, 3)
+    assert sorted(labels) == [1, 2, 3, 5, 7, 9] and sorted(labels.values()) == list("aabbcc")
+    assert labels == permuted_labels(selection.iloc[::-1], 3)  # row order (a shard's view) does not matter
+    assert any(permuted_labels(selection, seed) != labels for seed in range(4, 10))
+
+
+def test_logit_lens_skips_excluded_targets(setup):
+    """A target with no visible cell is not run by N2 (as by N1 and N3)."""
+    s = setup
+    first = int(s["selection"]["image_id"].iloc[0])
+    grids = {**s["grids"], first: dataclasses.replace(s["grids"][first], excluded="object outside the crop")}
+    topk, scores = run_logit_lens(s["session"], s["selection"], LensSpec(top_k=1), cells=grids, prompts=PromptSpec())
+    assert first not in set(scores["image_id"]) and first not in set(topk["image_id"])
+    assert set(scores["image_id"]) == set(s["selection"]["image_id"]) - {first}
+
+
+def test_lens_pages_show_hits_and_misses():
+    from vlminterp.experiments.neo_logit_lens import example_targets
+
+    selection = pd.DataFrame({"image_id": [1, 2, 3, 4, 5], "category_name": list("abcde")})
+    peak = {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.5, 5: np.nan}  # image 4 the only hit; 5 unscorable
+    scores = pd.DataFrame([{"image_id": i, "region": r, "layer": l, "name_in_topk": v if r == "object" else 1.0}
+                           for i, v in peak.items() for r in ("object", "background") for l in (0, 1)])
+    chosen = example_targets(selection, scores, 2)["image_id"].tolist()
+    assert chosen == [4, 1]  # a hit and a miss, each the first of its kind in selection order
+    assert example_targets(selection, scores, None)["image_id"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_lens_summaries_by_category_and_null_control_by_hand():
+    from vlminterp.experiments.neo_logit_lens import summarize_lens
+
+    rows = []
+    for image_id, category, hit, null_hit in ((1, "a", 1.0, 0.0), (2, "a", 0.5, 1.0), (3, "b", 0.0, 0.0),
+                                              (4, "c", np.nan, 0.0)):
+        rows.append({"image_id": image_id, "category": category, "layer": 0, "region": "object",
+                     "name_in_topk": hit, "name_top1": hit, "name_rank1": hit, "name_rank": 1.0, "n_categories": 4,
+                     "null_in_topk": null_hit, "null_top1": null_hit, "null_rank1": null_hit})
+    by_category, control = summarize_lens(pd.DataFrame(rows))
+    a = by_category[by_category.category == "a"].iloc[0]
+    assert a["n_images"] == 2 and a["name_in_topk"] == pytest.approx(0.75)
+    assert by_category[by_category.category == "b"].iloc[0]["name_top1"] == 0.0
+    c = by_category[by_category.category == "c"].iloc[0]  # unscorable: counted, no value
+    assert c["n_images"] == 1 and c["n_scored"] == 0 and np.isnan(c["name_in_topk"])
+    row = control.iloc[0]
+    assert row["name_rank1"] == pytest.approx(0.5) and row["name_rank1_null"] == pytest.approx(1 / 4)
+    assert row["chance_rank1"] == 0.25 and row["n_images"] == 4
 
 
 # ---- N1 ---------------------------------------------------------------------------------------------
@@ -454,3 +529,33 @@ def test_integrated_gradients_the_authors_way_equal_a_step_by_step_loop(setup, m
     signed = integrated_gradients(adapter, prepared.inputs_embeds, positions, setup["mean"], target, steps=steps,
                                   batch_size=3, objective="logit", points="linspace")
     assert not np.allclose(np.abs(signed), attribution)     # the two rankings differ on this model
+
+
+def test_vqa_readouts_exclude_a_target_whose_answer_piece_begins_another_category(setup):
+    """N1's VQA setting and N3 score one token; where the name's first piece also begins a form of
+    another category, the target is excluded from them (and only them) with the reason."""
+    s = setup
+    tokenizer = s["processor"].tokenizer
+    circle = answer_first_token(tokenizer, "It is a", "circle")
+    synonym = next(w for w in ("circlet", "circleish", "circ", "cir", "ci", "c")
+                   if answer_first_token(tokenizer, "It is a", w) == circle)  # a square synonym starting like "circle"
+    vocabulary = load_vocabulary("shapes", categories=list(s["dataset"].category_names().values()))
+    clashing = SynonymVocabulary("clash", {**vocabulary.categories, "square": ("square", synonym)})
+    session = Session.from_model(s["model"], s["processor"], s["dataset"], s["session"].prompt, vocabulary=clashing)
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=4, polling_new_tokens=2, random_counts=(2,),
+                        settings=("vqa", "polling"))
+    table = run_token_ablation(session, s["selection"], spec, cells=s["grids"], prompts=PromptSpec(), mean=s["mean"])
+    blocking = run_attention_blocking(session, s["selection"], BlockingSpec(window=2), cells=s["grids"],
+                                      prompts=PromptSpec())
+    assert {"circle", "square"} & set(s["selection"]["category_name"])  # the test is not vacuous
+    for target in s["selection"].itertuples():
+        vqa = table[(table.image_id == target.image_id) & (table.setting == "vqa")]
+        polling = table[(table.image_id == target.image_id) & (table.setting == "polling")]
+        blocked = blocking[blocking.image_id == target.image_id]
+        assert (polling["excluded"].fillna("") == "").all()  # polling reads no first piece
+        if target.category_name in ("circle", "square"):  # circle's own piece begins "square"'s synonym
+            assert len(vqa) == 1 and not vqa["included"].any() and len(blocked) == 1
+            other = "square" if target.category_name == "circle" else "circle"
+            assert other in vqa["excluded"].iloc[0] and other in blocked["excluded"].iloc[0]
+        else:
+            assert (vqa["excluded"].fillna("") == "").all() and len(vqa) > 1

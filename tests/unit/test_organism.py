@@ -459,3 +459,35 @@ def test_cached_frozen_tower_features_give_the_models_own_logits():
         embeds = _embeds_with_image_features(model, batch["input_ids"], features)
         got = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def _first_piece_by_sentencepiece(tokenizer, prefix: str, form: str) -> str:
+    """The piece `form` adds after `prefix`, from the token strings (not `answer_first_token`)."""
+    base = tokenizer.tokenize(prefix)
+    full = tokenizer.tokenize(f"{prefix} {form}")
+    at = next(i for i, (a, b) in enumerate(zip(base + [None], full)) if a != b)
+    return full[at]
+
+
+def test_first_pieces_of_the_shapes_vocabulary_credit_no_shared_piece(processor):
+    """On the organism's tokenizer, a first piece that begins a form (name, synonym or plural) of
+    two shapes credits neither: counted here from every form's token strings."""
+    from vlminterp.experiments.neo_logit_lens import name_token_ids
+    from vlminterp.scoring.mentions import plural_forms
+    from vlminterp.scoring.pieces import first_pieces
+    from vlminterp.scoring.vocabulary import load_vocabulary
+
+    tok = processor.tokenizer
+    shapes = load_vocabulary("shapes")
+    owners: dict[str, set[str]] = {}
+    for category, forms in shapes.categories.items():
+        for form in {*forms, *(p for f in forms for p in plural_forms(f))}:
+            owners.setdefault(_first_piece_by_sentencepiece(tok, "It is a", form), set()).add(category)
+    shared = {piece for piece, cats in owners.items() if len(cats) > 1}
+    assert shared, owners  # the organism's pieces do collide (e.g. "disc" and "diamond" both start "▁d")
+    pieces = first_pieces(tok, shapes, "It is a")
+    assert {tok.convert_ids_to_tokens(p) for p in pieces.shared} == shared
+    for category in shapes.categories:
+        expected = {p for p, cats in owners.items() if cats == {category} and p.strip("▁")}  # "▁" names nothing
+        assert {tok.convert_ids_to_tokens(p) for p in pieces.credits[category]} == expected, category
+        assert {tok.convert_ids_to_tokens(p) for p in name_token_ids(tok, shapes, category, "It is a")} == expected

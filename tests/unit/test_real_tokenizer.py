@@ -109,3 +109,33 @@ def test_kaduri_paper_prompt_tokenizes_as_the_original(processor, synthetic):
     # Without the space the text differs from the original's after the image: "\ndescribe" is not "\n describe".
     unspaced = prompt.replace("\n describe", "\ndescribe")
     assert processor(images=image, text=unspaced)["input_ids"][0] != _original_llava_ids(prompt)
+
+
+def test_first_pieces_of_coco_under_llama2_credit_no_shared_piece(processor, coco_vocabulary):
+    """Every COCO name, synonym and plural, split by the SentencePiece model itself: a first piece
+    that begins forms of two categories credits neither (e.g. giraffe's "▁g")."""
+    import sentencepiece
+
+    from vlminterp.experiments.neo_logit_lens import name_token_ids
+    from vlminterp.scoring.mentions import plural_forms
+    from vlminterp.scoring.pieces import first_pieces
+
+    model = sentencepiece.SentencePieceProcessor(model_file=str(require(LLAMA2_TOKENIZER)))
+    base = model.encode("It is a", out_type=str)
+    owners: dict[str, set[str]] = {}
+    for category, forms in coco_vocabulary.categories.items():
+        for form in {*forms, *(p for f in forms for p in plural_forms(f))}:
+            full = model.encode(f"It is a {form}", out_type=str)
+            assert full[:len(base)] == base, form
+            owners.setdefault(full[len(base)], set()).add(category)
+    shared = {piece for piece, cats in owners.items() if len(cats) > 1}
+    # "▁g ira ffe", "▁g riz zly" (bear); "▁cat" also begins "catamaran" (boat)
+    assert {"giraffe", "bear"} <= owners["▁g"] and owners["▁cat"] == {"cat", "boat"}
+    tokenizer = processor.tokenizer
+    pieces = first_pieces(tokenizer, coco_vocabulary, "It is a")
+    assert {tokenizer.convert_ids_to_tokens(p) for p in pieces.shared} == shared
+    for category in coco_vocabulary.categories:
+        expected = {p for p, cats in owners.items() if cats == {category} and p.strip("▁")}
+        assert {tokenizer.convert_ids_to_tokens(p) for p in pieces.credits[category]} == expected, category
+    assert name_token_ids(tokenizer, coco_vocabulary, "giraffe", "It is a").isdisjoint(
+        tokenizer.convert_tokens_to_ids(sorted(shared)))

@@ -324,7 +324,7 @@ def test_logit_lens_tables_and_pages_per_tile(variant, synthetic, dataset, selec
     cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))
     topk, scores = run_logit_lens(_session(model, processor, dataset), selection, LensSpec(top_k=2, background_buffer=1),
                                   cells=cells, prompts=PROMPTS)
-    pages = write_lens_pages(topk, selection, cells, dataset, tmp_path, max_pages=None)
+    pages = write_lens_pages(topk, selection, cells, dataset, tmp_path, max_pages=None, scores=scores)
     for (path, _, _), image_id in zip(pages, selection.image_id):
         size = IMAGES[image_id - 1][0]
         layout = adapter.image_cells(size)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 
 import pytest
 import yaml
-from shared_fixtures import COCO_MINI, require
+from shared_fixtures import CHAIR_SYNONYMS, COCO_MINI, require
 
 from vlminterp.data.shapes import PALETTE, SHAPE_OUTLINES
 from vlminterp.scoring.vocabulary import (SynonymVocabulary, as_vocabulary, available_vocabularies, load_vocabulary,
@@ -90,7 +91,7 @@ def test_coco_synonyms_and_traps(coco, text, expected):
 #: Real COCO 2017 captions of coco-mini (annotation id -> the categories a careful reader finds in
 #: the caption, checked by hand), each one a compound-word trap of issue 13.
 REAL_CAPTION_CATEGORIES = {
-    448387: set(),                                  # "The large adult panda is walking ..."
+    448387: {"bear"},                               # "The large adult panda is walking ..." (CHAIR: a bear)
     197971: {"bear"},                               # "An adult polar bear stands next to a polar bear cub."
     192808: {"bear"},                               # "A white baby bear rubs against a large white bear ..."
     77275: {"elephant"},                            # "The baby elephant stands on a rock ..."
@@ -117,6 +118,40 @@ def test_compound_words_on_real_coco_captions(coco):
         captions.update({a["id"]: a["caption"] for a in data["annotations"]})
     found = {ann_id: coco.categories_in(captions[ann_id]) for ann_id in REAL_CAPTION_CATEGORIES}
     assert found == REAL_CAPTION_CATEGORIES
+
+
+#: Words of CHAIR's list that name no category here, on purpose (coco.yaml's header says why).
+CHAIR_DROPPED = {("cell phone", "phon"), ("person", "solider"), ("tv", "televison"), ("knife", "knive"),
+                 ("tie", "bow"), ("bowl", "container")}
+
+
+def _chair_synonyms() -> dict[str, list[str]]:
+    """CHAIR's synonyms.txt read directly: one line per category, the category's words first."""
+    table = {}
+    for line in (require(CHAIR_SYNONYMS)).read_text(encoding="utf-8").splitlines():
+        words = [w.strip().lower() for w in line.split(",") if w.strip()]
+        if words:
+            table[words[0]] = list(dict.fromkeys(words))
+    return table
+
+
+def test_coco_vocabulary_follows_chairs_list_but_for_documented_differences(coco):
+    """Every word of CHAIR's list names its CHAIR category (and only it), except the documented
+    drops; every form CHAIR lacks is listed in the file's header, as are the drops."""
+    chair = _chair_synonyms()
+    assert set(chair) == set(COCO_2017)
+    missed = {(category, word) for category, words in chair.items() for word in words
+              if coco.categories_in(word) != {category}}
+    assert missed == CHAIR_DROPPED
+    assert coco.categories_in("A wild turkey and a panda.") == {"bird", "bear"}
+    header = "\n".join(line for line in (importlib.resources.files("vlminterp.scoring") / "synonyms" / "coco.yaml")
+                       .read_text(encoding="utf-8").splitlines() if line.startswith("#")).lower()
+    chair_words = {w for words in chair.values() for w in words}
+    raw = yaml.safe_load((importlib.resources.files("vlminterp.scoring") / "synonyms" / "coco.yaml").read_text())
+    added = {f for forms in raw["categories"].values() for f in forms if f.lower() not in chair_words}
+    undocumented = sorted(f for f in added | {w for _, w in CHAIR_DROPPED}
+                          if not re.search(rf"(?<![a-z]){re.escape(f.lower())}(?![a-z])", header))
+    assert not undocumented, undocumented
 
 
 def test_animal_qualifiers_and_dropped_beside_in_a_file(tmp_path):

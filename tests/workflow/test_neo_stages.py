@@ -23,7 +23,7 @@ TINY = yaml.safe_load(TINY_CONFIG.read_text())
 RUN = TINY["run"]
 NEO_RULES = {"select_neo_targets", "map_object_cells", "compute_mean_embedding", "ablate_object_tokens",
              "gather_token_ablation", "plot_token_ablation", "apply_logit_lens", "gather_logit_lens_topk",
-             "gather_logit_lens_scores", "plot_logit_lens", "write_logit_lens_pages", "block_object_attention",
+             "gather_logit_lens_scores", "summarize_logit_lens", "plot_logit_lens", "write_logit_lens_pages", "block_object_attention",
              "gather_attention_blocking", "plot_attention_blocking"}
 
 
@@ -50,6 +50,7 @@ def test_every_neo_output_exists(neo_dir, tiny_run):
                  "ablation/ablation.csv", "ablation/flip_rates.png", "ablation/flip_rates.pdf",
                  "logit_lens/topk.csv.gz", "logit_lens/scores.csv", "logit_lens/lens_curves.png",
                  "logit_lens/lens_curves.pdf", "logit_lens/pages/index.html",
+                 "logit_lens/scores_by_category.csv", "logit_lens/null_control.csv",
                  "blocking/blocking.csv", "blocking/blocking_drops.png", "blocking/blocking_drops.pdf"]:
         assert (neo_dir / path).is_file(), f"missing neo/{path}"
     pages = list((neo_dir / "logit_lens" / "pages").glob("image_*.html"))
@@ -68,9 +69,11 @@ def test_tables_have_one_row_per_image_and_condition(neo_dir):
             .apply(lambda c: (c == "none").sum() == 1)).all()
     scores = pd.read_csv(neo_dir / "logit_lens" / "scores.csv")
     n_layers = scores["layer"].nunique()
-    assert set(scores["image_id"]) == images and len(scores) == len(images) * n_layers * 2
+    cells = pd.read_csv(neo_dir / "cells.csv", keep_default_na=False)
+    visible = images - set(cells.loc[cells["excluded"] != "", "image_id"])  # N2 skips excluded targets
+    assert set(scores["image_id"]) == visible and len(scores) == len(visible) * n_layers * 2
     topk = pd.read_csv(neo_dir / "logit_lens" / "topk.csv.gz")
-    assert set(topk["layer"]) == set(scores["layer"]) and set(topk["image_id"]) == images
+    assert set(topk["layer"]) == set(scores["layer"]) and set(topk["image_id"]) == visible
     blocking = pd.read_csv(neo_dir / "blocking" / "blocking.csv")
     assert set(blocking["image_id"]) == images
     assert not blocking.duplicated(["image_id", "block_set", "window_kind", "window"]).any()

@@ -126,12 +126,14 @@ def test_every_stage_wrote_rows_for_its_images(rehearsal):
     assert len(kaduri) == 4
     assert set(_table(rehearsal, "neo/ablation/ablation.csv")["image_id"]) == targets
     assert set(_table(rehearsal, "neo/blocking/blocking.csv")["image_id"]) == targets
-    assert set(_table(rehearsal, "neo/logit_lens/scores.csv")["image_id"]) == targets
+    cells = _table(rehearsal, "neo/cells.csv")
+    visible = targets - set(cells.loc[cells["excluded"].fillna("") != "", "image_id"])  # N2 skips the others
+    assert set(_table(rehearsal, "neo/logit_lens/scores.csv")["image_id"]) == visible
     assert set(_table(rehearsal, "kaduri/knockout/descriptions.csv")["image_id"]) == kaduri
     assert set(_table(rehearsal, "kaduri/reprompt/answers.csv")["image_id"]) == kaduri
     assert len(_table(rehearsal, "kaduri/attention/summary.csv"))
     lens_pages = list((rehearsal.run_dir / "neo/logit_lens/pages").glob("image_*.html"))
-    assert len(lens_pages) == len(targets)
+    assert len(lens_pages) == len(visible)
 
 
 def test_the_ablation_ran_on_llava_sized_inputs(rehearsal):

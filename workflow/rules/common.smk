@@ -289,6 +289,7 @@ def get_final_output():
         rules.gather_token_ablation.output[0],
         *rules.plot_logit_lens.output,
         rules.gather_logit_lens_scores.output[0],
+        *rules.summarize_logit_lens.output,
         rules.write_logit_lens_pages.output[0],
         *rules.plot_attention_blocking.output,
         rules.gather_attention_blocking.output[0],

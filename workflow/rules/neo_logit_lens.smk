@@ -47,6 +47,22 @@ rule gather_logit_lens_scores:
         "../scripts/gather_shards.py"
 
 
+rule summarize_logit_lens:
+    input:
+        rules.gather_logit_lens_scores.output[0],
+    output:
+        by_category=report(results("neo/logit_lens/scores_by_category.csv"), caption=caption("neo_lens_by_category"),
+                           category="Neo et al.", subcategory="N2 logit lens"),
+        null_control=report(results("neo/logit_lens/null_control.csv"), caption=caption("neo_lens_null_control"),
+                            category="Neo et al.", subcategory="N2 logit lens"),
+    log:
+        logs("summarize_logit_lens"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/summarize_logit_lens.py"
+
+
 rule plot_logit_lens:
     input:
         rules.gather_logit_lens_scores.output[0],
@@ -68,6 +84,7 @@ rule plot_logit_lens:
 rule write_logit_lens_pages:
     input:
         topk=rules.gather_logit_lens_topk.output[0],
+        scores=rules.gather_logit_lens_scores.output[0],
         selection=neo_selection(),
         cells=rules.map_object_cells.output[0],
         world=get_dataset_dir(),

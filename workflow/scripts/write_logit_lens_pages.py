@@ -10,4 +10,5 @@ with rule_context(snakemake.log[0]):
     dataset = CocoDataset.load(snakemake.params.dataset_dir, snakemake.params.split)
     with atomic_path(snakemake.output[0], is_dir=True) as tmp:
         write_lens_pages(read_table(snakemake.input.topk), selection, cells_by_image(read_table(snakemake.input.cells)),
-                         dataset, tmp, snakemake.params.max_pages)
+                         dataset, tmp, snakemake.params.max_pages,
+                         scores=read_table(snakemake.input.scores))

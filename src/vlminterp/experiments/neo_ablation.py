@@ -39,7 +39,10 @@ Settings (one engine call per image and setting, every condition a batch row, pr
               (question_kind = "absent", success = the answer begins with "no") so that
               accuracy over both kinds has a chance level of 50%;
   vqa         the VQA question with the assistant turn primed with "It is a"; success = top-1 next
-              token is the name's first sub-token; `p_correct` = that token's probability.
+              token is the name's first sub-token; `p_correct` = that token's probability. A target
+              whose name's first piece also begins a form (name, synonym, plural) of another
+              category (`scoring.pieces`: "carrot" and "car" both start "▁car" in Llama 2) cannot be
+              scored by one token: its VQA row is excluded (condition "none", `excluded` says why).
 Inclusion: `included` = the unablated run succeeds (target questions only); `flipped` = included
 and the ablated run fails. Every image keeps its rows whatever its inclusion. With the noising
 filter (`neo_screening`) the selection holds only images that passed it, plus question images
@@ -75,6 +78,7 @@ from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells, random_cells
 from vlminterp.interventions import Ablation, Condition
 from vlminterp.models.adapters import answer_first_token
+from vlminterp.scoring.pieces import first_pieces
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +294,7 @@ def run_token_ablation(session: Session, selection: pd.DataFrame, spec: Ablation
     vector = mean if spec.replacement == "mean" else None
     questions = vqa_questions(dataset, selection, prompts)  # the IG target is the VQA answer
     vqa_images = question_image_ids(prompts)  # None: every target; else the VQA setting's images
+    pieces = first_pieces(tokenizer, vocabulary, prompts.vqa_answer_prefix, dataset.category_names().values())
     rows: list[dict] = []
     for target in tqdm(list(selection.itertuples(index=False)), desc="token ablation", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
@@ -335,7 +340,11 @@ def run_token_ablation(session: Session, selection: pd.DataFrame, spec: Ablation
                              "p_correct": None if p_correct is None else float(p_correct[index]),
                              "answer": answer, "excluded": ""})
 
-        if "vqa" in spec.settings and (vqa_images is None or image_id in vqa_images):
+        unscorable = pieces.name_piece_problem(name)
+        if "vqa" in spec.settings and (vqa_images is None or image_id in vqa_images) and unscorable:
+            rows.extend(excluded_rows(image_id, int(target.annotation_id), name, spec, unscorable,
+                                      engine.batches.size, ig_batches.size, settings=("vqa",)))
+        elif "vqa" in spec.settings and (vqa_images is None or image_id in vqa_images):
             logits = engine.logits(vqa_input, conditions_for(vqa_input))[:, -1].float()
             probs = logits.softmax(dim=-1)
             top = logits.argmax(dim=-1).tolist()
@@ -368,14 +377,16 @@ def run_token_ablation(session: Session, selection: pd.DataFrame, spec: Ablation
 
 
 def excluded_rows(image_id: int, annotation_id: int, category: str, spec: AblationSpec, reason: str,
-                  batch_size: int, ig_batch_size: int) -> list[dict]:
-    """The rows of a target excluded for `reason` (module docstring): one per setting, nothing run."""
+                  batch_size: int, ig_batch_size: int, settings: Sequence[str] | None = None) -> list[dict]:
+    """The rows of a target excluded for `reason` (module docstring): one per setting (of
+    `settings`, by default every setting of the run), nothing run."""
     return [{"image_id": image_id, "annotation_id": annotation_id, "category": category, "setting": setting,
              "question_kind": "target", "condition": "none", "family": "none", "buffer": None, "n_requested": 0,
              "n_tokens": 0, "replacement": spec.replacement, "success": False, "baseline_success": False,
              "included": False, "flipped": False, "p_correct": None, "answer": "", "batch_size": batch_size,
              "ig_batch_size": ig_batch_size, "oom_retries": 0, "excluded": reason}
-            for setting in ("vqa", "polling", "generative") if setting in spec.settings]  # the run's order
+            for setting in ("vqa", "polling", "generative")  # the run's order
+            if setting in spec.settings and (settings is None or setting in settings)]
 
 
 def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:

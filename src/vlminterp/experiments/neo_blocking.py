@@ -39,8 +39,9 @@ correct (top-1 = the answer token), p_baseline, baseline_correct, included (= ba
 drop (p_baseline - p_correct), relative_drop (drop / p_baseline), batch_size and oom_retries (the
 engine batch size in effect when the image was done, and how many times CUDA out-of-memory halved
 it during that image: `vlminterp.batching`), excluded (empty; for a target with no object
-token, e.g. "object outside the crop", the reason: such a target is not run and has only its
-"none" row, never included, so the table counts it: `stats.excluded_counts`).
+token, e.g. "object outside the crop", or whose name's first piece also begins another category's
+form (`scoring.pieces`: the answer token would credit both), the reason: such a target is not run
+and has only its "none" row, never included, so the table counts it: `stats.excluded_counts`).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
 from vlminterp.interventions import Condition, Knockout
 from vlminterp.models.adapters import answer_first_token
+from vlminterp.scoring.pieces import first_pieces
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +186,19 @@ def run_attention_blocking(session: Session, selection: pd.DataFrame, spec: Bloc
         selection = selection[selection["image_id"].isin(asked)]
     questions = vqa_questions(dataset, selection, prompts)
     windows = layer_windows(adapter.n_layers, spec)
+    pieces = first_pieces(tokenizer, session.vocabulary, prompts.vqa_answer_prefix, dataset.category_names().values())
     rows: list[dict] = []
     for target in tqdm(list(selection.itertuples(index=False)), desc="attention blocking", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
-        if cells[image_id].excluded:
-            log.info("image %s: target %s excluded (%s)", image_id, target.annotation_id, cells[image_id].excluded)
+        excluded = cells[image_id].excluded or pieces.name_piece_problem(name)
+        if excluded:
+            log.info("image %s: target %s excluded (%s)", image_id, target.annotation_id, excluded)
             rows.append({"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
                          "block_set": "none", "window_kind": "none", "window": "none", "window_start": None,
                          "window_end": None, "n_layers": 0, "n_blocked": 0, "p_correct": np.nan, "correct": False,
                          "p_baseline": np.nan, "baseline_correct": False, "included": False, "drop": np.nan,
                          "relative_drop": np.nan, **engine.batches.columns(since=engine.batches.retries),
-                         "excluded": cells[image_id].excluded})
+                         "excluded": excluded})
             continue
         retries_before = engine.batches.retries
         answer = answer_first_token(tokenizer, prompts.vqa_answer_prefix, name)

@@ -19,16 +19,28 @@ Tables:
   scores  one row per image x layer x region (object = the target's b=0 tokens; background = the
           tokens outside its `background_buffer`-dilation, within each tile): n_cells and the
           per-region means of
-            name_in_topk  the target's name, a plural or a synonym among the top-k tokens (the
-                          paper's measure; a token names the target when it is the first sub-token
-                          of one of those surface forms after "It is a", see `name_token_ids`);
+            name_in_topk  a token that names the target is among the top-k tokens (the measure
+                          this run reads off the authors' pictures; the paper shows top tokens per
+                          position and gives no rate);
             name_top1     the top-1 token over the whole vocabulary names the target;
-            name_rank1    among the dataset's category names (each by its first sub-token), the
-                          target's has the largest logit (chance = 1 / #categories);
+            name_rank1    among the category names (each by its own first piece), the target's
+                          has the largest logit (chance = 1 / n_categories);
             name_rank     that rank (1 = best), averaged;
-            n_categories  the number of category names ranked (chance of name_rank1 = 1 / it).
+            n_categories  the number of category names ranked (chance of name_rank1 = 1 / it);
+          and the same three rates against a null label (`null_category`: the category of another
+          target, the target labels permuted across the selection's images with the run's seed;
+          `null_in_topk`, `null_top1`, `null_rank1`), the control that must sit at chance.
+          A token names a category when it is one of the category's collision-free first pieces
+          (`vlminterp.scoring.pieces`: the first piece, after "It is a", of its name, a synonym or a
+          plural, unless that piece also begins a form of another category). A category left with
+          no such piece scores NaN (missing, not a miss), and is left out of the ranking.
+          Targets excluded for having no visible cell (`excluded` in the cells table) are not run.
           name_rank1 works for the organism's word-level vocabulary of a few dozen words, where
           name_in_topk mostly says whether the position decodes to any shape word at all.
+
+Summaries (`summarize_lens`, files beside scores.csv): `scores_by_category.csv` (per category x
+layer x region: images, mean of each measure) and `null_control.csv` (per layer x region: each
+measure beside its permuted-label control and the chance of name_rank1).
 """
 from __future__ import annotations
 
@@ -45,8 +57,7 @@ from vlminterp.experiments.neo_prompts import PromptSpec
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
 from vlminterp.interventions import capture_residual
-from vlminterp.models.adapters import answer_first_token
-from vlminterp.scoring.mentions import plural_forms
+from vlminterp.scoring.pieces import first_pieces
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 
 log = logging.getLogger(__name__)
@@ -54,14 +65,16 @@ log = logging.getLogger(__name__)
 TOPK_COLUMNS = ["image_id", "position", "tile", "cell_row", "cell_col", "layer", "rank", "token", "token_id",
                 "prob", "is_object"]
 SCORE_COLUMNS = ["image_id", "annotation_id", "category", "layer", "region", "n_cells", "name_in_topk",
-                 "name_top1", "name_rank1", "name_rank", "n_categories"]
+                 "name_top1", "name_rank1", "name_rank", "n_categories", "null_category", "null_in_topk",
+                 "null_top1", "null_rank1"]
+MEASURES = ["name_in_topk", "name_top1", "name_rank1"]
 
 
 @dataclass(frozen=True)
 class LensSpec:
     """top_k: tokens kept per position and layer; background_buffer: background cells lie outside
     the object's cells dilated this many times (1 keeps the object's immediate border out);
-    html_images: interactive pages written (`write_lens_pages`, the first images of the selection)."""
+    html_images: interactive pages written (`write_lens_pages`: hits and misses alternately)."""
 
     top_k: int = 5
     background_buffer: int = 1
@@ -73,11 +86,16 @@ class LensSpec:
 
 
 def name_token_ids(tokenizer, vocabulary: SynonymVocabulary, category: str, prefix: str) -> set[int]:
-    """Token ids that name `category`: the first sub-token of each surface form and its plurals."""
-    forms = set(vocabulary.categories.get(category, (category,))) | {category}
-    if vocabulary.plurals:
-        forms |= {p for f in list(forms) for p in plural_forms(f)}
-    return {answer_first_token(tokenizer, prefix, form) for form in sorted(forms)}
+    """Token ids that name `category`: its collision-free first pieces (`scoring.pieces`)."""
+    return set(first_pieces(tokenizer, vocabulary, prefix, [category]).credits[category])
+
+
+def permuted_labels(selection: pd.DataFrame, seed: int) -> dict[int, str]:
+    """image id -> the category of another target: the selection's category column permuted
+    across its images with `seed` (the null control's labels; the same in every shard)."""
+    table = selection.drop_duplicates("image_id").sort_values("image_id")
+    order = np.random.default_rng([seed, 2]).permutation(len(table))
+    return dict(zip(table["image_id"].astype(int), table["category_name"].astype(str).to_numpy()[order]))
 
 
 def token_text(tokenizer, token_id: int) -> str:
@@ -93,26 +111,38 @@ def lens_logits(adapter, hidden: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def run_logit_lens(session: Session, selection: pd.DataFrame, spec: LensSpec, *,
-                   cells: dict[int, TargetCells], prompts: PromptSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(topk, scores) tables of N2 for the selected images (module docstring)."""
+                   cells: dict[int, TargetCells], prompts: PromptSpec,
+                   null_labels: dict[int, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(topk, scores) tables of N2 for the selected images (module docstring). `null_labels`:
+    image id -> the permuted label of the null control (`permuted_labels`; by default the
+    selection's own labels permuted with seed 0)."""
     adapter, dataset, engine = session.adapter, session.dataset, session.engine
     tokenizer, vocabulary = session.tokenizer, session.vocabulary
     categories = list(dataset.category_names().values())
-    category_tokens = torch.tensor([answer_first_token(tokenizer, prompts.vqa_answer_prefix, c) for c in categories])
-    if len(set(category_tokens.tolist())) != len(categories):
-        log.warning("two category names share a first sub-token; their ranks tie at the better one")
+    pieces = first_pieces(tokenizer, vocabulary, prompts.vqa_answer_prefix, categories)
+    if pieces.shared:
+        log.info("N2: first pieces shared by several categories credit none of them: %s",
+                 {tokenizer.convert_ids_to_tokens(p): c for p, c in pieces.shared.items()})
+    if pieces.unscorable():
+        log.warning("N2: categories with no collision-free first piece score NaN: %s", pieces.unscorable())
+    ranked = [c for c in categories if pieces.name_piece[c] is not None]
+    category_tokens = torch.tensor([pieces.name_piece[c] for c in ranked], dtype=torch.long)
+    null_labels = permuted_labels(selection, 0) if null_labels is None else null_labels
     topk_frames, score_rows = [], []
     for target in tqdm(list(selection.itertuples(index=False)), desc="logit lens", mininterval=5):
         image_id, name = int(target.image_id), str(target.category_name)
         target_cells = cells[image_id]
+        if target_cells.excluded:
+            log.info("image %s: target %s excluded (%s)", image_id, target.annotation_id, target_cells.excluded)
+            continue
         prepared = session.prepare(dataset.load_image(image_id), prompts.describe)
         (positions,) = adapter.image_positions(prepared.input_ids)
         target_cells.check_prompt(positions)
         with capture_residual(adapter, positions=positions) as record:
             engine.logits(prepared, [None])
         states = [record.embeddings()] + [record.layer(l) for l in range(adapter.n_layers)]
-        own_ids = torch.tensor(sorted(name_token_ids(tokenizer, vocabulary, name, prompts.vqa_answer_prefix)))
-        target_index = categories.index(name)
+        null_name = str(null_labels[image_id])
+        labels = {"name": name, "null": null_name}
         obj = target_cells.object_base()
         regions = {"object": obj, "background": ~target_cells.dilate(obj, spec.background_buffer)}
         for layer, state in enumerate(states):
@@ -120,9 +150,15 @@ def run_logit_lens(session: Session, selection: pd.DataFrame, spec: LensSpec, *,
             top_p, top_i = logits.softmax(dim=-1).topk(spec.top_k, dim=-1)
             cat_logits = logits[:, category_tokens.to(logits.device)].cpu()
             top_p, top_i = top_p.cpu(), top_i.cpu()
-            in_topk = torch.isin(top_i, own_ids).any(dim=-1).numpy()
-            top1 = torch.isin(top_i[:, 0], own_ids).numpy()
-            rank = 1 + (cat_logits > cat_logits[:, target_index:target_index + 1]).sum(dim=-1).numpy()
+            reads = {}
+            for kind, label in labels.items():
+                own = torch.tensor(sorted(pieces.credits[label]), dtype=torch.long)
+                scorable = len(own) > 0
+                index = ranked.index(label) if label in ranked else None
+                reads[kind] = (
+                    torch.isin(top_i, own).any(dim=-1).numpy() if scorable else None,
+                    torch.isin(top_i[:, 0], own).numpy() if scorable else None,
+                    None if index is None else 1 + (cat_logits > cat_logits[:, index:index + 1]).sum(dim=-1).numpy())
             k = spec.top_k
             topk_frames.append(pd.DataFrame({
                 "image_id": image_id, "position": np.repeat(positions.cpu().numpy(), k),
@@ -134,21 +170,84 @@ def run_logit_lens(session: Session, selection: pd.DataFrame, spec: LensSpec, *,
                 "is_object": np.repeat(obj, k)}))
             for region, member in regions.items():
                 n = int(member.sum())
+
+                def mean(values, transform=lambda v: v):
+                    return float(transform(values[member]).mean()) if n and values is not None else np.nan
+
+                (in_topk, top1, rank), (null_topk, null_top1, null_rank) = reads["name"], reads["null"]
                 score_rows.append({
                     "image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
                     "layer": layer, "region": region, "n_cells": n,
-                    "name_in_topk": float(in_topk[member].mean()) if n else np.nan,
-                    "name_top1": float(top1[member].mean()) if n else np.nan,
-                    "name_rank1": float((rank[member] == 1).mean()) if n else np.nan,
-                    "name_rank": float(rank[member].mean()) if n else np.nan,
-                    "n_categories": len(categories)})
+                    "name_in_topk": mean(in_topk), "name_top1": mean(top1),
+                    "name_rank1": mean(rank, lambda r: r == 1), "name_rank": mean(rank),
+                    "n_categories": len(ranked), "null_category": null_name,
+                    "null_in_topk": mean(null_topk), "null_top1": mean(null_top1),
+                    "null_rank1": mean(null_rank, lambda r: r == 1)})
     topk = pd.concat(topk_frames, ignore_index=True) if topk_frames else pd.DataFrame(columns=TOPK_COLUMNS)
     return topk[TOPK_COLUMNS], pd.DataFrame(score_rows, columns=SCORE_COLUMNS)
 
 
+def summarize_lens(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(by_category, null_control) summaries of the gathered N2 scores (module docstring).
+
+    by_category: category, layer, region, n_images (targets), n_scored (targets whose name_in_topk
+    has a value: 0 for a category with no collision-free first piece), and the mean of each measure
+    over the category's targets. null_control: layer, region, and per measure its mean over
+    all targets (`<measure>`), the same readout against the permuted labels (`<measure>_null`),
+    with n_images, and `chance_rank1` = 1 / n_categories (what name_rank1_null should be near)."""
+    keys = ["layer", "region"]
+    by_category = (scores.groupby(["category", *keys], sort=True)
+                   .agg(n_images=("image_id", "nunique"), n_scored=("name_in_topk", "count"),
+                        **{m: (m, "mean") for m in MEASURES},
+                        name_rank=("name_rank", "mean"), n_categories=("n_categories", "max"))
+                   .reset_index())
+    nulls = {m: f"null_{m.removeprefix('name_')}" for m in MEASURES}
+    control = (scores.groupby(keys, sort=True)
+               .agg(n_images=("image_id", "nunique"), **{m: (m, "mean") for m in MEASURES},
+                    **{f"{m}_null": (nulls[m], "mean") for m in MEASURES},
+                    n_categories=("n_categories", "max"))
+               .reset_index())
+    control["chance_rank1"] = 1.0 / control["n_categories"]
+    return by_category, control
+
+
+def example_targets(selection: pd.DataFrame, scores: pd.DataFrame, max_pages: int | None) -> pd.DataFrame:
+    """The targets to draw pages for: hits (the object region's name_in_topk > 0 at some layer)
+    and misses (0 at every layer, or unscorable) alternately, each in selection order, up to
+    `max_pages` (None: every scored target). Excluded targets have no scores and no page."""
+    best = scores[scores["region"] == "object"].groupby("image_id")["name_in_topk"].max()
+    scored = selection[selection["image_id"].isin(best.index)]
+    hit = scored["image_id"].map(best).fillna(0).to_numpy() > 0
+    hits, misses = scored[hit], scored[~hit]
+    if max_pages is None or max_pages >= len(scored):
+        return scored
+    order = []
+    for i in range(max_pages):
+        for part in (hits, misses):
+            if i < len(part):
+                order.append(part.iloc[i])
+    return pd.DataFrame(order[:max_pages], columns=scored.columns) if order else scored.head(0)
+
+
+def page_summary(scores: pd.DataFrame, image_id: int, category: str, n_cells: int) -> dict:
+    """The index row of one page, read from the scores table (one definition with scores.csv):
+    the layer where the object region's name_in_topk peaks (None where it is 0 or NaN at every
+    layer) and the object region's name_in_topk / name_top1 there."""
+    part = scores[(scores["image_id"] == image_id) & (scores["region"] == "object")].set_index("layer")
+    values = part["name_in_topk"]
+    best = int(values.idxmax()) if values.notna().any() and values.max() > 0 else None
+    at = best if best is not None else (int(values.index.max()) if len(values) else None)
+    return {"object": category, "object cells": n_cells,
+            "hit": "unscorable" if not values.notna().any() else ("hit" if best is not None else "miss"),
+            "best layer (object name_in_topk)": best,
+            "name_in_topk there (last layer if none)": None if at is None else float(values.loc[at]),
+            "name_top1 there": None if at is None else float(part["name_top1"].loc[at])}
+
+
 def write_lens_pages(topk: pd.DataFrame, selection: pd.DataFrame, cells: dict[int, TargetCells],
-                     dataset: CocoDataset, out_dir, max_pages: int | None) -> list:
-    """One interactive page per image (the first `max_pages` of `selection`) and `index.html`."""
+                     dataset: CocoDataset, out_dir, max_pages: int | None, scores: pd.DataFrame) -> list:
+    """One interactive page per example target (`example_targets`: hits and misses) and `index.html`,
+    whose rows read the scores table (`page_summary`)."""
     from pathlib import Path
 
     from vlminterp.plots.lens_html import write_lens_index, write_lens_page
@@ -156,8 +255,7 @@ def write_lens_pages(topk: pd.DataFrame, selection: pd.DataFrame, cells: dict[in
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = []
-    chosen = selection if max_pages is None else selection.head(max_pages)
-    for target in chosen.itertuples(index=False):
+    for target in example_targets(selection, scores, max_pages).itertuples(index=False):
         image_id = int(target.image_id)
         part = topk[topk["image_id"] == image_id]
         if part.empty:
@@ -171,12 +269,6 @@ def write_lens_pages(topk: pd.DataFrame, selection: pd.DataFrame, cells: dict[in
         title = f"image {image_id}: {target.category_name}"
         page = write_lens_page(part, dataset.load_image(image_id), boxes, out_dir / f"image_{image_id}.html",
                                object_cells=objects, object_name=str(target.category_name), title=title)
-        top1 = part[(part["rank"] == 1) & part["is_object"].astype(bool)]
-        named = top1.groupby("layer")["token"].apply(
-            lambda t: float((t.str.strip().str.lower() == str(target.category_name).lower()).mean()))
-        best = int(named.idxmax()) if len(named) and named.max() > 0 else None
-        pages.append((page, title, {"object": str(target.category_name), "object cells": int(obj.sum()),
-                                    "best layer (object top-1 = name)": best,
-                                    "share at best layer": float(named.max()) if len(named) else None}))
+        pages.append((page, title, page_summary(scores, image_id, str(target.category_name), int(obj.sum()))))
     write_lens_index(pages, out_dir / "index.html")
     return pages

@@ -112,13 +112,19 @@ def token_ablation(*, session: Section, spec: Section, prompts: Section, selecti
 
 
 def logit_lens(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike, shard: str,
-               images_per_shard: int, questions: PathLike | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rule apply_logit_lens: N2 on one shard of the targets, (topk, scores)."""
-    from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens
+               images_per_shard: int, questions: PathLike | None = None,
+               seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rule apply_logit_lens: N2 on one shard of the targets, (topk, scores). The null control's
+    labels are the whole selection's (targets with a visible cell) permuted with `seed`."""
+    from vlminterp.experiments.neo_logit_lens import LensSpec, permuted_labels, run_logit_lens
 
     lens = build_spec(LensSpec, spec, where="neo.logit_lens")
+    table, cell_table = read_table(selection), read_table(cells)
+    excluded = cell_table.loc[cell_table["excluded"].fillna("").astype(str) != "", "image_id"]
+    null_labels = permuted_labels(table[~table["image_id"].isin(excluded)], seed)
     opened, targets, target_cells = _neo_shard(session, "N2 logit lens", selection, cells, shard, images_per_shard)
-    return run_logit_lens(opened, targets, lens, cells=target_cells, prompts=_prompts(prompts, questions))
+    return run_logit_lens(opened, targets, lens, cells=target_cells, prompts=_prompts(prompts, questions),
+                          null_labels=null_labels)
 
 
 def attention_blocking(*, session: Section, spec: Section, prompts: Section, selection: PathLike, cells: PathLike,

@@ -15,7 +15,7 @@ Modules, from the ground up (each imports only those above it):
                 `TargetCells` (its object flags per image), `object_tokens` + `category_mask` (K3),
                 the exclusion reasons
 
-Every box edge is exact (integers over an integer scale, design habit 11): a token holds an
+Every box edge is exact (integers over an integer scale, no float residue): a token holds an
 object exactly when a mask pixel's square meets its box in a positive area.
 """
 from __future__ import annotations

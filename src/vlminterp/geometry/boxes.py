@@ -8,8 +8,7 @@
 
 Pixel (row i, column j) is the unit square [j, j+1) x [i, i+1); so (0, 0, W, H) is the whole
 image. Inverting a resize, crop or padding makes box edges rational (e.g. 14 * 640 / 336), so
-`PixelBoxes` keep integer numerators over one integer scale per axis, never floats (design habit
-11). A box's overlap is (area of the mask pixels' squares inside it) / (its area), computed in
+`PixelBoxes` keep integer numerators over one integer scale per axis, never floats. A box's overlap is (area of the mask pixels' squares inside it) / (its area), computed in
 integers and rounded to float once; a box holds the object exactly when a mask pixel's square
 meets it in a positive area (no 1e-16 residue makes a far cell an object cell). Float boxes are
 accepted too, each edge taken at its exact binary value; `uniform_cell_boxes` tiles a rectangle
@@ -47,7 +46,7 @@ def uniform_cell_boxes(region: Sequence[float], rows: int, cols: int) -> np.ndar
 
 
 class PixelBoxes:
-    """Boxes with exact rational edges in ORIGINAL-image pixels (design habit 11: no float residue).
+    """Boxes with exact rational edges in ORIGINAL-image pixels (no float residue).
 
     Box k is [x0, x1) x [y0, y1) with x = numerators[k, 0 or 2] / scale[0] and y = numerators[k, 1
     or 3] / scale[1]: integer numerators (N, 4) over one integer scale per axis (the least common

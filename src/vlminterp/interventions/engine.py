@@ -15,7 +15,7 @@
 Generation stops at ANY of the model's EOS ids (`adapter.eos_token_ids`: the text config's and
 the generation config's), unless `eos_token_id` (an int or a list, as in `model.generate`) says otherwise.
 
-Why it is fast (see DESIGN.md): an intervention whose earliest touched position is p leaves every
+Why it is fast: an intervention whose earliest touched position is p leaves every
 position before p unchanged, so positions < p run once (KV cache, batch 1) and each condition runs
 only positions >= p, reading the one batch-1 prefix cache in place (shared_prefix.py: the
 extra memory of a condition is its own positions' keys/values, never a copy of the prefix);

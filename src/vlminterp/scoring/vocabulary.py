@@ -14,7 +14,7 @@ category beside which it names nothing (CHAIR: "seat" is no chair in a text abou
 ``animal_qualifiers`` (optional; CHAIR's "baby bird is a bird, not a person" rule) has
 ``qualifiers`` (e.g. [baby, adult]), ``categories`` (the animal categories: "<qualifier> <form>" is
 added as a form of the category, for every form) and ``other_animals`` (animals outside the
-categories: "<qualifier> <animal>" names nothing, so "adult panda" is no person). A bare mapping
+categories: "<qualifier> <animal>" names nothing, so "adult deer" is no person). A bare mapping
 ``category: [forms]`` is also accepted. Matching rules are those of ``vlminterp.scoring.mentions`` (whole words, any case,
 longest match first). A category always matches its own name.
 """
