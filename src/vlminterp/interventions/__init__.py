@@ -6,7 +6,8 @@
 
 Module map: positions (explicit and open-ended position sets), ablation (embedding replacement),
 knockout (attention-edge blocking), attention (the registry patch both knockout and attention
-capture use), capture, cache (KV-cache surgery), engine (batched + prefix-shared; it halves its
+capture use), capture, cache (KV-cache surgery), decoding (greedy continuation, EOS cut; shared by
+engine, cache and reference), engine (batched + prefix-shared; it halves its
 batch on CUDA out-of-memory with `vlminterp.batching`), reference (naive oracle), stats
 (streaming mean), conditions.
 """

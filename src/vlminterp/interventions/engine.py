@@ -49,16 +49,14 @@ from transformers import DynamicCache
 
 from ..batching import AdaptiveBatch
 from ..models.adapters import VLMAdapter, adapter_for
-from ..models.adapters.config_values import token_ids
 from ..models.adapters.positions import RopePositions
 from .ablation import apply_ablations
 from .conditions import Condition, ConditionLike, as_condition
+from .cache import PromptCache, continue_batch, select_cache
+from .decoding import EosIds, greedy_continue, until_eos
 from .knockout import KnockoutMasks
 from .attention import attend_shared_prefix, edit_attention
 from .shared_prefix import SharedPrefixCache
-
-
-EosIds = int | Sequence[int] | None  # one id, several, or none at all (never stop early)
 
 
 @dataclass
@@ -280,8 +278,6 @@ class InterventionEngine:
     def prompt_cache(self, prepared: PreparedInput):
         """The KV cache of the whole prepared input (`cache.PromptCache`: every position kept, with
         the prompt's RoPE positions)."""
-        from .cache import PromptCache
-
         rope = prepared.rope
         _, cache = self.adapter.language_model_forward(
             prepared.inputs_embeds, past_key_values=PromptCache(rope),
@@ -294,8 +290,6 @@ class InterventionEngine:
         `cache.select_cache`); each answers any number of `continue_cache` calls. Text continues
         after the prompt, or, for the keys in `continue_after_kept`, one position after the highest
         kept one (`KeptCache.continuing_after_kept`)."""
-        from .cache import select_cache
-
         cache = self.prompt_cache(prepared)
         kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
         return {key: c.continuing_after_kept() if key in continue_after_kept else c for key, c in kept.items()}
@@ -306,8 +300,6 @@ class InterventionEngine:
         """Greedy answers to each continuation ((1, n) token ids, any lengths) appended after the
         kept cache (`cache.select_cache`): continuations of one length run as one batch (chunked at
         this engine's batch size, halved on CUDA out-of-memory); answers in the given order."""
-        from .cache import continue_batch
-
         by_length: dict[int, list[int]] = {}
         for index, ids in enumerate(continuations):
             by_length.setdefault(ids.shape[-1], []).append(index)
@@ -321,50 +313,3 @@ class InterventionEngine:
             for index, tokens in zip(members, answered):
                 answers[index] = tokens
         return answers
-
-
-def greedy_continue(
-    adapter: VLMAdapter,
-    hidden: torch.Tensor,
-    cache: DynamicCache,
-    next_position: int,
-    max_new_tokens: int,
-    eos_token_id: EosIds,
-    positions: RopePositions | None = None,
-) -> torch.Tensor:
-    """Greedy decoding from the last hidden state of a prefill: (B, <= max_new_tokens) token ids.
-
-    `next_position` is the sequence index of the first generated token; its RoPE position ids come
-    from `positions.span` (index + delta, M-RoPE-shaped where needed), or equal the index when
-    `positions` is None (1-D RoPE). A row is done at any id of `eos_token_id` (int or list); rows
-    that are done keep running (their extra tokens are cut by `until_eos`) until every row is done.
-    """
-    batch = hidden.shape[0]
-    device = hidden.device
-    eos = torch.tensor(token_ids(eos_token_id), dtype=torch.long, device=device)
-    generated = torch.empty(batch, 0, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        next_ids = adapter.unembed(hidden[:, -1]).argmax(dim=-1)
-        generated = torch.cat([generated, next_ids[:, None]], dim=1)
-        finished |= torch.isin(next_ids, eos)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        index = next_position + step
-        if positions is None:
-            position = torch.full((batch, 1), index, dtype=torch.long, device=device)
-        else:
-            position = positions.span(index, index + 1, batch)
-        hidden, cache = adapter.language_model_forward(
-            adapter.embed_tokens(next_ids[:, None]), past_key_values=cache, position_ids=position, use_cache=True
-        )
-    return generated
-
-
-def until_eos(ids: list[int], eos: EosIds) -> list[int]:
-    """`ids` cut after the first of any EOS id in `eos` (an int or a list; the EOS is kept)."""
-    stop = set(token_ids(eos))
-    for index, token in enumerate(ids):
-        if token in stop:
-            return ids[: index + 1]
-    return ids

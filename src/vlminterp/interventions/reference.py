@@ -30,7 +30,7 @@ from ..models.adapters.config_values import token_ids
 from .ablation import replace_embeddings
 from .attention import use_attention_function
 from .conditions import ConditionLike, as_condition
-from .engine import EosIds, until_eos
+from .decoding import EosIds, until_eos
 from .knockout import Knockout
 from .positions import explicit_positions, open_start
 
