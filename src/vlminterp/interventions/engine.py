@@ -50,11 +50,10 @@ from transformers import DynamicCache
 from ..batching import AdaptiveBatch
 from ..models.adapters import VLMAdapter, adapter_for
 from ..models.adapters.positions import RopePositions
-from .ablation import apply_ablations
 from .conditions import Condition, ConditionLike, as_condition
 from .cache import PromptCache, continue_batch, select_cache
 from .decoding import EosIds, greedy_continue, until_eos
-from .knockout import KnockoutMasks
+from .edit import by_kind
 from .attention import attend_shared_prefix, edit_attention
 from .shared_prefix import SharedPrefixCache
 
@@ -157,21 +156,26 @@ class InterventionEngine:
         return prefix, hidden, cache
 
     def _row_context(self, chunk: list[Condition], cache: SharedPrefixCache) -> contextlib.ExitStack:
-        """Attention for one chunk: the shared prefix read in place (never copied per row), each row's knockouts."""
+        """One chunk's edits: the shared prefix read in place (never copied per row), then each kind
+        of edit applied to its rows (`edit.Edit.batched`; the engine knows no kind)."""
         context = contextlib.ExitStack()
         if cache.prefix_length:
             context.enter_context(attend_shared_prefix(self.adapter, cache))
-        rows = [list(c.knockouts) for c in chunk]
-        if any(rows):
-            masks = KnockoutMasks(rows, self.adapter.n_layers, self.adapter.n_heads, self.device)
-            context.enter_context(edit_attention(self.adapter, masks))
+        for kind, rows in by_kind([c.edits for c in chunk]):
+            context.enter_context(kind.batched(self.adapter, rows))
         return context
 
-    def _suffix_embeds(self, prepared: PreparedInput, chunk: list[Condition], prefix: int) -> torch.Tensor:
-        embeds = prepared.inputs_embeds.expand(len(chunk), -1, -1)
-        if any(c.ablations for c in chunk):
-            embeds = apply_ablations(embeds, [list(c.ablations) for c in chunk])
-        return embeds[:, prefix:]
+    def _conditions(self, conditions: Sequence[ConditionLike], length: int) -> list[Condition]:
+        """The conditions, every edit checked against a `length`-token input before any work."""
+        conds = [as_condition(c) for c in conditions]
+        for condition in conds:
+            for edit in condition.edits:
+                edit.validate(self.adapter, length)
+        return conds
+
+    @staticmethod
+    def _suffix_embeds(prepared: PreparedInput, batch: int, prefix: int) -> torch.Tensor:
+        return prepared.inputs_embeds.expand(batch, -1, -1)[:, prefix:]
 
     # ---- public API -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -182,8 +186,8 @@ class InterventionEngine:
         positions: Sequence[int] | None = (-1,),
     ) -> torch.Tensor:
         """(C, P, V) logits at `positions` (default: the last; None = all) for each condition."""
-        conds = [as_condition(c) for c in conditions]
         length = prepared.length
+        conds = self._conditions(conditions, length)
         wanted = list(range(length)) if positions is None else [p % length for p in positions]
         prefix, prefix_hidden, prefix_cache = self._prefix(prepared, conds)
         from_prefix = sorted({p for p in wanted if p < prefix})
@@ -195,7 +199,7 @@ class InterventionEngine:
             cache = SharedPrefixCache(prefix_cache, batch, length, self.adapter)
             with self._row_context(chunk, cache):
                 hidden, _ = self.adapter.language_model_forward(
-                    self._suffix_embeds(prepared, chunk, prefix),
+                    self._suffix_embeds(prepared, batch, prefix),
                     past_key_values=cache,
                     position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
@@ -223,9 +227,9 @@ class InterventionEngine:
     ) -> GenerationOutput:
         """Greedy generation, one row per condition; knockouts also act on the decode steps. Each row
         stops at any of `eos_token_id` (int or list; default: every EOS id of the model)."""
-        conds = [as_condition(c) for c in conditions]
         eos = self.adapter.eos_token_ids if eos_token_id is None else eos_token_id
         length = prepared.length
+        conds = self._conditions(conditions, length)
         prefix, _, prefix_cache = self._prefix(prepared, conds)
 
         def run(chunk: list[Condition]) -> list[list[int]]:
@@ -233,7 +237,7 @@ class InterventionEngine:
             cache = SharedPrefixCache(prefix_cache, batch, length + max_new_tokens, self.adapter)
             with self._row_context(chunk, cache):
                 hidden, cache = self.adapter.language_model_forward(
-                    self._suffix_embeds(prepared, chunk, prefix),
+                    self._suffix_embeds(prepared, batch, prefix),
                     past_key_values=cache,
                     position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
