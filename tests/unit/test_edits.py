@@ -10,6 +10,7 @@ from helpers import split_inputs
 
 from vlminterp.interventions import (
     Ablation,
+    Capture,
     ComponentAblation,
     Condition,
     From,
@@ -19,6 +20,7 @@ from vlminterp.interventions import (
     Patch,
     Steer,
     aligned_image_positions,
+    capture_residual,
     patch_from,
     reference_generate,
     reference_logits,
@@ -204,3 +206,32 @@ def test_attention_refuses_arguments_it_would_drop(argument, synthetic):
             key = torch.zeros(1, adapter.n_kv_heads, 2, adapter.head_dim)
             with pytest.raises(AttentionPatchError, match="llava: the attention function was given"):
                 editor(adapter.decoder_layers[0].self_attn, query, key, key, None, **argument)
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2-vl"])
+def test_capture_reads_sites_by_name_in_prefill_and_generation(family, synthetic, make_inputs):
+    model, processor, adapter = synthetic(family)
+    ids, pixels, extra = split_inputs(adapter, make_inputs(processor, adapter))
+    length = ids.shape[1]
+    (image,) = adapter.image_positions(ids)
+    engine = InterventionEngine(model, adapter)
+    prepared = engine.prepare(ids, pixels, **extra)
+    sites = ["embed", "resid_post.1", "attn_out.2", "head_out.3"]
+    steer = Steer(_vector(adapter.hidden_size, 3), [length - 1], layers=[0])
+    in_engine = [Capture(sites, image[:3]), Capture(sites, [length - 1]), Capture(["resid_post.1"], From(length))]
+    plain = [Capture(sites, image[:3]), Capture(sites, [length - 1]), Capture(["resid_post.1"], From(length))]
+    conditions = [in_engine[0], Condition([steer, in_engine[1]]), Condition([steer, in_engine[2]])]
+    references = [plain[0], Condition([steer, plain[1]]), Condition([steer, plain[2]])]
+    tokens = engine.generate(prepared, conditions, max_new_tokens=4).tokens
+    assert tokens == [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=4, **extra) for c in references]
+    for fast, slow in zip(in_engine, plain):
+        assert fast.record.keys() == slow.record.keys()
+        for site in fast.record.keys():
+            assert torch.equal(fast.record.positions(site), slow.record.positions(site))
+            assert (fast.record[site] - slow.record[site]).abs().max() < 1e-4
+    assert in_engine[0].record["head_out.3"].shape == (3, adapter.n_heads, adapter.head_dim)
+    assert in_engine[2].record.positions("resid_post.1").tolist() == list(range(length, length + 3))
+    with capture_residual(adapter, positions=image[:3]) as residual:  # the earlier capture agrees
+        adapter.language_model_forward(prepared.inputs_embeds, position_ids=prepared.rope.span(0, length))
+    torch.testing.assert_close(in_engine[0].record["resid_post.1"], residual.layer(1)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(in_engine[0].record["embed"], residual.embeddings()[0])

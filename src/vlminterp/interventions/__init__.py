@@ -7,7 +7,8 @@
 
 A condition is a list of edits (`edit.Edit`) on named sites (`sites`, mapped by the adapter); one
 kind per module: ablation (input embeddings), knockout (attention edges), steering, patching,
-component (attn_out / mlp_out / one head), head_scale. A new kind is one module (docs/INTERVENTIONS.md).
+component (attn_out / mlp_out / one head), head_scale, reading (Capture: a record keyed by site
+name). A new kind is one module (docs/INTERVENTIONS.md).
 
 Module map: positions (explicit and open-ended position sets), ablation (embedding replacement),
 knockout (attention-edge blocking), attention (the registry patch both knockout and attention
@@ -20,6 +21,7 @@ from .ablation import Ablation, apply_ablations, replace_embeddings
 from .component import ComponentAblation
 from .edit import Edit, SiteEdit
 from .head_scale import HeadScale
+from .reading import Capture, SiteRecord
 from .patching import Patch, aligned_image_positions, patch_from, record_site
 from .sites import edit_site
 from .steering import Steer
@@ -33,12 +35,14 @@ from .stats import StreamingMean
 
 __all__ = [
     "Ablation",
+    "Capture",
     "ComponentAblation",
     "Condition",
     "Edit",
     "HeadScale",
     "Patch",
     "SiteEdit",
+    "SiteRecord",
     "Steer",
     "aligned_image_positions",
     "edit_site",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 import torch
 
@@ -88,6 +89,7 @@ class SiteEdit(Edit):
     """An edit that rewrites tensor sites, one row at a time (`apply`); batching and hooks are here."""
 
     positions: Positions  # cache slots it acts on (explicit or From)
+    writes: ClassVar[bool] = True  # False: `apply` only reads (reading.Capture), the tensor is not copied
 
     def earliest_position(self) -> int | None:
         return earliest(self.positions)
@@ -144,6 +146,9 @@ def _rows_function(name: str, per_row: list[list[SiteEdit]]):
         for row in range(x.shape[0]):
             for edit in per_row[row if len(per_row) > 1 else 0]:
                 if not edit.touches(at):
+                    continue
+                if not edit.writes:
+                    edit.apply(name, (x if out is None else out)[row], at)
                     continue
                 if out is None:
                     out = x.clone()
