@@ -251,6 +251,13 @@ class InterventionEngine:
         return GenerationOutput(tokens=tokens, prefix_length=prefix)
 
     # ---- operations on one prepared input (no conditions) ----------------------------------------
+    def gradients(self, inputs_embeds: torch.Tensor, target_token: int, *, objective: str = "probability",
+                  rope: RopePositions | None = None) -> torch.Tensor:
+        """(B, T, d) gradient of the target token's probability (or logit) at the last position with
+        respect to each row of `inputs_embeds` (B, T, d), e.g. the points of an integrated-gradient
+        path (`input_gradients`)."""
+        return input_gradients(self.adapter, inputs_embeds, target_token, objective=objective, rope=rope)
+
     @torch.no_grad()
     def extend(self, prepared: PreparedInput, new_input_ids: torch.Tensor) -> PreparedInput:
         """`prepared` followed by the text tokens `new_input_ids` ((1, n) or (n,)): their embeddings
@@ -317,3 +324,20 @@ class InterventionEngine:
             for index, tokens in zip(members, answered):
                 answers[index] = tokens
         return answers
+
+
+def input_gradients(adapter: VLMAdapter, inputs_embeds: torch.Tensor, target_token: int, *,
+                    objective: str = "probability", rope: RopePositions | None = None) -> torch.Tensor:
+    """`InterventionEngine.gradients`: one full forward of the batch (no cache), the target's
+    softmax probability ("probability") or logit ("logit") at the last position, summed over rows,
+    differentiated with respect to the input embeddings. `rope`: the input's positions (None: 0..T-1)."""
+    if objective not in ("probability", "logit"):
+        raise ValueError(f"objective must be 'probability' or 'logit', got {objective!r}")
+    with torch.enable_grad():
+        path = inputs_embeds.detach().requires_grad_(True)
+        positions = None if rope is None else rope.span(0, path.shape[1], batch=path.shape[0])
+        hidden, _ = adapter.language_model_forward(path, position_ids=positions, use_cache=False)
+        logits = adapter.unembed(hidden[:, -1]).float()
+        value = (logits if objective == "logit" else logits.softmax(dim=-1))[:, target_token]
+        (grad,) = torch.autograd.grad(value.sum(), path)
+    return grad
