@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import split_inputs
+from transformers import DynamicCache
 
 from vlminterp.interventions import (
     Ablation,
@@ -26,6 +27,8 @@ from vlminterp.interventions import (
     reference_logits,
 )
 from vlminterp.interventions.attention import AttentionPatchError, edit_attention
+from vlminterp.interventions.cache import continue_generation, select_cache
+from vlminterp.interventions.reference import reference_interventions
 from vlminterp.models.adapters import SiteError
 
 FAMILIES = ["tiny-llama", "tiny-gqa", "tiny-phi3", "tiny-mistral-window", "tiny-internvl", "tiny-qwen2-vl"]
@@ -65,7 +68,8 @@ def _components(adapter, length, image):
 
 
 def _head_scales(adapter, length, image):
-    return [HeadScale(layer=2, head=0, factor=0.0), HeadScale(layer=1, head=1, factor=4.0, positions=From(length - 2))]
+    return [HeadScale(layer=2, head=0, factor=0.0), HeadScale(layer=1, head=1, factor=4.0, positions=From(length - 2)),
+            HeadScale(layer=0, head=2, factor=3.0, positions=range(length))]
 
 
 def _mixed(adapter, length, image):
@@ -106,6 +110,39 @@ def test_engine_equals_the_reference_for_every_kind_and_family(kind, family, syn
 
     want = [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=6, **extra) for c in conditions]
     assert engine.generate(prepared, conditions, max_new_tokens=6).tokens == want
+
+
+def _prompt_only(edit, length: int) -> bool:
+    """Whether an edit acts on prompt positions only (a kept cache's continuation runs unedited)."""
+    positions = edit.query_positions if isinstance(edit, Knockout) else getattr(edit, "positions", None)
+    return not isinstance(positions, From)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_kept_caches_under_edits_equal_the_reference(kind, family, synthetic, make_inputs):
+    model, processor, adapter = synthetic(family)
+    inputs = make_inputs(processor, adapter)
+    ids, pixels, extra = split_inputs(adapter, inputs)
+    length = ids.shape[1]
+    (image,) = adapter.image_positions(ids)
+    conditions = [Condition([e for e in (c.edits if isinstance(c, Condition) else [c]) if _prompt_only(e, length)])
+                  for c in KINDS[kind](adapter, length, image)]
+    conditions = [c for c in conditions if c.edits]
+    assert conditions
+    question = processor.tokenizer(" what is it?", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    engine = InterventionEngine(model, adapter)
+    prepared = engine.prepare(ids, pixels, **extra)
+    rope = adapter.rope_positions(ids, **{k: v for k, v in extra.items()})
+    for condition in conditions:
+        kept = engine.kept_caches(prepared, {"all": range(length)}, condition=condition)["all"]
+        fast = engine.continue_cache(kept, [question], max_new_tokens=4)[0]
+        with torch.no_grad(), reference_interventions(adapter, condition):
+            cache = model(**inputs, past_key_values=DynamicCache(), use_cache=True).past_key_values
+        slow = continue_generation(adapter, select_cache(cache, range(length), positions=rope), question, 4)
+        assert fast == slow
+        torch.testing.assert_close(kept.cache.layers[-1].keys, select_cache(cache, range(length)).cache.layers[-1].keys,
+                                   atol=1e-4, rtol=0)
 
 
 def _positions_run(adapter):

@@ -286,22 +286,27 @@ class InterventionEngine:
                                                 use_cache=False)
 
     @torch.no_grad()
-    def prompt_cache(self, prepared: PreparedInput):
+    def prompt_cache(self, prepared: PreparedInput, condition: ConditionLike = None):
         """The KV cache of the whole prepared input (`cache.PromptCache`: every position kept, with
-        the prompt's RoPE positions)."""
+        the prompt's RoPE positions), computed under `condition`'s edits (None: unedited)."""
+        (condition,) = self._conditions([condition], prepared.length)
         rope = prepared.rope
-        _, cache = self.adapter.language_model_forward(
-            prepared.inputs_embeds, past_key_values=PromptCache(rope),
-            position_ids=rope.span(0, prepared.length), use_cache=True)
+        with contextlib.ExitStack() as context:
+            for kind, rows in by_kind([condition.edits]):
+                context.enter_context(kind.batched(self.adapter, rows))
+            _, cache = self.adapter.language_model_forward(
+                prepared.inputs_embeds, past_key_values=PromptCache(rope),
+                position_ids=rope.span(0, prepared.length), use_cache=True)
         return cache
 
-    def kept_caches(self, prepared: PreparedInput, selections: Mapping, continue_after_kept=()) -> dict:
-        """{key: `cache.KeptCache`} of the prompt's KV cache (one prefill) keeping, per key, the
-        positions `selections[key]` (one list for every layer, or one list per layer:
-        `cache.select_cache`); each answers any number of `continue_cache` calls. Text continues
-        after the prompt, or, for the keys in `continue_after_kept`, one position after the highest
-        kept one (`KeptCache.continuing_after_kept`)."""
-        cache = self.prompt_cache(prepared)
+    def kept_caches(self, prepared: PreparedInput, selections: Mapping, continue_after_kept=(),
+                    condition: ConditionLike = None) -> dict:
+        """{key: `cache.KeptCache`} of the prompt's KV cache (one prefill, under `condition`'s edits)
+        keeping, per key, the positions `selections[key]` (one list for every layer, or one list per
+        layer: `cache.select_cache`); each answers any number of `continue_cache` calls (the
+        continuation itself runs unedited). Text continues after the prompt, or, for the keys in
+        `continue_after_kept`, one position after the highest kept one (`KeptCache.continuing_after_kept`)."""
+        cache = self.prompt_cache(prepared, condition)
         kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
         return {key: c.continuing_after_kept() if key in continue_after_kept else c for key, c in kept.items()}
 
