@@ -272,3 +272,29 @@ def test_capture_reads_sites_by_name_in_prefill_and_generation(family, synthetic
         adapter.language_model_forward(prepared.inputs_embeds, position_ids=prepared.rope.span(0, length))
     torch.testing.assert_close(in_engine[0].record["resid_post.1"], residual.layer(1)[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(in_engine[0].record["embed"], residual.embeddings()[0])
+
+
+def test_grouped_prefixes_give_the_same_results_with_less_work(synthetic, make_inputs):
+    model, processor, adapter = synthetic("tiny-gqa")
+    ids, pixels, _ = split_inputs(adapter, make_inputs(processor, adapter))
+    length = ids.shape[1]
+    (image,) = adapter.image_positions(ids)
+    conditions = [Steer(_vector(adapter.hidden_size, k), [int(image[k])], layers=[k % adapter.n_layers])
+                  for k in range(len(image))] + [None, Knockout([length - 1], image, layers=[1])]
+    from vlminterp.interventions.engine import prefix_groups
+    from vlminterp.interventions import as_condition
+
+    groups = prefix_groups([as_condition(c) for c in conditions], length)
+    assert len(groups) > 1 and sorted(i for g in groups for i in g) == list(range(len(conditions)))
+    plain = InterventionEngine(model, adapter)
+    grouped = InterventionEngine(model, adapter, group_prefixes=True)
+    prepared = plain.prepare(ids, pixels)
+    calls, handle = _positions_run(adapter)
+    try:
+        fast = grouped.logits(prepared, conditions, positions=None)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(fast, plain.logits(prepared, conditions, positions=None), atol=1e-5, rtol=0)
+    one_group = int(image[0]) + len(conditions) * (length - int(image[0]))
+    assert sum(b * n for b, n in calls) < one_group  # positions computed
+    assert grouped.generate(prepared, conditions, 5).tokens == plain.generate(prepared, conditions, 5).tokens

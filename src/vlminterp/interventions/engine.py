@@ -94,6 +94,34 @@ def shared_prefix_length(conditions: Sequence[Condition], length: int) -> int:
     return max(0, min(touched + [length - 1]))
 
 
+# A group's fixed cost in prefix_groups, in positions: a call, a prefix forward, a cache.
+GROUP_OVERHEAD_POSITIONS = 32
+
+
+def prefix_groups(conditions: Sequence[Condition], length: int) -> list[list[int]]:
+    """Indices of `conditions` split into groups that each share their own prefix, chosen to minimise
+    the positions computed: a group of n conditions starting at p costs p (its prefix, once) +
+    n * (length - p) (each row's own positions) + GROUP_OVERHEAD_POSITIONS. Edits spread over the
+    image (little shared by all) split into groups; edits of the last positions stay one group.
+    Exact dynamic programming over the conditions sorted by where they start."""
+    start = [c.earliest_touched() for c in conditions]
+    start = [length - 1 if s is None else min(s, length - 1) for s in start]
+    order = sorted(range(len(conditions)), key=lambda i: start[i])
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j conditions (sorted)
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):  # conditions i .. j-1 as one group, sharing start[order[i]]
+            p = start[order[i]]
+            cost = best[i] + p + (j - i) * (length - p) + GROUP_OVERHEAD_POSITIONS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(sorted(order[cut[j]:j]))
+        j = cut[j]
+    return groups[::-1]
+
+
 class InterventionEngine:
     """Batched, prefix-shared forward passes and greedy generation under per-row interventions."""
 
@@ -104,12 +132,14 @@ class InterventionEngine:
         *,
         max_batch_size: int = 64,
         share_prefix: bool = True,
+        group_prefixes: bool = False,
         stage: str = "intervention engine",
     ):
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
         self.batches = AdaptiveBatch(max_batch_size, stage)  # halves on CUDA out-of-memory
         self.share_prefix = share_prefix
+        self.group_prefixes = group_prefixes  # conditions grouped by where they start (prefix_groups)
 
     @property
     def max_batch_size(self) -> int:
@@ -165,6 +195,12 @@ class InterventionEngine:
             context.enter_context(kind.batched(self.adapter, rows))
         return context
 
+    def _ungrouped(self) -> "InterventionEngine":
+        """This engine (same model, batches, sharing) with grouping off: runs one group."""
+        engine = object.__new__(InterventionEngine)
+        engine.__dict__.update(self.__dict__, group_prefixes=False)
+        return engine
+
     def _conditions(self, conditions: Sequence[ConditionLike], length: int) -> list[Condition]:
         """The conditions, every edit checked against a `length`-token input before any work."""
         conds = [as_condition(c) for c in conditions]
@@ -188,6 +224,12 @@ class InterventionEngine:
         """(C, P, V) logits at `positions` (default: the last; None = all) for each condition."""
         length = prepared.length
         conds = self._conditions(conditions, length)
+        if self.group_prefixes and self.share_prefix and len(groups := prefix_groups(conds, length)) > 1:
+            parts = [self._ungrouped().logits(prepared, [conds[i] for i in g], positions) for g in groups]
+            out = parts[0].new_empty(len(conds), *parts[0].shape[1:])
+            for members, part in zip(groups, parts):
+                out[members] = part
+            return out
         wanted = list(range(length)) if positions is None else [p % length for p in positions]
         prefix, prefix_hidden, prefix_cache = self._prefix(prepared, conds)
         from_prefix = sorted({p for p in wanted if p < prefix})
@@ -230,6 +272,15 @@ class InterventionEngine:
         eos = self.adapter.eos_token_ids if eos_token_id is None else eos_token_id
         length = prepared.length
         conds = self._conditions(conditions, length)
+        if self.group_prefixes and self.share_prefix and len(groups := prefix_groups(conds, length)) > 1:
+            tokens: list[list[int] | None] = [None] * len(conds)
+            shortest = length
+            for members in groups:
+                part = self._ungrouped().generate(prepared, [conds[i] for i in members], max_new_tokens, eos_token_id)
+                shortest = min(shortest, part.prefix_length)
+                for index, row in zip(members, part.tokens):
+                    tokens[index] = row
+            return GenerationOutput(tokens=tokens, prefix_length=shortest)
         prefix, _, prefix_cache = self._prefix(prepared, conds)
 
         def run(chunk: list[Condition]) -> list[list[int]]:
