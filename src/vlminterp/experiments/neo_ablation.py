@@ -77,6 +77,7 @@ from vlminterp.experiments.neo_prompts import (SETTINGS, PromptSpec, question_im
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells, random_cells
 from vlminterp.interventions import Ablation, Condition
+from vlminterp.interventions.engine import input_gradients
 from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.pieces import first_pieces
 
@@ -207,13 +208,7 @@ def integrated_gradients(adapter, inputs_embeds: torch.Tensor, image_positions: 
 
     def gradients(chunk: list[float]) -> torch.Tensor:
         a = torch.tensor(chunk, dtype=torch.float32).to(inputs.device, inputs.dtype)[:, None, None]
-        with torch.enable_grad():
-            path = (baseline + a * delta).requires_grad_(True)
-            positions = None if rope is None else rope.span(0, path.shape[1], batch=path.shape[0])
-            hidden, _ = adapter.language_model_forward(path, position_ids=positions, use_cache=False)
-            logits = adapter.unembed(hidden[:, -1]).float()
-            value = (logits if objective == "logit" else logits.softmax(dim=-1))[:, target_token]
-            (grad,) = torch.autograd.grad(value.sum(), path)
+        grad = input_gradients(adapter, baseline + a * delta, target_token, objective=objective, rope=rope)
         return grad[:, image_positions].float()
 
     total = torch.zeros(len(image_positions), inputs.shape[-1], dtype=torch.float32, device=inputs.device)

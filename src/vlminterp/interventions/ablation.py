@@ -10,6 +10,8 @@ positions (post-projector image embeddings for image positions) with a given vec
 
 The context manager is a forward pre-hook on the language model that acts only on the prefill
 (the call that sees the whole prompt), so it also works inside `model.generate`. It is removed on exit.
+As an edit kind (`edit.Edit`, site `embed`) the engine applies it to the positions each call
+computes (`apply_ablations(..., start=)`: a shared prefix's suffix), the reference with `replace_embeddings`.
 """
 from __future__ import annotations
 
@@ -19,32 +21,70 @@ from dataclasses import dataclass
 
 import torch
 
+from .edit import Edit
 from .positions import explicit_positions
+from .sites import edit_site
 
 
 @dataclass(frozen=True, eq=False)
-class Ablation:
+class Ablation(Edit):
     """Replace the input embeddings at `positions` with `vector` (shape (hidden,); None = zeros)."""
 
     positions: Sequence[int] | torch.Tensor
     vector: torch.Tensor | None = None
 
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return ("embed",)
+
     def earliest_position(self) -> int | None:
         positions = explicit_positions(self.positions)
         return int(positions[0]) if len(positions) else None
 
+    def validate(self, adapter, length: int) -> None:
+        positions = explicit_positions(self.positions)
+        if len(positions) and int(positions[-1]) >= length:
+            raise IndexError(f"ablation position {int(positions[-1])} beyond the {length}-token input")
+        if self.vector is not None and self.vector.shape != (adapter.hidden_size,):
+            raise ValueError(f"ablation vector has shape {tuple(self.vector.shape)}, expected ({adapter.hidden_size},)")
 
-def apply_ablations(inputs_embeds: torch.Tensor, rows: Sequence[Sequence[Ablation]]) -> torch.Tensor:
-    """A copy of `inputs_embeds` (B, T, d) with each row's ablations applied (one list per row, or one for all)."""
+    @classmethod
+    def batched(cls, adapter, rows: Sequence[Sequence["Ablation"]]):
+        def function(embeds: torch.Tensor, start: int) -> torch.Tensor | None:
+            end = start + embeds.shape[1]
+            if not any(_inside(a, start, end) for row in rows for a in row):
+                return None  # e.g. a decode step
+            return apply_ablations(embeds, rows, start=start)
+
+        return edit_site(adapter, "embed", function)
+
+    @classmethod
+    def reference(cls, adapter, edits: Sequence["Ablation"]):
+        return replace_embeddings(adapter, [list(edits)])
+
+
+def _inside(ablation: Ablation, start: int, end: int) -> bool:
+    positions = explicit_positions(ablation.positions)
+    return bool(((positions >= start) & (positions < end)).any())
+
+
+def apply_ablations(inputs_embeds: torch.Tensor, rows: Sequence[Sequence[Ablation]], start: int = 0) -> torch.Tensor:
+    """A copy of `inputs_embeds` (B, T, d) with each row's ablations applied (one list per row, or one for all).
+
+    `start`: the position of `inputs_embeds[:, 0]` (a suffix after a shared prefix); positions
+    before it are not in the tensor and are skipped."""
     if len(rows) not in (1, inputs_embeds.shape[0]):
         raise ValueError(f"ablations given for {len(rows)} rows but the batch has {inputs_embeds.shape[0]}")
     out = inputs_embeds.clone()
     length, hidden = inputs_embeds.shape[1:]
     for row_index in range(inputs_embeds.shape[0]):
         for ablation in rows[row_index if len(rows) > 1 else 0]:
-            positions = explicit_positions(ablation.positions).to(out.device)
+            positions = explicit_positions(ablation.positions)
+            if start:
+                positions = positions[positions >= start] - start
+            positions = positions.to(out.device)
             if len(positions) and int(positions[-1]) >= length:
-                raise IndexError(f"ablation position {int(positions[-1])} beyond the {length}-token input")
+                raise IndexError(f"ablation position {int(positions[-1]) + start} beyond the {length + start}-token input")
             if ablation.vector is None:
                 out[row_index, positions] = 0
             else:

@@ -323,6 +323,26 @@ def run_backend(
     return eager(module, query, key, value, additive, scaling=scaling, dropout=dropout, **kwargs)
 
 
+# Attention arguments this module's attention would not honour (it computes plain softmax attention
+# itself when reading a shared prefix or observing): refused, naming the family, never dropped.
+DROPPED_ARGUMENTS = {"softcap": "logit softcapping", "s_aux": "attention sinks", "sinks": "attention sinks"}
+
+
+def refuse_dropped_arguments(adapter, kwargs: dict, attention_mask) -> None:
+    """Raise `AttentionPatchError` naming the family if the model hands the attention function
+    anything the edited attention would silently drop (softcapping, sinks, a non-boolean mask)."""
+    family = getattr(adapter, "family", type(adapter).__name__)
+    for name, what in DROPPED_ARGUMENTS.items():
+        if kwargs.get(name) is not None:
+            raise AttentionPatchError(
+                f"{family}: the attention function was given {name}= ({what}), which the intervention "
+                "attention does not implement; refusing rather than computing another model's attention")
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        raise AttentionPatchError(
+            f"{family}: the attention function was given a {attention_mask.dtype} mask; the intervention "
+            "attention composes boolean masks only (its mask function is registered with the backend)")
+
+
 class AttentionEdit(Protocol):
     """What an edit may do inside the attention function of one layer call."""
 
@@ -348,6 +368,7 @@ class AttentionEditor:
         self.shared_prefix: SharedPrefix | None = None
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        refuse_dropped_arguments(self.adapter, kwargs, attention_mask)
         batch, heads, num_queries, _ = query.shape
         layer = module.layer_idx
         prefix = self.shared_prefix.prefix(layer) if self.shared_prefix is not None else None

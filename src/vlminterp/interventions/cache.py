@@ -36,7 +36,7 @@ import torch
 from transformers import DynamicCache
 
 from ..models.adapters.positions import RopePositions
-from .engine import EosIds, greedy_continue, until_eos
+from .decoding import EosIds, greedy_continue, until_eos
 from .knockout import Knockout, knockout
 from .positions import From, Positions, explicit_positions
 

@@ -49,16 +49,13 @@ from transformers import DynamicCache
 
 from ..batching import AdaptiveBatch
 from ..models.adapters import VLMAdapter, adapter_for
-from ..models.adapters.config_values import token_ids
 from ..models.adapters.positions import RopePositions
-from .ablation import apply_ablations
 from .conditions import Condition, ConditionLike, as_condition
-from .knockout import KnockoutMasks
+from .cache import PromptCache, continue_batch, select_cache
+from .decoding import EosIds, greedy_continue, until_eos
+from .edit import by_kind
 from .attention import attend_shared_prefix, edit_attention
 from .shared_prefix import SharedPrefixCache
-
-
-EosIds = int | Sequence[int] | None  # one id, several, or none at all (never stop early)
 
 
 @dataclass
@@ -97,6 +94,34 @@ def shared_prefix_length(conditions: Sequence[Condition], length: int) -> int:
     return max(0, min(touched + [length - 1]))
 
 
+# A group's fixed cost in prefix_groups, in positions: a call, a prefix forward, a cache.
+GROUP_OVERHEAD_POSITIONS = 32
+
+
+def prefix_groups(conditions: Sequence[Condition], length: int) -> list[list[int]]:
+    """Indices of `conditions` split into groups that each share their own prefix, chosen to minimise
+    the positions computed: a group of n conditions starting at p costs p (its prefix, once) +
+    n * (length - p) (each row's own positions) + GROUP_OVERHEAD_POSITIONS. Edits spread over the
+    image (little shared by all) split into groups; edits of the last positions stay one group.
+    Exact dynamic programming over the conditions sorted by where they start."""
+    start = [c.earliest_touched() for c in conditions]
+    start = [length - 1 if s is None else min(s, length - 1) for s in start]
+    order = sorted(range(len(conditions)), key=lambda i: start[i])
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j conditions (sorted)
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):  # conditions i .. j-1 as one group, sharing start[order[i]]
+            p = start[order[i]]
+            cost = best[i] + p + (j - i) * (length - p) + GROUP_OVERHEAD_POSITIONS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j > 0:
+        groups.append(sorted(order[cut[j]:j]))
+        j = cut[j]
+    return groups[::-1]
+
+
 class InterventionEngine:
     """Batched, prefix-shared forward passes and greedy generation under per-row interventions."""
 
@@ -107,12 +132,14 @@ class InterventionEngine:
         *,
         max_batch_size: int = 64,
         share_prefix: bool = True,
+        group_prefixes: bool = False,
         stage: str = "intervention engine",
     ):
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
         self.batches = AdaptiveBatch(max_batch_size, stage)  # halves on CUDA out-of-memory
         self.share_prefix = share_prefix
+        self.group_prefixes = group_prefixes  # conditions grouped by where they start (prefix_groups)
 
     @property
     def max_batch_size(self) -> int:
@@ -159,21 +186,32 @@ class InterventionEngine:
         return prefix, hidden, cache
 
     def _row_context(self, chunk: list[Condition], cache: SharedPrefixCache) -> contextlib.ExitStack:
-        """Attention for one chunk: the shared prefix read in place (never copied per row), each row's knockouts."""
+        """One chunk's edits: the shared prefix read in place (never copied per row), then each kind
+        of edit applied to its rows (`edit.Edit.batched`; the engine knows no kind)."""
         context = contextlib.ExitStack()
         if cache.prefix_length:
             context.enter_context(attend_shared_prefix(self.adapter, cache))
-        rows = [list(c.knockouts) for c in chunk]
-        if any(rows):
-            masks = KnockoutMasks(rows, self.adapter.n_layers, self.adapter.n_heads, self.device)
-            context.enter_context(edit_attention(self.adapter, masks))
+        for kind, rows in by_kind([c.edits for c in chunk]):
+            context.enter_context(kind.batched(self.adapter, rows))
         return context
 
-    def _suffix_embeds(self, prepared: PreparedInput, chunk: list[Condition], prefix: int) -> torch.Tensor:
-        embeds = prepared.inputs_embeds.expand(len(chunk), -1, -1)
-        if any(c.ablations for c in chunk):
-            embeds = apply_ablations(embeds, [list(c.ablations) for c in chunk])
-        return embeds[:, prefix:]
+    def _ungrouped(self) -> "InterventionEngine":
+        """This engine (same model, batches, sharing) with grouping off: runs one group."""
+        engine = object.__new__(InterventionEngine)
+        engine.__dict__.update(self.__dict__, group_prefixes=False)
+        return engine
+
+    def _conditions(self, conditions: Sequence[ConditionLike], length: int) -> list[Condition]:
+        """The conditions, every edit checked against a `length`-token input before any work."""
+        conds = [as_condition(c) for c in conditions]
+        for condition in conds:
+            for edit in condition.edits:
+                edit.validate(self.adapter, length)
+        return conds
+
+    @staticmethod
+    def _suffix_embeds(prepared: PreparedInput, batch: int, prefix: int) -> torch.Tensor:
+        return prepared.inputs_embeds.expand(batch, -1, -1)[:, prefix:]
 
     # ---- public API -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -184,8 +222,14 @@ class InterventionEngine:
         positions: Sequence[int] | None = (-1,),
     ) -> torch.Tensor:
         """(C, P, V) logits at `positions` (default: the last; None = all) for each condition."""
-        conds = [as_condition(c) for c in conditions]
         length = prepared.length
+        conds = self._conditions(conditions, length)
+        if self.group_prefixes and self.share_prefix and len(groups := prefix_groups(conds, length)) > 1:
+            parts = [self._ungrouped().logits(prepared, [conds[i] for i in g], positions) for g in groups]
+            out = parts[0].new_empty(len(conds), *parts[0].shape[1:])
+            for members, part in zip(groups, parts):
+                out[members] = part
+            return out
         wanted = list(range(length)) if positions is None else [p % length for p in positions]
         prefix, prefix_hidden, prefix_cache = self._prefix(prepared, conds)
         from_prefix = sorted({p for p in wanted if p < prefix})
@@ -197,7 +241,7 @@ class InterventionEngine:
             cache = SharedPrefixCache(prefix_cache, batch, length, self.adapter)
             with self._row_context(chunk, cache):
                 hidden, _ = self.adapter.language_model_forward(
-                    self._suffix_embeds(prepared, chunk, prefix),
+                    self._suffix_embeds(prepared, batch, prefix),
                     past_key_values=cache,
                     position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
@@ -225,9 +269,18 @@ class InterventionEngine:
     ) -> GenerationOutput:
         """Greedy generation, one row per condition; knockouts also act on the decode steps. Each row
         stops at any of `eos_token_id` (int or list; default: every EOS id of the model)."""
-        conds = [as_condition(c) for c in conditions]
         eos = self.adapter.eos_token_ids if eos_token_id is None else eos_token_id
         length = prepared.length
+        conds = self._conditions(conditions, length)
+        if self.group_prefixes and self.share_prefix and len(groups := prefix_groups(conds, length)) > 1:
+            tokens: list[list[int] | None] = [None] * len(conds)
+            shortest = length
+            for members in groups:
+                part = self._ungrouped().generate(prepared, [conds[i] for i in members], max_new_tokens, eos_token_id)
+                shortest = min(shortest, part.prefix_length)
+                for index, row in zip(members, part.tokens):
+                    tokens[index] = row
+            return GenerationOutput(tokens=tokens, prefix_length=shortest)
         prefix, _, prefix_cache = self._prefix(prepared, conds)
 
         def run(chunk: list[Condition]) -> list[list[int]]:
@@ -235,7 +288,7 @@ class InterventionEngine:
             cache = SharedPrefixCache(prefix_cache, batch, length + max_new_tokens, self.adapter)
             with self._row_context(chunk, cache):
                 hidden, cache = self.adapter.language_model_forward(
-                    self._suffix_embeds(prepared, chunk, prefix),
+                    self._suffix_embeds(prepared, batch, prefix),
                     past_key_values=cache,
                     position_ids=prepared.rope.span(prefix, length, batch),
                     use_cache=True,
@@ -249,6 +302,13 @@ class InterventionEngine:
         return GenerationOutput(tokens=tokens, prefix_length=prefix)
 
     # ---- operations on one prepared input (no conditions) ----------------------------------------
+    def gradients(self, inputs_embeds: torch.Tensor, target_token: int, *, objective: str = "probability",
+                  rope: RopePositions | None = None) -> torch.Tensor:
+        """(B, T, d) gradient of the target token's probability (or logit) at the last position with
+        respect to each row of `inputs_embeds` (B, T, d), e.g. the points of an integrated-gradient
+        path (`input_gradients`)."""
+        return input_gradients(self.adapter, inputs_embeds, target_token, objective=objective, rope=rope)
+
     @torch.no_grad()
     def extend(self, prepared: PreparedInput, new_input_ids: torch.Tensor) -> PreparedInput:
         """`prepared` followed by the text tokens `new_input_ids` ((1, n) or (n,)): their embeddings
@@ -277,26 +337,27 @@ class InterventionEngine:
                                                 use_cache=False)
 
     @torch.no_grad()
-    def prompt_cache(self, prepared: PreparedInput):
+    def prompt_cache(self, prepared: PreparedInput, condition: ConditionLike = None):
         """The KV cache of the whole prepared input (`cache.PromptCache`: every position kept, with
-        the prompt's RoPE positions)."""
-        from .cache import PromptCache
-
+        the prompt's RoPE positions), computed under `condition`'s edits (None: unedited)."""
+        (condition,) = self._conditions([condition], prepared.length)
         rope = prepared.rope
-        _, cache = self.adapter.language_model_forward(
-            prepared.inputs_embeds, past_key_values=PromptCache(rope),
-            position_ids=rope.span(0, prepared.length), use_cache=True)
+        with contextlib.ExitStack() as context:
+            for kind, rows in by_kind([condition.edits]):
+                context.enter_context(kind.batched(self.adapter, rows))
+            _, cache = self.adapter.language_model_forward(
+                prepared.inputs_embeds, past_key_values=PromptCache(rope),
+                position_ids=rope.span(0, prepared.length), use_cache=True)
         return cache
 
-    def kept_caches(self, prepared: PreparedInput, selections: Mapping, continue_after_kept=()) -> dict:
-        """{key: `cache.KeptCache`} of the prompt's KV cache (one prefill) keeping, per key, the
-        positions `selections[key]` (one list for every layer, or one list per layer:
-        `cache.select_cache`); each answers any number of `continue_cache` calls. Text continues
-        after the prompt, or, for the keys in `continue_after_kept`, one position after the highest
-        kept one (`KeptCache.continuing_after_kept`)."""
-        from .cache import select_cache
-
-        cache = self.prompt_cache(prepared)
+    def kept_caches(self, prepared: PreparedInput, selections: Mapping, continue_after_kept=(),
+                    condition: ConditionLike = None) -> dict:
+        """{key: `cache.KeptCache`} of the prompt's KV cache (one prefill, under `condition`'s edits)
+        keeping, per key, the positions `selections[key]` (one list for every layer, or one list per
+        layer: `cache.select_cache`); each answers any number of `continue_cache` calls (the
+        continuation itself runs unedited). Text continues after the prompt, or, for the keys in
+        `continue_after_kept`, one position after the highest kept one (`KeptCache.continuing_after_kept`)."""
+        cache = self.prompt_cache(prepared, condition)
         kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
         return {key: c.continuing_after_kept() if key in continue_after_kept else c for key, c in kept.items()}
 
@@ -306,8 +367,6 @@ class InterventionEngine:
         """Greedy answers to each continuation ((1, n) token ids, any lengths) appended after the
         kept cache (`cache.select_cache`): continuations of one length run as one batch (chunked at
         this engine's batch size, halved on CUDA out-of-memory); answers in the given order."""
-        from .cache import continue_batch
-
         by_length: dict[int, list[int]] = {}
         for index, ids in enumerate(continuations):
             by_length.setdefault(ids.shape[-1], []).append(index)
@@ -323,48 +382,18 @@ class InterventionEngine:
         return answers
 
 
-def greedy_continue(
-    adapter: VLMAdapter,
-    hidden: torch.Tensor,
-    cache: DynamicCache,
-    next_position: int,
-    max_new_tokens: int,
-    eos_token_id: EosIds,
-    positions: RopePositions | None = None,
-) -> torch.Tensor:
-    """Greedy decoding from the last hidden state of a prefill: (B, <= max_new_tokens) token ids.
-
-    `next_position` is the sequence index of the first generated token; its RoPE position ids come
-    from `positions.span` (index + delta, M-RoPE-shaped where needed), or equal the index when
-    `positions` is None (1-D RoPE). A row is done at any id of `eos_token_id` (int or list); rows
-    that are done keep running (their extra tokens are cut by `until_eos`) until every row is done.
-    """
-    batch = hidden.shape[0]
-    device = hidden.device
-    eos = torch.tensor(token_ids(eos_token_id), dtype=torch.long, device=device)
-    generated = torch.empty(batch, 0, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for step in range(max_new_tokens):
-        next_ids = adapter.unembed(hidden[:, -1]).argmax(dim=-1)
-        generated = torch.cat([generated, next_ids[:, None]], dim=1)
-        finished |= torch.isin(next_ids, eos)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        index = next_position + step
-        if positions is None:
-            position = torch.full((batch, 1), index, dtype=torch.long, device=device)
-        else:
-            position = positions.span(index, index + 1, batch)
-        hidden, cache = adapter.language_model_forward(
-            adapter.embed_tokens(next_ids[:, None]), past_key_values=cache, position_ids=position, use_cache=True
-        )
-    return generated
-
-
-def until_eos(ids: list[int], eos: EosIds) -> list[int]:
-    """`ids` cut after the first of any EOS id in `eos` (an int or a list; the EOS is kept)."""
-    stop = set(token_ids(eos))
-    for index, token in enumerate(ids):
-        if token in stop:
-            return ids[: index + 1]
-    return ids
+def input_gradients(adapter: VLMAdapter, inputs_embeds: torch.Tensor, target_token: int, *,
+                    objective: str = "probability", rope: RopePositions | None = None) -> torch.Tensor:
+    """`InterventionEngine.gradients`: one full forward of the batch (no cache), the target's
+    softmax probability ("probability") or logit ("logit") at the last position, summed over rows,
+    differentiated with respect to the input embeddings. `rope`: the input's positions (None: 0..T-1)."""
+    if objective not in ("probability", "logit"):
+        raise ValueError(f"objective must be 'probability' or 'logit', got {objective!r}")
+    with torch.enable_grad():
+        path = inputs_embeds.detach().requires_grad_(True)
+        positions = None if rope is None else rope.span(0, path.shape[1], batch=path.shape[0])
+        hidden, _ = adapter.language_model_forward(path, position_ids=positions, use_cache=False)
+        logits = adapter.unembed(hidden[:, -1]).float()
+        value = (logits if objective == "logit" else logits.softmax(dim=-1))[:, target_token]
+        (grad,) = torch.autograd.grad(value.sum(), path)
+    return grad

@@ -22,17 +22,48 @@ from dataclasses import dataclass
 import torch
 
 from .attention import edit_attention
+from .edit import Edit
 from .positions import Positions, PositionSet, explicit_positions, is_empty, open_start
 
 
 @dataclass(frozen=True, eq=False)
-class Knockout:
-    """Block attention from `query_positions` to `key_positions` in `layers` (None = all), `heads` (None = all)."""
+class Knockout(Edit):
+    """Block attention from `query_positions` to `key_positions` in `layers` (None = all), `heads` (None = all).
+
+    An edit kind (`edit.Edit`) on the sites `attn.{l}`: the engine applies a batch's knockouts as one
+    mask per row (`KnockoutMasks`), the reference as a dense table in plain attention
+    (`reference.dense_knockout_attention`)."""
 
     query_positions: Positions
     key_positions: Positions
     layers: Sequence[int] | None = None
     heads: Sequence[int] | None = None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(f"attn.{l}" for l in self.layers) if self.layers is not None else ("attn.*",)  # every layer
+
+    def earliest_position(self) -> int | None:
+        return self.earliest_query()
+
+    def validate(self, adapter, length: int) -> None:
+        for layer in self.layers if self.layers is not None else ():
+            _check_index(layer, adapter.n_layers, "layer")
+        for head in self.heads if self.heads is not None else ():
+            _check_index(head, adapter.n_heads, "head")
+
+    @classmethod
+    def batched(cls, adapter, rows: Sequence[Sequence["Knockout"]]):
+        device = adapter.embed_tokens.weight.device
+        return edit_attention(adapter, KnockoutMasks(rows, adapter.n_layers, adapter.n_heads, device))
+
+    @classmethod
+    def reference(cls, adapter, edits: Sequence["Knockout"]):
+        from .reference import dense_knockout_attention, use_attention_function
+
+        attention = dense_knockout_attention(list(edits), adapter.n_layers, adapter.sliding_window,
+                                             adapter.sliding_layers)
+        return use_attention_function(adapter, attention, label="vlminterp_reference")
 
     def is_noop(self) -> bool:
         return (

@@ -27,10 +27,10 @@ from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from ..models.adapters.config_values import token_ids
-from .ablation import replace_embeddings
 from .attention import use_attention_function
 from .conditions import ConditionLike, as_condition
-from .engine import EosIds, until_eos
+from .edit import by_kind
+from .decoding import EosIds, until_eos
 from .knockout import Knockout
 from .positions import explicit_positions, open_start
 
@@ -87,15 +87,11 @@ def dense_knockout_attention(knockouts: list[Knockout], n_layers: int, sliding_w
 
 @contextlib.contextmanager
 def reference_interventions(adapter, condition: ConditionLike):
-    """Apply one condition to a batch-1 run, the plain way."""
+    """Apply one condition to a batch-1 run, the plain way: each kind's `reference` (`edit.Edit`)."""
     condition = as_condition(condition)
     with contextlib.ExitStack() as stack:
-        if condition.ablations:
-            stack.enter_context(replace_embeddings(adapter, [list(condition.ablations)]))
-        if condition.knockouts:
-            attention = dense_knockout_attention(list(condition.knockouts), adapter.n_layers,
-                                                 adapter.sliding_window, adapter.sliding_layers)
-            stack.enter_context(use_attention_function(adapter, attention, label="vlminterp_reference"))
+        for kind, (edits,) in by_kind([condition.edits]):
+            stack.enter_context(kind.reference(adapter, edits))
         yield
 
 

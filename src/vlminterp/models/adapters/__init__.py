@@ -10,7 +10,7 @@ paths of transformers' `*ForConditionalGeneration` layout) in its own module and
 """
 from __future__ import annotations
 
-from .base import VLMAdapter
+from .base import SITE_KINDS, Site, SiteError, VLMAdapter, parse_site
 from .conditional_generation import ConditionalGenerationAdapter
 from .positions import RopePositions
 from .prompt import LLAVA_SYSTEM_PROMPT, PromptTemplate, answer_first_token

@@ -30,6 +30,7 @@ Adding a family = one new file with a `VLMAdapter` subclass + `register_adapter`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -46,6 +47,48 @@ from .prompt import PromptTemplate
 from .token_groups import TokenGroups
 
 
+# ---- named sites ---------------------------------------------------------------------------------
+SITE_KINDS = ("embed", "image_features", "resid_pre", "resid_post", "attn_out", "mlp_out", "head_out", "attn",
+              "logits")
+LAYER_SITE_KINDS = frozenset({"resid_pre", "resid_post", "attn_out", "mlp_out", "head_out", "attn"})
+
+
+class SiteError(KeyError):
+    """A site name this family cannot map (unknown kind, layer out of range, or absent in the family)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a named site lives in one model (`VLMAdapter.site`).
+
+    kind:    one of SITE_KINDS; `layer`: its decoder layer (None for embed, image_features, logits)
+    module:  the module whose input ("input") or output ("output") is the site's tensor; for `attn`
+             the decoder layer's attention module, edited inside the attention function ("attention")
+    sequence: whether dim 1 of the tensor is the sequence (cache slots); False for image_features
+    """
+
+    name: str
+    kind: str
+    layer: int | None
+    module: nn.Module
+    hook: str
+    sequence: bool = True
+
+
+def parse_site(name: str) -> tuple[str, int | None]:
+    """("resid_post", 3) for "resid_post.3"; ("embed", None) for "embed"."""
+    kind, _, layer = name.partition(".")
+    if kind not in SITE_KINDS:
+        raise SiteError(f"unknown site {name!r}; sites are {', '.join(k + '.{l}' if k in LAYER_SITE_KINDS else k for k in SITE_KINDS)}")
+    if (kind in LAYER_SITE_KINDS) != bool(layer):
+        raise SiteError(f"site {name!r}: {kind} " + ("needs a layer, e.g. " + kind + ".0" if kind in LAYER_SITE_KINDS
+                                                     else "takes no layer"))
+    return kind, (int(layer) if layer else None)
+
+
 class VLMAdapter(ABC):
     """Canonical names for one model family's parts. Subclasses implement the abstract members."""
 
@@ -54,6 +97,8 @@ class VLMAdapter(ABC):
     geometries: ClassVar[tuple[str, ...]] = ("crop", "pad")
     # Processor outputs (besides input_ids) that the vision tower / positions need.
     image_input_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    # Site kinds this family lacks or means otherwise -> why (`site` raises SiteError naming the family).
+    absent_sites: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model: nn.Module, processor=None):
         self.model = model
@@ -391,3 +436,46 @@ class VLMAdapter(ABC):
     def unembed(self, normed_hidden: torch.Tensor) -> torch.Tensor:
         """Logits from final-normed hidden states (apply `final_norm` first for the residual stream)."""
         return self.lm_head(normed_hidden)
+
+    # ---- named sites (interventions.sites) --------------------------------------------------------
+    def site(self, name: str) -> Site:
+        """The module behind a named site of this family (module docstring of `interventions.sites`):
+
+            embed           input embeddings of the language model (image features at image tokens)
+            image_features  the projector's output, (G, n, d) as `image_features` returns (not per position)
+            resid_pre.{l}   input of decoder layer l (resid_pre.0 == embed); resid_post.{l}: its output
+            attn_out.{l}    output of layer l's attention (o_proj applied, before the residual add)
+            mlp_out.{l}     output of layer l's MLP (before the residual add)
+            head_out.{l}    input of layer l's o_proj: every head's output side by side, (B, S, H * head_dim)
+            attn.{l}        layer l's attention scores / pattern (knockouts, attention capture)
+            logits          the unembedding's output
+
+        A family where a site is absent or means something else names it in `absent_sites`."""
+        kind, layer = parse_site(name)
+        if kind in self.absent_sites:
+            raise SiteError(f"{self.family}: no site {name!r}: {self.absent_sites[kind]}")
+        if layer is not None:
+            if not -self.n_layers <= layer < self.n_layers:
+                raise SiteError(f"{self.family}: site {name!r} out of range; the text model has {self.n_layers} layers")
+            layer %= self.n_layers
+            block = self.decoder_layers[layer]
+            attention = getattr(block, "self_attn", None)
+            mlp = getattr(block, "mlp", None)
+            missing = {"attn_out": attention, "attn": attention, "mlp_out": mlp,
+                       "head_out": getattr(attention, "o_proj", None)}
+            if kind in missing and missing[kind] is None:
+                raise SiteError(f"{self.family}: no site {name!r}: decoder layer {type(block).__name__} has no module for it")
+            module, hook = {
+                "resid_pre": (block, "input"),
+                "resid_post": (block, "output"),
+                "attn_out": (attention, "output"),
+                "mlp_out": (mlp, "output"),
+                "head_out": (missing["head_out"], "input"),
+                "attn": (attention, "attention"),
+            }[kind]
+            return Site(f"{kind}.{layer}", kind, layer, module, hook)
+        if kind == "embed":
+            return Site(name, kind, None, self.language_model, "input")
+        if kind == "image_features":
+            return Site(name, kind, None, self.projector, "output", sequence=False)
+        return Site(name, kind, None, self.lm_head, "output")
