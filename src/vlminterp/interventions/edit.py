@@ -10,7 +10,7 @@
 The engine and the naive reference loop over a condition's edits grouped by kind (`by_kind`) and
 enter each kind's context; they know no kind. `earliest_position` is the first cache slot whose
 computation the edit can change: the engine computes the positions before the earliest of all
-conditions once and shares them (DESIGN.md, "The engine"). Every kind applies in the prefill and in
+conditions once and shares them (docs/INTERVENTIONS.md). Every kind applies in the prefill and in
 every decode step alike (an edit on `From(T)` acts on generated tokens only).
 
 A `SiteEdit` names tensor sites (`VLMAdapter.site`: `embed`, `resid_post.{l}`, `head_out.{l}`, ...)
