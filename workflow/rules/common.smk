@@ -280,6 +280,16 @@ def get_image_selections(wildcards):
             rules.select_kaduri_images.output[0]]
 
 
+def get_paper_comparison_inputs(wildcards):
+    """compare_with_papers reads the run's own tables (N1 ablation, K2 judged descriptions, K3 peaks,
+    K4 answers) and, when the LLM judge runs, its K2 table (its F1 is then the K2 rows' value)."""
+    inputs = {"ablation": rules.gather_token_ablation.output[0], "knockout": rules.gather_group_knockouts.output[0],
+              "localization": rules.gather_localization.output[0], "reprompt": rules.gather_reprompt_answers.output[0]}
+    if KADURI["llm_judge"]["enabled"]:
+        inputs["knockout_llm"] = rules.judge_group_knockouts_llm.output.table
+    return inputs
+
+
 def get_final_output():
     """What the default target asks for: each stage's summary tables and figures, the effective
     config, and the optional stages this config enables."""
@@ -296,7 +306,7 @@ def get_final_output():
         *rules.plot_group_knockouts.output,
         *rules.plot_localization.output,
         *rules.plot_reprompting.output,
-        rules.compare_with_papers.output[0],
+        *rules.compare_with_papers.output,
     ]
     if uses_organism():
         final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]
