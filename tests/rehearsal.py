@@ -109,7 +109,10 @@ def overrides(checkpoint: Path, mirror: Mirror, url: str) -> dict:
     (one flag, two files; a second --configfile flag would replace the first)."""
     coco = {"annotations_base_url": url, "images_base_url": url,
             "annotations_size": mirror.archive_size, "annotations_md5": mirror.archive_md5}
-    return {**OVERRIDES, "dataset": {"coco": coco}, "model": {"pretrained": {"id": str(checkpoint)}}}
+    # no GPU here: the paper config's 4-bit stages (bitsandbytes, CUDA only) load the model unquantized
+    unquantized = {stage: {"quantization": "none"} for stage in ("screen_neo_targets", "ablate_object_tokens")}
+    return {**OVERRIDES, "dataset": {"coco": coco},
+            "model": {"pretrained": {"id": str(checkpoint)}, "stages": unquantized}}
 
 
 def rehearse(tmp: Path, *snakemake_args: str) -> Rehearsal:

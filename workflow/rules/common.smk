@@ -115,14 +115,17 @@ def get_model_dir():
     return [results("model")] if uses_organism() else []
 
 
-def model_spec():
-    """Keyword arguments of vlminterp.models.loading.ModelSpec for this run's model."""
+def model_spec(stage=None):
+    """Keyword arguments of vlminterp.models.loading.ModelSpec for this run's model, in the precision
+    of `stage` (model.stages.<stage> over model.dtype / model.quantization)."""
+    from vlminterp.config_checks import stage_precision
+
     model = config["model"]
     if uses_organism():
         id_or_path, revision = results("model"), None
     else:
         id_or_path, revision = model["pretrained"]["id"], model["pretrained"]["revision"]
-    return dict(id_or_path=id_or_path, revision=revision, dtype=model["dtype"],
+    return dict(id_or_path=id_or_path, revision=revision, **stage_precision(config, stage),
                 device=config["device"], attn_implementation=model["attn_implementation"])
 
 
@@ -218,15 +221,16 @@ def neo_questions_input():
     return {"questions": neo_questions_file()} if neo_questions_file() else {}
 
 
-def neo_session(split):
-    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.session.StageConfig."""
-    return dict(model=model_spec(), dataset_dir=dataset_root(), split=split, vocabulary=neo_vocabulary(),
+def neo_session(split, stage=None):
+    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.session.StageConfig
+    (the model in `stage`'s precision)."""
+    return dict(model=model_spec(stage), dataset_dir=dataset_root(), split=split, vocabulary=neo_vocabulary(),
                 prompt=dict(geometry=NEO["cells"]["geometry"], system_prompt=NEO["prompts"]["system_prompt"]))
 
 
-def neo_stage_params():
-    """Params every per-image Neo stage passes to its vlminterp.experiments.stages function."""
-    return dict(session=neo_session(NEO["selection"]["split"]), prompts=NEO["prompts"],
+def neo_stage_params(stage):
+    """Params every per-image Neo stage (rule `stage`) passes to its vlminterp.experiments.stages function."""
+    return dict(session=neo_session(NEO["selection"]["split"], stage), prompts=NEO["prompts"],
                 images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
 
@@ -266,7 +270,7 @@ def kaduri_vocabulary():
 
 def kaduri_session():
     """The K stages' session: keyword arguments of vlminterp.experiments.session.StageConfig."""
-    return dict(model=model_spec(), dataset_dir=dataset_root(), split=kaduri_split(),
+    return dict(model=model_spec("kaduri"), dataset_dir=dataset_root(), split=kaduri_split(),
                 batch_size=KADURI["batch_size"], vocabulary=kaduri_vocabulary(),
                 prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
                             geometry=KADURI["geometry"], max_new_tokens=KADURI["max_new_tokens"]))
