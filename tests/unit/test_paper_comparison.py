@@ -189,6 +189,19 @@ def test_k2_category_blind_f1_scores_against_other_images():
     assert k2.loc["fixed 2-10 (generated)", "flag"] == ""
 
 
+def test_k3_permuted_label_control_is_flagged_when_off_its_chance():
+    """A peak that hits whatever object it is scored against (hit_permuted 1, chance 0.1): the
+    control is off chance and every K3 row is flagged; at its chance, none is."""
+    off = _peaks().assign(hit_permuted=1.0, chance_permuted=0.1, image_id=[i % 4 for i in range(16)])
+    table = paper_comparison(RunTables(_ablation(), _knockout(), off, _answers(_toy_questions())), "m", False)
+    k3 = table[table["experiment"] == "K3"]
+    assert (k3["control_value"] == 1.0).all() and (k3["chance"] == 0.1).all()
+    assert (k3["flag"] == controls.CONTROL_OFF_CHANCE).all() and k3["control"].str.startswith("permuted").all()
+    fair = off.assign(hit_permuted=[float(i % 10 == 0) for i in range(16)])
+    table = paper_comparison(RunTables(_ablation(), _knockout(), fair, _answers(_toy_questions())), "m", False)
+    assert (table[table["experiment"] == "K3"]["flag"] == "").all()
+
+
 def test_k2_value_comes_from_the_llm_judge_when_it_ran():
     llm = _knockout().assign(f1=0.25)
     tables = RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()), knockout_llm=llm,

@@ -26,8 +26,8 @@ question x method).
   over the dataset's categories, which is NOT the paper's quantity (said in `measure` and `note`).
   Control: the category-blind F1 (`controls.category_blind_f1`).
 - K3: accuracy over the run's layers lying in the same fraction of the depth as each paper band;
-  control: the uniform-peak chance (the share of the image's tokens that would be hits); a
-  permuted-label control is not computed yet (the peaks table keeps no object cells).
+  control: the same peaks scored against another image's object (permuted labels,
+  `kaduri_localization.permuted_label`), which must come out at that object's uniform-peak chance.
 - K4: each POPE strategy (balanced: as many "yes" as "no" per image, no question twice) and
   their mean, never the pooled set; "full image" is the run's `single_turn` method (the question
   asked on its own with the image, as the authors ask it), not the describe-then-ask continuation;
@@ -53,6 +53,7 @@ from vlminterp.experiments.kaduri_localization import MEAN_HEAD, summarize_local
 from vlminterp.experiments.kaduri_reprompt import (MEAN_SETTING, SUMMARY_SETTINGS, setting_weights,
                                                    summarize_reprompting)
 from vlminterp.experiments.neo_ablation import flip_summary
+from vlminterp.stats import cluster_bootstrap_ci
 
 COLUMNS = ("paper", "experiment", "claim", "paper_model", "paper_setting", "paper_value", "relation", "source",
            "model", "setting", "condition", "measure", "value", "low", "high", "n", "control", "control_value",
@@ -208,12 +209,30 @@ def _k3_rows(peaks: pd.DataFrame, seed: int) -> list[dict]:
             rows.append(_row(*base, note=why))
             continue
         got = summary.iloc[0]
-        control = {"control": "uniform-peak chance (share of the image's tokens that count as hits); a "
-                              "permuted-label control is not computed yet",
-                   "control_value": float(got["chance"]), "control_low": np.nan, "control_high": np.nan,
-                   "chance": float(got["chance"])}
-        rows.append(_row(*base, got["accuracy"], got["low"], got["high"], got["n_images"], control=control))
+        rows.append(_row(*base, got["accuracy"], got["low"], got["high"], got["n_images"],
+                         control=_k3_control(part, got, seed)))
     return rows
+
+
+def _k3_control(part: pd.DataFrame, got: pd.Series, seed: int) -> dict:
+    """The permuted-label control of a band (the peaks scored against another image's object,
+    `kaduri_localization.permuted_label`), against that object's uniform-peak chance; the
+    uniform-peak chance alone when the table has no permuted columns."""
+    data = part[(part["layer"] >= 0) & (part["head"] == MEAN_HEAD)]
+    if "excluded" in data:
+        data = data[data["excluded"].fillna("") == ""]
+    if "hit_permuted" in data and data["hit_permuted"].notna().any():
+        per_mention = data.dropna(subset=["hit_permuted"]).groupby(["image_id", "mention"])[
+            ["hit_permuted", "chance_permuted"]].mean()
+        low, high = cluster_bootstrap_ci(per_mention["hit_permuted"].to_numpy(dtype=float),
+                                         per_mention.index.get_level_values("image_id"), seed=seed)
+        return {"control": "permuted labels: each peak scored against another image's object (its chance beside)",
+                "control_value": float(per_mention["hit_permuted"].mean()), "control_low": low, "control_high": high,
+                "chance": float(per_mention["chance_permuted"].mean())}
+    return {"control": "uniform-peak chance (share of the image's tokens that count as hits); no permuted labels "
+                       "in this table",
+            "control_value": float(got["chance"]), "control_low": np.nan, "control_high": np.nan,
+            "chance": float(got["chance"])}
 
 
 # ---- K4 -------------------------------------------------------------------------------------------
