@@ -176,6 +176,20 @@ def test_answer_prior_leave_one_image_out_and_flag():
     assert table.loc["always_yes", "accuracy"] == 0.5 and table.loc["always_no", "accuracy"] == 0.5
 
 
+def test_k4_mean_control_is_the_mean_of_the_strategies_controls():
+    """The mean setting's blind answerers are fitted within each strategy's set and averaged, not
+    fitted on the union (which repeats each positive three times)."""
+    questions = _toy_questions()
+    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(questions)), "m", False)
+    k4 = table[(table["experiment"] == "K4") & (table["condition"] == "single_turn")]
+    per_strategy = []
+    for strategy in ("random", "popular", "adversarial"):
+        part = questions[questions["negative_type"].isin(["positive", strategy])]
+        per_strategy.append(controls.blind_answerers(part).set_index("answerer")["accuracy"])
+    expected = pd.concat(per_strategy, axis=1).mean(axis=1).max()
+    assert k4["control_value"].iloc[-1] == pytest.approx(expected)
+
+
 def test_k2_category_blind_f1_scores_against_other_images():
     knockout = _knockout()
     control = controls.category_blind_f1(knockout, "image->generated", seed=0)

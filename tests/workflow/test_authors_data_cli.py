@@ -63,7 +63,9 @@ def test_paper_config_downloads_converts_and_selects_with_their_questions(checko
     (mirror.root / "data").mkdir()
     shutil.copyfile(LLAVA_INTERP / "clean_questions.json", mirror.root / "data" / "clean_questions.json")
     with MirrorServer(mirror.root) as server:
-        overlay = {"device": "cpu", "model": {"pretrained": {"id": str(local_model)}},
+        # no GPU: the paper config's 4-bit stages load unquantized (4 bit is CUDA only)
+        unquantized = {stage: {"quantization": "none"} for stage in ("screen_neo_targets", "ablate_object_tokens")}
+        overlay = {"device": "cpu", "model": {"pretrained": {"id": str(local_model)}, "stages": unquantized},
                    "dataset": {"coco": {"annotations_base_url": server.url, "images_base_url": server.url,
                                         "annotations_size": mirror.archive_size,
                                         "annotations_md5": mirror.archive_md5}},
@@ -82,7 +84,7 @@ def test_paper_config_downloads_converts_and_selects_with_their_questions(checko
     assert not set(converted["image_id"]) & set(dataset.image_ids())
     # the noising filter's candidates (neo.screening: every qualifying image, before the model's test)
     selection = pd.read_csv(checkout / run / "neo" / "candidates.csv")
-    expected = select_targets(dataset, SelectionSpec(max_images=None))
+    expected = select_targets(dataset, SelectionSpec(max_images=None, target_order="file"))  # the authors' rule
     assert selection["image_id"].tolist() == expected["image_id"].tolist()
     assert selection["annotation_id"].tolist() == expected["annotation_id"].tolist()
     log = (checkout / run / "logs" / "select_neo_targets.log").read_text()

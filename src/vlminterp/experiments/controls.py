@@ -50,13 +50,22 @@ def answer_prior(questions: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(2 * other_yes > other_n, "yes", "no"), index=questions.index)
 
 
-def blind_answerers(questions: pd.DataFrame, weights: pd.Series | None = None, seed: int = 0) -> pd.DataFrame:
+def blind_answerers(questions: pd.DataFrame, weights: pd.Series | None = None, seed: int = 0,
+                    sets: pd.Series | None = None) -> pd.DataFrame:
     """Accuracy of each of BLIND_ANSWERERS on `questions` (image_id, category, answer), with a 95%
-    interval resampling images: columns answerer, accuracy, low, high, n_questions, n_images."""
+    interval resampling images: columns answerer, accuracy, low, high, n_questions, n_images.
+    `sets` (one label per row): the answer prior is fitted within each set (e.g. each POPE strategy
+    of a mean over strategies, whose rows repeat the positives once per strategy)."""
     w = np.ones(len(questions)) if weights is None else np.asarray(weights, dtype=float)
     truth = questions["answer"].to_numpy()
+    if sets is None:
+        prior = answer_prior(questions)
+    else:
+        labels = pd.Series(np.asarray(sets), index=questions.index)
+        prior = pd.concat([answer_prior(part) for _, part in questions.groupby(labels, sort=False)])
+        prior = prior.loc[questions.index] if questions.index.is_unique else prior
     predictions = {"always_yes": np.full(len(truth), "yes"), "always_no": np.full(len(truth), "no"),
-                   "answer_prior": answer_prior(questions).to_numpy()}
+                   "answer_prior": prior.to_numpy()}
     rows = []
     for name in BLIND_ANSWERERS:
         correct = (predictions[name] == truth).astype(float)
@@ -70,10 +79,11 @@ def blind_answerers(questions: pd.DataFrame, weights: pd.Series | None = None, s
     return pd.DataFrame(rows)
 
 
-def best_blind(questions: pd.DataFrame, weights: pd.Series | None = None, seed: int = 0) -> dict:
+def best_blind(questions: pd.DataFrame, weights: pd.Series | None = None, seed: int = 0,
+               sets: pd.Series | None = None) -> dict:
     """The blind answerer with the highest accuracy: {control, control_value, control_low,
     control_high, chance} (chance 0.5, the accuracy of a coin)."""
-    table = blind_answerers(questions, weights, seed)
+    table = blind_answerers(questions, weights, seed, sets)
     summary = ", ".join(f"{r.answerer} {r.accuracy:.3f}" for r in table.itertuples())
     best = table.loc[table["accuracy"].fillna(-1).idxmax()] if len(table) else None
     if best is None or np.isnan(best["accuracy"]):

@@ -241,6 +241,17 @@ K4_CLAIMS = (("single_turn", False, "full image: the upper bound", 0.8483),
              ("prompt_cache", False, "cache of the prompt tokens only", 0.6103))
 
 
+def _k4_control(questions: pd.DataFrame, setting: str, seed: int) -> dict:
+    """Blind answerers on a setting's questions; for the mean, on each strategy's own set (the prior
+    fitted within it) with weight 1/3 per row, so that it is the mean of the strategies' controls."""
+    if setting != MEAN_SETTING:
+        weights = setting_weights(questions, setting)
+        return controls.best_blind(questions[weights > 0], weights[weights > 0], seed=seed)
+    parts = [questions[setting_weights(questions, s) > 0].assign(strategy=s) for s in SUMMARY_SETTINGS[:-1]]
+    stacked = pd.concat(parts, ignore_index=True)
+    return controls.best_blind(stacked, pd.Series(1.0, index=stacked.index), seed=seed, sets=stacked["strategy"])
+
+
 def _k4_rows(answers: pd.DataFrame, seed: int) -> list[dict]:
     summary = summarize_reprompting(answers, seed=seed) if len(answers) else pd.DataFrame(
         columns=["method", "k_fraction", "setting", "accuracy", "accuracy_low", "accuracy_high", "n_questions",
@@ -250,11 +261,7 @@ def _k4_rows(answers: pd.DataFrame, seed: int) -> list[dict]:
     questions = answers.drop_duplicates("question_id") if len(answers) else answers
     rows = []
     for setting in SUMMARY_SETTINGS:
-        if len(questions):
-            weights = setting_weights(questions, setting)
-            control = controls.best_blind(questions[weights > 0], weights[weights > 0], seed=seed)
-        else:
-            control = None
+        control = _k4_control(questions, setting, seed) if len(questions) else None
         label = "the mean of the three POPE strategies" if setting == MEAN_SETTING else f"POPE {setting}"
         for method, topk, claim, value in K4_CLAIMS:
             fraction = k if topk else np.nan
