@@ -20,6 +20,9 @@ on the same questions, images and tables. Each control here is computed from the
   from naming the world's usual categories, whatever the image. A knocked-out F1 inside this
   control's interval says nothing about what the tokens read from the image.
 
+- K3: the localization stage scores each peak against another image's object as well
+  (`kaduri_localization.permuted_label`); the comparison reads it (`paper_comparison`).
+
 `flag` turns a control into the comparison table's `flag` column: "control_off_chance" when a
 null control that must sit at chance does not (the value is not published as a finding);
 "at_control" when the value's interval holds the control value (K2: indistinguishable from the
