@@ -39,6 +39,23 @@ def test_paper_configs_plan_the_authors_files(checkout, config, vector):
     assert f"neo/authors/{vector}" in text and f"results/{config}/neo/mean_comparison.json" in text
 
 
+@pytest.mark.parametrize("config", ["llava-1.5-7b", "llava-phi-3-mini"])
+def test_paper_configs_ablate_with_the_authors_mean(checkout, config):
+    """The paper configs hold the authors' choice: N1 ablates (and its IG baseline starts from) their
+    released mean, so the ablation job reads the converted authors' vector, not this run's mean."""
+    _, text = _planned(checkout, f"configs/{config}.yaml", "--", f"results/{config}/neo/ablation/ablation.csv")
+    jobs = text.split("\nrule ")
+    ablation = next(job for job in jobs if job.startswith("ablate_object_tokens:"))
+    assert f"results/{config}/neo/authors_mean_embedding.safetensors" in ablation
+    assert "neo/mean_embedding.safetensors" not in ablation
+
+
+def test_the_default_run_screens_its_targets(checkout):
+    """The noising filter is on in the default run, as in the paper configs."""
+    rules, _ = _planned(checkout, "config.yaml")
+    assert "screen_neo_targets" in rules
+
+
 def test_the_default_run_downloads_nothing_of_theirs(checkout):
     rules, _ = _planned(checkout, "config.yaml")
     assert not AUTHORS_RULES & set(rules)
