@@ -172,14 +172,16 @@ def write_checkpoint(size: str, words: list[str], directory: Path, device: str, 
 def smoke_config(size: str, device: str, model_dir: str | Path, images: int = 4, seed: int = 0) -> dict:
     """The Snakemake config of the smoke run (see the module docstring)."""
     paper = yaml.safe_load(PAPER_CONFIG.read_text())
+    # the smoke run's own precision: no 4-bit stages (bitsandbytes is an optional extra)
     model = {**paper["model"], "pretrained": {"id": str(model_dir), "revision": None},
-             "dtype": "bf16" if device == "cuda" else "fp32"}
+             "dtype": "bf16" if device == "cuda" else "fp32", "quantization": "none", "stages": {}}
     neo = {
         "selection": {"split": "val", "target_area_range": [0, 1000000], "exclude_crowd_targets": False,
                       "max_images": images},
         "mean": {"split": "train", "max_images": images},
         "prompts": {"describe": paper["neo"]["prompts"]["describe"]},  # the shapes world's VQA question
-        "ablation": dict(paper["neo"]["ablation"]),
+        # the paper ablates with the authors' released mean (LLaVA-1.5-7B's): the smoke model keeps its own
+        "ablation": {**paper["neo"]["ablation"], "mean_vector": "run"},
         "logit_lens": {"html_images": 1},
         "bootstrap_resamples": 100,
     }

@@ -41,7 +41,9 @@ OVERRIDES = {
         "selection": {"max_images": 8,    # a cap: coco-mini has few images that pass the paper's rule
                       "include_question_images": False},
         "mean": {"max_images": 6},
-        "ablation": {"max_new_tokens": 12, "ig_steps": 8},
+        # the paper config ablates with the authors' released mean (4096-d, LLaVA-1.5-7B's): the tiny
+        # model keeps this run's own mean instead
+        "ablation": {"max_new_tokens": 12, "ig_steps": 8, "mean_vector": "run"},
         "authors_data": {"questions": False, "mean_vector": None},
         "prompts": {"vqa_images": "all"},
         # a tiny random model names no object, so the noising filter would keep nothing; the filter
@@ -107,7 +109,10 @@ def overrides(checkpoint: Path, mirror: Mirror, url: str) -> dict:
     (one flag, two files; a second --configfile flag would replace the first)."""
     coco = {"annotations_base_url": url, "images_base_url": url,
             "annotations_size": mirror.archive_size, "annotations_md5": mirror.archive_md5}
-    return {**OVERRIDES, "dataset": {"coco": coco}, "model": {"pretrained": {"id": str(checkpoint)}}}
+    # no GPU here: the paper config's 4-bit stages (bitsandbytes, CUDA only) load the model unquantized
+    unquantized = {stage: {"quantization": "none"} for stage in ("screen_neo_targets", "ablate_object_tokens")}
+    return {**OVERRIDES, "dataset": {"coco": coco},
+            "model": {"pretrained": {"id": str(checkpoint)}, "stages": unquantized}}
 
 
 def rehearse(tmp: Path, *snakemake_args: str) -> Rehearsal:

@@ -210,6 +210,34 @@ def _neo_problems(config: dict) -> Iterator[str]:
                        "for COCO: only that split's images are downloaded")
 
 
+#: The stages whose model precision `model.stages` may set apart from model.dtype / model.quantization.
+PRECISION_STAGES = ("screen_neo_targets", "compute_mean_embedding", "ablate_object_tokens", "apply_logit_lens",
+                    "block_object_attention", "kaduri")
+
+
+def stage_precision(config: dict, stage: str | None = None) -> dict:
+    """{"dtype", "quantization"} a stage loads the model with: model.dtype and model.quantization,
+    overridden by model.stages.<stage> (the authors ran some stages in 4 bit, others in fp16)."""
+    model = config["model"]
+    precision = {"dtype": model.get("dtype", "fp32"), "quantization": model.get("quantization", "none")}
+    if stage is not None:
+        precision.update({k: v for k, v in (model.get("stages") or {}).get(stage, {}).items() if v is not None})
+    return precision
+
+
+def _precision_problems(config: dict) -> Iterator[str]:
+    """4-bit loading (bitsandbytes) runs on CUDA only: any stage asking for it on another device
+    fails here, before any job, naming the key."""
+    stages = config["model"].get("stages") or {}
+    for stage in (None, *stages):
+        quantization = stage_precision(config, stage)["quantization"]
+        if quantization != "none" and config["device"] != "cuda":
+            key = "model.quantization" if stage is None else f"model.stages.{stage}.quantization"
+            yield (f"{key}: {quantization} needs device: cuda (bitsandbytes quantizes on CUDA GPUs only); this "
+                   f"run's device is {config['device']!r}: set {key} to none")
+            return
+
+
 def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dict:
     """Fill the schema's defaults into `config` and raise ConfigError listing every problem.
 
@@ -217,7 +245,8 @@ def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dic
     schema = yaml.safe_load(Path(schema_path).read_text())
     problems = list(dict.fromkeys(_schema_problems(config, schema)))
     if not problems:
-        problems = list(dict.fromkeys([*_cross_key_problems(config), *_neo_problems(config)]))
+        problems = list(dict.fromkeys([*_cross_key_problems(config), *_neo_problems(config),
+                                       *_precision_problems(config)]))
     if problems:
         origin = ", ".join(str(s) for s in sources) or "the config"
         lines = "\n".join(f"  - {p}" for p in problems)

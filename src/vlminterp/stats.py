@@ -38,20 +38,23 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, level: float = 0.95,
 
 
 def cluster_bootstrap_ci(values: Sequence[float] | np.ndarray, clusters: Sequence, *, level: float = 0.95,
-                         n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+                         n_resamples: int = 2000, seed: int = 0,
+                         weights: Sequence[float] | np.ndarray | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values` resampling whole clusters (e.g. the
     images a K3 mention belongs to) with replacement: each resample's statistic is the pooled mean
     over the units of its clusters. Units of one image are not independent; resampling units
-    would make the interval too narrow."""
+    would make the interval too narrow. `weights` (optional, one per unit) make every statistic a
+    weighted mean (e.g. K4's mean over POPE strategies, whose positives are shared by the three)."""
     data = np.asarray(values, dtype=np.float64)
+    weight = np.ones_like(data) if weights is None else np.asarray(weights, dtype=np.float64)
     labels = pd.Series(list(clusters))
     keep = ~np.isnan(data)
-    data, labels = data[keep], labels[keep].to_numpy()
+    data, weight, labels = data[keep], weight[keep], labels[keep].to_numpy()
     if data.size == 0:
         return float("nan"), float("nan")
-    estimate = float(data.mean())
+    estimate = float(np.sum(weight * data) / np.sum(weight))
     codes, _ = pd.factorize(labels)
-    sums, counts = np.bincount(codes, weights=data), np.bincount(codes).astype(np.float64)
+    sums, counts = np.bincount(codes, weights=weight * data), np.bincount(codes, weights=weight)
     if sums.size == 1 or np.all(data == data[0]):
         return estimate, estimate
     rng = np.random.default_rng(seed)

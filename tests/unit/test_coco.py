@@ -210,6 +210,33 @@ def test_select_targets_all_targets_and_relaxed_rules(tmp_path):
     assert set(ids.values()) - set(relaxed["image_id"]) == {ids["no_annotations"]}
 
 
+def test_target_order_file_takes_the_first_qualifying_annotation_in_the_files_list(tmp_path):
+    """The authors' rule (`target_order: file`): the first qualifying category in the image's
+    annotation list, counted here from the written JSON itself; `id` takes the smallest id."""
+    import json
+
+    b, ids = _selection_builder()
+    root = b.write(tmp_path)
+    ds = CocoDataset.load(root, split="train")
+    raw = json.loads(next((root / "annotations").glob("*.json")).read_text())
+    image = ids["two_qualifying"]
+    in_file = [a for a in raw["annotations"] if a["image_id"] == image]
+    counts = {c: sum(a["category_id"] == c for a in in_file) for c in {a["category_id"] for a in in_file}}
+    authors = next(a for a in in_file if 1000 < a["area"] < 2000 and counts[a["category_id"]] == 1
+                   and not a.get("iscrowd", 0))
+    by_file = select_targets(ds, SelectionSpec(split="train", target_order="file")).set_index("image_id")
+    by_id = select_targets(ds, SelectionSpec(split="train")).set_index("image_id")
+    assert by_file.loc[image, "annotation_id"] == authors["id"] == 501      # written first
+    assert by_id.loc[image, "annotation_id"] == min(a["id"] for a in in_file) == 500
+    assert by_file.loc[image, "n_qualifying"] == 2
+    # the selection table counts the images where the rule mattered
+    assert (by_file.drop_duplicates().query("n_qualifying > 1").index.tolist() == [image])
+    other = by_file.index.difference([image])
+    assert (by_file.loc[other, "annotation_id"] == by_id.loc[other, "annotation_id"]).all()
+    with pytest.raises(ValueError, match="target_order"):
+        SelectionSpec(target_order="random")
+
+
 def test_select_targets_seeded_sample_is_deterministic(tmp_path):
     b = CocoBuilder()
     cat = b.category("cat")

@@ -40,7 +40,8 @@ def _env_pins(path: Path) -> dict[str, str]:
 def test_pyproject_pins_match_lock():
     quoted = re.findall(r'"([A-Za-z0-9_.\-]+==[^"]+)"', (ROOT / "pyproject.toml").read_text())
     declared = _pins(quoted)
-    lock = {**_lock(), **_pins((ROOT / "requirements-bench.lock").read_text().splitlines())}  # + the [bench] extra
+    lock = {**_lock(), **_pins((ROOT / "requirements-bench.lock").read_text().splitlines()),  # + the [bench] extra
+            **_pins((ROOT / "requirements-quantization.lock").read_text().splitlines())}  # + [quantization]
     assert declared, "pyproject.toml declares no exact pins"
     mismatches = {name: (ver, lock.get(name)) for name, ver in declared.items()
                   if lock.get(name) != ver}

@@ -421,6 +421,26 @@ def test_localization_on_a_fixed_description(synthetic, dataset, monkeypatch):
     assert len(summary) == (L + 1) // 2 and summary["n_mentions"].iloc[0] == 1
 
 
+def test_localization_null_control_scores_the_peak_against_another_images_object(synthetic, dataset, monkeypatch):
+    """Permuted labels (issue 22, point 10): each peak is also scored against the object of another
+    image, whose cells are counted here from that image's own mask."""
+    session = _session(synthetic, dataset)
+    images = select_images(dataset, 6, seed=0)
+    row = images.iloc[0]
+    category = row["categories"].split(";")[0]
+    words = session.tokenizer(f"There is a {category} here.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(Session, "describe", lambda self, item: list(words) + [self.eos_token_ids[0]])
+    table = localization(session, images.iloc[[0]], LocalizationSpec(tolerance=0, scope="all"))
+    other, name = int(table["permuted_image_id"].iloc[0]), table["permuted_category"].iloc[0]
+    assert other != int(row["image_id"]) and table["permuted_image_id"].nunique() == 1
+    assert name in {dataset.category_name(a["category_id"]) for a in dataset.annotations_of(other)}
+    cells = object_tokens(session.adapter, category_mask(dataset, other, name))[0].reshape(-1)
+    assert (table["hit_permuted"] == cells[table["peak_cell"]].astype(float)).all()
+    assert table["chance_permuted"].iloc[0] == pytest.approx(cells.mean())
+    again = localization(session, images.iloc[[0]], LocalizationSpec(tolerance=0, scope="all"))
+    pd.testing.assert_frame_equal(table, again)  # seeded by (image, mention): the same every run
+
+
 def test_localization_excludes_and_counts_a_mention_without_object_cells(synthetic, dataset, monkeypatch):
     """A mention whose object has no cell (here: its mask emptied) gets one excluded row, and the
     summary leaves it out of the accuracy and counts it."""
@@ -512,7 +532,7 @@ def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset
     assert (both["context_tokens"] == prompt + both["k_tokens"]).all()
     summary = summarize_reprompting(table)
     assert {"accuracy", "f1", "yes_ratio", "context_tokens"} <= set(summary.columns)
-    assert set(summary["setting"]) == {"all", "random", "popular", "adversarial"}
+    assert set(summary["setting"]) == {"random", "popular", "adversarial", "mean"}  # never the pooled set
 
 
 def test_top_k_only_cache_continues_after_the_highest_kept_position(synthetic, dataset):

@@ -151,3 +151,71 @@ def test_hub_id_in_the_cache_passes_and_a_partial_download_is_named(tmp_path):
     with pytest.raises(WeightsNotAvailableError, match=r"incomplete download: the tokenizer .*"
                                                          r"`hf download org/tiny --revision 0123"):
         check_model_files(ModelSpec("org/tiny", revision=revision), offline=True, cache_dir=tmp_path)
+
+
+# ---- model.quantization (Neo et al.'s 4-bit runs) -------------------------------------------------
+def test_4bit_spec_builds_the_bitsandbytes_config_transformers_expects():
+    """The authors' HookedLVLM(quantize=True, quantize_type="4bit"): 4-bit weights, fp16 compute."""
+    from transformers import BitsAndBytesConfig
+
+    assert ModelSpec("m").quantization_config() is None
+    got = ModelSpec("m", dtype="fp16", quantization="4bit").quantization_config()
+    expected = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16)
+    assert isinstance(got, BitsAndBytesConfig) and got.to_dict() == expected.to_dict()
+    assert got.load_in_4bit and not got.load_in_8bit and got.bnb_4bit_compute_dtype == torch.float16
+    with pytest.raises(ValueError, match="quantization"):
+        ModelSpec("m", quantization="8bit")
+
+
+def test_4bit_on_a_cpu_fails_with_one_clear_message_before_any_job():
+    from vlminterp.config_checks import ConfigError, check_config, stage_precision
+
+    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    base = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}, "device": "cpu"}
+    for model, key in (({"quantization": "4bit"}, "model.quantization"),
+                       ({"stages": {"ablate_object_tokens": {"quantization": "4bit"}}},
+                        "model.stages.ablate_object_tokens.quantization")):
+        config = json.loads(json.dumps({**base, "model": {**base["model"], **model}}))
+        with pytest.raises(ConfigError, match=rf"{key}: 4bit needs device: cuda") as caught:
+            check_config(config, schema, ["test"])
+        assert str(caught.value).count("needs device: cuda") == 1
+    bad = json.loads(json.dumps({**base, "model": {**base["model"], "stages": {"ablate": {"dtype": "fp16"}}}}))
+    with pytest.raises(ConfigError, match="ablate"):
+        check_config(bad, schema, ["test"])
+    # per-stage precision: a stage's keys over the model's
+    config = {"model": {"dtype": "fp16", "quantization": "none",
+                        "stages": {"ablate_object_tokens": {"quantization": "4bit", "dtype": None}}}}
+    assert stage_precision(config, "ablate_object_tokens") == {"dtype": "fp16", "quantization": "4bit"}
+    assert stage_precision(config, "kaduri") == stage_precision(config) == {"dtype": "fp16", "quantization": "none"}
+
+
+def test_4bit_load_without_cuda_names_what_is_missing(tmp_path):
+    model, processor = build_synthetic("tiny-llama")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU|needs bitsandbytes"):
+        load_model(ModelSpec(str(tmp_path), dtype="fp16", quantization="4bit", device="cpu"))
+
+
+@pytest.mark.gpu
+def test_a_tiny_model_loads_and_runs_in_4bit_on_cuda(tmp_path, make_inputs):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pytest.importorskip("bitsandbytes", reason="the optional extra vlminterp[quantization]")
+    model, processor = build_synthetic("tiny-llama")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load_model(ModelSpec(str(tmp_path), dtype="fp16", quantization="4bit", device="cuda"))
+    linear = loaded.get_submodule(next(name for name, m in loaded.named_modules()
+                                       if type(m).__name__ == "Linear4bit"))
+    assert type(linear).__name__ == "Linear4bit"
+    from vlminterp.models.adapters import adapter_for
+
+    inputs = make_inputs(loaded_processor, adapter_for(loaded, loaded_processor))
+    with torch.no_grad():
+        expected = model.to("cuda", torch.float16)(**{k: v.to("cuda") for k, v in inputs.items()}).logits.float()
+        got = loaded(**{k: v.to("cuda") for k, v in inputs.items()}).logits.float()
+    assert torch.isfinite(got).all()
+    # 4-bit weights change the numbers, not the shape or the gist
+    assert got.shape == expected.shape
+    assert torch.nn.functional.cosine_similarity(got.flatten(), expected.flatten(), dim=0) > 0.9

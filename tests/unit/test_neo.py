@@ -401,6 +401,39 @@ def test_attention_blocking_table(setup):
     pd.testing.assert_frame_equal(table, apart)
 
 
+def test_blocking_drop_of_top1_is_each_runs_own_top1_probability(setup):
+    """drop_of "top1" (the authors'): base minus blocked probability of each run's own top-1 token,
+    checked against a plain forward pass of the unblocked prompt; "correct" keeps the correct
+    token's drop; the two tables differ only in drop, relative_drop and drop_of."""
+    from vlminterp.experiments.neo_blocking import summarize_blocking
+
+    s = setup
+    top1 = run_attention_blocking(s["session"], s["selection"], BlockingSpec(window=2, drop_of="top1"),
+                                  cells=s["grids"], prompts=PromptSpec())
+    correct = run_attention_blocking(s["session"], s["selection"], BlockingSpec(window=2), cells=s["grids"],
+                                     prompts=PromptSpec())
+    assert np.allclose(top1["drop"], top1["p_top1_baseline"] - top1["p_top1"])
+    assert np.allclose(correct["drop"], correct["p_baseline"] - correct["p_correct"])
+    same = [c for c in top1.columns if c not in ("drop", "relative_drop", "drop_of")]
+    pd.testing.assert_frame_equal(top1[same], correct[same])
+    assert (top1["p_top1"] >= top1["p_correct"] - 1e-6).all()
+    # independent: the unblocked prompt's top-1 probability from one plain forward pass
+    target = s["selection"].iloc[0]
+    prepared = s["session"].prepare(s["dataset"].load_image(int(target.image_id)),
+                                    vqa_questions(s["dataset"], s["selection"].iloc[[0]], PromptSpec())[
+                                        int(target.image_id)], answer_prefix=PromptSpec().vqa_answer_prefix)
+    with torch.no_grad():
+        hidden, _ = s["adapter"].language_model_forward(prepared.inputs_embeds, use_cache=False)
+        probs = s["adapter"].unembed(hidden[:, -1]).float().softmax(-1)[0]
+    row = top1[(top1.image_id == int(target.image_id)) & (top1.block_set == "none")].iloc[0]
+    assert row["p_top1"] == pytest.approx(float(probs.max()), rel=1e-4)
+    # accuracy: over the included images (correct) or over all images (top1, the authors')
+    table = correct.assign(included=correct["image_id"] == correct["image_id"].iloc[0], correct=True)
+    n_images = table["image_id"].nunique()
+    assert (summarize_blocking(table)["accuracy"] == 1.0).all()
+    assert np.allclose(summarize_blocking(table.assign(drop_of="top1"))["accuracy"], 1 / n_images)
+
+
 # ---- figures ------------------------------------------------------------------------------------------
 def test_figures_are_written(setup, tmp_path):
     from vlminterp.plots.neo import plot_blocking_drops, plot_flip_rates, plot_lens_curves

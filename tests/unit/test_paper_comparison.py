@@ -1,80 +1,252 @@
 """paper_comparison.csv: the papers' headline numbers beside a run's, read from hand-made tables
-whose expected values are counted by hand."""
+whose expected values are counted by hand; K4 on balanced POPE questions (balance counted from the
+real COCO question table); null controls and the per-category breakdown."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from vlminterp.experiments.paper_comparison import COLUMNS, ORGANISM_NOTE, RunTables, paper_comparison
+from shared_fixtures import COCO_MINI, require
+from vlminterp.experiments import controls
+from vlminterp.experiments.kaduri_reprompt import summarize_reprompting
+from vlminterp.experiments.paper_comparison import (BREAKDOWN_COLUMNS, COLUMNS, ORGANISM_NOTE, UNSOURCED, RunTables,
+                                                    by_category, paper_comparison)
 
 
 def _ablation() -> pd.DataFrame:
     rows = []
     for image in range(4):
         for condition, flipped in (("object_b1", image < 3), ("random_matched_b1", False)):
-            rows.append({"image_id": image, "setting": "generative", "condition": condition, "included": True,
-                         "flipped": flipped, "n_tokens": 4})
+            rows.append({"image_id": image, "category": "cat" if image < 2 else "dog", "setting": "generative",
+                         "question_kind": "target", "condition": condition, "included": True, "flipped": flipped,
+                         "n_tokens": 4, "excluded": ""})
+        for kind in ("target", "absent"):
+            rows.append({"image_id": image, "category": "cat", "setting": "polling", "question_kind": kind,
+                         "condition": "none", "included": kind == "target", "flipped": False, "n_tokens": 0,
+                         "excluded": ""})
     return pd.DataFrame(rows)
 
 
+def _judged(condition, family, target, start, end, f1, matched, hallucinated, missed, image):
+    return {"image_id": image, "condition": condition, "family": family, "target": target, "layer_start": start,
+            "layer_end": end, "f1": f1, "recall": f1, "precision": f1, "gt_f1": np.nan, "n_reference": 2,
+            "matched": matched, "hallucinated": hallucinated, "missed": missed}
+
+
 def _knockout() -> pd.DataFrame:
-    return pd.DataFrame([
-        {"condition": "image->generated", "family": "all_layers", "target": "generated", "layer_start": 0,
-         "layer_end": 15, "mean": 0.3, "low": 0.2, "high": 0.4, "n_images": 5},
-        {"condition": "fixed 2-10 (generated)", "family": "fixed_window", "target": "generated", "layer_start": 2,
-         "layer_end": 10, "mean": 0.8, "low": 0.7, "high": 0.9, "n_images": 5},
-        {"condition": "fixed 2-10 (query)", "family": "fixed_window", "target": "query", "layer_start": 2,
-         "layer_end": 10, "mean": 0.1, "low": 0.0, "high": 0.2, "n_images": 5},
-    ])
+    """Four images; image i's reference names {a_i, common}; image->generated keeps "common" only."""
+    rows = []
+    for i in range(4):
+        rows.append(_judged("image->generated", "all_layers", "generated", 0, 15, 2 / 3, "common", "", f"a{i}", i))
+        rows.append(_judged("fixed 2-10 (generated)", "fixed_window", "generated", 2, 10, 1.0, f"a{i};common", "", "",
+                            i))
+        rows.append(_judged("fixed 2-10 (query)", "fixed_window", "query", 2, 10, 0.0, "", "", f"a{i};common", i))
+    return pd.DataFrame(rows)
 
 
 def _peaks(n_layers: int = 16) -> pd.DataFrame:
     """One mention of image 1, a hit in the first half of the layers only."""
-    return pd.DataFrame([{"image_id": 1, "mention": 0, "layer": l, "head": -1, "hit": l < n_layers // 2,
-                          "chance": 0.1, "excluded": ""} for l in range(n_layers)])
+    return pd.DataFrame([{"image_id": 1, "mention": 0, "category": "cat", "layer": l, "head": -1,
+                          "hit": l < n_layers // 2, "chance": 0.1, "excluded": ""} for l in range(n_layers)])
 
 
-def _reprompt() -> pd.DataFrame:
-    return pd.DataFrame([
-        {"method": "full_image", "k_fraction": np.nan, "setting": "all", "accuracy": 0.9, "accuracy_low": 0.8,
-         "accuracy_high": 1.0, "n_questions": 30},
-        {"method": "prompt_image_topk", "k_fraction": 0.02, "setting": "all", "accuracy": 0.6, "accuracy_low": 0.5,
-         "accuracy_high": 0.7, "n_questions": 30},
-        {"method": "prompt_image_topk", "k_fraction": 0.05, "setting": "all", "accuracy": 0.7, "accuracy_low": 0.6,
-         "accuracy_high": 0.8, "n_questions": 30},
-        {"method": "prompt_cache", "k_fraction": np.nan, "setting": "random", "accuracy": 0.5, "accuracy_low": 0.4,
-         "accuracy_high": 0.6, "n_questions": 20},
-    ])
+def _answers(questions: pd.DataFrame, answer=lambda q: q["answer"]) -> pd.DataFrame:
+    """A K4 answers table: every question under single_turn, full_image, prompt_image_topk 2% and
+    5% and prompt_cache, each answered by `answer` (default: the truth)."""
+    rows = []
+    for q in questions.to_dict("records"):
+        for method, fraction in (("single_turn", np.nan), ("full_image", np.nan), ("prompt_image_topk", 0.02),
+                                 ("prompt_image_topk", 0.05), ("prompt_cache", np.nan)):
+            predicted = answer(q) if method != "full_image" else "no"
+            rows.append({**q, "method": method, "k_fraction": fraction, "k_tokens": -1, "context_tokens": 10,
+                         "input_tokens": 20, "response": predicted, "predicted": predicted,
+                         "correct": predicted == q["answer"]})
+    return pd.DataFrame(rows)
+
+
+def _toy_questions() -> pd.DataFrame:
+    """Two images; each: 1 positive and 1 negative per strategy; the same absent category ("bus")
+    is both the random and the popular negative of image 0 (as POPE's strategies can repeat)."""
+    rows = []
+    for image, present, negatives in ((0, "cat", ("bus", "bus", "dog")), (1, "dog", ("car", "cat", "cat"))):
+        rows.append({"image_id": image, "category": present, "answer": "yes", "negative_type": "positive"})
+        for strategy, name in zip(("random", "popular", "adversarial"), negatives):
+            rows.append({"image_id": image, "category": name, "answer": "no", "negative_type": strategy})
+    table = pd.DataFrame(rows)
+    table.insert(0, "question_id", np.arange(len(table)))
+    table["question"] = "Is there a " + table["category"] + " in this image?"
+    return table
 
 
 def test_paper_comparison_reads_each_headline_from_the_run_tables():
-    tables = RunTables(_ablation(), _knockout(), _peaks(), _reprompt())
+    tables = RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()))
     table = paper_comparison(tables, model="llava-hf/llava-1.5-7b-hf", organism=False)
     assert list(table.columns) == list(COLUMNS)
     by = table.set_index(["experiment", "condition"])
     n1 = by.loc[("N1", "object_b1")]
     assert n1["setting"] == "generative" and n1["value"] == 0.75 and n1["n"] == 4  # 3 of 4 flipped
-    assert (n1["paper_value"], n1["relation"]) == (0.70, ">")
+    assert (n1["paper_value"], n1["relation"]) == (0.70, ">") and "abstract" in n1["source"]
     assert by.loc[("N1", "random_matched_b1")]["value"] == 0.0
     assert np.isnan(table[(table["experiment"] == "N1") & (table["condition"] == "register")]["value"]).all()
     k2 = by.loc[("K2", "image->generated")]
-    assert (k2["paper_value"], k2["value"], k2["low"], k2["high"], k2["n"]) == (0.40, 0.3, 0.2, 0.4, 5)
-    assert by.loc[("K2", "fixed 2-10 (generated)")]["value"] == 0.8  # the generated target, not the query one
+    assert k2["paper_value"] == 0.40 and k2["value"] == pytest.approx(2 / 3) and k2["n"] == 4
+    assert k2["paper_model"] == "InternVL2-76B" and k2["source"] == UNSOURCED
+    assert "offline synonym judge" in k2["measure"] and "not the paper's F1" in k2["note"]
+    assert by.loc[("K2", "fixed 2-10 (generated)")]["value"] == 1.0  # the generated target, not the query one
+    assert by.loc[("K2", "fixed 2-10 (generated)")]["paper_model"] == "LLaVA-1.5-7B"
     assert "no image->query" in by.loc[("K2", "image->query")]["note"]
     k3 = table[table["experiment"] == "K3"].reset_index(drop=True)
     # 16 layers: paper band i (layers 10i..10i+9 of 80) is the same eighth of the depth: layers 2i, 2i+1.
     assert k3["setting"].tolist() == [f"layers {2 * i}-{2 * i + 1} of 16" for i in range(5)]
     assert k3["value"].tolist() == [1.0, 1.0, 1.0, 1.0, 0.0] and k3["paper_value"].tolist() == [0.30, 0.45, 0.65,
                                                                                                  0.73, 0.60]
-    k4 = table[table["experiment"] == "K4"].set_index("condition")
-    assert k4.loc["full_image", "value"] == 0.9 and k4.loc["full_image", "paper_value"] == 0.8483
-    assert k4.loc["prompt_image_topk 5%", "value"] == 0.7 and k4.loc["prompt_image_topk 5%", "paper_value"] == 0.8146
-    assert np.isnan(k4.loc["prompt_cache", "value"])  # only a "random" row: no "all" setting for it
+    assert (k3["relation"] == "~").all() and (k3["control_value"] == 0.1).all()
     assert (table["model"] == "llava-hf/llava-1.5-7b-hf").all() and not table["note"].str.contains("organism").any()
+    # every paper number carries a source, every row names its measure
+    numbered = table[table["paper_value"].notna()]
+    assert numbered["source"].str.len().gt(0).all() and table["measure"].str.len().gt(0).all()
+
+
+def test_k4_compares_each_balanced_strategy_and_their_mean_with_single_turn_as_the_full_image():
+    questions = _toy_questions()
+    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(questions)), "m", False)
+    k4 = table[table["experiment"] == "K4"]
+    assert k4["setting"].str.split(":").str[0].unique().tolist() == ["POPE random", "POPE popular",
+                                                                     "POPE adversarial",
+                                                                     "the mean of the three POPE strategies"]
+    full = k4[k4["condition"] == "single_turn"]
+    # single_turn answers the truth; the describe-then-ask full_image (always "no") is not the row's value
+    assert (full["value"] == 1.0).all() and (full["paper_value"] == 0.8483).all()
+    assert (k4[k4["condition"] == "prompt_image_topk 5%"]["paper_value"] == 0.8146).all()
+    # per strategy: 2 images x (1 yes + 1 no); the mean: 2 positives + 6 negatives, each question once
+    assert k4.groupby(k4["setting"].str.startswith("POPE"))["n"].unique().map(set).to_dict() == {True: {4},
+                                                                                                 False: {8}}
+    # every K4 row's control is the blind answerers', at chance on a balanced set: no flag
+    assert (k4["chance"] == 0.5).all() and (k4["flag"] == "").all() and (k4["control_value"] <= 0.5).all()
+
+
+def test_an_always_no_answerer_scores_half_on_the_balanced_sets_of_real_coco_questions():
+    """Balance counted from the question table itself; the pooled set of today's "all" setting is
+    3/4 "no", so an always-"no" answerer would score 75% there: no setting may report that."""
+    from vlminterp.data.coco import CocoDataset
+    from vlminterp.data.questions import NEGATIVE_STRATEGIES, build_pope_questions
+
+    dataset = CocoDataset.load(require(COCO_MINI), split="val2017")
+    image_ids = dataset.image_ids()[:30]
+    questions = build_pope_questions(dataset, image_ids, n_per_image=3, seed=0)
+    for strategy in NEGATIVE_STRATEGIES:
+        part = questions[questions["negative_type"].isin(["positive", strategy])]
+        counts = part.groupby(["image_id", "answer"]).size().unstack(fill_value=0)
+        assert (counts["yes"] == counts["no"]).all()                        # balanced per image
+        assert not part.duplicated(["image_id", "category_id"]).any()       # no question twice
+    pooled = questions["answer"].eq("no").mean()
+    assert pooled == pytest.approx(0.75)  # why the pooled set must not be scored
+    answers = _answers(questions, answer=lambda q: "no")
+    summary = summarize_reprompting(answers)
+    assert set(summary["setting"]) == {"random", "popular", "adversarial", "mean"}
+    single = summary[summary["method"] == "single_turn"].set_index("setting")
+    assert single["accuracy"].tolist() == pytest.approx([0.5] * 4)
+    assert single["truth_yes_share"].tolist() == pytest.approx([0.5] * 4)
+    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), answers), "m", False)
+    k4 = table[table["experiment"] == "K4"]
+    assert k4["value"].tolist() == pytest.approx([0.5] * len(k4))
+    # the blind answerers are computed on the same questions: always-no is exactly at chance
+    assert k4["control"].str.contains("always_no 0.500").all()
+
+
+def test_k4_intervals_resample_images_not_questions():
+    """One image answers all right, one all wrong: resampling images gives an interval from 0 to 1;
+    resampling its 8 questions would not reach either end."""
+    questions = _toy_questions()
+    answers = _answers(questions, answer=lambda q: q["answer"] if q["image_id"] == 0 else
+                       ("no" if q["answer"] == "yes" else "yes"))
+    single = summarize_reprompting(answers).query("method == 'single_turn' and setting == 'random'").iloc[0]
+    assert single["accuracy"] == 0.5 and (single["accuracy_low"], single["accuracy_high"]) == (0.0, 1.0)
+
+
+def test_answer_prior_leave_one_image_out_and_flag():
+    # "bus" is a "no" in every image: the prior (from the other images) answers "no" and is right
+    questions = pd.DataFrame({"image_id": [0, 0, 1, 1, 2, 2], "category": ["bus", "cat", "bus", "cat", "bus", "cat"],
+                              "answer": ["no", "yes", "no", "yes", "no", "yes"]})
+    assert controls.answer_prior(questions).tolist() == ["no", "yes"] * 3
+    best = controls.best_blind(questions)
+    assert best["control_value"] == 1.0 and controls.flag(best, 0.9, 1.0) == controls.CONTROL_OFF_CHANCE
+    table = controls.blind_answerers(questions).set_index("answerer")
+    assert table.loc["always_yes", "accuracy"] == 0.5 and table.loc["always_no", "accuracy"] == 0.5
+
+
+def test_k4_mean_control_is_the_mean_of_the_strategies_controls():
+    """The mean setting's blind answerers are fitted within each strategy's set and averaged, not
+    fitted on the union (which repeats each positive three times)."""
+    questions = _toy_questions()
+    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(questions)), "m", False)
+    k4 = table[(table["experiment"] == "K4") & (table["condition"] == "single_turn")]
+    per_strategy = []
+    for strategy in ("random", "popular", "adversarial"):
+        part = questions[questions["negative_type"].isin(["positive", strategy])]
+        per_strategy.append(controls.blind_answerers(part).set_index("answerer")["accuracy"])
+    expected = pd.concat(per_strategy, axis=1).mean(axis=1).max()
+    assert k4["control_value"].iloc[-1] == pytest.approx(expected)
+
+
+def test_k2_category_blind_f1_scores_against_other_images():
+    knockout = _knockout()
+    control = controls.category_blind_f1(knockout, "image->generated", seed=0)
+    # candidate {common} vs another image's reference {a_j, common}: precision 1, recall 1/2, F1 2/3
+    assert control["control_value"] == pytest.approx(2 / 3)
+    table = paper_comparison(RunTables(_ablation(), knockout, _peaks(), _answers(_toy_questions())), "m", False)
+    k2 = table[(table["experiment"] == "K2")].set_index("condition")
+    # the knocked-out F1 equals what any other image's description would get: flagged
+    assert k2.loc["image->generated", "flag"] == controls.AT_CONTROL
+    # the window keeps the image's own category: F1 1 vs the blind 2/3, not flagged
+    assert k2.loc["fixed 2-10 (generated)", "flag"] == ""
+
+
+def test_k3_permuted_label_control_is_flagged_when_off_its_chance():
+    """A peak that hits whatever object it is scored against (hit_permuted 1, chance 0.1): the
+    control is off chance and every K3 row is flagged; at its chance, none is."""
+    off = _peaks().assign(hit_permuted=1.0, chance_permuted=0.1, image_id=[i % 4 for i in range(16)])
+    table = paper_comparison(RunTables(_ablation(), _knockout(), off, _answers(_toy_questions())), "m", False)
+    k3 = table[table["experiment"] == "K3"]
+    assert (k3["control_value"] == 1.0).all() and (k3["chance"] == 0.1).all()
+    assert (k3["flag"] == controls.CONTROL_OFF_CHANCE).all() and k3["control"].str.startswith("permuted").all()
+    fair = off.assign(hit_permuted=[float(i % 10 == 0) for i in range(16)])
+    table = paper_comparison(RunTables(_ablation(), _knockout(), fair, _answers(_toy_questions())), "m", False)
+    assert (table[table["experiment"] == "K3"]["flag"] == "").all()
+
+
+def test_k2_value_comes_from_the_llm_judge_when_it_ran():
+    llm = _knockout().assign(f1=0.25)
+    tables = RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()), knockout_llm=llm,
+                       judge_model="gpt-4o-2024-08-06")
+    k2 = paper_comparison(tables, "m", False).set_index("condition").loc["image->generated"]
+    assert k2["value"] == 0.25 and "gpt-4o-2024-08-06" in k2["measure"] and k2["note"] == ""
+
+
+def test_n1_polling_control_counts_the_unablated_questions():
+    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions())), "m", False)
+    polling = table[(table["experiment"] == "N1") & (table["setting"] == "polling")]
+    assert (polling["control_value"] == 0.5).all() and (polling["flag"] == "").all()
+    generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")]
+    assert (generative["control"] == "").all()
+
+
+def test_by_category_breaks_every_headline_down():
+    tables = RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()))
+    table = by_category(tables)
+    assert list(table.columns) == list(BREAKDOWN_COLUMNS)
+    n1 = table[(table["experiment"] == "N1") & (table["condition"] == "object_b1")].set_index("category")
+    assert n1.loc["cat", "value"] == 1.0 and n1.loc["dog", "value"] == 0.5  # images 0,1 flip; 2 flips, 3 not
+    k2 = table[(table["experiment"] == "K2") & (table["condition"] == "image->generated")].set_index("category")
+    assert k2.loc["common", "value"] == 1.0 and k2.loc["a0", "value"] == 0.0 and k2.loc["common", "n"] == 4
+    k4 = table[(table["experiment"] == "K4") & (table["condition"] == "single_turn")]
+    assert set(k4["setting"]) == {"random", "popular", "adversarial"} and (k4["value"] == 1.0).all()
+    assert set(table["experiment"]) == {"N1", "K2", "K3", "K4"}
 
 
 def test_on_the_organism_every_row_says_it_is_not_llava_and_missing_bands_are_explained():
-    tables = RunTables(_ablation(), _knockout(), _peaks(2), _reprompt())
+    tables = RunTables(_ablation(), _knockout(), _peaks(2), _answers(_toy_questions()))
     table = paper_comparison(tables, model="shapes organism", organism=True)
     assert table["note"].str.startswith(ORGANISM_NOTE).all()
     k3 = table[table["experiment"] == "K3"]

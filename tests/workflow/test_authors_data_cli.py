@@ -39,6 +39,23 @@ def test_paper_configs_plan_the_authors_files(checkout, config, vector):
     assert f"neo/authors/{vector}" in text and f"results/{config}/neo/mean_comparison.json" in text
 
 
+@pytest.mark.parametrize("config", ["llava-1.5-7b", "llava-phi-3-mini"])
+def test_paper_configs_ablate_with_the_authors_mean(checkout, config):
+    """The paper configs hold the authors' choice: N1 ablates (and its IG baseline starts from) their
+    released mean, so the ablation job reads the converted authors' vector, not this run's mean."""
+    _, text = _planned(checkout, f"configs/{config}.yaml", "--", f"results/{config}/neo/ablation/ablation.csv")
+    jobs = text.split("\nrule ")
+    ablation = next(job for job in jobs if job.startswith("ablate_object_tokens:"))
+    assert f"results/{config}/neo/authors_mean_embedding.safetensors" in ablation
+    assert "neo/mean_embedding.safetensors" not in ablation
+
+
+def test_the_default_run_screens_its_targets(checkout):
+    """The noising filter is on in the default run, as in the paper configs."""
+    rules, _ = _planned(checkout, "config.yaml")
+    assert "screen_neo_targets" in rules
+
+
 def test_the_default_run_downloads_nothing_of_theirs(checkout):
     rules, _ = _planned(checkout, "config.yaml")
     assert not AUTHORS_RULES & set(rules)
@@ -63,7 +80,9 @@ def test_paper_config_downloads_converts_and_selects_with_their_questions(checko
     (mirror.root / "data").mkdir()
     shutil.copyfile(LLAVA_INTERP / "clean_questions.json", mirror.root / "data" / "clean_questions.json")
     with MirrorServer(mirror.root) as server:
-        overlay = {"device": "cpu", "model": {"pretrained": {"id": str(local_model)}},
+        # no GPU: the paper config's 4-bit stages load unquantized (4 bit is CUDA only)
+        unquantized = {stage: {"quantization": "none"} for stage in ("screen_neo_targets", "ablate_object_tokens")}
+        overlay = {"device": "cpu", "model": {"pretrained": {"id": str(local_model)}, "stages": unquantized},
                    "dataset": {"coco": {"annotations_base_url": server.url, "images_base_url": server.url,
                                         "annotations_size": mirror.archive_size,
                                         "annotations_md5": mirror.archive_md5}},
@@ -82,7 +101,7 @@ def test_paper_config_downloads_converts_and_selects_with_their_questions(checko
     assert not set(converted["image_id"]) & set(dataset.image_ids())
     # the noising filter's candidates (neo.screening: every qualifying image, before the model's test)
     selection = pd.read_csv(checkout / run / "neo" / "candidates.csv")
-    expected = select_targets(dataset, SelectionSpec(max_images=None))
+    expected = select_targets(dataset, SelectionSpec(max_images=None, target_order="file"))  # the authors' rule
     assert selection["image_id"].tolist() == expected["image_id"].tolist()
     assert selection["annotation_id"].tolist() == expected["annotation_id"].tolist()
     log = (checkout / run / "logs" / "select_neo_targets.log").read_text()

@@ -180,8 +180,11 @@ def test_paper_comparison_on_the_organism(tiny_run):
     """paper_comparison.csv holds every headline of both papers, this run's K2 numbers as its K2
     summary has them, and on the organism says on every row that it is not LLaVA."""
     table = pd.read_csv(_out(tiny_run) / "papers" / "paper_comparison.csv", keep_default_na=False, na_values=[""])
-    assert table.groupby("experiment").size().to_dict() == {"K2": 3, "K3": 5, "K4": 3, "N1": 12}
+    # K4: 3 claims x (3 balanced POPE strategies + their mean)
+    assert table.groupby("experiment").size().to_dict() == {"K2": 3, "K3": 5, "K4": 12, "N1": 12}
     assert table["note"].str.contains("the organism is not LLaVA").all()
+    breakdown = pd.read_csv(_out(tiny_run) / "papers" / "by_category.csv")
+    assert set(breakdown["experiment"]) <= {"N1", "K2", "K3", "K4"} and len(breakdown)
     summary = _table(tiny_run, "knockout/summary.csv").set_index("condition")
     for condition in ("image->generated", "image->query"):
         row = table[table["condition"] == condition].iloc[0]

@@ -115,14 +115,17 @@ def get_model_dir():
     return [results("model")] if uses_organism() else []
 
 
-def model_spec():
-    """Keyword arguments of vlminterp.models.loading.ModelSpec for this run's model."""
+def model_spec(stage=None):
+    """Keyword arguments of vlminterp.models.loading.ModelSpec for this run's model, in the precision
+    of `stage` (model.stages.<stage> over model.dtype / model.quantization)."""
+    from vlminterp.config_checks import stage_precision
+
     model = config["model"]
     if uses_organism():
         id_or_path, revision = results("model"), None
     else:
         id_or_path, revision = model["pretrained"]["id"], model["pretrained"]["revision"]
-    return dict(id_or_path=id_or_path, revision=revision, dtype=model["dtype"],
+    return dict(id_or_path=id_or_path, revision=revision, **stage_precision(config, stage),
                 device=config["device"], attn_implementation=model["attn_implementation"])
 
 
@@ -218,15 +221,16 @@ def neo_questions_input():
     return {"questions": neo_questions_file()} if neo_questions_file() else {}
 
 
-def neo_session(split):
-    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.session.StageConfig."""
-    return dict(model=model_spec(), dataset_dir=dataset_root(), split=split, vocabulary=neo_vocabulary(),
+def neo_session(split, stage=None):
+    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.session.StageConfig
+    (the model in `stage`'s precision)."""
+    return dict(model=model_spec(stage), dataset_dir=dataset_root(), split=split, vocabulary=neo_vocabulary(),
                 prompt=dict(geometry=NEO["cells"]["geometry"], system_prompt=NEO["prompts"]["system_prompt"]))
 
 
-def neo_stage_params():
-    """Params every per-image Neo stage passes to its vlminterp.experiments.stages function."""
-    return dict(session=neo_session(NEO["selection"]["split"]), prompts=NEO["prompts"],
+def neo_stage_params(stage):
+    """Params every per-image Neo stage (rule `stage`) passes to its vlminterp.experiments.stages function."""
+    return dict(session=neo_session(NEO["selection"]["split"], stage), prompts=NEO["prompts"],
                 images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
 
@@ -266,7 +270,7 @@ def kaduri_vocabulary():
 
 def kaduri_session():
     """The K stages' session: keyword arguments of vlminterp.experiments.session.StageConfig."""
-    return dict(model=model_spec(), dataset_dir=dataset_root(), split=kaduri_split(),
+    return dict(model=model_spec("kaduri"), dataset_dir=dataset_root(), split=kaduri_split(),
                 batch_size=KADURI["batch_size"], vocabulary=kaduri_vocabulary(),
                 prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
                             geometry=KADURI["geometry"], max_new_tokens=KADURI["max_new_tokens"]))
@@ -278,6 +282,16 @@ def get_image_selections(wildcards):
     Neo candidate targets, the mean's images and the Kaduri images (rule download_coco_images)."""
     return [rules.select_neo_targets.output[0], rules.select_mean_images.output[0],
             rules.select_kaduri_images.output[0]]
+
+
+def get_paper_comparison_inputs(wildcards):
+    """compare_with_papers reads the run's own tables (N1 ablation, K2 judged descriptions, K3 peaks,
+    K4 answers) and, when the LLM judge runs, its K2 table (its F1 is then the K2 rows' value)."""
+    inputs = {"ablation": rules.gather_token_ablation.output[0], "knockout": rules.gather_group_knockouts.output[0],
+              "localization": rules.gather_localization.output[0], "reprompt": rules.gather_reprompt_answers.output[0]}
+    if KADURI["llm_judge"]["enabled"]:
+        inputs["knockout_llm"] = rules.judge_group_knockouts_llm.output.table
+    return inputs
 
 
 def get_final_output():
@@ -297,7 +311,7 @@ def get_final_output():
         *rules.plot_group_knockouts.output,
         *rules.plot_localization.output,
         *rules.plot_reprompting.output,
-        rules.compare_with_papers.output[0],
+        *rules.compare_with_papers.output,
     ]
     if uses_organism():
         final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]

@@ -28,7 +28,7 @@ rule compute_mean_embedding:
     output:
         results("neo/mean_embedding.safetensors"),
     params:
-        session=neo_session(NEO["mean"]["split"]),
+        session=neo_session(NEO["mean"]["split"], "compute_mean_embedding"),
         mean=config["neo"]["mean"],
         seed=SEED,
     threads: model_threads(experiment=True)
@@ -66,7 +66,7 @@ rule ablate_object_tokens:
     output:
         results("neo/ablation/shards/{shard}.csv"),
     params:
-        **neo_stage_params(),
+        **neo_stage_params("ablate_object_tokens"),
         ablation=config["neo"]["ablation"],
     threads: model_threads(experiment=True)
     resources:

@@ -7,7 +7,7 @@ rule block_object_attention:
     output:
         results("neo/blocking/shards/{shard}.csv"),
     params:
-        **neo_stage_params(),
+        **neo_stage_params("block_object_attention"),
         blocking=config["neo"]["blocking"],
     threads: model_threads(experiment=True)
     resources:

@@ -8,7 +8,7 @@ rule apply_logit_lens:
         topk=results("neo/logit_lens/shards/{shard}_topk.csv.gz"),
         scores=results("neo/logit_lens/shards/{shard}_scores.csv"),
     params:
-        **neo_stage_params(),
+        **neo_stage_params("apply_logit_lens"),
         lens=config["neo"]["logit_lens"],
     threads: model_threads(experiment=True)
     resources:

@@ -70,7 +70,7 @@ if SCREENING["enabled"]:
             selection=results("neo/selection.csv"),
             screening=results("neo/screening.csv"),
         params:
-            session=neo_session(NEO["selection"]["split"]),
+            session=neo_session(NEO["selection"]["split"], "screen_neo_targets"),
             screening=SCREENING,
             prompts=NEO["prompts"],
             cells=NEO["cells"],

@@ -1,17 +1,19 @@
-# The papers' headline numbers beside this run's (N1, K2-K4), with 95% intervals.
+# The papers' headline numbers beside this run's (N1, K2-K4), with 95% intervals, a null control
+# each, and their per-category breakdown.
 
 
 rule compare_with_papers:
     input:
-        ablation=rules.gather_token_ablation.output[0],
-        knockout=rules.plot_group_knockouts.output.summary,
-        localization=rules.gather_localization.output[0],
-        reprompt=rules.plot_reprompting.output.summary,
+        unpack(get_paper_comparison_inputs),
     output:
-        report(results("papers/paper_comparison.csv"), caption=caption("paper_comparison"), category="Paper comparison"),
+        comparison=report(results("papers/paper_comparison.csv"), caption=caption("paper_comparison"),
+                          category="Paper comparison"),
+        by_category=report(results("papers/by_category.csv"), caption=caption("paper_by_category"),
+                           category="Paper comparison"),
     params:
         model=config["model"]["pretrained"]["id"] if not uses_organism() else "shapes organism",
         organism=uses_organism(),
+        judge_model=KADURI["llm_judge"]["model"],
         seed=SEED,
     log:
         logs("compare_with_papers"),

@@ -209,6 +209,12 @@ class CocoDataset:
         self.image_info(image_id)
         return sorted(self.coco.imgToAnns.get(image_id, []), key=lambda ann: ann["id"])
 
+    def annotation_order(self, image_id: int) -> dict[int, int]:
+        """Annotation id -> its index among the image's annotations in the file's own order (the
+        order of the annotation list, which Neo et al.'s selection walks)."""
+        self.image_info(image_id)
+        return {ann["id"]: index for index, ann in enumerate(self.coco.imgToAnns.get(image_id, []))}
+
     def category_names(self) -> dict[int, str]:
         """Category id -> name, as written in the annotation file (sorted by id)."""
         return {cat_id: self.coco.cats[cat_id]["name"] for cat_id in sorted(self.coco.cats)}
@@ -283,11 +289,15 @@ class SelectionSpec:
     exclude_crowd_targets: a crowd (iscrowd=1) annotation is never a target.
     max_images: keep at most this many images (a seeded sample, then sorted); None keeps all.
     seed: seed of that sample.
-    targets_per_image: "first" gives one row per image, the qualifying annotation with the
-        smallest annotation id; "all" gives one row per qualifying annotation. Either way
+    targets_per_image: "first" gives one row per image, the first qualifying annotation in
+        `target_order`; "all" gives one row per qualifying annotation. Either way
         `n_qualifying` says how many annotations of the image qualified. "first" keeps N1's
         one-target-per-image design; the smallest id is independent of file order and seed, and
         `n_qualifying > 1` lets an analysis drop images where another candidate object remains.
+    target_order: which qualifying annotation is the first: "id" (the smallest annotation id,
+        independent of the file's order) or "file" (the first qualifying one in the image's
+        annotation list as the file orders it: Neo et al.'s rule, the first qualifying category
+        of the list; each qualifying category has one instance, so it is the same annotation).
     include_question_images: every qualifying image that has a VQA question (the ids handed to
         `select_targets` as `required_image_ids`: Neo et al.'s 100 question images) is selected,
         and the seeded sample fills the rest up to `max_images`.
@@ -301,6 +311,7 @@ class SelectionSpec:
     max_images: int | None = 1000
     seed: int = 0
     targets_per_image: Literal["first", "all"] = "first"
+    target_order: Literal["id", "file"] = "id"
     include_question_images: bool = False
 
     def __post_init__(self) -> None:
@@ -314,10 +325,13 @@ class SelectionSpec:
         if self.targets_per_image not in ("first", "all"):
             raise ValueError(f"SelectionSpec.targets_per_image must be 'first' or 'all', "
                              f"got {self.targets_per_image!r}")
+        if self.target_order not in ("id", "file"):
+            raise ValueError(f"SelectionSpec.target_order must be 'id' or 'file', got {self.target_order!r}")
 
 
 def qualifying_targets(dataset: CocoDataset, image_id: int, spec: SelectionSpec) -> list[dict[str, Any]]:
-    """Annotations of `image_id` that may be its target under `spec`, sorted by annotation id."""
+    """Annotations of `image_id` that may be its target under `spec`, in `spec.target_order`
+    (annotation id, or the file's order)."""
     anns = dataset.annotations_of(image_id)
     if not anns or len(anns) > spec.max_annotations:
         return []
@@ -325,12 +339,16 @@ def qualifying_targets(dataset: CocoDataset, image_id: int, spec: SelectionSpec)
     per_category: dict[int, int] = {}
     for ann in anns:
         per_category[ann["category_id"]] = per_category.get(ann["category_id"], 0) + 1
-    return [
+    targets = [
         ann for ann in anns
         if low < ann["area"] < high
         and not (spec.exclude_crowd_targets and ann.get("iscrowd", 0))
         and not (spec.require_single_instance and per_category[ann["category_id"]] != 1)
     ]
+    if spec.target_order == "file":
+        order = dataset.annotation_order(image_id)
+        targets.sort(key=lambda ann: order[ann["id"]])
+    return targets
 
 
 def select_targets(dataset: CocoDataset, spec: SelectionSpec, required_image_ids: Iterable[int] = ()) -> pd.DataFrame:
@@ -339,7 +357,7 @@ def select_targets(dataset: CocoDataset, spec: SelectionSpec, required_image_ids
     `required_image_ids`: images kept whenever they qualify, before the seeded sample fills the
     rest up to `max_images` (`spec.include_question_images`; given without it, an error).
     Columns: TARGET_COLUMNS (bbox split into bbox_x, bbox_y, bbox_w, bbox_h in COCO's xywh).
-    Rows sorted by image_id then annotation_id. Deterministic for a given file and spec.
+    Rows sorted by image_id, then in `spec.target_order`. Deterministic for a given file and spec.
     """
     required = {int(i) for i in required_image_ids}
     if required and not spec.include_question_images:
@@ -376,5 +394,9 @@ def select_targets(dataset: CocoDataset, spec: SelectionSpec, required_image_ids
                 "n_annotations": n_annotations, "n_qualifying": len(targets),
             })
     table = pd.DataFrame(rows, columns=list(TARGET_COLUMNS))
+    if len(table):
+        log.info("select_targets: %d of %d images have more than one qualifying annotation (target_order %s)",
+                 int((table.drop_duplicates("image_id")["n_qualifying"] > 1).sum()), table["image_id"].nunique(),
+                 spec.target_order)
     return table.astype({c: "int64" for c in INTEGER_TARGET_COLUMNS}
                         | {c: "float64" for c in FLOAT_TARGET_COLUMNS})

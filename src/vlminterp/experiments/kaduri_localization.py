@@ -32,7 +32,13 @@ image->generated knockout's description), layer, head (-1 = heads averaged), pea
 token index), peak_tile, peak_row, peak_col (its tile and cell in that tile's grid; tile 0 for
 LLaVA), peak_attention, image_mass (attention on all image tokens), distance (to the nearest
 object token of its tile, in cells; inf when that tile holds none), hit, n_object_cells (object
-tokens over all tiles), chance, tolerance.
+tokens over all tiles), chance, tolerance, and the null control (`permuted_label`): the same peak
+scored against the object of ANOTHER image (permuted_image_id, permuted_category: an image of the
+dataset drawn with a generator seeded by (image id, mention), its first annotated category, by name,
+that has object tokens), hit_permuted and chance_permuted (that object's uniform-peak chance).
+Attention that does not follow the object (e.g. a peak always in the centre where objects often
+lie) scores hit_permuted above chance_permuted; NaN when the other image's token grid differs from
+this image's (tiled families).
 A mention on the description's last token under attention_row="token" has no decode row (the
 token is never read back) and is skipped (logged).
 Exclusion: a mention whose object has no object token (`geometry.object_tokens`; e.g. "object
@@ -62,7 +68,7 @@ SCOPES = ("disappearing", "all")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
                         "disappears", "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col",
                         "peak_attention", "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance",
-                        "excluded")
+                        "permuted_image_id", "permuted_category", "hit_permuted", "chance_permuted", "excluded")
 MEAN_HEAD = -1
 
 
@@ -129,10 +135,11 @@ def image_localization(session: Session, image_id: int, present: set[str], spec:
             out.append({**common, "layer": -1, "head": MEAN_HEAD, "peak_cell": -1, "peak_tile": -1, "peak_row": -1,
                         "peak_col": -1, "peak_attention": np.nan, "image_mass": np.nan, "distance": np.nan,
                         "hit": False, "n_object_cells": 0, "chance": np.nan, "tolerance": spec.tolerance,
-                        "excluded": excluded})
+                        **_permuted_hit(None, -1, spec.tolerance), "excluded": excluded})
             continue
         distance = token_distance(layout, cells)
         chance = float(np.mean(distance <= spec.tolerance))
+        permuted = permuted_label(session, image_id, index, spec, layout)
         for layer in range(session.adapter.n_layers):
             attention = record.image_row(layer, position).double().numpy()  # (H, n_image)
             heads = [(MEAN_HEAD, attention.mean(axis=0))]
@@ -147,8 +154,33 @@ def image_localization(session: Session, image_id: int, present: set[str], spec:
                     "peak_attention": float(row[peak]), "image_mass": float(row.sum()),
                     "distance": float(distance[peak]), "hit": bool(distance[peak] <= spec.tolerance),
                     "n_object_cells": int(cells.sum()), "chance": chance, "tolerance": spec.tolerance,
-                    "excluded": ""})
+                    **_permuted_hit(permuted, peak, spec.tolerance), "excluded": ""})
     return out
+
+
+def permuted_label(session: Session, image_id: int, mention: int, spec: LocalizationSpec, layout):
+    """(other image id, category, token distances to its object) for the null control (module
+    docstring), or None when no other image has an object with tokens on this image's grid."""
+    dataset = session.dataset
+    others = [int(i) for i in dataset.image_ids() if int(i) != int(image_id)]
+    rng = np.random.default_rng([int(image_id), int(mention)])
+    for other in (others[int(k)] for k in rng.permutation(len(others))[:20]):
+        names = sorted({dataset.category_name(a["category_id"]) for a in dataset.annotations_of(other)})
+        for name in names:
+            cells, excluded = object_tokens(session.adapter, category_mask(dataset, other, name),
+                                            session.prompt.geometry, spec.min_overlap)
+            if excluded or len(cells) != layout.num_tokens:
+                continue
+            return other, name, token_distance(layout, cells)
+    return None
+
+
+def _permuted_hit(permuted, peak: int, tolerance: int) -> dict:
+    if permuted is None:
+        return {"permuted_image_id": -1, "permuted_category": "", "hit_permuted": np.nan, "chance_permuted": np.nan}
+    other, name, distance = permuted
+    return {"permuted_image_id": other, "permuted_category": name, "hit_permuted": float(distance[peak] <= tolerance),
+            "chance_permuted": float(np.mean(distance <= tolerance))}
 
 
 def knocked_out_categories(session: Session, item) -> set[str]:

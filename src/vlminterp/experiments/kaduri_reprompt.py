@@ -56,7 +56,7 @@ import torch
 from vlminterp.data.questions import NEGATIVE_STRATEGIES
 from vlminterp.batching import BATCH_COLUMNS
 from vlminterp.experiments.session import Session
-from vlminterp.stats import bootstrap_ci
+from vlminterp.stats import cluster_bootstrap_ci
 
 log = logging.getLogger(__name__)
 
@@ -214,23 +214,63 @@ def pope_scores(truth: pd.Series, predicted: pd.Series) -> dict[str, float]:
             "recall": recall, "f1": f1, "yes_ratio": float(yes_pred.mean()) if len(yes_pred) else float("nan")}
 
 
+#: The summary's settings: each POPE strategy (its positives plus its negatives, balanced: k "yes"
+#: and k "no" per image, no question twice) and MEAN_SETTING, the mean of the three.
+MEAN_SETTING = "mean"
+SUMMARY_SETTINGS = (*NEGATIVE_STRATEGIES, MEAN_SETTING)
+
+
+def setting_weights(table: pd.DataFrame, setting: str) -> pd.Series:
+    """Each question's weight in a setting: a strategy keeps its positives and its own negatives
+    (weight 1, others 0); MEAN_SETTING weighs the positives 1 and every negative 1/3, so that its
+    weighted accuracy is exactly the mean of the three strategies' accuracies (each strategy has
+    as many negatives as positives per image)."""
+    negative = table["negative_type"]
+    if setting == MEAN_SETTING:
+        return negative.map(lambda t: 1.0 if t == "positive" else 1.0 / len(NEGATIVE_STRATEGIES)).astype(float)
+    if setting not in NEGATIVE_STRATEGIES:
+        raise ValueError(f"setting must be one of {SUMMARY_SETTINGS}, got {setting!r}")
+    return negative.isin(["positive", setting]).astype(float)
+
+
+def weighted_pope_scores(truth: pd.Series, predicted: pd.Series, weight: pd.Series) -> dict[str, float]:
+    """`pope_scores` with a weight per question (`setting_weights`)."""
+    w = weight.to_numpy(dtype=float)
+    yes_true, yes_pred = truth.eq("yes").to_numpy(), predicted.eq("yes").to_numpy()
+    tp, n_pred, n_true = (float(np.sum(w * m)) for m in (yes_true & yes_pred, yes_pred, yes_true))
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    total = float(w.sum())
+    return {"accuracy": float(np.sum(w * (truth.to_numpy() == predicted.to_numpy())) / total),
+            "precision": precision, "recall": recall, "f1": f1, "yes_ratio": n_pred / total,
+            "truth_yes_share": n_true / total}
+
+
 def summarize_reprompting(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Per method (and k) and POPE setting (random / popular / adversarial: the positives plus that
-    negative type; "all": every question): accuracy with a bootstrap 95% interval over questions,
-    POPE precision/recall/F1, yes-ratio, mean context and input tokens, share of unparsed answers."""
+    """Per method (and k) and setting (`SUMMARY_SETTINGS`: each POPE strategy, balanced, and their
+    mean): accuracy with a bootstrap 95% interval resampling images (an image's questions are not
+    independent), POPE precision/recall/F1, yes-ratio, the share of "yes" among the true answers
+    (`truth_yes_share`, 0.5 on a balanced set), mean context and input tokens, share of unparsed
+    answers, questions and images. Questions are never pooled across strategies: the pooled set
+    repeats questions (a category can be both a random and a popular negative) and is 1/4 "yes",
+    so an always-"no" answerer would score 75% on it."""
     rows = []
-    settings = [("all", table["negative_type"].notna())]
-    settings += [(s, table["negative_type"].isin(["positive", s])) for s in NEGATIVE_STRATEGIES]
-    for setting, keep in settings:
-        for (method, fraction), part in table[keep].groupby(["method", "k_fraction"], sort=False, dropna=False):
+    for setting in SUMMARY_SETTINGS:
+        weights = setting_weights(table, setting)
+        for (method, fraction), part in table[weights > 0].groupby(["method", "k_fraction"], sort=False,
+                                                                   dropna=False):
             if part.empty:
                 continue
-            low, high = bootstrap_ci(part["correct"].to_numpy(dtype=float), seed=seed)
+            weight = weights.loc[part.index]
+            low, high = cluster_bootstrap_ci(part["correct"].to_numpy(dtype=float), part["image_id"].to_numpy(),
+                                             seed=seed, weights=weight.to_numpy())
             rows.append({"method": method, "k_fraction": fraction, "label": method_label(method, fraction),
-                         "setting": setting, **pope_scores(part["answer"], part["predicted"]),
+                         "setting": setting, **weighted_pope_scores(part["answer"], part["predicted"], weight),
                          "accuracy_low": low, "accuracy_high": high,
                          "k_tokens": int(part["k_tokens"].iloc[0]),
                          "context_tokens": float(part["context_tokens"].mean()),
                          "input_tokens": float(part["input_tokens"].mean()),
-                         "other_ratio": float(part["predicted"].eq("other").mean()), "n_questions": len(part)})
+                         "other_ratio": float(part["predicted"].eq("other").mean()), "n_questions": int(part["question_id"].nunique()),
+                         "n_images": int(part["image_id"].nunique())})
     return pd.DataFrame(rows)

@@ -36,7 +36,10 @@ Table: one row per image x block set x window, plus the unblocked row (block_set
 image_id, annotation_id, category, block_set, window_kind (sliding | fixed | none), window
 (name), window_start, window_end (inclusive), n_layers, n_blocked (key positions), p_correct,
 correct (top-1 = the answer token), p_baseline, baseline_correct, included (= baseline_correct),
-drop (p_baseline - p_correct), relative_drop (drop / p_baseline), batch_size and oom_retries (the
+p_top1 (the probability of the row's own top-1 token), p_top1_baseline (the unblocked run's), drop_of
+(the spec's), drop (`drop_of: correct`: p_baseline - p_correct, the correct token's probability;
+`top1`, the authors': p_top1_baseline - p_top1, each run's own top-1 probability), relative_drop
+(drop / the baseline probability it subtracts from), batch_size and oom_retries (the
 engine batch size in effect when the image was done, and how many times CUDA out-of-memory halved
 it during that image: `vlminterp.batching`), excluded (empty; for a target with no object
 token, e.g. "object outside the crop", or whose name's first piece also begins another category's
@@ -82,7 +85,11 @@ BLOCK_SETS = ("object", "non_object", "object_to_last_row", "image_to_last_row",
 LAST_ROW_QUERIES = ("all", "outside_object")
 BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
                     "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
-                    "included", "drop", "relative_drop", *BATCH_COLUMNS, "excluded"]
+                    "included", "p_top1", "p_top1_baseline", "drop_of", "drop", "relative_drop", *BATCH_COLUMNS,
+                    "excluded"]
+#: What N3's drop measures (BlockingSpec.drop_of): the correct token's probability, or each run's
+#: own top-1 probability (the authors'), base minus blocked.
+DROP_OF = ("correct", "top1")
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,9 @@ class BlockingSpec:
     block_sets: which sets to run; control_buffer: the non_object control blocks every image token
     outside the object dilated this many times; last_row_buffer: object_to_last_row blocks the
     object dilated this many times; last_row_queries: "all" last-row tokens or those
-    "outside_object" (module docstring); batch_size: most conditions per engine batch."""
+    "outside_object" (module docstring); batch_size: most conditions per engine batch;
+    drop_of: "correct" (the correct token's probability) or "top1" (the authors': each run's own
+    top-1 token's probability), base minus blocked (`summarize_blocking` says how accuracy follows)."""
 
     window: int = 5
     fixed_windows: tuple[FixedWindow, ...] = FIXED_WINDOWS
@@ -107,8 +116,11 @@ class BlockingSpec:
     last_row_buffer: int = 1
     last_row_queries: str = "all"
     batch_size: int = 64
+    drop_of: str = "correct"
 
     def __post_init__(self):
+        if self.drop_of not in DROP_OF:
+            raise ValueError(f"drop_of must be one of {DROP_OF}, got {self.drop_of!r}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
         unknown = set(self.block_sets) - set(BLOCK_SETS)
@@ -196,7 +208,8 @@ def run_attention_blocking(session: Session, selection: pd.DataFrame, spec: Bloc
             rows.append({"image_id": image_id, "annotation_id": int(target.annotation_id), "category": name,
                          "block_set": "none", "window_kind": "none", "window": "none", "window_start": None,
                          "window_end": None, "n_layers": 0, "n_blocked": 0, "p_correct": np.nan, "correct": False,
-                         "p_baseline": np.nan, "baseline_correct": False, "included": False, "drop": np.nan,
+                         "p_baseline": np.nan, "baseline_correct": False, "included": False, "p_top1": np.nan,
+                         "p_top1_baseline": np.nan, "drop_of": spec.drop_of, "drop": np.nan,
                          "relative_drop": np.nan, **engine.batches.columns(since=engine.batches.retries),
                          "excluded": excluded})
             continue
@@ -227,9 +240,10 @@ def run_attention_blocking(session: Session, selection: pd.DataFrame, spec: Bloc
             probs = engine.logits(prepared, conditions)[:, -1].float().softmax(dim=-1)
             p_answer = probs[:, answer].tolist()
             correct = (probs.argmax(dim=-1) == answer).tolist()
+            p_top1 = probs.max(dim=-1).values.tolist()
             if group_index == 0:
-                baseline = (p_answer[0], bool(correct[0]))
-            for label, p, ok in zip(labels, p_answer, correct):
+                baseline = (p_answer[0], bool(correct[0]), p_top1[0])
+            for label, p, ok, top in zip(labels, p_answer, correct, p_top1):
                 if label is None:
                     row = {"block_set": "none", "window_kind": "none", "window": "none", "window_start": None,
                            "window_end": None, "n_layers": 0, "n_blocked": 0}
@@ -238,13 +252,42 @@ def run_attention_blocking(session: Session, selection: pd.DataFrame, spec: Bloc
                     row = {"block_set": set_name, "window_kind": window.kind, "window": window.name,
                            "window_start": window.layers[0], "window_end": window.layers[-1],
                            "n_layers": len(window.layers), "n_blocked": n_blocked}
-                image_rows.append({**common, **row, "p_correct": p, "correct": bool(ok)})
+                image_rows.append({**common, **row, "p_correct": p, "correct": bool(ok), "p_top1": top})
         batching = engine.batches.columns(since=retries_before)
         for row in image_rows:
             row.update(batching)
+            base, blocked = ((baseline[0], row["p_correct"]) if spec.drop_of == "correct"
+                             else (baseline[2], row["p_top1"]))
             row.update(excluded="", p_baseline=baseline[0], baseline_correct=baseline[1], included=baseline[1],
-                       drop=baseline[0] - row["p_correct"],
-                       relative_drop=(baseline[0] - row["p_correct"]) / baseline[0] if baseline[0] > 0 else np.nan)
+                       p_top1_baseline=baseline[2], drop_of=spec.drop_of, drop=base - blocked,
+                       relative_drop=(base - blocked) / base if base > 0 else np.nan)
         rows.extend(image_rows)
     table = pd.DataFrame(rows, columns=BLOCKING_COLUMNS)
     return table.astype({"window_start": "Int64", "window_end": "Int64"})
+
+
+def summarize_blocking(table: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Per block set x window: the mean drop over included images (the table's `drop`, whichever
+    `drop_of` made it) with a bootstrap 95% interval, and the blocked accuracy: correct blocked
+    answers among the included images divided by the included images (`drop_of: correct`) or by
+    ALL images of the table, excluded targets included (`top1`, the authors' denominator).
+    Columns: block_set, window_kind, window, window_start, window_end, drop_of, mean_drop, low, high,
+    accuracy, n_included, n_images."""
+    from vlminterp.stats import bootstrap_ci
+
+    n_images = int(table["image_id"].nunique())
+    drop_of = str(table["drop_of"].dropna().iloc[0]) if table["drop_of"].notna().any() else "correct"
+    blocked = table[table["block_set"] != "none"]
+    included = blocked[blocked["included"].astype(bool)]
+    rows = []
+    keys = ["block_set", "window_kind", "window", "window_start", "window_end"]
+    for key, part in included.groupby(keys, sort=False, dropna=False):
+        low, high = bootstrap_ci(part["drop"].to_numpy(dtype=float), seed=seed)
+        n_included = int(part["image_id"].nunique())
+        denominator = n_images if drop_of == "top1" else n_included
+        rows.append({**dict(zip(keys, key)), "drop_of": drop_of, "mean_drop": float(part["drop"].mean()),
+                     "low": low, "high": high,
+                     "accuracy": float(part["correct"].astype(bool).sum() / denominator) if denominator else np.nan,
+                     "n_included": n_included, "n_images": n_images})
+    return pd.DataFrame(rows, columns=[*keys, "drop_of", "mean_drop", "low", "high", "accuracy", "n_included",
+                                       "n_images"])

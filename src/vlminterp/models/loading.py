@@ -27,6 +27,7 @@ from .adapters import adapter_class_for_config
 log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+QUANTIZATIONS = ("none", "4bit")
 Device = Literal["cpu", "cuda", "auto"]
 
 
@@ -43,6 +44,9 @@ class ModelSpec:
     dtype: "fp32" | "fp16" | "bf16".
     device: "cpu" | "cuda" | "auto" (device_map="auto" when accelerate is installed, else the GPU if any).
     attn_implementation: "sdpa" | "eager" (the knockout engine supports these two).
+    quantization: "none" | "4bit" (bitsandbytes 4-bit weights with `dtype` as the compute dtype, as
+        Neo et al.'s `HookedLVLM(quantize=True, quantize_type="4bit")`; CUDA only, the optional
+        extra `vlminterp[quantization]`).
     """
 
     id_or_path: str
@@ -50,8 +54,11 @@ class ModelSpec:
     dtype: str = "fp32"
     device: Device = "cpu"
     attn_implementation: str = "sdpa"
+    quantization: str = "none"
 
     def __post_init__(self):
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda", "auto"):
@@ -64,6 +71,16 @@ class ModelSpec:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def quantization_config(self):
+        """The `quantization_config` transformers' from_pretrained takes: None, or for "4bit" a
+        BitsAndBytesConfig with 4-bit weights and `dtype` as the compute dtype (the authors':
+        load_in_4bit, fp16 compute, the library's default quant type)."""
+        if self.quantization == "none":
+            return None
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=self.torch_dtype)
 
 
 def _download_hint(spec: ModelSpec, cache_dir: str | Path | None = None) -> str:
@@ -161,6 +178,16 @@ def _device_placement(spec: ModelSpec) -> dict:
     return {"device_map": None, "_move_to": "cuda" if torch.cuda.is_available() else None}
 
 
+def _check_quantization(spec: ModelSpec) -> None:
+    """4-bit loading needs CUDA and bitsandbytes: one clear message otherwise."""
+    if not torch.cuda.is_available() or spec.device == "cpu":
+        raise RuntimeError(f"model quantization {spec.quantization!r} needs a CUDA GPU (bitsandbytes); device is "
+                           f"{spec.device!r}{'' if torch.cuda.is_available() else ' and no CUDA device is visible'}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(f"model quantization {spec.quantization!r} needs bitsandbytes: "
+                           "pip install 'vlminterp[quantization]'")
+
+
 def load_model(spec: ModelSpec):
     """Load (model, processor) for `spec`; the model is in eval mode on the requested device. Logs the
     time it took (a `loaded model ... in X s` line, which benchmarks/gpu_smoke.py reads from rule logs)."""
@@ -175,6 +202,11 @@ def load_model(spec: ModelSpec):
         model_class = adapter_class.model_class()
         placement = _device_placement(spec)
         move_to = placement.pop("_move_to", None)
+        quantization = spec.quantization_config()
+        if quantization is not None:
+            _check_quantization(spec)
+            placement, move_to = {"device_map": "cuda" if spec.device == "cuda" else "auto",
+                                  "quantization_config": quantization}, None  # bitsandbytes places the weights
         model = model_class.from_pretrained(
             spec.id_or_path,
             config=config,
@@ -190,7 +222,8 @@ def load_model(spec: ModelSpec):
         raise WeightsNotAvailableError(_download_hint(spec)) from None
     if move_to is not None:
         model = model.to(move_to)
-    log.info("loaded model %s (%s, %s) in %.1f s", spec.id_or_path, spec.dtype, spec.device,
+    log.info("loaded model %s (%s, %s) in %.1f s", spec.id_or_path,
+             spec.dtype if spec.quantization == "none" else f"{spec.dtype}, {spec.quantization}", spec.device,
              time.perf_counter() - started)
     return model.eval(), processor
 

@@ -106,7 +106,8 @@ BLOCK_COLOURS = {"object_b0": "tab:red", "object_b1": "tab:orange", "object_b2":
 
 
 def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
-    """N3: drop in the correct token's probability per sliding-window start (left) and fixed window (right)."""
+    """N3: drop in the correct token's probability (or, with drop_of top1, each run's own top-1
+    probability) per sliding-window start (left) and fixed window (right)."""
     included = table[table["included"].astype(bool) & (table["block_set"] != "none")]
     sets = sorted(set(included["block_set"]), key=lambda s: (list(BLOCK_COLOURS).index(s) if s in BLOCK_COLOURS else 99, s))
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.3), gridspec_kw={"width_ratios": [3, 2]})
@@ -125,7 +126,8 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
         left.set_xticks(starts if len(starts) <= 16 else starts[::max(1, len(starts) // 16)])
     left.axhline(0, color="black", linewidth=0.8)
     left.set_xlabel(f"first layer of the blocked window (up to {width} layers, truncated at the top)")
-    left.set_ylabel("drop in p(correct token)")
+    top1 = "drop_of" in table and (table["drop_of"].dropna() == "top1").any()
+    left.set_ylabel("drop in p(each run's top-1 token)" if top1 else "drop in p(correct token)")
     left.set_title("sliding window")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)

@@ -1,0 +1,158 @@
+"""Null controls and per-category breakdowns beside the headline numbers (issue 22, point 10).
+
+    best = blind_answerers(questions, seed=0)          # always-yes / always-no / answer prior
+    f1 = category_blind_f1(knockout, "image->generated", seed=0)   # K2 vs other images' references
+
+A headline number is only a finding when a readout that cannot know the answer scores at chance
+on the same questions, images and tables. Each control here is computed from the run's own tables:
+
+- yes/no questions (K4, N1 polling): `blind_answerers` scores three answerers that never see the
+  image: always "yes", always "no", and the answer prior (each question about category c is
+  answered with the majority answer of the questions about c in the OTHER images of the same
+  set; a tie or an unseen category is answered "no"). On a balanced set the first two score 0.5
+  exactly; the prior scores above 0.5 only when the question set leaks answers through which
+  category is asked (e.g. a popular negative that is never present). Accuracy is a weighted mean
+  (the same weights as the headline, `kaduri_reprompt.setting_weights`), intervals resample images.
+  Leave-one-image-out makes the prior slightly pessimistic on a balanced category (removing a "yes"
+  leaves a "no" majority), so only a blind answerer ABOVE chance flags a value.
+- K2: `category_blind_f1` scores each image's knocked-out description against the unablated
+  description of ANOTHER image (a seeded derangement of the images): the F1 a description gets
+  from naming the world's usual categories, whatever the image. A knocked-out F1 inside this
+  control's interval says nothing about what the tokens read from the image.
+
+- K3: the localization stage scores each peak against another image's object as well
+  (`kaduri_localization.permuted_label`); the comparison reads it (`paper_comparison`).
+
+`flag` turns a control into the comparison table's `flag` column: "control_off_chance" when a
+null control that must sit at chance does not (the value is not published as a finding);
+"at_control" when the value's interval holds the control value (K2: indistinguishable from the
+image-blind F1); "" otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from vlminterp.stats import cluster_bootstrap_ci
+
+BLIND_ANSWERERS = ("always_yes", "always_no", "answer_prior")
+CONTROL_OFF_CHANCE, AT_CONTROL = "control_off_chance", "at_control"
+
+
+def answer_prior(questions: pd.DataFrame) -> pd.Series:
+    """Leave-one-image-out majority answer per category ("yes" / "no"; ties and unseen -> "no").
+
+    `questions` needs image_id, category and answer ("yes" / "no")."""
+    yes = questions["answer"].eq("yes").astype(int)
+    keys = [questions["category"], questions["image_id"]]
+    per_image = pd.DataFrame({"yes": yes, "n": 1}).groupby(keys).sum()
+    per_category = per_image.groupby(level=0).sum()
+    own = per_image.reindex(pd.MultiIndex.from_arrays(keys)).to_numpy()
+    total = per_category.reindex(questions["category"]).to_numpy()
+    other_yes, other_n = total[:, 0] - own[:, 0], total[:, 1] - own[:, 1]
+    return pd.Series(np.where(2 * other_yes > other_n, "yes", "no"), index=questions.index)
+
+
+def blind_answerers(questions: pd.DataFrame, weights: pd.Series | None = None, seed: int = 0,
+                    sets: pd.Series | None = None) -> pd.DataFrame:
+    """Accuracy of each of BLIND_ANSWERERS on `questions` (image_id, category, answer), with a 95%
+    interval resampling images: columns answerer, accuracy, low, high, n_questions, n_images.
+    `sets` (one label per row): the answer prior is fitted within each set (e.g. each POPE strategy
+    of a mean over strategies, whose rows repeat the positives once per strategy)."""
+    w = np.ones(len(questions)) if weights is None else np.asarray(weights, dtype=float)
+    truth = questions["answer"].to_numpy()
+    if sets is None:
+        prior = answer_prior(questions)
+    else:
+        labels = pd.Series(np.asarray(sets), index=questions.index)
+        prior = pd.concat([answer_prior(part) for _, part in questions.groupby(labels, sort=False)])
+        prior = prior.loc[questions.index] if questions.index.is_unique else prior
+    predictions = {"always_yes": np.full(len(truth), "yes"), "always_no": np.full(len(truth), "no"),
+                   "answer_prior": prior.to_numpy()}
+    rows = []
+    for name in BLIND_ANSWERERS:
+        correct = (predictions[name] == truth).astype(float)
+        if len(correct) == 0:
+            rows.append({"answerer": name, "accuracy": np.nan, "low": np.nan, "high": np.nan, "n_questions": 0,
+                         "n_images": 0})
+            continue
+        low, high = cluster_bootstrap_ci(correct, questions["image_id"].to_numpy(), seed=seed, weights=w)
+        rows.append({"answerer": name, "accuracy": float(np.sum(w * correct) / np.sum(w)), "low": low, "high": high,
+                     "n_questions": len(correct), "n_images": int(questions["image_id"].nunique())})
+    return pd.DataFrame(rows)
+
+
+def best_blind(questions: pd.DataFrame, weights: pd.Series | None = None, seed: int = 0,
+               sets: pd.Series | None = None) -> dict:
+    """The blind answerer with the highest accuracy: {control, control_value, control_low,
+    control_high, chance} (chance 0.5, the accuracy of a coin)."""
+    table = blind_answerers(questions, weights, seed, sets)
+    summary = ", ".join(f"{r.answerer} {r.accuracy:.3f}" for r in table.itertuples())
+    best = table.loc[table["accuracy"].fillna(-1).idxmax()] if len(table) else None
+    if best is None or np.isnan(best["accuracy"]):
+        return {"control": "blind answerers: no questions", "control_value": np.nan, "control_low": np.nan,
+                "control_high": np.nan, "chance": 0.5}
+    return {"control": f"best blind answerer ({summary})", "control_value": float(best["accuracy"]),
+            "control_low": float(best["low"]), "control_high": float(best["high"]), "chance": 0.5}
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation of range(n) with no fixed point (n >= 2; n < 2 -> identity)."""
+    if n < 2:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n)
+        if not np.any(order == np.arange(n)):
+            return order
+
+
+def _categories(value) -> set[str]:
+    if not isinstance(value, str):
+        return set()
+    return {c for c in value.split(";") if c}
+
+
+def _f1(candidate: set[str], reference: set[str]) -> float:
+    matched = len(candidate & reference)
+    if not candidate and not reference:
+        return 1.0
+    precision = matched / len(candidate) if candidate else 0.0
+    recall = matched / len(reference) if reference else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def category_blind_f1(knockout: pd.DataFrame, condition: str, seed: int = 0) -> dict:
+    """K2's null control (module docstring) for `condition` of the judged K2 table (one row per
+    image x condition with the judge's matched / hallucinated / missed lists): each image's
+    candidate categories (matched + hallucinated) against the reference categories (matched +
+    missed) of the image a seeded derangement assigns it, over images whose reference (and whose
+    assigned reference) names a category, as the headline's mean. Returns {control, control_value,
+    control_low, control_high, chance}: chance is the control value itself."""
+    part = knockout[knockout["condition"] == condition].drop_duplicates("image_id")
+    part = part[part["n_reference"] > 0].reset_index(drop=True)
+    label = f"category-blind F1: {condition} scored against another image's unablated description"
+    if len(part) < 2:
+        return {"control": f"{label}: fewer than 2 images", "control_value": np.nan, "control_low": np.nan,
+                "control_high": np.nan, "chance": np.nan}
+    candidates = [_categories(m) | _categories(h) for m, h in zip(part["matched"], part["hallucinated"])]
+    references = [_categories(m) | _categories(x) for m, x in zip(part["matched"], part["missed"])]
+    order = derangement(len(part), seed)
+    scores = np.array([_f1(candidates[i], references[j]) for i, j in enumerate(order)])
+    low, high = cluster_bootstrap_ci(scores, part["image_id"].to_numpy(), seed=seed)
+    value = float(scores.mean())
+    return {"control": label, "control_value": value, "control_low": low, "control_high": high, "chance": value}
+
+
+def flag(control: dict, low: float, high: float, *, control_sets_chance: bool = False) -> str:
+    """The comparison table's flag (module docstring). `control_sets_chance`: the control IS chance
+    (K2), so the value is flagged when its interval holds the control value."""
+    value, c_low, chance = control.get("control_value", np.nan), control.get("control_low", np.nan), \
+        control.get("chance", np.nan)
+    if control_sets_chance:
+        if np.isnan(value) or np.isnan(low) or np.isnan(high):
+            return ""
+        return AT_CONTROL if low <= value <= high else ""
+    if np.isnan(c_low) or np.isnan(chance):
+        return ""
+    return CONTROL_OFF_CHANCE if c_low > chance + 1e-12 else ""
