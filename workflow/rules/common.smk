@@ -7,7 +7,8 @@ from vlminterp.artifacts import restore_pulled_stages, run_stage_dirs
 from vlminterp.config_checks import ConfigError, check_config, check_judge_key
 from vlminterp.io import write_effective_config
 from vlminterp.sharding import shard_names
-from vlminterp.stale_locks import clear_stale_locks
+from vlminterp.command_line import two_configfile_flags
+from vlminterp.stale_locks import another_snakemake_running, clear_stale_locks, explain_lock_refusal
 
 
 def config_sources():
@@ -18,6 +19,10 @@ def config_sources():
         sources.append("--config")
     return sources
 
+
+# Snakemake keeps only the last --configfile flag's files: say which were dropped.
+if workflow.is_main_process and (_two_flags := two_configfile_flags(sys.argv)):
+    print(_two_flags, file=sys.stderr)
 
 # The schema (filling its defaults into `config`) and the rules tying keys together, before any
 # job: one short line per problem, naming the key and the config file.
@@ -33,6 +38,8 @@ SEED = config["seed"]
 # command resumes; those of a Snakemake still running here are kept (vlminterp.stale_locks).
 if workflow.is_main_process and clear_stale_locks(Path.cwd()):
     print("removed the locks of a Snakemake that is no longer running (resuming)", file=sys.stderr)
+if workflow.is_main_process and another_snakemake_running():
+    explain_lock_refusal(Path.cwd())
 
 # Stages fetched by a plain `dvc pull` (or `dvc checkout`) get back the times and Snakemake
 # metadata recorded at push, before Snakemake compares them (vlminterp.artifacts).
