@@ -303,7 +303,7 @@ def get_final_output():
         *rules.plot_group_knockouts.output,
         *rules.plot_localization.output,
         *rules.plot_reprompting.output,
-        rules.compare_with_papers.output[0],
+        *rules.compare_with_papers.output,
     ]
     if uses_organism():
         final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]

@@ -8,7 +8,9 @@ rule compare_with_papers:
         localization=rules.gather_localization.output[0],
         reprompt=rules.plot_reprompting.output.summary,
     output:
-        report(results("papers/paper_comparison.csv"), caption=caption("paper_comparison"), category="Paper comparison"),
+        table=results("papers/paper_comparison.csv"),
+        page=report(results("papers/paper_comparison.html"), caption=caption("paper_comparison"),
+                    category="Paper comparison"),
     params:
         model=config["model"]["pretrained"]["id"] if not uses_organism() else "shapes organism",
         organism=uses_organism(),

@@ -1,11 +1,16 @@
 """Rule compare_with_papers: the papers' headline numbers beside this run's (paper_comparison.csv)."""
 from vlminterp.experiments.paper_comparison import RunTables, paper_comparison
 from vlminterp.io import read_table, write_table
+from vlminterp.plots.tables import write_table_html
 from vlminterp.runtime import rule_context
 
 params, inputs = snakemake.params, snakemake.input
 with rule_context(snakemake.log[0], seed=params.seed):
     tables = RunTables(ablation=read_table(inputs.ablation), knockout=read_table(inputs.knockout),
                        localization=read_table(inputs.localization), reprompt=read_table(inputs.reprompt))
-    write_table(paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed),
-                snakemake.output[0])
+    comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
+    write_table(comparison, snakemake.output.table)
+    write_table_html(comparison, snakemake.output.page, title=f"The papers' headline numbers beside this run's ({params.model})",
+                     note="paper_value: the paper's number (relation '>' = a lower bound, empty = a claim in words); "
+                          "value, ci_low, ci_high: this run's, with its 95% bootstrap interval. "
+                          "Table: papers/paper_comparison.csv.")
