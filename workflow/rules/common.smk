@@ -117,9 +117,20 @@ def dataset_dir_of_input(wildcards, input):
     return path if uses_shapes() else str(Path(path).parent.parent)
 
 
+def fetches_model():
+    """True when the run's model is a hub id, fetched by rule fetch_model (not the organism, not
+    a local directory)."""
+    from vlminterp.models.loading import looks_like_path
+
+    return not uses_organism() and not looks_like_path(config["model"]["pretrained"]["id"])
+
+
 def get_model_dir():
-    """Input list for rules that load the model: the organism's directory, or nothing."""
-    return [results("model")] if uses_organism() else []
+    """Input list for rules that load the model: the organism's directory, the fetched hub model's
+    manifest (rule fetch_model), or nothing (a local model directory)."""
+    if uses_organism():
+        return [results("model")]
+    return [results("model_fetch/manifest.json")] if fetches_model() else []
 
 
 def model_spec():
