@@ -70,3 +70,11 @@ def test_report_captions_render_without_docutils_errors(browser, report):
     html = report.read_text(errors="replace")
     assert "System Message" not in html and "Unknown target name" not in html
     assert "Undefined substitution referenced" not in html
+
+
+def test_report_holds_each_logit_lens_page(report, tiny_run):
+    pages = sorted((tiny_run / "results" / "tiny" / "neo" / "logit_lens" / "pages").glob("image_*.html"))
+    assert pages
+    html = report.read_text(errors="replace")
+    for page in pages:
+        assert page.name in html, f"{page.name} is not in the report"
