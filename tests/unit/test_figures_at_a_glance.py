@@ -1,0 +1,46 @@
+"""Figures a reader can trust at a glance (#27): in N1's flip rates a 0% bar is labelled and a
+missing one says n/a, and a condition ablating exactly all_image's tokens (random_n36 on a 36-token
+image) is drawn once."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+
+def _ablation_table():
+    rows = []
+    for image_id in (1, 2, 3):
+        for setting in ("polling", "vqa"):
+            rows.append(dict(image_id=image_id, setting=setting, condition="none", included=True,
+                             flipped=False, n_tokens=0, excluded=""))
+            for condition, n_tokens, flipped in (("object_b1", 4, True), ("random_matched_b1", 4, False),
+                                                 ("random_n36", 36, True), ("all_image", 36, True)):
+                rows.append(dict(image_id=image_id, setting=setting, condition=condition, included=True,
+                                 flipped=flipped, n_tokens=n_tokens, excluded=""))
+    table = pd.DataFrame(rows)
+    # register tokens: none found for vqa (no included image there): its bar is missing, not 0
+    register = table[(table.condition == "object_b1")].assign(condition="register", n_tokens=2, flipped=False)
+    register.loc[register.setting == "vqa", "included"] = False
+    return pd.concat([table, register], ignore_index=True)
+
+
+@pytest.fixture()
+def drawn(monkeypatch, tmp_path):
+    import vlminterp.plots.neo as neo
+
+    figures = []
+    monkeypatch.setattr(neo, "save_figure", lambda figure, stem: figures.append(figure) or [])
+    neo.plot_flip_rates(_ablation_table(), tmp_path / "flips", n_resamples=50)
+    return figures[0].axes[0]
+
+
+def test_zero_bars_are_labelled_and_missing_ones_say_so(drawn):
+    texts = [t.get_text() for t in drawn.texts]
+    assert texts.count("0") == 3          # random_matched_b1 (2 settings) and register (polling)
+    assert texts.count("n/a") == 1        # register under vqa: no included image
+
+
+def test_a_condition_equal_to_all_image_is_drawn_once(drawn):
+    ticks = [t.get_text() for t in drawn.get_xticklabels()]
+    assert not any(t.startswith("random_n36") for t in ticks), ticks
+    assert any(t.startswith("all_image = random_n36") for t in ticks), ticks
