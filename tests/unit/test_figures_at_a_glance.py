@@ -44,3 +44,27 @@ def test_a_condition_equal_to_all_image_is_drawn_once(drawn):
     ticks = [t.get_text() for t in drawn.get_xticklabels()]
     assert not any(t.startswith("random_n36") for t in ticks), ticks
     assert any(t.startswith("all_image = random_n36") for t in ticks), ticks
+
+
+def _capture(monkeypatch, module):
+    figures = []
+    monkeypatch.setattr(module, "save_figure", lambda figure, stem: figures.append(figure) or [])
+    return figures
+
+
+def test_layer_axes_state_one_numbering(monkeypatch, tmp_path):
+    """Decoder layers count from 0 = the first block on every Kaduri and N3 axis; N2's hidden
+    states say that 0 is the embedding output."""
+    import vlminterp.plots.kaduri as kaduri
+    from vlminterp.plots.organism import DECODER_LAYER, HIDDEN_STATE
+
+    figures = _capture(monkeypatch, kaduri)
+    attention = pd.DataFrame([dict(layer=layer, group=group, mean=0.5, low=0.4, high=0.6, key_share=0.5, n_images=2)
+                              for layer in (0, 1) for group in ("image", "query")])
+    layers = pd.DataFrame({"band": [0, 1], "layer_start": [0, 1], "layer_end": [0, 1], "accuracy": [0.5, 0.7],
+                           "low": [0.3, 0.5], "high": [0.7, 0.9], "chance": [0.2, 0.2], "n_mentions": [10, 10]})
+    kaduri.plot_attention_fractions(attention, tmp_path / "k1")
+    kaduri.plot_localization(layers, layers, tmp_path / "k3")
+    labels = [axis.get_xlabel() for figure in figures for axis in figure.axes if axis.get_xlabel()]
+    assert labels and all(DECODER_LAYER in label for label in labels), labels
+    assert "embedding output" in HIDDEN_STATE and "0 = first block" in DECODER_LAYER

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.experiments.neo_ablation import flip_summary  # noqa: E402
-from vlminterp.plots.organism import save_figure  # noqa: E402
+from vlminterp.plots.organism import DECODER_LAYER, HIDDEN_STATE, save_figure  # noqa: E402
 from vlminterp.stats import error_bars, excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
 
 SETTING_COLOURS = {"generative": "tab:green", "polling": "tab:orange", "vqa": "tab:blue"}
@@ -121,7 +121,7 @@ def plot_lens_curves(scores: pd.DataFrame, stem: Path, *, seed: int = 0, n_resam
             axis.axhline(1 / n_categories, color="black", linestyle=":", linewidth=1, label=f"chance (1/{n_categories})")
             axis.legend(fontsize=8)
         axis.set_title(LENS_MEASURES[measure], fontsize=10)
-        axis.set_xlabel("layer (0 = embedding output)")
+        axis.set_xlabel(HIDDEN_STATE)
         axis.set_xticks(sorted(scores["layer"].unique()) if scores["layer"].nunique() <= 12 else
                         axis.get_xticks())
         axis.set_ylim(-0.02, 1.02)
@@ -158,7 +158,7 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
         starts = sorted(int(v) for v in sliding["window_start"].unique())
         left.set_xticks(starts if len(starts) <= 16 else starts[::max(1, len(starts) // 16)])
     left.axhline(0, color="black", linewidth=0.8)
-    left.set_xlabel(f"first layer of the blocked window (up to {width} layers, truncated at the top)")
+    left.set_xlabel(f"first layer of the blocked window (up to {width} layers, truncated at the top)\n{DECODER_LAYER}")
     left.set_ylabel("drop in p(correct token)")
     left.set_title("sliding window")
     left.grid(alpha=0.3)
