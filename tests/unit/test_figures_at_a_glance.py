@@ -68,3 +68,18 @@ def test_layer_axes_state_one_numbering(monkeypatch, tmp_path):
     labels = [axis.get_xlabel() for figure in figures for axis in figure.axes if axis.get_xlabel()]
     assert labels and all(DECODER_LAYER in label for label in labels), labels
     assert "embedding output" in HIDDEN_STATE and "0 = first block" in DECODER_LAYER
+
+
+def test_k4_two_percent_rings_stay_visible_over_five_percent(monkeypatch, tmp_path):
+    """On a 36-token image the top 2% and top 5% are one token each: the same point. The 2% marker
+    is a larger hollow ring drawn above the filled 5% one."""
+    import vlminterp.plots.kaduri as kaduri
+
+    figures = _capture(monkeypatch, kaduri)
+    rows = [dict(method="image_topk", label=f"image top {k}", setting="random", accuracy=0.75,
+                 accuracy_low=0.7, accuracy_high=0.8, context_tokens=1, n_questions=100) for k in ("2%", "5%")]
+    kaduri.plot_reprompting(pd.DataFrame(rows), tmp_path / "k4")
+    lines = {container.get_label(): container.lines[0] for container in figures[0].axes[0].containers}
+    two, five = lines["image top 2%"], lines["image top 5%"]
+    assert two.get_zorder() > five.get_zorder()
+    assert two.get_markersize() > five.get_markersize() and two.get_fillstyle() == "none"

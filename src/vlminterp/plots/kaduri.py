@@ -224,11 +224,15 @@ def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...
         part = summary[summary["setting"] == setting]
         for row in part.itertuples(index=False):
             color, marker = METHOD_STYLE.get(row.method, ("tab:gray", "o"))
-            size = {"full_image": 9, "full_cache": 14}.get(row.method, 7)
-            hollow = "2%" in row.label or row.method == "full_cache"  # full_cache rings full_image
+            # hollow rings drawn larger and on top, so they stay visible on the filled marker they
+            # share a point with: full_cache around full_image, top 2% around top 5% (one token each
+            # on a small image)
+            hollow = "2%" in row.label or row.method == "full_cache"
+            size = {"full_image": 9, "full_cache": 14}.get(row.method, 12 if hollow else 7)
             axis.errorbar(row.context_tokens, row.accuracy,
                           yerr=error_bars(row.accuracy, row.accuracy_low, row.accuracy_high),
-                          fmt=marker, color=color, markersize=size, capsize=3,
+                          fmt=marker, color=color, markersize=size, capsize=3, zorder=4 if hollow else 3,
+                          markeredgewidth=1.5 if hollow else 1.0,
                           fillstyle="none" if hollow else "full", label=row.label)
         axis.axhline(0.5, color="tab:red", linestyle=":", linewidth=1)
         axis.set_xscale("log")
