@@ -10,7 +10,10 @@ with rule_context(snakemake.log[0], seed=params.seed):
                        localization=read_table(inputs.localization), reprompt=read_table(inputs.reprompt))
     comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
     write_table(comparison, snakemake.output.table)
-    write_table_html(comparison, snakemake.output.page, title=f"The papers' headline numbers beside this run's ({params.model})",
+    # the page: the claim, the paper's number and this run's side by side first; the details after
+    first = ["experiment", "claim", "relation", "paper_value", "value", "low", "high", "n", "condition", "setting"]
+    page = comparison[first + [c for c in comparison.columns if c not in first]]
+    write_table_html(page, snakemake.output.page, title=f"The papers' headline numbers beside this run's ({params.model})",
                      note="paper_value: the paper's number (relation '>' = a lower bound, empty = a claim in words); "
-                          "value, ci_low, ci_high: this run's, with its 95% bootstrap interval. "
+                          "value, low, high: this run's, with its 95% bootstrap interval over n. "
                           "Table: papers/paper_comparison.csv.")
