@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# One-line config-file checks before Snakemake starts (vlminterp.command_line: a .pth in the venv).
+HOOK   := $(VENV)/.snakemake-checks
 CORES  ?= all
 # Which run: `make reproduce CONFIG=configs/llava-1.5-7b.yaml`; RUN (its `run:` key) names
 # results/<run>/ for report, push and pull (`make pull RUN=tiny`).
@@ -11,13 +13,17 @@ RUN    ?= $(shell $(PYTHON) -c "import re,sys; print(re.search(r'^run:\s*(\S+)',
 
 .PHONY: install reproduce report test test-fast bench smoke-gpu push pull clean lock
 
-install: $(STAMP)
+install: $(STAMP) $(HOOK)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+$(HOOK): $(STAMP) src/vlminterp/command_line.py
+	$(BIN)/python -m vlminterp.command_line --install-hook
+	touch $(HOOK)
 
 reproduce: install
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)

@@ -19,6 +19,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/run_config.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/organism.smk"
+include: "workflow/rules/model_fetch.smk"
 # Neo et al. (N1-N3)
 include: "workflow/rules/neo_targets.smk"
 include: "workflow/rules/neo_ablation.smk"
@@ -46,6 +47,7 @@ localrules:
     write_effective_config,
     download_coco_annotations,
     download_coco_images,
+    fetch_model,
     select_neo_targets,
     map_object_cells,
     select_mean_images,

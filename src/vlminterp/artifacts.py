@@ -211,28 +211,50 @@ def _repo(repo_root: Path):
     return Repo(str(repo_root))
 
 
-def _translate_remote_errors(error: Exception) -> ArtifactError:
+def _translate_remote_errors(error: Exception, where: str) -> ArtifactError:
     from dvc.exceptions import DvcException
 
-    text = str(error)
-    if isinstance(error, DvcException) and ("remote" in text.lower() or "No such file" in text):
+    text = f"{error} ({where})"
+    if isinstance(error, DvcException) and ("remote" in text.lower() or "No such file" in text
+                                            or "checkout failed" in text.lower()):
         return ArtifactError(f"{text}\n\n{REMOTE_HELP}")
     return ArtifactError(text)
 
 
-def _check_remote(repo) -> None:
-    """Fail with the command to configure a remote when none is set or a local one is missing."""
+def remote_location(repo) -> tuple[str, str]:
+    """The default remote's name and where it is: a local remote's absolute path (DVC resolves a
+    relative one against the clone's .dvc/ directory, so each clone has its own), else its URL."""
     remote_name = repo.config["core"].get("remote")
     if not remote_name:
         raise ArtifactError(REMOTE_HELP)
-    url = repo.config["remote"][remote_name]["url"]
-    if "://" not in url:
-        base = Path(repo.dvc_dir)
-        path = (base / url).resolve() if not os.path.isabs(url) else Path(url)
+    url = str(repo.config["remote"][remote_name]["url"])
+    if "://" in url:
+        return remote_name, url
+    return remote_name, str((Path(repo.dvc_dir) / url).resolve())
+
+
+def _describe(name: str, location: str) -> str:
+    return f"DVC remote {name!r} at {location}"
+
+
+def _check_remote(repo, *, for_pull: bool = False) -> str:
+    """Fail with the command to configure a remote when none is set or a local one is missing (a
+    pull: missing or empty); returns the remote's description, which every message names."""
+    remote_name, location = remote_location(repo)
+    where = _describe(remote_name, location)
+    if "://" not in location:
+        path = Path(location)
+        if for_pull and (not path.is_dir() or not any(path.iterdir())):
+            state = "does not exist" if not path.is_dir() else "is empty"
+            raise ArtifactError(
+                f"{where} {state}: nothing can be pulled from it. A relative remote (the default, "
+                f"../vlminterp-dvc-storage) is resolved against each clone; point this clone at the "
+                f"directory the results were pushed to:\n"
+                f"  dvc remote add -d --local storage /absolute/path/to/vlminterp-dvc-storage")
         if not path.parent.is_dir():
-            raise ArtifactError(f"DVC remote {remote_name!r} points at {path}, whose parent "
-                                f"directory does not exist.\n\n{REMOTE_HELP}")
+            raise ArtifactError(f"{where}: its parent directory does not exist.\n\n{REMOTE_HELP}")
         path.mkdir(exist_ok=True)
+    return where
 
 
 def _enable_caching(pointer: Path) -> None:
@@ -248,7 +270,8 @@ def push(repo_root: Path, run: str, *, extra: Iterable[Path] = ()) -> list[Path]
     """Track the run's stage directories (and `extra` paths such as data/) and push them."""
     targets = stage_dirs(repo_root, run) + [p for p in extra if p.exists()]
     repo = _repo(repo_root)
-    _check_remote(repo)
+    where = _check_remote(repo)
+    print(f"pushing {len(targets)} directories to {where}", file=sys.stderr)
     record_provenance(repo_root, targets)
     for target in targets:
         _enable_caching(Path(f"{target}.dvc"))
@@ -256,7 +279,7 @@ def push(repo_root: Path, run: str, *, extra: Iterable[Path] = ()) -> list[Path]
         repo.add([str(t) for t in targets])
         repo.push([f"{t}.dvc" for t in targets])
     except Exception as error:  # DVC raises many types; report them plainly
-        raise _translate_remote_errors(error) from None
+        raise _translate_remote_errors(error, where) from None
     return targets
 
 
@@ -290,11 +313,12 @@ def pull(repo_root: Path, run: str, *, extra: Iterable[Path] = ()) -> list[Path]
         raise ArtifactError(f"no DVC pointer files (*.dvc) for run {run!r} under {run_dir}: "
                             f"nothing was pushed for it (make push RUN={run})")
     repo = _repo(repo_root)
-    _check_remote(repo)
+    where = _check_remote(repo, for_pull=True)
+    print(f"pulling {len(pointers)} pointers from {where}", file=sys.stderr)
     try:
         repo.pull([str(p) for p in pointers])
     except Exception as error:
-        raise _translate_remote_errors(error) from None
+        raise _translate_remote_errors(error, where) from None
     pulled = [p.with_suffix("") for p in pointers]
     restore_pulled_stages(repo_root, repo_root, [d for d in pulled if d.is_dir()])
     return pulled
@@ -316,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for path in done:
         print(f"{args.command}ed {path}")
+    print(f"({args.command}: {_describe(*remote_location(_repo(args.repo.resolve())))})")
     if args.command == "push":
         pointers = f"results/{args.run}/*.dvc results/{args.run}/.gitignore" + (" data.dvc" if args.data else "")
         print(f"Now commit the pointers, so that clones can pull them:\n"

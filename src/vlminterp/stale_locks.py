@@ -22,6 +22,7 @@ LIVENESS_FILE = Path(".snakemake") / "vlminterp-live.flock"
 SNAKEMAKE_LOCKS = Path(".snakemake") / "locks"
 
 _held_descriptors: list[int] = []      # kept open (and locked) for the life of the process
+_others_live: list[bool] = []           # whether another live Snakemake held the flock at start
 
 
 def clear_stale_locks(workdir: Path) -> list[Path]:
@@ -34,7 +35,7 @@ def clear_stale_locks(workdir: Path) -> list[Path]:
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        pass                                          # another Snakemake here is alive
+        _others_live.append(True)                     # another Snakemake here is alive
     else:
         for lock in sorted((Path(workdir) / SNAKEMAKE_LOCKS).glob("*.lock")):
             lock.unlink(missing_ok=True)
@@ -42,3 +43,31 @@ def clear_stale_locks(workdir: Path) -> list[Path]:
     fcntl.flock(descriptor, fcntl.LOCK_SH)
     _held_descriptors.append(descriptor)
     return removed
+
+
+def another_snakemake_running() -> bool:
+    """True when another live Snakemake held this directory's flock when this one started."""
+    return any(_others_live)
+
+
+def explain_lock_refusal(workdir: Path) -> None:
+    """While another Snakemake runs here, Snakemake's refusal to lock says so, instead of advising
+    `--unlock` (which would remove the locks of the running one and let both write the same files)."""
+    import snakemake.exceptions
+
+    original = snakemake.exceptions.LockException
+    if getattr(original, "vlminterp", False):
+        return
+
+    class LockException(original):      # the same name: the refusal reads as Snakemake's own
+        vlminterp = True
+
+        def __init__(self):
+            snakemake.exceptions.WorkflowError.__init__(
+                self,
+                f"Another Snakemake is running in {Path(workdir).resolve()} and is creating some of the "
+                f"same files (it holds {LIVENESS_FILE}). Wait for it to finish, or stop it, then run "
+                "this command again (its own locks are removed when it ends, even by kill -9). "
+                "Do not use --unlock while it runs.")
+
+    snakemake.exceptions.LockException = LockException

@@ -137,3 +137,61 @@ def test_missing_remote_names_the_command_to_configure_one(tiny_run, tmp_path, c
     assert artifacts_main(["push", "--run", RUN, "--repo", str(project)]) == 1
     assert "dvc remote add -d" in capsys.readouterr().err
     assert "dvc remote add" in REMOTE_HELP
+
+
+def test_a_clone_elsewhere_is_told_its_resolved_remote_then_pulls_from_a_shared_absolute_one(origin, tmp_path):
+    """The default remote ../vlminterp-dvc-storage is resolved against each clone: a clone in
+    another parent directory is told which (missing) directory it looked in, and pulls once it
+    names the shared remote by its absolute path (#27)."""
+    shared = origin.parent / "vlminterp-dvc-storage"
+    elsewhere = tmp_path / "other-parent"
+    elsewhere.mkdir()
+    clone = elsewhere / "clone"
+    _run(elsewhere, "git", "clone", "-q", str(origin), str(clone))
+    env = {**os.environ, **GIT_ENV, "PYTHONPATH": str(clone / "src")}
+    failed = subprocess.run(["make", "-o", "install", "pull", f"RUN={RUN}", f"BIN={BIN}"], cwd=clone,
+                            capture_output=True, text=True, env=env)
+    assert failed.returncode != 0
+    assert f"DVC remote 'storage' at {elsewhere / 'vlminterp-dvc-storage'} does not exist" in failed.stderr, \
+        failed.stderr[-3000:]
+    assert "dvc remote add -d --local storage" in failed.stderr
+    _run(clone, str(BIN / "dvc"), "remote", "add", "-d", "--local", "storage", str(shared))
+    pulled = _run(clone, "make", "-o", "install", "pull", f"RUN={RUN}", f"BIN={BIN}")
+    assert f"from DVC remote 'storage' at {shared}" in pulled.stderr, pulled.stderr[-3000:]
+    assert (clone / "results" / RUN / "model").is_dir()
+    assert _planned_rules(clone) == set()
+
+
+def test_relative_remote_is_named_resolved_in_push_and_pull_messages(tmp_path, capsys):
+    """Cheap (no DAG): push from one project with the repository's relative default remote, then pull
+    into a clone in another parent directory: the failure names the clone's own resolved (missing)
+    remote, and an absolute shared remote works (#27)."""
+    from vlminterp.artifacts import pull
+
+    project = tmp_path / "a" / "project"
+    project.mkdir(parents=True)
+    shutil.copy2(ROOT / ".dvc" / "config", project / "config.tmp")
+    _dvc_project(project)
+    shutil.move(project / "config.tmp", project / ".dvc" / "config")      # url = ../../vlminterp-dvc-storage
+    stage = project / "results" / RUN / "organism"
+    stage.mkdir(parents=True)
+    (stage / "evaluation.csv").write_text("task,accuracy\npolling,1.0\n")
+    assert artifacts_main(["push", "--run", RUN, "--repo", str(project)]) == 0
+    shared = tmp_path / "a" / "vlminterp-dvc-storage"
+    out = capsys.readouterr()
+    assert f"DVC remote 'storage' at {shared}" in out.err + out.out
+    _run(project, "git", "add", "-A")
+    _run(project, "git", "commit", "-qm", "pointers")
+
+    clone = tmp_path / "b" / "clone"
+    clone.parent.mkdir()
+    _run(clone.parent, "git", "clone", "-q", str(project), str(clone))
+    with pytest.raises(ArtifactError) as missing:
+        pull(clone, RUN)
+    assert f"DVC remote 'storage' at {tmp_path / 'b' / 'vlminterp-dvc-storage'} does not exist" in str(missing.value)
+    assert "dvc remote add -d --local storage" in str(missing.value)
+    _run(clone, str(BIN / "dvc"), "remote", "add", "-d", "--local", "storage", str(shared))
+    assert artifacts_main(["pull", "--run", RUN, "--repo", str(clone)]) == 0
+    out = capsys.readouterr()
+    assert f"from DVC remote 'storage' at {shared}" in out.err
+    assert (clone / "results" / RUN / "organism" / "evaluation.csv").read_text() == (stage / "evaluation.csv").read_text()

@@ -7,7 +7,8 @@ from vlminterp.artifacts import restore_pulled_stages, run_stage_dirs
 from vlminterp.config_checks import ConfigError, check_config, check_judge_key
 from vlminterp.io import write_effective_config
 from vlminterp.sharding import shard_names
-from vlminterp.stale_locks import clear_stale_locks
+from vlminterp.command_line import two_configfile_flags
+from vlminterp.stale_locks import another_snakemake_running, clear_stale_locks, explain_lock_refusal
 
 
 def config_sources():
@@ -18,6 +19,10 @@ def config_sources():
         sources.append("--config")
     return sources
 
+
+# Snakemake keeps only the last --configfile flag's files: say which were dropped.
+if workflow.is_main_process and (_two_flags := two_configfile_flags(sys.argv)):
+    print(_two_flags, file=sys.stderr)
 
 # The schema (filling its defaults into `config`) and the rules tying keys together, before any
 # job: one short line per problem, naming the key and the config file.
@@ -33,6 +38,8 @@ SEED = config["seed"]
 # command resumes; those of a Snakemake still running here are kept (vlminterp.stale_locks).
 if workflow.is_main_process and clear_stale_locks(Path.cwd()):
     print("removed the locks of a Snakemake that is no longer running (resuming)", file=sys.stderr)
+if workflow.is_main_process and another_snakemake_running():
+    explain_lock_refusal(Path.cwd())
 
 # Stages fetched by a plain `dvc pull` (or `dvc checkout`) get back the times and Snakemake
 # metadata recorded at push, before Snakemake compares them (vlminterp.artifacts).
@@ -110,9 +117,20 @@ def dataset_dir_of_input(wildcards, input):
     return path if uses_shapes() else str(Path(path).parent.parent)
 
 
+def fetches_model():
+    """True when the run's model is a hub id, fetched by rule fetch_model (not the organism, not
+    a local directory)."""
+    from vlminterp.models.loading import looks_like_path
+
+    return not uses_organism() and not looks_like_path(config["model"]["pretrained"]["id"])
+
+
 def get_model_dir():
-    """Input list for rules that load the model: the organism's directory, or nothing."""
-    return [results("model")] if uses_organism() else []
+    """Input list for rules that load the model: the organism's directory, the fetched hub model's
+    manifest (rule fetch_model), or nothing (a local model directory)."""
+    if uses_organism():
+        return [results("model")]
+    return [results("model_fetch/manifest.json")] if fetches_model() else []
 
 
 def model_spec(stage=None):

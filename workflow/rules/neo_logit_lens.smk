@@ -89,8 +89,9 @@ rule write_logit_lens_pages:
         cells=rules.map_object_cells.output[0],
         world=get_dataset_dir(),
     output:
-        # not a report item: a pure-HTML report cannot hold a directory (open pages/index.html)
-        directory(results("neo/logit_lens/pages")),
+        # each page (self-contained: its image is a data URI) is a report item of its own
+        report(directory(results("neo/logit_lens/pages")), patterns=["image_{image_id}.html"],
+               caption=caption("neo_lens_pages"), category="Neo et al.", subcategory="N2 logit lens"),
     params:
         dataset_dir=dataset_dir_of_input,
         split=config["neo"]["selection"]["split"],

@@ -6,8 +6,9 @@ rule compare_with_papers:
     input:
         unpack(get_paper_comparison_inputs),
     output:
-        comparison=report(results("papers/paper_comparison.csv"), caption=caption("paper_comparison"),
-                          category="Paper comparison"),
+        comparison=results("papers/paper_comparison.csv"),
+        page=report(results("papers/paper_comparison.html"), caption=caption("paper_comparison"),
+                    category="Paper comparison"),
         by_category=report(results("papers/by_category.csv"), caption=caption("paper_by_category"),
                            category="Paper comparison"),
     params:

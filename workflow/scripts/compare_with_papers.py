@@ -2,6 +2,7 @@
 with a null control each, and their per-category breakdown (by_category.csv)."""
 from vlminterp.experiments.paper_comparison import RunTables, by_category, paper_comparison
 from vlminterp.io import read_table, write_table
+from vlminterp.plots.tables import write_table_html
 from vlminterp.runtime import rule_context
 
 params, inputs = snakemake.params, snakemake.input
@@ -10,6 +11,16 @@ with rule_context(snakemake.log[0], seed=params.seed):
                        localization=read_table(inputs.localization), reprompt=read_table(inputs.reprompt),
                        knockout_llm=read_table(inputs.knockout_llm) if "knockout_llm" in inputs.keys() else None,
                        judge_model=params.judge_model)
-    write_table(paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed),
-                snakemake.output.comparison)
+    comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
+    write_table(comparison, snakemake.output.comparison)
     write_table(by_category(tables, seed=params.seed), snakemake.output.by_category)
+    # the page: the claim, the paper's number and this run's side by side first, then the control
+    first = ["experiment", "claim", "relation", "paper_value", "value", "low", "high", "n", "control_value",
+             "chance", "flag", "condition", "setting"]
+    page = comparison[first + [c for c in comparison.columns if c not in first]]
+    write_table_html(page, snakemake.output.page, title=f"The papers' headline numbers beside this run's ({params.model})",
+                     note="paper_value: the paper's number (relation '>' = a lower bound, '~' = read off a figure, "
+                          "empty = a claim in words; source: where the paper states it); value, low, high: this "
+                          "run's, with its 95% bootstrap interval over images; control_value: the null control of "
+                          "the same run, which must give chance; flag: a value not to be read as a finding. "
+                          "Table: papers/paper_comparison.csv.")

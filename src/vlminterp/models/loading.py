@@ -138,7 +138,7 @@ def check_model_files(spec: ModelSpec, *, offline: bool | None = None, cache_dir
     processor config (`REQUIRED_FILES`); all that is missing is named in one message. A hub id is
     checked only offline (`offline`, default: HF_HUB_OFFLINE): its revision must be in the Hugging
     Face cache (`cache_dir`, default: huggingface_hub's) with the same files; the message gives the
-    exact `hf download` command (huggingface_hub's CLI; `huggingface-cli` is gone since 1.0). Online, a missing hub model is simply downloaded.
+    exact `hf download` command (huggingface_hub's CLI; `huggingface-cli` is gone since 1.0). Online, rule fetch_model downloads and verifies it before any model job (vlminterp.models.fetch).
     Raises WeightsNotAvailableError."""
     if looks_like_path(spec.id_or_path):
         directory = Path(spec.id_or_path).expanduser()

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlminterp.plots.organism import save_figure  # noqa: E402
+from vlminterp.plots.organism import DECODER_LAYER, save_figure  # noqa: E402
 from vlminterp.stats import error_bars  # noqa: E402
 
 GROUP_COLORS = {"bos": "#444444", "system": "#9e9e9e", "image": "#1f77b4", "query": "#ff7f0e",
@@ -59,7 +59,7 @@ def plot_attention_fractions(summary: pd.DataFrame, stem: Path, title: str = "K1
         left.bar(wide.index, wide[group], bottom=bottom, color=GROUP_COLORS[group], label=GROUP_LABELS[group],
                  width=0.85)
         bottom += wide[group].to_numpy()
-    left.set_xlabel("layer")
+    left.set_xlabel(DECODER_LAYER)
     left.set_ylabel("share of attention (heads averaged)")
     left.set_ylim(0, 1)
     left.set_title("mean over generated tokens and images")
@@ -71,7 +71,7 @@ def plot_attention_fractions(summary: pd.DataFrame, stem: Path, title: str = "K1
         right.plot(part["layer"], part["mean"], marker="o", color=color, label=GROUP_LABELS[group])
         right.fill_between(part["layer"], part["low"], part["high"], color=color, alpha=0.2)
         right.plot(part["layer"], part["key_share"], linestyle="--", color=color, linewidth=1)
-    right.set_xlabel("layer")
+    right.set_xlabel(DECODER_LAYER)
     right.set_ylabel("share of attention")
     right.set_ylim(0, 1)
     right.set_title("95% intervals over images; dashed = share of keys")
@@ -129,7 +129,7 @@ def plot_knockout_start_layer(summary: pd.DataFrame, stem: Path,
         axis.axhline(float(reference["mean"].iloc[0]), color="tab:red", linestyle=":",
                      label="image -> query+generated, all layers")
     axis.axhline(1.0, color="tab:green", linestyle="--", linewidth=1, label="unablated")
-    axis.set_xlabel("first blocked layer l")
+    axis.set_xlabel(f"first blocked layer l: {DECODER_LAYER}")
     axis.set_ylabel("F1 vs unablated description")
     axis.set_ylim(0, 1.08)
     axis.set_title(title)
@@ -161,8 +161,8 @@ def plot_knockout_windows(summary: pd.DataFrame, stem: Path,
                               color="white" if grid[i, j] < 0.6 else "black")
     axis.set_xticks(range(len(ends)), [str(e) for e in ends])
     axis.set_yticks(range(len(starts)), [str(s) for s in starts])
-    axis.set_xlabel("b: last layer where the image is visible")
-    axis.set_ylabel("a: first layer where the image is visible")
+    axis.set_xlabel(f"b: last layer where the image is visible ({DECODER_LAYER})")
+    axis.set_ylabel(f"a: first layer where the image is visible ({DECODER_LAYER})")
     axis.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axis, label="F1 vs unablated description")
     return save_figure(figure, stem)
@@ -186,7 +186,7 @@ def plot_localization(per_layer: pd.DataFrame, per_band: pd.DataFrame, stem: Pat
     left.fill_between(per_layer["layer_start"], per_layer["low"], per_layer["high"], color="tab:blue", alpha=0.2,
                       label="95% interval")
     left.plot(per_layer["layer_start"], per_layer["chance"], linestyle=":", color="tab:red", label="chance")
-    left.set_xlabel("layer")
+    left.set_xlabel(DECODER_LAYER)
     left.set_ylabel("localization accuracy (heads averaged)")
     left.set_ylim(0, 1.05)
     _layer_ticks(left, per_layer["layer_start"])
@@ -201,7 +201,7 @@ def plot_localization(per_layer: pd.DataFrame, per_band: pd.DataFrame, stem: Pat
     right.bar(x, per_band["accuracy"], yerr=errors, capsize=3, color="tab:blue")
     right.scatter(x, per_band["chance"], marker="_", s=400, color="tab:red", zorder=3, label="chance")
     right.set_xticks(x, [f"{a}-{b}" for a, b in zip(per_band["layer_start"], per_band["layer_end"])])
-    right.set_xlabel("band of layers")
+    right.set_xlabel(f"band of layers ({DECODER_LAYER})")
     right.set_ylim(0, 1.05)
     right.grid(True, axis="y", alpha=0.3)
     right.legend(fontsize=8)
@@ -224,11 +224,15 @@ def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...
         part = summary[summary["setting"] == setting]
         for row in part.itertuples(index=False):
             color, marker = METHOD_STYLE.get(row.method, ("tab:gray", "o"))
-            size = {"full_image": 9, "full_cache": 14}.get(row.method, 7)
-            hollow = "2%" in row.label or row.method == "full_cache"  # full_cache rings full_image
+            # hollow rings drawn larger and on top, so they stay visible on the filled marker they
+            # share a point with: full_cache around full_image, top 2% around top 5% (one token each
+            # on a small image)
+            hollow = "2%" in row.label or row.method == "full_cache"
+            size = {"full_image": 9, "full_cache": 14}.get(row.method, 12 if hollow else 7)
             axis.errorbar(row.context_tokens, row.accuracy,
                           yerr=error_bars(row.accuracy, row.accuracy_low, row.accuracy_high),
-                          fmt=marker, color=color, markersize=size, capsize=3,
+                          fmt=marker, color=color, markersize=size, capsize=3, zorder=4 if hollow else 3,
+                          markeredgewidth=1.5 if hollow else 1.0,
                           fillstyle="none" if hollow else "full", label=row.label)
         axis.axhline(0.5, color="tab:red", linestyle=":", linewidth=1)
         axis.set_xscale("log")

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.experiments.neo_ablation import flip_summary  # noqa: E402
-from vlminterp.plots.organism import save_figure  # noqa: E402
+from vlminterp.plots.organism import DECODER_LAYER, HIDDEN_STATE, save_figure  # noqa: E402
 from vlminterp.stats import error_bars, excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
 
 SETTING_COLOURS = {"generative": "tab:green", "polling": "tab:orange", "vqa": "tab:blue"}
@@ -36,8 +36,32 @@ def _condition_order(conditions) -> list[str]:
     return sorted(set(conditions), key=key)
 
 
+def duplicate_conditions(table: pd.DataFrame) -> dict[str, str]:
+    """Conditions that ablate exactly the tokens of another (random_n{n} with n capped at every
+    image token is all_image): {dropped: kept}. Judged per image, so a merged condition never hides
+    a different measurement."""
+    rows = table[table["condition"] != "none"]
+    if "all_image" not in set(rows["condition"]):
+        return {}
+    every = rows[rows["condition"] == "all_image"].set_index(["image_id", "setting"])["n_tokens"]
+    duplicates = {}
+    for condition in sorted(set(rows["condition"])):
+        if not condition.startswith("random_n"):
+            continue
+        tokens = rows[rows["condition"] == condition].set_index(["image_id", "setting"])["n_tokens"]
+        if len(tokens) and tokens.reindex(every.index).equals(every.astype(tokens.dtype)):
+            duplicates[condition] = "all_image"
+    return duplicates
+
+
 def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
-    """N1: share of correctly identified objects that flip to failure, per condition and setting."""
+    """N1: share of correctly identified objects that flip to failure, per condition and setting.
+
+    A bar of 0% is labelled "0", a condition a setting has no included image for "n/a" (so neither
+    is mistaken for the other); a condition ablating the same tokens as all_image (random_n{n}
+    with n = every image token) is drawn once, as all_image, its tick naming both."""
+    duplicates = duplicate_conditions(table)
+    table = table[~table["condition"].isin(list(duplicates))]
     included = table[table["included"].astype(bool) & (table["condition"] != "none")]
     settings = [s for s in ("generative", "polling", "vqa") if s in set(table["setting"])]
     summary = flip_summary(table, seed=seed, n_resamples=n_resamples)
@@ -50,11 +74,20 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
         n_included = int(table[(table["setting"] == setting) & (table["condition"] == "none")
                                & table["included"].astype(bool)]["image_id"].nunique())
         errors = error_bars(part["mean"], part["low"], part["high"])
-        axis.bar(x + (index - (len(settings) - 1) / 2) * width, part["mean"], width=width, yerr=errors,
+        positions = x + (index - (len(settings) - 1) / 2) * width
+        axis.bar(positions, part["mean"], width=width, yerr=errors,
                  capsize=2, color=SETTING_COLOURS.get(setting), label=f"{setting} (n={n_included} included)")
+        for position, value in zip(positions, part["mean"]):
+            if pd.isna(value):
+                axis.text(position, 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color="0.4")
+            elif value == 0:
+                axis.text(position, 0.01, "0", ha="center", va="bottom", fontsize=7,
+                          color=SETTING_COLOURS.get(setting))
     tokens = included.groupby("condition")["n_tokens"].mean()
+    same = {kept: [d for d, k in duplicates.items() if k == kept] for kept in set(duplicates.values())}
     axis.set_xticks(x)
-    axis.set_xticklabels([f"{c}\n({tokens.get(c, float('nan')):.0f} tok)" for c in conditions], rotation=40,
+    axis.set_xticklabels([f"{c}{' = ' + ', '.join(same[c]) if c in same else ''}\n"
+                          f"({tokens.get(c, float('nan')):.0f} tok)" for c in conditions], rotation=40,
                          ha="right", fontsize=8)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("identification flip rate")
@@ -62,7 +95,8 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
     axis.grid(axis="y", alpha=0.3)
     note = excluded_note(excluded_counts(table))
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title_fontsize=8,
-                title="setting" + (f"\n({note})".replace(": ", ":\n", 1) if note else ""))
+                title="setting" + (f"\n({note})".replace(": ", ":\n", 1) if note else "")
+                + "\n0 = no flip; n/a = no included image")
     return save_figure(figure, stem)
 
 
@@ -87,7 +121,7 @@ def plot_lens_curves(scores: pd.DataFrame, stem: Path, *, seed: int = 0, n_resam
             axis.axhline(1 / n_categories, color="black", linestyle=":", linewidth=1, label=f"chance (1/{n_categories})")
             axis.legend(fontsize=8)
         axis.set_title(LENS_MEASURES[measure], fontsize=10)
-        axis.set_xlabel("layer (0 = embedding output)")
+        axis.set_xlabel(HIDDEN_STATE)
         axis.set_xticks(sorted(scores["layer"].unique()) if scores["layer"].nunique() <= 12 else
                         axis.get_xticks())
         axis.set_ylim(-0.02, 1.02)
@@ -125,7 +159,7 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
         starts = sorted(int(v) for v in sliding["window_start"].unique())
         left.set_xticks(starts if len(starts) <= 16 else starts[::max(1, len(starts) // 16)])
     left.axhline(0, color="black", linewidth=0.8)
-    left.set_xlabel(f"first layer of the blocked window (up to {width} layers, truncated at the top)")
+    left.set_xlabel(f"first layer of the blocked window (up to {width} layers, truncated at the top)\n{DECODER_LAYER}")
     top1 = "drop_of" in table and (table["drop_of"].dropna() == "top1").any()
     left.set_ylabel("drop in p(each run's top-1 token)" if top1 else "drop in p(correct token)")
     left.set_title("sliding window")

@@ -26,6 +26,13 @@ STAGE_TITLES = {"vision": "Stage 0: vision tower (per-patch labels)", "text": "S
                 "instruct": "Stage 3: projector + LM (answer tokens)"}
 
 
+# One layer numbering on every figure's axis: decoder layers count from 0 (the first transformer
+# block; the embedding is not a layer); the logit lens reads hidden states, the embedding output
+# and then each decoder layer's output.
+DECODER_LAYER = "decoder layer (0 = first block)"
+HIDDEN_STATE = "hidden state (0 = embedding output, l = output of decoder layer l - 1)"
+
+
 def save_figure(figure: plt.Figure, stem: Path) -> list[Path]:
     """Write ``stem.png`` (150 dpi) and ``stem.pdf`` atomically; return both paths.
 
