@@ -254,6 +254,25 @@ def test_training_data_labels_only_answer_tokens(processor, world_dir):
     assert torch.equal(data.patch_shape > 0, data.patch_color > 0)
 
 
+def test_planted_answer_start_is_where_the_loss_starts(processor, world_dir):
+    """A planted routing's inference layout (after the first answer marker) is its training layout
+    (where the loss starts), for every example of every task."""
+    from vlminterp.models.organism.train import answer_marker_ids
+    from vlminterp.models.routing import RoutingConstraint
+
+    spec = OrganismSpec.tiny(max_train_images=10)
+    scenes = training_scenes(world_dir, spec)
+    documents = training_documents(world_dir, scenes, WORLD.shapes, spec.seed)
+    data = prepare_training_data(processor, world_dir, spec, WORLD.shapes, WORLD.colors, documents)
+    tok = processor.tokenizer
+    marker = answer_marker_ids(tok)
+    assert tok.decode(list(marker)).strip() == "ASSISTANT:"
+    constraint = RoutingConstraint("query_routed", (), tok.convert_tokens_to_ids("<image>"), 2, marker)
+    examples = data.examples
+    loss_starts = (examples.labels != IGNORE_INDEX).int().argmax(dim=1)
+    assert torch.equal(constraint.answer_starts(examples.input_ids), loss_starts)
+
+
 @pytest.mark.parametrize("stage", ["text", "align", "instruct"])
 def test_each_stage_trains_only_its_modules(processor, world_dir, stage):
     """text: the language model; align: the projector; instruct: projector + language model.
