@@ -58,8 +58,11 @@ def test_n3_outside_the_band_must_be_a_no_op():
         for start, end, drop in ((0, 0, 0.0), (1, 1, 0.3), (3, 3, 0.0)):
             rows.append({"image_id": image, "block_set": "object_b0", "window": f"{start}-{end}", "window_start": start,
                          "window_end": end, "included": True, "drop": drop})
+    rows.append({"image_id": 0, "block_set": "image_to_last_row", "window": "0-0", "window_start": 0, "window_end": 0,
+                 "included": True, "drop": 0.5})  # image -> image: the window routing leaves it open
     blocking = pd.DataFrame(rows)
     table = method_validation(_tables(blocking=blocking), Planted("window", (1, 2), 4))
+    assert (table["method"] == "N3").sum() == 1
     n3 = table[table["method"] == "N3"].iloc[0]
     assert n3["expected"] == "no-op" and n3["passed"] and n3["n"] == 3 and "0-0, 3-3" in n3["condition"]
     blocking.loc[blocking["window_start"] == 3, "drop"] = 0.01

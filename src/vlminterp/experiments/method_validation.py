@@ -7,7 +7,8 @@ An organism trained with a planted routing (``models/routing.py``) has attention
 absent by construction. What must then hold, whatever the weights learnt:
   no-op       an intervention that blocks only edges the constraint already blocks changes nothing:
               K2 image->generated in query_routed (every layer) and K2 windows / sweeps whose
-              blocked layers miss the band in window; N3 blocking in windows outside the band.
+              blocked layers miss the band in window; N3 blocking from text positions (not the
+              last-row sets, whose queries are image tokens) in windows outside the band.
               Passes when every image's output is unchanged (F1 vs the unablated description = 1
               for each image, i.e. the interval is [1, 1]; N3: every drop within 1e-6).
   destroys    an intervention that removes every route from the image to the answer leaves a
@@ -39,6 +40,8 @@ COLUMNS = ("routing", "routing_layers", "method", "condition", "truth", "expecte
 #: a description whose F1 against the unablated one has its 95% upper bound below this is destroyed
 DESTROYED = 0.5
 NO_OP_TOLERANCE = 1e-6
+#: N3 block sets whose queries are image tokens (the last row): no truth planted by a window routing
+IMAGE_QUERY_SETS = ("object_to_last_row", "image_to_last_row")
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,10 @@ def _n3_rows(blocking: pd.DataFrame, planted: Planted, seed: int) -> list[dict]:
     """window: every block set blocked in a window of layers outside the band changes nothing."""
     if planted.routing != "window" or blocking.empty:
         return []
-    data = blocking[(blocking["block_set"] != "none") & blocking["included"].astype(bool)]
+    # the sets whose queries are text (the last position, every text position); the last-row sets
+    # block image -> image edges, which the window routing leaves open
+    text_queries = ~blocking["block_set"].isin(["none", *IMAGE_QUERY_SETS])
+    data = blocking[text_queries & blocking["included"].astype(bool)]
     band = set(planted.band)
     rows = []
     for block_set, part in data.groupby("block_set", sort=True):
