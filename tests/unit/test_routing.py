@@ -141,3 +141,26 @@ def test_routing_spec_round_trip_and_direct_json_unchanged():
     assert "routing" not in OrganismSpec.tiny().to_json()
     spec = OrganismSpec.tiny(routing="window", routing_layers=(1,))
     assert OrganismSpec.from_json(spec.to_json()) == spec
+
+
+def test_query_routed_continuations_never_read_the_image_through_a_kept_cache(synthetic, make_inputs):
+    """K4 under query_routed: text appended after the prompt is generated text, so the prompt-only
+    cache, the full cache and the full image give the same answers (the layout follows the cache)."""
+    direct, adapter, ids, pixels = _inputs(synthetic, make_inputs)
+    model, processor = build_synthetic(VARIANT, seed=0)
+    marker = ids[0, -3:].tolist()  # the prompt's last three ids stand for its " ASSISTANT:"
+    setattr(model.config, CONFIG_KEY, {"routing": "query_routed", "layers": [], "answer_marker": marker})
+    install_routing(model)
+    routed_adapter = adapter_for(model.eval(), processor)
+    image = set(adapter.image_positions(ids)[0].tolist())
+    prompt_only = [p for p in range(ids.shape[1]) if p not in image]
+    question = torch.tensor([[7, 8, 9, 10]])
+    answers = {}
+    for name, (m, a) in {"direct": (direct, adapter), "routed": (model, routed_adapter)}.items():
+        engine = InterventionEngine(m, a)
+        prepared = engine.prepare(ids, pixels)
+        kept = engine.kept_caches(prepared, {"full": list(range(ids.shape[1])), "prompt": prompt_only})
+        answers[name] = [engine.continue_cache(kept[key], [question], 8)[0] for key in ("full", "prompt")]
+        answers[name].append(engine.generate(engine.extend(prepared, question), [None], 8).tokens[0])
+    assert answers["direct"][0] != answers["direct"][1]  # the image matters to the direct model
+    assert answers["routed"][0] == answers["routed"][1] == answers["routed"][2]
