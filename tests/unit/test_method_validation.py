@@ -35,7 +35,7 @@ def test_query_routed_truths():
     table = method_validation(_tables(), Planted("query_routed", (), 4)).set_index("condition")
     assert table.loc["image->generated", "expected"] == "no-op" and table.loc["image->generated", "passed"]
     assert table.loc["image->query", "expected"] == "destroys" and table.loc["image->query", "passed"]
-    # a no-route condition whose description survives is reported as a failure, not hidden
+    # a no-route condition whose description survives is reported as a failure, not hidden (F1 0.55-0.7)
     assert table.loc["image->query+generated", "expected"] == "destroys"
     assert table.loc["image->query+generated", "passed"] == False  # noqa: E712
     assert table.loc["window 3-3 (generated)", "expected"] == "no-op"
@@ -80,3 +80,17 @@ def test_k4_prompt_cache_equals_the_full_image_in_query_routed():
     assert row["expected"] == "equal" and row["passed"]
     row = method_validation(_tables(reprompt=reprompt), Planted("direct", (), 4)).query("method == 'K4'").iloc[0]
     assert row["expected"] == "none" and row["passed"] is None and np.isclose(row["value"], 0.88)
+
+
+def test_destroyed_means_the_same_description_for_every_image():
+    """With the per-image descriptions, "destroys" is exact: no text position reads the image, so every
+    image gets one description, whatever F1 a fixed description happens to score."""
+    def described(texts):
+        return pd.DataFrame({"image_id": range(len(texts)), "condition": "image->query+generated", "description": texts})
+
+    planted = Planted("query_routed", (), 4)
+    row = method_validation(_tables(descriptions=described(["a red circle"] * 3)), planted).set_index("condition")
+    assert row.loc["image->query+generated", "passed"] and "1 distinct" in row.loc["image->query+generated", "note"]
+    row = method_validation(_tables(descriptions=described(["a red circle", "a blue square", "a red circle"])),
+                            planted).set_index("condition")
+    assert row.loc["image->query+generated", "passed"] == False  # noqa: E712

@@ -28,6 +28,7 @@ rule validate_methods:
         ablation=rules.gather_token_ablation.output[0],
         blocking=rules.gather_attention_blocking.output[0],
         knockout=rules.plot_group_knockouts.output.summary,
+        descriptions=rules.gather_group_knockouts.output[0],
         localization=rules.gather_localization.output[0],
         reprompt=rules.plot_reprompting.output.summary,
     output:
