@@ -72,6 +72,7 @@ localrules:
     plot_reprompting,
     write_logit_lens_pages,
     compare_with_papers,
+    validate_methods,
 
 
 rule all:

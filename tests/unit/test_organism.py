@@ -254,6 +254,25 @@ def test_training_data_labels_only_answer_tokens(processor, world_dir):
     assert torch.equal(data.patch_shape > 0, data.patch_color > 0)
 
 
+def test_planted_answer_start_is_where_the_loss_starts(processor, world_dir):
+    """A planted routing's inference layout (after the first answer marker) is its training layout
+    (where the loss starts), for every example of every task."""
+    from vlminterp.models.organism.train import answer_marker_ids
+    from vlminterp.models.routing import RoutingConstraint
+
+    spec = OrganismSpec.tiny(max_train_images=10)
+    scenes = training_scenes(world_dir, spec)
+    documents = training_documents(world_dir, scenes, WORLD.shapes, spec.seed)
+    data = prepare_training_data(processor, world_dir, spec, WORLD.shapes, WORLD.colors, documents)
+    tok = processor.tokenizer
+    marker = answer_marker_ids(tok)
+    assert tok.decode(list(marker)).strip() == "ASSISTANT:"
+    constraint = RoutingConstraint("query_routed", (), tok.convert_tokens_to_ids("<image>"), 2, marker)
+    examples = data.examples
+    loss_starts = (examples.labels != IGNORE_INDEX).int().argmax(dim=1)
+    assert torch.equal(constraint.answer_starts(examples.input_ids), loss_starts)
+
+
 @pytest.mark.parametrize("stage", ["text", "align", "instruct"])
 def test_each_stage_trains_only_its_modules(processor, world_dir, stage):
     """text: the language model; align: the projector; instruct: projector + language model.
@@ -491,3 +510,43 @@ def test_first_pieces_of_the_shapes_vocabulary_credit_no_shared_piece(processor)
         expected = {p for p, cats in owners.items() if cats == {category} and p.strip("▁")}  # "▁" names nothing
         assert {tok.convert_ids_to_tokens(p) for p in pieces.credits[category]} == expected, category
         assert {tok.convert_ids_to_tokens(p) for p in name_token_ids(tok, shapes, category, "It is a")} == expected
+
+
+@pytest.mark.slow
+def test_tiny_query_routed_organism_learns_under_its_constraint(world_dir, tmp_path):
+    """A tiny planted organism (issue #24): trained under the query_routed constraint, saved and loaded
+    with it, it still answers from the image (above chance: the image reaches the answer through
+    the prompt), and the engine shows the constraint: hiding the image from the generated tokens is
+    an exact no-op, hiding it from the query and generated tokens changes the answers."""
+    from vlminterp.interventions import From, InterventionEngine, Knockout
+    from vlminterp.models.adapters import adapter_for
+    from vlminterp.models.loading import ModelSpec, load_model
+    from vlminterp.models.routing import constraint_of
+
+    spec = OrganismSpec.tiny(routing="query_routed")
+    train_organism(spec, world_dir, tmp_path / "model")
+    model, processor = load_model(ModelSpec(str(tmp_path / "model")))
+    constraint = constraint_of(model)
+    assert constraint.routing == "query_routed" and processor.tokenizer.decode(list(constraint.answer_marker)).strip() == "ASSISTANT:"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        table = evaluate_organism(tmp_path / "model", world_dir, split="val", max_images=40, batch_size=32)
+        accuracy = summarize_evaluation(table).set_index("task")["accuracy"]
+        assert accuracy["color"] > 1 / len(WORLD.colors) + 0.3 and accuracy["shape"] > 1 / len(WORLD.shapes) + 0.3, accuracy.to_dict()
+        adapter = adapter_for(model, processor)
+        engine = InterventionEngine(model, adapter)
+        changed = 0
+        for image in _images(world_dir, 4):
+            encoding = processor(images=image, text="USER: <image>\nDescribe this image. ASSISTANT:", return_tensors="pt")
+            ids = encoding["input_ids"]
+            image_positions = adapter.image_positions(ids)[0]
+            length = ids.shape[1]
+            out = engine.generate(engine.prepare(ids, encoding["pixel_values"]),
+                                  [None, Knockout(From(length), image_positions),
+                                   Knockout(From(0), image_positions)], max_new_tokens=16)
+            assert out.tokens[1] == out.tokens[0]  # the planted constraint already blocks these edges
+            changed += out.tokens[2] != out.tokens[0]
+        assert changed >= 1
+    finally:
+        torch.set_num_threads(threads)

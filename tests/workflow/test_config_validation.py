@@ -106,3 +106,27 @@ def test_missing_local_model_directory_fails_before_any_job(tmp_path):
     # the dry run still lists the DAG: a machine without the weights can plan the run
     planned = snakemake(tmp_path, "-n", "--cores", "1", configfile=configfile)
     assert "select_kaduri_images" in planned.stdout or "select_neo_targets" in planned.stdout
+
+
+@pytest.mark.parametrize("organism, planned", [
+    ({"routing": "window", "routing_layers": [1]}, True),
+    ({}, False),
+], ids=["window", "direct"])
+def test_planted_routing_runs_the_method_validation(tmp_path, organism, planned):
+    """A planted organism's run asks for papers/method_validation.csv (issue #24); the direct one does not."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["model"]["organism"].update(organism)
+    path = tmp_path / "planted.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", configfile=path)
+    assert ("validate_methods" in proc.stdout) == planned, proc.stdout[-2000:]
+
+
+def test_planted_window_beyond_the_depth_names_the_key(tmp_path):
+    """The band is checked against the organism's depth before any job (the tiny organism has 2
+    layers); the other routing checks: tests/unit/test_routing.py."""
+    organism, key = {"routing": "window", "routing_layers": [2]}, "routing_layers"
+    path = _bad_config(tmp_path, lambda c: c["model"]["organism"].update(organism))
+    proc = snakemake(tmp_path, "--cores", "1", configfile=path, check=False)
+    assert proc.returncode != 0 and key in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

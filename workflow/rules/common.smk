@@ -74,6 +74,14 @@ def uses_organism():
     return config["model"]["kind"] == "organism"
 
 
+def planted_routing():
+    """The organism's planted routing (issue #24), as validate_methods takes it: routing, band
+    (window's layers) and the language model's depth; direct for a pretrained model."""
+    organism = config["model"]["organism"] if uses_organism() else {}
+    return {"routing": organism.get("routing", "direct"), "band": list(organism.get("routing_layers", [])),
+            "n_layers": organism.get("text_layers", 4)}
+
+
 DATASET = config["dataset"]
 NEO = config["neo"]
 AUTHORS_DATA = NEO["authors_data"]
@@ -333,6 +341,8 @@ def get_final_output():
     ]
     if uses_organism():
         final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]
+    if planted_routing()["routing"] != "direct":  # the direct organism's table: ask for it by name
+        final.append(rules.validate_methods.output[0])
     if AUTHORS_DATA["mean_vector"]:
         final.append(rules.compare_mean_vectors.output.comparison)
     if SCREENING["enabled"]:

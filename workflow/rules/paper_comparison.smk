@@ -22,3 +22,26 @@ rule compare_with_papers:
         LIBRARY_ENV
     script:
         "../scripts/compare_with_papers.py"
+
+
+# Do the methods find a planted mechanism? (issue #24): each method's measured value beside what an
+# organism's planted routing (model.organism.routing) makes true by construction.
+rule validate_methods:
+    input:
+        ablation=rules.gather_token_ablation.output[0],
+        blocking=rules.gather_attention_blocking.output[0],
+        knockout=rules.plot_group_knockouts.output.summary,
+        descriptions=rules.gather_group_knockouts.output[0],
+        localization=rules.gather_localization.output[0],
+        reprompt=rules.plot_reprompting.output.summary,
+    output:
+        report(results("papers/method_validation.csv"), caption=caption("method_validation"), category="Paper comparison"),
+    params:
+        routing=planted_routing(),
+        seed=SEED,
+    log:
+        logs("validate_methods"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/validate_methods.py"

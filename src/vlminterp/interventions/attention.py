@@ -343,6 +343,16 @@ def refuse_dropped_arguments(adapter, kwargs: dict, attention_mask) -> None:
             "attention composes boolean masks only (its mask function is registered with the backend)")
 
 
+def model_constraint_blocked(adapter, layer: int, q_slots: torch.Tensor, num_keys: int,
+                             batch: int) -> torch.Tensor | None:
+    """The (query, key) pairs the model's own constraint blocks in one call ((B or 1, 1, Q, K) bool,
+    None: none): a planted organism's routing (models/routing.py). The attention function
+    ANDs its complement into every mask, so an edit composes with the model's mask, never replaces it."""
+    from vlminterp.models.routing import constraint_blocked
+
+    return constraint_blocked(adapter.language_model, layer, q_slots, num_keys, batch)
+
+
 class AttentionEdit(Protocol):
     """What an edit may do inside the attention function of one layer call."""
 
@@ -384,6 +394,9 @@ class AttentionEditor:
             allowed = attention_mask
         else:  # e.g. a cache whose layers hold different numbers of slots: causal in slot indices
             allowed = causal_allowed(num_queries, num_keys, query.device)
+        own = model_constraint_blocked(self.adapter, layer, q_slots, num_keys, batch)
+        if own is not None:  # the model's own mask (a planted routing) is kept, edits are added to it
+            allowed = allowed & ~own
         for edit in self.edits:
             blocked = edit.blocked(layer, q_slots, num_keys, batch, heads)
             if blocked is not None:

@@ -36,6 +36,7 @@ import torch
 from transformers import DynamicCache
 
 from ..models.adapters.positions import RopePositions
+from ..models.routing import kept_layout, using_layout
 from .decoding import EosIds, greedy_continue, until_eos
 from .knockout import Knockout, knockout
 from .positions import From, Positions, explicit_positions
@@ -75,6 +76,7 @@ class KeptCache:
     kept_positions: list[torch.Tensor]  # per layer: the original positions kept
     original_length: int  # length of the sequence the source cache was built from
     positions: RopePositions | None = None  # the source prompt's RoPE positions (None: 1-D, 0..T-1)
+    routing_layout: object = None  # a planted routing's layout re-indexed to the kept slots (models/routing.py)
 
     @property
     def rope(self) -> RopePositions:
@@ -180,7 +182,8 @@ def continue_batch(
     positions = rope.span(start, start + n, batch)
     padding = kept.padding_knockouts()
     context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
-    with context:
+    layout = kept.routing_layout or kept_layout(adapter.model, kept.kept_positions, kept.width)
+    with context, using_layout(adapter.model, layout):
         hidden, cache = adapter.language_model_forward(
             adapter.embed_tokens(new_input_ids), past_key_values=cache, position_ids=positions, use_cache=True
         )

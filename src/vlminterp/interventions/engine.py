@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache
@@ -50,6 +50,7 @@ from transformers import DynamicCache
 from ..batching import AdaptiveBatch
 from ..models.adapters import VLMAdapter, adapter_for
 from ..models.adapters.positions import RopePositions
+from ..models.routing import kept_layout, observe_ids
 from .conditions import Condition, ConditionLike, as_condition
 from .cache import PromptCache, continue_batch, select_cache
 from .decoding import EosIds, greedy_continue, until_eos
@@ -171,6 +172,7 @@ class InterventionEngine:
 
     # ---- internals ------------------------------------------------------------------------------
     def _prefix(self, prepared: PreparedInput, conditions: list[Condition]):
+        observe_ids(self.adapter.model, prepared.input_ids)  # a planted routing's layout (models/routing.py)
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
         if prefix == 0:
             return 0, None, None
@@ -332,6 +334,7 @@ class InterventionEngine:
         experiment captures the attention that produced a generation (row P-1+t produced token t)."""
         fed = torch.as_tensor(list(generated[:-1]), dtype=torch.long)
         full = self.extend(prepared, fed)
+        observe_ids(self.adapter.model, full.input_ids)
         with edit_attention(self.adapter, observer):
             self.adapter.language_model_forward(full.inputs_embeds, position_ids=full.rope.span(0, full.length),
                                                 use_cache=False)
@@ -341,6 +344,7 @@ class InterventionEngine:
         """The KV cache of the whole prepared input (`cache.PromptCache`: every position kept, with
         the prompt's RoPE positions), computed under `condition`'s edits (None: unedited)."""
         (condition,) = self._conditions([condition], prepared.length)
+        observe_ids(self.adapter.model, prepared.input_ids)
         rope = prepared.rope
         with contextlib.ExitStack() as context:
             for kind, rows in by_kind([condition.edits]):
@@ -359,6 +363,8 @@ class InterventionEngine:
         `continue_after_kept`, one position after the highest kept one (`KeptCache.continuing_after_kept`)."""
         cache = self.prompt_cache(prepared, condition)
         kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
+        kept = {key: replace(c, routing_layout=kept_layout(self.adapter.model, c.kept_positions, c.width))
+                for key, c in kept.items()}  # a planted routing's layout, as of this prompt
         return {key: c.continuing_after_kept() if key in continue_after_kept else c for key, c in kept.items()}
 
     @torch.no_grad()

@@ -62,7 +62,7 @@ class Knockout(Edit):
         from .reference import dense_knockout_attention, use_attention_function
 
         attention = dense_knockout_attention(list(edits), adapter.n_layers, adapter.sliding_window,
-                                             adapter.sliding_layers)
+                                             adapter.sliding_layers, adapter=adapter)
         return use_attention_function(adapter, attention, label="vlminterp_reference")
 
     def is_noop(self) -> bool:

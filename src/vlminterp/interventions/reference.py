@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import repeat_kv
 
 from ..models.adapters.config_values import token_ids
-from .attention import use_attention_function
+from .attention import model_constraint_blocked, use_attention_function
 from .conditions import ConditionLike, as_condition
 from .edit import by_kind
 from .decoding import EosIds, until_eos
@@ -43,9 +43,11 @@ def _positions_below(positions, limit: int) -> list[int]:
 
 
 def dense_knockout_attention(knockouts: list[Knockout], n_layers: int, sliding_window: int | None = None,
-                             sliding_layers=frozenset()):
+                             sliding_layers=frozenset(), adapter=None):
     """A plain attention function applying `knockouts` to a batch-1 input, for the oracle; layers in
-    `sliding_layers` also hide keys `sliding_window` or more positions behind the query."""
+    `sliding_layers` also hide keys `sliding_window` or more positions behind the query; with
+    `adapter`, the model's own constraint (a planted routing, `attention.model_constraint_blocked`)
+    is kept as well."""
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         batch, heads, num_queries, head_dim = query.shape
@@ -66,6 +68,10 @@ def dense_knockout_attention(knockouts: list[Knockout], n_layers: int, sliding_w
                     blocked[h, q, keys] = True
         query_slot = torch.arange(first_query, num_keys)[:, None]
         key_slot = torch.arange(num_keys)[None, :]
+        if adapter is not None:
+            own = model_constraint_blocked(adapter, module.layer_idx, query_slot[:, 0], num_keys, 1)
+            if own is not None:
+                blocked = blocked | own[0, 0].cpu()[None]
         disallowed = blocked | (key_slot > query_slot)
         if sliding_window is not None and module.layer_idx in sliding_layers:
             disallowed |= key_slot <= query_slot - sliding_window

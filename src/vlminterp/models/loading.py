@@ -222,6 +222,9 @@ def load_model(spec: ModelSpec):
         raise WeightsNotAvailableError(_download_hint(spec)) from None
     if move_to is not None:
         model = model.to(move_to)
+    from vlminterp.models.routing import install_routing
+
+    install_routing(model)  # a planted organism's constraint (config.vlminterp_routing), else nothing
     log.info("loaded model %s (%s, %s) in %.1f s", spec.id_or_path,
              spec.dtype if spec.quantization == "none" else f"{spec.dtype}, {spec.quantization}", spec.device,
              time.perf_counter() - started)

@@ -402,6 +402,11 @@ class VLMAdapter(ABC):
         """Input embeddings of the language model: token embeddings, image features at image tokens."""
 
     def _scatter_image_features(self, input_ids, pixel_values, image_inputs) -> torch.Tensor:
+        from vlminterp.models.routing import constraint_of
+
+        constraint = constraint_of(self.model)
+        if constraint is not None:  # a planted organism: the sequence the engine / cache will run
+            constraint.observe(input_ids)
         embeds = self.embed_tokens(input_ids)
         is_image = input_ids == self.image_token_id
         if pixel_values is None:

@@ -68,6 +68,11 @@ class OrganismSpec:
         log_every: record the loss table every this many steps.
         num_threads: torch CPU threads used by training.
         max_train_images: use only the first N training images (None = all).
+        routing: the planted attention constraint of the language model (``routing.ROUTINGS``):
+            "direct" (none, the default), "query_routed" (generated tokens never attend to image
+            tokens) or "window" (text attends to image tokens only in ``routing_layers``).
+        routing_layers: the language-model layers (0-based) where text may attend to image tokens
+            under "window"; must be empty for the other routings.
     """
 
     seed: int = 0
@@ -106,9 +111,12 @@ class OrganismSpec:
     log_every: int = 10
     num_threads: int = 2
     max_train_images: int | None = None
+    routing: str = "direct"
+    routing_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_weights", tuple((str(t), float(w)) for t, w in dict(self.task_weights).items()))
+        object.__setattr__(self, "routing_layers", tuple(int(x) for x in self.routing_layers))
         self.validate()
 
     @classmethod
@@ -162,10 +170,24 @@ class OrganismSpec:
             fail("task_weights", f"tasks must be among {TASKS} with non-negative weights, not all zero")
         if self.max_train_images is not None and self.max_train_images < 1:
             fail("max_train_images", "must be >= 1 or None")
+        from vlminterp.models.routing import ROUTINGS
+
+        if self.routing not in ROUTINGS:
+            fail("routing", f"must be one of {ROUTINGS}")
+        if self.routing == "window":
+            if not self.routing_layers or any(not 0 <= x < self.text_layers for x in self.routing_layers):
+                fail("routing_layers", f"window routing needs layers in 0..{self.text_layers - 1}")
+            if len(set(self.routing_layers)) == self.text_layers:
+                fail("routing_layers", "a window over every layer is the direct routing")
+        elif self.routing_layers:
+            fail("routing_layers", "only the window routing takes layers")
 
     def to_json(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["task_weights"] = dict(self.task_weights)
+        values["routing_layers"] = list(self.routing_layers)
+        if self.routing == "direct" and not self.routing_layers:  # the default organism's json is unchanged
+            del values["routing"], values["routing_layers"]
         return values
 
     @classmethod
@@ -178,8 +200,10 @@ class OrganismSpec:
 
 
 def build_config(spec: OrganismSpec, *, vocab_size: int, image_token_id: int, pad_token_id: int,
-                 bos_token_id: int, eos_token_id: int, image_size: int) -> LlavaConfig:
-    """The LlavaConfig of the organism for a tokenizer and a world image size."""
+                 bos_token_id: int, eos_token_id: int, image_size: int,
+                 answer_marker: tuple[int, ...] = ()) -> LlavaConfig:
+    """The LlavaConfig of the organism for a tokenizer and a world image size; ``answer_marker``: the
+    ids after which an answer starts (a planted routing's, ``models/routing.py``)."""
     text = LlamaConfig(
         vocab_size=vocab_size, hidden_size=spec.text_hidden_size, intermediate_size=spec.text_intermediate_size,
         num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
@@ -197,6 +221,11 @@ def build_config(spec: OrganismSpec, *, vocab_size: int, image_token_id: int, pa
     config.pad_token_id = pad_token_id
     config.bos_token_id = bos_token_id
     config.eos_token_id = eos_token_id
+    from vlminterp.models.routing import CONFIG_KEY, routing_config
+
+    routing = routing_config(spec.routing, spec.routing_layers, answer_marker)
+    if routing is not None:  # saved with the model; the direct organism's config is unchanged
+        setattr(config, CONFIG_KEY, routing)
     return config
 
 
@@ -212,4 +241,7 @@ def build_model(spec: OrganismSpec, **config_kwargs: Any) -> LlavaForConditional
     generation.eos_token_id = config_kwargs["eos_token_id"]
     generation.do_sample = False
     generation.max_new_tokens = 32
+    from vlminterp.models.routing import install_routing
+
+    install_routing(model)
     return model

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,7 +48,8 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from vlminterp.data.shapes import load_world_spec
 from vlminterp.io import atomic_path, write_json
 from vlminterp.models.organism.architecture import OrganismSpec, build_model, num_image_tokens
-from vlminterp.models.organism.tasks import TASKS, VQA_ANSWER_PREFIX, Scene, load_captions, load_scenes, task_examples, text_documents
+from vlminterp.models.routing import routing_layout
+from vlminterp.models.organism.tasks import TASKS, format_prompt, VQA_ANSWER_PREFIX, Scene, load_captions, load_scenes, task_examples, text_documents
 from vlminterp.models.organism.tokenizer import IMAGE, name_pieces, sentencepiece_processor, train_sentencepiece
 
 IGNORE_INDEX = -100
@@ -415,15 +417,13 @@ def train_sequences(model: LlavaForConditionalGeneration, data: TrainingData, sp
         length = int(sequences.lengths[batch].max())
         input_ids, attention_mask = sequences.input_ids[batch, :length], sequences.attention_mask[batch, :length]
         images = sequences.image_index[batch]
-        if not with_image:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        elif tower_features is None:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                           pixel_values=data.pixel_values[images]).logits
-        else:
-            embeds = _embeds_with_image_features(model, input_ids, tower_features[images])
-            logits = model(inputs_embeds=embeds, attention_mask=attention_mask).logits
-        per_example = answer_loss(logits, sequences.labels[batch, :length])
+        labels = sequences.labels[batch, :length]
+        # a planted routing (OrganismSpec.routing) sees the answer start where the loss starts
+        layout = routing_layout(model, input_ids == model.config.image_token_id,
+                                (labels != IGNORE_INDEX).int().argmax(dim=1)) if with_image else nullcontext()
+        with layout:
+            logits = _sequence_logits(model, data, input_ids, attention_mask, images, with_image, tower_features)
+        per_example = answer_loss(logits, labels)
         loss = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -444,6 +444,32 @@ def train_sequences(model: LlavaForConditionalGeneration, data: TrainingData, sp
     for p in model.parameters():
         p.requires_grad_(True)
     return rows
+
+
+def answer_marker_ids(tokenizer) -> tuple[int, ...]:
+    """The ids of the prompt template's " ASSISTANT:" (where an answer starts; models/routing.py):
+    the tail the prompt adds after its question, checked to be the same after every task's question."""
+    tails = set()
+    for question in ("Describe this image.", "Is there a star in this image?", "What color is the circle?"):
+        prompt = tokenizer(format_prompt(question), add_special_tokens=False)["input_ids"]
+        head = tokenizer(format_prompt(question).rsplit(" ASSISTANT:", 1)[0], add_special_tokens=False)["input_ids"]
+        if prompt[: len(head)] != head:
+            raise ValueError(f"the tokenizer merges the answer marker into the question {question!r}")
+        tails.add(tuple(prompt[len(head):]))
+    if len(tails) != 1:
+        raise ValueError(f"the answer marker tokenizes differently after different questions: {tails}")
+    return tails.pop()
+
+
+def _sequence_logits(model, data, input_ids, attention_mask, images, with_image, tower_features):
+    """Logits of one training batch (text alone, images through the tower, or frozen tower features)."""
+    if not with_image:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    if tower_features is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask,
+                     pixel_values=data.pixel_values[images]).logits
+    embeds = _embeds_with_image_features(model, input_ids, tower_features[images])
+    return model(inputs_embeds=embeds, attention_mask=attention_mask).logits
 
 
 @torch.no_grad()
@@ -505,7 +531,8 @@ def train_organism(spec: OrganismSpec, world_dir: Path, model_dir: Path,
         tokenizer = processor.tokenizer
         model = build_model(spec, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, image_size=world.image_size)
+                            eos_token_id=tokenizer.eos_token_id, image_size=world.image_size,
+                            answer_marker=answer_marker_ids(tokenizer))
         data = prepare_training_data(processor, world_dir, spec, world.shapes, world.colors, documents)
         checkpoint = TrainingCheckpoint(checkpoint_dir, {"organism": spec.to_json(), "world": world.to_json(),
                                                          "torch": torch.__version__})
