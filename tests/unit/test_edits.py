@@ -259,7 +259,9 @@ def test_capture_reads_sites_by_name_in_prefill_and_generation(family, synthetic
     plain = [Capture(sites, image[:3]), Capture(sites, [length - 1]), Capture(["resid_post.1"], From(length))]
     conditions = [in_engine[0], Condition([steer, in_engine[1]]), Condition([steer, in_engine[2]])]
     references = [plain[0], Condition([steer, plain[1]]), Condition([steer, plain[2]])]
-    tokens = engine.generate(prepared, conditions, max_new_tokens=4).tokens
+    output = engine.generate(prepared, conditions, max_new_tokens=4)
+    assert output.prefix_length == length - 1  # reading never shortens the shared prefix
+    tokens = output.tokens
     assert tokens == [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=4, **extra) for c in references]
     for fast, slow in zip(in_engine, plain):
         assert fast.record.keys() == slow.record.keys()

@@ -174,15 +174,22 @@ class InterventionEngine:
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
         if prefix == 0:
             return 0, None, None
-        hidden, cache = self.batches.single(
-            lambda: self.adapter.language_model_forward(
-                prepared.inputs_embeds[:, :prefix],
-                past_key_values=DynamicCache(),  # keeps every position, also under a sliding window
-                position_ids=prepared.rope.span(0, prefix),
-                use_cache=True,
-            ),
-            f"the {prefix}-position prefix shared by every condition",
-        )
+        # Reading edits (Capture) change nothing, so they never shorten the prefix; the prefix's
+        # positions they ask for are read here, once, from the forward every row shares.
+        readers = [e for c in conditions for e in c.edits if not getattr(e, "writes", True)]
+
+        def forward():
+            with contextlib.ExitStack() as context:
+                for kind, rows in by_kind([readers]):
+                    context.enter_context(kind.reference(self.adapter, rows[0]))
+                return self.adapter.language_model_forward(
+                    prepared.inputs_embeds[:, :prefix],
+                    past_key_values=DynamicCache(),  # keeps every position, also under a sliding window
+                    position_ids=prepared.rope.span(0, prefix),
+                    use_cache=True,
+                )
+
+        hidden, cache = self.batches.single(forward, f"the {prefix}-position prefix shared by every condition")
         return prefix, hidden, cache
 
     def _row_context(self, chunk: list[Condition], cache: SharedPrefixCache) -> contextlib.ExitStack:

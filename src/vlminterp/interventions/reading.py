@@ -3,12 +3,14 @@
     read = Capture(["resid_post.2", "embed", "head_out.1"], positions=image_positions)
     engine.logits(prepared, [Condition([steer, read])])   # or alone: engine.generate(prepared, [read], 8)
     read.record["resid_post.2"]        # (P, d) at the captured positions of that row, ascending
+    with read.reading(adapter):        # or around any plain batch-1 forward / generate
+        model(**inputs)
     read.record.positions("resid_post.2")   # their cache slots
     Capture(["resid_post.0"], positions=From(T))          # generated tokens only (decode steps)
 
-A `Capture` belongs to one condition (one batch row); it changes nothing, but it reads the positions
-it names, so the engine computes them for its row: the prefix shared with the other conditions ends
-before its first position (`earliest_position`), exactly as for an edit that writes there.
+A `Capture` belongs to one condition (one batch row). It changes nothing (`earliest_position` is
+None), so it never shortens the prefix the engine shares: positions inside that prefix are read from
+the one prefix forward every row shares (they are the same for every row), the others from its row.
 """
 from __future__ import annotations
 
@@ -66,6 +68,13 @@ class Capture(SiteEdit):
     @property
     def sites(self) -> tuple[str, ...]:
         return tuple(self.capture_sites)
+
+    def earliest_position(self) -> int | None:
+        return None  # reads only: the engine's shared prefix is read once (engine._prefix)
+
+    def reading(self, adapter):
+        """A context in which every plain (batch-1) forward or `generate` of the model is read."""
+        return type(self).reference(adapter, [self])
 
     def validate(self, adapter, length: int) -> None:
         for name in self.capture_sites:
