@@ -21,7 +21,6 @@ from vlminterp.interventions import (
     Patch,
     Steer,
     aligned_image_positions,
-    capture_residual,
     patch_from,
     reference_generate,
     reference_logits,
@@ -270,10 +269,23 @@ def test_capture_reads_sites_by_name_in_prefill_and_generation(family, synthetic
             assert (fast.record[site] - slow.record[site]).abs().max() < 1e-4
     assert in_engine[0].record["head_out.3"].shape == (3, adapter.n_heads, adapter.head_dim)
     assert in_engine[2].record.positions("resid_post.1").tolist() == list(range(length, length + 3))
-    with capture_residual(adapter, positions=image[:3]) as residual:  # the earlier capture agrees
+    kept = {}  # hooks written by hand agree
+
+    def post(module, args, output):
+        kept["post"] = (output[0] if isinstance(output, tuple) else output)[0, image[:3]]
+
+    def pre(module, args, kwargs):
+        kept["pre"] = (args[0] if args else kwargs["hidden_states"])[0, image[:3]]
+
+    handles = [adapter.decoder_layers[1].register_forward_hook(post),
+               adapter.decoder_layers[0].register_forward_pre_hook(pre, with_kwargs=True)]
+    try:
         adapter.language_model_forward(prepared.inputs_embeds, position_ids=prepared.rope.span(0, length))
-    torch.testing.assert_close(in_engine[0].record["resid_post.1"], residual.layer(1)[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(in_engine[0].record["embed"], residual.embeddings()[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(in_engine[0].record["resid_post.1"], kept["post"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(in_engine[0].record["embed"], kept["pre"])
 
 
 def test_grouped_prefixes_give_the_same_results_with_less_work(synthetic, make_inputs):

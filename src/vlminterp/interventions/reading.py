@@ -7,6 +7,13 @@
         model(**inputs)
     read.record.positions("resid_post.2")   # their cache slots
     Capture(["resid_post.0"], positions=From(T))          # generated tokens only (decode steps)
+    Capture(["attn.3"], [T - 1]).record["attn.3"]         # (n, heads, keys) attention probabilities
+    Capture(["image_features"], From(0)).reading(adapter) # around adapter.image_features: (G, n, d)
+
+`attn.{l}` is read inside the attention function for the chosen query rows only (never T x T x H),
+with sdpa as with eager, and after any knockout of the same row (the probabilities the model used);
+rows from calls of different widths (decode steps) are zero-padded to the widest. `image_features`
+has no positions: each call is kept whole (it is computed by engine.prepare, so only `reading`).
 
 A `Capture` belongs to one condition (one batch row). It changes nothing (`earliest_position` is
 None), so it never shortens the prefix the engine shares: positions inside that prefix are read from
@@ -14,14 +21,17 @@ the one prefix forward every row shares (they are the same for every row), the o
 """
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
+from .attention import edit_attention
 from .edit import SiteEdit
+from .sites import edit_site
 from .positions import Positions
 
 
@@ -38,7 +48,8 @@ class SiteRecord:
         if not self._chunks.get(site):
             raise KeyError(f"nothing captured at {site!r}; captured: {sorted(self._chunks)}")
         slots = torch.cat([s for s, _ in self._chunks[site]])
-        values = torch.cat([v for _, v in self._chunks[site]])
+        width = max(v.shape[-1] for _, v in self._chunks[site])  # attention rows: keys seen so far
+        values = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[-1])) for _, v in self._chunks[site]])
         order = torch.argsort(slots, stable=True)
         return slots[order], values[order.to(values.device)]
 
@@ -79,8 +90,32 @@ class Capture(SiteEdit):
     def validate(self, adapter, length: int) -> None:
         for name in self.capture_sites:
             if not adapter.site(name).sequence:
-                raise ValueError(f"{name} has no sequence positions to capture at")
+                raise ValueError(f"{name} is computed when the image is embedded (engine.prepare, "
+                                 f"adapter.image_features), not by the conditions: read it with "
+                                 f"Capture([{name!r}]).reading(adapter) around that call")
         super().validate(adapter, length)
+
+    @classmethod
+    @contextlib.contextmanager
+    def batched(cls, adapter, rows: Sequence[Sequence["Capture"]]) -> Iterator[None]:
+        """Tensor sites as every `SiteEdit`; `attn.{l}` read inside the attention function; sites
+        without positions (image_features) every call whole."""
+        kinds = {name: adapter.site(name) for row in rows for e in row for name in e.sites}
+        tensor_rows = [[_Only(e, [n for n in e.sites if kinds[n].sequence and kinds[n].hook != "attention"])
+                        for e in row] for row in rows]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(super().batched(adapter, tensor_rows))
+            if any(site.hook == "attention" for site in kinds.values()):
+                stack.enter_context(edit_attention(adapter, _AttentionReader(rows)))
+            for name, site in kinds.items():
+                if not site.sequence:
+                    readers = [e for row in rows for e in row if name in e.sites]
+                    stack.enter_context(edit_site(adapter, site, _whole_reader(name, readers)))
+            yield
+
+    @classmethod
+    def reference(cls, adapter, edits: Sequence["Capture"]):
+        return cls.batched(adapter, [list(edits)])
 
     def apply(self, site: str, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         mask = self.mask(at)
@@ -89,3 +124,41 @@ class Capture(SiteEdit):
         return x
 
 
+
+
+def _Only(capture: Capture, sites: Sequence[str]) -> Capture:
+    """The same capture (same record) restricted to `sites`."""
+    return Capture(tuple(sites), capture.positions, capture.to_cpu, capture.record)
+
+
+class _AttentionReader:
+    """An attention edit that blocks nothing and records, per batch row, the probabilities
+    (n, heads, keys) of the rows' Captures' query positions at their `attn.{l}` sites."""
+
+    def __init__(self, rows: Sequence[Sequence[Capture]]):
+        self.rows = [[(e, {int(n.split(".")[1]) for n in e.sites if n.startswith("attn.")}) for e in row]
+                     for row in rows]
+
+    def blocked(self, layer, q_slots, num_keys, batch_size, num_heads):
+        return None
+
+    def observe(self, layer, q_slots, probabilities) -> None:
+        at = q_slots.cpu()
+        for row, edits in enumerate(self.rows):
+            for edit, layers in edits:
+                if layer not in layers or not edit.touches(at):
+                    continue
+                rows = torch.nonzero(edit.mask(at)).flatten()
+                probs = probabilities(rows.to(q_slots.device))  # (B, H, n, K)
+                values = probs[row if probs.shape[0] > 1 else 0].transpose(0, 1).detach()  # (n, H, K)
+                edit.record.add(f"attn.{layer}", at[rows], values.cpu() if edit.to_cpu else values)
+
+
+def _whole_reader(name: str, readers: Sequence[Capture]):
+    def read(x: torch.Tensor, start) -> None:
+        values = (x if x.ndim == 3 else x[None]).detach()  # (G, n, d): images, tiles or one flat image
+        for edit in readers:
+            seen = len(edit.record.positions(name)) if name in edit.record else 0
+            edit.record.add(name, torch.arange(seen, seen + values.shape[0]), values.cpu() if edit.to_cpu else values)
+
+    return read
