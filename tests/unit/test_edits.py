@@ -288,6 +288,20 @@ def test_capture_reads_sites_by_name_in_prefill_and_generation(family, synthetic
     torch.testing.assert_close(in_engine[0].record["embed"], kept["pre"])
 
 
+def test_capture_reads_attention_after_its_own_rows_knockout_only(synthetic, make_inputs):
+    model, processor, adapter = synthetic("tiny-gqa")
+    ids, pixels, _ = split_inputs(adapter, make_inputs(processor, adapter))
+    length = ids.shape[1]
+    (image,) = adapter.image_positions(ids)
+    engine = InterventionEngine(model, adapter)
+    knocked, plain = Capture(["attn.1"], [length - 1]), Capture(["attn.1"], [length - 1])
+    engine.logits(engine.prepare(ids, pixels), [Condition([Knockout([length - 1], image, layers=[1]), knocked]), plain])
+    assert knocked.record["attn.1"].shape == (1, adapter.n_heads, length)
+    assert (knocked.record["attn.1"][..., image] == 0).all() and (plain.record["attn.1"][..., image] > 0).all()
+    with pytest.raises(ValueError, match="one sequence"), plain.reading(adapter):
+        model(input_ids=ids.expand(2, -1), pixel_values=pixels.expand(2, *pixels.shape[1:]))
+
+
 def test_grouped_prefixes_give_the_same_results_with_less_work(synthetic, make_inputs):
     model, processor, adapter = synthetic("tiny-gqa")
     ids, pixels, _ = split_inputs(adapter, make_inputs(processor, adapter))

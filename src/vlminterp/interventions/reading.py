@@ -114,8 +114,16 @@ class Capture(SiteEdit):
             yield
 
     @classmethod
-    def reference(cls, adapter, edits: Sequence["Capture"]):
-        return cls.batched(adapter, [list(edits)])
+    @contextlib.contextmanager
+    def reference(cls, adapter, edits: Sequence["Capture"]) -> Iterator[None]:
+        """`edits` read every plain forward in the block, which must be one sequence (batch 1)."""
+        def one_sequence(x, start):
+            if x.shape[0] != 1:
+                raise ValueError(f"Capture.reading reads one sequence (batch 1), the forward has {x.shape[0]}; "
+                                 "for a batch, one list of captures per row: Capture.batched(adapter, rows)")
+
+        with edit_site(adapter, "embed", one_sequence), cls.batched(adapter, [list(edits)]):
+            yield
 
     def apply(self, site: str, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         mask = self.mask(at)
