@@ -298,6 +298,9 @@ def test_capture_reads_attention_after_its_own_rows_knockout_only(synthetic, mak
     engine.logits(engine.prepare(ids, pixels), [Condition([Knockout([length - 1], image, layers=[1]), knocked]), plain])
     assert knocked.record["attn.1"].shape == (1, adapter.n_heads, length)
     assert (knocked.record["attn.1"][..., image] == 0).all() and (plain.record["attn.1"][..., image] > 0).all()
+    last = Capture([f"attn.{adapter.n_layers - 1}", "attn.-1"], [length - 1])  # a layer by either name
+    engine.logits(engine.prepare(ids, pixels), [last])
+    assert torch.equal(last.record["attn.-1"], last.record[f"attn.{adapter.n_layers - 1}"])
     with pytest.raises(ValueError, match="one sequence"), plain.reading(adapter):
         model(input_ids=ids.expand(2, -1), pixel_values=pixels.expand(2, *pixels.shape[1:]))
 

@@ -106,7 +106,7 @@ class Capture(SiteEdit):
         with contextlib.ExitStack() as stack:
             stack.enter_context(super().batched(adapter, tensor_rows))
             if any(site.hook == "attention" for site in kinds.values()):
-                stack.enter_context(edit_attention(adapter, _AttentionReader(rows)))
+                stack.enter_context(edit_attention(adapter, _AttentionReader(rows, kinds)))
             for name, site in kinds.items():
                 if not site.sequence:
                     readers = [e for row in rows for e in row if name in e.sites]
@@ -132,8 +132,6 @@ class Capture(SiteEdit):
         return x
 
 
-
-
 def _Only(capture: Capture, sites: Sequence[str]) -> Capture:
     """The same capture (same record) restricted to `sites`."""
     return Capture(tuple(sites), capture.positions, capture.to_cpu, capture.record)
@@ -143,9 +141,17 @@ class _AttentionReader:
     """An attention edit that blocks nothing and records, per batch row, the probabilities
     (n, heads, keys) of the rows' Captures' query positions at their `attn.{l}` sites."""
 
-    def __init__(self, rows: Sequence[Sequence[Capture]]):
-        self.rows = [[(e, {int(n.split(".")[1]) for n in e.sites if n.startswith("attn.")}) for e in row]
-                     for row in rows]
+    def __init__(self, rows: Sequence[Sequence[Capture]], sites: dict):
+        # per row: (capture, {layer: the names it asked for, e.g. "attn.-1" for the last layer})
+        self.rows = []
+        for row in rows:
+            self.rows.append([])
+            for edit in row:
+                names: dict[int, list[str]] = defaultdict(list)
+                for name in edit.sites:
+                    if sites[name].hook == "attention":
+                        names[sites[name].layer].append(name)
+                self.rows[-1].append((edit, names))
 
     def blocked(self, layer, q_slots, num_keys, batch_size, num_heads):
         return None
@@ -159,7 +165,8 @@ class _AttentionReader:
                 rows = torch.nonzero(edit.mask(at)).flatten()
                 probs = probabilities(rows.to(q_slots.device))  # (B, H, n, K)
                 values = probs[row if probs.shape[0] > 1 else 0].transpose(0, 1).detach()  # (n, H, K)
-                edit.record.add(f"attn.{layer}", at[rows], values.cpu() if edit.to_cpu else values)
+                for name in layers[layer]:
+                    edit.record.add(name, at[rows], values.cpu() if edit.to_cpu else values)
 
 
 def _whole_reader(name: str, readers: Sequence[Capture]):
