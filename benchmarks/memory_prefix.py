@@ -3,6 +3,7 @@
     python -m benchmarks.memory_prefix                              # real-geometry random model, CPU
     python -m benchmarks.memory_prefix --model llava-1.5-7b-narrow --dtype bf16   # 7B per-row geometry
     python -m benchmarks.memory_prefix --device cuda --model llava-1.5-7b-random
+    python -m benchmarks.memory_prefix --edits 1                    # steering and patching (peers_edits' workloads)
 
 Logits: the first C of the 36 last-token knockouts (knockout_last_token.py), C = 1, 9, 36, one
 `engine.logits` call each (the vision tower's `prepare` is outside: it runs once whatever C is).
@@ -38,7 +39,7 @@ from collections.abc import Callable
 import torch
 import transformers
 
-from benchmarks.common import finish, start, synchronize
+from benchmarks.common import finish, output_path, start, synchronize
 from benchmarks.generation_batched import NO_EOS, k2_conditions
 from benchmarks.knockout_last_token import knockout_conditions
 from vlminterp.interventions import InterventionEngine, as_condition, attention
@@ -201,14 +202,59 @@ def seven_b_estimate(conditions: int, own_positions: int, prefix_positions: int,
     }
 
 
+def edits_memory(args, bench, ids, pixels, engine, prepared, phase, per_position) -> dict:
+    """`--edits 1`: the same measure for steering and patching, the 36 conditions of each workload of
+    benchmarks/peers_edits.py (last position; 16 image tokens), C = 1, 9, 36, logits; written to
+    benchmarks/results/memory_prefix_edits.json. Own KV: every position a row computes (from the
+    shared prefix on), x layers x keys and values."""
+    from benchmarks.common import paper_inputs
+    from benchmarks.peers_edits import as_edit, workloads
+
+    second = paper_inputs(bench, seed=1)
+    length = ids.shape[1]
+    with torch.no_grad():
+        work = workloads(bench, engine, ids, pixels, second["input_ids"], second["pixel_values"])
+        out = {}
+        for name, items in work.items():
+            conditions = [as_edit(*w) for w in items]
+            prefix = shared_prefix_length([as_condition(c) for c in conditions], length)
+            own_kv = (length - prefix) * per_position
+            measured = measure(phase, conditions, [1, 9, 36], lambda chunk: engine.logits(prepared, chunk), own_kv)
+            out[name] = {**measured, "own_positions": length - prefix, "own_kv_bytes_per_condition": own_kv,
+                         "prefix_positions": prefix,
+                         "extra_over_own_kv": measured["conditions_phase"]["extra_over_own_kv"]["36"]}
+            print(f"{name}: conditions phase peak MB {_rounded(measured['conditions_phase']['peak_mb'])}; extra per "
+                  f"condition / own KV ({own_kv / 1024:.0f} KB) {_rounded(measured['conditions_phase']['extra_over_own_kv'])}",
+                  flush=True)
+    result = {
+        "benchmark": "memory_prefix_edits",
+        "description": "peak memory of engine.logits under 36 steering / patching conditions (peers_edits' "
+        "workloads) vs the number of conditions",
+        "method": "torch profiler allocation events (CPU) / torch.cuda.max_memory_allocated (CUDA)",
+        "sizes": bench.sizes(),
+        "sequence_length": length,
+        "kv_bytes_per_position": per_position,
+        "attention_workspace_share_of_own_kv": attention.WORKSPACE_SHARE_OF_OWN_KV,
+        "workloads": out,
+        "target_ratio": 2.0,
+        "target_met": {name: all(v <= 2.0 for v in part["conditions_phase"]["extra_over_own_kv"].values())
+                       for name, part in out.items()},
+    }
+    args.out = args.out or str(output_path(args, "memory_prefix_edits"))
+    finish(result, args, "memory_prefix_edits")
+    return result
+
+
 def main(argv=None) -> dict:
     transformers.logging.set_verbosity_error()
-    args, bench, ids, pixels = start(__doc__, argv, options={"--new-tokens": 32})
+    args, bench, ids, pixels = start(__doc__, argv, options={"--new-tokens": 32, "--edits": 0})
     adapter, length, device = bench.adapter, ids.shape[1], bench.device
     engine = InterventionEngine(bench.model, adapter)
     prepared = engine.prepare(ids, pixels)
     phase = ConditionsPhase(engine, device)
     per_position = kv_bytes_per_position(adapter, bench.dtype)
+    if args.edits:
+        return edits_memory(args, bench, ids, pixels, engine, prepared, phase, per_position)
     itemsize = torch.empty(0, dtype=bench.dtype).element_size()
     new_tokens = args.new_tokens
 

@@ -21,7 +21,6 @@ from vlminterp.interventions import (
     Patch,
     Steer,
     aligned_image_positions,
-    capture_residual,
     patch_from,
     reference_generate,
     reference_logits,
@@ -259,7 +258,9 @@ def test_capture_reads_sites_by_name_in_prefill_and_generation(family, synthetic
     plain = [Capture(sites, image[:3]), Capture(sites, [length - 1]), Capture(["resid_post.1"], From(length))]
     conditions = [in_engine[0], Condition([steer, in_engine[1]]), Condition([steer, in_engine[2]])]
     references = [plain[0], Condition([steer, plain[1]]), Condition([steer, plain[2]])]
-    tokens = engine.generate(prepared, conditions, max_new_tokens=4).tokens
+    output = engine.generate(prepared, conditions, max_new_tokens=4)
+    assert output.prefix_length == length - 1  # reading never shortens the shared prefix
+    tokens = output.tokens
     assert tokens == [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=4, **extra) for c in references]
     for fast, slow in zip(in_engine, plain):
         assert fast.record.keys() == slow.record.keys()
@@ -268,10 +269,40 @@ def test_capture_reads_sites_by_name_in_prefill_and_generation(family, synthetic
             assert (fast.record[site] - slow.record[site]).abs().max() < 1e-4
     assert in_engine[0].record["head_out.3"].shape == (3, adapter.n_heads, adapter.head_dim)
     assert in_engine[2].record.positions("resid_post.1").tolist() == list(range(length, length + 3))
-    with capture_residual(adapter, positions=image[:3]) as residual:  # the earlier capture agrees
+    kept = {}  # hooks written by hand agree
+
+    def post(module, args, output):
+        kept["post"] = (output[0] if isinstance(output, tuple) else output)[0, image[:3]]
+
+    def pre(module, args, kwargs):
+        kept["pre"] = (args[0] if args else kwargs["hidden_states"])[0, image[:3]]
+
+    handles = [adapter.decoder_layers[1].register_forward_hook(post),
+               adapter.decoder_layers[0].register_forward_pre_hook(pre, with_kwargs=True)]
+    try:
         adapter.language_model_forward(prepared.inputs_embeds, position_ids=prepared.rope.span(0, length))
-    torch.testing.assert_close(in_engine[0].record["resid_post.1"], residual.layer(1)[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(in_engine[0].record["embed"], residual.embeddings()[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(in_engine[0].record["resid_post.1"], kept["post"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(in_engine[0].record["embed"], kept["pre"])
+
+
+def test_capture_reads_attention_after_its_own_rows_knockout_only(synthetic, make_inputs):
+    model, processor, adapter = synthetic("tiny-gqa")
+    ids, pixels, _ = split_inputs(adapter, make_inputs(processor, adapter))
+    length = ids.shape[1]
+    (image,) = adapter.image_positions(ids)
+    engine = InterventionEngine(model, adapter)
+    knocked, plain = Capture(["attn.1"], [length - 1]), Capture(["attn.1"], [length - 1])
+    engine.logits(engine.prepare(ids, pixels), [Condition([Knockout([length - 1], image, layers=[1]), knocked]), plain])
+    assert knocked.record["attn.1"].shape == (1, adapter.n_heads, length)
+    assert (knocked.record["attn.1"][..., image] == 0).all() and (plain.record["attn.1"][..., image] > 0).all()
+    last = Capture([f"attn.{adapter.n_layers - 1}", "attn.-1"], [length - 1])  # a layer by either name
+    engine.logits(engine.prepare(ids, pixels), [last])
+    assert torch.equal(last.record["attn.-1"], last.record[f"attn.{adapter.n_layers - 1}"])
+    with pytest.raises(ValueError, match="one sequence"), plain.reading(adapter):
+        model(input_ids=ids.expand(2, -1), pixel_values=pixels.expand(2, *pixels.shape[1:]))
 
 
 def test_grouped_prefixes_give_the_same_results_with_less_work(synthetic, make_inputs):

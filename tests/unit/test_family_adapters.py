@@ -13,9 +13,8 @@ from vlminterp.interventions import (
     From,
     InterventionEngine,
     Knockout,
+    Capture,
     as_condition,
-    capture_attention,
-    capture_image_embeddings,
     knockout,
     reference_generate,
     reference_logits,
@@ -124,10 +123,11 @@ def test_blocked_attention_probabilities_are_exactly_zero(variant, attn, synthet
     queries = [length - 2, length - 1]
     blocked = image[::3]
     ko = Knockout(queries, blocked, layers=[1, 2], heads=[0, 3])
-    with knockout(adapter, ko), capture_attention(adapter, queries) as attention, torch.no_grad():
+    read = Capture([f"attn.{l}" for l in range(adapter.n_layers)], queries)
+    with knockout(adapter, ko), read.reading(adapter), torch.no_grad():
         model(**inputs)
     for layer in range(adapter.n_layers):
-        slots, probs = attention.layer(layer)
+        slots, probs = read.record.positions(f"attn.{layer}"), read.record[f"attn.{layer}"].transpose(0, 1)[None]
         assert slots.tolist() == queries and probs.shape == (1, adapter.n_heads, 2, length)
         on_blocked = probs[0][:, :, blocked]
         if layer in (1, 2):
@@ -171,11 +171,12 @@ def test_blocking_every_later_position_from_the_image_makes_output_image_indepen
 def test_image_embedding_capture_matches_image_features(synthetic, make_inputs):
     for variant in FAMILIES:
         model, _, adapter, inputs = _setup(synthetic, make_inputs, variant)
-        with capture_image_embeddings(adapter) as record, torch.no_grad():
+        read = Capture(["image_features"], From(0))
+        with read.reading(adapter), torch.no_grad():
             model(**inputs)
         with torch.no_grad():
             features = adapter.image_features(**image_inputs(adapter, inputs))
-        torch.testing.assert_close(record.features, features)
+        torch.testing.assert_close(read.record["image_features"], features if features.ndim == 3 else features[None])
         assert not adapter.projector._forward_hooks
 
 

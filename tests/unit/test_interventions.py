@@ -11,9 +11,7 @@ from vlminterp.interventions import (
     From,
     Knockout,
     StreamingMean,
-    capture_attention,
-    capture_image_embeddings,
-    capture_residual,
+    Capture,
     knockout,
     replace_embeddings,
 )
@@ -57,10 +55,11 @@ def test_blocked_attention_probabilities_are_exactly_zero(attn, synthetic, make_
     queries = [length - 2, length - 1]
     blocked_keys = image[::2]
     ko = Knockout(queries, blocked_keys, layers=[1, 2], heads=[0, 3])
-    with knockout(adapter, ko), capture_attention(adapter, queries) as attention:
+    read = Capture([f"attn.{l}" for l in range(adapter.n_layers)], queries)
+    with knockout(adapter, ko), read.reading(adapter):
         _logits(model, inputs)
     for layer in range(adapter.n_layers):
-        slots, probs = attention.layer(layer)  # (1, H, 2, K)
+        slots, probs = read.record.positions(f"attn.{layer}"), read.record[f"attn.{layer}"].transpose(0, 1)[None]
         assert slots.tolist() == queries
         assert probs.shape == (1, adapter.n_heads, 2, length)
         torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
@@ -77,11 +76,12 @@ def test_captured_attention_is_what_the_eager_model_used(synthetic, make_inputs)
     inputs = make_inputs(processor, adapter)
     length = inputs["input_ids"].shape[1]
     image = adapter.image_positions(inputs["input_ids"])[0]
-    with knockout(adapter, Knockout([length - 1], image[:5])), capture_attention(adapter, [length - 1]) as att:
+    read = Capture([f"attn.{l}" for l in range(adapter.n_layers)], [length - 1])
+    with knockout(adapter, Knockout([length - 1], image[:5])), read.reading(adapter):
         with torch.no_grad():
             out = model(**inputs, output_attentions=True)
     for layer in range(adapter.n_layers):
-        torch.testing.assert_close(att.layer(layer)[1][0, :, 0], out.attentions[layer][0, :, -1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(read.record[f"attn.{layer}"][0], out.attentions[layer][0, :, -1], atol=1e-6, rtol=0)
 
 
 def test_sdpa_and_eager_capture_the_same_attention(synthetic, make_inputs):
@@ -89,10 +89,11 @@ def test_sdpa_and_eager_capture_the_same_attention(synthetic, make_inputs):
     for backend in BACKENDS:
         model, processor, adapter = synthetic("tiny-llama", backend)
         inputs = make_inputs(processor, adapter)
-        with capture_attention(adapter, From(20), layers=[0, 3], average_heads=True) as att:
+        read = Capture(["attn.0", "attn.3"], From(20))
+        with read.reading(adapter):
             _logits(model, inputs)
-        results[backend] = att.layer(3)[1]
-    assert results["sdpa"].shape[1] == 1  # heads averaged
+        results[backend] = read.record["attn.3"]
+    assert results["sdpa"].shape[1] == adapter.n_heads  # (queries, heads, keys)
     torch.testing.assert_close(results["sdpa"], results["eager"], atol=1e-6, rtol=0)
 
 
@@ -121,10 +122,11 @@ def test_a_fully_blocked_row_keeps_its_own_position(synthetic, make_inputs):
     inputs = make_inputs(processor, adapter)
     length = inputs["input_ids"].shape[1]
     every_key = range(length)
-    with knockout(adapter, Knockout([length - 1], every_key)), capture_attention(adapter, [length - 1]) as att:
+    read = Capture(["attn.0"], [length - 1])
+    with knockout(adapter, Knockout([length - 1], every_key)), read.reading(adapter):
         logits = _logits(model, inputs)
     assert torch.isfinite(logits).all()
-    probs = att.layer(0)[1][0, :, 0]
+    probs = read.record["attn.0"][0]  # (heads, keys)
     assert (probs[:, -1] == 1).all() and (probs[:, :-1] == 0).all()
 
 
@@ -165,12 +167,17 @@ def test_ablation_changes_only_the_intended_inputs(synthetic, make_inputs):
     doubled = {k: torch.cat([v, v]) for k, v in inputs.items()}
     vector = torch.randn(adapter.hidden_size)
     row_positions = [image[[0, 6, 12]], image[-4:]]
-    with capture_residual(adapter, layers=[0]) as clean:
+    def per_row():  # one Capture per batch row
+        return [[Capture(["resid_pre.0"], From(0))] for _ in range(2)]
+
+    clean = per_row()
+    with Capture.batched(adapter, clean):
         _logits(model, doubled)
+    ablated = per_row()
     with replace_embeddings(adapter, [[Ablation(row_positions[0], vector)], [Ablation(row_positions[1])]]):
-        with capture_residual(adapter, layers=[0]) as ablated:
+        with Capture.batched(adapter, ablated):
             _logits(model, doubled)
-    before, after = clean.embeddings(), ablated.embeddings()
+    before, after = (torch.stack([row[0].record["resid_pre.0"] for row in rows]) for rows in (clean, ablated))
     for row, positions in enumerate(row_positions):
         changed = (before[row] != after[row]).any(-1)
         assert changed.nonzero().flatten().tolist() == positions.tolist()
@@ -193,36 +200,41 @@ def test_residual_capture_matches_hidden_states_and_is_not_normed_twice(syntheti
     model, processor, adapter = synthetic("tiny-phi3")
     inputs = make_inputs(processor, adapter)
     image = adapter.image_positions(inputs["input_ids"])[0]
-    with capture_residual(adapter, positions=image) as resid, torch.no_grad():
+    read = Capture(["resid_pre.0", *(f"resid_post.{l}" for l in range(adapter.n_layers))], image)
+    with read.reading(adapter), torch.no_grad():
         out = model(**inputs, output_hidden_states=True)
     hidden = out.hidden_states  # embeddings, layer 0 .. L-2 outputs, then the FINAL-NORMED last layer
-    torch.testing.assert_close(resid.embeddings(), hidden[0][:, image])
+    torch.testing.assert_close(read.record["resid_pre.0"], hidden[0][0, image])
     for layer in range(adapter.n_layers - 1):
-        torch.testing.assert_close(resid.layer(layer), hidden[layer + 1][:, image])
+        torch.testing.assert_close(read.record[f"resid_post.{layer}"], hidden[layer + 1][0, image])
     with torch.no_grad():
-        torch.testing.assert_close(adapter.final_norm(resid.layer(adapter.n_layers - 1)), hidden[-1][:, image])
-    assert resid.stack().shape == (adapter.n_layers, 1, len(image), adapter.hidden_size)
+        last = read.record[f"resid_post.{adapter.n_layers - 1}"]
+        torch.testing.assert_close(adapter.final_norm(last), hidden[-1][0, image])
+    assert last.shape == (len(image), adapter.hidden_size)
 
 
 def test_residual_capture_across_cached_decoding(synthetic, make_inputs):
     model, processor, adapter = synthetic("tiny-llama")
     inputs = make_inputs(processor, adapter)
     length = inputs["input_ids"].shape[1]
-    with capture_residual(adapter, positions=From(length - 1), layers=[2]) as resid:
+    resid = Capture(["resid_post.2"], From(length - 1))
+    with resid.reading(adapter):
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert resid.layer(2).shape[1] == 4  # last prompt token + 3 fed-back generated tokens
-    with capture_residual(adapter, positions=range(length - 1, length + 3), layers=[2]) as full:
+    assert resid.record["resid_post.2"].shape[0] == 4  # last prompt token + 3 fed-back generated tokens
+    full = Capture(["resid_post.2"], range(length - 1, length + 3))
+    with full.reading(adapter):
         _logits(model, {"input_ids": generated[:, :-1], "pixel_values": inputs["pixel_values"]})
-    torch.testing.assert_close(resid.layer(2), full.layer(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(resid.record["resid_post.2"], full.record["resid_post.2"], atol=1e-5, rtol=0)
 
 
 def test_image_embedding_capture(synthetic, make_inputs):
     model, processor, adapter = synthetic("tiny-odd-grid")
     inputs = make_inputs(processor, adapter)
-    with capture_image_embeddings(adapter) as record:
+    read = Capture(["image_features"], From(0))
+    with read.reading(adapter):
         _logits(model, inputs)
     with torch.no_grad():
-        torch.testing.assert_close(record.features, adapter.image_features(inputs["pixel_values"]))
+        torch.testing.assert_close(read.record["image_features"], adapter.image_features(inputs["pixel_values"]))
     assert not adapter.projector._forward_hooks
 
 
@@ -233,8 +245,8 @@ def test_everything_is_removed_after_the_context_even_on_error(synthetic, make_i
     vision_before = model.config.vision_config._attn_implementation
     attention_keys, mask_keys = set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping)
     with pytest.raises(RuntimeError, match="boom"):
-        with knockout(adapter, Knockout([5], [1])), capture_attention(adapter, [5]):
-            with replace_embeddings(adapter, Ablation([1])), capture_residual(adapter):
+        with knockout(adapter, Knockout([5], [1])), Capture(["attn.0"], [5]).reading(adapter):
+            with replace_embeddings(adapter, Ablation([1])), Capture(["resid_post.1"], From(0)).reading(adapter):
                 assert config._attn_implementation.startswith("vlminterp")
                 assert model.config.vision_config._attn_implementation == vision_before  # vision untouched
                 _logits(model, inputs)

@@ -29,8 +29,7 @@ from vlminterp.experiments.kaduri_localization import LocalizationSpec, localiza
 from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
                                                    summarize_reprompting, top_k_count)
 from vlminterp.geometry import category_mask, cell_overlap, chebyshev_distance, dilate_cells, object_tokens
-from vlminterp.interventions import From, reference_generate
-from vlminterp.interventions.capture import capture_attention as capture
+from vlminterp.interventions import Capture, From, reference_generate
 from vlminterp.models.adapters import LLAVA_SYSTEM_PROMPT, TOKEN_GROUPS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the fake chat server
@@ -92,8 +91,8 @@ def test_reforward_attention_equals_per_step_capture_during_generation(synthetic
     session = _session(synthetic, dataset, variant, attn)
     item = session.encode(dataset.image_ids()[0])
     P = item.prompt_length
-    with capture(session.adapter, From(P - 1), average_heads=False) as steps:
-        out = session.engine.generate(item.prepared, [None], 10, eos_token_id=-1)  # never stops early
+    steps = Capture([f"attn.{l}" for l in range(session.adapter.n_layers)], From(P - 1))
+    out = session.engine.generate(item.prepared, [steps], 10, eos_token_id=-1)  # never stops early
     generated = out.tokens[0]
     assert len(generated) == 10
     record = session.description_attention(item, generated, image_rows=[P - 1, P + 3])
@@ -101,9 +100,9 @@ def test_reforward_attention_equals_per_step_capture_during_generation(synthetic
     image = torch.as_tensor(item.groups.image)
     labels = item.groups.labels(P + 9)
     for layer in range(session.adapter.n_layers):
-        slots, probs = steps.layer(layer)  # (1, H, n, K_max), rows zero-padded
+        slots = steps.record.positions(f"attn.{layer}")
+        probs = steps.record[f"attn.{layer}"].transpose(0, 1)  # (H, n, K_max), rows zero-padded
         assert slots.tolist() == list(range(P - 1, P + 9))
-        probs = probs[0]
         mass = torch.stack([probs[..., torch.as_tensor(labels == g)].sum(-1) for g in KEY_GROUPS], dim=-1)
         torch.testing.assert_close(record.groups_of_layer(layer), mass, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(record.image_row(layer, P + 3), probs[:, 4, image], atol=1e-5, rtol=1e-4)

@@ -25,7 +25,7 @@ from vlminterp.experiments.session import DescribePrompt, Session
 from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
 from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
 from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells
-from vlminterp.interventions import InterventionEngine, capture_residual
+from vlminterp.interventions import Capture, From, InterventionEngine
 from vlminterp.scoring.vocabulary import SynonymVocabulary, load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,9 +180,10 @@ def test_lens_normalises_once_last_layer_equals_model_logits(setup, make_inputs)
     model, processor, adapter = setup["model"], setup["processor"], setup["adapter"]
     inputs = make_inputs(processor, adapter)
     with torch.no_grad():
-        with capture_residual(adapter) as record:
+        read = Capture([f"resid_post.{adapter.n_layers - 1}"], From(0))
+        with read.reading(adapter):
             out = model(**inputs)
-        last = lens_logits(adapter, record.layer(adapter.n_layers - 1))
+        last = lens_logits(adapter, read.record[f"resid_post.{adapter.n_layers - 1}"][None])
     assert torch.allclose(last, out.logits, atol=1e-5)
 
 

@@ -13,9 +13,8 @@ import pytest
 import torch
 from helpers import continuation_ids, mixed_conditions
 
-from vlminterp.interventions import From, InterventionEngine, Knockout, reference_generate, reference_logits
+from vlminterp.interventions import Capture, From, InterventionEngine, Knockout, reference_generate, reference_logits
 from vlminterp.interventions.cache import SlidingWindowError, continue_generation, prefill_cache, select_cache
-from vlminterp.interventions.capture import capture_attention
 
 VARIANT = "tiny-mistral-window"
 WINDOW = 8
@@ -85,15 +84,17 @@ def test_attention_capture_through_a_shared_prefix_sees_positions(synthetic, mak
     the row of one plain forward (no cache) and is zero outside the window."""
     model, _, adapter, ids, pixels = _setup(synthetic, make_inputs)
     length = ids.shape[1]
-    with capture_attention(adapter, [length - 1]) as plain:
+    sites = [f"attn.{l}" for l in range(adapter.n_layers)]
+    plain = Capture(sites, [length - 1])
+    with plain.reading(adapter):
         model(input_ids=ids, pixel_values=pixels, use_cache=False)
     engine = InterventionEngine(model, adapter)
-    with capture_attention(adapter, [length - 1]) as shared:
-        engine.logits(engine.prepare(ids, pixels), [None])
+    shared = Capture(sites, [length - 1])
+    engine.logits(engine.prepare(ids, pixels), [shared])
     for layer in range(adapter.n_layers):
-        slots, probabilities = shared.layer(layer)
+        slots, probabilities = shared.record.positions(f"attn.{layer}"), shared.record[f"attn.{layer}"]
         assert slots.tolist() == [length - 1] and probabilities.shape[-1] == length
-        assert (probabilities - plain.layer(layer)[1]).abs().max() < 1e-5
+        assert (probabilities - plain.record[f"attn.{layer}"]).abs().max() < 1e-5
         assert probabilities[..., : length - WINDOW].abs().max() == 0
 
 

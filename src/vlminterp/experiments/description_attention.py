@@ -1,4 +1,4 @@
-"""The attention of a generated description, reduced while it is computed (K1, K3, K4 of Kaduri et al.).
+"""The attention of a generated description, read by a Capture and reduced (K1, K3, K4 of Kaduri et al.).
 
     attention = session.description_attention(item, generated, image_rows=[p])   # experiments.session
     attention.groups_of_layer(layer)     # (H, n_rows, len(KEY_GROUPS)) mass per key group
@@ -12,10 +12,11 @@ it is never fed back) and record the rows of positions P-1 .. P+n-2, where P is 
 row P-1+t is exactly the attention computed when the model produced generated token t (causal
 attention gives each row the same keys and values as the cached decode step).
 tests/unit/test_kaduri.py checks this against a per-step capture during `InterventionEngine.generate`.
-Only what the experiments need is kept, reduced inside the attention function (see
+A `Capture` of `attn.{l}` at From(P - 1) reads those rows only (n x T x H per layer, never the
+T x T x L x H tensor), and only what the experiments need is kept of them (see
 `DescriptionAttention`): per layer and head, each row's attention mass per token group, the full
 image row of a few chosen positions (K3), and the attention each image token received summed over
-the rows (K4) -- never the T x T x L x H tensor.
+the rows (K4).
 
 Row conventions (documented in each table):
 - the *decode rows* are the generated tokens read back during decoding, positions P .. P+n-2
@@ -36,9 +37,9 @@ KEY_GROUPS: tuple[str, ...] = ("bos", "system", "image", "query", "generated")
 
 
 class DescriptionAttention:
-    """An attention edit (observe only) reducing the rows of queries >= `first_row`, per layer.
+    """The rows of queries >= `first_row`, reduced per layer (`from_record`: a `Capture` of attn.{l}).
 
-    After the forward pass, for each layer l:
+    For each layer l:
     - group_mass[l]: (H, n_rows, len(KEY_GROUPS)) attention mass per key group (rows sum to 1);
     - image_rows[l]: (H, len(image_rows), n_image) full image rows of the chosen positions;
     - image_received[l]: (H, n_image) attention each image token received, summed over all rows.
@@ -56,8 +57,17 @@ class DescriptionAttention:
         self.row_positions: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
         self._onehot: dict[tuple[int, torch.device], torch.Tensor] = {}
 
-    def blocked(self, layer, q_slots, num_keys, batch_size, num_heads):
-        return None
+    @classmethod
+    def from_record(cls, groups: TokenGroups, record, n_layers: int,
+                    image_rows: Sequence[int] = ()) -> "DescriptionAttention":
+        """The reductions of a `Capture` record of `attn.{l}` for every layer (one forward over the
+        description: `InterventionEngine.observe_generation`); the rows read are its first_row on."""
+        first = int(record.positions("attn.0")[0])
+        reduced = cls(groups, first, n_layers, image_rows)
+        for layer in range(n_layers):
+            site = f"attn.{layer}"
+            reduced.add(layer, record.positions(site), record[site].transpose(0, 1).contiguous())
+        return reduced
 
     def _group_matrix(self, num_keys: int, device) -> torch.Tensor:
         key = (num_keys, device)
@@ -69,15 +79,10 @@ class DescriptionAttention:
             self._onehot[key] = matrix.to(device)
         return self._onehot[key]
 
-    def observe(self, layer, q_slots, probabilities) -> None:
-        selected = torch.nonzero(q_slots >= self.first_row).flatten()
-        if len(selected) == 0:
-            return
-        probs = probabilities(selected)  # (B, H, n, K)
-        if probs.shape[0] != 1:
-            raise ValueError("DescriptionAttention observes one sequence (batch of 1)")
-        probs = probs[0].float()
-        slots = q_slots[selected].cpu()
+    def add(self, layer: int, slots: torch.Tensor, probs: torch.Tensor) -> None:
+        """Reduce the attention rows `probs` (H, n, K) of query slots `slots` (n,) of one layer."""
+        probs = probs.float()
+        slots = slots.cpu()
         self.row_positions[layer].append(slots)
         self.group_mass[layer].append((probs @ self._group_matrix(probs.shape[-1], probs.device)).cpu())
         image = probs[..., self.image.to(probs.device)]  # (H, n, n_image)

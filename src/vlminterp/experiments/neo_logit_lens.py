@@ -6,10 +6,10 @@
 
 One forward pass per image with the describe prompt (through the engine, unablated). For every
 layer output l (l = 0: the embedding output, i.e. the LM's input; l = 1..L: decoder layer l's
-output, captured BEFORE the final norm) and every image position, the final norm is applied once
-and then the unembedding. (HF's `last_hidden_state` is already normed; the capture hooks read the
-layers' raw outputs, so the last layer is normed exactly once: a test checks that layer L equals
-the model's own logits.)
+output, read BEFORE the final norm by a `Capture` of resid_pre.0 and resid_post.{l-1}) and every image
+position, the final norm is applied once and then the unembedding. (HF's `last_hidden_state` is
+already normed; the capture reads the layers' raw outputs, so the last layer is normed exactly
+once: a test checks that layer L equals the model's own logits.)
 
 Tables:
   topk    one row per image x position x layer x rank: image_id, position, tile, cell_row,
@@ -56,7 +56,7 @@ from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_prompts import PromptSpec
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
-from vlminterp.interventions import capture_residual
+from vlminterp.interventions import Capture
 from vlminterp.scoring.pieces import first_pieces
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 
@@ -138,9 +138,10 @@ def run_logit_lens(session: Session, selection: pd.DataFrame, spec: LensSpec, *,
         prepared = session.prepare(dataset.load_image(image_id), prompts.describe)
         (positions,) = adapter.image_positions(prepared.input_ids)
         target_cells.check_prompt(positions)
-        with capture_residual(adapter, positions=positions) as record:
-            engine.logits(prepared, [None])
-        states = [record.embeddings()] + [record.layer(l) for l in range(adapter.n_layers)]
+        sites = ["resid_pre.0"] + [f"resid_post.{l}" for l in range(adapter.n_layers)]
+        read = Capture(sites, positions)
+        engine.logits(prepared, [read])
+        states = [read.record[site][None] for site in sites]  # (1, P, d) each: layer 0 = embeddings
         null_name = str(null_labels[image_id])
         labels = {"name": name, "null": null_name}
         obj = target_cells.object_base()

@@ -191,7 +191,8 @@ class Session:
         """The attention of the rows P-1 .. P+n-2 that produced `generated`, reduced per layer
         (`description_attention.DescriptionAttention`)."""
         from vlminterp.experiments.description_attention import DescriptionAttention
+        from vlminterp.interventions import Capture, From
 
-        record = DescriptionAttention(item.groups, item.prompt_length - 1, self.adapter.n_layers, image_rows)
-        self.engine.observe_generation(item.prepared, generated, record)
-        return record
+        read = Capture([f"attn.{l}" for l in range(self.adapter.n_layers)], From(item.prompt_length - 1))
+        self.engine.observe_generation(item.prepared, generated, read)
+        return DescriptionAttention.from_record(item.groups, read.record, self.adapter.n_layers, image_rows)

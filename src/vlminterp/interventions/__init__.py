@@ -1,8 +1,7 @@
 """Interventions on the language model of a VLM, and the engine that runs many of them fast.
 
     from vlminterp.interventions import (Ablation, Knockout, From, Condition, InterventionEngine,
-        replace_embeddings, knockout, capture_residual, capture_attention, capture_image_embeddings,
-        StreamingMean, reference_logits, reference_generate)
+        replace_embeddings, knockout, Capture, StreamingMean, reference_logits, reference_generate)
     from vlminterp.interventions import Steer, Patch, patch_from, ComponentAblation, HeadScale, Edit, SiteEdit
 
 A condition is a list of edits (`edit.Edit`) on named sites (`sites`, mapped by the adapter); one
@@ -12,7 +11,7 @@ name). A new kind is one module (docs/INTERVENTIONS.md).
 
 Module map: positions (explicit and open-ended position sets), ablation (embedding replacement),
 knockout (attention-edge blocking), attention (the registry patch both knockout and attention
-capture use), capture, cache (KV-cache surgery), decoding (greedy continuation, EOS cut; shared by
+reading use), reading (Capture, the one way to read any site), cache (KV-cache surgery), decoding (greedy continuation, EOS cut; shared by
 engine, cache and reference), engine (batched + prefix-shared; it halves its
 batch on CUDA out-of-memory with `vlminterp.batching`), reference (naive oracle), stats
 (streaming mean), conditions.
@@ -25,7 +24,6 @@ from .reading import Capture, SiteRecord
 from .patching import Patch, aligned_image_positions, patch_from, record_site
 from .sites import edit_site
 from .steering import Steer
-from .capture import capture_attention, capture_image_embeddings, capture_residual
 from .conditions import Condition, as_condition
 from .engine import GenerationOutput, InterventionEngine, PreparedInput
 from .knockout import Knockout, knockout
@@ -56,9 +54,6 @@ __all__ = [
     "StreamingMean",
     "apply_ablations",
     "as_condition",
-    "capture_attention",
-    "capture_image_embeddings",
-    "capture_residual",
     "knockout",
     "reference_generate",
     "reference_logits",

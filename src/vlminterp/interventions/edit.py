@@ -131,7 +131,10 @@ class SiteEdit(Edit):
                         if x.shape[0] != 1:
                             raise ValueError("the reference runs one condition at a time")
                         at = slots(x, 0 if start is None else start)
-                        return edit.apply(name, x[0], at)[None] if edit.touches(at) else None
+                        if not edit.touches(at):
+                            return None
+                        new = edit.apply(name, x[0], at)
+                        return new[None] if edit.writes else None
 
                     stack.enter_context(edit_site(adapter, name, function))
             yield

@@ -8,7 +8,7 @@
     out = engine.generate(prepared, [None, Knockout(From(T), image_positions)], max_new_tokens=64)
     out.tokens[c]                                            # generated ids of condition c (up to EOS)
     longer = engine.extend(prepared, question_ids)           # the same input with text appended
-    engine.observe_generation(prepared, out.tokens[0], observer)   # attention rows that produced a generation
+    engine.observe_generation(prepared, out.tokens[0], Capture(["attn.3"], From(T - 1)))   # rows that produced it
     kept = engine.kept_caches(prepared, {"prompt": text_positions})   # subsets of the prompt's KV cache
     answers = engine.continue_cache(kept["prompt"], [q1_ids, q2_ids], max_new_tokens=4)   # batched
 
@@ -55,7 +55,7 @@ from .conditions import Condition, ConditionLike, as_condition
 from .cache import PromptCache, continue_batch, select_cache
 from .decoding import EosIds, greedy_continue, until_eos
 from .edit import by_kind
-from .attention import attend_shared_prefix, edit_attention
+from .attention import attend_shared_prefix
 from .shared_prefix import SharedPrefixCache
 
 
@@ -176,15 +176,22 @@ class InterventionEngine:
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
         if prefix == 0:
             return 0, None, None
-        hidden, cache = self.batches.single(
-            lambda: self.adapter.language_model_forward(
-                prepared.inputs_embeds[:, :prefix],
-                past_key_values=DynamicCache(),  # keeps every position, also under a sliding window
-                position_ids=prepared.rope.span(0, prefix),
-                use_cache=True,
-            ),
-            f"the {prefix}-position prefix shared by every condition",
-        )
+        # Reading edits (Capture) change nothing, so they never shorten the prefix; the prefix's
+        # positions they ask for are read here, once, from the forward every row shares.
+        readers = [e for c in conditions for e in c.edits if not getattr(e, "writes", True)]
+
+        def forward():
+            with contextlib.ExitStack() as context:
+                for kind, rows in by_kind([readers]):
+                    context.enter_context(kind.reference(self.adapter, rows[0]))
+                return self.adapter.language_model_forward(
+                    prepared.inputs_embeds[:, :prefix],
+                    past_key_values=DynamicCache(),  # keeps every position, also under a sliding window
+                    position_ids=prepared.rope.span(0, prefix),
+                    use_cache=True,
+                )
+
+        hidden, cache = self.batches.single(forward, f"the {prefix}-position prefix shared by every condition")
         return prefix, hidden, cache
 
     def _row_context(self, chunk: list[Condition], cache: SharedPrefixCache) -> contextlib.ExitStack:
@@ -328,14 +335,14 @@ class InterventionEngine:
         return PreparedInput(input_ids, torch.cat([prepared.inputs_embeds, embeds], dim=1), positions)
 
     @torch.no_grad()
-    def observe_generation(self, prepared: PreparedInput, generated: Sequence[int], observer) -> None:
+    def observe_generation(self, prepared: PreparedInput, generated: Sequence[int], capture) -> None:
         """One forward pass over `prepared` + `generated` (the last generated token excluded: it is
-        never fed back) with `observer` as an attention edit (`interventions.attention`): how an
-        experiment captures the attention that produced a generation (row P-1+t produced token t)."""
+        never fed back) read by `capture` (a `reading.Capture`, e.g. of `attn.{l}` at From(P - 1)):
+        how an experiment reads the attention that produced a generation (row P-1+t produced token t)."""
         fed = torch.as_tensor(list(generated[:-1]), dtype=torch.long)
         full = self.extend(prepared, fed)
         observe_ids(self.adapter.model, full.input_ids)
-        with edit_attention(self.adapter, observer):
+        with capture.reading(self.adapter):
             self.adapter.language_model_forward(full.inputs_embeds, position_ids=full.rope.span(0, full.length),
                                                 use_cache=False)
 

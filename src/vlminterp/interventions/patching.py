@@ -19,7 +19,7 @@ import torch
 
 from .edit import SiteEdit
 from .positions import explicit_positions
-from .sites import edit_site, slots
+from .reading import Capture
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,18 +73,14 @@ def aligned_image_positions(adapter, source_ids: torch.Tensor, target_ids: torch
 
 @torch.no_grad()
 def record_site(engine, prepared, site: str, positions) -> torch.Tensor:
-    """(len(positions), ...) of `site` in one plain forward of `prepared` (batch 1), at `positions`."""
+    """(len(positions), ...) of `site` in one plain forward of `prepared` (batch 1), at `positions`
+    (ascending): a `reading.Capture` of that site."""
     wanted = explicit_positions(positions)
-    kept: list[torch.Tensor] = []
-
-    def read(x, start):
-        at = slots(x, start).cpu()
-        kept.append(x[0, torch.isin(at, wanted).to(x.device)].detach().clone())
-
-    with edit_site(engine.adapter, site, read):
+    read = Capture([site], wanted)
+    with read.reading(engine.adapter):
         engine.adapter.language_model_forward(prepared.inputs_embeds, position_ids=prepared.rope.span(0, prepared.length),
                                               use_cache=False)
-    values = torch.cat(kept)
+    values = read.record[site] if site in read.record else torch.empty(0)
     if values.shape[0] != len(wanted):
         raise IndexError(f"{len(wanted)} positions asked, {values.shape[0]} found in the {prepared.length}-token source")
     return values
