@@ -13,6 +13,7 @@ Checks that can fail on the trained (tiny) organism:
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -133,6 +134,8 @@ def test_full_cache_reproduces_full_image_answers(tiny_run):
     assert sorted(set(topk["k_tokens"])) == [1]  # 4 x 4 cells: 2% and 5% of 16 tokens round to 1
 
 
+@pytest.mark.skipif(os.environ.get("VLMINTERP_REQUIRE_SLURM") == "1",
+                    reason="the SLURM test reruns every sharded stage on the cluster and compares every file")
 def test_sharded_run_gives_the_same_tables(tiny_run, tmp_path):
     """Run the K stages again in a copy with 7 images per shard: the gathered tables are identical."""
     copy = tmp_path / "sharded"
