@@ -9,8 +9,9 @@ rule compare_with_papers:
         comparison=results("papers/paper_comparison.csv"),
         page=report(results("papers/paper_comparison.html"), caption=caption("paper_comparison"),
                     category="Paper comparison"),
-        by_category=report(results("papers/by_category.csv"), caption=caption("paper_by_category"),
-                           category="Paper comparison"),
+        by_category=results("papers/by_category.csv"),
+        by_category_page=report(results("papers/by_category.html"), caption=caption("paper_by_category"),
+                                category="Per-category breakdown"),
     params:
         model=config["model"]["pretrained"]["id"] if not uses_organism() else "shapes organism",
         organism=uses_organism(),

@@ -13,7 +13,12 @@ with rule_context(snakemake.log[0], seed=params.seed):
                        judge_model=params.judge_model)
     comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
     write_table(comparison, snakemake.output.comparison)
-    write_table(by_category(tables, seed=params.seed), snakemake.output.by_category)
+    breakdown = by_category(tables, seed=params.seed)
+    write_table(breakdown, snakemake.output.by_category)
+    write_table_html(breakdown, snakemake.output.by_category_page,
+                     title=f"Every headline number by category ({params.model})",
+                     note="value: the headline's measure within one category, n its units, n_images its images. "
+                          "Table: papers/by_category.csv.")
     # the page: the claim, the paper's number and this run's side by side first, then the control
     first = ["experiment", "claim", "relation", "paper_value", "value", "low", "high", "n", "control_value",
              "chance", "flag", "condition", "setting"]
