@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 # One-line config-file checks before Snakemake starts (vlminterp.command_line: a .pth in the venv).
 HOOK   := $(VENV)/.snakemake-checks
 CORES  ?= all
+# `make test` runs on two pytest-xdist workers, one test group each at a time (tests/conftest.py).
+PYTEST_WORKERS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 # Which run: `make reproduce CONFIG=configs/llava-1.5-7b.yaml`; RUN (its `run:` key) names
 # results/<run>/ for report, push and pull (`make pull RUN=tiny`).
 CONFIG ?= config.yaml
@@ -33,10 +35,10 @@ report: install
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --report results/$(RUN)/report.html
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_WORKERS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow"
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all
