@@ -79,7 +79,8 @@ def _compare(name: str, section: dict, spec_cls, filled=frozenset()) -> list[str
     return problems
 
 
-@pytest.mark.parametrize("name, spec_cls, filled", _spec_sections(), ids=lambda v: str(v))
+@pytest.mark.parametrize("name, spec_cls, filled", _spec_sections(),
+                         ids=lambda v: ",".join(sorted(v)) if isinstance(v, frozenset) else str(v))
 def test_schema_section_matches_spec_dataclass(name, spec_cls, filled):
     """Every library section: the same keys as its dataclass, the same defaults, nested alike."""
     problems = _compare(name, _section(name), spec_cls, filled)
