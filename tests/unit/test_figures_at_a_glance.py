@@ -188,3 +188,24 @@ def test_k4_panels_carry_a_labelled_chance_line(monkeypatch, tmp_path):
     for axis in figures[0].axes:
         (chance,) = [line for line in _horizontal_lines(axis) if "chance" in line.get_label()]
         assert chance.get_ydata()[0] == 0.5
+
+
+def test_organism_evaluation_marks_each_tasks_chance(monkeypatch, tmp_path):
+    """Chance = the commonest expected answer given to every question: polling 2 yes / 2 no -> 0.5,
+    colour 3 of 4 "red" -> 0.75; describe has none. The figure draws exactly these."""
+    import vlminterp.plots.organism as organism
+    from vlminterp.models.organism.evaluate import summarize_evaluation
+
+    figures = _capture(monkeypatch, organism)
+    table = pd.DataFrame({"task": ["describe"] * 2 + ["polling"] * 4 + ["color"] * 4,
+                          "expected": ["There is a red circle."] * 2 + ["Yes", "No", "yes", "no"]
+                          + ["red", "Red", "red ", "blue"], "correct": True, "correct_strict": True})
+    summary = summarize_evaluation(table)
+    organism.plot_evaluation(summary, tmp_path / "evaluation")
+    (dashes,) = [c for c in figures[0].axes[0].collections if "chance" in c.get_label()]
+    chance = dict(zip(summary["task"], summary["chance"]))
+    assert chance["polling"] == 0.5 and chance["color"] == 0.75 and pd.isna(chance["describe"])
+    import numpy as np
+
+    heights = np.ma.masked_invalid(np.ma.asarray(dashes.get_offsets())[:, 1])
+    assert sorted(np.ma.compressed(heights)) == [0.5, 0.75]
