@@ -10,6 +10,7 @@ flip rates are those of `experiments.neo_ablation.flip_summary`, computed there 
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -103,8 +104,8 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
     tokens = included.groupby("condition")["n_tokens"].mean()
     bottom = axes[-1, 0]
     bottom.set_xticks(x)
-    bottom.set_xticklabels([f"{merged_label(c, duplicates)} ({tokens.get(c, float('nan')):.0f} tok)"
-                            for c in conditions], rotation=35, ha="right", fontsize=8)
+    bottom.set_xticklabels([textwrap.fill(f"{merged_label(c, duplicates)} ({tokens.get(c, float('nan')):.0f} tok)", 36)
+                            for c in conditions], rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
     figure.suptitle("N1 token ablation: share of correct answers lost (95% bootstrap intervals)", fontsize=10)
     note = excluded_note(excluded_counts(table))
     figure.text(0.01, 0.0, "0 = no flip; n/a = no included image" + (f"; {note}" if note else ""),
