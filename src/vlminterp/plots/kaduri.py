@@ -220,9 +220,9 @@ def duplicate_methods(answers: pd.DataFrame) -> dict[str, str]:
     (on a 36-token image, 2% and 5% keep one token each)."""
     labelled = answers.assign(label=[method_label(m, f) for m, f in zip(answers["method"], answers["k_fraction"])])
     order = list(dict.fromkeys(labelled.sort_values("k_fraction", kind="stable")["label"]))
-    ranked = dict(zip(labelled["label"], labelled["method"].where(labelled["k_fraction"].notna())))
-    return identical_conditions(labelled, ranking=lambda label: ranked.get(label) if pd.notna(ranked.get(label)) else None,
-                                condition="label", tokens="k_tokens", order=order)
+    ranked = {label: method if pd.notna(fraction) else None  # top-k of one method's attention ranking
+              for label, method, fraction in zip(labelled["label"], labelled["method"], labelled["k_fraction"])}
+    return identical_conditions(labelled, ranking=ranked.get, condition="label", tokens="k_tokens", order=order)
 
 
 def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...] = ("random", "popular", "adversarial"),
