@@ -209,3 +209,16 @@ def test_organism_evaluation_marks_each_tasks_chance(monkeypatch, tmp_path):
 
     heights = np.ma.masked_invalid(np.ma.asarray(dashes.get_offsets())[:, 1])
     assert sorted(np.ma.compressed(heights)) == [0.5, 0.75]
+
+
+def test_k4_figure_stays_readable_at_the_reports_width(monkeypatch, tmp_path):
+    """Three POPE panels and a nine-entry legend fit in 11 inches (the legend goes below)."""
+    import vlminterp.plots.kaduri as kaduri
+
+    figures = _capture(monkeypatch, kaduri)
+    rows = [dict(method=method, label=method, setting=setting, accuracy=0.7, accuracy_low=0.6, accuracy_high=0.8,
+                 context_tokens=1 + i, n_questions=100)
+            for setting in ("random", "popular", "adversarial") for i, method in enumerate(kaduri.METHOD_STYLE)]
+    kaduri.plot_reprompting(pd.DataFrame(rows), tmp_path / "k4")
+    width = figures[0].get_tightbbox(figures[0].canvas.get_renderer()).width
+    assert width <= 11, f"{width:.1f} inches"

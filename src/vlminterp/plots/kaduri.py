@@ -244,7 +244,7 @@ def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...
             f" ({_tokens_note(kept_tokens[label])})" if merged else "")
             for label, merged in zip(summary["label"], summary["merged"])]
     settings = tuple(s for s in settings if s in set(summary["setting"])) or ("all",)
-    figure, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings) + 1.8, 4.4), squeeze=False,
+    figure, axes = plt.subplots(1, len(settings), figsize=(3.3 * len(settings) + 0.6, 4.0), squeeze=False,
                                 sharey=True)
     for axis, setting in zip(axes[0], settings):
         part = summary[summary["setting"] == setting]
@@ -269,8 +269,8 @@ def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...
     axes[0][0].set_ylabel("accuracy (yes/no)")
     axes[0][0].set_ylim(0, 1.05)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-                  title="method")
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=3,
+                  title="method")  # below the panels: the figure stays narrow enough for the report
     figure.suptitle(title)
     figure.tight_layout()
     return save_figure(figure, stem)
