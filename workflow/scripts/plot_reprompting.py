@@ -7,6 +7,7 @@ from vlminterp.plots.kaduri import plot_reprompting
 from vlminterp.runtime import rule_context
 
 with rule_context(snakemake.log[0], seed=snakemake.params.seed):
-    summary = summarize_reprompting(read_table(snakemake.input[0]), seed=snakemake.params.seed)
+    answers = read_table(snakemake.input[0])
+    summary = summarize_reprompting(answers, seed=snakemake.params.seed)
     write_table(summary, snakemake.output.summary)
-    plot_reprompting(summary, Path(snakemake.output.png).with_suffix(""))
+    plot_reprompting(summary, Path(snakemake.output.png).with_suffix(""), answers=answers)

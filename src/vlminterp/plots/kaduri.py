@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from vlminterp.experiments.kaduri_reprompt import method_label  # noqa: E402
+from vlminterp.plots.conditions import identical_conditions, merged_label  # noqa: E402
 from vlminterp.plots.organism import DECODER_LAYER, save_figure  # noqa: E402
 from vlminterp.stats import error_bars  # noqa: E402
 
@@ -212,29 +214,53 @@ def plot_localization(per_layer: pd.DataFrame, per_band: pd.DataFrame, stem: Pat
 
 
 # ---- K4 -----------------------------------------------------------------------------------------------
+def duplicate_methods(answers: pd.DataFrame) -> dict[str, str]:
+    """K4 labels that keep exactly the tokens of another (`plots.conditions`): {dropped: kept}. One
+    method at two fractions keeps the same top-k positions when k = floor(f n) agrees on every image
+    (on a 36-token image, 2% and 5% keep one token each)."""
+    labelled = answers.assign(label=[method_label(m, f) for m, f in zip(answers["method"], answers["k_fraction"])])
+    order = list(dict.fromkeys(labelled.sort_values("k_fraction", kind="stable")["label"]))
+    ranked = {label: method if pd.notna(fraction) else None  # top-k of one method's attention ranking
+              for label, method, fraction in zip(labelled["label"], labelled["method"], labelled["k_fraction"])}
+    return identical_conditions(labelled, ranking=ranked.get, condition="label", tokens="k_tokens", order=order)
+
+
 def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...] = ("random", "popular", "adversarial"),
-                     title: str = "K4: re-prompting from a compressed cache") -> list[Path]:
-    """Accuracy against context tokens, one point per method (and k), one panel per POPE setting."""
+                     title: str = "K4: re-prompting from a compressed cache",
+                     answers: pd.DataFrame | None = None) -> list[Path]:
+    """Accuracy against context tokens, one point per method (and k), one panel per POPE setting;
+    dotted, chance (each setting is balanced: a constant answer scores 50%). With the per-question
+    `answers` table, labels keeping the same tokens on every image (`duplicate_methods`) are drawn
+    once, their label naming both."""
     _require(summary, {"method", "label", "setting", "accuracy", "accuracy_low", "accuracy_high",
                        "context_tokens", "n_questions"}, "re-prompting summary")
+    duplicates = duplicate_methods(answers) if answers is not None else {}
+    if duplicates:
+        kept_tokens = answers.groupby([method_label(m, f) for m, f in zip(answers["method"], answers["k_fraction"])])[
+            "k_tokens"].unique()
+        summary = summary[~summary["label"].isin(list(duplicates))].copy()
+        summary["merged"] = summary["label"].isin(list(duplicates.values()))
+        summary["label"] = [merged_label(label, duplicates) + (
+            f" ({_tokens_note(kept_tokens[label])})" if merged else "")
+            for label, merged in zip(summary["label"], summary["merged"])]
     settings = tuple(s for s in settings if s in set(summary["setting"])) or ("all",)
-    figure, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings) + 1.8, 4.4), squeeze=False,
+    figure, axes = plt.subplots(1, len(settings), figsize=(3.3 * len(settings) + 0.6, 4.0), squeeze=False,
                                 sharey=True)
     for axis, setting in zip(axes[0], settings):
         part = summary[summary["setting"] == setting]
         for row in part.itertuples(index=False):
             color, marker = METHOD_STYLE.get(row.method, ("tab:gray", "o"))
             # hollow rings drawn larger and on top, so they stay visible on the filled marker they
-            # share a point with: full_cache around full_image, top 2% around top 5% (one token each
-            # on a small image)
-            hollow = "2%" in row.label or row.method == "full_cache"
+            # share a point with: full_cache around full_image, top 2% around top 5% (when they
+            # differ: identical ones are merged above)
+            hollow = ("2%" in row.label and not getattr(row, "merged", False)) or row.method == "full_cache"
             size = {"full_image": 9, "full_cache": 14}.get(row.method, 12 if hollow else 7)
             axis.errorbar(row.context_tokens, row.accuracy,
                           yerr=error_bars(row.accuracy, row.accuracy_low, row.accuracy_high),
                           fmt=marker, color=color, markersize=size, capsize=3, zorder=4 if hollow else 3,
                           markeredgewidth=1.5 if hollow else 1.0,
                           fillstyle="none" if hollow else "full", label=row.label)
-        axis.axhline(0.5, color="tab:red", linestyle=":", linewidth=1)
+        axis.axhline(0.5, color="tab:red", linestyle=":", linewidth=1, label="chance: constant answer (50%)")
         axis.set_xscale("log")
         axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_xlabel("context tokens before the question (log)")
@@ -243,8 +269,14 @@ def plot_reprompting(summary: pd.DataFrame, stem: Path, settings: tuple[str, ...
     axes[0][0].set_ylabel("accuracy (yes/no)")
     axes[0][0].set_ylim(0, 1.05)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-                  title="method (dotted: 50%)")
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=3,
+                  title="method")  # below the panels: the figure stays narrow enough for the report
     figure.suptitle(title)
     figure.tight_layout()
     return save_figure(figure, stem)
+
+
+def _tokens_note(counts) -> str:
+    """"1 token" when every image keeps the same number, else "same k per image"."""
+    values = sorted(int(c) for c in counts)
+    return (f"{values[0]} token" + ("s" if values[0] != 1 else "")) if len(values) == 1 else "same k per image"

@@ -10,6 +10,7 @@ flip rates are those of `experiments.neo_ablation.flip_summary`, computed there 
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vlminterp.experiments.neo_ablation import flip_summary  # noqa: E402
+from vlminterp.plots.conditions import identical_conditions, merged_label  # noqa: E402
 from vlminterp.plots.organism import DECODER_LAYER, HIDDEN_STATE, save_figure  # noqa: E402
 from vlminterp.stats import error_bars, excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
 
@@ -36,67 +38,79 @@ def _condition_order(conditions) -> list[str]:
     return sorted(set(conditions), key=key)
 
 
+def _ranking(condition: str) -> str | None:
+    """high_gradient_b{b} and high_gradient_n{n} take the top of one attribution ranking."""
+    return "high_gradient" if condition.startswith("high_gradient") else None
+
+
 def duplicate_conditions(table: pd.DataFrame) -> dict[str, str]:
-    """Conditions that ablate exactly the tokens of another (random_n{n} with n capped at every
-    image token is all_image): {dropped: kept}. Judged per image, so a merged condition never hides
-    a different measurement."""
+    """Conditions that ablate exactly the tokens of another, judged per image and setting
+    (`plots.conditions`): {dropped: kept}. random_n{n} or high_gradient_n{n} with n capped at every
+    image token is all_image; high_gradient_n{n} is high_gradient_b{b} when |object_b{b}| = n on
+    every image."""
     rows = table[table["condition"] != "none"]
-    if "all_image" not in set(rows["condition"]):
-        return {}
-    every = rows[rows["condition"] == "all_image"].set_index(["image_id", "setting"])["n_tokens"]
-    duplicates = {}
-    for condition in sorted(set(rows["condition"])):
-        if not condition.startswith("random_n"):
-            continue
-        tokens = rows[rows["condition"] == condition].set_index(["image_id", "setting"])["n_tokens"]
-        if len(tokens) and tokens.reindex(every.index).equals(every.astype(tokens.dtype)):
-            duplicates[condition] = "all_image"
-    return duplicates
+    return identical_conditions(rows, ranking=_ranking, full="all_image", keys=("image_id", "setting"),
+                                order=_condition_order(rows["condition"]))
+
+
+def blind_flip_rate(table: pd.DataFrame, setting: str = "vqa") -> tuple[float, str] | None:
+    """VQA's chance line: the flip rate a blind answerer would show, one that gives the same answer
+    whatever the image (the commonest target name among the included images, the best such
+    answer): 1 - that name's share. None without included images."""
+    rows = table[(table["setting"] == setting) & (table["condition"] == "none") & table["included"].astype(bool)]
+    shares = rows.drop_duplicates("image_id")["category"].value_counts(normalize=True)
+    return (1.0 - float(shares.iloc[0]), str(shares.index[0])) if len(shares) else None
 
 
 def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
-    """N1: share of correctly identified objects that flip to failure, per condition and setting.
+    """N1: share of correctly identified objects that flip to failure, per condition, one panel per
+    setting (stacked, so the figure stays narrow enough to read inside the report).
 
     A bar of 0% is labelled "0", a condition a setting has no included image for "n/a" (so neither
-    is mistaken for the other); a condition ablating the same tokens as all_image (random_n{n}
-    with n = every image token) is drawn once, as all_image, its tick naming both."""
+    is mistaken for the other); conditions ablating the same tokens (`duplicate_conditions`) are
+    drawn once, the tick naming all of them. VQA's panel has a chance line (`blind_flip_rate`);
+    polling (target questions only: an always-"yes" answerer loses nothing) and generative have none."""
     duplicates = duplicate_conditions(table)
     table = table[~table["condition"].isin(list(duplicates))]
     included = table[table["included"].astype(bool) & (table["condition"] != "none")]
     settings = [s for s in ("generative", "polling", "vqa") if s in set(table["setting"])]
     summary = flip_summary(table, seed=seed, n_resamples=n_resamples)
     conditions = _condition_order(table.loc[table["condition"] != "none", "condition"])
-    figure, axis = plt.subplots(figsize=(max(7.0, 0.62 * len(conditions) * max(1, len(settings)) / 2 + 3), 4.6))
-    width = 0.8 / max(1, len(settings))
+    figure, axes = plt.subplots(max(1, len(settings)), 1, sharex=True, squeeze=False,
+                                figsize=(max(6.5, 0.45 * len(conditions) + 2.5), 1.9 * max(1, len(settings)) + 2.0))
     x = np.arange(len(conditions))
-    for index, setting in enumerate(settings):
+    for axis, setting in zip(axes[:, 0], settings):
+        colour = SETTING_COLOURS.get(setting)
         part = summary[summary["setting"] == setting].set_index("condition").reindex(conditions)
         n_included = int(table[(table["setting"] == setting) & (table["condition"] == "none")
                                & table["included"].astype(bool)]["image_id"].nunique())
-        errors = error_bars(part["mean"], part["low"], part["high"])
-        positions = x + (index - (len(settings) - 1) / 2) * width
-        axis.bar(positions, part["mean"], width=width, yerr=errors,
-                 capsize=2, color=SETTING_COLOURS.get(setting), label=f"{setting} (n={n_included} included)")
-        for position, value in zip(positions, part["mean"]):
+        axis.bar(x, part["mean"], width=0.7, yerr=error_bars(part["mean"], part["low"], part["high"]),
+                 capsize=2, color=colour)
+        for position, value in zip(x, part["mean"]):
             if pd.isna(value):
-                axis.text(position, 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color="0.4")
+                axis.text(position, 0.03, "n/a", ha="center", va="bottom", fontsize=7, color="0.4")
             elif value == 0:
-                axis.text(position, 0.01, "0", ha="center", va="bottom", fontsize=7,
-                          color=SETTING_COLOURS.get(setting))
+                axis.text(position, 0.03, "0", ha="center", va="bottom", fontsize=8, color=colour)
+        blind = blind_flip_rate(table, setting) if setting == "vqa" else None
+        if blind is not None:
+            axis.axhline(blind[0], color="black", linestyle=":", linewidth=1.2,
+                         label=f"chance: blind answer \"{blind[1]}\" for every image ({blind[0]:.2f})")
+            axis.legend(fontsize=7, loc="upper center", framealpha=0.9)
+        axis.set_title(f"{setting} (n = {n_included} included images)", fontsize=9, loc="left")
+        axis.set_ylim(0, 1.25)  # headroom for the chance line's legend
+        axis.set_yticks([0, 0.5, 1])
+        axis.grid(axis="y", alpha=0.3)
+        axis.set_ylabel("flip rate", fontsize=9)
     tokens = included.groupby("condition")["n_tokens"].mean()
-    same = {kept: [d for d, k in duplicates.items() if k == kept] for kept in set(duplicates.values())}
-    axis.set_xticks(x)
-    axis.set_xticklabels([f"{c}{' = ' + ', '.join(same[c]) if c in same else ''}\n"
-                          f"({tokens.get(c, float('nan')):.0f} tok)" for c in conditions], rotation=40,
-                         ha="right", fontsize=8)
-    axis.set_ylim(0, 1.05)
-    axis.set_ylabel("identification flip rate")
-    axis.set_title("N1 token ablation: share of correct answers lost (95% bootstrap intervals)")
-    axis.grid(axis="y", alpha=0.3)
+    bottom = axes[-1, 0]
+    bottom.set_xticks(x)
+    bottom.set_xticklabels([textwrap.fill(f"{merged_label(c, duplicates)} ({tokens.get(c, float('nan')):.0f} tok)", 36)
+                            for c in conditions], rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
+    figure.suptitle("N1 token ablation: share of correct answers lost (95% bootstrap intervals)", fontsize=10)
     note = excluded_note(excluded_counts(table))
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title_fontsize=8,
-                title="setting" + (f"\n({note})".replace(": ", ":\n", 1) if note else "")
-                + "\n0 = no flip; n/a = no included image")
+    figure.text(0.01, 0.0, "0 = no flip; n/a = no included image" + (f"; {note}" if note else ""),
+                fontsize=7, ha="left", va="top", wrap=True)
+    figure.tight_layout()
     return save_figure(figure, stem)
 
 

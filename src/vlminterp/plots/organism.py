@@ -80,7 +80,8 @@ def plot_training_curves(losses: pd.DataFrame, stem: Path, smooth: int = 5) -> l
 
 
 def plot_evaluation(summary: pd.DataFrame, stem: Path, title: str = "Model organism on held-out images") -> list[Path]:
-    """Accuracy per task with 95% intervals, strict accuracy, and the 95% target line."""
+    """Accuracy per task with 95% intervals, strict accuracy, the 95% target line and, where the
+    summary gives one, each task's chance (a black dash on its accuracy bar)."""
     missing = {"task", "n", "accuracy", "strict_accuracy", "ci_low", "ci_high"} - set(summary.columns)
     if missing:
         raise ValueError(f"evaluation summary lacks columns {sorted(missing)}")
@@ -92,12 +93,15 @@ def plot_evaluation(summary: pd.DataFrame, stem: Path, title: str = "Model organ
     axis.bar([i + 0.2 for i in x], summary["strict_accuracy"], width=0.4, label="strict (exact answer)",
              color="tab:gray")
     axis.axhline(TARGET_ACCURACY, color="tab:red", linestyle="--", linewidth=1.2, label="95% target")
+    if "chance" in summary and summary["chance"].notna().any():  # summaries written before #27 lack it
+        axis.scatter([i - 0.2 for i in x], summary["chance"], marker="_", s=500, linewidths=2, color="black",
+                     zorder=3, label="chance: commonest answer to every question")
     axis.set_xticks(list(x))
     axis.set_xticklabels([f"{t}\n(n={n})" for t, n in zip(summary["task"], summary["n"])])
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("accuracy (greedy decoding)")
     axis.set_xlabel("task")
     axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # clear of the bars and dashes
     axis.grid(True, axis="y", alpha=0.3)
     return save_figure(figure, stem)

@@ -2,7 +2,7 @@
 
     from vlminterp.models.organism import evaluate_organism, summarize_evaluation
     table = evaluate_organism(Path("results/organism"), Path("data/shapes"), split="val")
-    summarize_evaluation(table)       # one row per task: n, accuracy, strict_accuracy, 95% CI
+    summarize_evaluation(table)       # one row per task: n, accuracy, strict_accuracy, 95% CI, chance
 
 The table has one row per image x task (x object where the task is about one object) with the
 prompt, the generated answer, the expected answer and two flags:
@@ -131,17 +131,25 @@ def score_answer(example: TaskExample, answer: str, matcher: MentionMatcher) -> 
     raise ValueError(f"score_answer does not score task {example.task!r}")
 
 
+# Tasks with one short answer per question; a blind answerer gives the same answer to every one.
+ONE_ANSWER_TASKS = ("polling", "color", "shape", "shape_vqa")
+
+
 def summarize_evaluation(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per task (n, accuracy, strict_accuracy, Wilson 95% interval of accuracy)."""
+    """Accuracy per task (n, accuracy, strict_accuracy, Wilson 95% interval of accuracy) and
+    `chance`: for ONE_ANSWER_TASKS, the accuracy of a blind answerer giving the task's commonest
+    expected answer to every question (0.5 on balanced polling); NaN for describe."""
     rows = []
     for task in [t for t in EVAL_TASKS if t in set(df["task"])] + sorted(set(df["task"]) - set(EVAL_TASKS)):
         part = df[df["task"] == task]
         n, k = len(part), int(part["correct"].sum())
         low, high = wilson_interval(k, n)
+        answers = part["expected"].astype(str).str.strip().str.lower()
+        chance = float(answers.value_counts(normalize=True).iloc[0]) if task in ONE_ANSWER_TASKS and n else float("nan")
         rows.append({"task": task, "n": n, "accuracy": k / n if n else float("nan"),
                      "strict_accuracy": float(part["correct_strict"].mean()) if n else float("nan"),
-                     "ci_low": low, "ci_high": high})
-    return pd.DataFrame(rows, columns=["task", "n", "accuracy", "strict_accuracy", "ci_low", "ci_high"])
+                     "ci_low": low, "ci_high": high, "chance": chance})
+    return pd.DataFrame(rows, columns=["task", "n", "accuracy", "strict_accuracy", "ci_low", "ci_high", "chance"])
 
 
 def _row(example: TaskExample, generated: str, correct: bool, correct_strict: bool, **overrides) -> dict:
