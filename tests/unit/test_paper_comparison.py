@@ -106,6 +106,9 @@ def test_paper_comparison_reads_each_headline_from_the_run_tables():
     # every paper number carries a source, every row names its measure
     numbered = table[table["paper_value"].notna()]
     assert numbered["source"].str.len().gt(0).all() and table["measure"].str.len().gt(0).all()
+    # every value of this run has a control beside it, or says why it has none
+    valued = table[table["value"].notna()]
+    assert valued["control"].str.len().gt(0).all(), valued[valued["control"] == ""][["experiment", "condition"]]
 
 
 def test_k4_compares_each_balanced_strategy_and_their_mean_with_single_turn_as_the_full_image():
