@@ -308,8 +308,8 @@ def _k4_rows(answers: pd.DataFrame, seed: int) -> list[dict]:
 
 def paper_comparison(tables: RunTables, model: str, organism: bool, seed: int = 0) -> pd.DataFrame:
     """The comparison table (module docstring)."""
-    rows = [*_n1_rows(tables.ablation, seed, tables.vocabulary), *_k2_rows(tables, seed), *_k3_rows(tables.localization, seed),
-            *_k4_rows(tables.reprompt, seed)]
+    rows = [*_n1_rows(tables.ablation, seed, tables.vocabulary), *_k2_rows(tables, seed),
+            *_k3_rows(tables.localization, seed), *_k4_rows(tables.reprompt, seed)]
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("setting"), "model", model)
     if organism:
