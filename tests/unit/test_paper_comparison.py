@@ -356,3 +356,19 @@ def test_by_category_holds_every_n1_setting():
     assert set(n1["setting"]) == {"generative", "vqa"}  # polling: _ablation's polling rows are unablated only
     vqa = n1[n1["setting"] == "vqa"].set_index("category")
     assert vqa.loc["circle", "n"] == 3 and vqa.loc["circle", "value"] == 1.0 and "star" in vqa.index
+
+
+def test_generative_chance_falls_back_to_the_random_sweep_of_the_nearest_count():
+    """A run with no count-matched draw (too few tokens outside the buffered object): the chance is
+    random_n{n} with n nearest the object's 4 tokens (n = 5: 1 of 2 pairs), not n = 20 (2 of 2)."""
+    from vlminterp.scoring.vocabulary import load_vocabulary
+
+    described = _described()
+    swept = described[described["condition"] == "random_matched_b1"].assign(condition="random_n5", n_tokens=5)
+    wrecked = described[described["condition"] == "high_gradient_b1"].assign(condition="random_n20", n_tokens=20)
+    ablation = pd.concat([described[described["condition"] != "random_matched_b1"], swept, wrecked])
+    table = paper_comparison(RunTables(ablation, _knockout(), _peaks(), _answers(_toy_questions()),
+                                       vocabulary=load_vocabulary("shapes")), "m", False)
+    generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")].set_index("condition")
+    assert (generative["chance"].dropna() == 0.5).all() and generative["control"].str.contains("random_n5").all()
+    assert generative.loc["high_gradient_b1", "flag"] == controls.CONTROL_OFF_CHANCE

@@ -23,7 +23,7 @@ question x method), and N1's synonym vocabulary (its generative control reads th
   target, "yes", and one absent category, "no", per image); generative, each row's condition
   scored against another image's target (`controls.permuted_mention_flips`, the stage's vocabulary
   reading the descriptions), whose chance is the count-matched random tokens' rate on the same
-  pairs; VQA, the run's image-blind answerer (`all_image`) against the answer prior
+  pairs (random_n{n} of the nearest count where the run has no count-matched draw); VQA, the run's image-blind answerer (`all_image`) against the answer prior
   (`controls.image_blind_vqa`).
 - K2: the judge that produced the value is named in `measure`: with the LLM judge's table, its F1
   (the paper's judge lists free-form objects, as an LLM does); otherwise the offline judge's F1
@@ -127,9 +127,23 @@ def _polling_control(ablation: pd.DataFrame, seed: int) -> dict:
             "control_high": float(best["high"]), "chance": 0.5}
 
 
+def _random_base(part: pd.DataFrame, buffer: int) -> str:
+    """The random tokens whose permuted-label flips are the generative rows' chance: the
+    count-matched random_matched_b{buffer}, or where the run has none (too few tokens outside the
+    buffered object, as on a 4 x 4 image) the random_n{n} whose n is nearest object_b{buffer}'s mean
+    count. `part`: flip_summary's rows of the setting, by condition."""
+    matched = f"random_matched_b{buffer}"
+    sweep = [c for c in part.index if c.startswith("random_n")]
+    if matched in part.index or not sweep or f"object_b{buffer}" not in part.index:
+        return matched
+    count = part.loc[f"object_b{buffer}", "mean_tokens"]
+    return min(sweep, key=lambda c: (abs(int(c[len("random_n"):]) - count), int(c[len("random_n"):])))
+
+
 def _n1_controls(ablation: pd.DataFrame, vocabulary: SynonymVocabulary | None, seed: int, setting: str,
-                 buffer: int):
-    """condition -> the control of the setting's rows (module docstring)."""
+                 base: str):
+    """condition -> the control of the setting's rows (module docstring); `base`: the generative
+    rows' chance (`_random_base`)."""
     if setting == "polling":
         control = _polling_control(ablation, seed)
         return lambda condition: control
@@ -139,7 +153,7 @@ def _n1_controls(ablation: pd.DataFrame, vocabulary: SynonymVocabulary | None, s
     if vocabulary is None:
         return lambda condition: {**NO_CONTROL, "control": "permuted labels: no vocabulary to read the descriptions"}
     flips = controls.permuted_mention_flips(ablation, vocabulary.categories_in, seed=seed)
-    return lambda condition: controls.mention_control(flips, condition, f"random_matched_b{buffer}")
+    return lambda condition: controls.mention_control(flips, condition, base)
 
 
 def _n1_rows(ablation: pd.DataFrame, seed: int, vocabulary: SynonymVocabulary | None = None) -> list[dict]:
@@ -149,7 +163,7 @@ def _n1_rows(ablation: pd.DataFrame, seed: int, vocabulary: SynonymVocabulary | 
         part = summary[summary["setting"] == setting].set_index("condition")
         buffers = sorted(int(c.rsplit("_b", 1)[1]) for c in part.index if c.startswith("object_b"))
         buffer = 1 if 1 in buffers else (buffers[0] if buffers else 0)
-        control_of = _n1_controls(ablation, vocabulary, seed, setting, buffer)
+        control_of = _n1_controls(ablation, vocabulary, seed, setting, _random_base(part, buffer))
         claims = [(f"object_b{buffer}", "ablating the object's tokens flips over 70% of correct answers", 0.70, ">",
                    NEO_ABSTRACT),
                   (f"random_matched_b{buffer}", "far fewer flips for as many random tokens", np.nan, "", UNSOURCED),
