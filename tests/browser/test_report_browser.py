@@ -78,3 +78,9 @@ def test_report_holds_each_logit_lens_page(report, tiny_run):
     html = report.read_text(errors="replace")
     for page in pages:
         assert page.name in html, f"{page.name} is not in the report"
+
+
+def test_report_holds_the_per_category_breakdown(report):
+    """Issue 22's breakdown is a table the report shows, in its own category."""
+    html = report.read_text(errors="replace")
+    assert "by_category.html" in html and "Per-category breakdown" in html

@@ -39,3 +39,12 @@ def test_protocols_cite_the_authors_scripts_at_their_paths():
     cited = set(re.findall(r"`((?:src/|scripts/|data/)[\w/.-]*)`", neo))
     assert {"scripts/ablation_experiment_curate.py", "scripts/attention_experiment_curate.py"} <= cited
     assert cited <= AUTHORS_TREE, cited - AUTHORS_TREE
+
+
+def test_name_in_topk_is_not_called_the_papers_measure():
+    """Neo et al. report no logit-lens rate: name_in_topk is this repository's measure (issue 22, 8)."""
+    this = Path(__file__).resolve()
+    hits = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in _prose_files() if p.resolve() != this
+            for m in re.finditer(r"name_in_topk[^.;]*the paper'?s'? measure", " ".join(p.read_text(encoding="utf-8")
+                                                                                    .split()))]
+    assert not hits, hits

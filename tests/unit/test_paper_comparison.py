@@ -106,6 +106,9 @@ def test_paper_comparison_reads_each_headline_from_the_run_tables():
     # every paper number carries a source, every row names its measure
     numbered = table[table["paper_value"].notna()]
     assert numbered["source"].str.len().gt(0).all() and table["measure"].str.len().gt(0).all()
+    # every value of this run has a control beside it, or says why it has none
+    valued = table[table["value"].notna()]
+    assert valued["control"].str.len().gt(0).all(), valued[valued["control"] == ""][["experiment", "condition"]]
 
 
 def test_k4_compares_each_balanced_strategy_and_their_mean_with_single_turn_as_the_full_image():
@@ -229,7 +232,9 @@ def test_n1_polling_control_counts_the_unablated_questions():
     polling = table[(table["experiment"] == "N1") & (table["setting"] == "polling")]
     assert (polling["control_value"] == 0.5).all() and (polling["flag"] == "").all()
     generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")]
-    assert (generative["control"] == "").all()
+    # without the vocabulary the descriptions cannot be read: the control says so, no value, no flag
+    assert generative["control"].str.contains("no vocabulary").all() and generative["control_value"].isna().all()
+    assert (generative["flag"] == "").all()
 
 
 def test_by_category_breaks_every_headline_down():
@@ -253,3 +258,119 @@ def test_on_the_organism_every_row_says_it_is_not_llava_and_missing_bands_are_ex
     # 2 layers: layer 0 is in the first eighth, layer 1 in the fifth; bands 1-3 hold no layer.
     assert k3["value"].isna().tolist() == [False, True, True, True, False]
     assert k3["note"].str.contains("no layer of this model").sum() == 3
+
+
+# ---- N1 generative and VQA controls ---------------------------------------------------------------
+#: Three included targets (two circles, one star), described by the organism's sentences per condition.
+DESCRIPTIONS = {
+    "none": ("There is a red circle and a blue star.", "There is a green circle, a yellow star and a red square.",
+             "There is a blue star and a red circle."),
+    # the object's own name goes, every other mention stays
+    "object_b1": ("There is a blue star.", "There is a yellow star and a red square.", "There is a red circle."),
+    # the circles' images lose the star, the star's image keeps everything
+    "random_matched_b1": ("There is a red circle.", "There is a green circle and a red square.",
+                          "There is a blue star and a red circle."),
+    # the whole description goes
+    "high_gradient_b1": ("There is.", "There is.", "There is."),
+}
+
+
+def _described(extra_image: bool = True) -> pd.DataFrame:
+    """N1 generative rows of three included targets (DESCRIPTIONS) and an excluded one."""
+    rows = []
+    for image, category in enumerate(("circle", "circle", "star")):
+        for condition, texts in DESCRIPTIONS.items():
+            success = category in texts[image]
+            rows.append({"image_id": image, "category": category, "setting": "generative", "question_kind": "target",
+                         "condition": condition, "included": True, "flipped": condition != "none" and not success,
+                         "success": success, "answer": texts[image], "n_tokens": 4, "excluded": ""})
+    if extra_image:  # excluded: nothing run, never permuted
+        rows.append({"image_id": 9, "category": "square", "setting": "generative", "question_kind": "target",
+                     "condition": "none", "included": False, "flipped": False, "success": False, "answer": "",
+                     "n_tokens": 0, "excluded": "object outside the crop"})
+    return pd.DataFrame(rows)
+
+
+def test_generative_permuted_mention_flips_counted_by_hand():
+    """Both derangements of three images (seeds 0 and 5 draw one each) give one circle image the
+    star and the star image a circle; the third pair (a circle assigned to a circle) is the headline
+    itself and is dropped. By hand: object_b1 loses neither mention (0 of 2), the random tokens the
+    star (1 of 2), the wrecked description both (2 of 2)."""
+    from vlminterp.scoring.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary("shapes")
+    assert {tuple(controls.derangement(3, seed)) for seed in (0, 5)} == {(2, 0, 1), (1, 2, 0)}
+    for seed in (0, 5):
+        flips = controls.permuted_mention_flips(_described(), vocabulary.categories_in, seed=seed)
+        flips = flips.set_index("condition")
+        assert flips["n_pairs"].tolist() == [2, 2, 2] and (flips["n_images"] == 3).all()
+        assert flips["flip_rate"].to_dict() == {"object_b1": 0.0, "random_matched_b1": 0.5, "high_gradient_b1": 1.0}
+    table = paper_comparison(RunTables(_described(), _knockout(), _peaks(), _answers(_toy_questions()),
+                                       vocabulary=vocabulary), "m", False)
+    generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")].set_index("condition")
+    assert generative.loc["object_b1", "value"] == 1.0 and generative.loc["random_matched_b1", "value"] == 0.0
+    assert (generative.loc[["object_b1", "random_matched_b1", "high_gradient_b1"], "chance"] == 0.5).all()
+    assert generative.loc["object_b1", "control_value"] == 0.0 and generative.loc["object_b1", "flag"] == ""
+    # the wrecked description loses another object's mention at the object's rate: flagged
+    assert generative.loc["high_gradient_b1", "control_value"] == 1.0
+    assert generative.loc["high_gradient_b1", "flag"] == controls.CONTROL_OFF_CHANCE
+    assert np.isnan(generative.loc["register", "control_value"])  # no register rows: no pair
+
+
+def _vqa(blind_hits) -> pd.DataFrame:
+    """VQA rows: five included targets and one the model got wrong unablated; the all_image
+    condition names the target where `blind_hits` says so."""
+    categories = ("circle", "circle", "circle", "star", "square", "star")
+    rows = []
+    for image, category in enumerate(categories):
+        included = image < 5
+        for condition, success in (("none", included), ("object_b1", False),
+                                   ("all_image", blind_hits[image] if included else False)):
+            rows.append({"image_id": image, "category": category, "setting": "vqa", "question_kind": "target",
+                         "condition": condition, "included": included, "flipped": included and not success
+                         and condition != "none", "success": success, "answer": "", "n_tokens": 4, "excluded": ""})
+    return pd.DataFrame(rows)
+
+
+def test_vqa_image_blind_answerer_against_the_answer_prior_by_hand():
+    """The prior answers each target with the commonest of the other four: "circle" for every one
+    (circles: 2 of the other 4 for a circle, 3 for the star and the square), right for 3 of 5."""
+    assert controls.category_prior(["circle", "circle", "circle", "star", "square"]).tolist() == ["circle"] * 5
+    # ties: the first by name (b: a or c -> a; a: b or c -> b; c: a or b -> a)
+    assert controls.category_prior(["b", "a", "c"]).tolist() == ["a", "b", "a"]
+    assert controls.category_prior(["a", "a", "b", "b"]).tolist() == ["b", "b", "a", "a"]
+    at_chance = controls.image_blind_vqa(_vqa([True, True, True, False, False, False]))
+    assert (at_chance["control_value"], at_chance["chance"]) == (0.6, 0.6)
+    assert "1/3" in at_chance["control"] and controls.flag(at_chance, 0.9, 1.0) == ""
+    table = paper_comparison(RunTables(_vqa([True] * 6), _knockout(), _peaks(), _answers(_toy_questions())), "m",
+                             False)
+    vqa = table[(table["experiment"] == "N1") & (table["setting"] == "vqa")].set_index("condition")
+    # a blind answerer naming every target: the question gives the answer away, every VQA row flagged
+    assert vqa.loc["object_b1", "value"] == 1.0 and vqa.loc["object_b1", "n"] == 5
+    assert (vqa["control_value"] == 1.0).all() and (vqa["chance"] == 0.6).all()
+    assert (vqa["flag"] == controls.CONTROL_OFF_CHANCE).all()
+
+
+def test_by_category_holds_every_n1_setting():
+    ablation = pd.concat([_ablation(), _described(), _vqa([True] * 6)], ignore_index=True)
+    breakdown = by_category(RunTables(ablation, _knockout(), _peaks(), _answers(_toy_questions())))
+    n1 = breakdown[(breakdown["experiment"] == "N1") & (breakdown["condition"] == "object_b1")]
+    assert set(n1["setting"]) == {"generative", "vqa"}  # polling: _ablation's polling rows are unablated only
+    vqa = n1[n1["setting"] == "vqa"].set_index("category")
+    assert vqa.loc["circle", "n"] == 3 and vqa.loc["circle", "value"] == 1.0 and "star" in vqa.index
+
+
+def test_generative_chance_falls_back_to_the_random_sweep_of_the_nearest_count():
+    """A run with no count-matched draw (too few tokens outside the buffered object): the chance is
+    random_n{n} with n nearest the object's 4 tokens (n = 5: 1 of 2 pairs), not n = 20 (2 of 2)."""
+    from vlminterp.scoring.vocabulary import load_vocabulary
+
+    described = _described()
+    swept = described[described["condition"] == "random_matched_b1"].assign(condition="random_n5", n_tokens=5)
+    wrecked = described[described["condition"] == "high_gradient_b1"].assign(condition="random_n20", n_tokens=20)
+    ablation = pd.concat([described[described["condition"] != "random_matched_b1"], swept, wrecked])
+    table = paper_comparison(RunTables(ablation, _knockout(), _peaks(), _answers(_toy_questions()),
+                                       vocabulary=load_vocabulary("shapes")), "m", False)
+    generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")].set_index("condition")
+    assert (generative["chance"].dropna() == 0.5).all() and generative["control"].str.contains("random_n5").all()
+    assert generative.loc["high_gradient_b1", "flag"] == controls.CONTROL_OFF_CHANCE

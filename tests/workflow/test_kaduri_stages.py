@@ -186,8 +186,13 @@ def test_paper_comparison_on_the_organism(tiny_run):
     # K4: 3 claims x (3 balanced POPE strategies + their mean)
     assert table.groupby("experiment").size().to_dict() == {"K2": 3, "K3": 5, "K4": 12, "N1": 12}
     assert table["note"].str.contains("the organism is not LLaVA").all()
+    # every value has its control beside it; N1's generative and VQA rows theirs (issue 22, point 10)
+    assert table[table["value"].notna()]["control"].str.len().gt(0).all()
+    n1 = table[table["experiment"] == "N1"].groupby("setting")["control"].first()
+    assert n1["generative"].startswith("permuted labels") and n1["vqa"].startswith("image-blind answerer")
     breakdown = pd.read_csv(_out(tiny_run) / "papers" / "by_category.csv")
     assert set(breakdown["experiment"]) <= {"N1", "K2", "K3", "K4"} and len(breakdown)
+    assert set(breakdown[breakdown["experiment"] == "N1"]["setting"]) == {"generative", "polling", "vqa"}
     summary = _table(tiny_run, "knockout/summary.csv").set_index("condition")
     for condition in ("image->generated", "image->query"):
         row = table[table["condition"] == condition].iloc[0]

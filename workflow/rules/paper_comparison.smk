@@ -16,6 +16,7 @@ rule compare_with_papers:
         model=config["model"]["pretrained"]["id"] if not uses_organism() else "shapes organism",
         organism=uses_organism(),
         judge_model=KADURI["llm_judge"]["model"],
+        vocabulary=neo_vocabulary(),
         seed=SEED,
     log:
         logs("compare_with_papers"),

@@ -4,13 +4,18 @@ from vlminterp.experiments.paper_comparison import RunTables, by_category, paper
 from vlminterp.io import read_table, write_table
 from vlminterp.plots.tables import write_table_html
 from vlminterp.runtime import rule_context
+from vlminterp.scoring.vocabulary import load_vocabulary
 
 params, inputs = snakemake.params, snakemake.input
 with rule_context(snakemake.log[0], seed=params.seed):
-    tables = RunTables(ablation=read_table(inputs.ablation), knockout=read_table(inputs.knockout),
+    ablation = read_table(inputs.ablation)
+    # N1's vocabulary reads the generative control's descriptions: the stage's, extended (as the
+    # stage extends it by the dataset's categories) by the targets' categories it scores
+    vocabulary = load_vocabulary(params.vocabulary, categories=sorted(set(ablation["category"])))
+    tables = RunTables(ablation=ablation, knockout=read_table(inputs.knockout),
                        localization=read_table(inputs.localization), reprompt=read_table(inputs.reprompt),
                        knockout_llm=read_table(inputs.knockout_llm) if "knockout_llm" in inputs.keys() else None,
-                       judge_model=params.judge_model)
+                       judge_model=params.judge_model, vocabulary=vocabulary)
     comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
     write_table(comparison, snakemake.output.comparison)
     breakdown = by_category(tables, seed=params.seed)

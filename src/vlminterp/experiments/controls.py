@@ -22,6 +22,19 @@ on the same questions, images and tables. Each control here is computed from the
 
 - K3: the localization stage scores each peak against another image's object as well
   (`kaduri_localization.permuted_label`); the comparison reads it (`paper_comparison`).
+- N1 generative: `permuted_mention_flips` applies the flip readout to ANOTHER image's target (the
+  included images' targets permuted by a seeded derangement; pairs whose assigned category is the
+  image's own are dropped, they are the headline itself): among images whose unablated
+  description names the assigned category, the share whose ablated description no longer does.
+  An ablation that removes the object's identity and nothing else loses another object's mention
+  at the base rate, the count-matched random tokens' rate on the same pairs (`mention_control`'s
+  chance); one that wrecks the whole description, or a readout that credits any description,
+  loses it at the object's rate.
+- N1 VQA: `image_blind_vqa` scores the run's own image-blind answerer, the `all_image` condition
+  (every image token replaced), on the included targets: the share whose first piece it still
+  answers. No image, no leak: it can match at most the answer prior (`category_prior`: each target
+  answered with the commonest target category of the OTHER images; ties by name), its chance. Above
+  it, the question or the prompt gives the answer away.
 
 `flag` turns a control into the comparison table's `flag` column: "control_off_chance" when a
 null control that must sit at chance does not (the value is not published as a finding);
@@ -29,6 +42,8 @@ null control that must sit at chance does not (the value is not published as a f
 image-blind F1); "" otherwise.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -142,6 +157,94 @@ def category_blind_f1(knockout: pd.DataFrame, condition: str, seed: int = 0) -> 
     low, high = cluster_bootstrap_ci(scores, part["image_id"].to_numpy(), seed=seed)
     value = float(scores.mean())
     return {"control": label, "control_value": value, "control_low": low, "control_high": high, "chance": value}
+
+
+# ---- N1 generative and VQA ------------------------------------------------------------------------
+def _included_targets(ablation: pd.DataFrame, setting: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the setting's target rows that are not excluded, its included unablated rows: one per
+    image, in image id order)."""
+    rows = ablation[ablation["setting"] == setting]
+    if "question_kind" in rows:
+        rows = rows[rows["question_kind"] == "target"]
+    if "excluded" in rows:
+        rows = rows[rows["excluded"].fillna("") == ""]
+    base = rows[(rows["condition"] == "none") & rows["included"].astype(bool)]
+    return rows, base.drop_duplicates("image_id").sort_values("image_id").reset_index(drop=True)
+
+
+def permuted_mention_flips(ablation: pd.DataFrame, mentions: Callable[[str], set[str]], seed: int = 0,
+                           setting: str = "generative") -> pd.DataFrame:
+    """N1 generative's permuted-label flips (module docstring) from the N1 table (`answer` holds the
+    descriptions; `mentions(text)` the categories a text names, the stage's vocabulary): one row per
+    ablated condition with flip_rate, low, high (95%, resampling images), n_pairs (images whose
+    unablated description names their assigned category) and n_images (included images permuted)."""
+    columns = ["condition", "flip_rate", "low", "high", "n_pairs", "n_images"]
+    if "answer" not in ablation:
+        return pd.DataFrame(columns=columns)
+    rows, base = _included_targets(ablation, setting)
+    assigned = base["category"].to_numpy()[derangement(len(base), seed)]  # one image: its own, dropped below
+
+    def texts(answers) -> list[set[str]]:
+        return [mentions(a) if isinstance(a, str) else set() for a in answers]
+
+    named = [a != own and a in said for a, own, said in zip(assigned, base["category"], texts(base["answer"]))]
+    pairs = pd.Series(assigned, index=base["image_id"])[np.asarray(named, dtype=bool)]
+    out = []
+    for condition, part in rows[rows["condition"] != "none"].groupby("condition", sort=False):
+        part = part.drop_duplicates("image_id").set_index("image_id").reindex(pairs.index).dropna(subset=["condition"])
+        flipped = np.array([c not in said for c, said in zip(pairs.loc[part.index], texts(part["answer"]))],
+                           dtype=float)
+        low, high = cluster_bootstrap_ci(flipped, part.index.to_numpy(), seed=seed)
+        out.append({"condition": condition, "flip_rate": float(flipped.mean()) if len(flipped) else np.nan,
+                    "low": low, "high": high, "n_pairs": len(flipped), "n_images": len(base)})
+    return pd.DataFrame(out, columns=columns)
+
+
+def mention_control(flips: pd.DataFrame, condition: str, base_condition: str) -> dict:
+    """The control dict of an N1 generative row: `condition`'s permuted-label flips, against the
+    base rate of `base_condition` (the count-matched random tokens) on the same pairs."""
+    by = flips.set_index("condition")
+    label = (f"permuted labels: {condition} scored against another image's target, over descriptions naming it "
+             f"(chance: {base_condition}'s rate on the same pairs)")
+    if condition not in by.index or by.loc[condition, "n_pairs"] == 0:
+        return {"control": f"{label}: no such pair", "control_value": np.nan, "control_low": np.nan,
+                "control_high": np.nan, "chance": np.nan}
+    got = by.loc[condition]
+    chance = float(by.loc[base_condition, "flip_rate"]) if base_condition in by.index else np.nan
+    return {"control": f"{label}; {int(got['n_pairs'])} pairs", "control_value": float(got["flip_rate"]),
+            "control_low": float(got["low"]), "control_high": float(got["high"]), "chance": chance}
+
+
+def category_prior(categories) -> np.ndarray:
+    """Leave-one-out answer prior: for each unit, the commonest category among the OTHER units
+    (ties: the first by name)."""
+    values = np.asarray(categories, dtype=object)
+    names, codes = np.unique(values.astype(str), return_inverse=True)
+    counts = np.bincount(codes, minlength=len(names))
+    others = np.tile(counts, (len(values), 1))
+    others[np.arange(len(values)), codes] -= 1
+    return names[others.argmax(axis=1)]
+
+
+def image_blind_vqa(ablation: pd.DataFrame, seed: int = 0, blind: str = "all_image") -> dict:
+    """N1 VQA's null control (module docstring): the share of included targets whose first piece
+    the `blind` condition still answers, with a 95% interval resampling images; chance: the answer
+    prior's share on the same targets."""
+    rows, base = _included_targets(ablation, "vqa")
+    answered = rows[rows["condition"] == blind].drop_duplicates("image_id").set_index("image_id")
+    answered = answered.reindex(base["image_id"]).dropna(subset=["condition"])
+    label = f"image-blind answerer: {blind} (every image token replaced), share of included targets it still names"
+    if len(answered) < 2:
+        return {"control": f"{label}: fewer than 2 targets", "control_value": np.nan, "control_low": np.nan,
+                "control_high": np.nan, "chance": np.nan}
+    hits = answered["success"].astype(bool).to_numpy(dtype=float)
+    low, high = cluster_bootstrap_ci(hits, answered.index.to_numpy(), seed=seed)
+    targets = base.set_index("image_id").loc[answered.index, "category"].to_numpy()
+    prior = float(np.mean(category_prior(targets) == targets.astype(str)))
+    n = len(set(targets))
+    return {"control": f"{label} (chance: the answer prior, each target answered with the commonest other target; "
+                       f"1/{n} = {1 / n:.3f} for a uniform guess)",
+            "control_value": float(hits.mean()), "control_low": low, "control_high": high, "chance": prior}
 
 
 def flag(control: dict, low: float, high: float, *, control_sets_chance: bool = False) -> str:

@@ -16,11 +16,15 @@ why, when its tables hold no such condition or its model has no layer in a paper
 
 Inputs (RunTables): N1's ablation.csv, K2's judged descriptions.csv (one row per image x
 condition; the LLM judge's table too when it ran), K3's peaks.csv and K4's answers.csv (one row per
-question x method).
+question x method), and N1's synonym vocabulary (its generative control reads the descriptions).
 
 - N1: flip rates of the object tokens and the count-matched baselines per setting (buffer 1 when the
-  run has it). Control of the polling rows: always-yes / always-no on the unablated polling
-  questions (the target, "yes", and one absent category, "no", per image).
+  run has it). Controls: polling, always-yes / always-no on the unablated polling questions (the
+  target, "yes", and one absent category, "no", per image); generative, each row's condition
+  scored against another image's target (`controls.permuted_mention_flips`, the stage's vocabulary
+  reading the descriptions), whose chance is the count-matched random tokens' rate on the same
+  pairs (random_n{n} of the nearest count where the run has no count-matched draw); VQA, the run's image-blind answerer (`all_image`) against the answer prior
+  (`controls.image_blind_vqa`).
 - K2: the judge that produced the value is named in `measure`: with the LLM judge's table, its F1
   (the paper's judge lists free-form objects, as an LLM does); otherwise the offline judge's F1
   over the dataset's categories, which is NOT the paper's quantity (said in `measure` and `note`).
@@ -53,6 +57,7 @@ from vlminterp.experiments.kaduri_localization import MEAN_HEAD, summarize_local
 from vlminterp.experiments.kaduri_reprompt import (MEAN_SETTING, SUMMARY_SETTINGS, setting_weights,
                                                    summarize_reprompting)
 from vlminterp.experiments.neo_ablation import flip_summary
+from vlminterp.scoring.vocabulary import SynonymVocabulary
 from vlminterp.stats import cluster_bootstrap_ci
 
 COLUMNS = ("paper", "experiment", "claim", "paper_model", "paper_setting", "paper_value", "relation", "source",
@@ -77,7 +82,8 @@ NO_CONTROL = {"control": "", "control_value": np.nan, "control_low": np.nan, "co
 @dataclass
 class RunTables:
     """This run's tables: N1's ablation.csv, K2's descriptions.csv (judged), K3's peaks.csv, K4's
-    answers.csv; knockout_llm: the LLM judge's table of K2 when it ran (judge_model names it)."""
+    answers.csv; knockout_llm: the LLM judge's table of K2 when it ran (judge_model names it);
+    vocabulary: N1's (neo.vocabulary; without it the generative rows have no control)."""
 
     ablation: pd.DataFrame
     knockout: pd.DataFrame
@@ -85,6 +91,7 @@ class RunTables:
     reprompt: pd.DataFrame
     knockout_llm: pd.DataFrame | None = None
     judge_model: str = ""
+    vocabulary: SynonymVocabulary | None = None
 
 
 def _row(paper, experiment, claim, paper_model, paper_setting, paper_value, relation, source, setting, condition,
@@ -120,14 +127,43 @@ def _polling_control(ablation: pd.DataFrame, seed: int) -> dict:
             "control_high": float(best["high"]), "chance": 0.5}
 
 
-def _n1_rows(ablation: pd.DataFrame, seed: int) -> list[dict]:
+def _random_base(part: pd.DataFrame, buffer: int) -> str:
+    """The random tokens whose permuted-label flips are the generative rows' chance: the
+    count-matched random_matched_b{buffer}, or where the run has none (too few tokens outside the
+    buffered object, as on a 4 x 4 image) the random_n{n} whose n is nearest object_b{buffer}'s mean
+    count. `part`: flip_summary's rows of the setting, by condition."""
+    matched = f"random_matched_b{buffer}"
+    sweep = [c for c in part.index if c.startswith("random_n")]
+    if matched in part.index or not sweep or f"object_b{buffer}" not in part.index:
+        return matched
+    count = part.loc[f"object_b{buffer}", "mean_tokens"]
+    return min(sweep, key=lambda c: (abs(int(c[len("random_n"):]) - count), int(c[len("random_n"):])))
+
+
+def _n1_controls(ablation: pd.DataFrame, vocabulary: SynonymVocabulary | None, seed: int, setting: str,
+                 base: str):
+    """condition -> the control of the setting's rows (module docstring); `base`: the generative
+    rows' chance (`_random_base`)."""
+    if setting == "polling":
+        control = _polling_control(ablation, seed)
+        return lambda condition: control
+    if setting == "vqa":
+        control = controls.image_blind_vqa(ablation, seed=seed)
+        return lambda condition: control
+    if vocabulary is None:
+        return lambda condition: {**NO_CONTROL, "control": "permuted labels: no vocabulary to read the descriptions"}
+    flips = controls.permuted_mention_flips(ablation, vocabulary.categories_in, seed=seed)
+    return lambda condition: controls.mention_control(flips, condition, base)
+
+
+def _n1_rows(ablation: pd.DataFrame, seed: int, vocabulary: SynonymVocabulary | None = None) -> list[dict]:
     summary = flip_summary(ablation, seed=seed)
     rows = []
     for setting in ("generative", "polling", "vqa"):
         part = summary[summary["setting"] == setting].set_index("condition")
         buffers = sorted(int(c.rsplit("_b", 1)[1]) for c in part.index if c.startswith("object_b"))
         buffer = 1 if 1 in buffers else (buffers[0] if buffers else 0)
-        control = _polling_control(ablation, seed) if setting == "polling" else None
+        control_of = _n1_controls(ablation, vocabulary, seed, setting, _random_base(part, buffer))
         claims = [(f"object_b{buffer}", "ablating the object's tokens flips over 70% of correct answers", 0.70, ">",
                    NEO_ABSTRACT),
                   (f"random_matched_b{buffer}", "far fewer flips for as many random tokens", np.nan, "", UNSOURCED),
@@ -139,9 +175,10 @@ def _n1_rows(ablation: pd.DataFrame, seed: int) -> list[dict]:
                     "share of correct unablated answers that the ablation flips")
             if condition in part.index:
                 got = part.loc[condition]
-                rows.append(_row(*base, got["mean"], got["low"], got["high"], got["n"], control=control))
+                rows.append(_row(*base, got["mean"], got["low"], got["high"], got["n"], control=control_of(condition)))
             else:
-                rows.append(_row(*base, control=control, note=f"no {condition} rows in this run's N1 table"))
+                rows.append(_row(*base, control=control_of(condition),
+                                 note=f"no {condition} rows in this run's N1 table"))
     return rows
 
 
@@ -285,8 +322,8 @@ def _k4_rows(answers: pd.DataFrame, seed: int) -> list[dict]:
 
 def paper_comparison(tables: RunTables, model: str, organism: bool, seed: int = 0) -> pd.DataFrame:
     """The comparison table (module docstring)."""
-    rows = [*_n1_rows(tables.ablation, seed), *_k2_rows(tables, seed), *_k3_rows(tables.localization, seed),
-            *_k4_rows(tables.reprompt, seed)]
+    rows = [*_n1_rows(tables.ablation, seed, tables.vocabulary), *_k2_rows(tables, seed),
+            *_k3_rows(tables.localization, seed), *_k4_rows(tables.reprompt, seed)]
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("setting"), "model", model)
     if organism:
