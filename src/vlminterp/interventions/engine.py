@@ -173,7 +173,9 @@ class InterventionEngine:
     # ---- internals ------------------------------------------------------------------------------
     def _prefix(self, prepared: PreparedInput, conditions: list[Condition]):
         observe_ids(self.adapter.model, prepared.input_ids)  # a planted routing's layout (models/routing.py)
+        self.adapter.observe(prepared.input_ids)
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
+        prefix = self.adapter.shared_prefix_limit(prepared.input_ids, prefix)
         if prefix == 0:
             return 0, None, None
         # Reading edits (Capture) change nothing, so they never shorten the prefix; the prefix's
@@ -342,6 +344,7 @@ class InterventionEngine:
         fed = torch.as_tensor(list(generated[:-1]), dtype=torch.long)
         full = self.extend(prepared, fed)
         observe_ids(self.adapter.model, full.input_ids)
+        self.adapter.observe(full.input_ids)
         with capture.reading(self.adapter):
             self.adapter.language_model_forward(full.inputs_embeds, position_ids=full.rope.span(0, full.length),
                                                 use_cache=False)
@@ -352,6 +355,7 @@ class InterventionEngine:
         the prompt's RoPE positions), computed under `condition`'s edits (None: unedited)."""
         (condition,) = self._conditions([condition], prepared.length)
         observe_ids(self.adapter.model, prepared.input_ids)
+        self.adapter.observe(prepared.input_ids)
         rope = prepared.rope
         with contextlib.ExitStack() as context:
             for kind, rows in by_kind([condition.edits]):
@@ -368,6 +372,7 @@ class InterventionEngine:
         layer: `cache.select_cache`); each answers any number of `continue_cache` calls (the
         continuation itself runs unedited). Text continues after the prompt, or, for the keys in
         `continue_after_kept`, one position after the highest kept one (`KeptCache.continuing_after_kept`)."""
+        self.adapter.check_operation("kept_caches")
         cache = self.prompt_cache(prepared, condition)
         kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
         kept = {key: replace(c, routing_layout=kept_layout(self.adapter.model, c.kept_positions, c.width))
@@ -380,6 +385,7 @@ class InterventionEngine:
         """Greedy answers to each continuation ((1, n) token ids, any lengths) appended after the
         kept cache (`cache.select_cache`): continuations of one length run as one batch (chunked at
         this engine's batch size, halved on CUDA out-of-memory); answers in the given order."""
+        self.adapter.check_operation("kept_caches")
         by_length: dict[int, list[int]] = {}
         for index, ids in enumerate(continuations):
             by_length.setdefault(ids.shape[-1], []).append(index)
