@@ -107,14 +107,12 @@ def test_token_type_ids_trap_and_adapter_inputs(gemma):
 def test_engine_logits_equal_the_model_and_the_reference(gemma, attn):
     model, adapter, encoding, _ = gemma(attn)
     ids, pixels = encoding["input_ids"], encoding["pixel_values"]
-    with torch.no_grad():
-        own = model(**encoding).logits[0]
     conditions = _conditions(adapter, ids)
     if attn == "eager":  # the eager vision tower is slow at 4096 patches: the clean run and two knockouts
         conditions = [conditions[0], conditions[3], conditions[-1]]
     checked = _checked_positions(adapter, ids)
     expected = torch.stack([reference_logits(model, adapter, ids, pixels, c)[checked] for c in conditions])
-    assert torch.equal(expected[0], own[checked])
+    # expected[0] is the HF model's own logits (test_token_type_ids_trap_and_adapter_inputs)
     engine = InterventionEngine(model, adapter)
     fast = engine.logits(engine.prepare(ids, pixels), conditions, positions=checked)
     assert (fast - expected).abs().max() < 1e-4

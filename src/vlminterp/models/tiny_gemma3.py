@@ -43,7 +43,8 @@ def build_tiny_gemma3(folder: str | Path, seed: int = 0, attn_implementation: st
     config = tiny_gemma3_config(folder)
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).eval()
-    model.set_attn_implementation(attn_implementation)
+    # the text model's backend (the one the interventions patch); the 4096-patch vision tower stays on sdpa
+    model.set_attn_implementation({"text_config": attn_implementation, "vision_config": "sdpa"})
     projection = model.model.multi_modal_projector.mm_input_projection_weight
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed + 1)

@@ -126,7 +126,8 @@ class Gemma3Adapter(ConditionalGenerationAdapter):
         self._image_mask = ids == self.image_token_id
 
     def _block_ids(self, num_keys: int) -> torch.Tensor:
-        """Per slot < `num_keys`: the index of its image block, -1 for text (slots past the observed input are text)."""
+        """Per slot of the observed input, at least `num_keys` of them: the index of its image block,
+        -1 for text (slots after the observed input are text: generated or appended tokens)."""
         if self._image_mask is None:
             raise ImageBlockError("gemma3: language_model_forward before any input was observed (adapter.observe)")
         image = self._image_mask[0]
@@ -146,7 +147,7 @@ class Gemma3Adapter(ConditionalGenerationAdapter):
         """The text model's masks with the image block, or None where the call's queries hold no image token."""
         past = 0 if past_key_values is None else int(past_key_values.get_seq_length())
         num_keys = past + inputs_embeds.shape[1]
-        observed = self._block_ids(max(num_keys, self._image_mask.shape[1])).to(inputs_embeds.device)
+        observed = self._block_ids(num_keys).to(inputs_embeds.device)
         in_call = observed[past:num_keys]
         if not bool((in_call >= 0).any()):
             return None
