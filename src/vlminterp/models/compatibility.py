@@ -47,6 +47,17 @@ FAMILIES = {
     "gemma3": ("Gemma 3 (gemma-3-4b-it config, shrunk)", None),
 }
 
+# What each family needed beyond LLaVA's engine (printed under the table).
+NOTES = {
+    "internvl": "tiles + a thumbnail per image; image tokens of several tiles in one contiguous block.",
+    "qwen2_vl": "M-RoPE: the engine passes the model's own 3-D position ids and continues them (index + delta).",
+    "gemma3": "image tokens attend to each other bidirectionally: `model_inputs` always passes `token_type_ids` "
+              "(without them transformers silently drops the block) and the adapter builds the same masks for "
+              "the engine's text-model calls; the shared prefix never ends inside an image; sliding (window 8 in "
+              "the tiny model) and global layers alternate; the projector is redrawn (its init is zero). "
+              "Kept caches are refused: their slots are not positions.",
+}
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -191,6 +202,8 @@ def markdown(rows: dict[str, dict[str, Cell]]) -> str:
     ]
     for family, cells in rows.items():
         lines.append(f"| {FAMILIES[family][0]} | " + " | ".join(cells[op].markdown() for op in OPERATIONS) + " |")
+    lines += ["", "What each family needed beyond LLaVA:", ""]
+    lines += [f"- {FAMILIES[family][0]}: {NOTES[family]}" for family in rows if family in NOTES]
     return "\n".join(lines) + "\n"
 
 

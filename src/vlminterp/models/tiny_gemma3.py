@@ -30,7 +30,6 @@ def tiny_gemma3_config(folder: str | Path):
         raise FileNotFoundError(f"no Gemma 3 config.json in {folder}")
     raw = json.loads(path.read_text())
     raw["text_config"] = {**raw.get("text_config", {}), **TEXT_SIZES}
-    raw["text_config"].pop("rope_scaling", None)
     raw["vision_config"] = {**raw.get("vision_config", {}), **VISION_SIZES}
     return Gemma3Config(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
 
