@@ -12,7 +12,7 @@ from PIL import Image
 from shared_fixtures import COCO_MINI, GEMMA3_PROCESSOR, require
 
 from vlminterp.interventions import Ablation, Capture, From, InterventionEngine, Knockout, reference_generate, reference_logits
-from vlminterp.models.adapters import Gemma3Adapter, UnsupportedOperationError, adapter_for
+from vlminterp.models.adapters import Gemma3Adapter, adapter_for
 from vlminterp.models.adapters.gemma3 import ImageBlockError
 from vlminterp.models.tiny_gemma3 import build_tiny_gemma3
 
@@ -164,9 +164,24 @@ def test_prefix_sharing_stops_at_the_image_and_a_cut_block_is_refused(gemma):
         adapter.language_model_forward(prepared.inputs_embeds[:, : int(image[10])], use_cache=False)
 
 
-def test_kept_caches_are_refused_by_name(gemma):
-    model, adapter, encoding, _ = gemma()
+def test_kept_caches_continue_as_the_full_prompt_and_as_a_knockout_of_the_dropped_keys(gemma):
+    """Keeping every position = generating after prompt + question; dropping the image = blocking the
+    question and answer from it (a window of 512 here: a pruned cache's slots are not positions, and
+    the existing sliding-window check refuses a sequence longer than the window)."""
+    model, processor = build_tiny_gemma3(GEMMA3_PROCESSOR, processor=_processor(), sliding_window=512)
+    adapter = adapter_for(model, processor)
+    _, _, encoding, _ = gemma()
+    ids, pixels = encoding["input_ids"], encoding["pixel_values"]
+    question = processor.tokenizer(" Is it a dog?", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    length = ids.shape[1]
+    (image,) = adapter.image_positions(ids)
     engine = InterventionEngine(model, adapter)
-    prepared = engine.prepare(encoding["input_ids"], encoding["pixel_values"])
-    with pytest.raises(UnsupportedOperationError, match="gemma3: kept_caches is refused"):
-        engine.kept_caches(prepared, {"all": list(range(prepared.length))})
+    kept = engine.kept_caches(engine.prepare(ids, pixels),
+                              {"all": list(range(length)), "text": [p for p in range(length) if p not in set(image.tolist())]})
+    full = torch.cat([ids, question], 1)
+    want_all = reference_generate(model, adapter, full, pixels, None, max_new_tokens=4, eos_token_id=[])
+    want_text = reference_generate(model, adapter, full, pixels, Knockout(From(length), image), max_new_tokens=4,
+                                   eos_token_id=[])
+    assert engine.continue_cache(kept["all"], [question], max_new_tokens=4, eos_token_id=[]) == [want_all]
+    assert engine.continue_cache(kept["text"], [question], max_new_tokens=4, eos_token_id=[]) == [want_text]
+    assert want_all != want_text, "the image must matter to the answer for the check to mean anything"

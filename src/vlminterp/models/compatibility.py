@@ -54,8 +54,8 @@ NOTES = {
     "gemma3": "image tokens attend to each other bidirectionally: `model_inputs` always passes `token_type_ids` "
               "(without them transformers silently drops the block) and the adapter builds the same masks for "
               "the engine's text-model calls; the shared prefix never ends inside an image; sliding (window 8 in "
-              "the tiny model) and global layers alternate; the projector is redrawn (its init is zero). "
-              "Kept caches are refused: their slots are not positions.",
+              "the tiny model) and global layers alternate; the projector is redrawn (its init is zero); "
+              "re-prompted text after a kept cache is located by position, not cache slot.",
 }
 
 

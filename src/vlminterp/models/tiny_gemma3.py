@@ -21,25 +21,27 @@ TEXT_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num
 VISION_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
 
-def tiny_gemma3_config(folder: str | Path):
-    """The folder's config.json with the text and vision towers shrunk (geometry and token ids kept)."""
+def tiny_gemma3_config(folder: str | Path, **text_sizes):
+    """The folder's config.json with the text and vision towers shrunk (geometry and token ids kept);
+    `text_sizes` override TEXT_SIZES (e.g. sliding_window=512)."""
     from transformers import Gemma3Config
 
     path = Path(folder) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"no Gemma 3 config.json in {folder}")
     raw = json.loads(path.read_text())
-    raw["text_config"] = {**raw.get("text_config", {}), **TEXT_SIZES}
+    raw["text_config"] = {**raw.get("text_config", {}), **TEXT_SIZES, **text_sizes}
     raw["vision_config"] = {**raw.get("vision_config", {}), **VISION_SIZES}
     return Gemma3Config(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
 
 
-def build_tiny_gemma3(folder: str | Path, seed: int = 0, attn_implementation: str = "sdpa", processor=None):
+def build_tiny_gemma3(folder: str | Path, seed: int = 0, attn_implementation: str = "sdpa", processor=None,
+                      **text_sizes):
     """(model, processor): the shrunk random-weight model (float32, eval) and the folder's real processor
     (`processor`: one already loaded from that folder; loading its 33 MB tokenizer takes seconds)."""
     from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
-    config = tiny_gemma3_config(folder)
+    config = tiny_gemma3_config(folder, **text_sizes)
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).eval()
     # the text model's backend (the one the interventions patch); the 4096-patch vision tower stays on sdpa

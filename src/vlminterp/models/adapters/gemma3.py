@@ -24,7 +24,9 @@ Attention departs from LLaVA's in two ways the engine must honour:
 - local (sliding-window) and global layers alternate (`text_config.layer_types`).
 A forward call whose queries hold part of an image block but not all of it (a prefix shared up to
 the middle of the image) cannot be made exact: `shared_prefix_limit` moves the shared prefix to the
-image's start, and `language_model_forward` refuses any such call by name.
+image's start, and `language_model_forward` refuses any such call by name. Queries are located by
+their position ids, so text re-prompted after a kept cache (whose slots are not positions) runs
+under the text model's own causal / sliding mask, as it would after the full prompt.
 """
 from __future__ import annotations
 
@@ -55,10 +57,6 @@ class Gemma3Adapter(ConditionalGenerationAdapter):
     geometries = ("resize",)
     image_input_names = ("pixel_values",)
     bidirectional_image_block = True
-    refused_operations = {
-        "kept_caches": "a kept cache's slots are not sequence positions, and the bidirectional image block and "
-                       "the sliding window are placed by position (not implemented for this family)",
-    }
 
     def __init__(self, model: nn.Module, processor=None):
         super().__init__(model, processor)
@@ -143,14 +141,21 @@ class Gemma3Adapter(ConditionalGenerationAdapter):
                 return first
         return prefix
 
-    def _block_masks(self, inputs_embeds: torch.Tensor, past_key_values) -> dict | None:
-        """The text model's masks with the image block, or None where the call's queries hold no image token."""
+    def _block_masks(self, inputs_embeds: torch.Tensor, past_key_values, position_ids=None) -> dict | None:
+        """The text model's masks with the image block, or None where the call's queries hold no image
+        token. Queries are located by their positions (`position_ids`; else the cache slots after
+        `past`): text re-prompted after a kept cache (slots != positions) is never an image token."""
         past = 0 if past_key_values is None else int(past_key_values.get_seq_length())
-        num_keys = past + inputs_embeds.shape[1]
-        observed = self._block_ids(num_keys).to(inputs_embeds.device)
-        in_call = observed[past:num_keys]
-        if not bool((in_call >= 0).any()):
+        queries = inputs_embeds.shape[1]
+        num_keys = past + queries
+        slots = torch.arange(past, num_keys, device=inputs_embeds.device)
+        located = slots if position_ids is None else position_ids.reshape(-1, queries)[0].to(slots.device)
+        observed = self._block_ids(max(num_keys, int(located.max()) + 1)).to(inputs_embeds.device)
+        if not bool((observed[located] >= 0).any()):
             return None
+        if not torch.equal(located, slots):
+            raise ImageBlockError("gemma3: image-token queries in a cache whose slots are not their positions")
+        in_call = observed[past:num_keys]
         outside = torch.cat([observed[:past], observed[num_keys:]])
         if bool(torch.isin(in_call[in_call >= 0], outside[outside >= 0]).any()):
             raise ImageBlockError(
@@ -178,7 +183,7 @@ class Gemma3Adapter(ConditionalGenerationAdapter):
                                attention_mask=None, use_cache=True):
         """The text model with Gemma 3's own masks: causal (sliding in local layers) OR the image block."""
         if attention_mask is None:
-            attention_mask = self._block_masks(inputs_embeds, past_key_values)
+            attention_mask = self._block_masks(inputs_embeds, past_key_values, position_ids)
         return super().language_model_forward(inputs_embeds, past_key_values=past_key_values,
                                               position_ids=position_ids, attention_mask=attention_mask,
                                               use_cache=use_cache)
