@@ -68,3 +68,29 @@ def test_the_script_reproduces_the_committed_row(family):
 def test_the_script_reproduces_the_committed_gemma3_row():
     require(GEMMA3_PROCESSOR)
     _check_measured("gemma3")
+
+
+@pytest.mark.parametrize("operation", ["ablation", "knockout", "generation", "kept_caches", "prefix_sharing"])
+def test_a_refused_operation_is_raised_by_name_before_any_work(operation):
+    """A family's `refused_operations` entry stops the engine before it touches the input (its
+    embeddings are None here: any work would fail otherwise)."""
+    from vlminterp.interventions import Ablation, InterventionEngine, Knockout
+    from vlminterp.interventions.engine import PreparedInput
+    from vlminterp.models.adapters import LlavaAdapter, UnsupportedOperationError
+    from vlminterp.models.synthetic import build_synthetic
+
+    class Refusing(LlavaAdapter):
+        refused_operations = {operation: "not exact in this family"}
+
+    model, processor = build_synthetic("tiny-llama")
+    engine = InterventionEngine(model, Refusing(model, processor))
+    unembedded = PreparedInput(torch.zeros(1, 5, dtype=torch.long), None)
+    calls = {
+        "ablation": lambda: engine.logits(unembedded, [Ablation([1])]),
+        "knockout": lambda: engine.logits(unembedded, [Knockout([2], [1])]),
+        "generation": lambda: engine.generate(unembedded, [None], max_new_tokens=1),
+        "kept_caches": lambda: engine.kept_caches(unembedded, {}),
+        "prefix_sharing": lambda: engine.logits(unembedded, [None]),
+    }
+    with pytest.raises(UnsupportedOperationError, match=f"llava: {operation} is refused: not exact in this family"):
+        calls[operation]()
