@@ -75,6 +75,9 @@ def test_registry_geometry_and_image_tokens_match_the_processor(gemma):
     start, end = tokenizer.convert_tokens_to_ids(["<start_of_image>", "<end_of_image>"])
     assert int(ids[0, positions[0] - 1]) == start and int(ids[0, positions[-1] + 1]) == end
     assert positions.tolist() == list(range(int(positions[0]), int(positions[0]) + 256))
+    groups = adapter.token_groups(ids)  # Kaduri's groups: BOS + turn tag + <start_of_image> | image | the rest
+    assert groups.bos == (0,) and groups.system[-1] == int(positions[0]) - 1
+    assert groups.image == tuple(positions.tolist()) and groups.query[0] == int(positions[-1]) + 1
     width, height = size
     boxes = adapter.cell_boxes(size).astype(float)
     k = torch.arange(256)
