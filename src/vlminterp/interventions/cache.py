@@ -172,6 +172,7 @@ def continue_batch(
     if new_input_ids.ndim == 1:
         new_input_ids = new_input_ids[None]
     batch, n = new_input_ids.shape
+    adapter.check_operation("kept_caches")
     check_sliding_window(adapter, kept, n, max_new_tokens)
     eos = adapter.eos_token_ids if eos_token_id is None else eos_token_id
     cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(batch, -1, -1, -1).contiguous(),

@@ -173,7 +173,9 @@ class InterventionEngine:
     # ---- internals ------------------------------------------------------------------------------
     def _prefix(self, prepared: PreparedInput, conditions: list[Condition]):
         observe_ids(self.adapter.model, prepared.input_ids)  # a planted routing's layout (models/routing.py)
+        self.adapter.observe(prepared.input_ids)
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
+        prefix = self.adapter.shared_prefix_limit(prepared.input_ids, prefix)
         if prefix == 0:
             return 0, None, None
         # Reading edits (Capture) change nothing, so they never shorten the prefix; the prefix's
@@ -210,11 +212,23 @@ class InterventionEngine:
         engine.__dict__.update(self.__dict__, group_prefixes=False)
         return engine
 
-    def _conditions(self, conditions: Sequence[ConditionLike], length: int) -> list[Condition]:
-        """The conditions, every edit checked against a `length`-token input before any work."""
+    def _conditions(self, conditions: Sequence[ConditionLike], length: int,
+                    operation: str = "forward") -> list[Condition]:
+        """The conditions, every edit checked against a `length`-token input, and the family asked
+        whether it supports `operation` and each edit's operation (`VLMAdapter.check_operation`), before any work."""
+        from .ablation import Ablation
+        from .knockout import Knockout
+        from .reading import Capture
+
         conds = [as_condition(c) for c in conditions]
+        self.adapter.check_operation(operation)
+        if self.share_prefix and operation in ("forward", "generation"):
+            self.adapter.check_operation("prefix_sharing")
+        edit_operations = {Ablation: "ablation", Knockout: "knockout", Capture: "capture"}
         for condition in conds:
             for edit in condition.edits:
+                if type(edit) in edit_operations:
+                    self.adapter.check_operation(edit_operations[type(edit)])
                 edit.validate(self.adapter, length)
         return conds
 
@@ -280,7 +294,7 @@ class InterventionEngine:
         stops at any of `eos_token_id` (int or list; default: every EOS id of the model)."""
         eos = self.adapter.eos_token_ids if eos_token_id is None else eos_token_id
         length = prepared.length
-        conds = self._conditions(conditions, length)
+        conds = self._conditions(conditions, length, "generation")
         if self.group_prefixes and self.share_prefix and len(groups := prefix_groups(conds, length)) > 1:
             tokens: list[list[int] | None] = [None] * len(conds)
             shortest = length
@@ -339,9 +353,11 @@ class InterventionEngine:
         """One forward pass over `prepared` + `generated` (the last generated token excluded: it is
         never fed back) read by `capture` (a `reading.Capture`, e.g. of `attn.{l}` at From(P - 1)):
         how an experiment reads the attention that produced a generation (row P-1+t produced token t)."""
+        self.adapter.check_operation("capture")
         fed = torch.as_tensor(list(generated[:-1]), dtype=torch.long)
         full = self.extend(prepared, fed)
         observe_ids(self.adapter.model, full.input_ids)
+        self.adapter.observe(full.input_ids)
         with capture.reading(self.adapter):
             self.adapter.language_model_forward(full.inputs_embeds, position_ids=full.rope.span(0, full.length),
                                                 use_cache=False)
@@ -350,8 +366,9 @@ class InterventionEngine:
     def prompt_cache(self, prepared: PreparedInput, condition: ConditionLike = None):
         """The KV cache of the whole prepared input (`cache.PromptCache`: every position kept, with
         the prompt's RoPE positions), computed under `condition`'s edits (None: unedited)."""
-        (condition,) = self._conditions([condition], prepared.length)
+        (condition,) = self._conditions([condition], prepared.length, "kept_caches")
         observe_ids(self.adapter.model, prepared.input_ids)
+        self.adapter.observe(prepared.input_ids)
         rope = prepared.rope
         with contextlib.ExitStack() as context:
             for kind, rows in by_kind([condition.edits]):
@@ -368,6 +385,7 @@ class InterventionEngine:
         layer: `cache.select_cache`); each answers any number of `continue_cache` calls (the
         continuation itself runs unedited). Text continues after the prompt, or, for the keys in
         `continue_after_kept`, one position after the highest kept one (`KeptCache.continuing_after_kept`)."""
+        self.adapter.check_operation("kept_caches")
         cache = self.prompt_cache(prepared, condition)
         kept = {key: select_cache(cache, keep) for key, keep in selections.items()}
         kept = {key: replace(c, routing_layout=kept_layout(self.adapter.model, c.kept_positions, c.width))
@@ -380,6 +398,7 @@ class InterventionEngine:
         """Greedy answers to each continuation ((1, n) token ids, any lengths) appended after the
         kept cache (`cache.select_cache`): continuations of one length run as one batch (chunked at
         this engine's batch size, halved on CUDA out-of-memory); answers in the given order."""
+        self.adapter.check_operation("kept_caches")
         by_length: dict[int, list[int]] = {}
         for index, ids in enumerate(continuations):
             by_length.setdefault(ids.shape[-1], []).append(index)

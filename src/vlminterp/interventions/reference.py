@@ -13,6 +13,8 @@ Knockout here does not use the engine's mask code: a dense (heads, Q, K) "blocke
 straight from the Knockout objects and plain softmax attention is computed with it (batch 1),
 causal and, in the text model's sliding-window layers, windowed (a query at p sees keys
 p - window + 1 .. p, the rule of transformers' `sliding_window_overlay`), from the config alone.
+Families whose own mask is not causal (Gemma 3's bidirectional image block, `bidirectional_image_block`)
+keep the boolean mask transformers builds for the model (from `token_type_ids`) instead.
 Generation keeps every position in its cache (a plain `DynamicCache()`, not the model's
 window-trimmed one), so a cache slot is a sequence position here too.
 Ablation uses `replace_embeddings` (a pre-hook on the language model's prefill).
@@ -72,9 +74,14 @@ def dense_knockout_attention(knockouts: list[Knockout], n_layers: int, sliding_w
             own = model_constraint_blocked(adapter, module.layer_idx, query_slot[:, 0], num_keys, 1)
             if own is not None:
                 blocked = blocked | own[0, 0].cpu()[None]
-        disallowed = blocked | (key_slot > query_slot)
-        if sliding_window is not None and module.layer_idx in sliding_layers:
-            disallowed |= key_slot <= query_slot - sliding_window
+        if getattr(adapter, "bidirectional_image_block", False):
+            # Gemma 3: the model's own mask as transformers builds it from token_type_ids (causal, or
+            # sliding in local layers, OR the image block), never the engine's construction of it
+            disallowed = blocked | ~attention_mask[0, 0].cpu()[None]
+        else:
+            disallowed = blocked | (key_slot > query_slot)
+            if sliding_window is not None and module.layer_idx in sliding_layers:
+                disallowed |= key_slot <= query_slot - sliding_window
         disallowed = disallowed.to(query.device)
         # never a fully masked row: a query may always attend to itself
         own = (torch.arange(num_keys)[None, :] == query_slot).to(query.device)

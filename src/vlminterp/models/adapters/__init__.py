@@ -2,7 +2,7 @@
 
     from vlminterp.models.adapters import adapter_for
     adapter = adapter_for(model, processor)   # LlavaAdapter for LlavaForConditionalGeneration
-                                              # InternVLAdapter, Qwen2VLAdapter likewise
+                                              # InternVLAdapter, Qwen2VLAdapter, Gemma3Adapter likewise
 
 A new family: subclass `VLMAdapter` (or `ConditionalGenerationAdapter`, which already maps the module
 paths of transformers' `*ForConditionalGeneration` layout) in its own module and call
@@ -10,11 +10,12 @@ paths of transformers' `*ForConditionalGeneration` layout) in its own module and
 """
 from __future__ import annotations
 
-from .base import SITE_KINDS, Site, SiteError, VLMAdapter, parse_site
+from .base import OPERATIONS, SITE_KINDS, Site, SiteError, UnsupportedOperationError, VLMAdapter, parse_site
 from .conditional_generation import ConditionalGenerationAdapter
 from .positions import RopePositions
 from .prompt import LLAVA_SYSTEM_PROMPT, PromptTemplate, answer_first_token
 from .token_groups import TOKEN_GROUPS, TokenGroups
+from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
@@ -52,10 +53,14 @@ def adapter_for(model, processor=None) -> VLMAdapter:
 register_adapter(LlavaAdapter)
 register_adapter(InternVLAdapter)
 register_adapter(Qwen2VLAdapter)
+register_adapter(Gemma3Adapter)
 
 __all__ = [
     "ADAPTERS",
     "ConditionalGenerationAdapter",
+    "Gemma3Adapter",
+    "OPERATIONS",
+    "UnsupportedOperationError",
     "InternVLAdapter",
     "LLAVA_SYSTEM_PROMPT",
     "answer_first_token",

@@ -89,6 +89,14 @@ def parse_site(name: str) -> tuple[str, int | None]:
     return kind, (int(layer) if layer else None)
 
 
+# The engine's operations, each supported by a family or refused by name (docs/COMPATIBILITY.md).
+OPERATIONS = ("forward", "ablation", "knockout", "generation", "kept_caches", "capture", "prefix_sharing")
+
+
+class UnsupportedOperationError(NotImplementedError):
+    """An engine operation this model family refuses (raised before any work, naming family and reason)."""
+
+
 class VLMAdapter(ABC):
     """Canonical names for one model family's parts. Subclasses implement the abstract members."""
 
@@ -99,10 +107,29 @@ class VLMAdapter(ABC):
     image_input_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
     # Site kinds this family lacks or means otherwise -> why (`site` raises SiteError naming the family).
     absent_sites: ClassVar[dict[str, str]] = {}
+    # Engine operations (OPERATIONS) this family refuses -> why (`check_operation` raises naming the family).
+    refused_operations: ClassVar[dict[str, str]] = {}
+    # True where image tokens attend to each other in both directions (Gemma 3): the model's mask is not causal.
+    bidirectional_image_block: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor=None):
         self.model = model
         self.processor = processor
+
+    def check_operation(self, operation: str) -> None:
+        """Raise `UnsupportedOperationError` naming the family if it refuses `operation` (one of OPERATIONS)."""
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; expected one of {OPERATIONS}")
+        if operation in self.refused_operations:
+            raise UnsupportedOperationError(f"{self.family}: {operation} is refused: {self.refused_operations[operation]}")
+
+    def observe(self, input_ids: torch.Tensor) -> None:
+        """The engine is about to run `input_ids` (1, T); families whose masks depend on the layout
+        (Gemma 3's bidirectional image block) remember it. Default: nothing."""
+
+    def shared_prefix_limit(self, input_ids: torch.Tensor, prefix: int) -> int:
+        """The longest prefix <= `prefix` the engine may compute once and share (default: `prefix`)."""
+        return prefix
 
     # ---- which models this adapter serves -------------------------------------------------
     @classmethod
