@@ -33,6 +33,9 @@ include: "workflow/rules/kaduri_knockout.smk"
 include: "workflow/rules/kaduri_localization.smk"
 include: "workflow/rules/kaduri_reprompt.smk"
 
+# Cross-image activation patching of object tokens
+include: "workflow/rules/object_patching.smk"
+
 # The papers' headline numbers beside this run's
 include: "workflow/rules/paper_comparison.smk"
 

@@ -1,5 +1,5 @@
 """Every stage of the workflow, declared once: the rule that runs it, its config section and spec
-dataclass, the `experiments.stages` function its rule calls, the tables it writes, where its images
+dataclass, the function its rule calls (`experiments.stages`, or "module:function"), the tables it writes, where its images
 come from (sharded stages), and the rules whose outputs the default target asks for. The config
 checks (`config_checks.section_specs`), the default target (`get_final_output` in
 workflow/rules/common.smk), the paper comparison's inputs, the generic rule script
@@ -29,7 +29,7 @@ def _always(config: Mapping) -> bool:
 class Stage:
     """One stage. `section`/`spec`: its config section and the dataclass that reads it ("module:Class"),
     `unconfigured` the spec's fields the config does not hold (the workflow passes them). `run`: the
-    `experiments.stages` function run_stage.py calls for `rule`. `tables`: what it writes under
+    function run_stage.py calls for `rule` (a name in `experiments.stages`, or "module:function"). `tables`: what it writes under
     results/<run>/ (gathered, for a sharded stage); `images`: the table its images are taken from (a
     sharded stage, one job per shard of it). `model`: loads the model (a scheduler job; every other
     rule is `localrule: True`). `targets`: rules whose outputs the default target asks for, when
@@ -110,6 +110,13 @@ STAGES: tuple[Stage, ...] = (
           "vlminterp.experiments.kaduri_reprompt:RepromptSpec", run="reprompting",
           tables=("kaduri/reprompt/answers.csv",), images="kaduri/images.csv", model=True,
           targets=("plot_reprompting",), compared_as="reprompt"),
+    # ---- cross-image activation patching of object tokens (on the Neo targets) ----
+    Stage("object patching", "patch_object_tokens", "patching", "vlminterp.experiments.object_patching:PatchingSpec",
+          frozenset({"seed"}), run="vlminterp.experiments.object_patching:patching_stage",
+          tables=("patching/patching.csv",), model=True, targets=("summarize_object_patching", "plot_object_patching"),
+          enabled=lambda config: config["patching"]["enabled"]),
+    Stage("object patching summary", "summarize_object_patching",
+          run="vlminterp.experiments.object_patching:summary_stage", tables=("patching/summary.csv",)),
     # ---- what reads the stages' tables ----
     Stage("paper comparison", "compare_with_papers", targets=("compare_with_papers",)),
     Stage("method validation", "validate_methods", targets=("validate_methods",),  # the direct organism: by name
@@ -149,7 +156,7 @@ def run_rule(rule: str, *, params: Mapping, inputs: Mapping, wildcards: Mapping)
     stage = by_rule(rule)
     if stage.run is None:
         raise KeyError(f"stage {stage.name!r} (rule {rule}) has no stages function to run")
-    function = getattr(importlib.import_module("vlminterp.experiments.stages"), stage.run)
+    function = resolve(stage.run if ":" in stage.run else f"vlminterp.experiments.stages:{stage.run}")
     keywords = {**{k: v for k, v in inputs.items() if k not in DEPENDENCY_INPUTS}, **params, **wildcards}
     if "seed" not in inspect.signature(function).parameters:
         keywords.pop("seed", None)
