@@ -7,10 +7,8 @@ from vlminterp.runtime import rule_context
 
 params, inputs = snakemake.params, snakemake.input
 with rule_context(snakemake.log[0], seed=params.seed):
-    tables = RunTables(ablation=read_table(inputs.ablation), knockout=read_table(inputs.knockout),
-                       localization=read_table(inputs.localization), reprompt=read_table(inputs.reprompt),
-                       knockout_llm=read_table(inputs.knockout_llm) if "knockout_llm" in inputs.keys() else None,
-                       judge_model=params.judge_model)
+    # the inputs are named after RunTables' fields (each stage's `compared_as` in the registry)
+    tables = RunTables(**{name: read_table(path) for name, path in inputs.items()}, judge_model=params.judge_model)
     comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
     write_table(comparison, snakemake.output.comparison)
     breakdown = by_category(tables, seed=params.seed)
