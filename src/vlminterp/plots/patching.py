@@ -40,6 +40,9 @@ def plot_patching(summary: pd.DataFrame, stem: Path) -> list[Path]:
         axis.set_xlabel(f"patched {DECODER_LAYER}")
         axis.set_ylim(-0.05, 1.05)
     axes[0].set_ylabel("share of pairs (top-1 answer token)")
-    axes[1].legend(fontsize=8, loc="best")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8, loc="best")
+    else:  # no target had a source of another category (one category, or no one-token names)
+        axes[1].text(0.5, 0.5, "no pairs", ha="center", va="center", transform=axes[1].transAxes)
     figure.tight_layout()
     return save_figure(figure, stem)
