@@ -1,12 +1,14 @@
 """Every stage of the workflow, declared once: the rule that runs it, its config section and spec
-dataclass, the function its rule calls (`experiments.stages`, or "module:function"), the tables it writes, where its images
-come from (sharded stages), and the rules whose outputs the default target asks for. The config
+dataclass, the function its rule calls (`experiments.stages`, or "module:function"), the tables it
+writes, where its images come from (sharded stages), and the rules whose outputs the default
+target asks for. The config
 checks (`config_checks.section_specs`), the default target (`get_final_output` in
 workflow/rules/common.smk), the paper comparison's inputs, the generic rule script
 (workflow/scripts/run_stage.py), the GPU smoke benchmark and the SLURM test read this list; the
 rules themselves stay explicit in workflow/rules/ (tests/unit/test_stage_registry.py ties the two).
 
-Adding an experiment: its rule(s) in a .smk file, its function in `stages`, and one `Stage` here.
+Adding an experiment: its module, its rule(s) in a .smk file (included by the Snakefile), its
+config section in the schema, and one `Stage` here (experiments/object_patching.py is an example).
 Imports nothing heavy (the Snakefile reads it): specs and functions are named, resolved on use.
 """
 from __future__ import annotations
@@ -29,10 +31,10 @@ def _always(config: Mapping) -> bool:
 class Stage:
     """One stage. `section`/`spec`: its config section and the dataclass that reads it ("module:Class"),
     `unconfigured` the spec's fields the config does not hold (the workflow passes them). `run`: the
-    function run_stage.py calls for `rule` (a name in `experiments.stages`, or "module:function"). `tables`: what it writes under
-    results/<run>/ (gathered, for a sharded stage); `images`: the table its images are taken from (a
-    sharded stage, one job per shard of it). `model`: loads the model (a scheduler job; every other
-    rule is `localrule: True`). `targets`: rules whose outputs the default target asks for, when
+    function run_stage.py calls for `rule` (a name in `experiments.stages`, or "module:function").
+    `tables`: what it writes under results/<run>/ (gathered, for a sharded stage); `images`: the
+    table its images are taken from (a sharded stage, one job per shard of it). `model`: loads the
+    model (a scheduler job; cheap rules are `localrule: True`). `targets`: rules whose outputs the default target asks for, when
     `enabled(config)`. `compared_as`: its first table's field in `paper_comparison.RunTables`."""
 
     name: str
