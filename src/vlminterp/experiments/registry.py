@@ -1,11 +1,10 @@
 """Every stage of the workflow, declared once: the rule that runs it, its config section and spec
 dataclass, the function its rule calls (`experiments.stages`, or "module:function"), the tables it
 writes, where its images come from (sharded stages), and the rules whose outputs the default
-target asks for. The config
-checks (`config_checks.section_specs`), the default target (`get_final_output` in
-workflow/rules/common.smk), the paper comparison's inputs, the generic rule script
-(workflow/scripts/run_stage.py), the GPU smoke benchmark and the SLURM test read this list; the
-rules themselves stay explicit in workflow/rules/ (tests/unit/test_stage_registry.py ties the two).
+target asks for. The config checks (`config_checks.section_specs`), the default target
+(`get_final_output` in workflow/rules/common.smk), the paper comparison's inputs, the generic rule
+script (workflow/scripts/run_stage.py), the GPU smoke benchmark and the SLURM test read this list;
+the rules themselves stay explicit in workflow/rules/ (tests/unit/test_stage_registry.py ties the two).
 
 Adding an experiment: its module, its rule(s) in a .smk file (included by the Snakefile), its
 config section in the schema, and one `Stage` here (experiments/object_patching.py is an example).
