@@ -33,6 +33,9 @@ include: "workflow/rules/kaduri_knockout.smk"
 include: "workflow/rules/kaduri_localization.smk"
 include: "workflow/rules/kaduri_reprompt.smk"
 
+# Cross-image activation patching of object tokens
+include: "workflow/rules/object_patching.smk"
+
 # The papers' headline numbers beside this run's
 include: "workflow/rules/paper_comparison.smk"
 
@@ -40,42 +43,13 @@ include: "workflow/rules/paper_comparison.smk"
 report: "workflow/report/workflow.rst"
 
 
-# Cheap bookkeeping (selections, gathers, plots, pages) and downloads (login nodes usually have
-# the network) stay on the submitting machine when an executor such as SLURM is used.
-localrules:
-    all,
-    write_effective_config,
-    download_coco_annotations,
-    download_coco_images,
-    fetch_model,
-    select_neo_targets,
-    map_object_cells,
-    select_mean_images,
-    select_kaduri_images,
-    build_reprompt_questions,
-    gather_token_ablation,
-    gather_logit_lens_topk,
-    gather_logit_lens_scores,
-    gather_attention_blocking,
-    gather_attention_fractions,
-    gather_group_knockouts,
-    gather_localization,
-    gather_reprompt_answers,
-    plot_training_curve,
-    plot_organism_evaluation,
-    plot_token_ablation,
-    plot_logit_lens,
-    plot_attention_blocking,
-    plot_attention_fractions,
-    plot_group_knockouts,
-    plot_localization,
-    plot_reprompting,
-    write_logit_lens_pages,
-    compare_with_papers,
-    validate_methods,
+# Cheap bookkeeping (selections, gathers, summaries, plots, pages) and downloads (login nodes
+# usually have the network) are `localrule: True` in their rules: they stay on the submitting
+# machine when an executor such as SLURM is used.
 
 
 rule all:
+    localrule: True
     input:
         get_final_output(),
     default_target: True

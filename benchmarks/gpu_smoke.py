@@ -42,6 +42,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import RESULTS_DIR, environment, mark_start, save
+from vlminterp.experiments.registry import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = ROOT / "configs" / "llava-1.5-7b.yaml"
@@ -52,19 +53,11 @@ SIZES = ("7b", "tiny")
 LLAVA_1_5_SPECIAL_IDS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001}
 # The tiny model: a 6 x 6 grid (48 px, 8 px patches) on the tiny Llama of models/synthetic.py.
 TINY_SIZES = {"image_size": 48, "patch_size": 8}
-# Rules that load the model and process images; the table each one is given its images from
-# (shards are contiguous blocks of it, `vlminterp.sharding`). compute_mean_embedding: the file's
-# `n_images` metadata.
-EXPERIMENT_RULES = {
-    "compute_mean_embedding": "neo/mean_images.csv",
-    "ablate_object_tokens": "neo/selection.csv",
-    "apply_logit_lens": "neo/selection.csv",
-    "block_object_attention": "neo/selection.csv",
-    "measure_attention_fractions": "kaduri/images.csv",
-    "run_group_knockouts": "kaduri/images.csv",
-    "localize_objects": "kaduri/images.csv",
-    "answer_reprompt_questions": "kaduri/images.csv",
-}
+# Rules that load the model and process images (the registry's sharded stages); the table each one
+# is given its images from (shards are contiguous blocks of it, `vlminterp.sharding`).
+# compute_mean_embedding: the file's `n_images` metadata.
+EXPERIMENT_RULES = {"compute_mean_embedding": "neo/mean_images.csv",
+                    **{stage.rule: stage.images for stage in STAGES if stage.sharded}}
 FINISHED = re.compile(r"finished in ([0-9.]+) s")
 PEAK = re.compile(r"peak GPU memory: (\d+) bytes allocated")
 LOADED = re.compile(r"loaded model .* in ([0-9.]+) s")

@@ -25,47 +25,19 @@ class ConfigError(ValueError):
 def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
     """Each config section that configures a library stage -> (its spec dataclass, the spec's
     fields the config does not hold: the run's seed and thread count, which the workflow passes,
-    and library-only options). A section passes whole (`specs.build_spec`); its sub-sections are
-    the nested spec dataclasses of its fields (e.g. neo.blocking.fixed_windows: `FixedWindow`).
+    and library-only options), as the stage registry declares them
+    (`experiments.registry.section_specs`). A section passes whole (`specs.build_spec`); its
+    sub-sections are the nested spec dataclasses of its fields (e.g. neo.blocking.fixed_windows:
+    `FixedWindow`).
 
     The dataclasses hold the defaults; the schema repeats them for its readers, and
     tests/unit/test_config_schema.py fails when a key or a default differs. Sections read by the
     workflow alone (resources, sharding, evaluation, neo.authors_data, dataset.coco, the K
     stages' shared keys: they become the `session` of experiments.session.StageConfig) have no
     spec of their own."""
-    from vlminterp.data.coco import SelectionSpec
-    from vlminterp.data.shapes import ShapesWorldSpec
-    from vlminterp.experiments.kaduri_attention import AttentionFractionSpec
-    from vlminterp.experiments.kaduri_knockout import KnockoutSpec, LLMJudgeConfig
-    from vlminterp.experiments.kaduri_localization import LocalizationSpec
-    from vlminterp.experiments.kaduri_reprompt import RepromptSpec
-    from vlminterp.experiments.mean_embedding import MeanSpec
-    from vlminterp.experiments.neo_ablation import AblationSpec
-    from vlminterp.experiments.neo_blocking import BlockingSpec
-    from vlminterp.geometry import CellSpec
-    from vlminterp.experiments.neo_logit_lens import LensSpec
-    from vlminterp.experiments.neo_prompts import PromptSpec
-    from vlminterp.experiments.neo_screening import ScreeningSpec
-    from vlminterp.models.organism import OrganismSpec
+    from vlminterp.experiments import registry
 
-    none = frozenset()
-    return {
-        "dataset.shapes": (ShapesWorldSpec, frozenset({"seed"})),
-        "model.organism": (OrganismSpec, frozenset({"seed", "num_threads"})),
-        "neo.selection": (SelectionSpec, frozenset({"seed", "targets_per_image"})),
-        "neo.screening": (ScreeningSpec, frozenset({"seed"})),
-        "neo.cells": (CellSpec, none),
-        "neo.prompts": (PromptSpec, none),
-        "neo.mean": (MeanSpec, none),
-        "neo.ablation": (AblationSpec, frozenset({"seed"})),
-        "neo.logit_lens": (LensSpec, none),
-        "neo.blocking": (BlockingSpec, none),
-        "kaduri.attention": (AttentionFractionSpec, none),
-        "kaduri.knockout": (KnockoutSpec, none),
-        "kaduri.llm_judge": (LLMJudgeConfig, none),
-        "kaduri.localization": (LocalizationSpec, none),
-        "kaduri.reprompt": (RepromptSpec, none),
-    }
+    return registry.section_specs()
 
 
 def config_section(config: dict, dotted: str) -> dict:

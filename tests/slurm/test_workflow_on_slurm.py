@@ -16,18 +16,17 @@ import pytest
 import yaml
 
 from snakemake_runner import ROOT, TINY_CONFIG, snakemake
+from vlminterp.experiments.registry import STAGES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.workflow]
 
 RUN = yaml.safe_load(TINY_CONFIG.read_text())["run"]
 IMAGES_PER_SHARD = 8
-SHARDED_RULES = ("ablate_object_tokens", "apply_logit_lens", "block_object_attention",
-                 "measure_attention_fractions", "run_group_knockouts", "localize_objects",
-                 "answer_reprompt_questions")
-# The stage directories of the sharded rules and of what reads them: removed from the copy of the
-# local run, so that exactly these stages run again on the cluster.
-RERUN_DIRS = ("neo/ablation", "neo/logit_lens", "neo/blocking", "kaduri/attention", "kaduri/knockout",
-              "kaduri/localization", "kaduri/reprompt", "papers")
+SHARDED_RULES = tuple(stage.rule for stage in STAGES if stage.sharded)
+# The stage directories of the sharded rules and of what reads them (papers/): removed from the
+# copy of the local run, so that exactly these stages run again on the cluster.
+RERUN_DIRS = (*sorted({Path(table).parent.as_posix() for stage in STAGES if stage.sharded
+                       for table in stage.tables}), "papers")
 
 
 def _outputs(run_dir: Path) -> dict[str, bytes]:

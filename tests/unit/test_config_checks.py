@@ -58,7 +58,7 @@ def test_every_schema_problem_is_listed_once_without_the_schema():
     lines = str(raised.value).splitlines()[1:]
     assert sorted(lines) == ["  - dataset.kind: 'imagenet' is not one of ['shapes', 'coco']",
                      "  - sed: unknown key (allowed here: dataset, device, evaluation, kaduri, "
-                     "model, neo, resources, run, seed, sharding)",
+                     "model, neo, patching, resources, run, seed, sharding)",
                      "  - seed: -1 must be >= 0"]
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from vlminterp.artifacts import restore_pulled_stages, run_stage_dirs
 from vlminterp.config_checks import ConfigError, check_config, check_judge_key
+from vlminterp.experiments.registry import STAGES
 from vlminterp.io import write_effective_config
 from vlminterp.sharding import shard_names
 from vlminterp.command_line import two_configfile_flags
@@ -311,42 +312,16 @@ def get_image_selections(wildcards):
 
 
 def get_paper_comparison_inputs(wildcards):
-    """compare_with_papers reads the run's own tables (N1 ablation, K2 judged descriptions, K3 peaks,
-    K4 answers) and, when the LLM judge runs, its K2 table (its F1 is then the K2 rows' value)."""
-    inputs = {"ablation": rules.gather_token_ablation.output[0], "knockout": rules.gather_group_knockouts.output[0],
-              "localization": rules.gather_localization.output[0], "reprompt": rules.gather_reprompt_answers.output[0]}
-    if KADURI["llm_judge"]["enabled"]:
-        inputs["knockout_llm"] = rules.judge_group_knockouts_llm.output.table
-    return inputs
+    """compare_with_papers reads the run's own tables: the first table of each enabled stage that
+    declares a `compared_as` field of paper_comparison.RunTables (N1 ablation, K2 judged
+    descriptions, K3 peaks, K4 answers; the LLM judge's K2 table when it runs)."""
+    return {stage.compared_as: results(stage.tables[0]) for stage in STAGES
+            if stage.compared_as and stage.enabled(config)}
 
 
 def get_final_output():
-    """What the default target asks for: each stage's summary tables and figures, the effective
-    config, and the optional stages this config enables."""
-    final = [
-        rules.write_effective_config.output[0],
-        *rules.plot_token_ablation.output,
-        rules.gather_token_ablation.output[0],
-        *rules.plot_logit_lens.output,
-        rules.gather_logit_lens_scores.output[0],
-        *rules.summarize_logit_lens.output,
-        rules.write_logit_lens_pages.output[0],
-        *rules.plot_attention_blocking.output,
-        rules.gather_attention_blocking.output[0],
-        *rules.plot_attention_fractions.output,
-        *rules.plot_group_knockouts.output,
-        *rules.plot_localization.output,
-        *rules.plot_reprompting.output,
-        *rules.compare_with_papers.output,
-    ]
-    if uses_organism():
-        final += [*rules.plot_training_curve.output, *rules.plot_organism_evaluation.output]
-    if planted_routing()["routing"] != "direct":  # the direct organism's table: ask for it by name
-        final.append(rules.validate_methods.output[0])
-    if AUTHORS_DATA["mean_vector"]:
-        final.append(rules.compare_mean_vectors.output.comparison)
-    if SCREENING["enabled"]:
-        final.append(rules.screen_neo_targets.output.screening)
-    if KADURI["llm_judge"]["enabled"]:
-        final.append(rules.judge_group_knockouts_llm.output.summary)
-    return final
+    """What the default target asks for: every output of each enabled stage's target rules
+    (vlminterp.experiments.registry: summary tables and figures, the effective config, the
+    paper comparison, and the optional stages this config enables)."""
+    return [path for stage in STAGES if stage.enabled(config)
+            for rule in stage.targets for path in getattr(rules, rule).output]

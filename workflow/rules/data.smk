@@ -17,6 +17,7 @@ rule generate_world:
 
 
 rule download_coco_annotations:
+    localrule: True
     output:
         instances=f"{dataset_root()}/annotations/instances_{{split}}.json",
         captions=f"{dataset_root()}/annotations/captions_{{split}}.json",
@@ -31,6 +32,7 @@ rule download_coco_annotations:
 
 
 rule download_coco_images:
+    localrule: True
     input:
         annotations=get_annotations(),
         selections=get_image_selections,

@@ -23,10 +23,11 @@ rule measure_attention_fractions:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/measure_attention_fractions.py"
+        "../scripts/run_stage.py"
 
 
 rule gather_attention_fractions:
+    localrule: True
     input:
         kaduri_shards("kaduri/attention/shards/{shard}.csv"),
     output:
@@ -40,6 +41,7 @@ rule gather_attention_fractions:
 
 
 rule plot_attention_fractions:
+    localrule: True
     input:
         rules.gather_attention_fractions.output[0],
     output:

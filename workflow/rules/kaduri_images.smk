@@ -4,6 +4,7 @@
 
 
 rule select_kaduri_images:
+    localrule: True
     input:
         annotations=get_annotations(),
     output:

@@ -24,10 +24,11 @@ rule run_group_knockouts:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/run_group_knockouts.py"
+        "../scripts/run_stage.py"
 
 
 rule gather_group_knockouts:
+    localrule: True
     input:
         kaduri_shards("kaduri/knockout/shards/{shard}.csv"),
     output:
@@ -41,6 +42,7 @@ rule gather_group_knockouts:
 
 
 rule plot_group_knockouts:
+    localrule: True
     input:
         table=rules.gather_group_knockouts.output[0],
         annotations=get_annotations(),

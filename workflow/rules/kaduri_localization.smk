@@ -23,10 +23,11 @@ rule localize_objects:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/localize_objects.py"
+        "../scripts/run_stage.py"
 
 
 rule gather_localization:
+    localrule: True
     input:
         kaduri_shards("kaduri/localization/shards/{shard}.csv"),
     output:
@@ -40,6 +41,7 @@ rule gather_localization:
 
 
 rule plot_localization:
+    localrule: True
     input:
         rules.gather_localization.output[0],
     output:

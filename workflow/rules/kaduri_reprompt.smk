@@ -2,6 +2,7 @@
 
 
 rule build_reprompt_questions:
+    localrule: True
     input:
         annotations=get_annotations(),
         images=rules.select_kaduri_images.output[0],
@@ -43,10 +44,11 @@ rule answer_reprompt_questions:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/answer_reprompt_questions.py"
+        "../scripts/run_stage.py"
 
 
 rule gather_reprompt_answers:
+    localrule: True
     input:
         kaduri_shards("kaduri/reprompt/shards/{shard}.csv"),
     output:
@@ -60,6 +62,7 @@ rule gather_reprompt_answers:
 
 
 rule plot_reprompting:
+    localrule: True
     input:
         rules.gather_reprompt_answers.output[0],
     output:

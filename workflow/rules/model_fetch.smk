@@ -3,6 +3,7 @@
 
 
 rule fetch_model:
+    localrule: True
     output:
         results("model_fetch/manifest.json"),
     params:

@@ -2,6 +2,7 @@
 
 
 rule select_mean_images:
+    localrule: True
     input:
         annotations=get_annotations(),
         selection=rules.select_neo_targets.output[0],  # every candidate target: the mean images avoid them all
@@ -67,7 +68,7 @@ rule ablate_object_tokens:
         results("neo/ablation/shards/{shard}.csv"),
     params:
         **neo_stage_params("ablate_object_tokens"),
-        ablation=config["neo"]["ablation"],
+        spec=config["neo"]["ablation"],
     threads: model_threads(experiment=True)
     resources:
         **model_resources(),
@@ -76,10 +77,11 @@ rule ablate_object_tokens:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/ablate_object_tokens.py"
+        "../scripts/run_stage.py"
 
 
 rule gather_token_ablation:
+    localrule: True
     input:
         shard_outputs("neo/ablation/shards/{shard}.csv", neo_images()),
     output:
@@ -93,6 +95,7 @@ rule gather_token_ablation:
 
 
 rule plot_token_ablation:
+    localrule: True
     input:
         rules.gather_token_ablation.output[0],
     output:

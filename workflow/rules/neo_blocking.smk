@@ -8,7 +8,7 @@ rule block_object_attention:
         results("neo/blocking/shards/{shard}.csv"),
     params:
         **neo_stage_params("block_object_attention"),
-        blocking=config["neo"]["blocking"],
+        spec=config["neo"]["blocking"],
     threads: model_threads(experiment=True)
     resources:
         **model_resources(),
@@ -17,10 +17,11 @@ rule block_object_attention:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/block_object_attention.py"
+        "../scripts/run_stage.py"
 
 
 rule gather_attention_blocking:
+    localrule: True
     input:
         shard_outputs("neo/blocking/shards/{shard}.csv", neo_images()),
     output:
@@ -34,6 +35,7 @@ rule gather_attention_blocking:
 
 
 rule plot_attention_blocking:
+    localrule: True
     input:
         rules.gather_attention_blocking.output[0],
     output:

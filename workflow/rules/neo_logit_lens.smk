@@ -9,7 +9,7 @@ rule apply_logit_lens:
         scores=results("neo/logit_lens/shards/{shard}_scores.csv"),
     params:
         **neo_stage_params("apply_logit_lens"),
-        lens=config["neo"]["logit_lens"],
+        spec=config["neo"]["logit_lens"],
     threads: model_threads(experiment=True)
     resources:
         **model_resources(),
@@ -18,10 +18,11 @@ rule apply_logit_lens:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/apply_logit_lens.py"
+        "../scripts/run_stage.py"
 
 
 rule gather_logit_lens_topk:
+    localrule: True
     input:
         shard_outputs("neo/logit_lens/shards/{shard}_topk.csv.gz", neo_images()),
     output:
@@ -35,6 +36,7 @@ rule gather_logit_lens_topk:
 
 
 rule gather_logit_lens_scores:
+    localrule: True
     input:
         shard_outputs("neo/logit_lens/shards/{shard}_scores.csv", neo_images()),
     output:
@@ -48,6 +50,7 @@ rule gather_logit_lens_scores:
 
 
 rule summarize_logit_lens:
+    localrule: True
     input:
         rules.gather_logit_lens_scores.output[0],
     output:
@@ -64,6 +67,7 @@ rule summarize_logit_lens:
 
 
 rule plot_logit_lens:
+    localrule: True
     input:
         rules.gather_logit_lens_scores.output[0],
     output:
@@ -82,6 +86,7 @@ rule plot_logit_lens:
 
 
 rule write_logit_lens_pages:
+    localrule: True
     input:
         topk=rules.gather_logit_lens_topk.output[0],
         scores=rules.gather_logit_lens_scores.output[0],

@@ -5,12 +5,8 @@ import re
 from vlminterp.data.authors_data import AUTHORS_FILES
 
 
-localrules:
-    download_authors_file,
-    convert_authors_questions,
-
-
 rule download_authors_file:
+    localrule: True
     output:
         results("neo/authors/{name}"),
     wildcard_constraints:
@@ -27,6 +23,7 @@ rule download_authors_file:
 
 
 rule convert_authors_questions:
+    localrule: True
     input:
         results("neo/authors/clean_questions.json"),
     output:
@@ -40,6 +37,7 @@ rule convert_authors_questions:
 
 
 rule select_neo_targets:
+    localrule: True
     input:
         annotations=get_annotations(),
         **neo_questions_input(),
@@ -75,7 +73,7 @@ if SCREENING["enabled"]:
             prompts=NEO["prompts"],
             cells=NEO["cells"],
             max_images=NEO["selection"]["max_images"],
-            include_question_images=NEO["selection"]["include_question_images"],
+            exempt_questions=NEO["selection"]["include_question_images"],
             seed=SEED,
         threads: model_threads(experiment=True)
         resources:
@@ -85,10 +83,11 @@ if SCREENING["enabled"]:
         conda:
             LIBRARY_ENV
         script:
-            "../scripts/screen_neo_targets.py"
+            "../scripts/run_stage.py"
 
 
 rule map_object_cells:
+    localrule: True
     input:
         annotations=get_annotations(),
         selection=neo_selection(),
@@ -105,4 +104,4 @@ rule map_object_cells:
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/map_object_cells.py"
+        "../scripts/run_stage.py"

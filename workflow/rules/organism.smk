@@ -21,6 +21,7 @@ rule train_organism:
 
 
 rule plot_training_curve:
+    localrule: True
     input:
         model=results("model"),
     output:
@@ -59,6 +60,7 @@ rule evaluate_organism:
 
 
 rule plot_organism_evaluation:
+    localrule: True
     input:
         rules.evaluate_organism.output.summary,
     output:

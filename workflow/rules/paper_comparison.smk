@@ -3,6 +3,7 @@
 
 
 rule compare_with_papers:
+    localrule: True
     input:
         unpack(get_paper_comparison_inputs),
     output:
@@ -29,6 +30,7 @@ rule compare_with_papers:
 # Do the methods find a planted mechanism? (issue #24): each method's measured value beside what an
 # organism's planted routing (model.organism.routing) makes true by construction.
 rule validate_methods:
+    localrule: True
     input:
         ablation=rules.gather_token_ablation.output[0],
         blocking=rules.gather_attention_blocking.output[0],

@@ -3,6 +3,7 @@
 
 
 rule write_effective_config:
+    localrule: True
     output:
         report(results("config/effective_config.yaml"), caption=caption("effective_config"), category="Run"),
     params:

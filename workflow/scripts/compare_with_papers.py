@@ -8,14 +8,12 @@ from vlminterp.scoring.vocabulary import load_vocabulary
 
 params, inputs = snakemake.params, snakemake.input
 with rule_context(snakemake.log[0], seed=params.seed):
-    ablation = read_table(inputs.ablation)
+    # the inputs are named after RunTables' fields (each stage's `compared_as` in the registry)
+    read = {name: read_table(path) for name, path in inputs.items()}
     # N1's vocabulary reads the generative control's descriptions: the stage's, extended (as the
     # stage extends it by the dataset's categories) by the targets' categories it scores
-    vocabulary = load_vocabulary(params.vocabulary, categories=sorted(set(ablation["category"])))
-    tables = RunTables(ablation=ablation, knockout=read_table(inputs.knockout),
-                       localization=read_table(inputs.localization), reprompt=read_table(inputs.reprompt),
-                       knockout_llm=read_table(inputs.knockout_llm) if "knockout_llm" in inputs.keys() else None,
-                       judge_model=params.judge_model, vocabulary=vocabulary)
+    vocabulary = load_vocabulary(params.vocabulary, categories=sorted(set(read["ablation"]["category"])))
+    tables = RunTables(**read, judge_model=params.judge_model, vocabulary=vocabulary)
     comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
     write_table(comparison, snakemake.output.comparison)
     breakdown = by_category(tables, seed=params.seed)

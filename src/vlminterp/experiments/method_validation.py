@@ -171,7 +171,7 @@ def _n3_rows(blocking: pd.DataFrame, planted: Planted, seed: int) -> list[dict]:
 
 
 def _n1_rows(ablation: pd.DataFrame, planted: Planted, seed: int) -> list[dict]:
-    from vlminterp.experiments.neo_ablation import flip_summary
+    from vlminterp.summaries import flip_summary
 
     if ablation.empty:
         return []

@@ -80,6 +80,7 @@ from vlminterp.interventions import Ablation, Condition
 from vlminterp.interventions.engine import input_gradients
 from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.pieces import first_pieces
+from vlminterp.summaries import flip_summary  # noqa: F401  (its summary, shared with the figures)
 
 log = logging.getLogger(__name__)
 
@@ -382,14 +383,3 @@ def excluded_rows(image_id: int, annotation_id: int, category: str, spec: Ablati
              "ig_batch_size": ig_batch_size, "oom_retries": 0, "excluded": reason}
             for setting in ("vqa", "polling", "generative")  # the run's order
             if setting in spec.settings and (settings is None or setting in settings)]
-
-
-def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
-    """Flip rate per setting x condition over included images, with bootstrap 95% intervals."""
-    from vlminterp.stats import grouped_mean_ci
-
-    included = table[table["included"].astype(bool) & (table["condition"] != "none")]
-    summary = grouped_mean_ci(included, by=["setting", "condition"], value="flipped", seed=seed,
-                              n_resamples=n_resamples)
-    tokens = included.groupby(["setting", "condition"])["n_tokens"].mean().rename("mean_tokens").reset_index()
-    return summary.merge(tokens, on=["setting", "condition"], how="left")

@@ -32,7 +32,7 @@ class Knockout(Edit):
 
     An edit kind (`edit.Edit`) on the sites `attn.{l}`: the engine applies a batch's knockouts as one
     mask per row (`KnockoutMasks`), the reference as a dense table in plain attention
-    (`reference.dense_knockout_attention`)."""
+    (`dense_knockout.dense_knockout_attention`)."""
 
     query_positions: Positions
     key_positions: Positions
@@ -59,7 +59,8 @@ class Knockout(Edit):
 
     @classmethod
     def reference(cls, adapter, edits: Sequence["Knockout"]):
-        from .reference import dense_knockout_attention, use_attention_function
+        from .attention import use_attention_function
+        from .dense_knockout import dense_knockout_attention
 
         attention = dense_knockout_attention(list(edits), adapter.n_layers, adapter.sliding_window,
                                              adapter.sliding_layers, adapter=adapter)

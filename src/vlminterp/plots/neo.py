@@ -6,7 +6,7 @@
     plot_blocking_drops(blocking_table, Path("results/run/neo/blocking/blocking_drops"), seed=0)
 
 Intervals are 95% percentile bootstraps over images (`vlminterp.stats.grouped_mean_ci`); N1's
-flip rates are those of `experiments.neo_ablation.flip_summary`, computed there once.
+flip rates are those of `summaries.flip_summary`, computed there once.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlminterp.experiments.neo_ablation import flip_summary  # noqa: E402
 from vlminterp.plots.conditions import identical_conditions, merged_label  # noqa: E402
 from vlminterp.plots.organism import DECODER_LAYER, HIDDEN_STATE, save_figure  # noqa: E402
 from vlminterp.stats import error_bars, excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
+from vlminterp.summaries import flip_summary  # noqa: E402
 
 SETTING_COLOURS = {"generative": "tab:green", "polling": "tab:orange", "vqa": "tab:blue"}
 FAMILY_ORDER = ["object", "random_matched", "random", "register", "high_gradient", "all_image"]

@@ -1,0 +1,16 @@
+"""Every rule that runs a library stage: the `experiments.stages` function its registry entry names
+(`vlminterp.experiments.registry.run_rule`), called with the rule's params, named inputs and
+wildcards; the table(s) it returns written to the rule's outputs, in order."""
+from vlminterp.experiments.registry import run_rule
+from vlminterp.io import write_table
+from vlminterp.runtime import rule_context
+
+params = dict(snakemake.params.items())
+with rule_context(snakemake.log[0], threads=snakemake.threads, seed=params.get("seed")):
+    tables = run_rule(snakemake.rule, params=params, inputs=dict(snakemake.input.items()),
+                      wildcards=dict(snakemake.wildcards.items()))
+    if len(tables) != len(snakemake.output):
+        raise ValueError(f"rule {snakemake.rule}: its stage returned {len(tables)} tables for "
+                         f"{len(snakemake.output)} outputs")
+    for table, path in zip(tables, snakemake.output):
+        write_table(table, path)
