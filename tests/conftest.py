@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip_gpu)
-    if config.getvalue("loadgroup"):   # an xdist worker of `make test`
+    if getattr(config.option, "loadgroup", False):   # an xdist worker of `make test`
         _group_for_workers(items)
 
 
