@@ -14,3 +14,8 @@ def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000)
                               n_resamples=n_resamples)
     tokens = included.groupby(["setting", "condition"])["n_tokens"].mean().rename("mean_tokens").reset_index()
     return summary.merge(tokens, on=["setting", "condition"], how="left")
+
+
+def method_label(method: str, k_fraction: float) -> str:
+    """"image_topk 5%" style label of a method (k as a percentage of the image tokens)."""
+    return method if pd.isna(k_fraction) else f"{method} {100 * k_fraction:g}%"

@@ -57,6 +57,7 @@ from vlminterp.data.questions import NEGATIVE_STRATEGIES
 from vlminterp.batching import BATCH_COLUMNS
 from vlminterp.experiments.session import Session
 from vlminterp.stats import cluster_bootstrap_ci
+from vlminterp.summaries import method_label
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,6 @@ def reprompting(session: Session, images: pd.DataFrame, spec: RepromptSpec, *,
         rows.extend({**row, **batching} for row in image_rows)
         log.info("K4: image %d/%d (id %s): %d questions", n, len(images), image_id, len(by_image[image_id]))
     return pd.DataFrame(rows, columns=[*REPROMPT_COLUMNS, *BATCH_COLUMNS])
-
-
-def method_label(method: str, k_fraction: float) -> str:
-    """"image_topk 5%" style label of a method (k as a percentage of the image tokens)."""
-    return method if pd.isna(k_fraction) else f"{method} {100 * k_fraction:g}%"
 
 
 def pope_scores(truth: pd.Series, predicted: pd.Series) -> dict[str, float]:

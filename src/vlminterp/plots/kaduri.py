@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vlminterp.experiments.kaduri_reprompt import method_label  # noqa: E402
+from vlminterp.summaries import method_label  # noqa: E402
 from vlminterp.plots.conditions import identical_conditions, merged_label  # noqa: E402
 from vlminterp.plots.organism import DECODER_LAYER, save_figure  # noqa: E402
 from vlminterp.stats import error_bars  # noqa: E402
