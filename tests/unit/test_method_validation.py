@@ -78,7 +78,7 @@ def _reprompt_summary(prompt_wrong: int):
     POPE strategy per image; the full image answers all right, the prompt's cache misses
     `prompt_wrong` positives."""
     rows = []
-    for method in ("full_image", "prompt_cache"):
+    for method in ("single_turn", "full_image", "prompt_cache"):
         for image in range(8):
             for q, negative in enumerate(("positive", *NEGATIVE_STRATEGIES)):
                 answer = "yes" if negative == "positive" else "no"
@@ -94,6 +94,7 @@ def test_k4_prompt_cache_equals_the_full_image_in_query_routed():
     equal, apart = _reprompt_summary(0), _reprompt_summary(6)
     row = method_validation(_tables(reprompt=equal), Planted("query_routed", (), 4)).query("method == 'K4'").iloc[0]
     assert row["expected"] == "equal" and row["passed"] and row["value"] == 1.0
+    assert row["note"].endswith("full image 1.000; single turn 1.000")
     row = method_validation(_tables(reprompt=apart), Planted("query_routed", (), 4)).query("method == 'K4'").iloc[0]
     # 6 of 8 positives missed: each missed positive weighs as the image's three negatives together
     assert np.isclose(row["value"], 1 - 6 / 16) and row["passed"] == False  # noqa: E712

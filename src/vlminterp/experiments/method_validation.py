@@ -217,6 +217,8 @@ def _k4_rows(reprompt: pd.DataFrame, planted: Planted) -> list[dict]:
                          f"(settings: {sorted(reprompt['setting'].unique())})")
     prompt, full = data.loc[["prompt_cache"]].iloc[0], data.loc[["full_image"]].iloc[0]
     note = f"accuracy; full image {full['accuracy']:.3f}"
+    if "single_turn" in data.index:  # what the image gives the answer at all: equal at chance proves little
+        note += f"; single turn {data.loc[['single_turn']].iloc[0]['accuracy']:.3f}"
     if planted.routing == "query_routed":
         passed = bool(prompt["accuracy_low"] - 1e-9 <= full["accuracy"] <= prompt["accuracy_high"] + 1e-9)
         return [_row(planted, "K4", "prompt_cache vs full_image",
