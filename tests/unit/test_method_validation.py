@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from vlminterp.data.questions import NEGATIVE_STRATEGIES
+from vlminterp.experiments.kaduri_reprompt import summarize_reprompting
 from vlminterp.experiments.method_validation import Planted, ValidationTables, k2_truth, method_validation
 
 
@@ -70,16 +73,35 @@ def test_n3_outside_the_band_must_be_a_no_op():
     assert n3["passed"] == False  # noqa: E712
 
 
+def _reprompt_summary(prompt_wrong: int):
+    """K4's summary as `summarize_reprompting` writes it: 8 images, a positive and one negative of each
+    POPE strategy per image; the full image answers all right, the prompt's cache misses
+    `prompt_wrong` positives."""
+    rows = []
+    for method in ("single_turn", "full_image", "prompt_cache"):
+        for image in range(8):
+            for q, negative in enumerate(("positive", *NEGATIVE_STRATEGIES)):
+                answer = "yes" if negative == "positive" else "no"
+                predicted = "no" if method == "prompt_cache" and negative == "positive" and image < prompt_wrong else answer
+                rows.append({"method": method, "k_fraction": np.nan, "image_id": image, "question_id": image * 4 + q,
+                             "negative_type": negative, "answer": answer, "predicted": predicted,
+                             "correct": answer == predicted, "k_tokens": -1, "context_tokens": 10, "input_tokens": 12})
+    return summarize_reprompting(pd.DataFrame(rows))
+
+
 def test_k4_prompt_cache_equals_the_full_image_in_query_routed():
-    reprompt = pd.DataFrame([
-        {"method": "full_image", "setting": "all", "accuracy": 0.9, "accuracy_low": 0.85, "accuracy_high": 0.95,
-         "n_questions": 40},
-        {"method": "prompt_cache", "setting": "all", "accuracy": 0.88, "accuracy_low": 0.8, "accuracy_high": 0.93,
-         "n_questions": 40}])
-    row = method_validation(_tables(reprompt=reprompt), Planted("query_routed", (), 4)).query("method == 'K4'").iloc[0]
-    assert row["expected"] == "equal" and row["passed"]
-    row = method_validation(_tables(reprompt=reprompt), Planted("direct", (), 4)).query("method == 'K4'").iloc[0]
-    assert row["expected"] == "none" and row["passed"] is None and np.isclose(row["value"], 0.88)
+    """Read from the summary K4 writes (the mean of the POPE strategies), never dropped silently."""
+    equal, apart = _reprompt_summary(0), _reprompt_summary(6)
+    row = method_validation(_tables(reprompt=equal), Planted("query_routed", (), 4)).query("method == 'K4'").iloc[0]
+    assert row["expected"] == "equal" and row["passed"] and row["value"] == 1.0
+    assert row["note"].endswith("full image 1.000; single turn 1.000")
+    row = method_validation(_tables(reprompt=apart), Planted("query_routed", (), 4)).query("method == 'K4'").iloc[0]
+    # 6 of 8 positives missed: each missed positive weighs as the image's three negatives together
+    assert np.isclose(row["value"], 1 - 6 / 16) and row["passed"] == False  # noqa: E712
+    row = method_validation(_tables(reprompt=apart), Planted("direct", (), 4)).query("method == 'K4'").iloc[0]
+    assert row["expected"] == "none" and row["passed"] is None and np.isclose(row["value"], 1 - 6 / 16)
+    with pytest.raises(ValueError, match="K4 summary.*prompt_cache"):
+        method_validation(_tables(reprompt=equal[equal["method"] != "prompt_cache"]), Planted("query_routed", (), 4))
 
 
 def test_destroyed_means_the_same_description_for_every_image():

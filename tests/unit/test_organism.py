@@ -296,6 +296,39 @@ def test_each_stage_trains_only_its_modules(processor, world_dir, stage):
     assert all(p.requires_grad for p in model.parameters())  # unfrozen again for the next stage
 
 
+@pytest.mark.parametrize("stage", ["align", "instruct"])
+def test_a_planted_constraint_is_applied_in_training(processor, world_dir, stage, monkeypatch):
+    """Every attention call of an image stage sees the query_routed constraint with the batch's own
+    layout (answer from the loss start); a training loop that dropped it (no layout: nothing
+    blocked) fails here."""
+    from vlminterp.models.organism.train import sequence_stages, train_sequences
+    from vlminterp.models.routing import RoutingConstraint
+
+    spec = OrganismSpec.tiny(routing="query_routed", align_steps=2, language_steps=2, max_train_images=12,
+                             warmup_steps=0)
+    scenes = training_scenes(world_dir, spec)
+    data = prepare_training_data(processor, world_dir, spec, WORLD.shapes, WORLD.colors,
+                                 training_documents(world_dir, scenes, WORLD.shapes, spec.seed))
+    model = _untrained_model(processor, spec)
+    calls = []
+    real = RoutingConstraint.blocked
+
+    def spy(self, layer, q_slots, num_keys, batch):
+        blocked = real(self, layer, q_slots, num_keys, batch)
+        calls.append((self.pinned, blocked is not None and bool(blocked.any()), self.layout))
+        return blocked
+
+    monkeypatch.setattr(RoutingConstraint, "blocked", spy)
+    [chosen] = [s for s in sequence_stages(spec) if s.name == stage]
+    train_sequences(model, data, spec, chosen, torch.Generator().manual_seed(0))
+    assert len(calls) == 2 * spec.text_layers  # two steps, every layer
+    for pinned, blocked, layout in calls:
+        assert pinned and blocked
+        image_slots = layout.image.sum(dim=1)
+        assert (image_slots == image_slots[0]).all() and image_slots[0] > 0
+        assert (layout.answer_start > image_slots.max()).all()  # the answer comes after the image
+
+
 def test_answer_loss_ignores_unlabelled_positions():
     logits = torch.randn(2, 5, 7)
     labels = torch.full((2, 5), IGNORE_INDEX)

@@ -2,8 +2,11 @@
 the reference, saved with the model; a knockout composes with it and never replaces it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from vlminterp.interventions import From, InterventionEngine, Knockout, reference_generate, reference_logits
 from vlminterp.models.adapters import adapter_for
@@ -164,3 +167,18 @@ def test_query_routed_continuations_never_read_the_image_through_a_kept_cache(sy
         answers[name].append(engine.generate(engine.extend(prepared, question), [None], 8).tokens[0])
     assert answers["direct"][0] != answers["direct"][1]  # the image matters to the direct model
     assert answers["routed"][0] == answers["routed"][1] == answers["routed"][2]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("organism-*.yaml")),
+                         ids=lambda p: p.stem)
+def test_a_planted_config_is_the_default_run_with_one_constraint(path):
+    """A planted variant's config is config.yaml but for its run name and its routing: a setting the
+    default run changes (e.g. the noising filter) cannot drift away from the variants."""
+    default = yaml.safe_load((path.parents[1] / "config.yaml").read_text())
+    planted = yaml.safe_load(path.read_text())
+    routing = planted["model"]["organism"]
+    assert routing["routing"] in ("query_routed", "window"), path
+    for config in (default, planted):
+        config.pop("run")
+        config["model"].pop("organism", None)
+    assert planted == default, path

@@ -21,7 +21,7 @@ absent by construction. What must then hold, whatever the weights learnt:
               upper end of the F1 interval is below DESTROYED.
   equal       K4's prompt-only cache answers as the full image in query_routed (the continuation is
               generated text, which never reads image tokens): passes when the full image's
-              accuracy lies in the prompt-only cache's interval.
+              accuracy lies in the prompt-only cache's interval (the mean of the POPE strategies).
   none        no truth is planted (N1's object vs random ablation, K3's localization, and every
               method on the direct organism beyond the no-route check): the measured value is
               reported, ``passed`` is empty.
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vlminterp.experiments.kaduri_reprompt import MEAN_SETTING
 from vlminterp.stats import bootstrap_ci
 
 COLUMNS = ("routing", "routing_layers", "method", "condition", "truth", "expected", "value", "low", "high", "n",
@@ -209,11 +210,15 @@ def _k3_rows(peaks: pd.DataFrame, planted: Planted, seed: int) -> list[dict]:
 def _k4_rows(reprompt: pd.DataFrame, planted: Planted) -> list[dict]:
     if reprompt.empty:
         return []
-    data = reprompt[reprompt["setting"] == "all"].set_index("method")
-    if not {"prompt_cache", "full_image"} <= set(data.index):
-        return []
+    data = reprompt[reprompt["setting"] == MEAN_SETTING].set_index("method")
+    missing = {"prompt_cache", "full_image"} - set(data.index)
+    if missing:  # a K4 summary without them would drop the planted truth silently
+        raise ValueError(f"K4 summary: no {sorted(missing)} rows in setting {MEAN_SETTING!r} "
+                         f"(settings: {sorted(reprompt['setting'].unique())})")
     prompt, full = data.loc[["prompt_cache"]].iloc[0], data.loc[["full_image"]].iloc[0]
     note = f"accuracy; full image {full['accuracy']:.3f}"
+    if "single_turn" in data.index:  # what the image gives the answer at all: equal at chance proves little
+        note += f"; single turn {data.loc[['single_turn']].iloc[0]['accuracy']:.3f}"
     if planted.routing == "query_routed":
         passed = bool(prompt["accuracy_low"] - 1e-9 <= full["accuracy"] <= prompt["accuracy_high"] + 1e-9)
         return [_row(planted, "K4", "prompt_cache vs full_image",
