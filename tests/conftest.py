@@ -22,6 +22,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when torch loads: set before any import
 
+# `import dvc` binds DVC's log handlers to the sys.stdout/stderr of that moment: imported here, they
+# get pytest's session-long streams, not the `capsys` stream of whichever test imports it first
+# (closed after that test, it made every later DVC call in the worker fail "I/O operation on closed file").
+import dvc  # noqa: E402,F401
+
 # Fixtures whose tests must share one worker (see the module docstring).
 SHARED_WORKER_FIXTURES = {"tiny_run", "slurm_cluster", "organism_tables"}  # the last reads tiny_run by name
 
