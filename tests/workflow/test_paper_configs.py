@@ -91,4 +91,7 @@ def test_config_means_what_it_says(checkout, local_model, tmp_path, config):
         if lookup(given, path) is MISSING and lookup(overlay, path) is MISSING and default is not MISSING:
             assert lookup(effective, path) == default, f"{'.'.join(path)} leaked from config.yaml"
             checked += 1
-    assert checked, "config.yaml sets nothing the file leaves to the schema: the check checked nothing"
+    # a planted organism's config repeats config.yaml whole, so it leaves nothing to the schema
+    # (test_routing.py::test_a_planted_config_is_the_default_run_with_one_constraint)
+    assert checked or config.stem.startswith("organism-"), \
+        "config.yaml sets nothing the file leaves to the schema: the check checked nothing"
