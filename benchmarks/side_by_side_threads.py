@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:20s} alone {alone:6.2f} s   side by side {max(together):6.2f} s "
               f"({max(together) / alone:5.1f}x)")
     result["environment"] = environment()
-    result["load_average_1_5_15_min_at_end"] = list(os.getloadavg())   # other work on the machine
     save(result, args.out)
     return result
 
