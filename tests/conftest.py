@@ -2,11 +2,12 @@
 
 Markers (see pyproject.toml): slow, workflow, gpu, slurm, browser. GPU tests skip without CUDA.
 
-`make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). The tests that use the
-session's tiny run or its SLURM cluster form one group on one worker: they share one DAG run and one
-cluster, and several of them run Snakemake inside the tiny run's directory, so they must not
-overlap. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, inherited by every Snakemake job):
-with the default spinning policy two torch processes on two cores slow each other 20-40x.
+`make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`), one test module at a
+time each, except the SLURM tests, which share one cluster and so one worker. The session's tiny
+run is built once for both workers and shared (tests/shared_run.py: file locks keep the tests that
+change it in place apart from those that copy it or plan in it). Idle OpenMP threads sleep
+(OMP_WAIT_POLICY=PASSIVE, inherited by every Snakemake job): with the default spinning policy two
+torch processes on two cores slow each other 20-40x.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when torch loads: s
 # (closed after that test, it made every later DVC call in the worker fail "I/O operation on closed file").
 import dvc  # noqa: E402,F401
 
-# Fixtures whose tests must share one worker (see the module docstring).
-SHARED_WORKER_FIXTURES = {"tiny_run", "slurm_cluster", "organism_tables"}  # the last reads tiny_run by name
+# Tests of these fixtures share one worker: one SLURM cluster per session.
+ONE_WORKER_FIXTURES = {"slurm_cluster"}
+# The module that builds the shared tiny run goes first (its own tests are quick once it exists).
+BUILDS_THE_TINY_RUN = "tests/workflow/test_dag.py"
 
 
 @pytest.fixture(autouse=True)
@@ -58,9 +61,10 @@ def pytest_collection_modifyitems(config, items):
 
 def _group_for_workers(items) -> None:
     """One xdist group per test module (its module fixtures are built once), except the tests of
-    SHARED_WORKER_FIXTURES, which form the group "tiny_run". That group goes first and the modules
-    with slow tests next (with --no-loadscope-reorder the workers take groups in this order), so
-    the long units start early and the short ones fill the gaps at the end.
+    ONE_WORKER_FIXTURES, which form the group "slurm". With --no-loadscope-reorder the workers take
+    groups in the order set here: the module that builds the tiny run, then the slow groups that
+    do not need it (the other worker runs them meanwhile), the SLURM group, the other slow groups,
+    and the short ones last to fill the gaps.
 
     A group is the suffix "@group" of a test's id, read by xdist's loadgroup scheduler. xdist 3.8
     writes it into `item._nodeid` for `xdist_group` marks, which pytest 9 no longer reads (the id
@@ -68,22 +72,39 @@ def _group_for_workers(items) -> None:
     def module(item):
         return item.nodeid.split("::")[0]
 
-    def shares_the_tiny_run(item):
-        return bool(SHARED_WORKER_FIXTURES & set(getattr(item, "fixturenames", ())))
+    def uses(item, names):
+        return bool(set(names) & set(getattr(item, "fixturenames", ())))
 
-    slow_modules = {module(item) for item in items if "slow" in item.keywords}
-    items.sort(key=lambda item: (not shares_the_tiny_run(item), module(item) not in slow_modules))
+    def group(item):
+        return "slurm" if uses(item, ONE_WORKER_FIXTURES) else module(item)
+
+    by_group: dict[str, list] = {}
     for item in items:
-        group = "tiny_run" if shares_the_tiny_run(item) else module(item)
-        item._id = type(item._id).parse(f"{item.nodeid}@{group}")
+        by_group.setdefault(group(item), []).append(item)
+
+    def rank(name):
+        members = by_group[name]
+        slow = any("slow" in item.keywords for item in members)
+        needs_tiny_run = any(uses(item, ("tiny_run", "organism_tables")) for item in members)
+        if name == BUILDS_THE_TINY_RUN:
+            return 0
+        if slow:
+            return 1 if not needs_tiny_run else 2 if name == "slurm" else 3
+        return 4
+
+    items[:] = [item for name in sorted(by_group, key=rank) for item in by_group[name]]
+    for item in items:
+        item._id = type(item._id).parse(f"{item.nodeid}@{group(item)}")
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A working directory in which the whole default DAG has run once on tests/configs/tiny.yaml
-    (shared by the workflow, DVC and SLURM tests)."""
+    """A working directory in which the whole default DAG has run once on tests/configs/tiny.yaml,
+    shared by the workflow, DVC and SLURM tests of every xdist worker (tests/shared_run.py)."""
+    from shared_run import build_once
     from snakemake_runner import snakemake
 
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    snakemake(workdir, "--cores", "2")
-    return workdir
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):   # a worker's basetemp is <the run's basetemp>/popen-gwN
+        base = base.parent
+    return build_once(base / "tiny_run", lambda workdir: snakemake(workdir, "--cores", "2"))

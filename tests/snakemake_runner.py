@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shared_run import reading, writing
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -26,7 +28,9 @@ def snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG, check: 
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `snakemake` on the repository's Snakefile inside `workdir` and return the result."""
     cmd, env = snakemake_command(workdir, *args, configfile=configfile, env=env)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    plans_only = "-n" in args or "--dry-run" in args
+    with (reading if plans_only else writing)(workdir):      # the shared tiny run: shared_run.py
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

@@ -15,6 +15,7 @@ import shutil
 import pytest
 import yaml
 
+from shared_run import copy_tiny_run
 from snakemake_runner import ROOT, TINY_CONFIG, snakemake
 from vlminterp.experiments.registry import STAGES
 
@@ -40,7 +41,7 @@ def _outputs(run_dir: Path) -> dict[str, bytes]:
 def test_sharded_dag_on_slurm_equals_the_local_run(slurm_cluster, slurm_plugin_version, tiny_run,
                                                    tmp_path):
     work = tmp_path / "on_slurm"
-    shutil.copytree(tiny_run, work, copy_function=shutil.copy2, symlinks=True)
+    copy_tiny_run(tiny_run, work)
     for stage in RERUN_DIRS:
         shutil.rmtree(work / "results" / RUN / stage)
     config = yaml.safe_load(TINY_CONFIG.read_text())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shared_run import copy_tiny_run
 from snakemake_runner import ROOT
 from vlminterp.artifacts import REMOTE_HELP, ArtifactError, main as artifacts_main, push
 
@@ -59,9 +60,7 @@ def origin(tiny_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("dvc")
     origin = base / "origin"
     _copy_checkout(ROOT, origin)
-    shutil.copytree(tiny_run / "results", origin / "results", copy_function=shutil.copy2)
-    shutil.copytree(tiny_run / ".snakemake" / "metadata", origin / ".snakemake" / "metadata",
-                    copy_function=shutil.copy2)
+    copy_tiny_run(tiny_run, origin, "results", ".snakemake/metadata")
     _run(origin, "git", "init", "-q")
     _run(origin, "git", "add", "-A")
     _run(origin, "git", "commit", "-qm", "project")
@@ -131,7 +130,7 @@ def test_missing_remote_names_the_command_to_configure_one(tiny_run, tmp_path, c
     project = tmp_path / "noremote"
     project.mkdir()
     _dvc_project(project)
-    shutil.copytree(tiny_run / "results" / RUN / "organism", project / "results" / RUN / "organism")
+    copy_tiny_run(tiny_run, project, f"results/{RUN}/organism")
     with pytest.raises(ArtifactError, match="dvc remote add"):
         push(project, RUN)
     assert artifacts_main(["push", "--run", RUN, "--repo", str(project)]) == 1

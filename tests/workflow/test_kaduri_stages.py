@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from shared_run import copy_tiny_run
 from snakemake_runner import TINY_CONFIG, snakemake
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -139,7 +140,7 @@ def test_full_cache_reproduces_full_image_answers(tiny_run):
 def test_sharded_run_gives_the_same_tables(tiny_run, tmp_path):
     """Run the K stages again in a copy with 7 images per shard: the gathered tables are identical."""
     copy = tmp_path / "sharded"
-    shutil.copytree(tiny_run, copy, symlinks=True)
+    copy_tiny_run(tiny_run, copy)
     config = {**CONFIG, "sharding": {"images_per_shard": 7}}
     configfile = tmp_path / "sharded.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -158,7 +159,7 @@ def test_sharded_run_gives_the_same_tables(tiny_run, tmp_path):
 
 def test_llm_judge_stage_scores_the_same_generations(tiny_run, tmp_path):
     """In a copy of the tiny run, so the shared run keeps its own config (and effective config)."""
-    tiny_run = shutil.copytree(tiny_run, tmp_path / "judged", symlinks=True)
+    tiny_run = copy_tiny_run(tiny_run, tmp_path / "judged")
     with FakeChatServer() as server:
         config = yaml.safe_load(TINY_CONFIG.read_text())
         config["kaduri"]["llm_judge"] = {"enabled": True, "base_url": server.base_url, "model": "fake",

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from shared_run import copy_tiny_run
 from snakemake_runner import TINY_CONFIG, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
@@ -97,7 +98,7 @@ def test_forcerun_of_a_neo_stage_reruns_it_and_its_dependents_only(tiny_run):
 def test_sharded_tables_equal_the_unsharded_ones(tiny_run, tmp_path):
     """Two shard jobs per stage give exactly the tables of the one-shard run."""
     workdir = tmp_path / "sharded"
-    shutil.copytree(tiny_run, workdir, symlinks=True)
+    copy_tiny_run(tiny_run, workdir)
     config = {**TINY, "sharding": {"images_per_shard": 12}}
     config_file = tmp_path / "sharded.yaml"
     config_file.write_text(yaml.safe_dump(config))

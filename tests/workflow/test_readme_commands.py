@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from rehearsal import copy_checkout
+from shared_run import copy_tiny_run
 from snakemake_runner import ROOT
 
 pytestmark = pytest.mark.workflow
@@ -85,8 +86,7 @@ def test_readme_blocks_are_found():
 def readme_checkout(tiny_run, tmp_path_factory):
     """A copy of the checkout holding the tiny run's results and Snakemake metadata."""
     checkout = copy_checkout(tmp_path_factory.mktemp("readme_checkout"))
-    shutil.copytree(tiny_run / "results" / "tiny", checkout / "results" / "tiny", symlinks=True)
-    shutil.copytree(tiny_run / ".snakemake" / "metadata", checkout / ".snakemake" / "metadata")
+    copy_tiny_run(tiny_run, checkout, "results/tiny", ".snakemake/metadata")
     return checkout
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 import yaml
 
+from shared_run import copy_tiny_run
 from snakemake_runner import TINY_CONFIG, snakemake, snakemake_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
@@ -30,7 +31,7 @@ def _wait_for(path, process, timeout_s=600.0):
 
 def test_kill_9_then_the_same_command_resumes_training_and_a_live_run_keeps_its_lock(tiny_run, tmp_path):
     work = tmp_path / "work"
-    shutil.copytree(tiny_run, work, copy_function=shutil.copy2, symlinks=True)
+    copy_tiny_run(tiny_run, work)
     run_dir = work / "results" / RUN
     shutil.rmtree(run_dir / "model")
     command = ("--cores", CORES, f"results/{RUN}/model")          # train the organism again
