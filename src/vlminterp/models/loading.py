@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
-from .adapters import adapter_class_for_config
+# torch and the adapters (transformers) are imported where a model is loaded: the Snakefile reads
+# ModelSpec and check_model_files at every start, and a dry run should not pay for them.
 
 log = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES: dict[str, str] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}   # name -> torch dtype
 QUANTIZATIONS = ("none", "4bit")
 Device = Literal["cpu", "cuda", "auto"]
 
@@ -70,7 +69,9 @@ class ModelSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        return getattr(torch, DTYPES[self.dtype])
 
     def quantization_config(self):
         """The `quantization_config` transformers' from_pretrained takes: None, or for "4bit" a
@@ -167,6 +168,8 @@ def check_model_files(spec: ModelSpec, *, offline: bool | None = None, cache_dir
 
 
 def _device_placement(spec: ModelSpec) -> dict:
+    import torch
+
     if spec.device == "cpu":
         return {"device_map": None}
     if spec.device == "cuda":
@@ -180,6 +183,8 @@ def _device_placement(spec: ModelSpec) -> dict:
 
 def _check_quantization(spec: ModelSpec) -> None:
     """4-bit loading needs CUDA and bitsandbytes: one clear message otherwise."""
+    import torch
+
     if not torch.cuda.is_available() or spec.device == "cpu":
         raise RuntimeError(f"model quantization {spec.quantization!r} needs a CUDA GPU (bitsandbytes); device is "
                            f"{spec.device!r}{'' if torch.cuda.is_available() else ' and no CUDA device is visible'}")
@@ -192,6 +197,8 @@ def load_model(spec: ModelSpec):
     """Load (model, processor) for `spec`; the model is in eval mode on the requested device. Logs the
     time it took (a `loaded model ... in X s` line, which benchmarks/gpu_smoke.py reads from rule logs)."""
     from transformers import AutoConfig
+
+    from .adapters import adapter_class_for_config
 
     started = time.perf_counter()
     check_model_files(spec)  # a missing directory or file gets one clear message, not transformers' own
@@ -236,7 +243,9 @@ def load_adapter(spec: ModelSpec, *, weights: bool = True):
     one place a stage loads a model. `weights=False` builds the model on the meta device from its
     config and loads only the processor: cheap even for 7B, enough for the prompt format and the
     image-token geometry (map_object_cells), never for a forward pass."""
-    from .adapters import adapter_for
+    import torch
+
+    from .adapters import adapter_class_for_config, adapter_for
 
     if weights:
         model, processor = load_model(spec)
