@@ -34,8 +34,9 @@ def _scaled_sections(sections: list[int]) -> list[int]:
     return scaled
 
 
-def tiny_qwen_config(folder: str | Path):
-    """The folder's config.json (Qwen2.5-VL's flat one or Qwen3-VL's nested one) with both towers shrunk."""
+def tiny_qwen_config(folder: str | Path, **vision_sizes):
+    """The folder's config.json (Qwen2.5-VL's flat one or Qwen3-VL's nested one) with both towers shrunk;
+    `vision_sizes` override VISION_SIZES (e.g. fullatt_block_indexes=[]: every vision layer windowed)."""
     from transformers import AutoConfig
 
     raw = real_config_dict(folder, "Qwen2.5-VL / Qwen3-VL")
@@ -47,16 +48,17 @@ def tiny_qwen_config(folder: str | Path):
     for key in ("rope_scaling", "rope_parameters"):
         if isinstance(text.get(key), dict) and "mrope_section" in text[key]:
             text[key] = {**text[key], "mrope_section": _scaled_sections(text[key]["mrope_section"])}
-    raw["vision_config"] = {**raw["vision_config"], **VISION_SIZES[family]}
+    raw["vision_config"] = {**raw["vision_config"], **VISION_SIZES[family], **vision_sizes}
     return AutoConfig.for_model(**raw)
 
 
-def build_tiny_qwen(folder: str | Path, seed: int = 0, attn_implementation: str = "sdpa", processor=None):
+def build_tiny_qwen(folder: str | Path, seed: int = 0, attn_implementation: str = "sdpa", processor=None,
+                    **vision_sizes):
     """(model, processor): the shrunk random-weight model (float32, eval) and the folder's real processor
     (image-only where the video processor needs torchvision; `processor`: one already loaded)."""
     from .adapters import adapter_class_for_config
 
-    config = tiny_qwen_config(folder)
+    config = tiny_qwen_config(folder, **vision_sizes)
     adapter_class = adapter_class_for_config(config)
     torch.manual_seed(seed)
     model = adapter_class.model_class()(config).float().eval()  # float32 whatever the config's dtype says

@@ -16,7 +16,8 @@ the prefill the text model ADDS the i-th of them to the hidden state at the imag
 decoder layer i (i < 3). So the image enters the text model four times, and replacing the image
 tokens' input embeddings alone leaves it in. Here:
 - `embed` keeps the DeepStack features of the input it embeds (a few inputs, keyed by their tokens
-  up to the last image token), and `observe` (the engine, before every run) picks the input's;
+  up to the last image token and a digest of their image embeddings), and `observe` (the engine,
+  before every run, with the prepared input's embeddings) picks the input's;
 - `language_model_forward` locates the call's tokens by cache slot (slot = sequence index in every
   engine call on a prompt) and passes the text model the features of the image tokens among them,
   per batch row, leaving out each row's ablated positions (`ablating`, entered by the engine's
@@ -33,6 +34,7 @@ Trap (tested): a forward on `inputs_embeds` (no pixel_values) drops DeepStack, a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
@@ -96,37 +98,51 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         self.image_features(pixel_values, image_grid_thw)
         return self._last_deepstack
 
-    def _key(self, input_ids: torch.Tensor) -> tuple | None:
-        """The tokens up to the last image token (None without one): what the features belong to."""
+    def _key(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor) -> tuple | None:
+        """What the features belong to (None without an image token): the tokens up to the last image
+        token and a digest of the image tokens' embeddings (two images of one size share the tokens)."""
         ids = input_ids.reshape(-1)
-        image = torch.nonzero(ids == self.image_token_id).flatten()
-        return None if len(image) == 0 else tuple(ids[: int(image[-1]) + 1].tolist())
+        image = ids == self.image_token_id
+        if not bool(image.any()):
+            return None
+        last = int(torch.nonzero(image).flatten()[-1])
+        pixels = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])[: len(ids)][image.to(inputs_embeds.device)]
+        digest = hashlib.sha1(pixels.detach().float().cpu().numpy().tobytes()).hexdigest()
+        return tuple(ids[: last + 1].tolist()), digest
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, **image_inputs) -> torch.Tensor:
         if input_ids.ndim == 2 and input_ids.shape[0] != 1:
             raise ValueError("qwen3_vl: embed one input at a time (its DeepStack features are kept per input)")
         self._last_deepstack = None
         embeds = self._scatter_image_features(input_ids, pixel_values, image_inputs)
-        key = self._key(input_ids)
+        key = self._key(input_ids, embeds)
         if key is not None:
             self._features[key] = [f.to(embeds.dtype) for f in self._last_deepstack]
             self._features.move_to_end(key)
             while len(self._features) > KEPT_INPUTS:
                 self._features.popitem(last=False)
-        self.observe(input_ids)
+        self.observe(input_ids, embeds)
         return embeds
 
     # ---- which tokens of a call get DeepStack features ---------------------------------------------
-    def observe(self, input_ids: torch.Tensor) -> None:
-        """Remember the image tokens of the input about to run, and pick its DeepStack features."""
+    def observe(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> None:
+        """Remember the image tokens of the input about to run, and pick its DeepStack features (by its
+        tokens and image embeddings: `inputs_embeds` is required when it holds an image token)."""
         ids = input_ids if input_ids.ndim == 2 else input_ids[None]
         if ids.shape[0] != 1:
             raise ValueError("qwen3_vl: the engine runs one input at a time")
-        key = self._key(ids)
-        if key is not None and key not in self._features:
+        image = ids[0] == self.image_token_id
+        if not bool(image.any()):
+            self._observed = (image, [])
+            return
+        if inputs_embeds is None:
+            raise DeepStackError("qwen3_vl: observe(input_ids, inputs_embeds): an input with an image needs its "
+                                 "embeddings to find its DeepStack features")
+        key = self._key(ids, inputs_embeds)
+        if key not in self._features:
             raise DeepStackError("qwen3_vl: no DeepStack features for this input's image: embed it first "
                                  "(engine.prepare / adapter.embed); without them the image would enter once, not four times")
-        self._observed = (ids[0] == self.image_token_id, [] if key is None else self._features[key])
+        self._observed = (image, self._features[key])
 
     @contextlib.contextmanager
     def ablating(self, rows: Sequence[torch.Tensor]) -> Iterator[None]:
