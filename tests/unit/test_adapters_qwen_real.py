@@ -258,3 +258,21 @@ def test_qwen3_an_input_never_embedded_is_refused():
         adapter.observe(ids, other)
     with pytest.raises(DeepStackError, match="qwen3_vl: observe.*needs its embeddings"):
         adapter.observe(ids)
+
+
+def test_a_saved_random_checkpoint_loads_as_the_pipeline_loads_models(family, tmp_path):
+    """`save_random_checkpoint` (the rehearsal's and the GPU smoke run's checkpoints) writes the
+    image-only processor part by part; `load_model` reads back the family and the same processor."""
+    from vlminterp.models.loading import ModelSpec, load_model
+    from vlminterp.models.synthetic import save_random_checkpoint
+    from vlminterp.models.tiny_qwen import tiny_qwen_config
+
+    save_random_checkpoint(tiny_qwen_config(FOLDERS[family]), _processor(family), tmp_path, dtype=torch.float32)
+    model, processor = load_model(ModelSpec(str(tmp_path)))
+    adapter = adapter_for(model, processor)
+    assert adapter.family == family and adapter.factor == _model(family)[1].factor
+    image = _image(IMAGES[1], side=QWEN_IMAGE_SIDE)
+    got = processor(text=adapter.format_prompt("Hi."), images=image, return_tensors="pt")
+    want = _encode(family, image, "Hi.")
+    for key in ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
+        assert torch.equal(got[key], want[key]), key

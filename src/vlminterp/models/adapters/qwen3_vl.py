@@ -26,7 +26,10 @@ tokens' input embeddings alone leaves it in. Here:
   the model's own call independently;
 - text appended after a kept cache is observed as text (cache.continue_batch), never as image.
 `resid_post.{l}` is the decoder layer's output before the injection (transformers' hidden_states[l+1]);
-`resid_pre.{l+1}` at an image token of an early layer is that plus the DeepStack feature.
+`resid_pre.{l+1}` at an image token of an early layer is that plus the DeepStack feature. So an
+activation patch or steer (`Patch`, `Steer`; not in docs/COMPATIBILITY.md) at an image token of a site
+before the last DeepStack layer still gets this input's own features added after it: only patches
+from `resid_pre.{deepstack_layers}` on replace the image there completely.
 
 Trap (tested): a forward on `inputs_embeds` (no pixel_values) drops DeepStack, and without
 `position_ids` also falls back to 1-D positions.
