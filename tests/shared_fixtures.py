@@ -22,6 +22,8 @@ LLAMA2_TOKENIZER = FIXTURES / "llama2-tokenizer" / "tokenizer.model"  # LLaVA-1.
 LLAVA_INTERP = FIXTURES / "llava-interp"                             # Neo et al.'s data/ files
 CHAIR_SYNONYMS = FIXTURES / "chair" / "synonyms.txt"                 # CHAIR's synonym list
 GEMMA3_PROCESSOR = FIXTURES / "processors" / "google--gemma-3-4b-it"   # real Gemma 3 processor + config
+QWEN2_5_VL_PROCESSOR = FIXTURES / "processors" / "Qwen--Qwen2.5-VL-7B-Instruct"   # real processor + config
+QWEN3_VL_PROCESSOR = FIXTURES / "processors" / "Qwen--Qwen3-VL-8B-Instruct"      # real processor + config
 
 
 def require(path: Path) -> Path:

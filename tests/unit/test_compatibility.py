@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from shared_fixtures import FIXTURES, GEMMA3_PROCESSOR, ROOT, require
+from shared_fixtures import FIXTURES, ROOT, require
 
 from vlminterp.models import compatibility
 from vlminterp.models.adapters import ADAPTERS, OPERATIONS
@@ -65,9 +65,10 @@ def test_the_script_reproduces_the_committed_row(family):
 
 
 @pytest.mark.slow
-def test_the_script_reproduces_the_committed_gemma3_row():
-    require(GEMMA3_PROCESSOR)
-    _check_measured("gemma3")
+@pytest.mark.parametrize("family", ["gemma3", "qwen2_5_vl", "qwen3_vl"])
+def test_the_script_reproduces_the_committed_real_config_row(family):
+    require(FIXTURES / compatibility.FAMILIES[family][1])
+    _check_measured(family)
 
 
 @pytest.mark.parametrize("operation", ["ablation", "knockout", "generation", "kept_caches", "prefix_sharing"])

@@ -10,6 +10,10 @@ positions (post-projector image embeddings for image positions) with a given vec
 
 The context manager is a forward pre-hook on the language model that acts only on the prefill
 (the call that sees the whole prompt), so it also works inside `model.generate`. It is removed on exit.
+Where the text model's call also adds image features after early layers (Qwen3-VL's DeepStack:
+`visual_pos_masks`, `deepstack_visual_embeds`), the hook leaves the ablated positions out of them
+too: an ablated image token keeps nothing of the image. The engine does the same through the
+adapter (`VLMAdapter.ablating`), independently of this hook.
 As an edit kind (`edit.Edit`, site `embed`) the engine applies it to the positions each call
 computes (`apply_ablations(..., start=)`: a shared prefix's suffix), the reference with `replace_embeddings`.
 """
@@ -56,11 +60,21 @@ class Ablation(Edit):
                 return None  # e.g. a decode step
             return apply_ablations(embeds, rows, start=start)
 
-        return edit_site(adapter, "embed", function)
+        return _ablating(adapter, rows, edit_site(adapter, "embed", function))
 
     @classmethod
     def reference(cls, adapter, edits: Sequence["Ablation"]):
         return replace_embeddings(adapter, [list(edits)])
+
+
+@contextlib.contextmanager
+def _ablating(adapter, rows: Sequence[Sequence[Ablation]], site_context) -> Iterator[None]:
+    """The embedding edit, and the family told which positions each row ablates (`VLMAdapter.ablating`:
+    Qwen3-VL leaves its DeepStack injections out there)."""
+    positions = [torch.cat([explicit_positions(a.positions).reshape(-1) for a in row] or [torch.zeros(0, dtype=torch.long)])
+                 for row in rows]
+    with adapter.ablating(positions), site_context:
+        yield
 
 
 def _inside(ablation: Ablation, start: int, end: int) -> bool:
@@ -105,6 +119,17 @@ def _is_prefill(kwargs: dict) -> bool:
     return cache is None or cache.get_seq_length() == 0
 
 
+def _without_injections(masks: torch.Tensor, injected: list[torch.Tensor], rows: list[list[Ablation]]) -> dict:
+    """The text model's DeepStack arguments (`visual_pos_masks` (B, T), per layer the features of its
+    True slots in row-major order) with every ablated position left out."""
+    kept = masks.clone()
+    for row_index in range(masks.shape[0]):
+        for ablation in rows[row_index if len(rows) > 1 else 0]:
+            kept[row_index, explicit_positions(ablation.positions).to(kept.device)] = False
+    selected = kept[masks]
+    return {"visual_pos_masks": kept, "deepstack_visual_embeds": [f[selected.to(f.device)] for f in injected]}
+
+
 @contextlib.contextmanager
 def replace_embeddings(adapter, ablations: Ablation | Sequence[Sequence[Ablation]]) -> Iterator[None]:
     """Apply ablations to the language model's input embeddings on every prefill inside the block."""
@@ -114,7 +139,10 @@ def replace_embeddings(adapter, ablations: Ablation | Sequence[Sequence[Ablation
         embeds = kwargs.get("inputs_embeds")
         if embeds is None or not _is_prefill(kwargs):
             return None
-        return args, {**kwargs, "inputs_embeds": apply_ablations(embeds, rows)}
+        kwargs = {**kwargs, "inputs_embeds": apply_ablations(embeds, rows)}
+        if kwargs.get("deepstack_visual_embeds") is not None:  # Qwen3-VL's text model: the image re-injected
+            kwargs.update(_without_injections(kwargs["visual_pos_masks"], kwargs["deepstack_visual_embeds"], rows))
+        return args, kwargs
 
     handle = adapter.language_model.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:

@@ -184,6 +184,7 @@ def continue_batch(
     padding = kept.padding_knockouts()
     context = knockout(adapter, [padding]) if padding else contextlib.nullcontext()
     layout = kept.routing_layout or kept_layout(adapter.model, kept.kept_positions, kept.width)
+    adapter.observe(new_input_ids[:1])  # text only: no slot of the continuation is an image token
     with context, using_layout(adapter.model, layout):
         hidden, cache = adapter.language_model_forward(
             adapter.embed_tokens(new_input_ids), past_key_values=cache, position_ids=positions, use_cache=True

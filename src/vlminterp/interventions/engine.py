@@ -173,7 +173,7 @@ class InterventionEngine:
     # ---- internals ------------------------------------------------------------------------------
     def _prefix(self, prepared: PreparedInput, conditions: list[Condition]):
         observe_ids(self.adapter.model, prepared.input_ids)  # a planted routing's layout (models/routing.py)
-        self.adapter.observe(prepared.input_ids)
+        self.adapter.observe(prepared.input_ids, prepared.inputs_embeds)
         prefix = shared_prefix_length(conditions, prepared.length) if self.share_prefix else 0
         prefix = self.adapter.shared_prefix_limit(prepared.input_ids, prefix)
         if prefix == 0:
@@ -357,7 +357,7 @@ class InterventionEngine:
         fed = torch.as_tensor(list(generated[:-1]), dtype=torch.long)
         full = self.extend(prepared, fed)
         observe_ids(self.adapter.model, full.input_ids)
-        self.adapter.observe(full.input_ids)
+        self.adapter.observe(full.input_ids, full.inputs_embeds)
         with capture.reading(self.adapter):
             self.adapter.language_model_forward(full.inputs_embeds, position_ids=full.rope.span(0, full.length),
                                                 use_cache=False)
@@ -368,7 +368,7 @@ class InterventionEngine:
         the prompt's RoPE positions), computed under `condition`'s edits (None: unedited)."""
         (condition,) = self._conditions([condition], prepared.length, "kept_caches")
         observe_ids(self.adapter.model, prepared.input_ids)
-        self.adapter.observe(prepared.input_ids)
+        self.adapter.observe(prepared.input_ids, prepared.inputs_embeds)
         rope = prepared.rope
         with contextlib.ExitStack() as context:
             for kind, rows in by_kind([condition.edits]):

@@ -73,8 +73,8 @@ def reference_generate(
     first EOS (any of `eos_token_id`, an int or a list; default: every EOS id of the model)."""
     eos = (list(adapter.eos_token_ids) or None) if eos_token_id is None else eos_token_id
     pad = adapter.text_config.pad_token_id
-    if pad is None:
-        pad = token_ids(eos)[0] if token_ids(eos) else None
+    if pad is None:  # any id: one unpadded row (eos_token_id=[] and no pad id: Qwen's real configs)
+        pad = (token_ids(eos) or adapter.eos_token_ids or (0,))[0]
     with reference_interventions(adapter, condition):
         sequences = model.generate(
             **_model_inputs(adapter, input_ids, pixel_values, image_inputs),

@@ -5,7 +5,8 @@
     rows = measure_family("gemma3", fixtures)                   # {operation: Cell}
 
 Each family runs as a tiny random-weight model (LLaVA, InternVL, Qwen2-VL: `models.synthetic`;
-Gemma 3: its real config shrunk, its real processor, a COCO image from the shared fixtures) and each
+Gemma 3, Qwen2.5-VL, Qwen3-VL: the real config shrunk, the real processor, a COCO image from the
+shared fixtures, shrunk to QWEN_IMAGE_SIDE px for the Qwen families) and each
 operation (`adapters.OPERATIONS`) is compared with an independent computation:
 
     forward         engine logits, no edit            vs the HF model's own logits (adapter.model_inputs)
@@ -38,13 +39,20 @@ TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_FIXTURES = ROOT.parent / "shared" / "fixtures"
 GEMMA3_FOLDER = Path("processors") / "google--gemma-3-4b-it"
+QWEN2_5_VL_FOLDER = Path("processors") / "Qwen--Qwen2.5-VL-7B-Instruct"
+QWEN3_VL_FOLDER = Path("processors") / "Qwen--Qwen3-VL-8B-Instruct"
 COCO_IMAGE = Path("coco-mini") / "val2017" / "000000000139.jpg"
-# family -> (label, synthetic variant or None for a real-config build)
+# Qwen's dynamic grid gives a 640 px image ~370 tokens: the image is shrunk to this longest side
+# first (~50 tokens), so that each of the many full reference forwards (152k-word vocabulary) is quick.
+QWEN_IMAGE_SIDE = 224
+# family -> (label, synthetic variant name, or the shared-fixtures folder of a real config to shrink)
 FAMILIES = {
     "llava": ("LLaVA (tiny-llama)", "tiny-llama"),
     "internvl": ("InternVL (tiny-internvl)", "tiny-internvl"),
     "qwen2_vl": ("Qwen2-VL (tiny-qwen2-vl)", "tiny-qwen2-vl"),
-    "gemma3": ("Gemma 3 (gemma-3-4b-it config, shrunk)", None),
+    "gemma3": ("Gemma 3 (gemma-3-4b-it config, shrunk)", GEMMA3_FOLDER),
+    "qwen2_5_vl": ("Qwen2.5-VL (Qwen2.5-VL-7B-Instruct config, shrunk)", QWEN2_5_VL_FOLDER),
+    "qwen3_vl": ("Qwen3-VL (Qwen3-VL-8B-Instruct config, shrunk)", QWEN3_VL_FOLDER),
 }
 
 # What each family needed beyond LLaVA's engine (printed under the table).
@@ -56,6 +64,18 @@ NOTES = {
               "the engine's text-model calls; the shared prefix never ends inside an image; sliding (window 8 in "
               "the tiny model) and global layers alternate; the projector is redrawn (its init is zero); "
               "re-prompted text after a kept cache is located by position, not cache slot.",
+    "qwen2_5_vl": "M-RoPE as Qwen2-VL (absolute time ids only matter for video); the vision tower's windows "
+                  "(112 px, full attention in some layers) are undone inside transformers, so tokens keep the "
+                  "processor's row-major order. Trap: `inputs_embeds` without position ids, or `input_ids` "
+                  "without `mm_token_type_ids`, silently run 1-D positions: the engine passes the model's own "
+                  "3-D ids and `model_inputs` the token types.",
+    "qwen3_vl": "DeepStack: the vision tower's intermediate features are added to the image tokens' hidden states "
+                "after the first decoder layers (one per DeepStack layer) during the prefill. The adapter keeps "
+                "them per input and injects them in every engine call on the prompt (located by cache slot); a "
+                "token ablation also removes the injections at the ablated positions (engine via "
+                "`adapter.ablating`, reference by editing the model's own DeepStack arguments); text after a "
+                "kept cache is never injected. Same M-RoPE and 1-D trap as Qwen2.5-VL, 32 px tokens, no default "
+                "system turn.",
 }
 
 
@@ -82,13 +102,17 @@ def build_family(family: str, fixtures: Path):
     """(model, adapter, encoding) of one family's tiny model on one image and prompt."""
     from .synthetic import build_synthetic
     from .tiny_gemma3 import build_tiny_gemma3
+    from .tiny_qwen import build_tiny_qwen
 
-    _, variant = FAMILIES[family]
-    if variant is None:
-        model, processor = build_tiny_gemma3(fixtures / GEMMA3_FOLDER)
+    _, source = FAMILIES[family]
+    if isinstance(source, Path):
+        builder = build_tiny_gemma3 if family == "gemma3" else build_tiny_qwen
+        model, processor = builder(fixtures / source)
         image = _image(fixtures)
+        if family != "gemma3":
+            image.thumbnail((QWEN_IMAGE_SIDE, QWEN_IMAGE_SIDE))
     else:
-        model, processor = build_synthetic(variant, seed=0)
+        model, processor = build_synthetic(source, seed=0)
         image = _image(Path("/nonexistent"))  # the tiny grids need no real image; noise keeps them fast
     adapter = adapter_for(model, processor)
     encoding = processor(text=adapter.format_prompt("What is in this image?"), images=image, return_tensors="pt")
@@ -214,8 +238,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "COMPATIBILITY.md"), help="'-' for stdout")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if "gemma3" in args.families and not (args.fixtures / GEMMA3_FOLDER).exists():
-        parser.error(f"Gemma 3 needs {args.fixtures / GEMMA3_FOLDER} (the real config and processor)")
+    for family in args.families:
+        label, source = FAMILIES[family]
+        if isinstance(source, Path) and not (args.fixtures / source).exists():
+            parser.error(f"{label} needs {args.fixtures / source} (the real config and processor)")
     rows = {family: measure_family(family, args.fixtures) for family in args.families}
     text = markdown(rows)
     if args.out == "-":

@@ -442,7 +442,7 @@ def save_random_checkpoint(config: PreTrainedConfig, processor, directory, *, dt
     model.config.dtype = dtype
     Path(directory).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    save_processor(processor, directory)
     del model
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
@@ -622,10 +622,16 @@ def save_synthetic(model, processor, directory) -> None:
 
     Image-only processors (InternVL, Qwen2-VL) cannot `save_pretrained` themselves (no video
     processor); their tokenizer, image processor and processor settings are saved one by one."""
+    model.save_pretrained(directory)
+    save_processor(processor, directory)
+
+
+def save_processor(processor, directory) -> None:
+    """`processor.save_pretrained`, or, for image-only processors (InternVL, Qwen2-VL, Qwen2.5-VL,
+    Qwen3-VL without torchvision: no video processor), its parts one by one."""
     import json
     from pathlib import Path
 
-    model.save_pretrained(directory)
     if getattr(processor, "video_processor", True) is not None:
         processor.save_pretrained(directory)
         return

@@ -21,18 +21,25 @@ TEXT_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num
 VISION_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
 
+def real_config_dict(folder: str | Path, what: str) -> dict:
+    """The folder's config.json as a dict, without the keys no config class takes (`what` names the
+    family in the error when it is absent)."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} config.json in {folder}")
+    raw = json.loads(path.read_text())
+    return {k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")}
+
+
 def tiny_gemma3_config(folder: str | Path, **text_sizes):
     """The folder's config.json with the text and vision towers shrunk (geometry and token ids kept);
     `text_sizes` override TEXT_SIZES (e.g. sliding_window=512)."""
     from transformers import Gemma3Config
 
-    path = Path(folder) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no Gemma 3 config.json in {folder}")
-    raw = json.loads(path.read_text())
+    raw = real_config_dict(folder, "Gemma 3")
     raw["text_config"] = {**raw.get("text_config", {}), **TEXT_SIZES, **text_sizes}
     raw["vision_config"] = {**raw.get("vision_config", {}), **VISION_SIZES}
-    return Gemma3Config(**{k: v for k, v in raw.items() if k not in ("architectures", "transformers_version")})
+    return Gemma3Config(**raw)
 
 
 def build_tiny_gemma3(folder: str | Path, seed: int = 0, attn_implementation: str = "sdpa", processor=None,

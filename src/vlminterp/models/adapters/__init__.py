@@ -2,7 +2,8 @@
 
     from vlminterp.models.adapters import adapter_for
     adapter = adapter_for(model, processor)   # LlavaAdapter for LlavaForConditionalGeneration
-                                              # InternVLAdapter, Qwen2VLAdapter, Gemma3Adapter likewise
+                                              # InternVLAdapter, Qwen2VLAdapter, Gemma3Adapter,
+                                              # Qwen2_5_VLAdapter, Qwen3VLAdapter likewise
 
 A new family: subclass `VLMAdapter` (or `ConditionalGenerationAdapter`, which already maps the module
 paths of transformers' `*ForConditionalGeneration` layout) in its own module and call
@@ -19,6 +20,8 @@ from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS: list[type[VLMAdapter]] = []
 
@@ -54,6 +57,8 @@ register_adapter(LlavaAdapter)
 register_adapter(InternVLAdapter)
 register_adapter(Qwen2VLAdapter)
 register_adapter(Gemma3Adapter)
+register_adapter(Qwen2_5_VLAdapter)
+register_adapter(Qwen3VLAdapter)
 
 __all__ = [
     "ADAPTERS",
@@ -67,6 +72,8 @@ __all__ = [
     "LlavaAdapter",
     "PromptTemplate",
     "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
     "RopePositions",
     "TOKEN_GROUPS",
     "TokenGroups",

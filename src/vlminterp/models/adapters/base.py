@@ -29,6 +29,7 @@ Adding a family = one new file with a `VLMAdapter` subclass + `register_adapter`
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -123,9 +124,16 @@ class VLMAdapter(ABC):
         if operation in self.refused_operations:
             raise UnsupportedOperationError(f"{self.family}: {operation} is refused: {self.refused_operations[operation]}")
 
-    def observe(self, input_ids: torch.Tensor) -> None:
-        """The engine is about to run `input_ids` (1, T); families whose masks depend on the layout
-        (Gemma 3's bidirectional image block) remember it. Default: nothing."""
+    def observe(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> None:
+        """The engine is about to run `input_ids` (1, T) (embedded as `inputs_embeds`, where known);
+        families whose masks or injections depend on the layout (Gemma 3's bidirectional image block,
+        Qwen3-VL's DeepStack) remember it. Default: nothing."""
+
+    def ablating(self, rows: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
+        """Inside the block the engine's token ablations of `rows` (per batch row, or one for all: the
+        ablated positions) are in force; a family that adds image information after the input
+        embedding (Qwen3-VL's DeepStack) removes it at those positions too. Default: nothing."""
+        return contextlib.nullcontext()
 
     def shared_prefix_limit(self, input_ids: torch.Tensor, prefix: int) -> int:
         """The longest prefix <= `prefix` the engine may compute once and share (default: `prefix`)."""

@@ -116,7 +116,7 @@ class Gemma3Adapter(ConditionalGenerationAdapter):
         return self._scatter_image_features(input_ids, pixel_values, image_inputs)
 
     # ---- the bidirectional image block ------------------------------------------------------------
-    def observe(self, input_ids: torch.Tensor) -> None:
+    def observe(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> None:
         """Remember which slots of the input about to run are image tokens (the engine calls this)."""
         ids = input_ids if input_ids.ndim == 2 else input_ids[None]
         if ids.shape[0] != 1:

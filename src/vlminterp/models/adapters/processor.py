@@ -19,15 +19,17 @@ def load_image_only_processor(processor_class, id_or_path: str, **kwargs):
     """`AutoProcessor.from_pretrained`, or, when that fails for want of torchvision (the video
     processor), `processor_class` (an `ImageOnlyProcessorMixin` subclass) from the checkpoint's
     tokenizer, image processor (PIL backend) and processor settings."""
+    import importlib.util
     import inspect
 
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    try:
-        return AutoProcessor.from_pretrained(id_or_path, **kwargs)
-    except (ImportError, ValueError) as error:
-        if "torchvision" not in str(error).lower():
-            raise
+    if importlib.util.find_spec("torchvision") is not None:  # else AutoProcessor loads the tokenizer, then fails
+        try:
+            return AutoProcessor.from_pretrained(id_or_path, **kwargs)
+        except (ImportError, ValueError) as error:
+            if "torchvision" not in str(error).lower():
+                raise
     tokenizer = AutoTokenizer.from_pretrained(id_or_path, **kwargs)
     image_processor = AutoImageProcessor.from_pretrained(id_or_path, **kwargs)
     try:
