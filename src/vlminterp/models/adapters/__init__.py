@@ -18,6 +18,7 @@ from .token_groups import TOKEN_GROUPS, TokenGroups
 from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS: list[type[VLMAdapter]] = []
@@ -54,6 +55,7 @@ register_adapter(LlavaAdapter)
 register_adapter(InternVLAdapter)
 register_adapter(Qwen2VLAdapter)
 register_adapter(Gemma3Adapter)
+register_adapter(LlavaOnevisionAdapter)
 
 __all__ = [
     "ADAPTERS",
@@ -65,6 +67,7 @@ __all__ = [
     "LLAVA_SYSTEM_PROMPT",
     "answer_first_token",
     "LlavaAdapter",
+    "LlavaOnevisionAdapter",
     "PromptTemplate",
     "Qwen2VLAdapter",
     "RopePositions",
