@@ -70,6 +70,12 @@ def test_the_script_reproduces_the_committed_gemma3_row():
     _check_measured("gemma3")
 
 
+@pytest.mark.slow
+def test_the_script_reproduces_the_committed_llava_onevision_row():
+    require(FIXTURES / compatibility.REAL_FOLDERS["llava_onevision"])
+    _check_measured("llava_onevision")
+
+
 @pytest.mark.parametrize("operation", ["ablation", "knockout", "generation", "kept_caches", "prefix_sharing"])
 def test_a_refused_operation_is_raised_by_name_before_any_work(operation):
     """A family's `refused_operations` entry stops the engine before it touches the input (its

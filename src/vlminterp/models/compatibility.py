@@ -5,8 +5,8 @@
     rows = measure_family("gemma3", fixtures)                   # {operation: Cell}
 
 Each family runs as a tiny random-weight model (LLaVA, InternVL, Qwen2-VL: `models.synthetic`;
-Gemma 3: its real config shrunk, its real processor, a COCO image from the shared fixtures) and each
-operation (`adapters.OPERATIONS`) is compared with an independent computation:
+Gemma 3, LLaVA-OneVision: the real config shrunk, the real processor, a COCO image from the shared
+fixtures) and each operation (`adapters.OPERATIONS`) is compared with an independent computation:
 
     forward         engine logits, no edit            vs the HF model's own logits (adapter.model_inputs)
     ablation        engine, image-token ablations     vs reference_logits (one full forward each)
@@ -38,6 +38,7 @@ TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_FIXTURES = ROOT.parent / "shared" / "fixtures"
 GEMMA3_FOLDER = Path("processors") / "google--gemma-3-4b-it"
+QWEN2_FOLDER = Path("processors") / "Qwen--Qwen2-VL-2B"  # LLaVA-OneVision's tokenizer files (Qwen2's)
 COCO_IMAGE = Path("coco-mini") / "val2017" / "000000000139.jpg"
 # family -> (label, synthetic variant or None for a real-config build)
 FAMILIES = {
@@ -45,7 +46,10 @@ FAMILIES = {
     "internvl": ("InternVL (tiny-internvl)", "tiny-internvl"),
     "qwen2_vl": ("Qwen2-VL (tiny-qwen2-vl)", "tiny-qwen2-vl"),
     "gemma3": ("Gemma 3 (gemma-3-4b-it config, shrunk)", None),
+    "llava_onevision": ("LLaVA-OneVision (qwen2-7b-ov config, shrunk)", None),
 }
+# family -> the fixtures folder its real-config build reads (families with no synthetic variant)
+REAL_FOLDERS = {"gemma3": GEMMA3_FOLDER, "llava_onevision": QWEN2_FOLDER}
 
 # What each family needed beyond LLaVA's engine (printed under the table).
 NOTES = {
@@ -56,6 +60,13 @@ NOTES = {
               "the engine's text-model calls; the shared prefix never ends inside an image; sliding (window 8 in "
               "the tiny model) and global layers alternate; the projector is redrawn (its init is zero); "
               "re-prompted text after a kept cache is located by position, not cache slot.",
+    "llava_onevision": "any-resolution tiles plus a base image: the cell table is per image size (base grid, "
+                       "the anyres grid after the model's unpadding); a newline token ends each anyres row: an "
+                       "image-token position holding the learned `image_newline` vector, listed as a tile of its "
+                       "own kind with no box (never an object cell; ablating or knocking out \"the image\" "
+                       "includes it); `image_sizes` travels with the pixels; the `image_features` site is absent "
+                       "(the projector's per-tile output is not the sequence's order); images whose anyres grid "
+                       "the model interpolates (over 9 tiles' worth) are refused by name.",
 }
 
 
@@ -82,10 +93,12 @@ def build_family(family: str, fixtures: Path):
     """(model, adapter, encoding) of one family's tiny model on one image and prompt."""
     from .synthetic import build_synthetic
     from .tiny_gemma3 import build_tiny_gemma3
+    from .tiny_llava_onevision import build_tiny_llava_onevision
 
     _, variant = FAMILIES[family]
     if variant is None:
-        model, processor = build_tiny_gemma3(fixtures / GEMMA3_FOLDER)
+        build = {"gemma3": build_tiny_gemma3, "llava_onevision": build_tiny_llava_onevision}[family]
+        model, processor = build(fixtures / REAL_FOLDERS[family])
         image = _image(fixtures)
     else:
         model, processor = build_synthetic(variant, seed=0)
@@ -214,8 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "COMPATIBILITY.md"), help="'-' for stdout")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if "gemma3" in args.families and not (args.fixtures / GEMMA3_FOLDER).exists():
-        parser.error(f"Gemma 3 needs {args.fixtures / GEMMA3_FOLDER} (the real config and processor)")
+    for family in set(args.families) & set(REAL_FOLDERS):
+        if not (args.fixtures / REAL_FOLDERS[family]).exists():
+            parser.error(f"{family} needs {args.fixtures / REAL_FOLDERS[family]} (its real tokenizer / processor files)")
     rows = {family: measure_family(family, args.fixtures) for family in args.families}
     text = markdown(rows)
     if args.out == "-":
