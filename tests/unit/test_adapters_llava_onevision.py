@@ -10,12 +10,14 @@ from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from shared_fixtures import COCO_MINI, FIXTURES, require
 
-from vlminterp.geometry import dilate_tokens
+from vlminterp.data.coco import CocoDataset
+from vlminterp.geometry import CellSpec, cells_by_image, dilate_tokens, map_object_cells
 from vlminterp.geometry.objects import object_overlap
 from vlminterp.interventions import Ablation, InterventionEngine, Knockout
 from vlminterp.interventions.reference import reference_interventions
@@ -142,6 +144,14 @@ def test_newline_tokens_are_never_object_cells_and_oversized_grids_are_refused(p
         assert not dilate_tokens(cells, selected, buffer)[newline].any()
     assert not object_overlap(np.ones_like(mask), cells)[1][newline].any()  # not even when the object is all
     assert cells.last_row()[cells.tile == 2].sum() == cells.tile_shapes[2][1]  # the anyres grid's last row
+    # the experiments' cell table (map_object_cells -> TargetCells) keeps the newline tile and its flags
+    dataset = CocoDataset.load(COCO_MINI, "val2017")
+    annotation = max(dataset.annotations_of(139), key=lambda a: a["area"])
+    selection = pd.DataFrame({"image_id": [139], "annotation_id": [annotation["id"]]})
+    (target,) = cells_by_image(map_object_cells(dataset, selection, adapter, CellSpec("resize", 0.0, (0, 2)))).values()
+    assert target.tile_shapes == cells.tile_shapes and not target.excluded
+    assert target.object_b[0].any() and not target.object_b[2][newline].any()
+    np.testing.assert_array_equal(target.object_b[0], selected)
     with pytest.raises(NotImplementedError, match="llava_onevision: an image of 2304x2304 px"):
         adapter.image_cells((2304, 2304))
     with pytest.raises(SiteError, match="llava_onevision: no site 'image_features'"):
