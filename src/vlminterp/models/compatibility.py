@@ -229,7 +229,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     for family in set(args.families) & set(REAL_FOLDERS):
         if not (args.fixtures / REAL_FOLDERS[family]).exists():
-            parser.error(f"{family} needs {args.fixtures / REAL_FOLDERS[family]} (its real tokenizer / processor files)")
+            parser.error(f"{family} needs {args.fixtures / REAL_FOLDERS[family]} (its real tokenizer / processor "
+                         "files)")
     rows = {family: measure_family(family, args.fixtures) for family in args.families}
     text = markdown(rows)
     if args.out == "-":

@@ -42,6 +42,7 @@ the final newline and the text.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -150,7 +151,7 @@ class LlavaOnevisionAdapter(ConditionalGenerationAdapter):
 
     @classmethod
     def load_processor(cls, id_or_path: str, **kwargs):
-        """AutoProcessor, or an image-only `ImageOnlyLlavaOnevisionProcessor` where the video processor needs torchvision."""
+        """AutoProcessor, or an image-only processor where the video processor needs torchvision."""
         return load_image_only_processor(ImageOnlyLlavaOnevisionProcessor, id_or_path, **kwargs)
 
     # ---- image -------------------------------------------------------------------------------------
@@ -166,9 +167,9 @@ class LlavaOnevisionAdapter(ConditionalGenerationAdapter):
         canvas_h, canvas_w = select_best_resolution((height, width), self.pinpoints)
         scale_w, scale_h = canvas_w / width, canvas_h / height  # get_patch_output_size, as the processor
         if scale_w < scale_h:
-            new_w, new_h = canvas_w, min(int(np.ceil(height * scale_w)), canvas_h)
+            new_w, new_h = canvas_w, min(math.ceil(height * scale_w), canvas_h)
         else:
-            new_h, new_w = canvas_h, min(int(np.ceil(width * scale_h)), canvas_w)
+            new_h, new_w = canvas_h, min(math.ceil(width * scale_h), canvas_w)
         full_h, full_w = canvas_h // self.tile_size * self.side, canvas_w // self.tile_size * self.side
         top, left, rows, cols = 0, 0, full_h, full_w  # unpad_image, as the model
         if width / height > full_w / full_h:
@@ -220,8 +221,8 @@ class LlavaOnevisionAdapter(ConditionalGenerationAdapter):
         (width, height) of each of its images)."""
         out = []
         for blocks, sizes in zip(self.image_blocks(input_ids), image_sizes, strict=True):
-            found = [block[torch.as_tensor(self.image_cells(size).tile == 1)] for block, size in zip(blocks, sizes,
-                                                                                                     strict=True)]
+            found = [block[torch.as_tensor(self.image_cells(size).tile == 1)]
+                     for block, size in zip(blocks, sizes, strict=True)]
             out.append(torch.cat(found) if found else torch.zeros(0, dtype=torch.long))
         return out
 
@@ -235,7 +236,8 @@ class LlavaOnevisionAdapter(ConditionalGenerationAdapter):
         return ONEVISION_TEMPLATE
 
     # ---- computation -------------------------------------------------------------------------------
-    def image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None, **_) -> torch.Tensor:
+    def image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None,
+                       **_) -> torch.Tensor:
         """(1, N, hidden): every image's base cells, anyres cells and newline vectors, in prompt order."""
         if image_sizes is None:
             raise ValueError("llava_onevision image features need image_sizes (from the processor)")
