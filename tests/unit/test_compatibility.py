@@ -71,6 +71,12 @@ def test_the_script_reproduces_the_committed_real_config_row(family):
     _check_measured(family)
 
 
+@pytest.mark.slow
+def test_the_script_reproduces_the_committed_llava_onevision_row():
+    require(FIXTURES / compatibility.FAMILIES["llava_onevision"][1])
+    _check_measured("llava_onevision")
+
+
 @pytest.mark.parametrize("operation", ["ablation", "knockout", "generation", "kept_caches", "prefix_sharing"])
 def test_a_refused_operation_is_raised_by_name_before_any_work(operation):
     """A family's `refused_operations` entry stops the engine before it touches the input (its

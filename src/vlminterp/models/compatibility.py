@@ -5,8 +5,8 @@
     rows = measure_family("gemma3", fixtures)                   # {operation: Cell}
 
 Each family runs as a tiny random-weight model (LLaVA, InternVL, Qwen2-VL: `models.synthetic`;
-Gemma 3, Qwen2.5-VL, Qwen3-VL: the real config shrunk, the real processor, a COCO image from the
-shared fixtures, shrunk to QWEN_IMAGE_SIDE px for the Qwen families) and each
+Gemma 3, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision: the real config shrunk, the real processor, a COCO
+image from the shared fixtures, shrunk to SHRUNK_IMAGE_SIDE px except for Gemma 3) and each
 operation (`adapters.OPERATIONS`) is compared with an independent computation:
 
     forward         engine logits, no edit            vs the HF model's own logits (adapter.model_inputs)
@@ -41,10 +41,12 @@ DEFAULT_FIXTURES = ROOT.parent / "shared" / "fixtures"
 GEMMA3_FOLDER = Path("processors") / "google--gemma-3-4b-it"
 QWEN2_5_VL_FOLDER = Path("processors") / "Qwen--Qwen2.5-VL-7B-Instruct"
 QWEN3_VL_FOLDER = Path("processors") / "Qwen--Qwen3-VL-8B-Instruct"
+QWEN2_FOLDER = Path("processors") / "Qwen--Qwen2-VL-2B"  # LLaVA-OneVision's tokenizer files (Qwen2's)
 COCO_IMAGE = Path("coco-mini") / "val2017" / "000000000139.jpg"
-# Qwen's dynamic grid gives a 640 px image ~370 tokens: the image is shrunk to this longest side
-# first (~50 tokens), so that each of the many full reference forwards (152k-word vocabulary) is quick.
-QWEN_IMAGE_SIDE = 224
+# Qwen's dynamic grid gives a 640 px image ~370 tokens and LLaVA-OneVision's anyres tiles ~2,700: the
+# image is shrunk to this longest side first, so that each of the many full reference forwards
+# (152k-word vocabularies) is quick.
+SHRUNK_IMAGE_SIDE = 224
 # family -> (label, synthetic variant name, or the shared-fixtures folder of a real config to shrink)
 FAMILIES = {
     "llava": ("LLaVA (tiny-llama)", "tiny-llama"),
@@ -53,6 +55,7 @@ FAMILIES = {
     "gemma3": ("Gemma 3 (gemma-3-4b-it config, shrunk)", GEMMA3_FOLDER),
     "qwen2_5_vl": ("Qwen2.5-VL (Qwen2.5-VL-7B-Instruct config, shrunk)", QWEN2_5_VL_FOLDER),
     "qwen3_vl": ("Qwen3-VL (Qwen3-VL-8B-Instruct config, shrunk)", QWEN3_VL_FOLDER),
+    "llava_onevision": ("LLaVA-OneVision (qwen2-7b-ov config, shrunk)", QWEN2_FOLDER),
 }
 
 # What each family needed beyond LLaVA's engine (printed under the table).
@@ -76,6 +79,13 @@ NOTES = {
                 "`adapter.ablating`, reference by editing the model's own DeepStack arguments); text after a "
                 "kept cache is never injected. Same M-RoPE and 1-D trap as Qwen2.5-VL, 32 px tokens, no default "
                 "system turn.",
+    "llava_onevision": "any-resolution tiles plus a base image: the cell table is per image size (base grid, "
+                       "the anyres grid after the model's unpadding); a newline token ends each anyres row: an "
+                       "image-token position holding the learned `image_newline` vector, listed as a tile of its "
+                       "own kind with no box (never an object cell; ablating or knocking out \"the image\" "
+                       "includes it); `image_sizes` travels with the pixels; the `image_features` site is absent "
+                       "(the projector's per-tile output is not the sequence's order); images whose anyres grid "
+                       "the model interpolates (over 9 tiles' worth) are refused by name.",
 }
 
 
@@ -102,15 +112,17 @@ def build_family(family: str, fixtures: Path):
     """(model, adapter, encoding) of one family's tiny model on one image and prompt."""
     from .synthetic import build_synthetic
     from .tiny_gemma3 import build_tiny_gemma3
+    from .tiny_llava_onevision import build_tiny_llava_onevision
     from .tiny_qwen import build_tiny_qwen
 
     _, source = FAMILIES[family]
     if isinstance(source, Path):
-        builder = build_tiny_gemma3 if family == "gemma3" else build_tiny_qwen
+        builder = {"gemma3": build_tiny_gemma3, "llava_onevision": build_tiny_llava_onevision}.get(family,
+                                                                                                   build_tiny_qwen)
         model, processor = builder(fixtures / source)
         image = _image(fixtures)
         if family != "gemma3":
-            image.thumbnail((QWEN_IMAGE_SIDE, QWEN_IMAGE_SIDE))
+            image.thumbnail((SHRUNK_IMAGE_SIDE, SHRUNK_IMAGE_SIDE))
     else:
         model, processor = build_synthetic(source, seed=0)
         image = _image(Path("/nonexistent"))  # the tiny grids need no real image; noise keeps them fast

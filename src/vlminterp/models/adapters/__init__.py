@@ -19,6 +19,7 @@ from .token_groups import TOKEN_GROUPS, TokenGroups
 from .gemma3 import Gemma3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
 from .qwen3_vl import Qwen3VLAdapter
@@ -59,6 +60,7 @@ register_adapter(Qwen2VLAdapter)
 register_adapter(Gemma3Adapter)
 register_adapter(Qwen2_5_VLAdapter)
 register_adapter(Qwen3VLAdapter)
+register_adapter(LlavaOnevisionAdapter)
 
 __all__ = [
     "ADAPTERS",
@@ -70,6 +72,7 @@ __all__ = [
     "LLAVA_SYSTEM_PROMPT",
     "answer_first_token",
     "LlavaAdapter",
+    "LlavaOnevisionAdapter",
     "PromptTemplate",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
