@@ -22,6 +22,7 @@ LLAMA2_TOKENIZER = FIXTURES / "llama2-tokenizer" / "tokenizer.model"  # LLaVA-1.
 LLAVA_INTERP = FIXTURES / "llava-interp"                             # Neo et al.'s data/ files
 CHAIR_SYNONYMS = FIXTURES / "chair" / "synonyms.txt"                 # CHAIR's synonym list
 GEMMA3_PROCESSOR = FIXTURES / "processors" / "google--gemma-3-4b-it"   # real Gemma 3 processor + config
+SMOLVLM_PROCESSOR = FIXTURES / "processors" / "HuggingFaceTB--SmolVLM-256M-Instruct"  # Idefics3 processor + config
 
 
 def require(path: Path) -> Path:

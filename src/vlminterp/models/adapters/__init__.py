@@ -2,7 +2,7 @@
 
     from vlminterp.models.adapters import adapter_for
     adapter = adapter_for(model, processor)   # LlavaAdapter for LlavaForConditionalGeneration
-                                              # InternVLAdapter, Qwen2VLAdapter, Gemma3Adapter likewise
+                                              # InternVLAdapter, Qwen2VLAdapter, Gemma3Adapter, Idefics3Adapter likewise
 
 A new family: subclass `VLMAdapter` (or `ConditionalGenerationAdapter`, which already maps the module
 paths of transformers' `*ForConditionalGeneration` layout) in its own module and call
@@ -16,6 +16,7 @@ from .positions import RopePositions
 from .prompt import LLAVA_SYSTEM_PROMPT, PromptTemplate, answer_first_token
 from .token_groups import TOKEN_GROUPS, TokenGroups
 from .gemma3 import Gemma3Adapter
+from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
@@ -54,11 +55,13 @@ register_adapter(LlavaAdapter)
 register_adapter(InternVLAdapter)
 register_adapter(Qwen2VLAdapter)
 register_adapter(Gemma3Adapter)
+register_adapter(Idefics3Adapter)
 
 __all__ = [
     "ADAPTERS",
     "ConditionalGenerationAdapter",
     "Gemma3Adapter",
+    "Idefics3Adapter",
     "OPERATIONS",
     "UnsupportedOperationError",
     "InternVLAdapter",
