@@ -5,7 +5,7 @@
     rows = measure_family("gemma3", fixtures)                   # {operation: Cell}
 
 Each family runs as a tiny random-weight model (LLaVA, InternVL, Qwen2-VL: `models.synthetic`;
-Gemma 3: its real config shrunk, its real processor, a COCO image from the shared fixtures) and each
+Gemma 3, Idefics3: the real config shrunk, the real processor, a COCO image from the shared fixtures) and each
 operation (`adapters.OPERATIONS`) is compared with an independent computation:
 
     forward         engine logits, no edit            vs the HF model's own logits (adapter.model_inputs)
@@ -38,6 +38,7 @@ TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_FIXTURES = ROOT.parent / "shared" / "fixtures"
 GEMMA3_FOLDER = Path("processors") / "google--gemma-3-4b-it"
+SMOLVLM_FOLDER = Path("processors") / "HuggingFaceTB--SmolVLM-256M-Instruct"
 COCO_IMAGE = Path("coco-mini") / "val2017" / "000000000139.jpg"
 # family -> (label, synthetic variant or None for a real-config build)
 FAMILIES = {
@@ -45,7 +46,10 @@ FAMILIES = {
     "internvl": ("InternVL (tiny-internvl)", "tiny-internvl"),
     "qwen2_vl": ("Qwen2-VL (tiny-qwen2-vl)", "tiny-qwen2-vl"),
     "gemma3": ("Gemma 3 (gemma-3-4b-it config, shrunk)", None),
+    "idefics3": ("Idefics3 (SmolVLM-256M-Instruct config, shrunk)", None),
 }
+# real-config families: family -> the fixtures folder with its config.json and processor
+REAL_CONFIG_FOLDERS = {"gemma3": GEMMA3_FOLDER, "idefics3": SMOLVLM_FOLDER}
 
 # What each family needed beyond LLaVA's engine (printed under the table).
 NOTES = {
@@ -56,6 +60,14 @@ NOTES = {
               "the engine's text-model calls; the shared prefix never ends inside an image; sliding (window 8 in "
               "the tiny model) and global layers alternate; the projector is redrawn (its init is zero); "
               "re-prompted text after a kept cache is located by position, not cache slot.",
+    "idefics3": "other module paths (`text_model`, `connector`, `vision_model`); each image is tiles plus a "
+                "global image, its image tokens several runs split by marker tokens (`<fake_token_around_image>`, "
+                "`<row_r_col_c>`, `<global-img>`, newlines) that are no cell (`image_markers`, their own token "
+                "group, hidden with the image by Kaduri's knockouts: they have read the tiles before them); the "
+                "pixel-shuffle geometry (8 x 8 tokens of 4 x 4 patches per tile); the adapter encodes every tile "
+                "itself, since transformers' `get_image_features` drops all-zero (mid-grey) tiles as padding; "
+                "`pixel_attention_mask` passed through. The tiny model runs the real processor at 1024 px "
+                "(2 x 2 tiles + global).",
 }
 
 
@@ -82,10 +94,12 @@ def build_family(family: str, fixtures: Path):
     """(model, adapter, encoding) of one family's tiny model on one image and prompt."""
     from .synthetic import build_synthetic
     from .tiny_gemma3 import build_tiny_gemma3
+    from .tiny_idefics3 import build_tiny_idefics3
 
     _, variant = FAMILIES[family]
     if variant is None:
-        model, processor = build_tiny_gemma3(fixtures / GEMMA3_FOLDER)
+        build = {"gemma3": build_tiny_gemma3, "idefics3": build_tiny_idefics3}[family]
+        model, processor = build(fixtures / REAL_CONFIG_FOLDERS[family])
         image = _image(fixtures)
     else:
         model, processor = build_synthetic(variant, seed=0)
@@ -214,8 +228,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "COMPATIBILITY.md"), help="'-' for stdout")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if "gemma3" in args.families and not (args.fixtures / GEMMA3_FOLDER).exists():
-        parser.error(f"Gemma 3 needs {args.fixtures / GEMMA3_FOLDER} (the real config and processor)")
+    for family in args.families:
+        folder = args.fixtures / REAL_CONFIG_FOLDERS.get(family, ".")
+        if family in REAL_CONFIG_FOLDERS and not folder.exists():
+            parser.error(f"{family} needs {folder} (the real config and processor)")
     rows = {family: measure_family(family, args.fixtures) for family in args.families}
     text = markdown(rows)
     if args.out == "-":
