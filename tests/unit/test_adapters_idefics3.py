@@ -61,6 +61,13 @@ def test_registry_module_paths_and_sites(smolvlm):
     assert adapter.site("resid_post.2").module is inner.text_model.layers[2]
     assert adapter.site("image_features").module is inner.connector
     assert adapter.tile_grid == (8, 8) and adapter.tokens_per_tile == 64
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the checkpoint's bf16 is not inherited
+    image = {"type": "image"}
+    for system in (None, "Be brief."):  # the checkpoint's own chat template, with and without a system turn
+        turns = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        turns.append({"role": "user", "content": [image, {"type": "text", "text": "What is in this image?"}]})
+        assert adapter.format_prompt("What is in this image?", system) == adapter.processor.apply_chat_template(
+            turns, add_generation_prompt=True)
 
 
 def test_tile_layout_matches_the_processor_for_every_coco_image(smolvlm):

@@ -31,6 +31,7 @@ is refused by name.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -44,11 +45,23 @@ from .config_values import setting
 from .prompt import PromptTemplate
 from .token_groups import TokenGroups
 
-# SmolVLM's chat template for one user turn with the image first (chat_template.json).
-SMOLVLM_TEMPLATE = PromptTemplate(
-    user_turn="<|im_start|>User:{image}{text}<end_of_utterance>\nAssistant:",
-    system_turn="<|im_start|>System: {system}<end_of_utterance>\n",
+
+@dataclass(frozen=True)
+class ConversationTemplate(PromptTemplate):
+    """A template whose conversation opens once with `start`, before the system turn if any."""
+
+    start: str = ""
+
+    def format_with(self, image: str, text: str, system_prompt: str | None = None) -> str:
+        return self.start + super().format_with(image, text, system_prompt)
+
+
+# SmolVLM's chat template (chat_template.json) for one user turn with the image first.
+SMOLVLM_TEMPLATE = ConversationTemplate(
+    user_turn="User:{image}{text}<end_of_utterance>\nAssistant:",
+    system_turn="System: {system}<end_of_utterance>\n",
     image_placeholder="<image>",
+    start="<|im_start|>",
 )
 MAX_IMAGE_SIZE = 4096  # the processor's absolute cap on the resized image (image_processing_*_idefics3)
 
