@@ -14,6 +14,7 @@ from shared_fixtures import COCO_MINI, SMOLVLM_PROCESSOR, require
 
 from vlminterp.interventions import (Ablation, Capture, From, InterventionEngine, Knockout, reference_generate,
                                      reference_logits)
+from vlminterp.geometry.objects import object_tokens
 from vlminterp.models.adapters import Idefics3Adapter, adapter_for
 from vlminterp.models.tiny_idefics3 import build_tiny_idefics3
 
@@ -165,7 +166,7 @@ def test_each_tokens_pixels_are_its_box_of_the_original_image(smolvlm):
     processor at 1024 px: each token's share of mask pixels in the tile the processor made, over the
     patches the model folds into it, equals the mask's share of the adapter's box in the original
     image (up to the resampling's blur at mask edges; a box shifted by a quarter token is 0.25 off); a
-    transposed token grid is not."""
+    transposed token grid is not. The object cells of N1 / K3 are the tokens with a share > 0."""
     from pycocotools.coco import COCO
 
     model, adapter, _ = smolvlm()
@@ -183,6 +184,8 @@ def test_each_tokens_pixels_are_its_box_of_the_original_image(smolvlm):
         assert error.mean() < 0.002 and error.max() < 0.02, (name, error.mean(), error.max())  # measured 1.5e-4, 5e-3
         transposed = np.concatenate([g.reshape(8, 8).T.reshape(-1) for g in want.reshape(-1, 64)])
         assert np.abs(got - transposed).max() > 0.5, "the check must tell a transposed grid apart"
+        selected, _ = object_tokens(adapter, mask.astype(bool), "resize")  # N1 / K3's object cells
+        assert np.array_equal(selected, want > 0)
 
 
 def test_all_zero_tiles_keep_their_tokens(smolvlm):
