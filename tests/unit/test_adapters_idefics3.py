@@ -97,8 +97,8 @@ def test_image_tokens_and_markers_match_the_processors_token_layout(smolvlm):
     """At the checkpoint's own settings (4 x 3 tiles + global = 832 image tokens for a 640 x 426 image):
     each tile's 64 tokens follow `<fake_token_around_image><row_r_col_c>` with (r, c) the adapter's
     tile, the last 64 follow `<global-img>`; the markers are the processor's image span
-    (mm_token_type_ids) minus its image tokens; Kaduri's groups partition the prompt, and K2 blocks
-    the whole span."""
+    (mm_token_type_ids) minus its image tokens; Kaduri's groups partition the prompt, and K1 / K2
+    take the whole span as the image."""
     processor = _processor()
     adapter = Idefics3Adapter(smolvlm()[0], processor)
     image = _image(IMAGE)
@@ -125,9 +125,10 @@ def test_image_tokens_and_markers_match_the_processors_token_layout(smolvlm):
     parts = [groups.system, groups.image, groups.image_markers, groups.query]
     assert sorted(p for part in parts for p in part) == list(range(ids.shape[1]))
     assert groups.system[-1] + 1 == int(span[0]) and groups.query[0] == int(span[-1]) + 1
-    assert set(groups.labels(ids.shape[1])[list(groups.image_markers)]) == {"image_marker"}
     assert groups.image_span == tuple(span.tolist())
-    # K2 hides the whole span: the markers after the first tile have read the tiles before them
+    # K1's shares and K2's knockouts take the whole span as the image: the markers after the first
+    # tile have read the tiles before them
+    assert set(groups.labels(ids.shape[1])[list(groups.image_markers)]) == {"image"}
     from vlminterp.experiments.kaduri_knockout import KnockoutSpec, knockout_conditions
 
     (_, everything, *_) = knockout_conditions(groups, 2, KnockoutSpec(window_step=0, start_layer_step=0))

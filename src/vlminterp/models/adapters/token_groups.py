@@ -24,7 +24,8 @@ class TokenGroups:
         assistant tag, e.g. "\\nDescribe this image. ASSISTANT:").
     generated: positions prompt_length, prompt_length + 1, ... (`generated(n)`).
     image_markers: positions inside the image's span that are no image token (Idefics3's tile
-        markers and global-image tag, labelled "image_marker"); empty for most families.
+        markers and global-image tag): no cell, but part of `image_span`, which K1's attention
+        shares (`labels`) and K2's knockouts count as the image; empty for most families.
     The four groups (and the markers) partition the sequence.
     """
 
@@ -55,11 +56,9 @@ class TokenGroups:
 
     def labels(self, length: int) -> np.ndarray:
         """Group name of every position < `length` (BOS labelled "bos", the rest of system "system",
-        image markers "image_marker")."""
+        the whole `image_span` "image")."""
         out = np.full(length, "generated", dtype=object)
-        for name in ("system", "image", "query"):
-            index = [p for p in getattr(self, name) if p < length]
-            out[index] = name
-        out[[p for p in self.image_markers if p < length]] = "image_marker"
+        for name, positions in (("system", self.system), ("image", self.image_span), ("query", self.query)):
+            out[[p for p in positions if p < length]] = name
         out[[p for p in self.bos if p < length]] = "bos"
         return out
