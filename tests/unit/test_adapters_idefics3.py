@@ -93,6 +93,23 @@ def test_tile_layout_matches_the_processor_for_every_coco_image(smolvlm):
             assert adapter.tile_layout((width, height)) == (cols, rows), (width, height, edge)
 
 
+def test_without_splitting_an_image_is_the_global_image_alone(smolvlm):
+    """do_image_splitting=False: one 512 px image, `<fake_token_around_image><global-img>` + 64 tokens."""
+    model, adapter, _ = smolvlm()
+    processor, image = adapter.processor, _image(IMAGE)
+    processor.image_processor.do_image_splitting = False
+    try:
+        single = Idefics3Adapter(model, processor)
+        ids = processor(text=single.format_prompt("What is in this image?"), images=image, return_tensors="pt")["input_ids"]
+    finally:
+        processor.image_processor.do_image_splitting = True
+    cells = single.image_cells(image.size)
+    assert cells.tile_kinds == ("thumbnail",) and cells.num_tokens == len(single.image_positions(ids)[0]) == 64
+    (markers,) = single.image_markers(ids)
+    assert processor.tokenizer.convert_ids_to_tokens(ids[0, markers].tolist()) == [
+        "<fake_token_around_image>", "<global-img>", "<fake_token_around_image>"]
+
+
 def test_image_tokens_and_markers_match_the_processors_token_layout(smolvlm):
     """At the checkpoint's own settings (4 x 3 tiles + global = 832 image tokens for a 640 x 426 image):
     each tile's 64 tokens follow `<fake_token_around_image><row_r_col_c>` with (r, c) the adapter's
