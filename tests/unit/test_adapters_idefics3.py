@@ -233,8 +233,28 @@ def test_all_zero_tiles_keep_their_tokens(smolvlm):
     with torch.no_grad():
         kept = model.model.get_image_features(black_encoding["pixel_values"]).pooler_output
     assert sum(len(f) for f in kept) == len(image)
-    with pytest.raises(ValueError, match="idefics3: image features of one prompt at a time"):
-        adapter.image_features(torch.cat([pixels, pixels]), torch.cat([mask, mask]))
+
+
+
+def test_a_batch_of_images_leaves_out_its_padding_tiles_only(smolvlm):
+    """Two images of 5 and 3 tiles as two rows: the second row's 2 padding tiles (all-zero
+    pixel_attention_mask) are left out, a real tile of pixel value 0 is kept, and the features equal
+    those of the two images as one row (the mean embedding's call: no padding)."""
+    model, adapter, _ = smolvlm()
+    images = [_image(IMAGE), _image(IMAGE).crop((0, 0, 640, 200))]  # the second: 2 x 1 tiles + global
+    rows = adapter.processor.image_processor([[image] for image in images], return_tensors="pt")
+    pixels, mask = rows["pixel_values"].clone(), rows["pixel_attention_mask"]
+    assert pixels.shape[:2] == (2, 5) and mask[1].flatten(1).any(1).tolist() == [True] * 3 + [False] * 2
+    one_row = adapter.processor.image_processor(images, return_tensors="pt")
+    assert one_row["pixel_values"].shape[:2] == (1, 8)
+    pixels[0, 1], flat = 0, one_row["pixel_values"].clone()
+    flat[0, 1] = 0
+    with torch.no_grad():
+        features = adapter.image_features(pixels, mask)
+        expected = adapter.image_features(flat, one_row["pixel_attention_mask"])
+    assert features.shape[:2] == (8, 64) and torch.allclose(features, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="idefics3: a batch of several rows needs its pixel_attention_mask"):
+        adapter.image_features(pixels)
 
 
 def test_engine_equals_the_model_and_the_reference(smolvlm):

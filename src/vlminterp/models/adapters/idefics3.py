@@ -24,9 +24,8 @@ tokens of one image are therefore several runs: `image_blocks` splits images at 
 
 transformers' `get_image_features` drops every all-zero tile of `pixel_values` as batch padding, which
 silently shortens the image features (a tile ablated to 0 in normalized pixels, mid-grey, vanishes).
-This adapter encodes every tile of a prompt (the engine runs one prompt at a time, which has no
-padding tiles), so token counts and positions never depend on pixel values; a batch of several rows
-is refused by name.
+This adapter tells padding by the processor's `pixel_attention_mask` instead (a padding tile's mask
+is all zero, a real tile's is not), so token counts and positions never depend on pixel values.
 """
 from __future__ import annotations
 
@@ -229,18 +228,21 @@ class Idefics3Adapter(ConditionalGenerationAdapter):
     # ---- computation -------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
                        **_) -> torch.Tensor:
-        """(tiles, 64, hidden): every tile of the prompt, all-zero tiles included (module docstring)."""
-        if pixel_values.ndim != 5 or pixel_values.shape[0] != 1:
-            raise ValueError(f"idefics3: image features of one prompt at a time (pixel_values (1, tiles, 3, H, W)), "
-                             f"got {tuple(pixel_values.shape)}: several rows hold padding tiles")
+        """(tiles, 64, hidden): every real tile of every row in order; a batch's padding tiles (all-zero
+        `pixel_attention_mask`) left out, all-zero pixel values kept (module docstring)."""
+        if pixel_values.ndim != 5:
+            raise ValueError(f"idefics3: pixel_values must be (rows, tiles, 3, H, W), got {tuple(pixel_values.shape)}")
         inner = self.model.model
-        tiles = pixel_values[0].to(next(inner.vision_model.parameters()).dtype)
+        tiles = pixel_values.flatten(0, 1).to(next(inner.vision_model.parameters()).dtype)
         patch = inner.config.vision_config.patch_size
         if pixel_attention_mask is None:
-            patches = torch.ones(tiles.shape[0], tiles.shape[2] // patch, tiles.shape[3] // patch, dtype=torch.bool,
-                                 device=tiles.device)
+            if pixel_values.shape[0] > 1:
+                raise ValueError("idefics3: a batch of several rows needs its pixel_attention_mask to tell padding tiles")
+            mask = torch.ones(tiles.shape[0], tiles.shape[2], tiles.shape[3], dtype=torch.bool, device=tiles.device)
         else:
-            mask = pixel_attention_mask[0].to(tiles.device)
-            patches = mask.unfold(1, patch, patch).unfold(2, patch, patch).sum(dim=(-1, -2)) > 0
+            mask = pixel_attention_mask.flatten(0, 1).to(tiles.device).bool()
+        real = mask.flatten(1).any(1)
+        tiles, mask = tiles[real], mask[real]
+        patches = mask.unfold(1, patch, patch).unfold(2, patch, patch).sum(dim=(-1, -2)) > 0
         hidden = inner.vision_model(pixel_values=tiles, patch_attention_mask=patches, return_dict=True).last_hidden_state
         return inner.connector(hidden)
