@@ -65,9 +65,9 @@ NOTES = {
                 "`<row_r_col_c>`, `<global-img>`, newlines) that are no cell (`image_markers`, their own token "
                 "group; K1's attention shares and K2's knockouts count them as the image: they have read the tiles "
                 "before them); the "
-                "pixel-shuffle geometry (8 x 8 tokens of 4 x 4 patches per tile); the adapter encodes every tile "
-                "itself, since transformers' `get_image_features` drops all-zero (mid-grey) tiles as padding; "
-                "`pixel_attention_mask` passed through. The tiny model runs the real processor at 1024 px "
+                "pixel-shuffle geometry (8 x 8 tokens of 4 x 4 patches per tile); the adapter encodes the tiles "
+                "itself and tells a batch's padding tiles by `pixel_attention_mask`, since transformers' "
+                "`get_image_features` drops every all-zero (mid-grey) tile as padding. The tiny model runs the real processor at 1024 px "
                 "(2 x 2 tiles + global).",
 }
 
