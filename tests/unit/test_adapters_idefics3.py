@@ -312,3 +312,28 @@ def test_generation_kept_caches_and_prefix_sharing_equal_the_reference(smolvlm):
     alone = InterventionEngine(model, adapter, share_prefix=False, max_batch_size=1)
     assert (engine.logits(prepared, ablations, positions=checked)
             - alone.logits(prepared, ablations, positions=checked)).abs().max() < 1e-5
+
+
+def test_kaduri_attention_and_the_mean_embedding_run_through_a_session(smolvlm):
+    """The stages' own code on COCO val2017 through a Session: K1's five attention shares sum to 1 in
+    every layer (the markers count as the image), and N1's mean embedding averages every real tile's
+    tokens of two images."""
+    from vlminterp.data.coco import CocoDataset
+    from vlminterp.experiments.kaduri_attention import AttentionFractionSpec, image_attention_fractions
+    from vlminterp.experiments.mean_embedding import compute_mean_embedding
+    from vlminterp.experiments.session import DescribePrompt, Session
+
+    model, adapter, _ = smolvlm()
+    prompt = DescribePrompt(geometry="resize", max_new_tokens=3)
+    session = Session.from_adapter(adapter, CocoDataset.load(COCO_MINI, "val2017"), prompt)
+    table = image_attention_fractions(session, 139, AttentionFractionSpec(per_head=False))
+    shares = {}
+    for row in table:
+        shares[row["layer"]] = shares.get(row["layer"], 0.0) + row["mean"]
+    assert sorted(shares) == list(range(adapter.n_layers)) and np.allclose(list(shares.values()), 1.0, atol=1e-5)
+    mean, count = compute_mean_embedding(session, [139, 11813])
+    assert count == 2 * 5 * 64  # both 2 x 2 tiles + the global image at 1024 px
+    with torch.no_grad():
+        features = [session.image_features([session.dataset.load_image(i)]).flatten(0, 1) for i in (139, 11813)]
+    features = torch.cat(features)
+    assert torch.allclose(mean, features.mean(0), atol=1e-5)
