@@ -24,6 +24,7 @@ CHAIR_SYNONYMS = FIXTURES / "chair" / "synonyms.txt"                 # CHAIR's s
 GEMMA3_PROCESSOR = FIXTURES / "processors" / "google--gemma-3-4b-it"   # real Gemma 3 processor + config
 QWEN2_5_VL_PROCESSOR = FIXTURES / "processors" / "Qwen--Qwen2.5-VL-7B-Instruct"   # real processor + config
 QWEN3_VL_PROCESSOR = FIXTURES / "processors" / "Qwen--Qwen3-VL-8B-Instruct"      # real processor + config
+SMOLVLM_PROCESSOR = FIXTURES / "processors" / "HuggingFaceTB--SmolVLM-256M-Instruct"  # Idefics3 processor + config
 
 
 def require(path: Path) -> Path:

@@ -8,6 +8,7 @@ import yaml
 from snakemake.utils import validate
 
 from vlminterp.experiments.kaduri_knockout import LLMJudgeConfig
+from vlminterp.models.adapters import ADAPTERS
 from vlminterp.specs import build_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,15 +44,17 @@ def test_defaults_fill_in_and_bad_keys_fail():
 # ---- every config states each paper's image geometry (issue #13, point 7) --------------------------
 CONFIGS = sorted([ROOT / "config.yaml", *(ROOT / "configs").glob("*.yaml")])
 #: Family of each config's model -> the geometries that family has (adapters' `geometries`).
-FAMILY_GEOMETRIES = {"llava": {"crop", "pad"}, "internvl": {"resize"}, "qwen2_vl": {"resize"}}
+FAMILY_GEOMETRIES = {adapter.family: set(adapter.geometries) for adapter in ADAPTERS}
+#: A substring of the model id -> its family.
+ID_FAMILIES = (("llava", "llava"), ("internvl", "internvl"), ("qwen2", "qwen2_vl"), ("gemma-3", "gemma3"),
+               ("smolvlm", "idefics3"), ("idefics3", "idefics3"))
 
 
 def _family(config: dict) -> str:
     if config["model"]["kind"] == "organism":
         return "llava"
     model_id = config["model"]["pretrained"]["id"].lower()
-    return next(family for key, family in (("llava", "llava"), ("internvl", "internvl"), ("qwen2", "qwen2_vl"))
-                if key in model_id)
+    return next(family for key, family in ID_FAMILIES if key in model_id)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -156,7 +156,7 @@ def window_grid(n_layers: int, step: int) -> list[tuple[int, int]]:
 
 
 def _blocks(target: str, groups: TokenGroups, layers) -> tuple[Knockout, ...]:
-    image = list(groups.image)
+    image = list(groups.image_span)
     out = []
     if target in ("query", "query+generated"):
         out.append(Knockout(list(groups.query), image, layers=layers))

@@ -186,7 +186,7 @@ def _permuted_hit(permuted, peak: int, tolerance: int) -> dict:
 def knocked_out_categories(session: Session, item) -> set[str]:
     """Categories the description still names when the generated tokens never see the image (K2's
     image->generated: every layer, decode steps only)."""
-    blind = Condition(knockouts=(Knockout(From(item.prompt_length), list(item.groups.image)),),
+    blind = Condition(knockouts=(Knockout(From(item.prompt_length), list(item.groups.image_span)),),
                       label="image->generated")
     tokens = session.engine.generate(item.prepared, [blind], session.prompt.max_new_tokens,
                                      session.eos_token_ids).tokens[0]

@@ -161,7 +161,7 @@ def image_reprompting(session: Session, image_id: int, questions: pd.DataFrame, 
         answers[i][("description_text", None)] = (tokens, context, text_ids.shape[1])
         single = session.encode(image_id, text=adapter.format_prompt(q.question, session.prompt.system_prompt))
         tokens = engine.generate(single.prepared, [None], spec.answer_tokens, eos).tokens[0]
-        answers[i][("single_turn", None)] = (tokens, len(single.groups.system) + len(single.groups.image),
+        answers[i][("single_turn", None)] = (tokens, len(single.groups.system) + len(single.groups.image_span),
                                              single.prompt_length)
 
     rows = []

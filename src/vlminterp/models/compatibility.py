@@ -5,8 +5,9 @@
     rows = measure_family("gemma3", fixtures)                   # {operation: Cell}
 
 Each family runs as a tiny random-weight model (LLaVA, InternVL, Qwen2-VL: `models.synthetic`;
-Gemma 3, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision: the real config shrunk, the real processor, a COCO
-image from the shared fixtures, shrunk to SHRUNK_IMAGE_SIDE px except for Gemma 3) and each
+Gemma 3, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, Idefics3: the real config shrunk, the real processor,
+a COCO image from the shared fixtures, shrunk to SHRUNK_IMAGE_SIDE px for the Qwen families and
+LLaVA-OneVision) and each
 operation (`adapters.OPERATIONS`) is compared with an independent computation:
 
     forward         engine logits, no edit            vs the HF model's own logits (adapter.model_inputs)
@@ -42,6 +43,7 @@ GEMMA3_FOLDER = Path("processors") / "google--gemma-3-4b-it"
 QWEN2_5_VL_FOLDER = Path("processors") / "Qwen--Qwen2.5-VL-7B-Instruct"
 QWEN3_VL_FOLDER = Path("processors") / "Qwen--Qwen3-VL-8B-Instruct"
 QWEN2_FOLDER = Path("processors") / "Qwen--Qwen2-VL-2B"  # LLaVA-OneVision's tokenizer files (Qwen2's)
+SMOLVLM_FOLDER = Path("processors") / "HuggingFaceTB--SmolVLM-256M-Instruct"
 COCO_IMAGE = Path("coco-mini") / "val2017" / "000000000139.jpg"
 # Qwen's dynamic grid gives a 640 px image ~370 tokens and LLaVA-OneVision's anyres tiles ~2,700: the
 # image is shrunk to this longest side first, so that each of the many full reference forwards
@@ -56,6 +58,7 @@ FAMILIES = {
     "qwen2_5_vl": ("Qwen2.5-VL (Qwen2.5-VL-7B-Instruct config, shrunk)", QWEN2_5_VL_FOLDER),
     "qwen3_vl": ("Qwen3-VL (Qwen3-VL-8B-Instruct config, shrunk)", QWEN3_VL_FOLDER),
     "llava_onevision": ("LLaVA-OneVision (qwen2-7b-ov config, shrunk)", QWEN2_FOLDER),
+    "idefics3": ("Idefics3 (SmolVLM-256M-Instruct config, shrunk)", SMOLVLM_FOLDER),
 }
 
 # What each family needed beyond LLaVA's engine (printed under the table).
@@ -86,6 +89,15 @@ NOTES = {
                        "includes it); `image_sizes` travels with the pixels; the `image_features` site is absent "
                        "(the projector's per-tile output is not the sequence's order); images whose anyres grid "
                        "the model interpolates (over 9 tiles' worth) are refused by name.",
+    "idefics3": "other module paths (`text_model`, `connector`, `vision_model`); each image is tiles plus a "
+                "global image, its image tokens several runs split by marker tokens (`<fake_token_around_image>`, "
+                "`<row_r_col_c>`, `<global-img>`, newlines) that are no cell (`image_markers`, their own token "
+                "group; K1's attention shares and K2's knockouts count them as the image: they have read the tiles "
+                "before them); the "
+                "pixel-shuffle geometry (8 x 8 tokens of 4 x 4 patches per tile); the adapter encodes the tiles "
+                "itself and tells a batch's padding tiles by `pixel_attention_mask`, since transformers' "
+                "`get_image_features` drops every all-zero (mid-grey) tile as padding. The tiny model runs the real processor at 1024 px "
+                "(2 x 2 tiles + global).",
 }
 
 
@@ -112,16 +124,17 @@ def build_family(family: str, fixtures: Path):
     """(model, adapter, encoding) of one family's tiny model on one image and prompt."""
     from .synthetic import build_synthetic
     from .tiny_gemma3 import build_tiny_gemma3
+    from .tiny_idefics3 import build_tiny_idefics3
     from .tiny_llava_onevision import build_tiny_llava_onevision
     from .tiny_qwen import build_tiny_qwen
 
     _, source = FAMILIES[family]
     if isinstance(source, Path):
-        builder = {"gemma3": build_tiny_gemma3, "llava_onevision": build_tiny_llava_onevision}.get(family,
-                                                                                                   build_tiny_qwen)
+        builder = {"gemma3": build_tiny_gemma3, "llava_onevision": build_tiny_llava_onevision,
+                   "idefics3": build_tiny_idefics3}.get(family, build_tiny_qwen)
         model, processor = builder(fixtures / source)
         image = _image(fixtures)
-        if family != "gemma3":
+        if family not in ("gemma3", "idefics3"):   # Idefics3's processor resizes to 1024 px anyway
             image.thumbnail((SHRUNK_IMAGE_SIDE, SHRUNK_IMAGE_SIDE))
     else:
         model, processor = build_synthetic(source, seed=0)

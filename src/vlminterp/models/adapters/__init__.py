@@ -3,7 +3,8 @@
     from vlminterp.models.adapters import adapter_for
     adapter = adapter_for(model, processor)   # LlavaAdapter for LlavaForConditionalGeneration
                                               # InternVLAdapter, Qwen2VLAdapter, Gemma3Adapter,
-                                              # Qwen2_5_VLAdapter, Qwen3VLAdapter likewise
+                                              # Qwen2_5_VLAdapter, Qwen3VLAdapter, LlavaOnevisionAdapter,
+                                              # Idefics3Adapter likewise
 
 A new family: subclass `VLMAdapter` (or `ConditionalGenerationAdapter`, which already maps the module
 paths of transformers' `*ForConditionalGeneration` layout) in its own module and call
@@ -17,6 +18,7 @@ from .positions import RopePositions
 from .prompt import LLAVA_SYSTEM_PROMPT, PromptTemplate, answer_first_token
 from .token_groups import TOKEN_GROUPS, TokenGroups
 from .gemma3 import Gemma3Adapter
+from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -61,11 +63,13 @@ register_adapter(Gemma3Adapter)
 register_adapter(Qwen2_5_VLAdapter)
 register_adapter(Qwen3VLAdapter)
 register_adapter(LlavaOnevisionAdapter)
+register_adapter(Idefics3Adapter)
 
 __all__ = [
     "ADAPTERS",
     "ConditionalGenerationAdapter",
     "Gemma3Adapter",
+    "Idefics3Adapter",
     "OPERATIONS",
     "UnsupportedOperationError",
     "InternVLAdapter",
