@@ -117,7 +117,8 @@ STAGES: tuple[Stage, ...] = (
           tables=("patching/patching.csv",), model=True, targets=("summarize_object_patching", "plot_object_patching"),
           enabled=lambda config: config["patching"]["enabled"]),
     Stage("object patching summary", "summarize_object_patching",
-          run="vlminterp.experiments.object_patching:summary_stage", tables=("patching/summary.csv",)),
+          run="vlminterp.experiments.object_patching:summary_stage",
+          tables=("patching/summary.csv", "patching/by_category.csv")),
     # ---- what reads the stages' tables ----
     Stage("paper comparison", "compare_with_papers", targets=("compare_with_papers",)),
     Stage("method validation", "validate_methods", targets=("validate_methods",),  # the direct organism: by name
