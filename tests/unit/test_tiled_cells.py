@@ -201,7 +201,7 @@ def test_token_ablation_ablates_the_object_tokens(variant, synthetic, dataset, s
     session = _session(model, processor, dataset)
     mean, _ = compute_mean_embedding(session, [1, 3])
     calls = _spy_engine(monkeypatch)
-    spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=3, polling_new_tokens=2, random_counts=(3, 500))
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, description_tokens=3, answer_tokens=2, random_counts=(3, 500))
     table = run_token_ablation(session, selection, spec, cells=cells, prompts=PROMPTS, mean=mean)
     assert set(table["setting"]) == {"vqa", "polling", "generative"}
     images = [int(i) for i in selection.image_id for _ in range(4)]  # vqa, 2 x polling, generative, in order

@@ -33,7 +33,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vlminterp.io import atomic_path, write_json
-from vlminterp.specs import check_fields
+from vlminterp.specs import check_fields, configured
 
 SPLITS: tuple[str, ...] = ("train", "val")
 _SPLIT_STREAM = {"train": 0, "val": 1}
@@ -89,6 +89,7 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "stripes")
 
 
 @dataclass(frozen=True)
+@configured("dataset.shapes")
 class ShapesWorldSpec:
     """Everything that defines a shapes world. Defaults give the model organism's world.
 
@@ -122,24 +123,24 @@ class ShapesWorldSpec:
     """
 
     seed: int = 0
-    image_size: int = 96
-    cell_size: int = 16
-    n_train: int = 4000
-    n_val: int = 500
-    min_objects: int = 1
-    max_objects: int = 3
-    shapes: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "star")
-    colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
-    min_object_cells: int = 2
-    max_object_cells: int = 2
-    margin: int = 2
-    background: str = "noise"
-    background_level: int = 128
-    background_amplitude: int = 20
-    allow_overlap: bool = False
-    rle_fraction: float = 0.2
-    unique_colors: bool = True
-    unique_shapes: bool = True
+    image_size: int
+    cell_size: int
+    n_train: int
+    n_val: int
+    min_objects: int
+    max_objects: int
+    shapes: tuple[str, ...]
+    colors: tuple[str, ...]
+    min_object_cells: int
+    max_object_cells: int
+    margin: int
+    background: str
+    background_level: int
+    background_amplitude: int
+    allow_overlap: bool
+    rle_fraction: float
+    unique_colors: bool
+    unique_shapes: bool
 
     def __post_init__(self) -> None:
         # Tuples keep the spec hashable and comparable even when built from JSON lists.

@@ -29,31 +29,24 @@ from dataclasses import dataclass
 import pandas as pd
 
 from vlminterp.data.coco import CocoDataset
+from vlminterp.specs import configured
 
 SETTINGS = ("generative", "polling", "vqa")
 
 
 @dataclass(frozen=True)
+@configured("neo.prompts")
 class PromptSpec:
-    """The prompts of the three settings (user text; the adapter adds the chat template).
+    """The prompts of N1-N3's settings (user text; the adapter adds the chat template): config
+    section neo.prompts (each key's type, default and meaning: workflow/schemas/config.schema.yaml)."""
 
-    describe: the generative setting's prompt.
-    polling: the polling question; {name} = the category name.
-    vqa_question: template of the VQA question over the target annotation's fields (module doc).
-    vqa_questions_file: CSV (image_id, question[, annotation_id]); overrides the template.
-    vqa_images: "all" (every target needs a question) or "with_question" (VQA and N3 run on the
-        images the file has a question for; the others take the template, for N1's IG only).
-    vqa_answer_prefix: text appended after the assistant tag (the answer's start).
-    system_prompt: optional system prompt in front of the user turn.
-    """
-
-    describe: str = "Describe this image."
-    polling: str = "Is there a {name} in this image?"
-    vqa_question: str = "What shape is the {color} object?"
-    vqa_questions_file: str | None = None
-    vqa_images: str = "all"
-    vqa_answer_prefix: str = "It is a"
-    system_prompt: str | None = None
+    describe: str
+    polling: str
+    vqa_question: str
+    vqa_questions_file: str | None
+    vqa_images: str
+    vqa_answer_prefix: str
+    system_prompt: str | None
 
     def __post_init__(self):
         if self.vqa_images not in ("all", "with_question"):

@@ -22,10 +22,11 @@ from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from vlminterp.models.llava_config import llava_config, num_image_tokens  # noqa: F401 (part of this API)
 
-from vlminterp.specs import check_fields
+from vlminterp.specs import check_fields, configured
 
 
 @dataclass(frozen=True)
+@configured("model.organism")
 class OrganismSpec:
     """Architecture sizes, tokenizer and the staged training recipe of the model organism (LLaVA's).
 
@@ -76,43 +77,43 @@ class OrganismSpec:
     """
 
     seed: int = 0
-    patch_size: int = 16
-    vision_hidden_size: int = 128
-    vision_layers: int = 2
-    vision_heads: int = 4
-    vision_intermediate_size: int = 256
-    text_hidden_size: int = 128
-    text_layers: int = 4
-    text_heads: int = 8
-    text_intermediate_size: int = 256
-    max_position_embeddings: int = 256
-    vision_initializer_range: float = 0.02
-    text_initializer_range: float = 0.07
-    tokenizer_vocab_size: int = 512
-    tokenizer_max_piece_length: int = 5
-    vision_steps: int = 200
-    vision_batch_size: int = 64
-    vision_lr: float = 2e-3
-    patch_pair_target: bool = False
-    text_steps: int = 300
-    text_batch_size: int = 64
-    text_lr: float = 2e-3
-    align_steps: int = 150
-    align_batch_size: int = 64
-    align_lr: float = 2e-3
-    language_steps: int = 1000
-    language_batch_size: int = 64
-    language_lr: float = 2e-3
-    tower_lr_scale: float = 0.0
-    warmup_steps: int = 30
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    task_weights: tuple[tuple[str, float], ...] = (("describe", 1.0), ("polling", 2.0), ("color", 1.0), ("shape", 1.0))
-    log_every: int = 10
+    patch_size: int
+    vision_hidden_size: int
+    vision_layers: int
+    vision_heads: int
+    vision_intermediate_size: int
+    text_hidden_size: int
+    text_layers: int
+    text_heads: int
+    text_intermediate_size: int
+    max_position_embeddings: int
+    vision_initializer_range: float
+    text_initializer_range: float
+    tokenizer_vocab_size: int
+    tokenizer_max_piece_length: int
+    vision_steps: int
+    vision_batch_size: int
+    vision_lr: float
+    patch_pair_target: bool
+    text_steps: int
+    text_batch_size: int
+    text_lr: float
+    align_steps: int
+    align_batch_size: int
+    align_lr: float
+    language_steps: int
+    language_batch_size: int
+    language_lr: float
+    tower_lr_scale: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    task_weights: tuple[tuple[str, float], ...]
+    log_every: int
     num_threads: int = 2
-    max_train_images: int | None = None
-    routing: str = "direct"
-    routing_layers: tuple[int, ...] = ()
+    max_train_images: int | None
+    routing: str
+    routing_layers: tuple[int, ...]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_weights", tuple((str(t), float(w)) for t, w in dict(self.task_weights).items()))
