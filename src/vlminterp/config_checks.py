@@ -39,8 +39,9 @@ def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
     sub-sections are the nested spec dataclasses of its fields (e.g. neo.blocking.fixed_windows:
     `FixedWindow`).
 
-    The dataclasses hold the defaults; the schema repeats them for its readers, and
-    tests/unit/test_config_schema.py fails when a key or a default differs. Sections read by the
+    The schema holds each key's type, default and description; the dataclasses take the defaults
+    from it (`specs.configured`), and tests/unit/test_config_schema.py fails when a key, a default
+    or a type differs. Sections read by the
     workflow alone (resources, sharding, evaluation, neo.authors_data, dataset.coco, the K
     stages' shared keys: they become the `session` of experiments.session.StageConfig) have no
     spec of their own."""

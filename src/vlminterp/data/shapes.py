@@ -91,36 +91,9 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "stripes")
 @dataclass(frozen=True)
 @configured("dataset.shapes")
 class ShapesWorldSpec:
-    """Everything that defines a shapes world. Defaults give the model organism's world.
-
-    Attributes:
-        seed: master seed; the same spec always yields byte-identical files.
-        image_size: side of the square RGB images, in pixels.
-        cell_size: side of a grid cell in pixels; set it to the vision tower's patch size so
-            objects are placed on patch boundaries. Must divide ``image_size``.
-        n_train: number of training images.
-        n_val: number of validation images.
-        min_objects: fewest objects per image (>= 1).
-        max_objects: most objects per image.
-        shapes: shape classes (COCO categories); single words, each a key of ``SHAPE_OUTLINES``.
-        colors: object colours; each a key of ``PALETTE``.
-        min_object_cells: smallest object box side, in cells.
-        max_object_cells: largest object box side, in cells.
-        margin: pixels left empty inside an object's box on every side, so neighbouring
-            objects never touch.
-        background: "plain" (uniform grey), "noise" (per-pixel grey noise) or "stripes"
-            (diagonal grey stripes).
-        background_level: mean grey level of the background (0-255).
-        background_amplitude: half-range of the grey noise / stripe contrast.
-        allow_overlap: if False (default) object boxes never share a cell. If True boxes may
-            overlap; later objects occlude earlier ones and the stored masks are the visible
-            pixels (occluded objects are always stored as RLE, fully hidden ones are dropped).
-        rle_fraction: share of objects whose segmentation is written as COCO RLE (with
-            ``iscrowd`` = 1, as COCO does) instead of a polygon.
-        unique_colors: no two objects in an image share a colour (makes "the red object" unique).
-        unique_shapes: no two objects in an image share a shape (each category has exactly one
-            instance, the Neo et al. selection rule).
-    """
+    """Everything that defines a shapes world: config section dataset.shapes (types, defaults,
+    meanings: workflow/schemas/config.schema.yaml). seed: master seed; the same spec always yields
+    byte-identical files. Shapes and colours are keys of ``SHAPE_OUTLINES`` and ``PALETTE``."""
 
     seed: int = 0
     image_size: int

@@ -44,36 +44,9 @@ class OrganismSpec:
     The tokenizer is a SentencePiece BPE model trained on the world's text before stage 0
     (``tokenizer.train_sentencepiece``), pieces at most ``tokenizer_max_piece_length`` characters.
 
-    Attributes:
-        seed: seeds initialisation, data order and polling negatives; same seed, same weights (CPU).
-        patch_size: vision patch side in pixels; must divide the world's image size.
-        vision_hidden_size / vision_layers / vision_heads / vision_intermediate_size: CLIP tower.
-        text_hidden_size / text_layers / text_heads / text_intermediate_size: Llama LM.
-        max_position_embeddings: longest sequence the LM supports (image tokens + text).
-        vision_initializer_range: std of the tower's weight init (CLIP's default is 0.02).
-        text_initializer_range: std of the LM/projector init; 0.07 (not Llama's 0.02) lets the LM
-            leave the "ignore the image" loss plateau sooner.
-        tokenizer_vocab_size: most pieces of the SentencePiece model (256 byte pieces included).
-        tokenizer_max_piece_length: longest piece in characters ("▁" included): 5 splits
-            "circle", "square", "green", ... into several pieces and keeps "red", "star" whole.
-        vision_steps / vision_batch_size / vision_lr: stage 0.
-        patch_pair_target: stage 0 also predicts the joint (shape, colour) class of each patch.
-        text_steps / text_batch_size / text_lr: stage 1 (documents per step).
-        align_steps / align_batch_size / align_lr: stage 2 (images per step).
-        language_steps / language_batch_size / language_lr: stage 3.
-        tower_lr_scale: stage-3 learning-rate multiplier of the vision tower (0 = frozen).
-        warmup_steps: linear warm-up at the start of each stage, then cosine decay to 10%.
-        weight_decay: AdamW weight decay (all stages).
-        grad_clip: gradient-norm clip (all stages).
-        task_weights: relative sampling frequency of each task in stage 3, as (task, weight) pairs.
-        log_every: record the loss table every this many steps.
-        num_threads: torch CPU threads used by training.
-        max_train_images: use only the first N training images (None = all).
-        routing: the planted attention constraint of the language model (``routing.ROUTINGS``):
-            "direct" (none, the default), "query_routed" (generated tokens never attend to image
-            tokens) or "window" (text attends to image tokens only in ``routing_layers``).
-        routing_layers: the language-model layers (0-based) where text may attend to image tokens
-            under "window"; must be empty for the other routings.
+    Config section model.organism (types, defaults, meanings: workflow/schemas/config.schema.yaml);
+    seed: initialisation, data order and polling negatives (same seed, same weights on the CPU);
+    num_threads: torch CPU threads of the training.
     """
 
     seed: int = 0
