@@ -4,22 +4,9 @@
     questions = vqa_questions(dataset, selection, prompts)          # image_id -> VQA question
     asked = question_image_ids(prompts)                             # None: every target
 
-VQA question source (N1's VQA setting and N3). Neo et al. released their questions
-(`data.authors_data`: one question for each of 100 COCO train2017 images; their VQA and N3 runs
-used exactly those images); the paper configs download and ask them (neo.authors_data.questions).
-Here a question is either
-  * a row of a questions file (CSV with columns image_id, question; optional annotation_id): the
-    authors' questions converted, or questions written once and kept with the run, or
-  * a template formatted with the target annotation's fields: {name} (category name),
-    {supercategory} and every key of the annotation's `attributes` (the shapes world stores the
-    object's colour there, so the default "What shape is the {color} object?" is exactly the
-    organism's training question). A template naming a field an annotation lacks is an error
-    that says to use a questions file; it never silently falls back to a generic question.
-With `vqa_images = "with_question"` (the authors' design) the VQA setting and N3 run only on the
-images the file has a question for (`question_image_ids`); N1's other settings run on every
-target, and their integrated-gradient target is asked with the template (the documented fallback).
-The assistant turn is then primed with the answer prefix ("It is a"), and the answer token is the
-first sub-token of the category name after that prefix (`models.adapters.answer_first_token`).
+A VQA question comes from a questions file or from a template over the target annotation's
+fields; a template naming a field an annotation lacks is an error. Where the questions come from
+and which images ask them: docs/PROTOCOLS.md, "Targets and object cells", VQA questions.
 """
 from __future__ import annotations
 
