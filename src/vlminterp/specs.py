@@ -94,6 +94,9 @@ def config_schema() -> dict:
     """The config schema (SCHEMA_PATH), read once."""
     import yaml
 
+    if not SCHEMA_PATH.is_file():
+        raise FileNotFoundError(f"{SCHEMA_PATH} (the config schema, which holds the spec defaults) is absent: "
+                                "vlminterp runs from a checkout (pip install -e .)")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return yaml.load(SCHEMA_PATH.read_text(encoding="utf-8"), Loader=loader)
 
