@@ -17,7 +17,7 @@ from vlminterp.interventions import Ablation, InterventionEngine, reference_gene
 from vlminterp.interventions.ablation import apply_ablations
 from vlminterp.models.adapters import Qwen2_5_VLAdapter, Qwen3VLAdapter, adapter_for
 from vlminterp.models.adapters.qwen3_vl import DeepStackError
-from vlminterp.models.compatibility import QWEN_IMAGE_SIDE
+from vlminterp.models.compatibility import SHRUNK_IMAGE_SIDE
 from vlminterp.models.tiny_qwen import build_tiny_qwen
 
 FOLDERS = {"qwen2_5_vl": QWEN2_5_VL_PROCESSOR, "qwen3_vl": QWEN3_VL_PROCESSOR}
@@ -148,7 +148,7 @@ def test_positions_trap_inputs_embeds_or_no_token_types_fall_back_to_1d(family):
     without position ids, transformers silently runs 1-D positions (and Qwen3-VL drops DeepStack on
     inputs_embeds even with the right positions)."""
     model, adapter = _model(family)
-    encoding = _encode(family, _image(side=QWEN_IMAGE_SIDE))
+    encoding = _encode(family, _image(side=SHRUNK_IMAGE_SIDE))
     ids, image_inputs = encoding["input_ids"], adapter.image_inputs(encoding)
     with torch.no_grad():
         own = model(**encoding).logits[0]
@@ -192,7 +192,7 @@ def test_qwen3_deepstack_ablation_removes_the_image():
     (DeepStack re-adds the image after the first layers). A partial ablation: engine = reference."""
     require(QWEN3_VL_PROCESSOR)
     model, adapter = _model("qwen3_vl")
-    image = _image(side=QWEN_IMAGE_SIDE)
+    image = _image(side=SHRUNK_IMAGE_SIDE)
     encodings = [_encode("qwen3_vl", im) for im in (image, ImageOps.mirror(image))]
     ids = encodings[0]["input_ids"]
     assert torch.equal(ids, encodings[1]["input_ids"])
@@ -229,7 +229,7 @@ def test_qwen3_text_after_a_kept_cache_gets_no_deepstack():
     answer equals generating after the text-only prefix + question (no image anywhere)."""
     require(QWEN3_VL_PROCESSOR)
     model, adapter = _model("qwen3_vl")
-    encoding = _encode("qwen3_vl", _image(side=QWEN_IMAGE_SIDE))
+    encoding = _encode("qwen3_vl", _image(side=SHRUNK_IMAGE_SIDE))
     ids = encoding["input_ids"]
     first = int(adapter.image_positions(ids)[0][0])
     question = ids[:, -1:]
@@ -247,7 +247,7 @@ def test_qwen3_an_input_never_embedded_is_refused():
     same size (the same tokens) is refused by name, never run with the wrong image's features."""
     require(QWEN3_VL_PROCESSOR)
     _, adapter = _model("qwen3_vl")
-    encoding = _encode("qwen3_vl", _image(IMAGES[1], side=QWEN_IMAGE_SIDE))
+    encoding = _encode("qwen3_vl", _image(IMAGES[1], side=SHRUNK_IMAGE_SIDE))
     ids, image_inputs = encoding["input_ids"], adapter.image_inputs(encoding)
     with torch.no_grad():
         embeds = adapter.embed(ids, **image_inputs)
@@ -276,7 +276,7 @@ def test_a_saved_random_checkpoint_loads_as_the_pipeline_loads_models(tmp_path):
     model, processor = load_model(ModelSpec(str(tmp_path)))
     adapter = adapter_for(model, processor)
     assert adapter.family == family and adapter.factor == _model(family)[1].factor
-    image = _image(IMAGES[1], side=QWEN_IMAGE_SIDE)
+    image = _image(IMAGES[1], side=SHRUNK_IMAGE_SIDE)
     got = processor(text=adapter.format_prompt("Hi."), images=image, return_tensors="pt")
     want = _encode(family, image, "Hi.")
     for key in ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
