@@ -324,7 +324,7 @@ def test_kaduri_attention_and_the_mean_embedding_run_through_a_session(smolvlm):
     from vlminterp.experiments.session import DescribePrompt, Session
 
     model, adapter, _ = smolvlm()
-    prompt = DescribePrompt(geometry="resize", max_new_tokens=3)
+    prompt = DescribePrompt(geometry="resize", description_tokens=3)
     session = Session.from_adapter(adapter, CocoDataset.load(COCO_MINI, "val2017"), prompt)
     table = image_attention_fractions(session, 139, AttentionFractionSpec(per_head=False))
     shares = {}

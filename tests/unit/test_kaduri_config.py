@@ -46,7 +46,8 @@ CONFIGS = sorted([ROOT / "config.yaml", *(ROOT / "configs").glob("*.yaml")])
 #: Family of each config's model -> the geometries that family has (adapters' `geometries`).
 FAMILY_GEOMETRIES = {adapter.family: set(adapter.geometries) for adapter in ADAPTERS}
 #: A substring of the model id -> its family.
-ID_FAMILIES = (("llava", "llava"), ("internvl", "internvl"), ("qwen2", "qwen2_vl"), ("gemma-3", "gemma3"),
+ID_FAMILIES = (("llava-onevision", "llava_onevision"), ("llava", "llava"), ("internvl", "internvl"),
+               ("qwen2.5-vl", "qwen2_5_vl"), ("qwen3-vl", "qwen3_vl"), ("qwen2", "qwen2_vl"), ("gemma-3", "gemma3"),
                ("smolvlm", "idefics3"), ("idefics3", "idefics3"))
 
 
