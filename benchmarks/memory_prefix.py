@@ -90,14 +90,14 @@ class ConditionsPhase:
         self.seconds = self.cpu_seconds = 0.0  # wall and process CPU time of the last phase
         original = engine.batches.map
 
-        def labelled(items, work):
+        def labelled(items, work, limit=None):
             if device == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated()
             wall, cpu = time.perf_counter(), time.process_time()
             with torch.profiler.record_function(PHASE):
-                result = original(items, work)
+                result = original(items, work, limit)
             synchronize(device)
             self.seconds, self.cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
             if device == "cuda":

@@ -58,13 +58,15 @@ class AdaptiveBatch:
         self.stage = stage
         self.retries = 0
 
-    def iterate(self, items: Sequence[Item], work: Callable[[list[Item]], Result]) -> Iterator[Result]:
-        """`work` on consecutive chunks of at most `size` items, yielding each chunk's result in order;
-        a chunk that runs out of CUDA memory runs again in halves (module docstring)."""
+    def iterate(self, items: Sequence[Item], work: Callable[[list[Item]], Result],
+                limit: int | None = None) -> Iterator[Result]:
+        """`work` on consecutive chunks of at most `size` items (and at most `limit`, when given),
+        yielding each chunk's result in order; a chunk that runs out of CUDA memory runs again in
+        halves (module docstring)."""
         items = list(items)
         start = 0
         while start < len(items):
-            chunk = items[start:start + self.size]
+            chunk = items[start:start + (self.size if limit is None else min(self.size, limit))]
             out_of_memory = False
             try:
                 result = work(chunk)
@@ -86,9 +88,10 @@ class AdaptiveBatch:
         except torch.OutOfMemoryError as error:
             raise self._too_large(what) from error
 
-    def map(self, items: Sequence[Item], work: Callable[[list[Item]], Result]) -> list[Result]:
+    def map(self, items: Sequence[Item], work: Callable[[list[Item]], Result],
+            limit: int | None = None) -> list[Result]:
         """The chunk results of `iterate`, as a list."""
-        return list(self.iterate(items, work))
+        return list(self.iterate(items, work, limit))
 
     def columns(self, since: int = 0) -> dict[str, int]:
         """BATCH_COLUMNS now: the size in effect and the retries since the retry count `since`."""

@@ -27,6 +27,7 @@ from vlminterp.interventions import (
 )
 from vlminterp.interventions.attention import AttentionPatchError, edit_attention
 from vlminterp.interventions.cache import continue_generation, select_cache
+from vlminterp.interventions.engine import FAST, ONE_PREFIX, Batching
 from vlminterp.interventions.reference import reference_interventions
 from vlminterp.models.adapters import SiteError
 
@@ -88,6 +89,12 @@ KINDS = {
 }
 
 
+# The engine's layouts of conditions in calls: its default, the experiments' pinned one, and one
+# that splits these short inputs too (a group per start, one row per call).
+LAYOUTS = {"fast": FAST, "one_prefix": ONE_PREFIX,
+           "split": Batching(group_prefixes=True, row_positions=1, group_overhead=0)}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_engine_equals_the_reference_for_every_kind_and_family(kind, family, synthetic, make_inputs):
@@ -97,18 +104,17 @@ def test_engine_equals_the_reference_for_every_kind_and_family(kind, family, syn
     length = ids.shape[1]
     (image,) = adapter.image_positions(ids)
     conditions = [None, *KINDS[kind](adapter, length, image)]
-    engine = InterventionEngine(model, adapter)
-    prepared = engine.prepare(ids, pixels, **extra)
-
     expected = torch.stack([reference_logits(model, adapter, ids, pixels, c, **extra) for c in conditions])
-    fast = engine.logits(prepared, conditions, positions=None)
-    assert (fast - expected).abs().max() < 1e-4
     changed = [(expected[i] - expected[0]).abs().max() > 1e-3 for i in range(1, len(conditions))]
     # every prompt-touching edit changes the reference (so the comparison can fail); From(T) ones act later
     assert any(changed)
-
     want = [reference_generate(model, adapter, ids, pixels, c, max_new_tokens=6, **extra) for c in conditions]
-    assert engine.generate(prepared, conditions, max_new_tokens=6).tokens == want
+    for layout, batching in LAYOUTS.items():
+        engine = InterventionEngine(model, adapter, batching=batching)
+        prepared = engine.prepare(ids, pixels, **extra)
+        fast = engine.logits(prepared, conditions, positions=None)
+        assert (fast - expected).abs().max() < 1e-4, layout
+        assert engine.generate(prepared, conditions, max_new_tokens=6).tokens == want, layout
 
 
 def _prompt_only(edit, length: int) -> bool:
@@ -317,8 +323,8 @@ def test_grouped_prefixes_give_the_same_results_with_less_work(synthetic, make_i
 
     groups = prefix_groups([as_condition(c) for c in conditions], length)
     assert len(groups) > 1 and sorted(i for g in groups for i in g) == list(range(len(conditions)))
-    plain = InterventionEngine(model, adapter)
-    grouped = InterventionEngine(model, adapter, group_prefixes=True)
+    plain = InterventionEngine(model, adapter, batching=ONE_PREFIX)
+    grouped = InterventionEngine(model, adapter, batching=FAST)
     prepared = plain.prepare(ids, pixels)
     calls, handle = _positions_run(adapter)
     try:
@@ -329,3 +335,34 @@ def test_grouped_prefixes_give_the_same_results_with_less_work(synthetic, make_i
     one_group = int(image[0]) + len(conditions) * (length - int(image[0]))
     assert sum(b * n for b, n in calls) < one_group  # positions computed
     assert grouped.generate(prepared, conditions, 5).tokens == plain.generate(prepared, conditions, 5).tokens
+
+
+def test_calls_of_rows_hold_at_most_row_positions(synthetic, make_inputs):
+    model, processor, adapter = synthetic("tiny-llama")
+    ids, pixels, _ = split_inputs(adapter, make_inputs(processor, adapter))
+    length = ids.shape[1]
+    (image,) = adapter.image_positions(ids)
+    own = length - int(image[0])  # every condition below starts at the first image token
+    conditions = [Steer(_vector(adapter.hidden_size, k), [int(image[0]), int(image[k])], layers=[k % adapter.n_layers])
+                  for k in range(5)]
+    budget = Batching(group_prefixes=True, row_positions=2 * own + 1)
+    engine = InterventionEngine(model, adapter, batching=budget)
+    prepared = engine.prepare(ids, pixels)
+    calls, handle = _positions_run(adapter)
+    try:
+        got = engine.logits(prepared, conditions, positions=None)
+    finally:
+        handle.remove()
+    assert calls == [(1, int(image[0])), (2, own), (2, own), (1, own)]  # the prefix, then 2 + 2 + 1 rows
+    expected = torch.stack([reference_logits(model, adapter, ids, pixels, c) for c in conditions])
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_experiment_stages_pin_the_batching_their_tables_were_recorded_with(synthetic):
+    from vlminterp.experiments import session
+
+    model, processor, _ = synthetic("tiny-llama")
+    stage = session.Session.from_model(model, processor, dataset=None)
+    assert session.EXPERIMENT_BATCHING == Batching(group_prefixes=False, row_positions=None)
+    assert stage.engine.batching == stage.engine_for("N1", 4).batching == session.EXPERIMENT_BATCHING
+    assert InterventionEngine(model).batching == FAST  # API users get the default

@@ -17,7 +17,7 @@ from vlminterp.interventions import (
     reference_logits,
 )
 from vlminterp.interventions.cache import continue_generation, prefill_cache, select_cache
-from vlminterp.interventions.engine import shared_prefix_length
+from vlminterp.interventions.engine import ONE_PREFIX, shared_prefix_length
 
 VARIANTS = ["tiny-llama", "tiny-gqa", "tiny-odd-grid", "tiny-phi3"]
 BACKENDS = ["sdpa", "eager"]
@@ -107,13 +107,14 @@ def test_engine_rejects_a_batch_of_inputs(synthetic, make_inputs):
 def test_out_of_memory_halves_the_batch_and_keeps_the_results(synthetic, make_inputs, caplog):
     model, _, adapter, ids, pixels = _setup(synthetic, make_inputs, "tiny-gqa", "sdpa")
     conditions = _mixed_conditions(adapter, ids)  # 11 conditions, every one in the suffix batch
-    clean = InterventionEngine(model, adapter, max_batch_size=16)
+    one_batch = {"max_batch_size": 16, "batching": ONE_PREFIX}  # one group, as the experiments run
+    clean = InterventionEngine(model, adapter, **one_batch)
     prepared = clean.prepare(ids, pixels)
     expected_logits = clean.logits(prepared, conditions, positions=None)
     expected_tokens = clean.generate(prepared, conditions, max_new_tokens=6).tokens
     assert clean.batches.columns() == {"batch_size": 16, "oom_retries": 0}
 
-    engine = InterventionEngine(model, adapter, max_batch_size=16, stage="test stage")
+    engine = InterventionEngine(model, adapter, **one_batch, stage="test stage")
     with caplog.at_level(logging.WARNING, logger="vlminterp.batching"), \
             out_of_memory_above(adapter.language_model, 3) as oom:
         logits = engine.logits(engine.prepare(ids, pixels), conditions, positions=None)

@@ -16,6 +16,11 @@ split and the vocabulary, opened once from a typed `StageConfig`. Every stage th
 Experiments take (session, rows, spec): they never load a model, build a `PreparedInput`, move a
 tensor to a device or touch a KV cache themselves; the engine's operations do
 (`InterventionEngine.extend`, `observe_generation`, `prompt_cache`, `continue_cache`).
+
+Every engine of a stage is built here, with EXPERIMENT_BATCHING: the layout of conditions in
+forward calls that the tables were recorded with (one shared prefix, `batch_size` rows per call).
+The engine's default (`FAST`: groups by where conditions start, cache-sized calls) gives equal
+results up to float rounding but other bits, so changing this line changes the tables.
 """
 from __future__ import annotations
 
@@ -26,10 +31,15 @@ import torch
 
 from vlminterp.data.coco import CocoDataset
 from vlminterp.interventions import InterventionEngine, PreparedInput
+from vlminterp.interventions.engine import ONE_PREFIX
 from vlminterp.models.adapters import TokenGroups, VLMAdapter, adapter_for
 from vlminterp.models.loading import ModelSpec, load_adapter
 from vlminterp.scoring.vocabulary import SynonymVocabulary, load_vocabulary
 from vlminterp.specs import configured
+
+# The batching every stage's tables were recorded with (module docstring): pinned, not the engine's default.
+EXPERIMENT_BATCHING = ONE_PREFIX
+
 
 @dataclass(frozen=True)
 @configured("kaduri", keys={"text": "prompt", "system_prompt": "system_prompt", "geometry": "geometry", "description_tokens": "description_tokens"})
@@ -119,8 +129,7 @@ class Session:
                      stage: str = "intervention engine") -> "Session":
         if isinstance(vocabulary, str):
             vocabulary = load_vocabulary(vocabulary, categories=list(dataset.category_names().values()))
-        engine = InterventionEngine(adapter.model, adapter, max_batch_size=batch_size, stage=stage)
-        return cls(adapter, engine, dataset, prompt, vocabulary)
+        return cls(adapter, _stage_engine(adapter, stage, batch_size), dataset, prompt, vocabulary)
 
     # ---- what the adapter holds ---------------------------------------------------------------------
     @property
@@ -195,3 +204,9 @@ class Session:
         read = Capture([f"attn.{l}" for l in range(self.adapter.n_layers)], From(item.prompt_length - 1))
         self.engine.observe_generation(item.prepared, generated, read)
         return DescriptionAttention.from_record(item.groups, read.record, self.adapter.n_layers, image_rows)
+
+
+def _stage_engine(adapter: VLMAdapter, stage: str, batch_size: int) -> InterventionEngine:
+    """The engine of an experiment stage: EXPERIMENT_BATCHING, `batch_size` rows per call at most."""
+    return InterventionEngine(adapter.model, adapter, max_batch_size=batch_size, batching=EXPERIMENT_BATCHING,
+                              stage=stage)

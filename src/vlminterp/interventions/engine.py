@@ -31,6 +31,13 @@ Sliding-window attention (Mistral, Phi-3): every cache here keeps ALL positions 
 built in a plain `DynamicCache()`, never the model's window-trimmed one), so cache slot = position
 holds, and the model's own mask, which the knockout mask is combined with, applies the window.
 
+Layout (`Batching`): by default (`FAST`) conditions that start at different positions are split into
+groups that each share their own prefix (`prefix_groups`), and a call of rows holds at most
+`row_positions` own positions (rows x positions after the prefix), so edits inside the image run
+as cache-sized calls instead of one batch of tens of thousands of positions (benchmarks/README.md).
+`ONE_PREFIX` is one prefix shared by all and `max_batch_size` rows per call: the layout every
+experiment's tables were recorded with, pinned by `experiments/session.py` (another layout gives
+equal results up to float rounding, not the same bits).
 `share_prefix=False, max_batch_size=1` turns both tricks off (a sequential baseline for benchmarks);
 `reference.py` is the naive oracle the tests compare against.
 
@@ -99,10 +106,39 @@ def shared_prefix_length(conditions: Sequence[Condition], length: int) -> int:
 GROUP_OVERHEAD_POSITIONS = 32
 
 
-def prefix_groups(conditions: Sequence[Condition], length: int) -> list[list[int]]:
+@dataclass(frozen=True)
+class Batching:
+    """How the engine lays the conditions of one input out in forward calls. Results are equal up to
+    float rounding whatever the layout; their bits depend on it (batch shapes change the kernels' sums).
+
+    group_prefixes: split the conditions by where they start (`prefix_groups`), each group sharing its
+    own prefix; group_overhead: a group's fixed cost there, in positions; row_positions: at most this
+    many own positions (rows x positions after the prefix) per call of rows (None: `max_batch_size` rows)."""
+
+    group_prefixes: bool
+    row_positions: int | None
+    group_overhead: int = GROUP_OVERHEAD_POSITIONS
+
+    def rows_per_call(self, own_positions: int) -> int | None:
+        """The most rows of `own_positions` each in one call (None: no limit besides the batch size)."""
+        if self.row_positions is None:
+            return None
+        return max(1, self.row_positions // max(1, own_positions))
+
+
+# The default, for API and benchmark users: groups, and calls of rows small enough to stay in the
+# CPU's caches (36 conditions of 585 own positions: 0.66x as fast in one call as in calls of 4 rows).
+FAST = Batching(group_prefixes=True, row_positions=2048)
+# One prefix shared by every condition, `max_batch_size` rows per call: the layout every experiment
+# table was recorded with (experiments/session.py pins it).
+ONE_PREFIX = Batching(group_prefixes=False, row_positions=None)
+
+
+def prefix_groups(conditions: Sequence[Condition], length: int,
+                  overhead: int = GROUP_OVERHEAD_POSITIONS) -> list[list[int]]:
     """Indices of `conditions` split into groups that each share their own prefix, chosen to minimise
     the positions computed: a group of n conditions starting at p costs p (its prefix, once) +
-    n * (length - p) (each row's own positions) + GROUP_OVERHEAD_POSITIONS. Edits spread over the
+    n * (length - p) (each row's own positions) + `overhead`. Edits spread over the
     image (little shared by all) split into groups; edits of the last positions stay one group.
     Exact dynamic programming over the conditions sorted by where they start."""
     start = [c.earliest_touched() for c in conditions]
@@ -113,7 +149,7 @@ def prefix_groups(conditions: Sequence[Condition], length: int) -> list[list[int
     for j in range(1, len(order) + 1):
         for i in range(j):  # conditions i .. j-1 as one group, sharing start[order[i]]
             p = start[order[i]]
-            cost = best[i] + p + (j - i) * (length - p) + GROUP_OVERHEAD_POSITIONS
+            cost = best[i] + p + (j - i) * (length - p) + overhead
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     groups, j = [], len(order)
@@ -133,14 +169,14 @@ class InterventionEngine:
         *,
         max_batch_size: int = 64,
         share_prefix: bool = True,
-        group_prefixes: bool = False,
+        batching: Batching = FAST,
         stage: str = "intervention engine",
     ):
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
         self.batches = AdaptiveBatch(max_batch_size, stage)  # halves on CUDA out-of-memory
         self.share_prefix = share_prefix
-        self.group_prefixes = group_prefixes  # conditions grouped by where they start (prefix_groups)
+        self.batching = batching  # groups by where conditions start, rows per call (`Batching`)
 
     @property
     def max_batch_size(self) -> int:
@@ -206,10 +242,16 @@ class InterventionEngine:
             context.enter_context(kind.batched(self.adapter, rows))
         return context
 
+    def _groups(self, conds: list[Condition], length: int) -> list[list[int]]:
+        """The conditions' groups (indices), one group unless `batching` splits them (`prefix_groups`)."""
+        if self.batching.group_prefixes and self.share_prefix:
+            return prefix_groups(conds, length, self.batching.group_overhead)
+        return [list(range(len(conds)))]
+
     def _ungrouped(self) -> "InterventionEngine":
-        """This engine (same model, batches, sharing) with grouping off: runs one group."""
+        """This engine (same model, batches, sharing, rows per call) with grouping off: runs one group."""
         engine = object.__new__(InterventionEngine)
-        engine.__dict__.update(self.__dict__, group_prefixes=False)
+        engine.__dict__.update(self.__dict__, batching=replace(self.batching, group_prefixes=False))
         return engine
 
     def _conditions(self, conditions: Sequence[ConditionLike], length: int,
@@ -247,7 +289,7 @@ class InterventionEngine:
         """(C, P, V) logits at `positions` (default: the last; None = all) for each condition."""
         length = prepared.length
         conds = self._conditions(conditions, length)
-        if self.group_prefixes and self.share_prefix and len(groups := prefix_groups(conds, length)) > 1:
+        if len(groups := self._groups(conds, length)) > 1:
             parts = [self._ungrouped().logits(prepared, [conds[i] for i in g], positions) for g in groups]
             out = parts[0].new_empty(len(conds), *parts[0].shape[1:])
             for members, part in zip(groups, parts):
@@ -279,7 +321,7 @@ class InterventionEngine:
                     columns.append(self.adapter.unembed(hidden[:, p - prefix]))
             return torch.stack(columns, dim=1)
 
-        chunks = self.batches.map(conds, run)
+        chunks = self.batches.map(conds, run, limit=self.batching.rows_per_call(length - prefix))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @torch.no_grad()
@@ -295,7 +337,7 @@ class InterventionEngine:
         eos = self.adapter.eos_token_ids if eos_token_id is None else eos_token_id
         length = prepared.length
         conds = self._conditions(conditions, length, "generation")
-        if self.group_prefixes and self.share_prefix and len(groups := prefix_groups(conds, length)) > 1:
+        if len(groups := self._groups(conds, length)) > 1:
             tokens: list[list[int] | None] = [None] * len(conds)
             shortest = length
             for members in groups:
@@ -321,7 +363,8 @@ class InterventionEngine:
                 )
             return [until_eos(row, eos) for row in generated.tolist()]
 
-        tokens = [row for rows in self.batches.map(conds, run) for row in rows]
+        limit = self.batching.rows_per_call(length - prefix)
+        tokens = [row for rows in self.batches.map(conds, run, limit=limit) for row in rows]
         return GenerationOutput(tokens=tokens, prefix_length=prefix)
 
     # ---- operations on one prepared input (no conditions) ----------------------------------------
