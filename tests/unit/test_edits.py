@@ -364,5 +364,5 @@ def test_experiment_stages_pin_the_batching_their_tables_were_recorded_with(synt
     model, processor, _ = synthetic("tiny-llama")
     stage = session.Session.from_model(model, processor, dataset=None)
     assert session.EXPERIMENT_BATCHING == Batching(group_prefixes=False, row_positions=None)
-    assert stage.engine.batching == stage.engine_for("N1", 4).batching == session.EXPERIMENT_BATCHING
+    assert stage.engine.batching == session.EXPERIMENT_BATCHING
     assert InterventionEngine(model).batching == FAST  # API users get the default
