@@ -224,6 +224,10 @@ def _k3(run: Run) -> list[dict]:
 def across_runs(folders) -> pd.DataFrame:
     """The table of every run's headline quantities (module docstring); folders: results/<run>."""
     runs = [Run(folder) for folder in folders]
+    names = [run.name for run in runs]
+    for run in runs:   # two folders of one run name (copies of a run) stay apart
+        if names.count(run.name) > 1:
+            run.name = f"{run.name} ({run.folder})"
     rows = [row for run in runs for read in (_n1, _k2, _n3, _k3) for row in read(run)]
     for row in rows:
         if row["n_layers"] is None:

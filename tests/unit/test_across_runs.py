@@ -3,6 +3,7 @@ tables (the runs' real column names), against the hand-written numbers and hand-
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,9 @@ def test_the_default_run(tmp_path):
         pytest.approx(flips.mean())
     n3 = pick(table, table["run"].iloc[0], "N3 window with the largest drop")
     assert 0 <= n3["depth_start"] < n3["depth_end"] <= 1
+
+
+def test_copies_of_one_run_stay_apart(runs, tmp_path):
+    copy = shutil.copytree(runs[2], tmp_path / "elsewhere" / "partial")
+    table = across_runs([runs[2], copy])
+    assert set(table["run"]) == {f"partial ({runs[2]})", f"partial ({copy})"}
