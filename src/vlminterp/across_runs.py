@@ -7,8 +7,9 @@ writes `across_runs.csv` (one row per run x quantity, and per layer for the laye
 wrote (`TABLES`, the one place that knows their paths and columns); a run without a table gets a
 row whose `note` says what is absent, not an error. Quantities:
 
-- N1 object-token flip rate per setting (`object_b1`), its matched-random control
-  (`random_matched_b1`) and, where the summary has it, its chance;
+- N1 object-token flip rate per setting (`object_b1`), its random-token control
+  (`summaries.random_control`: `random_matched_b1`, else the random_n* nearest in count) and,
+  where the summary has it, its chance;
 - K2 conditions (image->query, image->generated, image->query+generated, all layers): F1 vs the
   unablated description, with the table's chance recall;
 - the layer band that matters, as a fraction of depth: N3's sliding blocking window with the
@@ -31,7 +32,7 @@ import yaml
 
 from vlminterp.io import read_table
 from vlminterp.stats import grouped_mean_ci
-from vlminterp.summaries import flip_summary
+from vlminterp.summaries import flip_summary, random_control
 
 EFFECTIVE_CONFIG = "config/effective_config.yaml"
 # Where each experiment's summary sits in a run, and the raw table it is computed from where a run
@@ -131,14 +132,14 @@ def _n1(run: Run) -> list[dict]:
             rows.append(run.row("N1", N1_FLIPS, condition=setting, note="absent: no object_b* rows"))
             continue
         buffer = 1 if 1 in buffers else buffers[0]
-        got, control = part.loc[f"object_b{buffer}"], f"random_matched_b{buffer}"
+        got, control = part.loc[f"object_b{buffer}"], random_control(part, buffer)
         extra = {"chance": float(got["chance"])} if "chance" in part and pd.notna(got.get("chance")) else {}
         if control in part.index:
             c = part.loc[control]
             extra.update(control=control, control_value=float(c["mean"]), control_low=float(c["low"]),
                          control_high=float(c["high"]))
         else:
-            extra["note"] = f"no {control} rows: no matched-random control"
+            extra["note"] = f"no {control} rows: no random-token control"
         rows.append(run.row("N1", N1_FLIPS, condition=f"{setting} object_b{buffer}", **_estimate(got), **extra))
     return rows
 

@@ -72,8 +72,10 @@ def runs(tmp_path):
     big = make_run(tmp_path, "big", {"kind": "pretrained", "pretrained": {"id": "Qwen/Qwen2.5-VL-7B-Instruct"}},
                    {"neo/ablation/summary.csv": N1, "neo/blocking/summary.csv": N3,
                     "kaduri/knockout/summary.csv": k2_table(31)}, window=8)
+    sweep = N1.assign(condition=["object_b1", "random_n10", "object_b1", "random_n20"])  # no matched random
+    sweep = pd.concat([sweep, sweep.iloc[[1]].assign(condition="random_n20", mean=0.3)])
     partial = make_run(tmp_path, "partial", {"kind": "organism", "organism": {"text_layers": 2}},
-                       {"neo/ablation/summary.csv": N1})
+                       {"neo/ablation/summary.csv": sweep})
     return [organism, big, partial]
 
 
@@ -118,6 +120,10 @@ def test_missing_tables_are_notes_not_errors(runs):
         row = pick(table, "partial", quantity)
         assert pd.isna(row["value"]) and row["note"].startswith("absent") and path in row["note"]
     assert pick(table, "big", "K3 best localization layer")["note"].startswith("absent")
+    # no random_matched_b1: the random_n* nearest the object's 12 tokens (vqa: n10 of n10/n20; polling: n20 only)
+    vqa, polling = (pick(table, "partial", "N1 object-token flip rate", f"{s} object_b1") for s in ("vqa", "polling"))
+    assert (vqa["control"], vqa["control_value"]) == ("random_n10", 0.1)
+    assert (polling["control"], polling["control_value"]) == ("random_n20", 0.05)
 
 
 def test_command_writes_the_table_and_figure(runs, tmp_path):
