@@ -103,7 +103,7 @@ def plot_across_runs(table: pd.DataFrame, stem: Path) -> list[Path]:
     colours = {run: plt.get_cmap("tab10")(i % 10) for i, run in enumerate(runs)}
     of = lambda quantity: table[table["quantity"] == quantity]  # noqa: E731
     figure, axes = plt.subplots(2, 3, figsize=(16, 8.5))
-    _bars(axes[0, 0], of(N1_FLIPS), runs, colours, "N1: object-token flip rate (diamond: matched random)",
+    _bars(axes[0, 0], of(N1_FLIPS), runs, colours, "N1: object-token flip rate (diamond: as many random tokens)",
           "share of correct answers flipped")
     _bars(axes[0, 1], of(K2_F1), runs, colours, "K2: image knocked out of ..., all layers", "F1 vs unablated")
     _curve(axes[0, 2], of(N3_CURVE), runs, colours, "N3: blocking the object's tokens, sliding window",
