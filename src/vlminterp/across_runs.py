@@ -224,7 +224,10 @@ def _k3(run: Run) -> list[dict]:
 
 def across_runs(folders) -> pd.DataFrame:
     """The table of every run's headline quantities (module docstring); folders: results/<run>."""
-    runs = [Run(folder) for folder in folders]
+    unique = {}
+    for folder in folders:   # a folder named twice is read once
+        unique.setdefault(Path(folder).resolve(), folder)
+    runs = [Run(folder) for folder in unique.values()]
     names = [run.name for run in runs]
     for run in runs:   # two folders of one run name (copies of a run) stay apart
         if names.count(run.name) > 1:

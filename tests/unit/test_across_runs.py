@@ -162,5 +162,5 @@ def test_the_default_run(tmp_path):
 
 def test_copies_of_one_run_stay_apart(runs, tmp_path):
     copy = shutil.copytree(runs[2], tmp_path / "elsewhere" / "partial")
-    table = across_runs([runs[2], copy])
+    table = across_runs([runs[2], copy, runs[2]])
     assert set(table["run"]) == {f"partial ({runs[2]})", f"partial ({copy})"}
