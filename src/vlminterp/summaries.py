@@ -7,6 +7,19 @@ import pandas as pd
 from vlminterp.stats import grouped_mean_ci
 
 
+def random_control(part: pd.DataFrame, buffer: int) -> str:
+    """N1's random tokens as many as the object's: the count-matched random_matched_b{buffer}, or
+    where the run has none (too few tokens outside the buffered object, as on a 4 x 4 image) the
+    random_n{n} whose n is nearest object_b{buffer}'s mean count. `part`: `flip_summary`'s rows of
+    one setting, by condition."""
+    matched = f"random_matched_b{buffer}"
+    sweep = [c for c in part.index if c.startswith("random_n")]
+    if matched in part.index or not sweep or f"object_b{buffer}" not in part.index:
+        return matched
+    count = part.loc[f"object_b{buffer}", "mean_tokens"]
+    return min(sweep, key=lambda c: (abs(int(c[len("random_n"):]) - count), int(c[len("random_n"):])))
+
+
 def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
     """N1: flip rate per setting x condition over included images, with bootstrap 95% intervals."""
     included = table[table["included"].astype(bool) & (table["condition"] != "none")]

@@ -7,6 +7,7 @@ results (the session's `tiny_run`) are present. The only changes made to a print
 - `snakemake ...` gets `-n` right after `snakemake` (a dry run: the whole command line is parsed
   and the DAG built exactly as printed; a real run of a paper config needs a GPU and COCO), except
   `--report`, which runs for real on the tiny run's results;
+- `python -m vlminterp.across_runs` reads `results/tiny` for every run it names;
 - `make <target>` gets `-n` (its recipe is printed, not run: `make reproduce` and `make test` take
   minutes to hours; their commands are the ones tested here and in tests/workflow/test_dvc_roundtrip.py).
 A command the test does not run is listed in NOT_RUN with the test that covers it; a new command
@@ -69,6 +70,8 @@ def as_tested(command: str) -> str | None:
         return "snakemake -n" + command[len("snakemake"):]
     if words[0] == "make":
         return "make -n" + command[len("make"):]
+    if words[:3] == ["python", "-m", "vlminterp.across_runs"]:   # each run it names: the tiny run
+        return re.sub(r"results/(?!across_runs)\S+", "results/tiny", command)
     if words[0] in ("export", "printf"):        # an environment variable, an overlay file
         return command
     raise AssertionError(f"README.md command not run by this test and not in NOT_RUN: {command!r}")

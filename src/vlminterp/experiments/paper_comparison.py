@@ -24,6 +24,7 @@ from vlminterp.experiments.kaduri_reprompt import (MEAN_SETTING, SUMMARY_SETTING
 from vlminterp.experiments.neo_ablation import flip_summary
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 from vlminterp.stats import cluster_bootstrap_ci
+from vlminterp.summaries import random_control
 
 COLUMNS = ("paper", "experiment", "claim", "paper_model", "paper_setting", "paper_value", "relation", "source",
            "model", "setting", "condition", "measure", "value", "low", "high", "n", "control", "control_value",
@@ -92,23 +93,10 @@ def _polling_control(ablation: pd.DataFrame, seed: int) -> dict:
             "control_high": float(best["high"]), "chance": 0.5}
 
 
-def _random_base(part: pd.DataFrame, buffer: int) -> str:
-    """The random tokens whose permuted-label flips are the generative rows' chance: the
-    count-matched random_matched_b{buffer}, or where the run has none (too few tokens outside the
-    buffered object, as on a 4 x 4 image) the random_n{n} whose n is nearest object_b{buffer}'s mean
-    count. `part`: flip_summary's rows of the setting, by condition."""
-    matched = f"random_matched_b{buffer}"
-    sweep = [c for c in part.index if c.startswith("random_n")]
-    if matched in part.index or not sweep or f"object_b{buffer}" not in part.index:
-        return matched
-    count = part.loc[f"object_b{buffer}", "mean_tokens"]
-    return min(sweep, key=lambda c: (abs(int(c[len("random_n"):]) - count), int(c[len("random_n"):])))
-
-
 def _n1_controls(ablation: pd.DataFrame, vocabulary: SynonymVocabulary | None, seed: int, setting: str,
                  base: str):
     """condition -> the control of the setting's rows (module docstring); `base`: the generative
-    rows' chance (`_random_base`)."""
+    rows' chance (`summaries.random_control`)."""
     if setting == "polling":
         control = _polling_control(ablation, seed)
         return lambda condition: control
@@ -128,7 +116,7 @@ def _n1_rows(ablation: pd.DataFrame, seed: int, vocabulary: SynonymVocabulary | 
         part = summary[summary["setting"] == setting].set_index("condition")
         buffers = sorted(int(c.rsplit("_b", 1)[1]) for c in part.index if c.startswith("object_b"))
         buffer = 1 if 1 in buffers else (buffers[0] if buffers else 0)
-        control_of = _n1_controls(ablation, vocabulary, seed, setting, _random_base(part, buffer))
+        control_of = _n1_controls(ablation, vocabulary, seed, setting, random_control(part, buffer))
         claims = [(f"object_b{buffer}", "ablating the object's tokens flips over 70% of correct answers", 0.70, ">",
                    NEO_ABSTRACT),
                   (f"random_matched_b{buffer}", "far fewer flips for as many random tokens", np.nan, "", UNSOURCED),
