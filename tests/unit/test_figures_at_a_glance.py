@@ -7,6 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from vlminterp.summaries import ablation_summary
+
 
 CATEGORIES = {1: "circle", 2: "circle", 3: "square"}   # a blind answer "circle" is right on 2 of 3
 
@@ -32,7 +34,7 @@ def _draw_flips(monkeypatch, tmp_path, table):
     import vlminterp.plots.neo as neo
 
     figures = _capture(monkeypatch, neo)
-    neo.plot_flip_rates(table, tmp_path / "flips", n_resamples=50)
+    neo.plot_flip_rates(ablation_summary(table, n_resamples=50), table, tmp_path / "flips")
     return figures[0]
 
 

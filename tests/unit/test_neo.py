@@ -438,6 +438,7 @@ def test_blocking_drop_of_top1_is_each_runs_own_top1_probability(setup):
 # ---- figures ------------------------------------------------------------------------------------------
 def test_figures_are_written(setup, tmp_path):
     from vlminterp.plots.neo import plot_blocking_drops, plot_flip_rates, plot_lens_curves
+    from vlminterp.summaries import ablation_summary, blocking_drops_summary, lens_curves_summary
 
     s = setup
     ablation = _ablation(setup, setup["selection"], settings=("vqa", "polling"))
@@ -452,9 +453,10 @@ def test_figures_are_written(setup, tmp_path):
         image_id=-1, included=False, flipped=False, excluded="object outside the crop")], ignore_index=True)
     blocking = pd.concat([blocking, blocking.iloc[:1].assign(image_id=-1, included=False,
                                                              excluded="object outside the crop")], ignore_index=True)
-    for plot, table, name in ((plot_flip_rates, ablation, "flips"), (plot_lens_curves, scores, "lens"),
-                              (plot_blocking_drops, blocking, "blocking")):
-        paths = plot(table, tmp_path / name, n_resamples=200)
+    for plot, summarize, table, name in ((plot_flip_rates, ablation_summary, ablation, "flips"),
+                                         (plot_lens_curves, lens_curves_summary, scores, "lens"),
+                                         (plot_blocking_drops, blocking_drops_summary, blocking, "blocking")):
+        paths = plot(summarize(table, n_resamples=200), table, tmp_path / name)
         assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
 
 

@@ -23,9 +23,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 TINY = yaml.safe_load(TINY_CONFIG.read_text())
 RUN = TINY["run"]
 NEO_RULES = {"select_neo_targets", "map_object_cells", "compute_mean_embedding", "ablate_object_tokens",
-             "gather_token_ablation", "plot_token_ablation", "apply_logit_lens", "gather_logit_lens_topk",
-             "gather_logit_lens_scores", "summarize_logit_lens", "plot_logit_lens", "write_logit_lens_pages", "block_object_attention",
-             "gather_attention_blocking", "plot_attention_blocking"}
+             "gather_token_ablation", "summarize_token_ablation", "plot_token_ablation", "apply_logit_lens",
+             "gather_logit_lens_topk", "gather_logit_lens_scores", "summarize_logit_lens", "plot_logit_lens",
+             "write_logit_lens_pages", "block_object_attention", "gather_attention_blocking",
+             "summarize_attention_blocking", "plot_attention_blocking"}
 
 
 def _planned_rules(dry_run_stdout: str) -> set[str]:
@@ -52,7 +53,8 @@ def test_every_neo_output_exists(neo_dir, tiny_run):
                  "logit_lens/topk.csv.gz", "logit_lens/scores.csv", "logit_lens/lens_curves.png",
                  "logit_lens/lens_curves.pdf", "logit_lens/pages/index.html",
                  "logit_lens/scores_by_category.csv", "logit_lens/null_control.csv",
-                 "blocking/blocking.csv", "blocking/blocking_drops.png", "blocking/blocking_drops.pdf"]:
+                 "blocking/blocking.csv", "blocking/blocking_drops.png", "blocking/blocking_drops.pdf",
+                 "ablation/summary.csv", "logit_lens/summary.csv", "blocking/summary.csv"]:
         assert (neo_dir / path).is_file(), f"missing neo/{path}"
     pages = list((neo_dir / "logit_lens" / "pages").glob("image_*.html"))
     assert len(pages) == TINY["neo"]["logit_lens"]["html_images"]
@@ -85,8 +87,8 @@ def test_tables_have_one_row_per_image_and_condition(neo_dir):
 def test_forcerun_of_a_neo_stage_reruns_it_and_its_dependents_only(tiny_run):
     proc = snakemake(tiny_run, "-n", "--cores", "1", "--forcerun", "ablate_object_tokens")
     # compare_with_papers reads the N1 table too (papers/paper_comparison.csv)
-    assert _planned_rules(proc.stdout) == {"ablate_object_tokens", "gather_token_ablation", "plot_token_ablation",
-                                           "compare_with_papers", "all"}
+    assert _planned_rules(proc.stdout) == {"ablate_object_tokens", "gather_token_ablation", "summarize_token_ablation",
+                                           "plot_token_ablation", "compare_with_papers", "all"}
     proc = snakemake(tiny_run, "-n", "--cores", "1", "--forcerun", "map_object_cells")
     planned = _planned_rules(proc.stdout)
     patching = {"patch_object_tokens", "summarize_object_patching", "plot_object_patching"}  # it reads the cells too

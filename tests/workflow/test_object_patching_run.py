@@ -17,9 +17,15 @@ RUN = yaml.safe_load(TINY_CONFIG.read_text())["run"]
 def test_unpatched_answers_are_n1s_unablated_vqa_answers(tiny_run):
     out = tiny_run / "results" / RUN
     patching, ablation = read_table(out / "patching" / "patching.csv"), read_table(out / "neo" / "ablation" / "ablation.csv")
-    unpatched = patching[patching["condition"] == "none"].set_index("target_image_id")
+    studied = patching[patching["excluded"].fillna("") == ""]
+    unpatched = studied[studied["condition"] == "none"].drop_duplicates("target_image_id").set_index("target_image_id")
     n1 = ablation[(ablation["setting"] == "vqa") & (ablation["condition"] == "none")].set_index("image_id")
-    assert len(unpatched) == yaml.safe_load(TINY_CONFIG.read_text()).get("patching", {}).get("n_pairs", 8)
+    # by default every target is studied or excluded with its reason, as in N1's VQA setting
+    assert set(patching["target_image_id"]) == set(n1.index)
+    excluded = patching[patching["excluded"].fillna("") != ""].set_index("target_image_id")["excluded"]
+    assert set(excluded.index).isdisjoint(unpatched.index)
+    assert set(n1.loc[n1["excluded"].fillna("") != ""].index) <= set(excluded.index)
     assert unpatched["answer"].to_dict() == n1.loc[unpatched.index, "answer"].to_dict()
     assert unpatched["keeps_target"].to_dict() == n1.loc[unpatched.index, "success"].astype(bool).to_dict()
-    assert (out / "patching" / "summary.csv").is_file() and (out / "patching" / "patching.png").is_file()
+    for name in ("summary.csv", "by_category.csv", "patching.png"):
+        assert (out / "patching" / name).is_file()

@@ -40,18 +40,31 @@ rule gather_attention_fractions:
         "../scripts/gather_shards.py"
 
 
+rule summarize_attention_fractions:
+    localrule: True
+    input:
+        table=rules.gather_attention_fractions.output[0],
+    output:
+        report(results("kaduri/attention/summary.csv"), caption=caption("attention_summary"),
+               category="Kaduri et al.", subcategory="K1 attention fractions"),
+    params:
+        seed=SEED,
+    log:
+        logs("summarize_attention_fractions"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/run_stage.py"
+
+
 rule plot_attention_fractions:
     localrule: True
     input:
-        rules.gather_attention_fractions.output[0],
+        rules.summarize_attention_fractions.output[0],
     output:
-        summary=report(results("kaduri/attention/summary.csv"), caption=caption("attention_summary"),
-                       category="Kaduri et al.", subcategory="K1 attention fractions"),
         png=figure("kaduri/attention/fractions.png", "attention_fractions", "Kaduri et al.",
                    "K1 attention fractions"),
         pdf=results("kaduri/attention/fractions.pdf"),
-    params:
-        seed=SEED,
     log:
         logs("plot_attention_fractions"),
     conda:

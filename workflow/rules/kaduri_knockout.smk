@@ -41,23 +41,36 @@ rule gather_group_knockouts:
         "../scripts/gather_shards.py"
 
 
-rule plot_group_knockouts:
+rule summarize_group_knockouts:
     localrule: True
     input:
         table=rules.gather_group_knockouts.output[0],
         annotations=get_annotations(),
     output:
-        summary=report(results("kaduri/knockout/summary.csv"), caption=caption("knockout_summary"),
-                       category="Kaduri et al.", subcategory="K2 knockout"),
+        report(results("kaduri/knockout/summary.csv"), caption=caption("knockout_summary"),
+               category="Kaduri et al.", subcategory="K2 knockout"),
+    params:
+        dataset_dir=dataset_dir_of_input,
+        split=kaduri_split(),
+        seed=SEED,
+    log:
+        logs("summarize_group_knockouts"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/run_stage.py"
+
+
+rule plot_group_knockouts:
+    localrule: True
+    input:
+        rules.summarize_group_knockouts.output[0],
+    output:
         conditions=figure("kaduri/knockout/conditions.png", "knockout_conditions", "Kaduri et al.", "K2 knockout"),
         start_layer=figure("kaduri/knockout/start_layer.png", "knockout_start_layer", "Kaduri et al.",
                            "K2 knockout"),
         windows=figure("kaduri/knockout/windows.png", "knockout_windows", "Kaduri et al.", "K2 knockout"),
         pdfs=[results(f"kaduri/knockout/{name}.pdf") for name in ("conditions", "start_layer", "windows")],
-    params:
-        dataset_dir=dataset_dir_of_input,
-        split=kaduri_split(),
-        seed=SEED,
     log:
         logs("plot_group_knockouts"),
     conda:

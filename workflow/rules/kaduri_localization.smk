@@ -40,18 +40,31 @@ rule gather_localization:
         "../scripts/gather_shards.py"
 
 
-rule plot_localization:
+rule summarize_localization:
     localrule: True
     input:
-        rules.gather_localization.output[0],
+        table=rules.gather_localization.output[0],
     output:
-        summary=report(results("kaduri/localization/summary.csv"), caption=caption("localization_summary"),
-                       category="Kaduri et al.", subcategory="K3 localization"),
-        png=figure("kaduri/localization/accuracy.png", "localization", "Kaduri et al.", "K3 localization"),
-        pdf=results("kaduri/localization/accuracy.pdf"),
+        report(results("kaduri/localization/summary.csv"), caption=caption("localization_summary"),
+               category="Kaduri et al.", subcategory="K3 localization"),
     params:
         band_width=KADURI["localization"]["band_width"],
         seed=SEED,
+    log:
+        logs("summarize_localization"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/run_stage.py"
+
+
+rule plot_localization:
+    localrule: True
+    input:
+        rules.summarize_localization.output[0],
+    output:
+        png=figure("kaduri/localization/accuracy.png", "localization", "Kaduri et al.", "K3 localization"),
+        pdf=results("kaduri/localization/accuracy.pdf"),
     log:
         logs("plot_localization"),
     conda:

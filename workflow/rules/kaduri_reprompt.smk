@@ -61,17 +61,31 @@ rule gather_reprompt_answers:
         "../scripts/gather_shards.py"
 
 
+rule summarize_reprompting:
+    localrule: True
+    input:
+        table=rules.gather_reprompt_answers.output[0],
+    output:
+        report(results("kaduri/reprompt/summary.csv"), caption=caption("reprompt_summary"),
+               category="Kaduri et al.", subcategory="K4 re-prompting"),
+    params:
+        seed=SEED,
+    log:
+        logs("summarize_reprompting"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/run_stage.py"
+
+
 rule plot_reprompting:
     localrule: True
     input:
-        rules.gather_reprompt_answers.output[0],
+        summary=rules.summarize_reprompting.output[0],
+        answers=rules.gather_reprompt_answers.output[0],
     output:
-        summary=report(results("kaduri/reprompt/summary.csv"), caption=caption("reprompt_summary"),
-                       category="Kaduri et al.", subcategory="K4 re-prompting"),
         png=figure("kaduri/reprompt/accuracy.png", "reprompting", "Kaduri et al.", "K4 re-prompting"),
         pdf=results("kaduri/reprompt/accuracy.pdf"),
-    params:
-        seed=SEED,
     log:
         logs("plot_reprompting"),
     conda:

@@ -94,17 +94,33 @@ rule gather_token_ablation:
         "../scripts/gather_shards.py"
 
 
+rule summarize_token_ablation:
+    localrule: True
+    input:
+        table=rules.gather_token_ablation.output[0],
+    output:
+        results("neo/ablation/summary.csv"),
+    params:
+        seed=SEED,
+        resamples=config["neo"]["bootstrap_resamples"],
+    log:
+        logs("summarize_token_ablation"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/run_stage.py"
+
+
 rule plot_token_ablation:
     localrule: True
     input:
-        rules.gather_token_ablation.output[0],
+        summary=rules.summarize_token_ablation.output[0],
+        table=rules.gather_token_ablation.output[0],
     output:
         png=figure("neo/ablation/flip_rates.png", "neo_flip_rates", "Neo et al.", "N1 token ablation"),
         pdf=results("neo/ablation/flip_rates.pdf"),
     params:
         kind="ablation",
-        seed=SEED,
-        resamples=config["neo"]["bootstrap_resamples"],
     log:
         logs("plot_token_ablation"),
     conda:

@@ -34,17 +34,33 @@ rule gather_attention_blocking:
         "../scripts/gather_shards.py"
 
 
+rule summarize_attention_blocking:
+    localrule: True
+    input:
+        table=rules.gather_attention_blocking.output[0],
+    output:
+        results("neo/blocking/summary.csv"),
+    params:
+        seed=SEED,
+        resamples=config["neo"]["bootstrap_resamples"],
+    log:
+        logs("summarize_attention_blocking"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/run_stage.py"
+
+
 rule plot_attention_blocking:
     localrule: True
     input:
-        rules.gather_attention_blocking.output[0],
+        summary=rules.summarize_attention_blocking.output[0],
+        table=rules.gather_attention_blocking.output[0],
     output:
         png=figure("neo/blocking/blocking_drops.png", "neo_blocking_drops", "Neo et al.", "N3 attention blocking"),
         pdf=results("neo/blocking/blocking_drops.pdf"),
     params:
         kind="blocking",
-        seed=SEED,
-        resamples=config["neo"]["bootstrap_resamples"],
     log:
         logs("plot_attention_blocking"),
     conda:

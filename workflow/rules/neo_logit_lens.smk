@@ -52,31 +52,34 @@ rule gather_logit_lens_scores:
 rule summarize_logit_lens:
     localrule: True
     input:
-        rules.gather_logit_lens_scores.output[0],
+        table=rules.gather_logit_lens_scores.output[0],
     output:
         by_category=report(results("neo/logit_lens/scores_by_category.csv"), caption=caption("neo_lens_by_category"),
                            category="Neo et al.", subcategory="N2 logit lens"),
         null_control=report(results("neo/logit_lens/null_control.csv"), caption=caption("neo_lens_null_control"),
                             category="Neo et al.", subcategory="N2 logit lens"),
+        curves=results("neo/logit_lens/summary.csv"),
+    params:
+        seed=SEED,
+        resamples=config["neo"]["bootstrap_resamples"],
     log:
         logs("summarize_logit_lens"),
     conda:
         LIBRARY_ENV
     script:
-        "../scripts/summarize_logit_lens.py"
+        "../scripts/run_stage.py"
 
 
 rule plot_logit_lens:
     localrule: True
     input:
-        rules.gather_logit_lens_scores.output[0],
+        summary=rules.summarize_logit_lens.output.curves,
+        table=rules.gather_logit_lens_scores.output[0],
     output:
         png=figure("neo/logit_lens/lens_curves.png", "neo_lens_curves", "Neo et al.", "N2 logit lens"),
         pdf=results("neo/logit_lens/lens_curves.pdf"),
     params:
         kind="logit_lens",
-        seed=SEED,
-        resamples=config["neo"]["bootstrap_resamples"],
     log:
         logs("plot_logit_lens"),
     conda:

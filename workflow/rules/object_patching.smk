@@ -28,7 +28,8 @@ rule summarize_object_patching:
     input:
         table=rules.patch_object_tokens.output[0],
     output:
-        results("patching/summary.csv"),
+        summary=results("patching/summary.csv"),
+        by_category=results("patching/by_category.csv"),
     params:
         seed=SEED,
     log:
@@ -42,7 +43,7 @@ rule summarize_object_patching:
 rule plot_object_patching:
     localrule: True
     input:
-        rules.summarize_object_patching.output[0],
+        rules.summarize_object_patching.output.summary,
     output:
         png=figure("patching/patching.png", "object_patching", "Object patching"),
         pdf=results("patching/patching.pdf"),

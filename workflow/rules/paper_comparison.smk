@@ -34,10 +34,10 @@ rule validate_methods:
     input:
         ablation=rules.gather_token_ablation.output[0],
         blocking=rules.gather_attention_blocking.output[0],
-        knockout=rules.plot_group_knockouts.output.summary,
+        knockout=rules.summarize_group_knockouts.output[0],
         descriptions=rules.gather_group_knockouts.output[0],
         localization=rules.gather_localization.output[0],
-        reprompt=rules.plot_reprompting.output.summary,
+        reprompt=rules.summarize_reprompting.output[0],
     output:
         report(results("papers/method_validation.csv"), caption=caption("method_validation"), category="Paper comparison"),
     params:

@@ -1,17 +1,16 @@
-"""Plot rules of N1-N3: one tidy table in, a PNG and a PDF out (which figure: params.kind)."""
+"""Plot rules of N1-N3: a summary table drawn, labelled from its stage's table; a PNG and a PDF
+out (which figure: params.kind)."""
 from pathlib import Path
 
 from vlminterp.io import read_table
 from vlminterp.plots import neo
 from vlminterp.runtime import rule_context
 
+FIGURES = {"ablation": neo.plot_flip_rates, "logit_lens": neo.plot_lens_curves, "blocking": neo.plot_blocking_drops}
+
 with rule_context(snakemake.log[0]):
-    table, stem, p = read_table(snakemake.input[0]), Path(snakemake.output.png).with_suffix(""), snakemake.params
-    if p.kind == "ablation":
-        neo.plot_flip_rates(table, stem, seed=p.seed, n_resamples=p.resamples)
-    elif p.kind == "logit_lens":
-        neo.plot_lens_curves(table, stem, seed=p.seed, n_resamples=p.resamples)
-    elif p.kind == "blocking":
-        neo.plot_blocking_drops(table, stem, seed=p.seed, n_resamples=p.resamples)
-    else:
-        raise ValueError(f"unknown figure kind {p.kind!r}")
+    kind = snakemake.params.kind
+    if kind not in FIGURES:
+        raise ValueError(f"unknown figure kind {kind!r}")
+    FIGURES[kind](read_table(snakemake.input.summary), read_table(snakemake.input.table),
+                  Path(snakemake.output.png).with_suffix(""))

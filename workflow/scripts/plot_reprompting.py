@@ -1,13 +1,11 @@
-"""Rule plot_reprompting (K4): accuracy, POPE F1, yes-ratio and context size per method."""
+"""Rule plot_reprompting (K4): accuracy, POPE F1, yes-ratio and context size per method, from the
+summary table (the answers name the methods that keep the same tokens)."""
 from pathlib import Path
 
-from vlminterp.experiments.kaduri_reprompt import summarize_reprompting
-from vlminterp.io import read_table, write_table
+from vlminterp.io import read_table
 from vlminterp.plots.kaduri import plot_reprompting
 from vlminterp.runtime import rule_context
 
-with rule_context(snakemake.log[0], seed=snakemake.params.seed):
-    answers = read_table(snakemake.input[0])
-    summary = summarize_reprompting(answers, seed=snakemake.params.seed)
-    write_table(summary, snakemake.output.summary)
-    plot_reprompting(summary, Path(snakemake.output.png).with_suffix(""), answers=answers)
+with rule_context(snakemake.log[0]):
+    plot_reprompting(read_table(snakemake.input.summary), Path(snakemake.output.png).with_suffix(""),
+                     answers=read_table(snakemake.input.answers))

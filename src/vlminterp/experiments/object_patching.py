@@ -1,22 +1,28 @@
 """Cross-image activation patching of object tokens: does image B's answer become image A's object
 when B's object tokens carry A's object at layer l? (the protocol: below.)
 
-    table = patching_stage(session=..., spec={"n_pairs": 8}, prompts=..., selection="neo/selection.csv",
+    table = patching_stage(session=..., spec={}, prompts=..., selection="neo/selection.csv",
                            cells="neo/cells.csv", seed=0)
-    summary = summarize_patching(table, seed=0)
+    summary, by_category = summary_stage(table=table_path, seed=0)
 
-Pairs come from the Neo targets (selection and cell tables): each target B with a visible object
-and a one-token name (`scoring.pieces`) is paired with the next such target A of another category
-(A and B in selection order, a seeded shuffle first), and with the first other target C of B's own
-category when there is one. B is asked its VQA question (neo.prompts) with the answer prefix; for
-each decoder layer l, every token of B's object (cells with buffer 0) gets at `resid_post.{l}`:
+Targets are the Neo targets (selection and cell tables). A target is excluded, with its reason in
+`excluded` (one row), when its object has no token (the cell table's reason), when its category's
+name has no first piece of its own (`scoring.pieces`, the rule N1's VQA and N3 apply: a piece that
+begins forms of two or more categories credits none), or when no eligible target of another
+category exists. In a seeded order, each eligible target B (`n_pairs` of them, every one when
+None) is paired with one source A of each other eligible category (the next such target in that
+order) and a control C of its own category (the next one, where there is one). B is asked its VQA
+question (neo.prompts) with the answer prefix; for each decoder layer l, every token of B's object
+(cells with buffer 0) gets at `resid_post.{l}`:
   object        the mean of A's object tokens there (`interventions.Patch`);
   same_object   the mean of C's object tokens (control: the object is still B's kind);
   background    the mean of A's non-object image tokens (control: as many tokens changed, no object).
-The readout is the top-1 next token: `becomes_source` when it begins a form of A's category only,
-`keeps_target` when of B's; `p_source` / `p_target` sum the probabilities of those pieces. One
-row per pair x condition x layer (`patched_from`: the image written from, A or C), plus the
-unpatched row (condition "none", layer -1, patched_from -1).
+The readout is N1's: the top-1 next token is `becomes_source` when it is the first piece of A's
+category name, `keeps_target` when of B's; `p_source` / `p_target` are those pieces' probabilities.
+One row per pair (B, A) x condition x layer (`patched_from`: the image written from, A or C; the
+same_object and unpatched rows repeat for each A of B), plus the unpatched row (condition "none",
+layer -1, patched_from -1). `n_categories`: the eligible categories, among which a guess is right
+with probability 1 / n_categories (the summaries' `chance`).
 """
 from __future__ import annotations
 
@@ -27,39 +33,47 @@ import pandas as pd
 import torch
 
 COLUMNS = ["target_image_id", "target_category", "source_image_id", "source_category", "condition", "patched_from",
-           "layer", "n_patched", "answer", "becomes_source", "keeps_target", "p_source", "p_target"]
+           "layer", "n_patched", "answer", "becomes_source", "keeps_target", "p_source", "p_target", "n_categories",
+           "excluded"]
 CONDITIONS = ("object", "same_object", "background")
+MEASURES = ("becomes_source", "keeps_target")
 
 
 @dataclass(frozen=True)
 class PatchingSpec:
-    """enabled: in the default target; n_pairs: target images B studied (each with its A and C);
-    batch_size: conditions per engine batch; seed: the pairing's shuffle (the run's seed)."""
+    """enabled: in the default target; n_pairs: target images B studied (each with a source A of
+    every other category and a control C), None for every eligible target; batch_size: conditions
+    per engine batch; seed: the pairing's shuffle (the run's seed)."""
 
     enabled: bool = True
-    n_pairs: int = 8
+    n_pairs: int | None = None
     batch_size: int = 16
     seed: int = 0
 
     def __post_init__(self):
-        if self.n_pairs < 1 or self.batch_size < 1:
+        if (self.n_pairs is not None and self.n_pairs < 1) or self.batch_size < 1:
             raise ValueError("n_pairs and batch_size must be >= 1")
 
 
-def pairs(targets: pd.DataFrame, n_pairs: int, seed: int) -> list[tuple[int, int, int | None]]:
-    """(B, A, C) row indices of `targets` (module docstring); C is None when B's category has no other target."""
+def pairs(targets: pd.DataFrame, n_pairs: int | None, seed: int) -> list[tuple[int, list[int], int | None]]:
+    """(B, [A, one per other category], C) row indices of `targets` (module docstring), for up to
+    `n_pairs` targets B (None: all) that have a target of another category; C is None when B's
+    category has no other target."""
     order = np.random.default_rng(seed).permutation(len(targets))
     categories = targets["category_name"].astype(str).to_numpy()
     out = []
     for position, b in enumerate(order):
+        if n_pairs is not None and len(out) == n_pairs:
+            break
         following = [*order[position + 1:], *order[:position]]
-        a = next((i for i in following if categories[i] != categories[b]), None)
-        if a is None:
+        sources: dict[str, int] = {}
+        for i in following:
+            if categories[i] != categories[b]:
+                sources.setdefault(categories[i], int(i))
+        if not sources:
             continue
         c = next((i for i in following if categories[i] == categories[b]), None)
-        out.append((int(b), int(a), None if c is None else int(c)))
-        if len(out) == n_pairs:
-            break
+        out.append((int(b), list(sources.values()), None if c is None else int(c)))
     return out
 
 
@@ -73,8 +87,15 @@ def run_patching(session, selection: pd.DataFrame, spec: PatchingSpec, *, cells:
     engine = session.engine_for("object patching", spec.batch_size)
     adapter, dataset, tokenizer = session.adapter, session.dataset, session.tokenizer
     pieces = first_pieces(tokenizer, session.vocabulary, prompts.vqa_answer_prefix, dataset.category_names().values())
-    usable = selection[[not cells[int(i)].excluded and not pieces.name_piece_problem(str(c))
-                        for i, c in zip(selection["image_id"], selection["category_name"])]].reset_index(drop=True)
+    reasons = [cells[int(i)].excluded or pieces.name_piece_problem(str(c))
+               for i, c in zip(selection["image_id"], selection["category_name"])]
+    usable = selection[[not r for r in reasons]].reset_index(drop=True)
+    found = pairs(usable, spec.n_pairs, spec.seed)
+    paired = {int(usable["image_id"].iloc[b]) for b, _, _ in found}
+    if spec.n_pairs is None:  # every eligible target is studied: the ones left have no other category
+        reasons = [r or ("" if int(i) in paired else "no eligible target of another category")
+                   for i, r in zip(selection["image_id"], reasons)]
+    n_categories = usable["category_name"].nunique()
     questions = vqa_questions(dataset, usable, prompts)
     layers = range(adapter.n_layers)
     prepared, means = {}, {}
@@ -97,45 +118,85 @@ def run_patching(session, selection: pd.DataFrame, spec: PatchingSpec, *, cells:
             means[index, part, layer] = record_site(engine, x, f"resid_post.{layer}", positions[part - 1]).mean(dim=0)
         return means[index, part, layer]
 
-    rows = []
-    for b, a, c in pairs(usable, spec.n_pairs, spec.seed):
+    def patch(name: str, source: int, part: int, layer: int, positions) -> Condition:
+        value = mean_at(source, part, layer).expand(len(positions), -1)
+        return Condition(edits=(Patch(f"resid_post.{layer}", positions.tolist(), value),), label=f"{name}@{layer}")
+
+    rows = [{"target_image_id": int(i), "target_category": str(c), "source_image_id": -1, "source_category": "",
+             "condition": "none", "patched_from": -1, "layer": -1, "n_patched": 0, "answer": "",
+             "becomes_source": False, "keeps_target": False, "p_source": np.nan, "p_target": np.nan,
+             "n_categories": n_categories, "excluded": r}
+            for i, c, r in zip(selection["image_id"], selection["category_name"], reasons) if r]
+    for b, sources, c in found:
         x, object_positions, _ = prepare(b)
-        sources = {"object": (a, 1), "background": (a, 2), **({"same_object": (c, 1)} if c is not None else {})}
-        labels, conditions = [("none", None, -1)], [Condition()]
-        for name in CONDITIONS:
-            if name not in sources:
-                continue
-            source, part = sources[name]
-            for layer in layers:
-                value = mean_at(source, part, layer).expand(len(object_positions), -1)
-                labels.append((name, source, layer))
-                conditions.append(Condition(edits=(Patch(f"resid_post.{layer}", object_positions.tolist(), value),),
-                                            label=f"{name}@{layer}"))
+        # the conditions that do not depend on A (unpatched, same_object) once, then A's per source
+        labels, conditions = [("none", None, None, -1)], [Condition()]
+        if c is not None:
+            labels += [("same_object", None, c, layer) for layer in layers]
+            conditions += [patch("same_object", c, 1, layer, object_positions) for layer in layers]
+        for a in sources:
+            for name, part in (("object", 1), ("background", 2)):
+                labels += [(name, a, a, layer) for layer in layers]
+                conditions += [patch(name, a, part, layer, object_positions) for layer in layers]
         probs = engine.logits(x, conditions)[:, -1].float().softmax(dim=-1)
         top = probs.argmax(dim=-1).tolist()
-        target_category, source_category = str(usable["category_name"].iloc[b]), str(usable["category_name"].iloc[a])
-        source_ids, target_ids = sorted(pieces.credits[source_category]), sorted(pieces.credits[target_category])
-        for (name, source, layer), token, p in zip(labels, top, probs):
-            rows.append({"target_image_id": int(usable["image_id"].iloc[b]), "target_category": target_category,
-                         "source_image_id": int(usable["image_id"].iloc[a]), "source_category": source_category,
-                         "condition": name, "layer": layer,
-                         "patched_from": -1 if source is None else int(usable["image_id"].iloc[source]),
-                         "n_patched": 0 if name == "none" else len(object_positions), "answer": tokenizer.decode([token]),
-                         "becomes_source": token in source_ids, "keeps_target": token in target_ids,
-                         "p_source": float(p[source_ids].sum()), "p_target": float(p[target_ids].sum())})
+        outcome = dict(zip(labels, zip(top, probs)))
+        target_category = str(usable["category_name"].iloc[b])
+        target_piece = pieces.name_piece[target_category]
+        for a in sources:
+            source_category = str(usable["category_name"].iloc[a])
+            source_piece = pieces.name_piece[source_category]
+            for name, owner, source, layer in labels:
+                if owner not in (None, a):
+                    continue
+                token, p = outcome[name, owner, source, layer]
+                rows.append({"target_image_id": int(usable["image_id"].iloc[b]), "target_category": target_category,
+                             "source_image_id": int(usable["image_id"].iloc[a]), "source_category": source_category,
+                             "condition": name, "layer": layer,
+                             "patched_from": -1 if source is None else int(usable["image_id"].iloc[source]),
+                             "n_patched": 0 if name == "none" else len(object_positions),
+                             "answer": tokenizer.decode([token]), "becomes_source": token == source_piece,
+                             "keeps_target": token == target_piece, "p_source": float(p[source_piece]),
+                             "p_target": float(p[target_piece]), "n_categories": n_categories, "excluded": ""})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def summarize_patching(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
-    """Per condition x layer: the share of pairs whose answer becomes A's object and the share that
-    keeps B's, with 95% bootstrap intervals over pairs (columns measure, condition, layer, mean, low, high, n)."""
-    from vlminterp.stats import grouped_mean_ci
+def _included(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["excluded"].fillna("").astype(str) == ""]
 
-    parts = [grouped_mean_ci(table, by=["condition", "layer"], value=measure, seed=seed,
-                             n_resamples=n_resamples).assign(measure=measure)
-             for measure in ("becomes_source", "keeps_target")]
-    summary = pd.concat(parts, ignore_index=True)
-    return summary[["measure", "condition", "layer", "mean", "low", "high", "n"]]
+
+def summarize_patching(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
+    """Per measure x condition x layer over the included pairs: the share of pairs whose answer
+    becomes A's object (becomes_source) or stays B's (keeps_target), a 95% bootstrap interval that
+    resamples target images B (a B's pairs are not independent), the pairs `n`, the targets
+    `n_targets`, and `chance`: 1 / n_categories, a guess among the eligible categories."""
+    from vlminterp.stats import cluster_bootstrap_ci
+
+    rows = []
+    for measure in MEASURES:
+        for (condition, layer), group in _included(table).groupby(["condition", "layer"], sort=True):
+            values = group[measure].astype(float).to_numpy()
+            low, high = cluster_bootstrap_ci(values, group["target_image_id"], seed=seed, n_resamples=n_resamples)
+            rows.append({"measure": measure, "condition": condition, "layer": int(layer), "mean": float(values.mean()),
+                         "low": low, "high": high, "n": len(values), "n_targets": group["target_image_id"].nunique(),
+                         "chance": 1.0 / int(group["n_categories"].iloc[0])})
+    return pd.DataFrame(rows, columns=["measure", "condition", "layer", "mean", "low", "high", "n", "n_targets",
+                                       "chance"])
+
+
+def patching_by_category(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (source category, target category) x condition x layer over the included pairs: pairs
+    `n`, the counts and shares of becomes_source and keeps_target, and `chance` (as the summary's)."""
+    included = _included(table)
+    keys = ["source_category", "target_category", "condition", "layer"]
+    grouped = included.groupby(keys, sort=True)
+    out = grouped.size().rename("n").reset_index()
+    for measure in MEASURES:
+        counts = grouped[measure].sum().astype(int).to_numpy()
+        out[f"{measure}_count"] = counts
+        out[measure] = counts / out["n"]
+    out["chance"] = 1.0 / grouped["n_categories"].first().to_numpy()
+    return out
 
 
 def patching_stage(*, session: dict, spec: dict, prompts: dict, selection, cells, seed: int,
@@ -154,8 +215,9 @@ def patching_stage(*, session: dict, spec: dict, prompts: dict, selection, cells
                         cells=cells_by_image(read_table(cells)), prompts=prompt_spec)
 
 
-def summary_stage(*, table, seed: int) -> pd.DataFrame:
-    """Rule summarize_object_patching: the summary of the patching table."""
+def summary_stage(*, table, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rule summarize_object_patching: the summary of the patching table and its per-category breakdown."""
     from vlminterp.io import read_table
 
-    return summarize_patching(read_table(table), seed=seed)
+    patching = read_table(table)
+    return summarize_patching(patching, seed=seed), patching_by_category(patching)

@@ -1,5 +1,5 @@
-"""What each rule script that runs the model calls: plain values in (paths, config sections as
-dicts), a table out. No Snakemake object enters the library; the rule's `params:` hold the config
+"""What each rule script that runs the model or summarizes a stage calls: plain values in (paths,
+config sections as dicts), a table out. No Snakemake object enters the library; the rule's `params:` hold the config
 sections whole, and each section becomes its spec dataclass here (`specs.build_spec`).
 
     table = stages.group_knockouts(session=params.session, spec=params.spec, images="…/images.csv",
@@ -184,3 +184,67 @@ def reprompting(*, session: Section, spec: Section, images: PathLike, questions:
 
     opened, rows = _kaduri_shard(session, "K4 re-prompting", images, shard, images_per_shard)
     return run(opened, rows, build_spec(RepromptSpec, spec, where="kaduri.reprompt"), questions=read_table(questions))
+
+
+# ---- summaries: a stage's gathered table in, its summary table(s) out (the figures draw these) ----
+def ablation_summary(*, table: PathLike, seed: int, resamples: int) -> pd.DataFrame:
+    """Rule summarize_token_ablation: N1's flip rates with VQA's chance (`summaries.ablation_summary`)."""
+    from vlminterp.summaries import ablation_summary as summarize
+
+    return summarize(read_table(table), seed=seed, n_resamples=resamples)
+
+
+def lens_summary(*, table: PathLike, seed: int, resamples: int) -> tuple[pd.DataFrame, ...]:
+    """Rule summarize_logit_lens: N2's per-category breakdown and null control
+    (`neo_logit_lens.summarize_lens`) and its curves (`summaries.lens_curves_summary`)."""
+    from vlminterp.experiments.neo_logit_lens import summarize_lens
+    from vlminterp.summaries import lens_curves_summary
+
+    scores = read_table(table)
+    return (*summarize_lens(scores), lens_curves_summary(scores, seed=seed, n_resamples=resamples))
+
+
+def blocking_summary(*, table: PathLike, seed: int, resamples: int) -> pd.DataFrame:
+    """Rule summarize_attention_blocking: N3's drops per window (`summaries.blocking_drops_summary`)."""
+    from vlminterp.summaries import blocking_drops_summary
+
+    return blocking_drops_summary(read_table(table), seed=seed, n_resamples=resamples)
+
+
+def attention_summary(*, table: PathLike, seed: int) -> pd.DataFrame:
+    """Rule summarize_attention_fractions: K1 over images (`kaduri_attention.summarize_attention_fractions`)."""
+    from vlminterp.experiments.kaduri_attention import summarize_attention_fractions
+
+    return summarize_attention_fractions(read_table(table), seed=seed)
+
+
+def knockout_summary(*, table: PathLike, dataset_dir: PathLike, split: str, seed: int) -> pd.DataFrame:
+    """Rule summarize_group_knockouts: K2's F1 per condition (`kaduri_knockout.summarize_knockouts`)
+    with the chance recall of a description naming the dataset's categories at random (`chance_recall`)."""
+    from vlminterp.data.coco import CocoDataset
+    from vlminterp.experiments.kaduri_knockout import knockout_chance, summarize_knockouts
+
+    descriptions = read_table(table)
+    n_categories = len(CocoDataset.load(dataset_dir, split).category_names())
+    summary = summarize_knockouts(descriptions, seed=seed)
+    summary["chance_recall"] = knockout_chance(descriptions, n_categories)
+    return summary
+
+
+def localization_summary(*, table: PathLike, band_width: int, seed: int) -> pd.DataFrame:
+    """Rule summarize_localization: K3's accuracy per layer and per band of `band_width` layers
+    (`kaduri_localization.summarize_localization`), told apart by `grouping`."""
+    from vlminterp.experiments.kaduri_localization import summarize_localization
+
+    peaks = read_table(table)
+    per_layer = summarize_localization(peaks, seed=seed)
+    per_band = summarize_localization(peaks, seed=seed, band_width=band_width)
+    return pd.concat([per_layer.assign(grouping="layer"), per_band.assign(grouping=f"band of {band_width}")],
+                     ignore_index=True)
+
+
+def reprompt_summary(*, table: PathLike, seed: int) -> pd.DataFrame:
+    """Rule summarize_reprompting: K4 per method and setting (`kaduri_reprompt.summarize_reprompting`)."""
+    from vlminterp.experiments.kaduri_reprompt import summarize_reprompting
+
+    return summarize_reprompting(read_table(table), seed=seed)

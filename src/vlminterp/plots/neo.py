@@ -1,12 +1,12 @@
-"""Figures of the Neo et al. experiments; each reads one tidy table and writes a PNG and a PDF.
+"""Figures of the Neo et al. experiments; each draws one summary table (`vlminterp.summaries`),
+labelled from its stage's table, and writes a PNG and a PDF.
 
     from vlminterp.plots.neo import plot_flip_rates, plot_lens_curves, plot_blocking_drops
-    plot_flip_rates(ablation_table, Path("results/run/neo/ablation/flip_rates"), seed=0)
-    plot_lens_curves(lens_scores, Path("results/run/neo/logit_lens/lens_curves"), seed=0)
-    plot_blocking_drops(blocking_table, Path("results/run/neo/blocking/blocking_drops"), seed=0)
+    plot_flip_rates(ablation_summary(ablation), ablation, Path("results/run/neo/ablation/flip_rates"))
+    plot_lens_curves(lens_curves_summary(scores), scores, Path("results/run/neo/logit_lens/lens_curves"))
+    plot_blocking_drops(blocking_drops_summary(blocking), blocking, Path("results/run/neo/blocking/blocking_drops"))
 
-Intervals are 95% percentile bootstraps over images (`vlminterp.stats.grouped_mean_ci`); N1's
-flip rates are those of `summaries.flip_summary`, computed there once.
+The intervals are the summaries' (95% percentile bootstraps over images).
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ import pandas as pd  # noqa: E402
 
 from vlminterp.plots.conditions import identical_conditions, merged_label  # noqa: E402
 from vlminterp.plots.organism import DECODER_LAYER, HIDDEN_STATE, save_figure  # noqa: E402
-from vlminterp.stats import error_bars, excluded_counts, excluded_note, grouped_mean_ci  # noqa: E402
-from vlminterp.summaries import flip_summary  # noqa: E402
+from vlminterp.stats import error_bars, excluded_counts, excluded_note  # noqa: E402
 
 SETTING_COLOURS = {"generative": "tab:green", "polling": "tab:orange", "vqa": "tab:blue"}
 FAMILY_ORDER = ["object", "random_matched", "random", "register", "high_gradient", "all_image"]
@@ -53,28 +52,19 @@ def duplicate_conditions(table: pd.DataFrame) -> dict[str, str]:
                                 order=_condition_order(rows["condition"]))
 
 
-def blind_flip_rate(table: pd.DataFrame, setting: str = "vqa") -> tuple[float, str] | None:
-    """VQA's chance line: the flip rate a blind answerer would show, one that gives the same answer
-    whatever the image (the commonest target name among the included images, the best such
-    answer): 1 - that name's share. None without included images."""
-    rows = table[(table["setting"] == setting) & (table["condition"] == "none") & table["included"].astype(bool)]
-    shares = rows.drop_duplicates("image_id")["category"].value_counts(normalize=True)
-    return (1.0 - float(shares.iloc[0]), str(shares.index[0])) if len(shares) else None
-
-
-def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
-    """N1: share of correctly identified objects that flip to failure, per condition, one panel per
-    setting (stacked, so the figure stays narrow enough to read inside the report).
+def plot_flip_rates(summary: pd.DataFrame, table: pd.DataFrame, stem: Path) -> list[Path]:
+    """N1: share of correctly identified objects that flip to failure, per condition (`summary`:
+    `summaries.ablation_summary`), one panel per setting (stacked, so the figure stays narrow
+    enough to read inside the report); `table`, the N1 table, gives the labels.
 
     A bar of 0% is labelled "0", a condition a setting has no included image for "n/a" (so neither
     is mistaken for the other); conditions ablating the same tokens (`duplicate_conditions`) are
-    drawn once, the tick naming all of them. VQA's panel has a chance line (`blind_flip_rate`);
+    drawn once, the tick naming all of them. VQA's panel has the summary's chance line;
     polling (target questions only: an always-"yes" answerer loses nothing) and generative have none."""
     duplicates = duplicate_conditions(table)
     table = table[~table["condition"].isin(list(duplicates))]
     included = table[table["included"].astype(bool) & (table["condition"] != "none")]
     settings = [s for s in ("generative", "polling", "vqa") if s in set(table["setting"])]
-    summary = flip_summary(table, seed=seed, n_resamples=n_resamples)
     conditions = _condition_order(table.loc[table["condition"] != "none", "condition"])
     figure, axes = plt.subplots(max(1, len(settings)), 1, sharex=True, squeeze=False,
                                 figsize=(max(6.5, 0.45 * len(conditions) + 2.5), 1.9 * max(1, len(settings)) + 2.0))
@@ -91,10 +81,11 @@ def plot_flip_rates(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resampl
                 axis.text(position, 0.03, "n/a", ha="center", va="bottom", fontsize=7, color="0.4")
             elif value == 0:
                 axis.text(position, 0.03, "0", ha="center", va="bottom", fontsize=8, color=colour)
-        blind = blind_flip_rate(table, setting) if setting == "vqa" else None
-        if blind is not None:
-            axis.axhline(blind[0], color="black", linestyle=":", linewidth=1.2,
-                         label=f"chance: blind answer \"{blind[1]}\" for every image ({blind[0]:.2f})")
+        chance = part.dropna(subset=["chance"]) if "chance" in part else part.iloc[:0]
+        if len(chance):
+            rate, answer = float(chance["chance"].iloc[0]), str(chance["chance_answer"].iloc[0])
+            axis.axhline(rate, color="black", linestyle=":", linewidth=1.2,
+                         label=f"chance: blind answer \"{answer}\" for every image ({rate:.2f})")
             axis.legend(fontsize=7, loc="upper center", framealpha=0.9)
         axis.set_title(f"{setting} (n = {n_included} included images)", fontsize=9, loc="left")
         axis.set_ylim(0, 1.25)  # headroom for the chance line's legend
@@ -118,15 +109,16 @@ LENS_MEASURES = {"name_in_topk": "name or synonym in top-k", "name_rank1": "name
                  "name_top1": "top-1 token is the name"}
 
 
-def plot_lens_curves(scores: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
-    """N2: per layer, how often object vs background cells decode to the object's name."""
+def plot_lens_curves(summary: pd.DataFrame, scores: pd.DataFrame, stem: Path) -> list[Path]:
+    """N2: per layer, how often object vs background cells decode to the object's name (`summary`:
+    `summaries.lens_curves_summary`; `scores`, the N2 scores, give the labels)."""
     n_categories = int(scores["n_categories"].iloc[0]) if "n_categories" in scores and len(scores) else None
     measures = [m for m in LENS_MEASURES if m in scores.columns]
     figure, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures), 3.9), squeeze=False, sharey=True)
     for axis, measure in zip(axes[0], measures):
-        summary = grouped_mean_ci(scores, by=["region", "layer"], value=measure, seed=seed, n_resamples=n_resamples)
+        curves = summary[summary["measure"] == measure]
         for region, colour in (("object", "tab:red"), ("background", "tab:gray")):
-            part = summary[summary["region"] == region].sort_values("layer")
+            part = curves[curves["region"] == region].sort_values("layer")
             if part.empty:
                 continue
             axis.plot(part["layer"], part["mean"], marker="o", color=colour, label=f"{region} cells")
@@ -153,19 +145,19 @@ BLOCK_COLOURS = {"object_b0": "tab:red", "object_b1": "tab:orange", "object_b2":
                  "object_to_text": "tab:blue"}
 
 
-def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_resamples: int = 2000) -> list[Path]:
+def plot_blocking_drops(summary: pd.DataFrame, table: pd.DataFrame, stem: Path) -> list[Path]:
     """N3: drop in the correct token's probability (or, with drop_of top1, each run's own top-1
-    probability) per sliding-window start (left) and fixed window (right)."""
+    probability) per sliding-window start (left) and fixed window (right) (`summary`:
+    `summaries.blocking_drops_summary`; `table`, the N3 table, gives the labels)."""
     included = table[table["included"].astype(bool) & (table["block_set"] != "none")]
     sets = sorted(set(included["block_set"]), key=lambda s: (list(BLOCK_COLOURS).index(s) if s in BLOCK_COLOURS else 99, s))
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.3), gridspec_kw={"width_ratios": [3, 2]})
     sliding = included[included["window_kind"] == "sliding"]
     width = int(sliding["n_layers"].max()) if len(sliding) else 0
     if len(sliding):
-        summary = grouped_mean_ci(sliding, by=["block_set", "window_start"], value="drop", seed=seed,
-                                  n_resamples=n_resamples)
+        drops = summary[summary["window_kind"] == "sliding"]
         for block_set in sets:
-            part = summary[summary["block_set"] == block_set].sort_values("window_start")
+            part = drops[drops["block_set"] == block_set].sort_values("window_start")
             left.plot(part["window_start"].astype(int), part["mean"], marker="o", label=block_set,
                       color=BLOCK_COLOURS.get(block_set))
             left.fill_between(part["window_start"].astype(int), part["low"].astype(float), part["high"].astype(float),
@@ -182,11 +174,11 @@ def plot_blocking_drops(table: pd.DataFrame, stem: Path, *, seed: int = 0, n_res
     fixed = included[included["window_kind"] == "fixed"]
     if len(fixed):
         order = list(dict.fromkeys(fixed["window"]))
-        summary = grouped_mean_ci(fixed, by=["block_set", "window"], value="drop", seed=seed, n_resamples=n_resamples)
+        drops = summary[summary["window_kind"] == "fixed"]
         bar = 0.8 / max(1, len(sets))
         x = np.arange(len(order))
         for index, block_set in enumerate(sets):
-            part = summary[summary["block_set"] == block_set].set_index("window").reindex(order)
+            part = drops[drops["block_set"] == block_set].set_index("window").reindex(order)
             errors = error_bars(part["mean"], part["low"], part["high"])
             right.bar(x + (index - (len(sets) - 1) / 2) * bar, part["mean"], width=bar, yerr=errors,
                       capsize=2, color=BLOCK_COLOURS.get(block_set), label=block_set)

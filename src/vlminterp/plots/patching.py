@@ -21,7 +21,7 @@ TITLES = {"becomes_source": "B's answer becomes A's object", "keeps_target": "B'
 
 def plot_patching(summary: pd.DataFrame, stem: Path) -> list[Path]:
     """Per measure a panel: its share by patched layer for each condition (95% intervals), the
-    unpatched share dashed."""
+    unpatched share dashed, chance (a guess among the eligible categories) dotted."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for axis, (measure, title) in zip(axes, TITLES.items()):
         part = summary[summary["measure"] == measure]
@@ -35,6 +35,9 @@ def plot_patching(summary: pd.DataFrame, stem: Path) -> list[Path]:
         unpatched = part[part["condition"] == "none"]["mean"]
         if len(unpatched):
             axis.axhline(float(unpatched.iloc[0]), color="black", linestyle="--", linewidth=1, label="unpatched")
+        if "chance" in part and part["chance"].notna().any():
+            chance = float(part["chance"].dropna().iloc[0])
+            axis.axhline(chance, color="black", linestyle=":", linewidth=1, label=f"chance (a guess, {chance:.2f})")
         axis.set_title(title)
         axis.set_xticks(sorted(part.loc[part["layer"] >= 0, "layer"].unique()))
         axis.set_xlabel(f"patched {DECODER_LAYER}")
