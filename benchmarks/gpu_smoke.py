@@ -180,8 +180,8 @@ def smoke_config(size: str, device: str, model_dir: str | Path, images: int = 4,
     }
     kaduri = {**copy.deepcopy(paper["kaduri"]), "n_images": images}
     if size == "tiny":  # CPU test: short generations, few integrated-gradient steps
-        neo["ablation"].update(max_new_tokens=8, ig_steps=2, ig_batch_size=2)
-        kaduri.update(max_new_tokens=8, batch_size=16)
+        neo["ablation"].update(description_tokens=8, ig_steps=2, ig_batch_size=2)
+        kaduri.update(description_tokens=8, batch_size=16)
         kaduri["knockout"] = {"window_step": 2, "start_layer_step": 2}
         kaduri["localization"] = {"band_width": 2}
     return {

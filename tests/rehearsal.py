@@ -43,14 +43,14 @@ OVERRIDES = {
         "mean": {"max_images": 6},
         # the paper config ablates with the authors' released mean (4096-d, LLaVA-1.5-7B's): the tiny
         # model keeps this run's own mean instead
-        "ablation": {"max_new_tokens": 12, "ig_steps": 8, "mean_vector": "run"},
+        "ablation": {"description_tokens": 12, "ig_steps": 8, "mean_vector": "run"},
         "authors_data": {"questions": False, "mean_vector": None},
         "prompts": {"vqa_images": "all"},
         # a tiny random model names no object, so the noising filter would keep nothing; the filter
         # has its own tests (tests/unit/test_neo_screening.py)
         "screening": {"enabled": False},
     },
-    "kaduri": {"n_images": 4, "max_new_tokens": 12, "reprompt": {"questions_per_image": 1}},
+    "kaduri": {"n_images": 4, "description_tokens": 12, "reprompt": {"questions_per_image": 1}},
 }
 TINY_SIZES = dict(text_layers=4, text_hidden=64, text_intermediate=128, text_heads=4,
                   vision_layers=2, vision_hidden=32, vision_intermediate=64, vision_heads=2)

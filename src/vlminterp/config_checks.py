@@ -17,6 +17,15 @@ import yaml
 SECRET_KEYS = ("api_key_env",)      # values that may be a pasted secret: never echoed
 MAX_VALUE_CHARS = 80
 
+#: Keys renamed to one name per generation-length role (description_tokens: a free description;
+#: answer_tokens: a short answer): a config still using the old key fails naming both.
+RENAMED_KEYS = {
+    "neo.screening.max_new_tokens": "neo.screening.description_tokens",
+    "neo.ablation.max_new_tokens": "neo.ablation.description_tokens",
+    "neo.ablation.polling_new_tokens": "neo.ablation.answer_tokens",
+    "kaduri.max_new_tokens": "kaduri.description_tokens",
+}
+
 
 class ConfigError(ValueError):
     """The config is invalid; the message lists each problem on its own line."""
@@ -30,8 +39,9 @@ def section_specs() -> dict[str, tuple[type, frozenset[str]]]:
     sub-sections are the nested spec dataclasses of its fields (e.g. neo.blocking.fixed_windows:
     `FixedWindow`).
 
-    The dataclasses hold the defaults; the schema repeats them for its readers, and
-    tests/unit/test_config_schema.py fails when a key or a default differs. Sections read by the
+    The schema holds each key's type, default and description; the dataclasses take the defaults
+    from it (`specs.configured`), and tests/unit/test_config_schema.py fails when a key, a default
+    or a type differs. Sections read by the
     workflow alone (resources, sharding, evaluation, neo.authors_data, dataset.coco, the K
     stages' shared keys: they become the `session` of experiments.session.StageConfig) have no
     spec of their own."""
@@ -87,8 +97,11 @@ def _schema_problems(config: dict, schema: dict) -> Iterator[str]:
         if error.validator == "additionalProperties":
             allowed = sorted(error.schema.get("properties", {}))
             for key in sorted(set(error.instance) - set(allowed)):
-                yield (f"{_key_path([*path, key])}: unknown key "
-                       f"(allowed here: {', '.join(allowed)})")
+                where = _key_path([*path, key])
+                if where in RENAMED_KEYS:
+                    yield f"{where}: renamed {RENAMED_KEYS[where]}; use the new key"
+                else:
+                    yield f"{where}: unknown key (allowed here: {', '.join(allowed)})"
             continue
         if path and path[-1] in SECRET_KEYS:
             yield (f"{_key_path(path)}: must be the NAME of an environment variable "

@@ -1,22 +1,30 @@
-"""Turn a validated config section into a library spec dataclass, naming any bad key.
+"""Config sections and the library's spec dataclasses: one source for each setting.
 
-    spec = build_spec(OrganismSpec, config["model"]["organism"], where="model.organism", seed=0)
+    @dataclass(frozen=True)
+    @configured("neo.blocking")          # every field neo.blocking holds: its default from the schema
+    class BlockingSpec: ...
     spec = build_spec(BlockingSpec, config["neo"]["blocking"], where="neo.blocking")   # whole
     check_fields(OrganismSpec, values)      # a saved spec's JSON: ValueError naming unknown fields
 
-A config section passes whole: a sub-section becomes the nested spec dataclass of its field
-(`StageConfig.prompt: DescribePrompt`), a list becomes a tuple, and a list of mappings whose
-field is `tuple[SomeNamedTuple, ...]` becomes a tuple of those (`BlockingSpec.fixed_windows`).
-Which section maps onto which dataclass: `config_checks.SECTION_SPECS`.
+workflow/schemas/config.schema.yaml holds each setting's type, default and description; a spec
+dataclass declares its fields' Python types and takes the defaults from there (`configured`).
+A config section passes whole: a list becomes a tuple, a list of mappings whose field is
+`tuple[SomeNamedTuple, ...]` a tuple of those (`BlockingSpec.fixed_windows`), a sub-section the
+nested spec dataclass of its field. Which section maps onto which dataclass: `experiments.registry`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
+from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
+
+#: The config schema: beside the package in a checkout (Snakemake's `validate` reads it there too).
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 class ConfigKeyError(ValueError):
@@ -79,3 +87,51 @@ def _tuple_element(hint: Any) -> Any:
 
 def _is_named_tuple(cls: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
+@functools.cache
+def config_schema() -> dict:
+    """The config schema (SCHEMA_PATH), read once."""
+    import yaml
+
+    if not SCHEMA_PATH.is_file():
+        raise FileNotFoundError(f"{SCHEMA_PATH} (the config schema, which holds the spec defaults) is absent: "
+                                "vlminterp runs from a checkout (pip install -e .)")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(SCHEMA_PATH.read_text(encoding="utf-8"), Loader=loader)
+
+
+def schema_section(dotted: str) -> dict:
+    """The schema of the config section at a dotted key path ("neo.ablation")."""
+    schema = config_schema()
+    for key in dotted.split("."):
+        schema = schema["properties"][key]
+    return schema
+
+
+def configured(section: str, keys: Mapping[str, str] | None = None):
+    """Class decorator, applied before @dataclass: each field that config section `section` holds
+    (or, given `keys`, each field it names -> its key there) takes the schema's default, converted
+    as `build_spec` converts a config value. A default written in the class as well is a
+    TypeError: the schema is the one place for it."""
+    def decorate(cls: type[T]) -> type[T]:
+        properties = schema_section(section)["properties"]
+        hints = typing.get_type_hints(cls)
+        names = keys or {name: name for name in cls.__dict__.get("__annotations__", {}) if name in properties}
+        for name, key in names.items():
+            if name in cls.__dict__:
+                raise TypeError(f"{cls.__name__}.{name} writes a default; {section}.{key} in {SCHEMA_PATH.name} "
+                                "holds it (remove it from the class)")
+            setattr(cls, name, _frozen(_convert(hints[name], properties[key]["default"], f"{section}.{key}")))
+        cls.__config_section__ = section
+        return cls
+    return decorate
+
+
+def _frozen(value: Any) -> Any:
+    """A default as an immutable value: lists as tuples, a mapping where a tuple is due as its pairs."""
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    return value

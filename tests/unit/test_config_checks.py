@@ -83,3 +83,18 @@ def test_enabled_judge_needs_its_variable():
     check_judge_key(config, environ={"OPENAI_API_KEY": "x"})
     config["kaduri"]["llm_judge"]["enabled"] = False
     check_judge_key(config, environ={})
+
+
+@pytest.mark.parametrize("old, new", [(("neo", "screening", "max_new_tokens"), "neo.screening.description_tokens"),
+                                      (("neo", "ablation", "max_new_tokens"), "neo.ablation.description_tokens"),
+                                      (("neo", "ablation", "polling_new_tokens"), "neo.ablation.answer_tokens"),
+                                      (("kaduri", "max_new_tokens"), "kaduri.description_tokens")])
+def test_an_old_generation_length_key_names_its_new_name(old, new):
+    def edit(c):
+        section = c
+        for key in old[:-1]:
+            section = section.setdefault(key, {})
+        section[old[-1]] = 5
+    with pytest.raises(ConfigError) as raised:
+        _checked(edit)
+    assert str(raised.value).splitlines()[1:] == [f"  - {'.'.join(old)}: renamed {new}; use the new key"]

@@ -1,7 +1,11 @@
-"""config.yaml, the JSON schema and the library's spec dataclasses describe the same keys."""
+"""config.yaml, the JSON schema and the library's spec dataclasses describe the same keys; the schema
+alone writes each setting's default (`specs.configured`)."""
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,6 +91,53 @@ def test_schema_section_matches_spec_dataclass(name, spec_cls, filled):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("name, spec_cls, filled", _spec_sections(), ids=lambda v: v if isinstance(v, str) else "")
+def test_each_spec_takes_its_defaults_from_its_section(name, spec_cls, filled):
+    """One source: every section's dataclass is `configured` from that section, so no default of
+    it is written in Python (`configured` refuses one written twice)."""
+    assert getattr(spec_cls, "__config_section__", None) == name, f"{spec_cls.__name__} is not @configured({name!r})"
+
+
+def test_a_default_written_twice_is_refused():
+    from vlminterp.specs import configured
+
+    with pytest.raises(TypeError, match=r"Twice\.n_pairs .*patching\.n_pairs"):
+        @dataclass(frozen=True)
+        @configured("patching")
+        class Twice:
+            n_pairs: int = 3
+
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
+
+
+def _json_types(hint) -> set[str]:
+    """The JSON types a field's Python type allows (a tuple of pairs is a mapping in the config)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return set().union(*(_json_types(arg) for arg in typing.get_args(hint)))
+    if typing.get_origin(hint) is typing.Literal:
+        return {_JSON_TYPES[type(arg)] for arg in typing.get_args(hint)}
+    if typing.get_origin(hint) is tuple:
+        element = typing.get_args(hint)[0]
+        pairs = typing.get_origin(element) is tuple and len(typing.get_args(element)) == 2 and \
+            typing.get_args(element)[0] is str and typing.get_args(hint)[-1] is Ellipsis
+        return {"object"} if pairs else {"array"}
+    return {_JSON_TYPES[hint]}
+
+
+@pytest.mark.parametrize("name, spec_cls, filled", _spec_sections(), ids=lambda v: v if isinstance(v, str) else "")
+def test_field_types_agree_with_the_schema(name, spec_cls, filled):
+    """A key's JSON types are its field's Python type (int = integer, X | None = [X, null], ...); the
+    config may allow less than the library (neo.selection.max_images: never null, it fixes the shards)."""
+    hints = typing.get_type_hints(spec_cls)
+    wrong = []
+    for key, sub in _section(name)["properties"].items():
+        schema_types = set(sub["type"]) if isinstance(sub["type"], list) else {sub["type"]}
+        if not schema_types <= _json_types(hints[key]):
+            wrong.append(f"{name}.{key}: {spec_cls.__name__} {hints[key]} vs schema {sorted(schema_types)}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_every_section_maps_onto_a_spec_or_the_session():
     """Each object section of neo: and kaduri: is a spec section (or the workflow's own:
     neo.authors_data); kaduri's shared keys are the session's (StageConfig, DescribePrompt)."""
@@ -102,7 +153,7 @@ def test_every_section_maps_onto_a_spec_or_the_session():
     assert kaduri["prompt"]["default"] == prompt.text
     assert kaduri["system_prompt"]["default"] == prompt.system_prompt
     assert kaduri["geometry"]["default"] == prompt.geometry
-    assert kaduri["max_new_tokens"]["default"] == prompt.max_new_tokens
+    assert kaduri["description_tokens"]["default"] == prompt.description_tokens
     assert kaduri["batch_size"]["default"] == config.batch_size
 
 

@@ -101,7 +101,7 @@ def test_n1_generative_answers_end_at_the_second_eos(synthetic, world):
     stopping, stopping_adapter, expected = with_second_eos(model, processor, free)
     grids = cells_by_image(map_object_cells(dataset, selection, stopping_adapter, cells))
     vocabulary = load_vocabulary("shapes", categories=list(dataset.category_names().values()))
-    spec = AblationSpec(settings=("generative",), max_new_tokens=NEW_TOKENS, ig_steps=2, ig_batch_size=2,
+    spec = AblationSpec(settings=("generative",), description_tokens=NEW_TOKENS, ig_steps=2, ig_batch_size=2,
                         random_counts=(2,))
     session = Session.from_model(stopping, processor, dataset, DescribePrompt(geometry=cells.geometry),
                                  vocabulary=vocabulary)
@@ -116,11 +116,11 @@ def test_k2_descriptions_end_at_the_second_eos(synthetic, world):
     model, processor, _ = synthetic("tiny-llama")
     dataset = CocoDataset.load(world, "val")
     image_id = dataset.image_ids()[0]
-    session = Session.from_model(model, processor, dataset, DescribePrompt(max_new_tokens=NEW_TOKENS))
+    session = Session.from_model(model, processor, dataset, DescribePrompt(description_tokens=NEW_TOKENS))
     item = session.encode(image_id)
     free = session.engine.generate(item.prepared, [None], NEW_TOKENS, eos_token_id=-1).tokens[0]
     stopping, _, expected = with_second_eos(model, processor, free)
-    session = Session.from_model(stopping, processor, dataset, DescribePrompt(max_new_tokens=NEW_TOKENS))
+    session = Session.from_model(stopping, processor, dataset, DescribePrompt(description_tokens=NEW_TOKENS))
     rows = image_knockouts(session, image_id, KnockoutSpec())
     clean = next(row for row in rows if row["condition"] == "none")
     assert clean["n_generated"] == len(expected) < len(free)

@@ -71,9 +71,9 @@ def test_smoke_config_loads_the_directory_as_the_paper_run_loads_the_hub_id(tmp_
         assert config["neo"]["selection"]["max_images"] == config["neo"]["mean"]["max_images"] == 3
         assert config["kaduri"]["n_images"] == 3
     # 7b keeps the papers' generation lengths and batch sizes, so the time per image carries over
-    assert config_7b["kaduri"]["max_new_tokens"] == paper["kaduri"]["max_new_tokens"]
+    assert config_7b["kaduri"]["description_tokens"] == paper["kaduri"]["description_tokens"]
     assert config_7b["kaduri"]["batch_size"] == paper["kaduri"]["batch_size"]
-    assert config_7b["neo"]["ablation"]["max_new_tokens"] == paper["neo"]["ablation"]["max_new_tokens"]
+    assert config_7b["neo"]["ablation"]["description_tokens"] == paper["neo"]["ablation"]["description_tokens"]
     assert config_7b["resources"]["model_jobs"]["gpu"] == 1  # with --resources gpu=1: one model job at a time
 
 

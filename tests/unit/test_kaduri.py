@@ -110,7 +110,7 @@ def test_reforward_attention_equals_per_step_capture_during_generation(synthetic
 
 
 def test_attention_fractions_sum_to_one_and_per_head_averages(synthetic, dataset):
-    session = _session(synthetic, dataset, max_new_tokens=8)
+    session = _session(synthetic, dataset, description_tokens=8)
     images = select_images(session.dataset, 2, seed=0)
     table = attention_fractions(session, images, AttentionFractionSpec())
     sums = table.groupby(["image_id", "layer", "head"])["mean"].sum()
@@ -130,7 +130,7 @@ def test_attention_fractions_sum_to_one_and_per_head_averages(synthetic, dataset
 def test_attention_fractions_count_the_rows_of_every_generation_step(synthetic, dataset, include_prefill_row):
     """K1 against transformers' own `generate(output_attentions=True)`: the last row of every step,
     the prefill's included (Kaduri et al.'s attention store), heads averaged, averaged over steps."""
-    session = _session(synthetic, dataset, "tiny-gqa", "eager", max_new_tokens=6)
+    session = _session(synthetic, dataset, "tiny-gqa", "eager", description_tokens=6)
     image_id = dataset.image_ids()[0]
     spec = AttentionFractionSpec(per_head=False, include_prefill_row=include_prefill_row)
     table = attention_fractions(session, pd.DataFrame({"image_id": [image_id]}), spec)
@@ -158,7 +158,7 @@ def test_key_shares_count_keys_up_to_each_row():
 
 
 def test_per_image_results_do_not_depend_on_the_other_images(synthetic, dataset):
-    session = _session(synthetic, dataset, max_new_tokens=6)
+    session = _session(synthetic, dataset, description_tokens=6)
     images = select_images(session.dataset, 3, seed=0)
     spec = AttentionFractionSpec()
     together = attention_fractions(session, images, spec)
@@ -248,7 +248,7 @@ def test_knockouts_equal_the_naive_reference_and_blind_runs_ignore_the_image(syn
 
 
 def test_group_knockouts_table_and_judge(synthetic, dataset):
-    session = _session(synthetic, dataset, max_new_tokens=5)
+    session = _session(synthetic, dataset, description_tokens=5)
     images = select_images(dataset, 2, seed=0)
     table = group_knockouts(session, images, KnockoutSpec())
     n_conditions = len(knockout_conditions(session.encode(int(images["image_id"][0])).groups,
@@ -265,9 +265,9 @@ def test_group_knockouts_table_and_judge(synthetic, dataset):
 def test_group_knockouts_out_of_memory_halves_the_batch_with_the_same_table(synthetic, dataset):
     images = select_images(dataset, 2, seed=0)
     spec = KnockoutSpec(window_step=2, start_layer_step=2)
-    clean = group_knockouts(_session(synthetic, dataset, max_new_tokens=4), images, spec)
+    clean = group_knockouts(_session(synthetic, dataset, description_tokens=4), images, spec)
     assert set(clean["batch_size"]) == {64} and set(clean["oom_retries"]) == {0}
-    session = _session(synthetic, dataset, max_new_tokens=4)
+    session = _session(synthetic, dataset, description_tokens=4)
     with out_of_memory_above(session.adapter.language_model, 3) as oom:
         table = group_knockouts(session, images, spec)
     assert oom.raised > 0 and oom.largest_run <= 3
@@ -292,11 +292,11 @@ def test_a_stage_runs_on_its_shard_of_the_images_table(synthetic, world, dataset
     images = select_images(dataset, 3, seed=0)
     write_table(images, tmp_path / "images.csv")
     session = dict(model={"id_or_path": str(tmp_path / "model")}, dataset_dir=str(world), split="val",
-                   prompt={"text": "Describe this image.", "max_new_tokens": 3}, vocabulary="shapes")
+                   prompt={"text": "Describe this image.", "description_tokens": 3}, vocabulary="shapes")
     section = {"window_step": 0, "start_layer_step": 0, "fixed_windows": []}
     table = stages.group_knockouts(session=session, spec=section, images=tmp_path / "images.csv", shard="1",
                                    images_per_shard=2)
-    expected = group_knockouts(_session(synthetic, dataset, max_new_tokens=3), images.iloc[2:],
+    expected = group_knockouts(_session(synthetic, dataset, description_tokens=3), images.iloc[2:],
                                KnockoutSpec(window_step=0, start_layer_step=0, fixed_windows=()))
     pd.testing.assert_frame_equal(table, expected.reset_index(drop=True))
     assert table["image_id"].tolist() == [int(images["image_id"].iloc[2])] * 4
@@ -512,7 +512,7 @@ def test_top_k_count_and_yes_no():
 
 
 def test_reprompting_full_cache_reproduces_full_image_exactly(synthetic, dataset):
-    session = _session(synthetic, dataset, max_new_tokens=6)
+    session = _session(synthetic, dataset, description_tokens=6)
     images = select_images(dataset, 2, seed=0)
     questions = build_pope_questions(dataset, list(images["image_id"]), 1, seed=0)
     table = reprompting(session, images, RepromptSpec(answer_tokens=3, image_topk_positions=("after_kept", "after_prompt")),
@@ -568,7 +568,7 @@ def test_top_image_positions_follow_the_received_attention():
 def test_plots_write_png_and_pdf(synthetic, dataset, tmp_path):
     from vlminterp.plots import kaduri as plots
 
-    session = _session(synthetic, dataset, max_new_tokens=4)
+    session = _session(synthetic, dataset, description_tokens=4)
     images = select_images(dataset, 2, seed=0)
     k1 = summarize_attention_fractions(attention_fractions(session, images, AttentionFractionSpec()))
     k2 = summarize_knockouts(group_knockouts(session, images, KnockoutSpec()), require_reference=False)

@@ -134,7 +134,7 @@ def test_vqa_images_with_question_falls_back_to_the_template_for_the_others(setu
 def test_vqa_setting_and_blocking_run_only_on_images_with_a_question(setup, tmp_path):
     s = setup
     asked, prompts = _one_question_file(setup, tmp_path)
-    spec = AblationSpec(ig_steps=2, ig_batch_size=2, polling_new_tokens=2, random_counts=(2,), settings=("vqa", "polling"))
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, answer_tokens=2, random_counts=(2,), settings=("vqa", "polling"))
     ablation = run_token_ablation(s["session"], s["selection"], spec, cells=s["grids"], prompts=prompts, mean=s["mean"])
     assert set(ablation.loc[ablation.setting == "vqa", "image_id"]) == {asked}
     assert set(ablation.loc[ablation.setting == "polling", "image_id"]) == set(s["selection"]["image_id"])
@@ -306,7 +306,7 @@ def test_integrated_gradients_are_complete(setup, make_inputs):
 
 
 def _ablation(setup, selection, **overrides):
-    settings = dict(ig_steps=2, ig_batch_size=2, max_new_tokens=6, polling_new_tokens=2, random_counts=(2, 5, 40))
+    settings = dict(ig_steps=2, ig_batch_size=2, description_tokens=6, answer_tokens=2, random_counts=(2, 5, 40))
     spec = AblationSpec(**{**settings, **overrides})
     s = setup
     return run_token_ablation(s["session"], selection, spec, cells=s["grids"], prompts=PromptSpec(), mean=s["mean"])
@@ -578,7 +578,7 @@ def test_vqa_readouts_exclude_a_target_whose_answer_piece_begins_another_categor
     vocabulary = load_vocabulary("shapes", categories=list(s["dataset"].category_names().values()))
     clashing = SynonymVocabulary("clash", {**vocabulary.categories, "square": ("square", synonym)})
     session = Session.from_model(s["model"], s["processor"], s["dataset"], s["session"].prompt, vocabulary=clashing)
-    spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=4, polling_new_tokens=2, random_counts=(2,),
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, description_tokens=4, answer_tokens=2, random_counts=(2,),
                         settings=("vqa", "polling"))
     table = run_token_ablation(session, s["selection"], spec, cells=s["grids"], prompts=PromptSpec(), mean=s["mean"])
     blocking = run_attention_blocking(session, s["selection"], BlockingSpec(window=2), cells=s["grids"],

@@ -114,7 +114,7 @@ def test_screening_stage_on_a_tiny_model_and_exempt_images_run_vqa_only(world, s
                                                        exclude_crowd_targets=False, max_images=None))
     vocabulary = load_vocabulary("shapes", categories=list(dataset.category_names().values()))
     exempt = int(candidates["image_id"].iloc[0])
-    spec = ScreeningSpec(enabled=True, until_included=True, setting="polling", max_new_tokens=2)
+    spec = ScreeningSpec(enabled=True, until_included=True, setting="polling", description_tokens=2)
     session = Session.from_model(model, processor, dataset, vocabulary=vocabulary)
     kept, screening = screen_targets(session, candidates, spec, prompts=PromptSpec(), cell_spec=CellSpec(),
                                      max_images=2, exempt=[exempt])
@@ -131,8 +131,8 @@ def test_screening_stage_on_a_tiny_model_and_exempt_images_run_vqa_only(world, s
     # the exempt image is kept for VQA only: N1 asks it no polling or describe question
     selection = candidates[candidates["image_id"] == exempt].assign(screen="exempt")
     grids = cells_by_image(map_object_cells(dataset, selection, adapter, CellSpec()))
-    table = run_token_ablation(session, selection, AblationSpec(ig_steps=1, ig_batch_size=1, max_new_tokens=2,
-                                                                polling_new_tokens=1, random_counts=(2,)),
+    table = run_token_ablation(session, selection, AblationSpec(ig_steps=1, ig_batch_size=1, description_tokens=2,
+                                                                answer_tokens=1, random_counts=(2,)),
                                cells=grids, prompts=PromptSpec(), mean=torch.zeros(adapter.hidden_size))
     assert set(table["setting"]) == {"vqa"}
 
@@ -152,7 +152,7 @@ def test_a_target_the_model_names_is_tested_again_on_its_noised_image(world, syn
     (tmp_path / "tv.yaml").write_text("name: tv\ncategories:\n  circle: [circle, tv]\n  square: [square]\n"
                                       "  triangle: [triangle]\n")
     vocabulary = load_vocabulary(tmp_path / "tv.yaml", categories=list(dataset.category_names().values()))
-    spec = ScreeningSpec(enabled=True, max_new_tokens=8, seed=5)
+    spec = ScreeningSpec(enabled=True, description_tokens=8, seed=5)
     row = candidates[candidates["image_id"] == 2]
     session = Session.from_model(model, processor, dataset, vocabulary=vocabulary)
     kept, screening = screen_targets(session, row, spec, prompts=PromptSpec(), cell_spec=CellSpec(), max_images=None)

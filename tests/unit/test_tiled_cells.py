@@ -178,7 +178,8 @@ def test_a_cell_table_of_another_geometry_is_refused(synthetic, dataset, selecti
 
 # ---- (2) the experiments on those tokens -----------------------------------------------------------
 def _spy_engine(monkeypatch) -> list:
-    """Record (input_ids, conditions) of every call of the engines a session makes for a stage."""
+    """Record (input_ids, conditions) of every call of the engine of a session opened after this
+    (a stage's one engine)."""
     calls = []
 
     class Spy(InterventionEngine):
@@ -198,10 +199,10 @@ def _spy_engine(monkeypatch) -> list:
 def test_token_ablation_ablates_the_object_tokens(variant, synthetic, dataset, selection, monkeypatch):
     model, processor, adapter = synthetic(variant)
     cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))
+    calls = _spy_engine(monkeypatch)
     session = _session(model, processor, dataset)
     mean, _ = compute_mean_embedding(session, [1, 3])
-    calls = _spy_engine(monkeypatch)
-    spec = AblationSpec(ig_steps=2, ig_batch_size=2, max_new_tokens=3, polling_new_tokens=2, random_counts=(3, 500))
+    spec = AblationSpec(ig_steps=2, ig_batch_size=2, description_tokens=3, answer_tokens=2, random_counts=(3, 500))
     table = run_token_ablation(session, selection, spec, cells=cells, prompts=PROMPTS, mean=mean)
     assert set(table["setting"]) == {"vqa", "polling", "generative"}
     images = [int(i) for i in selection.image_id for _ in range(4)]  # vqa, 2 x polling, generative, in order
@@ -235,8 +236,8 @@ def test_token_ablation_ablates_the_object_tokens(variant, synthetic, dataset, s
 def test_attention_blocking_blocks_the_object_tokens(variant, synthetic, dataset, selection, monkeypatch):
     model, processor, adapter = synthetic(variant)
     cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))
-    session = _session(model, processor, dataset)
     calls = _spy_engine(monkeypatch)
+    session = _session(model, processor, dataset)
     spec = BlockingSpec(window=4, fixed_windows=(("all", 0.0, 1.0),))
     table = run_attention_blocking(session, selection, spec, cells=cells, prompts=PROMPTS)
     # images run in selection order, each as 3 engine calls: the sets read at the last position

@@ -300,7 +300,7 @@ def kaduri_session():
     return dict(model=model_spec("kaduri"), dataset_dir=dataset_root(), split=kaduri_split(),
                 batch_size=KADURI["batch_size"], vocabulary=kaduri_vocabulary(),
                 prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
-                            geometry=KADURI["geometry"], max_new_tokens=KADURI["max_new_tokens"]))
+                            geometry=KADURI["geometry"], description_tokens=KADURI["description_tokens"]))
 
 
 # ---- what a run makes ---------------------------------------------------------------------------

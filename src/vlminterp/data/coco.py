@@ -34,6 +34,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from vlminterp.specs import configured
+
 log = logging.getLogger(__name__)
 
 REQUIRED_TOP_LEVEL_KEYS = ("images", "annotations", "categories")
@@ -278,6 +280,7 @@ class CocoDataset:
 
 # ---- target selection (N1) --------------------------------------------------------------------
 @dataclass(frozen=True)
+@configured("neo.selection")
 class SelectionSpec:
     """Rules choosing images and their target object; defaults follow Neo et al. (N1).
 
@@ -303,16 +306,16 @@ class SelectionSpec:
         and the seeded sample fills the rest up to `max_images`.
     """
 
-    split: str = "train2017"
-    max_annotations: int = 3
-    target_area_range: tuple[float, float] = (1000.0, 2000.0)
-    require_single_instance: bool = True
-    exclude_crowd_targets: bool = True
-    max_images: int | None = 1000
+    split: str
+    max_annotations: int
+    target_area_range: tuple[float, float]
+    require_single_instance: bool
+    exclude_crowd_targets: bool
+    max_images: int | None
     seed: int = 0
     targets_per_image: Literal["first", "all"] = "first"
-    target_order: Literal["id", "file"] = "id"
-    include_question_images: bool = False
+    target_order: Literal["id", "file"]
+    include_question_images: bool
 
     def __post_init__(self) -> None:
         low, high = self.target_area_range

@@ -33,7 +33,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vlminterp.io import atomic_path, write_json
-from vlminterp.specs import check_fields
+from vlminterp.specs import check_fields, configured
 
 SPLITS: tuple[str, ...] = ("train", "val")
 _SPLIT_STREAM = {"train": 0, "val": 1}
@@ -89,57 +89,31 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "stripes")
 
 
 @dataclass(frozen=True)
+@configured("dataset.shapes")
 class ShapesWorldSpec:
-    """Everything that defines a shapes world. Defaults give the model organism's world.
-
-    Attributes:
-        seed: master seed; the same spec always yields byte-identical files.
-        image_size: side of the square RGB images, in pixels.
-        cell_size: side of a grid cell in pixels; set it to the vision tower's patch size so
-            objects are placed on patch boundaries. Must divide ``image_size``.
-        n_train: number of training images.
-        n_val: number of validation images.
-        min_objects: fewest objects per image (>= 1).
-        max_objects: most objects per image.
-        shapes: shape classes (COCO categories); single words, each a key of ``SHAPE_OUTLINES``.
-        colors: object colours; each a key of ``PALETTE``.
-        min_object_cells: smallest object box side, in cells.
-        max_object_cells: largest object box side, in cells.
-        margin: pixels left empty inside an object's box on every side, so neighbouring
-            objects never touch.
-        background: "plain" (uniform grey), "noise" (per-pixel grey noise) or "stripes"
-            (diagonal grey stripes).
-        background_level: mean grey level of the background (0-255).
-        background_amplitude: half-range of the grey noise / stripe contrast.
-        allow_overlap: if False (default) object boxes never share a cell. If True boxes may
-            overlap; later objects occlude earlier ones and the stored masks are the visible
-            pixels (occluded objects are always stored as RLE, fully hidden ones are dropped).
-        rle_fraction: share of objects whose segmentation is written as COCO RLE (with
-            ``iscrowd`` = 1, as COCO does) instead of a polygon.
-        unique_colors: no two objects in an image share a colour (makes "the red object" unique).
-        unique_shapes: no two objects in an image share a shape (each category has exactly one
-            instance, the Neo et al. selection rule).
-    """
+    """Everything that defines a shapes world: config section dataset.shapes (types, defaults,
+    meanings: workflow/schemas/config.schema.yaml). seed: master seed; the same spec always yields
+    byte-identical files. Shapes and colours are keys of ``SHAPE_OUTLINES`` and ``PALETTE``."""
 
     seed: int = 0
-    image_size: int = 96
-    cell_size: int = 16
-    n_train: int = 4000
-    n_val: int = 500
-    min_objects: int = 1
-    max_objects: int = 3
-    shapes: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "star")
-    colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
-    min_object_cells: int = 2
-    max_object_cells: int = 2
-    margin: int = 2
-    background: str = "noise"
-    background_level: int = 128
-    background_amplitude: int = 20
-    allow_overlap: bool = False
-    rle_fraction: float = 0.2
-    unique_colors: bool = True
-    unique_shapes: bool = True
+    image_size: int
+    cell_size: int
+    n_train: int
+    n_val: int
+    min_objects: int
+    max_objects: int
+    shapes: tuple[str, ...]
+    colors: tuple[str, ...]
+    min_object_cells: int
+    max_object_cells: int
+    margin: int
+    background: str
+    background_level: int
+    background_amplitude: int
+    allow_overlap: bool
+    rle_fraction: float
+    unique_colors: bool
+    unique_shapes: bool
 
     def __post_init__(self) -> None:
         # Tuples keep the spec hashable and comparable even when built from JSON lists.

@@ -3,43 +3,10 @@
     best = blind_answerers(questions, seed=0)          # always-yes / always-no / answer prior
     f1 = category_blind_f1(knockout, "image->generated", seed=0)   # K2 vs other images' references
 
-A headline number is only a finding when a readout that cannot know the answer scores at chance
-on the same questions, images and tables. Each control here is computed from the run's own tables:
-
-- yes/no questions (K4, N1 polling): `blind_answerers` scores three answerers that never see the
-  image: always "yes", always "no", and the answer prior (each question about category c is
-  answered with the majority answer of the questions about c in the OTHER images of the same
-  set; a tie or an unseen category is answered "no"). On a balanced set the first two score 0.5
-  exactly; the prior scores above 0.5 only when the question set leaks answers through which
-  category is asked (e.g. a popular negative that is never present). Accuracy is a weighted mean
-  (the same weights as the headline, `kaduri_reprompt.setting_weights`), intervals resample images.
-  Leave-one-image-out makes the prior slightly pessimistic on a balanced category (removing a "yes"
-  leaves a "no" majority), so only a blind answerer ABOVE chance flags a value.
-- K2: `category_blind_f1` scores each image's knocked-out description against the unablated
-  description of ANOTHER image (a seeded derangement of the images): the F1 a description gets
-  from naming the world's usual categories, whatever the image. A knocked-out F1 inside this
-  control's interval says nothing about what the tokens read from the image.
-
-- K3: the localization stage scores each peak against another image's object as well
-  (`kaduri_localization.permuted_label`); the comparison reads it (`paper_comparison`).
-- N1 generative: `permuted_mention_flips` applies the flip readout to ANOTHER image's target (the
-  included images' targets permuted by a seeded derangement; pairs whose assigned category is the
-  image's own are dropped, they are the headline itself): among images whose unablated
-  description names the assigned category, the share whose ablated description no longer does.
-  An ablation that removes the object's identity and nothing else loses another object's mention
-  at the base rate, the count-matched random tokens' rate on the same pairs (`mention_control`'s
-  chance); one that wrecks the whole description, or a readout that credits any description,
-  loses it at the object's rate.
-- N1 VQA: `image_blind_vqa` scores the run's own image-blind answerer, the `all_image` condition
-  (every image token replaced), on the included targets: the share whose first piece it still
-  answers. No image, no leak: it can match at most the answer prior (`category_prior`: each target
-  answered with the commonest target category of the OTHER images; ties by name), its chance. Above
-  it, the question or the prompt gives the answer away.
-
-`flag` turns a control into the comparison table's `flag` column: "control_off_chance" when a
-null control that must sit at chance does not (the value is not published as a finding);
-"at_control" when the value's interval holds the control value (K2: indistinguishable from the
-image-blind F1); "" otherwise.
+Each control is computed from the run's own tables: blind answerers (K4, N1 polling), the
+category-blind F1 (K2), permuted mention flips (N1 generative), the image-blind VQA answerer (N1
+VQA); `flag` turns one into the comparison table's flag column. What each measures and why:
+docs/PROTOCOLS.md, the null controls of the paper comparison.
 """
 from __future__ import annotations
 

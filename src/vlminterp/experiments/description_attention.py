@@ -5,24 +5,11 @@
     attention.image_row(layer, p)        # (H, n_image) the image row of position p
     attention.image_received[layer]      # (H, n_image) attention each image token received
 
-The description's attention. K1, K3 and K4 need the attention rows of the generated tokens during
-decoding. Rather than capturing inside the step-by-step decode (one call per token, rows of
-growing width), we re-run ONE forward pass over prompt + generated tokens (the last one excluded:
-it is never fed back) and record the rows of positions P-1 .. P+n-2, where P is the prompt length:
-row P-1+t is exactly the attention computed when the model produced generated token t (causal
-attention gives each row the same keys and values as the cached decode step).
-tests/unit/test_kaduri.py checks this against a per-step capture during `InterventionEngine.generate`.
-A `Capture` of `attn.{l}` at From(P - 1) reads those rows only (n x T x H per layer, never the
-T x T x L x H tensor), and only what the experiments need is kept of them (see
-`DescriptionAttention`): per layer and head, each row's attention mass per token group, the full
-image row of a few chosen positions (K3), and the attention each image token received summed over
-the rows (K4).
-
-Row conventions (documented in each table):
-- the *decode rows* are the generated tokens read back during decoding, positions P .. P+n-2
-  (the knockout engine's `From(P)`): K1 reports their attention, with the prefill's last row P-1
-  as the authors' code does (`AttentionFractionSpec.include_prefill_row`);
-- the *predicting row* of generated token t is P-1+t, the row whose output is token t.
+ONE forward pass over prompt + generated tokens (the last excluded) records the rows P-1 ..
+P+n-2 by a `Capture` of `attn.{l}` at From(P - 1): row P-1+t is the attention that produced
+token t (tests/unit/test_kaduri.py checks it against a per-step capture). Only reductions are
+kept (`DescriptionAttention`). Why and the row conventions (decode rows P .. P+n-2, predicting
+row P-1+t): docs/PROTOCOLS.md, "What all four share".
 """
 from __future__ import annotations
 

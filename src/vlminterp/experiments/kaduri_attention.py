@@ -1,25 +1,11 @@
 """K1 (Kaduri et al.): where the generated tokens' attention goes, per layer and token group.
 
-    spec = AttentionFractionSpec(per_head=True)               # config section kaduri.attention
-    table = attention_fractions(session, images, spec)        # session: experiments.session.Session
+    table = attention_fractions(session, images, AttentionFractionSpec(per_head=True))
     summary = summarize_attention_fractions(table, seed=0)    # over images, heads averaged
 
-For each image: the unablated greedy description, then one extra forward pass recording the
-attention rows that produced the description: the prompt's last row P-1 (the prefill step, which
-produces the first token) and the generated tokens read back during decoding, P .. P+n-2 (P =
-prompt length; `description_attention` explains why that equals the per-step attention). Kaduri et al.'s
-code stores the last row of every generation step, the prefill's included
-(`include_prefill_row: true`, the default); false keeps the decode rows only. Each row's attention
-is split over the key groups KEY_GROUPS = bos, system (the rest of the system group: system
-prompt and user-role tag), image, query (user text and assistant tag) and generated (earlier
-generated tokens and the token itself); the five shares sum to 1.
-
-Table (long format, one row per image x layer x head x group):
-    image_id, layer, head (-1 = heads averaged, else the head index), group,
-    mean, std (over the image's rows; population std), n_tokens (rows: P-1 and the decode rows, or
-    the decode rows only),
-    key_share (mean over those rows of the group's share of the keys: what attention would be if
-    spread uniformly), n_generated (tokens of the description, EOS included).
+Generates each image's description, reads the attention rows that produced it in one extra
+forward pass (`description_attention`) and splits each row over the key groups KEY_GROUPS.
+Protocol and columns: docs/PROTOCOLS.md, "K1. Where the generated tokens attend".
 """
 from __future__ import annotations
 
@@ -32,6 +18,7 @@ import torch
 
 from vlminterp.experiments.description_attention import KEY_GROUPS
 from vlminterp.experiments.session import Session
+from vlminterp.specs import configured
 from vlminterp.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -41,13 +28,14 @@ MEAN_HEAD = -1
 
 
 @dataclass(frozen=True)
+@configured("kaduri.attention")
 class AttentionFractionSpec:
-    """per_head: also write one row per head; include_prefill_row: also count the prompt's last row
-    P-1, the step that produced the first generated token (as Kaduri et al.'s code), not only the
-    decode rows P .. P+n-2. The description cap is the session's (`DescribePrompt.max_new_tokens`)."""
+    """Settings of K1, config section kaduri.attention (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml); the description cap is the session's
+    (`DescribePrompt.description_tokens`)."""
 
-    per_head: bool = True
-    include_prefill_row: bool = True
+    per_head: bool
+    include_prefill_row: bool
 
 
 def key_shares(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -1,53 +1,12 @@
 """K2 (Kaduri et al.): attention knockout between token groups, descriptions scored by a judge.
 
-    spec = KnockoutSpec(window_step=4, start_layer_step=1)      # config section kaduri.knockout
-    table = group_knockouts(session, images, spec)     # one row per image x condition (session.vocabulary judges)
-    summary = summarize_knockouts(table, seed=0)                   # F1 per condition with intervals
+    table = group_knockouts(session, images, KnockoutSpec())   # one row per image x condition
+    summary = summarize_knockouts(table, seed=0)                # F1 per condition with intervals
 
-Conditions (`knockout_conditions`; every knockout blocks the keys of the IMAGE group, all heads):
-    none                     the unablated description (the judge's reference);
-    image->generated         generated tokens never see the image, every layer (decode steps only:
-                             the prefill, and hence the first generated token, is untouched);
-    image->query             the query tokens (user text + assistant tag) never see the image, every
-                             layer (prefill);
-    image->query+generated   both;
-    window a-b (target)      the target tokens (each of `window_targets`: generated, query or
-                             query+generated) see the image only in layers a..b, blocked in every
-                             other layer; [a, b] runs over a grid: a in 0, s, 2s, ...,
-                             b in s-1, 2s-1, ..., L-1 (s = window_step), a <= b;
-    fixed a-b (target)       the same for each of `fixed_windows`, [start, end) fractions of the
-                             depth (`neo_blocking.fraction_window`); the default is Kaduri et al.'s
-                             window, the image visible in layers 4-20 of LLaVA's 32 (their three
-                             `block_vis_to_{gen,query,all}_not_between_layers_4_to_20` runs);
-    after l / from l         `sweep_target` (generated, query or query+generated) blocked from the
-                             image in the layers strictly after l (`sweep_layers: after_l`, the
-                             authors' `layer_idx > l`) or from l on (`from_l`), l = 0, t, 2t, ...
-                             (t = start_layer_step); a sweep step that blocks no layer is left out.
-The defaults are the authors' semantics: windows for all three targets, the sweep blocking
-query+generated strictly after l. Their "gen" variant blocks decode steps only (the prefill
-untouched), "query" the prompt's rows after the image (the prefill), "all" both: here the targets
-generated, query and query+generated.
-All conditions of one image are ONE call of the engine (one batch, chunked at its max batch size);
-the engine computes the untouched prefix once (up to the first query position for conditions that
-touch the query, the whole prompt for the others). Decoding is greedy.
-
-Judging (offline, deterministic): the categories a description mentions (the vocabulary's names,
-plurals and synonyms; `scoring.judge`) against those of the same image's `none` description
-(precision, recall, f1, ...) and against the ground-truth categories (gt_precision, gt_recall,
-gt_f1, ...). `none` scores 1.0 against itself by construction.
-
-Chance (`chance_recall`): a description naming m distinct categories drawn uniformly from the C
-categories of the dataset, scored against a reference naming r of them, has expected recall m / C
-(each reference category is named with probability m / C), whatever r.
-
-Table columns: image_id, condition, family (none | all_layers | window | fixed_window | from_layer), target
-(generated | query | query+generated | ""), layer_start, layer_end (the layers where the image is
-blocked for all_layers/from_layer, the window where it is visible for window and fixed_window;
--1 for none),
-n_layers, description, n_generated, reference, batch_size and oom_retries (the engine batch size in
-effect when the image was done, and how many times CUDA out-of-memory halved it during that image:
-`vlminterp.batching`), the judge's SCORE_COLUMNS, then gt_ + the same columns against the
-annotations, and categories (ground truth, ";"-joined).
+Builds the knockout conditions (`knockout_conditions`), runs all conditions of one image as ONE
+engine call and scores each description with the offline judge (`scoring.judge`; the LLM judge
+is rule judge_group_knockouts_llm). Protocol, conditions, judge and columns: docs/PROTOCOLS.md,
+"K2. Attention knockout between token groups".
 """
 from __future__ import annotations
 
@@ -63,6 +22,7 @@ from vlminterp.interventions import Condition, From, Knockout
 from vlminterp.models.adapters import TokenGroups
 from vlminterp.scoring.judge import SCORE_COLUMNS, judge_table
 from vlminterp.scoring.vocabulary import SynonymVocabulary
+from vlminterp.specs import configured
 from vlminterp.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -79,22 +39,23 @@ AUTHORS_WINDOW = (0.125, 0.65625)
 
 
 @dataclass(frozen=True)
+@configured("kaduri.llm_judge")
 class LLMJudgeConfig:
     """The optional LLM judge of K2 (config section kaduri.llm_judge, beside kaduri.knockout: the
     judge is its own rule, and changing it never reruns the knockouts): `enabled` runs rule
     judge_group_knockouts_llm; `cache` is its answer cache under results/<run>/; the other fields
     are the request's (`scoring.llm_judge.LLMJudgeSpec`, built by `client_spec`)."""
 
-    enabled: bool = False
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o-2024-08-06"
-    api_key_env: str | None = "OPENAI_API_KEY"
-    seed: int = 0
-    temperature: float = 0.0
-    timeout: float = 60.0
-    retries: int = 3
-    max_tokens: int = 512
-    cache: str = "kaduri/knockout/llm_judge_cache.jsonl"
+    enabled: bool
+    base_url: str
+    model: str
+    api_key_env: str | None
+    seed: int
+    temperature: float
+    timeout: float
+    retries: int
+    max_tokens: int
+    cache: str
 
     def client_spec(self, cache_path: str | None):
         """The judge client's spec, its answers cached in `cache_path` (the run's `cache`)."""
@@ -106,20 +67,18 @@ class LLMJudgeConfig:
 
 
 @dataclass(frozen=True)
+@configured("kaduri.knockout")
 class KnockoutSpec:
-    """window_step: spacing s of the window grid (0 = no grid); window_targets: the tokens each
-    window (grid and fixed) hides the image from outside it; fixed_windows: ([start, end) fractions
-    of the depth) windows run besides the grid; start_layer_step: spacing of the sweep's l (0 = no
-    sweep); sweep_target: what the sweep blocks from the image; sweep_layers: "after_l" = layers > l
-    (the authors'), "from_l" = layers >= l. Defaults follow the authors' code (module docstring).
-    The description cap is the session's (`DescribePrompt.max_new_tokens`)."""
+    """Settings of K2, config section kaduri.knockout (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml); the description cap is the session's
+    (`DescribePrompt.description_tokens`)."""
 
-    window_step: int = 1
-    start_layer_step: int = 1
-    sweep_target: str = "query+generated"
-    window_targets: tuple[str, ...] = TARGETS
-    fixed_windows: tuple[tuple[float, float], ...] = (AUTHORS_WINDOW,)
-    sweep_layers: str = "after_l"
+    window_step: int
+    start_layer_step: int
+    sweep_target: str
+    window_targets: tuple[str, ...]
+    fixed_windows: tuple[tuple[float, float], ...]
+    sweep_layers: str
 
     def __post_init__(self):
         if self.sweep_target not in TARGETS:
@@ -198,7 +157,7 @@ def image_knockouts(session: Session, image_id: int, spec: KnockoutSpec) -> list
     """Unjudged rows of the K2 table for one image: every condition decoded as one engine batch."""
     item = session.encode(image_id)
     conditions = knockout_conditions(item.groups, session.adapter.n_layers, spec)
-    output = session.engine.generate(item.prepared, [c.condition for c in conditions], session.prompt.max_new_tokens,
+    output = session.engine.generate(item.prepared, [c.condition for c in conditions], session.prompt.description_tokens,
                                      session.eos_token_ids)
     texts = [session.decode(tokens) for tokens in output.tokens]
     reference = texts[0]

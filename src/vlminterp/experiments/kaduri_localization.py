@@ -1,51 +1,13 @@
 """K3 (Kaduri et al.): does a generated object word attend to the object, per layer?
 
-    spec = LocalizationSpec(tolerance=1, attention_row="predicting")   # config section kaduri.localization
-    table = localization(session, images, spec)      # one row per mention x layer x head (session.vocabulary)
-    per_layer = summarize_localization(table, seed=0)            # accuracy per layer with intervals
-    per_band = summarize_localization(table, band_width=8)       # ... per band of layers
+    table = localization(session, images, LocalizationSpec())   # one row per mention x layer x head
+    per_layer = summarize_localization(table, seed=0)           # accuracy per layer with intervals
+    per_band = summarize_localization(table, band_width=8)      # ... per band of layers
 
-For each image: the unablated greedy description; its object mentions, matched exactly as the
-offline judge matches them (`scoring.vocabulary`: names, plurals, synonyms), kept when the
-category is annotated in the image; the mention's first generated token. `scope` picks the
-mentions: "disappearing" (the paper's, as far as a secondary summary of it tells: the text of
-arXiv 2411.17491 could not be read here; the authors' code has no localization script) keeps
-those whose category the image->generated knockout's description (K2's condition, decoded for
-the image) no longer names, the objects the generated tokens must read from the image
-themselves; "all" keeps every mention. Every row says which (`disappears`). Its attention row over
-the image tokens (`attention_row`: "token" = the row of that token read back during decoding,
-position P+t; "predicting" = the row that produced it, P-1+t) is recorded per layer in one extra
-forward pass (`description_attention`), per head and heads averaged. The peak cell is the image token
-with the most attention. The object's cells are the tokens whose box its mask overlaps (all
-instances of the category, `min_overlap` as in `geometry.object_cells`), through the adapter's
-own per-token geometry (`adapter.image_cells`, so the same mapping the model's patches use).
-Hit: the peak token lies within Chebyshev distance `tolerance` of an object token OF THE SAME
-TILE (`geometry.token_distance`; distances never cross tiles). Single-grid families (LLaVA)
-have one tile; InternVL's high-resolution tiles and its thumbnail are separate tiles, each
-holding its own object tokens, so a peak on the object in the thumbnail is a hit as well;
-Qwen2-VL has one grid whose shape depends on the image. Chance: the share of the image's tokens
-that would be hits (the accuracy of a uniformly random peak).
-
-Table columns: image_id, mention (index within the description), category, surface, token_index,
-position (of the attention row), row_kind, disappears (the category is missing from the
-image->generated knockout's description), layer, head (-1 = heads averaged), peak_cell (image
-token index), peak_tile, peak_row, peak_col (its tile and cell in that tile's grid; tile 0 for
-LLaVA), peak_attention, image_mass (attention on all image tokens), distance (to the nearest
-object token of its tile, in cells; inf when that tile holds none), hit, n_object_cells (object
-tokens over all tiles), chance, tolerance, and the null control (`permuted_label`): the same peak
-scored against the object of ANOTHER image (permuted_image_id, permuted_category: an image of the
-dataset drawn with a generator seeded by (image id, mention), its first annotated category, by name,
-that has object tokens), hit_permuted and chance_permuted (that object's uniform-peak chance).
-Attention that does not follow the object (e.g. a peak always in the centre where objects often
-lie) scores hit_permuted above chance_permuted; NaN when the other image's token grid differs from
-this image's (tiled families).
-A mention on the description's last token under attention_row="token" has no decode row (the
-token is never read back) and is skipped (logged).
-Exclusion: a mention whose object has no object token (`geometry.object_tokens`; e.g. "object
-outside the crop": every instance lies in the part the centre crop cuts away) cannot be localized;
-it gets one row (layer -1, head -1, peak columns -1 or NaN, hit False) whose `excluded` column says
-why, and `summarize_localization` leaves it out of the accuracy and counts it (n_excluded). Other
-rows have `excluded` empty.
+Finds each description's object mentions (matched as the offline judge matches them), reads the
+attention row of each mention's first token over the image tokens per layer and scores its peak
+against the object's tokens and, as the null control, another image's object. Protocol and
+columns: docs/PROTOCOLS.md, "K3. Localization".
 """
 from __future__ import annotations
 
@@ -59,6 +21,7 @@ from vlminterp.experiments.kaduri_text import token_mentions, token_spans
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import category_mask, object_tokens, token_distance
 from vlminterp.interventions import Condition, From, Knockout
+from vlminterp.specs import configured
 from vlminterp.stats import cluster_bootstrap_ci, excluded_counts
 
 log = logging.getLogger(__name__)
@@ -73,20 +36,18 @@ MEAN_HEAD = -1
 
 
 @dataclass(frozen=True)
+@configured("kaduri.localization")
 class LocalizationSpec:
-    """tolerance: Chebyshev cells; attention_row: "token" or "predicting"; min_overlap: a cell is
-    an object cell when the mask covers more than this fraction of it; per_head: also write one
-    row per head; scope: "disappearing" = only mentions whose category the image->generated
-    knockout removes from the description, "all" = every one; band_width: layers per band of the
-    summary (`summarize_localization`). The description cap is the session's
-    (`DescribePrompt.max_new_tokens`)."""
+    """Settings of K3, config section kaduri.localization (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml); the description cap is the session's
+    (`DescribePrompt.description_tokens`)."""
 
-    tolerance: int = 1
-    attention_row: str = "predicting"
-    min_overlap: float = 0.0
-    per_head: bool = True
-    scope: str = "disappearing"
-    band_width: int = 8
+    tolerance: int
+    attention_row: str
+    min_overlap: float
+    per_head: bool
+    scope: str
+    band_width: int
 
     def __post_init__(self):
         if self.scope not in SCOPES:
@@ -188,7 +149,7 @@ def knocked_out_categories(session: Session, item) -> set[str]:
     image->generated: every layer, decode steps only)."""
     blind = Condition(knockouts=(Knockout(From(item.prompt_length), list(item.groups.image)),),
                       label="image->generated")
-    tokens = session.engine.generate(item.prepared, [blind], session.prompt.max_new_tokens,
+    tokens = session.engine.generate(item.prepared, [blind], session.prompt.description_tokens,
                                      session.eos_token_ids).tokens[0]
     return {m.category for m in session.vocabulary.find(session.decode(tokens))}
 

@@ -1,48 +1,13 @@
 """K4 (Kaduri et al.): answer new questions from a compressed cache of the describe prompt.
 
-    spec = RepromptSpec(top_k_fractions=(0.02, 0.05), questions_per_image=3)
     questions = build_pope_questions(dataset, image_ids, n_per_image=3, seed=0)
-    table = reprompting(session, images, spec, questions=questions)   # one row per question x method (x k)
-    summary = summarize_reprompting(table)                    # accuracy, POPE F1, yes-ratio, context
+    table = reprompting(session, images, RepromptSpec(), questions=questions)   # question x method (x k)
+    summary = summarize_reprompting(table)          # accuracy, POPE F1, yes-ratio, context
 
-For each image, the describe prompt (P positions) runs ONCE: its per-layer KV cache is kept and
-its greedy description is generated; one extra forward pass over the description gives the
-attention each image token received from the description's tokens (summed over the rows that
-produced them, heads averaged), per layer. Each yes/no question (POPE style,
-`data.questions.build_pope_questions`) is then appended after a cache as `continuation`
-(e.g. " USER: {question} ASSISTANT:"), positions continuing at P, and answered greedily:
-
-    full_image         no surgery: describe prompt with the image + the continuation, one ordinary
-                       input (the upper bound of every cache method below; context = P);
-    full_cache         the whole describe-prompt cache kept (must give exactly full_image's answers);
-    prompt_cache       system + query positions only ("q"): no image token;
-    image_topk         the top-k image positions of each layer only ("s"); the question continues
-                       one position after the highest position kept in any layer, as Kaduri et
-                       al.'s code does for this cache (`image_topk_positions`: "after_kept");
-    image_topk_after_prompt
-                       the same cache with the question at P, where every other cache method
-                       continues ("after_prompt"; run when listed in `image_topk_positions`);
-    prompt_image_topk  both ("qs");
-    description_text   no image and no cache: a text-only prompt with the model's own description
-                       where the image would be (`adapter.format_text_prompt`);
-    single_turn        reference, not a re-prompting method: the question asked the ordinary way, a
-                       fresh single-turn prompt with the image (context = system + image tokens).
-                       A model that never saw a second user turn (the organism) can answer this
-                       well and the continuation badly; compare full_image with it.
-k = floor(f * n_image_tokens) (at least 1) for each f in `top_k_fractions`, as the authors' code
-(`int(k * n)`: 11 and 28 of LLaVA's 576 for 2% and 5%), chosen per layer by the attention received
-during the description; the table reports f (k_fraction) and k (k_tokens).
-The cache methods answer all questions of one token length as one batch (the kept cache repeated
-per row, `InterventionEngine.continue_cache`; at most the engine's batch size per batch, halved
-on CUDA out-of-memory). `context_tokens` is the number of positions kept before the question (the cache
-width; for description_text the prompt's tokens before the question); `input_tokens` adds the
-question.
-
-Table columns: image_id, question_id, question, category, answer (truth: yes/no),
-negative_type (positive | random | popular | adversarial), method, k_fraction, k_tokens,
-context_tokens, input_tokens, response, predicted (yes | no | other), correct, batch_size and
-oom_retries (the batch size in effect when the image was done, and how many times CUDA
-out-of-memory halved it during that image: `vlminterp.batching`).
+Runs each image's describe prompt once (its KV cache kept, its description generated, the
+attention each image token received ranked per layer), builds each method's cache and answers
+the questions of one token length as one batch (`InterventionEngine.continue_cache`). Protocol,
+methods and columns: docs/PROTOCOLS.md, "K4. Re-prompting from a compressed cache".
 """
 from __future__ import annotations
 
@@ -56,6 +21,7 @@ import torch
 from vlminterp.data.questions import NEGATIVE_STRATEGIES
 from vlminterp.batching import BATCH_COLUMNS
 from vlminterp.experiments.session import Session
+from vlminterp.specs import configured
 from vlminterp.stats import cluster_bootstrap_ci
 from vlminterp.summaries import method_label
 
@@ -70,19 +36,17 @@ REPROMPT_COLUMNS = ("image_id", "question_id", "question", "category", "answer",
 
 
 @dataclass(frozen=True)
+@configured("kaduri.reprompt")
 class RepromptSpec:
-    """answer_tokens: answer cap; top_k_fractions: shares of the image tokens kept by the top-k
-    methods; questions_per_image: POPE k per image (positives and each negative type);
-    continuation: what follows a cache ("{question}" is replaced); image_topk_positions: where the
-    question continues after the top-k-only cache, one method each ("after_kept": after the
-    highest kept position, the authors' choice; "after_prompt": at the prompt's end, as the other
-    caches). The description cap is the session's (`DescribePrompt.max_new_tokens`)."""
+    """Settings of K4, config section kaduri.reprompt (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml); the description cap is the session's
+    (`DescribePrompt.description_tokens`)."""
 
-    answer_tokens: int = 4
-    top_k_fractions: tuple[float, ...] = (0.02, 0.05)
-    questions_per_image: int = 3
-    continuation: str = " USER: {question} ASSISTANT:"
-    image_topk_positions: tuple[str, ...] = ("after_kept",)
+    answer_tokens: int
+    top_k_fractions: tuple[float, ...]
+    questions_per_image: int
+    continuation: str
+    image_topk_positions: tuple[str, ...]
 
     def __post_init__(self):
         unknown = set(self.image_topk_positions) - set(TOPK_POSITION_METHODS)

@@ -22,17 +22,18 @@ from vlminterp.batching import AdaptiveBatch
 from vlminterp.geometry import check_geometry
 from vlminterp.interventions import StreamingMean
 from vlminterp.io import atomic_path
+from vlminterp.specs import configured
 
 
 @dataclass(frozen=True)
+@configured("neo.mean")
 class MeanSpec:
-    """split: the split the images come from (never the evaluation images: `mean_image_ids`);
-    max_images: images averaged over (all their image tokens); batch_size: images per forward pass
-    of the vision tower (halved on CUDA out-of-memory)."""
+    """The mean image embedding's settings, config section neo.mean (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml)."""
 
-    split: str = "train2017"
-    max_images: int = 1000
-    batch_size: int = 16
+    split: str
+    max_images: int
+    batch_size: int
 
     def __post_init__(self):
         if self.max_images < 1 or self.batch_size < 1:

@@ -3,31 +3,9 @@
     table = method_validation(ValidationTables(ablation=..., blocking=..., knockout=..., localization=...,
                                                reprompt=...), Planted("window", (1, 2), n_layers=4))
 
-An organism trained with a planted routing (``models/routing.py``) has attention edges that are
-absent by construction. What must then hold, whatever the weights learnt:
-  no-op       an intervention that blocks only edges the constraint already blocks changes nothing:
-              K2 image->generated in query_routed (every layer) and K2 windows / sweeps whose
-              blocked layers miss the band in window; N3 blocking from text positions (not the
-              last-row sets, whose queries are image tokens) in windows outside the band.
-              Passes when every image's output is unchanged (F1 vs the unablated description = 1
-              for each image, i.e. the interval is [1, 1]; N3: every drop within 1e-6).
-  destroys    an intervention that removes every route from the image to the answer leaves a
-              description that does not depend on the image: K2 image->query+generated (every
-              variant), image->query in query_routed, windows that hide the image from the query and
-              the generated tokens in every layer of the band in window. Passes when every image
-              gets the same description under it (exact: no text position reads an image token;
-              its F1 against the unablated description is then whatever a fixed description
-              scores, high in a world of few categories); without the per-image table, when the
-              upper end of the F1 interval is below DESTROYED.
-  equal       K4's prompt-only cache answers as the full image in query_routed (the continuation is
-              generated text, which never reads image tokens): passes when the full image's
-              accuracy lies in the prompt-only cache's interval (the mean of the POPE strategies).
-  none        no truth is planted (N1's object vs random ablation, K3's localization, and every
-              method on the direct organism beyond the no-route check): the measured value is
-              reported, ``passed`` is empty.
-
-Columns: routing, routing_layers, method (N1 | N3 | K2 | K3 | K4), condition, truth (in words),
-expected (no-op | destroys | equal | none), value, low, high (95% interval), n, passed, note.
+Reads the run's N1-K4 tables and checks each against what the planted routing makes true by
+construction (no-op, destroys, equal, none). The expectations, their pass rules and the columns:
+docs/PROTOCOLS.md, "Planted routings: validating the methods".
 """
 from __future__ import annotations
 

@@ -1,61 +1,12 @@
 """N1 (Neo et al.): ablate image tokens and see whether the model still identifies the object.
 
-    from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
     table = run_token_ablation(session, selection, AblationSpec(seed=0), cells=cells_by_image(table),
                                prompts=PromptSpec(), mean=load_mean_embedding(path))
-    # session: experiments.session.Session (its vocabulary judges the generative setting)
 
-Ablation replaces the post-projector embeddings at chosen image positions, before LM layer 0,
-with the mean image embedding (a streaming mean over other images, `mean_embedding`) or with zeros.
-Conditions per image (token sets over the image's tokens, `geometry.TargetCells`; for tiled
-families every tile and InternVL's thumbnail included; `condition` names them):
-  none                 the unablated run (the inclusion test);
-  object_b{b}          the target's tokens dilated b times (b in CellSpec.buffers), in every tile
-                       the object shows in: InternVL's object tokens include the thumbnail's
-                       tokens that overlap the object (`geometry.map_object_cells`);
-  random_matched_b{b}  as many random tokens as object_b{b}, drawn among the tokens outside
-                       object_b{b} itself (any tile), so the draw never touches the buffered
-                       object; skipped when fewer than |object_b{b}| tokens lie outside it;
-  random_n{n}          n random cells anywhere (n in `random_counts`, capped at the number of image
-                       tokens; duplicates after capping are dropped);
-  register             cells whose embedding's L2 norm exceeds mean + `register_std` std of the
-                       image's norms (skipped when there is none);
-  high_gradient_b{b}   the |object_b{b}| tokens of largest integrated-gradient attribution
-                       (`ig_steps` steps from a baseline with the mean vector at the image positions
-                       only; target, objective, path points and ranking: AblationSpec.ig_*, by
-                       default the authors': the "Yes" logit after the polling question, linspace
-                       points, tokens ranked by the sum of |attribution| over the hidden dimension);
-  high_gradient_n{n}   the n tokens of largest attribution, n in `random_counts` (capped), as the
-                       random sweep (the authors' sweep);
-  all_image            every image token.
-Every random draw uses a generator seeded by (seed, image_id, condition), so a row never depends
-on which other images were processed in the same call (shards equal the unsharded run).
-
-Settings (one engine call per image and setting, every condition a batch row, prefix shared):
-  generative  describe prompt, greedy up to `max_new_tokens`; success = the target's name, a
-              plural or a synonym (`scoring.vocabulary`) in the GENERATED text only, whole words;
-  polling     "Is there a {name} in this image?"; success = the answer begins with "yes" (any
-              case, whole word; an empty answer fails). Also asked about one absent category
-              (question_kind = "absent", success = the answer begins with "no") so that
-              accuracy over both kinds has a chance level of 50%;
-  vqa         the VQA question with the assistant turn primed with "It is a"; success = top-1 next
-              token is the name's first sub-token; `p_correct` = that token's probability. A target
-              whose name's first piece also begins a form (name, synonym, plural) of another
-              category (`scoring.pieces`: "carrot" and "car" both start "▁car" in Llama 2) cannot be
-              scored by one token: its VQA row is excluded (condition "none", `excluded` says why).
-Inclusion: `included` = the unablated run succeeds (target questions only); `flipped` = included
-and the ablated run fails. Every image keeps its rows whatever its inclusion. With the noising
-filter (`neo_screening`) the selection holds only images that passed it, plus question images
-kept untested (screen = "exempt"), which run the VQA setting only.
-Exclusion: a target with no object token (`excluded` in the cell table: e.g. "object outside the
-crop", an object lying wholly in the part the centre crop cuts away) is not run; it gets one row
-per setting (condition "none", never included, success False) whose `excluded` column says why,
-so the table counts it (`stats.excluded_counts`). Other rows have `excluded` empty.
-
-CUDA out-of-memory halves the engine batch or the IG batch and redoes the work
-(`vlminterp.batching`); each row records `batch_size` and `ig_batch_size` in effect when its
-image was done and `oom_retries`, the halvings during that image (0 and the configured sizes
-unless memory ran out).
+Builds each image's conditions (token sets over its image tokens, seeded per image and condition)
+and runs each setting as one engine call per image, every condition a batch row; the table has one
+row per image x setting x question kind x condition. Protocol, conditions and columns:
+docs/PROTOCOLS.md, "N1. Object-token ablation".
 """
 from __future__ import annotations
 
@@ -80,6 +31,7 @@ from vlminterp.interventions import Ablation, Condition
 from vlminterp.interventions.engine import input_gradients
 from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.pieces import first_pieces
+from vlminterp.specs import configured
 from vlminterp.summaries import flip_summary  # noqa: F401  (its summary, shared with the figures)
 
 log = logging.getLogger(__name__)
@@ -96,44 +48,26 @@ _NO = re.compile(r"^\W*no\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
+@configured("neo.ablation")
 class AblationSpec:
-    """Settings of N1 (defaults: the paper's).
+    """Settings of N1, config section neo.ablation (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml); seed: the random baselines' and the absent polling
+    category's (the run's seed)."""
 
-    replacement: "mean" (the mean image embedding) or "zero".
-    mean_vector: which mean: "run" (this run's streaming mean) or "authors" (Neo et al.'s released
-        one); the workflow hands the chosen file to the stage.
-    settings: which of "generative", "polling", "vqa" to run.
-    random_counts: sizes n of the random-token and high-gradient sweeps (capped at the number of
-        image tokens).
-    register_std: register tokens have an L2 norm above mean + this many std (within the image).
-    ig_steps, ig_batch_size: integrated-gradient steps, and how many run as one batch.
-    ig_target: what the attribution explains: "polling_yes" (the "Yes" token after the polling
-        question, the authors' code) or "vqa_answer" (the name's first token after the VQA prompt).
-    ig_objective: "logit" (the authors) or "probability" of that token at the last position.
-    ig_ranking: tokens ranked by "sum_of_abs" (sum over the hidden dimension of |attribution|, the
-        authors) or "abs_of_sum" (|signed sum|).
-    ig_points: the path's points: "linspace" (alpha = 0, 1/(steps-1), ..., 1, the authors) or
-        "midpoint" ((k + 0.5) / steps, the midpoint rule).
-    max_new_tokens: generation length of the generative setting.
-    polling_new_tokens: generation length of the polling answers.
-    batch_size: most conditions the engine runs as one batch.
-    seed: seed of the random baselines and of the absent polling category.
-    """
-
-    replacement: str = "mean"
-    mean_vector: str = "run"
-    settings: tuple[str, ...] = SETTINGS
-    random_counts: tuple[int, ...] = (5, 10, 20, 40, 60, 100, 250)
-    register_std: float = 2.0
-    ig_steps: int = 50
-    ig_batch_size: int = 10
-    ig_target: str = "polling_yes"
-    ig_objective: str = "logit"
-    ig_ranking: str = "sum_of_abs"
-    ig_points: str = "linspace"
-    max_new_tokens: int = 200
-    polling_new_tokens: int = 3
-    batch_size: int = 64
+    replacement: str
+    mean_vector: str
+    settings: tuple[str, ...]
+    random_counts: tuple[int, ...]
+    register_std: float
+    ig_steps: int
+    ig_batch_size: int
+    ig_target: str
+    ig_objective: str
+    ig_ranking: str
+    ig_points: str
+    description_tokens: int
+    answer_tokens: int
+    batch_size: int
     seed: int = 0
 
     def __post_init__(self):
@@ -284,7 +218,7 @@ def ig_target_input(session: Session, image, name: str, prompts: PromptSpec, spe
 def run_token_ablation(session: Session, selection: pd.DataFrame, spec: AblationSpec, *,
                        cells: dict[int, TargetCells], prompts: PromptSpec, mean: torch.Tensor) -> pd.DataFrame:
     """The N1 table: one row per image x setting x question kind x condition (module docstring)."""
-    engine = session.engine_for("N1 token ablation", spec.batch_size)
+    engine = session.engine  # opened with spec.batch_size (stages.token_ablation)
     ig_batches = AdaptiveBatch(spec.ig_batch_size, "N1 token ablation (integrated gradients)")
     adapter, dataset, tokenizer, vocabulary = session.adapter, session.dataset, session.tokenizer, session.vocabulary
     vector = mean if spec.replacement == "mean" else None
@@ -356,12 +290,12 @@ def run_token_ablation(session: Session, selection: pd.DataFrame, spec: Ablation
                 asked.append(("absent", absent, _NO))
             for kind, polled, expected in asked:
                 prepared = session.prepare(image, prompts.polling.format(name=polled))
-                out = engine.generate(prepared, conditions_for(prepared), spec.polling_new_tokens)
+                out = engine.generate(prepared, conditions_for(prepared), spec.answer_tokens)
                 answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
                 add_rows("polling", kind, [bool(expected.match(a)) for a in answers], answers)
         if "generative" in spec.settings and not screened_out:
             prepared = session.prepare(image, prompts.describe)
-            out = engine.generate(prepared, conditions_for(prepared), spec.max_new_tokens)
+            out = engine.generate(prepared, conditions_for(prepared), spec.description_tokens)
             answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.tokens]
             add_rows("generative", "target", [name in vocabulary.categories_in(a) for a in answers], answers)
         batching = {"batch_size": engine.batches.size, "ig_batch_size": ig_batches.size,

@@ -1,50 +1,13 @@
 """N3 (Neo et al.): block attention to the object's tokens in a window of layers.
 
-    from vlminterp.experiments.neo_blocking import BlockingSpec, layer_windows, run_attention_blocking
     windows = layer_windows(n_layers=32, spec=BlockingSpec())   # sliding (every start) + fixed
     table = run_attention_blocking(session, selection, BlockingSpec(), cells=cells_by_image(table),
-                                   prompts=PromptSpec())     # session: experiments.session.Session
+                                   prompts=PromptSpec())
 
-VQA setting of N1 (question, assistant turn primed with "It is a"). Block sets (token sets of
-`geometry.TargetCells`: every tile, InternVL's thumbnail included; the defaults are the
-authors' sets, `attention_experiment_curate.py` of clemneo/llava-interp):
-  object_b{b}        the last prompt position may not attend to the object's tokens dilated b times;
-  non_object         ... nor to any image token outside the object's tokens dilated
-                     `control_buffer` times (the control; the authors: b=1);
-  object_to_last_row the last row of image tokens may not attend to the object's tokens dilated
-                     `last_row_buffer` times (the authors: b=1): does the object's information
-                     reach the last row, next to the text, through attention? `last_row_queries`:
-                     "all" = every last-row token (the authors), "outside_object" = only those not
-                     themselves in the blocked set. For a tiled family this is the last row of the
-                     last tile in token order (InternVL: the thumbnail's);
-  image_to_last_row  the last row may not attend to any other image token (every image token
-                     except the last row): the authors' "all but the last row -> last row" set;
-  object_to_text     every text position after the image (the question, the assistant tag, the
-                     answer prefix, the last position) may not attend to the object's b=0 cells:
-                     when blocking the last position alone does nothing, this says whether the
-                     object's identity reaches the answer through the question tokens instead
-                     (not in the authors' code).
-Windows: a sliding window of `window` layers started at every layer (truncated at the top, so a
-2-layer organism still gets one window per start) and the paper's fixed windows, given as
-[start, end) fractions of the depth (`FIXED_WINDOWS`; for 32 layers exactly 0-9, 11-20, 21-31,
-5-14, 15-24, 0-31). Blocking is an explicit boolean mask in the attention function (all heads);
-blocked probabilities are exactly zero (engine tests). All windows of one image and block set
-family run as one batched engine call: the last-position sets share the whole prompt prefix (one
-token of work per condition); the sets read by the last row share the prefix up to that row.
-
-Table: one row per image x block set x window, plus the unblocked row (block_set "none"):
-image_id, annotation_id, category, block_set, window_kind (sliding | fixed | none), window
-(name), window_start, window_end (inclusive), n_layers, n_blocked (key positions), p_correct,
-correct (top-1 = the answer token), p_baseline, baseline_correct, included (= baseline_correct),
-p_top1 (the probability of the row's own top-1 token), p_top1_baseline (the unblocked run's), drop_of
-(the spec's), drop (`drop_of: correct`: p_baseline - p_correct, the correct token's probability;
-`top1`, the authors': p_top1_baseline - p_top1, each run's own top-1 probability), relative_drop
-(drop / the baseline probability it subtracts from), batch_size and oom_retries (the
-engine batch size in effect when the image was done, and how many times CUDA out-of-memory halved
-it during that image: `vlminterp.batching`), excluded (empty; for a target with no object
-token, e.g. "object outside the crop", or whose name's first piece also begins another category's
-form (`scoring.pieces`: the answer token would credit both), the reason: such a target is not run
-and has only its "none" row, never included, so the table counts it: `stats.excluded_counts`).
+Builds the block sets (token sets of `geometry.TargetCells`) and the layer windows, and runs all
+windows of one image and block-set family as one batched engine call (an explicit boolean mask
+in the attention function). Protocol, sets, windows and columns: docs/PROTOCOLS.md, "N3.
+Attention blocking".
 """
 from __future__ import annotations
 
@@ -64,6 +27,7 @@ from vlminterp.geometry import TargetCells
 from vlminterp.interventions import Condition, Knockout
 from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.pieces import first_pieces
+from vlminterp.specs import configured
 
 log = logging.getLogger(__name__)
 
@@ -100,23 +64,19 @@ class Window:
 
 
 @dataclass(frozen=True)
+@configured("neo.blocking")
 class BlockingSpec:
-    """window: layers per sliding window; fixed_windows: (name, start, end) fractions of the depth;
-    block_sets: which sets to run; control_buffer: the non_object control blocks every image token
-    outside the object dilated this many times; last_row_buffer: object_to_last_row blocks the
-    object dilated this many times; last_row_queries: "all" last-row tokens or those
-    "outside_object" (module docstring); batch_size: most conditions per engine batch;
-    drop_of: "correct" (the correct token's probability) or "top1" (the authors': each run's own
-    top-1 token's probability), base minus blocked (`summarize_blocking` says how accuracy follows)."""
+    """Settings of N3, config section neo.blocking (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml)."""
 
-    window: int = 5
-    fixed_windows: tuple[FixedWindow, ...] = FIXED_WINDOWS
-    block_sets: tuple[str, ...] = BLOCK_SETS
-    control_buffer: int = 1
-    last_row_buffer: int = 1
-    last_row_queries: str = "all"
-    batch_size: int = 64
-    drop_of: str = "correct"
+    window: int
+    fixed_windows: tuple[FixedWindow, ...]
+    block_sets: tuple[str, ...]
+    control_buffer: int
+    last_row_buffer: int
+    last_row_queries: str
+    batch_size: int
+    drop_of: str
 
     def __post_init__(self):
         if self.drop_of not in DROP_OF:
@@ -191,7 +151,7 @@ def block_sets(cells: TargetCells, spec: BlockingSpec, image_positions: np.ndarr
 def run_attention_blocking(session: Session, selection: pd.DataFrame, spec: BlockingSpec, *,
                            cells: dict[int, TargetCells], prompts: PromptSpec) -> pd.DataFrame:
     """The N3 table (module docstring)."""
-    engine = session.engine_for("N3 attention blocking", spec.batch_size)
+    engine = session.engine  # opened with spec.batch_size (stages.attention_blocking)
     adapter, dataset, tokenizer = session.adapter, session.dataset, session.tokenizer
     asked = question_image_ids(prompts)
     if asked is not None:  # the authors' design: N3 runs on the images that have a question

@@ -1,46 +1,13 @@
 """N2 (Neo et al.): the logit lens on visual tokens, with numbers instead of only pictures.
 
-    from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens
     topk, scores = run_logit_lens(session, selection, LensSpec(top_k=5), cells=cells_by_image(table),
-                                  prompts=PromptSpec())     # session: experiments.session.Session
+                                  prompts=PromptSpec())
+    by_category, null_control = summarize_lens(scores)
 
-One forward pass per image with the describe prompt (through the engine, unablated). For every
-layer output l (l = 0: the embedding output, i.e. the LM's input; l = 1..L: decoder layer l's
-output, read BEFORE the final norm by a `Capture` of resid_pre.0 and resid_post.{l-1}) and every image
-position, the final norm is applied once and then the unembedding. (HF's `last_hidden_state` is
-already normed; the capture reads the layers' raw outputs, so the last layer is normed exactly
-once: a test checks that layer L equals the model's own logits.)
-
-Tables:
-  topk    one row per image x position x layer x rank: image_id, position, tile, cell_row,
-          cell_col (the token's cell, `geometry.map_object_cells`; tile 0 for LLaVA), layer,
-          rank, token (decoded), token_id, prob, is_object (b=0 token). The format of
-          `plots.lens_html.write_lens_page`.
-  scores  one row per image x layer x region (object = the target's b=0 tokens; background = the
-          tokens outside its `background_buffer`-dilation, within each tile): n_cells and the
-          per-region means of
-            name_in_topk  a token that names the target is among the top-k tokens (the measure
-                          this run reads off the authors' pictures; the paper shows top tokens per
-                          position and gives no rate);
-            name_top1     the top-1 token over the whole vocabulary names the target;
-            name_rank1    among the category names (each by its own first piece), the target's
-                          has the largest logit (chance = 1 / n_categories);
-            name_rank     that rank (1 = best), averaged;
-            n_categories  the number of category names ranked (chance of name_rank1 = 1 / it);
-          and the same three rates against a null label (`null_category`: the category of another
-          target, the target labels permuted across the selection's images with the run's seed;
-          `null_in_topk`, `null_top1`, `null_rank1`), the control that must sit at chance.
-          A token names a category when it is one of the category's collision-free first pieces
-          (`vlminterp.scoring.pieces`: the first piece, after "It is a", of its name, a synonym or a
-          plural, unless that piece also begins a form of another category). A category left with
-          no such piece scores NaN (missing, not a miss), and is left out of the ranking.
-          Targets excluded for having no visible cell (`excluded` in the cells table) are not run.
-          name_rank1 works for the organism's word-level vocabulary of a few dozen words, where
-          name_in_topk mostly says whether the position decodes to any shape word at all.
-
-Summaries (`summarize_lens`, files beside scores.csv): `scores_by_category.csv` (per category x
-layer x region: images, mean of each measure) and `null_control.csv` (per layer x region: each
-measure beside its permuted-label control and the chance of name_rank1).
+One unablated forward pass per image; every layer's raw output at every image position (read by a
+`Capture` of resid_pre.0 and resid_post.{l-1}, so the last layer is normed exactly once) goes
+through the final norm and the unembedding. Protocol, measures and tables: docs/PROTOCOLS.md,
+"N2. Logit lens".
 """
 from __future__ import annotations
 
@@ -59,6 +26,7 @@ from vlminterp.geometry import TargetCells
 from vlminterp.interventions import Capture
 from vlminterp.scoring.pieces import first_pieces
 from vlminterp.scoring.vocabulary import SynonymVocabulary
+from vlminterp.specs import configured
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +39,14 @@ MEASURES = ["name_in_topk", "name_top1", "name_rank1"]
 
 
 @dataclass(frozen=True)
+@configured("neo.logit_lens")
 class LensSpec:
-    """top_k: tokens kept per position and layer; background_buffer: background cells lie outside
-    the object's cells dilated this many times (1 keeps the object's immediate border out);
-    html_images: interactive pages written (`write_lens_pages`: hits and misses alternately)."""
+    """Settings of N2, config section neo.logit_lens (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml)."""
 
-    top_k: int = 5
-    background_buffer: int = 1
-    html_images: int = 20
+    top_k: int
+    background_buffer: int
+    html_images: int
 
     def __post_init__(self):
         if self.top_k < 1 or self.background_buffer < 0:

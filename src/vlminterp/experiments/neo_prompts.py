@@ -4,22 +4,9 @@
     questions = vqa_questions(dataset, selection, prompts)          # image_id -> VQA question
     asked = question_image_ids(prompts)                             # None: every target
 
-VQA question source (N1's VQA setting and N3). Neo et al. released their questions
-(`data.authors_data`: one question for each of 100 COCO train2017 images; their VQA and N3 runs
-used exactly those images); the paper configs download and ask them (neo.authors_data.questions).
-Here a question is either
-  * a row of a questions file (CSV with columns image_id, question; optional annotation_id): the
-    authors' questions converted, or questions written once and kept with the run, or
-  * a template formatted with the target annotation's fields: {name} (category name),
-    {supercategory} and every key of the annotation's `attributes` (the shapes world stores the
-    object's colour there, so the default "What shape is the {color} object?" is exactly the
-    organism's training question). A template naming a field an annotation lacks is an error
-    that says to use a questions file; it never silently falls back to a generic question.
-With `vqa_images = "with_question"` (the authors' design) the VQA setting and N3 run only on the
-images the file has a question for (`question_image_ids`); N1's other settings run on every
-target, and their integrated-gradient target is asked with the template (the documented fallback).
-The assistant turn is then primed with the answer prefix ("It is a"), and the answer token is the
-first sub-token of the category name after that prefix (`models.adapters.answer_first_token`).
+A VQA question comes from a questions file or from a template over the target annotation's
+fields; a template naming a field an annotation lacks is an error. Where the questions come from
+and which images ask them: docs/PROTOCOLS.md, "Targets and object cells", VQA questions.
 """
 from __future__ import annotations
 
@@ -29,31 +16,24 @@ from dataclasses import dataclass
 import pandas as pd
 
 from vlminterp.data.coco import CocoDataset
+from vlminterp.specs import configured
 
 SETTINGS = ("generative", "polling", "vqa")
 
 
 @dataclass(frozen=True)
+@configured("neo.prompts")
 class PromptSpec:
-    """The prompts of the three settings (user text; the adapter adds the chat template).
+    """The prompts of N1-N3's settings (user text; the adapter adds the chat template): config
+    section neo.prompts (each key's type, default and meaning: workflow/schemas/config.schema.yaml)."""
 
-    describe: the generative setting's prompt.
-    polling: the polling question; {name} = the category name.
-    vqa_question: template of the VQA question over the target annotation's fields (module doc).
-    vqa_questions_file: CSV (image_id, question[, annotation_id]); overrides the template.
-    vqa_images: "all" (every target needs a question) or "with_question" (VQA and N3 run on the
-        images the file has a question for; the others take the template, for N1's IG only).
-    vqa_answer_prefix: text appended after the assistant tag (the answer's start).
-    system_prompt: optional system prompt in front of the user turn.
-    """
-
-    describe: str = "Describe this image."
-    polling: str = "Is there a {name} in this image?"
-    vqa_question: str = "What shape is the {color} object?"
-    vqa_questions_file: str | None = None
-    vqa_images: str = "all"
-    vqa_answer_prefix: str = "It is a"
-    system_prompt: str | None = None
+    describe: str
+    polling: str
+    vqa_question: str
+    vqa_questions_file: str | None
+    vqa_images: str
+    vqa_answer_prefix: str
+    system_prompt: str | None
 
     def __post_init__(self):
         if self.vqa_images not in ("all", "with_question"):

@@ -1,41 +1,13 @@
 """Neo et al.'s noising filter: keep a target only if the model names it and stops naming it once
 the object's pixels are noise.
 
-    from vlminterp.experiments.neo_screening import ScreeningSpec, candidate_spec, screen_targets
     candidates = select_targets(dataset, candidate_spec(selection_spec, ScreeningSpec(enabled=True)))
-    selection, screening = screen_targets(model, processor, adapter, dataset, candidates,
-                                          prompts=PromptSpec(), vocabulary=vocabulary,
-                                          cell_spec=CellSpec(), spec=ScreeningSpec(enabled=True),
-                                          max_images=1000)
+    selection, screening = screen_targets(session, candidates, ScreeningSpec(enabled=True),
+                                          prompts=PromptSpec(), cell_spec=CellSpec(), max_images=1000)
 
-The authors' N1 script (`scripts/ablation_experiment.py` of clemneo/llava-interp) walks the
-qualifying images in the annotation file's order and keeps an image only when (a) the unablated
-model's description names the object and (b) the description of the same image with the object's
-b=0 cells replaced by random noise does not; it stops at 1000 kept images. Here:
-
-  * the test: `setting` "generative" (the authors: describe prompt, `max_new_tokens`, success =
-    the name, a plural or a synonym in the generated text, `scoring.vocabulary`) or "polling"
-    (the polling question, success = the answer begins with "yes");
-  * the noise (`noise_object`): every pixel of the ORIGINAL image that meets an object token's box
-    ("cells", the authors' region; the boxes are the adapter's exact geometry, so the region is
-    the b=0 tokens' footprint through the crop or pad) or every mask pixel ("mask"), replaced by
-    uniform random RGB values, seeded by (seed, image_id);
-  * the candidates: `until_included` off = the selection's sample of `max_images` candidates, then
-    the test (fewer than `max_images` targets remain); on = every qualifying image
-    (`max_candidates` caps them) in `order` ("file": the annotation file's order, the authors';
-    "seeded": a seeded permutation), tested one by one until `max_images` targets are kept;
-  * question images (`exempt`, the authors' 100 VQA / N3 images, `include_question_images`) are kept
-    without the test when `exempt_question_images` (the authors' VQA and N3 script applies no noise
-    test), count towards `max_images`, and run only N1's VQA setting (their generative and polling
-    runs used screened images only);
-  * a target with no object token (e.g. outside the crop) cannot be noised: status "excluded",
-    not kept (the authors skipped such targets before the test).
-
-Outputs: the kept rows of the candidate table (selection columns + `screen`: "passed" or
-"exempt"), in image-id order as every selection table; and the screening table, one row per
-candidate: order (its place in the walk), image_id, annotation_id, category, status ("passed",
-"exempt", "failed_unablated", "failed_noised", "excluded", "not_tested" after the walk stopped),
-baseline_success, noised_success, baseline_answer, noised_answer.
+Walks the candidates, tests each (unablated, then with the noised object), and returns the kept
+targets and one screening row per candidate. Protocol and departures: docs/PROTOCOLS.md, "Targets
+and object cells", the noising filter.
 """
 from __future__ import annotations
 
@@ -54,6 +26,7 @@ from vlminterp.experiments.neo_prompts import PromptSpec
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import CellSpec, check_geometry, image_object_tokens
 from vlminterp.interventions import Condition
+from vlminterp.specs import configured
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +38,19 @@ SCREENING_COLUMNS = ["order", "image_id", "annotation_id", "category", "status",
 
 
 @dataclass(frozen=True)
+@configured("neo.screening")
 class ScreeningSpec:
-    """neo.screening: the noising filter (module docstring; defaults: off, the authors' choices when on).
+    """The noising filter's settings, config section neo.screening (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml); seed: the noise's and the walk's (the run's seed)."""
 
-    enabled: run the filter; until_included: walk the candidates until `max_images` targets are
-    kept (else screen the sampled selection); max_candidates: most candidates of that walk (None:
-    every qualifying image); order: "file" or "seeded"; setting: "generative" or "polling";
-    noise_region: "cells" or "mask"; exempt_question_images: keep the VQA question images
-    untested; max_new_tokens: generation length of the test; seed: seed of the noise and the order.
-    """
-
-    enabled: bool = False
-    until_included: bool = False
-    max_candidates: int | None = None
-    order: str = "file"
-    setting: str = "generative"
-    noise_region: str = "cells"
-    exempt_question_images: bool = True
-    max_new_tokens: int = 200
+    enabled: bool
+    until_included: bool
+    max_candidates: int | None
+    order: str
+    setting: str
+    noise_region: str
+    exempt_question_images: bool
+    description_tokens: int
     seed: int = 0
 
     def __post_init__(self):
@@ -92,8 +60,8 @@ class ScreeningSpec:
                 raise ValueError(f"neo.screening.{key} must be one of {allowed}, got {value!r}")
         if self.max_candidates is not None and self.max_candidates < 1:
             raise ValueError(f"neo.screening.max_candidates must be >= 1 or null, got {self.max_candidates}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"neo.screening.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.description_tokens < 1:
+            raise ValueError(f"neo.screening.description_tokens must be >= 1, got {self.description_tokens}")
 
 
 def candidate_spec(selection: SelectionSpec, spec: ScreeningSpec) -> SelectionSpec:
@@ -180,11 +148,11 @@ def screen_targets(session: Session, candidates: pd.DataFrame, spec: ScreeningSp
 
     adapter, dataset, tokenizer, vocabulary = session.adapter, session.dataset, session.tokenizer, session.vocabulary
     check_geometry(adapter, cell_spec.geometry, "screen_targets")
-    engine = session.engine_for("N1 noising filter", 1)
+    engine = session.engine  # one condition per call
 
     def names_object(image: Image.Image, name: str) -> tuple[bool, str]:
         text = prompts.describe if spec.setting == "generative" else prompts.polling.format(name=name)
-        out = engine.generate(session.prepare(image, text), [Condition()], spec.max_new_tokens)
+        out = engine.generate(session.prepare(image, text), [Condition()], spec.description_tokens)
         answer = tokenizer.decode(out.tokens[0], skip_special_tokens=True).strip()
         success = name in vocabulary.categories_in(answer) if spec.setting == "generative" else bool(_YES.match(answer))
         return success, answer

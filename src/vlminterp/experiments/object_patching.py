@@ -1,28 +1,13 @@
 """Cross-image activation patching of object tokens: does image B's answer become image A's object
-when B's object tokens carry A's object at layer l? (the protocol: below.)
+when B's object tokens carry A's object at layer l?
 
     table = patching_stage(session=..., spec={}, prompts=..., selection="neo/selection.csv",
                            cells="neo/cells.csv", seed=0)
     summary, by_category = summary_stage(table=table_path, seed=0)
 
-Targets are the Neo targets (selection and cell tables). A target is excluded, with its reason in
-`excluded` (one row), when its object has no token (the cell table's reason), when its category's
-name has no first piece of its own (`scoring.pieces`, the rule N1's VQA and N3 apply: a piece that
-begins forms of two or more categories credits none), or when no eligible target of another
-category exists. In a seeded order, each eligible target B (`n_pairs` of them, every one when
-None) is paired with one source A of each other eligible category (the next such target in that
-order) and a control C of its own category (the next one, where there is one). B is asked its VQA
-question (neo.prompts) with the answer prefix; for each decoder layer l, every token of B's object
-(cells with buffer 0) gets at `resid_post.{l}`:
-  object        the mean of A's object tokens there (`interventions.Patch`);
-  same_object   the mean of C's object tokens (control: the object is still B's kind);
-  background    the mean of A's non-object image tokens (control: as many tokens changed, no object).
-The readout is N1's: the top-1 next token is `becomes_source` when it is the first piece of A's
-category name, `keeps_target` when of B's; `p_source` / `p_target` are those pieces' probabilities.
-One row per pair (B, A) x condition x layer (`patched_from`: the image written from, A or C; the
-same_object and unpatched rows repeat for each A of B), plus the unpatched row (condition "none",
-layer -1, patched_from -1). `n_categories`: the eligible categories, among which a guess is right
-with probability 1 / n_categories (the summaries' `chance`).
+Pairs the Neo targets, patches B's object tokens at every layer (`interventions.Patch`) and reads
+the VQA answer's top-1 token. Protocol and columns: docs/PROTOCOLS.md, "Cross-image object
+patching".
 """
 from __future__ import annotations
 
@@ -32,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vlminterp.specs import configured
+
 COLUMNS = ["target_image_id", "target_category", "source_image_id", "source_category", "condition", "patched_from",
            "layer", "n_patched", "answer", "becomes_source", "keeps_target", "p_source", "p_target", "n_categories",
            "excluded"]
@@ -40,14 +27,14 @@ MEASURES = ("becomes_source", "keeps_target")
 
 
 @dataclass(frozen=True)
+@configured("patching")
 class PatchingSpec:
-    """enabled: in the default target; n_pairs: target images B studied (each with a source A of
-    every other category and a control C), None for every eligible target; batch_size: conditions
-    per engine batch; seed: the pairing's shuffle (the run's seed)."""
+    """Settings of the object patching, config section patching (types, defaults, meanings:
+    workflow/schemas/config.schema.yaml); seed: the pairing's shuffle (the run's seed)."""
 
-    enabled: bool = True
-    n_pairs: int | None = None
-    batch_size: int = 16
+    enabled: bool
+    n_pairs: int | None
+    batch_size: int
     seed: int = 0
 
     def __post_init__(self):
@@ -84,7 +71,7 @@ def run_patching(session, selection: pd.DataFrame, spec: PatchingSpec, *, cells:
     from vlminterp.interventions import Condition, Patch, record_site
     from vlminterp.scoring.pieces import first_pieces
 
-    engine = session.engine_for("object patching", spec.batch_size)
+    engine = session.engine  # opened with spec.batch_size (patching_stage)
     adapter, dataset, tokenizer = session.adapter, session.dataset, session.tokenizer
     pieces = first_pieces(tokenizer, session.vocabulary, prompts.vqa_answer_prefix, dataset.category_names().values())
     reasons = [cells[int(i)].excluded or pieces.name_piece_problem(str(c))
@@ -208,10 +195,12 @@ def patching_stage(*, session: dict, spec: dict, prompts: dict, selection, cells
     from vlminterp.io import read_table
     from vlminterp.specs import build_spec
 
-    opened = Session.open(build_spec(StageConfig, {**session, "stage": "object patching"}, where="session"))
+    patching = build_spec(PatchingSpec, spec, where="patching", seed=seed)
+    opened = Session.open(build_spec(StageConfig, {**session, "stage": "object patching",
+                                                   "batch_size": patching.batch_size}, where="session"))
     prompt_spec = build_spec(PromptSpec, prompts, where="neo.prompts",
                              **({"vqa_questions_file": str(questions)} if questions else {}))
-    return run_patching(opened, read_table(selection), build_spec(PatchingSpec, spec, where="patching", seed=seed),
+    return run_patching(opened, read_table(selection), patching,
                         cells=cells_by_image(read_table(cells)), prompts=prompt_spec)
 
 

@@ -5,44 +5,9 @@
     table = paper_comparison(tables, model="llava-hf/llava-1.5-7b-hf", organism=False, seed=0)
     breakdown = by_category(tables, seed=0)
 
-One row per headline claim of Neo et al. (N1) and Kaduri et al. (K2-K4): what the paper reports
-(its model, setting and number, or the claim in words where it gives no number), WHERE it reports
-it (`source`: the paper's abstract, section, table or figure; "unsourced: ..." when no primary
-source could be checked), and this run's number read from its own tables the same way its
-summaries compute it (`neo_ablation.flip_summary`, `kaduri_knockout.summarize_knockouts`,
-`kaduri_localization.summarize_localization`, `kaduri_reprompt.summarize_reprompting`).
-Numbers are fractions (the papers' percentages / 100). A run's value is NaN, with a note saying
-why, when its tables hold no such condition or its model has no layer in a paper's band of depth.
-
-Inputs (RunTables): N1's ablation.csv, K2's judged descriptions.csv (one row per image x
-condition; the LLM judge's table too when it ran), K3's peaks.csv and K4's answers.csv (one row per
-question x method), and N1's synonym vocabulary (its generative control reads the descriptions).
-
-- N1: flip rates of the object tokens and the count-matched baselines per setting (buffer 1 when the
-  run has it). Controls: polling, always-yes / always-no on the unablated polling questions (the
-  target, "yes", and one absent category, "no", per image); generative, each row's condition
-  scored against another image's target (`controls.permuted_mention_flips`, the stage's vocabulary
-  reading the descriptions), whose chance is the count-matched random tokens' rate on the same
-  pairs (random_n{n} of the nearest count where the run has no count-matched draw); VQA, the run's image-blind answerer (`all_image`) against the answer prior
-  (`controls.image_blind_vqa`).
-- K2: the judge that produced the value is named in `measure`: with the LLM judge's table, its F1
-  (the paper's judge lists free-form objects, as an LLM does); otherwise the offline judge's F1
-  over the dataset's categories, which is NOT the paper's quantity (said in `measure` and `note`).
-  Control: the category-blind F1 (`controls.category_blind_f1`).
-- K3: accuracy over the run's layers lying in the same fraction of the depth as each paper band;
-  control: the same peaks scored against another image's object (permuted labels,
-  `kaduri_localization.permuted_label`), which must come out at that object's uniform-peak chance.
-- K4: each POPE strategy (balanced: as many "yes" as "no" per image, no question twice) and
-  their mean, never the pooled set; "full image" is the run's `single_turn` method (the question
-  asked on its own with the image, as the authors ask it), not the describe-then-ask continuation;
-  intervals resample images. Control: the best of always-yes / always-no / answer prior
-  (`controls.best_blind`).
-
-Columns: COLUMNS. paper_value is the paper's number; relation says how the paper states it ("="
-a number, ">" a lower bound, "~" read off a figure, "" a claim in words); control,
-control_value, control_low, control_high, chance (what the control must give when nothing leaks)
-and flag (`controls.flag`: "control_off_chance" = not publishable as a finding, "at_control" =
-the value cannot be told from its control).
+One row per headline claim of Neo et al. (N1) and Kaduri et al. (K2-K4), this run's number read
+from its own tables as its summaries compute it. Claims, sources, controls and columns:
+docs/PROTOCOLS.md, the paper comparison.
 """
 from __future__ import annotations
 

@@ -4,11 +4,11 @@ split and the vocabulary, opened once from a typed `StageConfig`. Every stage th
 
     config = build_spec(StageConfig, {"model": {"id_or_path": "results/run/model"},
                                       "dataset_dir": "results/run/data/shapes", "split": "val",
-                                      "prompt": {"max_new_tokens": 40}, "vocabulary": "shapes"},
+                                      "prompt": {"description_tokens": 40}, "vocabulary": "shapes"},
                         where="session")
     session = Session.open(config)                    # the one place a stage loads its model
     item = session.encode(image_id)                   # the describe prompt of one image, prepared
-    generated = session.describe(item)                # greedy, up to prompt.max_new_tokens
+    generated = session.describe(item)                # greedy, up to prompt.description_tokens
     attention = session.description_attention(item, generated)      # the rows that produced it
     prepared = session.prepare(image, "What shape is the red object?", answer_prefix="It is a")
     session.adapter, session.engine, session.dataset, session.vocabulary, session.tokenizer
@@ -29,27 +29,30 @@ from vlminterp.interventions import InterventionEngine, PreparedInput
 from vlminterp.models.adapters import TokenGroups, VLMAdapter, adapter_for
 from vlminterp.models.loading import ModelSpec, load_adapter
 from vlminterp.scoring.vocabulary import SynonymVocabulary, load_vocabulary
+from vlminterp.specs import configured
 
 @dataclass(frozen=True)
+@configured("kaduri", keys={"text": "prompt", "system_prompt": "system_prompt", "geometry": "geometry", "description_tokens": "description_tokens"})
 class DescribePrompt:
     """How the session shows an image and formats a prompt, and the describe prompt itself.
 
     text: user text of the describe prompt (K1-K4); system_prompt: put before the user turn (None:
     the template's default, "" = none); geometry: how an image becomes the model input ("crop",
-    "pad", "resize"; None: the family's default); max_new_tokens: greedy description length cap.
+    "pad", "resize"; None: the family's default); description_tokens: greedy description length cap.
     """
 
-    text: str = "Describe this image."
-    system_prompt: str | None = None
-    geometry: str | None = None
-    max_new_tokens: int = 300
+    text: str
+    system_prompt: str | None
+    geometry: str | None
+    description_tokens: int
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.description_tokens < 1:
+            raise ValueError(f"description_tokens must be >= 1, got {self.description_tokens}")
 
 
 @dataclass(frozen=True)
+@configured("kaduri", keys={"batch_size": "batch_size"})
 class StageConfig:
     """What a model stage opens: the model (`ModelSpec`), the dataset split, the prompt format, the
     synonym vocabulary (packaged name or YAML path, extended by the dataset's categories; None:
@@ -60,7 +63,7 @@ class StageConfig:
     split: str
     prompt: DescribePrompt = DescribePrompt()
     vocabulary: str | None = None
-    batch_size: int = 64
+    batch_size: int
     stage: str = "intervention engine"
 
 
@@ -137,10 +140,6 @@ class Session:
         """Every id that ends an answer (the adapter's: text and generation config)."""
         return self.adapter.eos_token_ids
 
-    def engine_for(self, stage: str, batch_size: int) -> InterventionEngine:
-        """An engine over the same model with its own batch size (a Neo stage's spec.batch_size)."""
-        return InterventionEngine(self.adapter.model, self.adapter, max_batch_size=batch_size, stage=stage)
-
     # ---- prompts --------------------------------------------------------------------------------------
     def prepare(self, image, text: str, *, answer_prefix: str | None = None) -> PreparedInput:
         """One image and one user text in the model's chat format (the session's system prompt and
@@ -185,7 +184,7 @@ class Session:
     # ---- generation -----------------------------------------------------------------------------------
     def describe(self, item: EncodedImage) -> list[int]:
         """The unablated greedy description (token ids, EOS included when produced)."""
-        return self.engine.generate(item.prepared, [None], self.prompt.max_new_tokens, self.eos_token_ids).tokens[0]
+        return self.engine.generate(item.prepared, [None], self.prompt.description_tokens, self.eos_token_ids).tokens[0]
 
     def description_attention(self, item: EncodedImage, generated: Sequence[int], image_rows: Sequence[int] = ()):
         """The attention of the rows P-1 .. P+n-2 that produced `generated`, reduced per layer

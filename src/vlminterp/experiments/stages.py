@@ -26,9 +26,11 @@ PathLike = str | os.PathLike
 Section = Mapping[str, Any]
 
 
-def open_session(session: Section, stage: str) -> Session:
-    """The session of a stage from StageConfig's keyword arguments."""
-    return Session.open(build_spec(StageConfig, {**session, "stage": stage}, where="session"))
+def open_session(session: Section, stage: str, batch_size: int | None = None) -> Session:
+    """The session of a stage from StageConfig's keyword arguments; its engine, the stage's only
+    one, runs `batch_size` rows at most (the stage's spec.batch_size; default: the session's)."""
+    sized = {"batch_size": batch_size} if batch_size is not None else {}
+    return Session.open(build_spec(StageConfig, {**session, "stage": stage, **sized}, where="session"))
 
 
 # ---- Neo et al. (N1-N3) ---------------------------------------------------------------------------
@@ -78,13 +80,14 @@ def screen_targets(*, session: Section, screening: Section, prompts: Section, ce
                max_images=max_images, exempt=exempt)
 
 
-def _neo_shard(session: Section, stage: str, selection: PathLike, cells: PathLike, shard: str, images_per_shard: int):
+def _neo_shard(session: Section, stage: str, selection: PathLike, cells: PathLike, shard: str, images_per_shard: int,
+               batch_size: int | None = None):
     """(session, this shard's targets, their cells by image) of a per-image Neo stage."""
     from vlminterp.geometry import cells_by_image
 
     targets = shard_rows(read_table(selection), shard, images_per_shard)
     table = read_table(cells)
-    return (open_session(session, stage), targets,
+    return (open_session(session, stage, batch_size), targets,
             cells_by_image(table[table["image_id"].isin(targets["image_id"])]))
 
 
@@ -106,7 +109,8 @@ def token_ablation(*, session: Section, spec: Section, prompts: Section, selecti
     from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
 
     ablation = build_spec(AblationSpec, spec, where="neo.ablation", seed=seed)
-    opened, targets, target_cells = _neo_shard(session, "N1 token ablation", selection, cells, shard, images_per_shard)
+    opened, targets, target_cells = _neo_shard(session, "N1 token ablation", selection, cells, shard, images_per_shard,
+                                               ablation.batch_size)
     return run_token_ablation(opened, targets, ablation, cells=target_cells, prompts=_prompts(prompts, questions),
                               mean=load_mean_embedding(mean))
 
@@ -134,7 +138,7 @@ def attention_blocking(*, session: Section, spec: Section, prompts: Section, sel
 
     blocking = build_spec(BlockingSpec, spec, where="neo.blocking")
     opened, targets, target_cells = _neo_shard(session, "N3 attention blocking", selection, cells, shard,
-                                               images_per_shard)
+                                               images_per_shard, blocking.batch_size)
     return run_attention_blocking(opened, targets, blocking, cells=target_cells,
                                   prompts=_prompts(prompts, questions))
 

@@ -29,23 +29,20 @@ from .boxes import mask_tokens
 from .grid import cells_to_positions
 from .patch_grid import GEOMETRIES
 from .tokens import ImageCells, TokenLayout
+from vlminterp.specs import configured
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+@configured("neo.cells")
 class CellSpec:
-    """How a target's mask becomes image-token cells (config section neo.cells).
+    """How a target's mask becomes image-token cells, config section neo.cells (types, defaults,
+    meanings: workflow/schemas/config.schema.yaml)."""
 
-    geometry: "crop" (HF LLaVA-1.5 processor) or "pad" (original LLaVA code), LLaVA only; "resize"
-        (the whole image resized: InternVL, Qwen2-VL, whose only geometry it is).
-    min_overlap: a cell is an object cell when its covered fraction is strictly above this.
-    buffers: the dilation amounts b studied (object cells dilated b times, 8-neighbourhood).
-    """
-
-    geometry: str = "crop"
-    min_overlap: float = 0.0
-    buffers: tuple[int, ...] = (0, 1, 2)
+    geometry: str
+    min_overlap: float
+    buffers: tuple[int, ...]
 
     def __post_init__(self):
         if self.geometry not in GEOMETRIES:

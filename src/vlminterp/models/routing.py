@@ -5,11 +5,8 @@ construction, how the image reaches the answer (issue #24; docs/PROTOCOLS.md).
     model = build_model(spec, ...)                       # config.vlminterp_routing + the constraint
     blocked = constraint_blocked(language_model, layer, q_slots, num_keys, batch)   # engine's AND
 
-Variants (``ROUTINGS``):
-  direct        no constraint (the default organism; nothing is installed).
-  query_routed  generated tokens (the answer: every slot from the prompt's end on) never attend to
-                image tokens, in any layer; the image reaches the answer only through the prompt.
-  window        text tokens attend to image tokens only in the layers ``routing_layers``.
+The variants (``ROUTINGS``: direct, query_routed, window) and what each method must then find:
+docs/PROTOCOLS.md, "Planted routings: validating the methods".
 
 The constraint is part of the model: ``build_model`` writes it to ``config.vlminterp_routing`` (saved
 with ``save_pretrained``) and ``install_routing`` (called by ``build_model`` and ``load_model``)

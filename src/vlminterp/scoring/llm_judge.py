@@ -8,17 +8,10 @@
         judge.score("A dog.", "A puppy on a sofa.")         # -> Score(precision=1.0, recall=0.5, ...)
         table = judge.judge_table(df, "description", "reference")
 
-Protocol. For each description, one call to an OpenAI-compatible endpoint
-(``POST {base_url}/chat/completions`` with model, messages, temperature, seed, max_tokens) asks
-for the physical objects the description says are in the image, as a JSON array of strings.
-The first JSON array of strings in the answer is taken (prose or code fences around it are
-tolerated). The two lists are then matched here, not by a second LLM call: each listed object
-is mapped to the vocabulary categories it mentions ("wooden dining table" -> dining table,
-"puppies" -> dog); an object naming no category is kept as its normalised text (lower case,
-leading article dropped), and two such texts match when equal or when one is a regular plural
-of the other (``mentions.plural_forms``). Precision/recall/F1 and the 0/0 conventions are the
-offline judge's (``judge.score_sets``). Synonyms outside the vocabulary ("car" vs "vehicle")
-do not match: that is the price of a deterministic, auditable matching step.
+One request per description (``POST {base_url}/chat/completions``) asks for its objects as a JSON
+array of strings; the first such array in the answer is taken, and the two lists are matched here
+(``judge.score_sets``). The protocol: docs/PROTOCOLS.md, "K2. Attention knockout between token
+groups", the judge.
 
 The API key. ``api_key_env`` is the NAME of an environment variable; the key is read from it at
 each request, sent only in the Authorization header, and never kept on an object, logged,

@@ -6,20 +6,10 @@
     pieces.name_piece["circle"]  # the name's own first piece, or None where it is shared
     pieces.shared                # token id -> the categories whose forms all begin with it
 
-A readout that scores a token (the logit lens's top-k, a VQA answer's top-1) reads only the first
-sub-word piece of a word: the piece the word adds after ``prefix`` (`answer_first_token`). Such a
-piece can begin words of several categories: the organism's SentencePiece model splits "disc"
-(a circle synonym) and "diamond" both into a first piece ``▁d``; Llama 2 splits "giraffe" into
-``▁g ira ffe``, and ``▁g`` also begins "goat" (sheep) and "grizzly" (bear).
-
-The rule, one for every readout: take every surface form of every category of the vocabulary
-(the category's name, its synonyms, and, where the vocabulary adds plurals, the regular plurals
-of both; ignored phrases name nothing and take no part). The unknown token and a piece with no text but a word boundary (a bare ``▁``, the first
-piece of a word the tokenizer splits letter by letter) credit nothing. A piece that begins the forms of two or
-more categories is *shared* and credits none of them. A category keeps the pieces that begin
-only its own forms; a category left with no piece cannot be scored by first piece (a readout
-reports it as missing, never as a miss). ``name_piece`` is the category name's own first piece
-where that piece is not shared (the one piece a VQA answer or a category ranking reads).
+One rule for every readout that scores a token (the logit lens's top-k, a VQA answer's top-1):
+the first piece each form of each category adds after ``prefix`` credits that category unless it
+also begins another category's form. The rule and its edge cases: docs/PROTOCOLS.md, "N2. Logit
+lens", first pieces without collisions.
 """
 from __future__ import annotations
 

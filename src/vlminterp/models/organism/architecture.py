@@ -22,10 +22,11 @@ from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from vlminterp.models.llava_config import llava_config, num_image_tokens  # noqa: F401 (part of this API)
 
-from vlminterp.specs import check_fields
+from vlminterp.specs import check_fields, configured
 
 
 @dataclass(frozen=True)
+@configured("model.organism")
 class OrganismSpec:
     """Architecture sizes, tokenizer and the staged training recipe of the model organism (LLaVA's).
 
@@ -43,76 +44,49 @@ class OrganismSpec:
     The tokenizer is a SentencePiece BPE model trained on the world's text before stage 0
     (``tokenizer.train_sentencepiece``), pieces at most ``tokenizer_max_piece_length`` characters.
 
-    Attributes:
-        seed: seeds initialisation, data order and polling negatives; same seed, same weights (CPU).
-        patch_size: vision patch side in pixels; must divide the world's image size.
-        vision_hidden_size / vision_layers / vision_heads / vision_intermediate_size: CLIP tower.
-        text_hidden_size / text_layers / text_heads / text_intermediate_size: Llama LM.
-        max_position_embeddings: longest sequence the LM supports (image tokens + text).
-        vision_initializer_range: std of the tower's weight init (CLIP's default is 0.02).
-        text_initializer_range: std of the LM/projector init; 0.07 (not Llama's 0.02) lets the LM
-            leave the "ignore the image" loss plateau sooner.
-        tokenizer_vocab_size: most pieces of the SentencePiece model (256 byte pieces included).
-        tokenizer_max_piece_length: longest piece in characters ("▁" included): 5 splits
-            "circle", "square", "green", ... into several pieces and keeps "red", "star" whole.
-        vision_steps / vision_batch_size / vision_lr: stage 0.
-        patch_pair_target: stage 0 also predicts the joint (shape, colour) class of each patch.
-        text_steps / text_batch_size / text_lr: stage 1 (documents per step).
-        align_steps / align_batch_size / align_lr: stage 2 (images per step).
-        language_steps / language_batch_size / language_lr: stage 3.
-        tower_lr_scale: stage-3 learning-rate multiplier of the vision tower (0 = frozen).
-        warmup_steps: linear warm-up at the start of each stage, then cosine decay to 10%.
-        weight_decay: AdamW weight decay (all stages).
-        grad_clip: gradient-norm clip (all stages).
-        task_weights: relative sampling frequency of each task in stage 3, as (task, weight) pairs.
-        log_every: record the loss table every this many steps.
-        num_threads: torch CPU threads used by training.
-        max_train_images: use only the first N training images (None = all).
-        routing: the planted attention constraint of the language model (``routing.ROUTINGS``):
-            "direct" (none, the default), "query_routed" (generated tokens never attend to image
-            tokens) or "window" (text attends to image tokens only in ``routing_layers``).
-        routing_layers: the language-model layers (0-based) where text may attend to image tokens
-            under "window"; must be empty for the other routings.
+    Config section model.organism (types, defaults, meanings: workflow/schemas/config.schema.yaml);
+    seed: initialisation, data order and polling negatives (same seed, same weights on the CPU);
+    num_threads: torch CPU threads of the training.
     """
 
     seed: int = 0
-    patch_size: int = 16
-    vision_hidden_size: int = 128
-    vision_layers: int = 2
-    vision_heads: int = 4
-    vision_intermediate_size: int = 256
-    text_hidden_size: int = 128
-    text_layers: int = 4
-    text_heads: int = 8
-    text_intermediate_size: int = 256
-    max_position_embeddings: int = 256
-    vision_initializer_range: float = 0.02
-    text_initializer_range: float = 0.07
-    tokenizer_vocab_size: int = 512
-    tokenizer_max_piece_length: int = 5
-    vision_steps: int = 200
-    vision_batch_size: int = 64
-    vision_lr: float = 2e-3
-    patch_pair_target: bool = False
-    text_steps: int = 300
-    text_batch_size: int = 64
-    text_lr: float = 2e-3
-    align_steps: int = 150
-    align_batch_size: int = 64
-    align_lr: float = 2e-3
-    language_steps: int = 1000
-    language_batch_size: int = 64
-    language_lr: float = 2e-3
-    tower_lr_scale: float = 0.0
-    warmup_steps: int = 30
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    task_weights: tuple[tuple[str, float], ...] = (("describe", 1.0), ("polling", 2.0), ("color", 1.0), ("shape", 1.0))
-    log_every: int = 10
+    patch_size: int
+    vision_hidden_size: int
+    vision_layers: int
+    vision_heads: int
+    vision_intermediate_size: int
+    text_hidden_size: int
+    text_layers: int
+    text_heads: int
+    text_intermediate_size: int
+    max_position_embeddings: int
+    vision_initializer_range: float
+    text_initializer_range: float
+    tokenizer_vocab_size: int
+    tokenizer_max_piece_length: int
+    vision_steps: int
+    vision_batch_size: int
+    vision_lr: float
+    patch_pair_target: bool
+    text_steps: int
+    text_batch_size: int
+    text_lr: float
+    align_steps: int
+    align_batch_size: int
+    align_lr: float
+    language_steps: int
+    language_batch_size: int
+    language_lr: float
+    tower_lr_scale: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    task_weights: tuple[tuple[str, float], ...]
+    log_every: int
     num_threads: int = 2
-    max_train_images: int | None = None
-    routing: str = "direct"
-    routing_layers: tuple[int, ...] = ()
+    max_train_images: int | None
+    routing: str
+    routing_layers: tuple[int, ...]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_weights", tuple((str(t), float(w)) for t, w in dict(self.task_weights).items()))
