@@ -7,8 +7,10 @@ script (workflow/scripts/run_stage.py), the GPU smoke benchmark and the SLURM te
 the rules themselves stay explicit in workflow/rules/ (tests/unit/test_stage_registry.py ties the two).
 
 Adding an experiment: its module, its rule(s) in a .smk file (included by the Snakefile), its
-config section in the schema, and one `Stage` here (experiments/object_patching.py is an example).
-Imports nothing heavy (the Snakefile reads it): specs and functions are named, resolved on use.
+config section in the schema, its spec in a light module (no torch, no transformers: the config
+checks build it at every Snakemake start; experiments/patching_specs.py), and one `Stage` here
+(experiments/object_patching.py is an example). Imports nothing heavy (the Snakefile reads it):
+specs and functions are named, resolved on use; tests/unit/test_light_imports.py checks both.
 """
 from __future__ import annotations
 
