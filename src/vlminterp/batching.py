@@ -26,8 +26,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-import torch
-
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
@@ -43,6 +41,8 @@ class BatchOutOfMemoryError(RuntimeError):
 
 def free_cuda_cache() -> None:
     """Return cached CUDA blocks to the allocator (no-op without CUDA)."""
+    import torch  # here, not at the top: the tables' modules import BATCH_COLUMNS without torch
+
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -63,6 +63,8 @@ class AdaptiveBatch:
         """`work` on consecutive chunks of at most `size` items (and at most `limit`, when given),
         yielding each chunk's result in order; a chunk that runs out of CUDA memory runs again in
         halves (module docstring)."""
+        import torch
+
         items = list(items)
         start = 0
         while start < len(items):
@@ -83,6 +85,8 @@ class AdaptiveBatch:
     def single(self, work: Callable[[], Result], what: str) -> Result:
         """`work` that runs at batch size 1 whatever the size (e.g. a prefix shared by every item):
         out of memory there raises `BatchOutOfMemoryError` at once, since halving cannot help."""
+        import torch
+
         try:
             return work()
         except torch.OutOfMemoryError as error:

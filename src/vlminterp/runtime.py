@@ -10,6 +10,7 @@ progress bars and INFO lines stay in the log (`show-failed-logs` prints it when 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -17,19 +18,37 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    """Seed Python, NumPy and torch (CPU and CUDA), torch only where it is loaded: a rule that runs
+    a model loads it first (`rule_context`'s threads), a cheap rule never imports it."""
     import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def no_grad(function: F) -> F:
+    """`@torch.no_grad()` that imports torch when `function` runs, not when its module is imported
+    (a module whose tables cheap rules read stays importable without torch)."""
+    @functools.wraps(function)
+    def without_gradients(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return without_gradients
 
 
 PEAK_GPU_MEMORY_MESSAGE = "peak GPU memory: %d bytes allocated (%.2f GiB), %d bytes reserved (%.2f GiB)"
@@ -52,7 +71,8 @@ def rule_context(log_path: str | os.PathLike, *, threads: int | None = None,
                  seed: int | None = None) -> Iterator[logging.Logger]:
     """Send stderr (progress bars) and `logging` to `log_path`, warnings and errors also to the
     console; set torch threads and seeds, log any failure; the last line reports the peak GPU
-    memory when the rule used CUDA (`log_peak_gpu_memory`)."""
+    memory when the rule used CUDA (`log_peak_gpu_memory`). `threads`: a rule that runs a model
+    (torch is imported, its threads set, then seeded); without it, torch is not imported."""
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", buffering=1) as log_file:

@@ -1,12 +1,14 @@
 """Every rule that runs a library stage: the `experiments.stages` function its registry entry names
 (`vlminterp.experiments.registry.run_rule`), called with the rule's params, named inputs and
-wildcards; the table(s) it returns written to the rule's outputs, in order."""
-from vlminterp.experiments.registry import run_rule
+wildcards; the table(s) it returns written to the rule's outputs, in order. Torch is set up (threads,
+seed) only for a stage that loads the model: a summary imports neither torch nor transformers."""
+from vlminterp.experiments.registry import by_rule, run_rule
 from vlminterp.io import write_table
 from vlminterp.runtime import rule_context
 
 params = dict(snakemake.params.items())
-with rule_context(snakemake.log[0], threads=snakemake.threads, seed=params.get("seed")):
+threads = snakemake.threads if by_rule(snakemake.rule).model else None
+with rule_context(snakemake.log[0], threads=threads, seed=params.get("seed")):
     tables = run_rule(snakemake.rule, params=params, inputs=dict(snakemake.input.items()),
                       wildcards=dict(snakemake.wildcards.items()))
     if len(tables) != len(snakemake.output):

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from vlminterp.data.download import download_file
 
@@ -101,6 +100,8 @@ def questions_table(path: str | os.PathLike) -> pd.DataFrame:
 def load_authors_mean(path: str | os.PathLike, hidden_size: int | None = None) -> torch.Tensor:
     """A released mean vector as a (hidden,) float32 tensor (``weights_only=True``); ValueError
     naming the file when it is not one 1-D tensor of ``hidden_size`` finite values."""
+    import torch
+
     vector = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(vector, torch.Tensor) or vector.dim() != 1:
         raise ValueError(f"{path}: expected one 1-D tensor, got {type(vector).__name__} "

@@ -17,10 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from vlminterp.experiments.kaduri_specs import KEY_GROUPS
 from vlminterp.models.adapters import TokenGroups
-
-#: Key groups of the attention tables: BOS apart from the rest of the system group.
-KEY_GROUPS: tuple[str, ...] = ("bos", "system", "image", "query", "generated")
 
 
 class DescriptionAttention:

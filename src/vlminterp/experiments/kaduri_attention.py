@@ -10,32 +10,21 @@ Protocol and columns: docs/PROTOCOLS.md, "K1. Where the generated tokens attend"
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
-from vlminterp.experiments.description_attention import KEY_GROUPS
-from vlminterp.experiments.session import Session
-from vlminterp.specs import configured
 from vlminterp.stats import bootstrap_ci
+from vlminterp.experiments.kaduri_specs import KEY_GROUPS, AttentionFractionSpec  # noqa: F401  (light)
+
+if TYPE_CHECKING:  # loads torch and transformers: the stage's functions get an open session
+    from vlminterp.experiments.session import Session
 
 log = logging.getLogger(__name__)
 
 ATTENTION_COLUMNS = ("image_id", "layer", "head", "group", "mean", "std", "n_tokens", "key_share", "n_generated")
 MEAN_HEAD = -1
-
-
-@dataclass(frozen=True)
-@configured("kaduri.attention")
-class AttentionFractionSpec:
-    """Settings of K1, config section kaduri.attention (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml); the description cap is the session's
-    (`DescribePrompt.description_tokens`)."""
-
-    per_head: bool
-    include_prefill_row: bool
 
 
 def key_shares(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -47,6 +36,8 @@ def key_shares(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def image_attention_fractions(session: Session, image_id: int, spec: AttentionFractionSpec) -> list[dict]:
     """Rows of the K1 table for one image."""
+    import torch
+
     item = session.encode(image_id)
     generated = session.describe(item)
     record = session.description_attention(item, generated)

@@ -12,87 +12,31 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from vlminterp.batching import BATCH_COLUMNS
-from vlminterp.experiments.neo_blocking import fraction_window
-from vlminterp.experiments.session import Session
-from vlminterp.interventions import Condition, From, Knockout
-from vlminterp.models.adapters import TokenGroups
 from vlminterp.scoring.judge import SCORE_COLUMNS, judge_table
 from vlminterp.scoring.vocabulary import SynonymVocabulary
-from vlminterp.specs import configured
 from vlminterp.stats import bootstrap_ci
+from vlminterp.experiments.kaduri_specs import (  # noqa: F401  (the settings live in a light module)
+    TARGETS, SWEEP_LAYERS, LLMJudgeConfig, KnockoutSpec)
+
+if TYPE_CHECKING:  # the model's libraries: imported where a function runs the model (the summaries need none)
+    from vlminterp.experiments.session import Session
+    from vlminterp.interventions import Condition, Knockout
+    from vlminterp.models.adapters import TokenGroups
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("generated", "query", "query+generated")
 MAIN_CONDITIONS = ("none", "image->generated", "image->query", "image->query+generated")
 KNOCKOUT_COLUMNS = ("image_id", "condition", "family", "target", "layer_start", "layer_end", "n_layers",
                     "description", "n_generated", "reference")
 
 
-SWEEP_LAYERS = ("after_l", "from_l")
 #: Kaduri et al.'s window for LLaVA-1.5 (32 layers): the image visible in layers 4..20, as fractions.
 AUTHORS_WINDOW = (0.125, 0.65625)
-
-
-@dataclass(frozen=True)
-@configured("kaduri.llm_judge")
-class LLMJudgeConfig:
-    """The optional LLM judge of K2 (config section kaduri.llm_judge, beside kaduri.knockout: the
-    judge is its own rule, and changing it never reruns the knockouts): `enabled` runs rule
-    judge_group_knockouts_llm; `cache` is its answer cache under results/<run>/; the other fields
-    are the request's (`scoring.llm_judge.LLMJudgeSpec`, built by `client_spec`)."""
-
-    enabled: bool
-    base_url: str
-    model: str
-    api_key_env: str | None
-    seed: int
-    temperature: float
-    timeout: float
-    retries: int
-    max_tokens: int
-    cache: str
-
-    def client_spec(self, cache_path: str | None):
-        """The judge client's spec, its answers cached in `cache_path` (the run's `cache`)."""
-        from vlminterp.scoring.llm_judge import LLMJudgeSpec
-
-        return LLMJudgeSpec(base_url=self.base_url, model=self.model, api_key_env=self.api_key_env, seed=self.seed,
-                            temperature=self.temperature, timeout=self.timeout, retries=self.retries,
-                            max_tokens=self.max_tokens, cache_path=cache_path)
-
-
-@dataclass(frozen=True)
-@configured("kaduri.knockout")
-class KnockoutSpec:
-    """Settings of K2, config section kaduri.knockout (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml); the description cap is the session's
-    (`DescribePrompt.description_tokens`)."""
-
-    window_step: int
-    start_layer_step: int
-    sweep_target: str
-    window_targets: tuple[str, ...]
-    fixed_windows: tuple[tuple[float, float], ...]
-    sweep_layers: str
-
-    def __post_init__(self):
-        if self.sweep_target not in TARGETS:
-            raise ValueError(f"sweep_target must be one of {TARGETS}, got {self.sweep_target!r}")
-        if self.sweep_layers not in SWEEP_LAYERS:
-            raise ValueError(f"sweep_layers must be one of {SWEEP_LAYERS}, got {self.sweep_layers!r}")
-        if not set(self.window_targets) <= set(TARGETS):
-            raise ValueError(f"window_targets must be some of {TARGETS}, got {self.window_targets}")
-        windows = tuple(tuple(float(x) for x in w) for w in self.fixed_windows)
-        if any(len(w) != 2 or not 0.0 <= w[0] < w[1] <= 1.0 for w in windows):
-            raise ValueError(f"a fixed window is [start, end) with 0 <= start < end <= 1, got {self.fixed_windows}")
-        object.__setattr__(self, "fixed_windows", windows)  # YAML lists -> hashable tuples
-        if self.window_step < 0 or self.start_layer_step < 0:
-            raise ValueError("window_step and start_layer_step must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -115,6 +59,8 @@ def window_grid(n_layers: int, step: int) -> list[tuple[int, int]]:
 
 
 def _blocks(target: str, groups: TokenGroups, layers) -> tuple[Knockout, ...]:
+    from vlminterp.interventions import From, Knockout
+
     image = list(groups.image_span)
     out = []
     if target in ("query", "query+generated"):
@@ -126,6 +72,9 @@ def _blocks(target: str, groups: TokenGroups, layers) -> tuple[Knockout, ...]:
 
 def knockout_conditions(groups: TokenGroups, n_layers: int, spec: KnockoutSpec) -> list[KnockoutCondition]:
     """Every K2 condition for one prompt (module docstring), `none` first."""
+    from vlminterp.experiments.neo_blocking import fraction_window
+    from vlminterp.interventions import Condition
+
     last = n_layers - 1
     out = [KnockoutCondition("none", "none", "", -1, -1, Condition(label="none"))]
     for target in TARGETS:

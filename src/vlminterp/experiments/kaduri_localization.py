@@ -12,50 +12,27 @@ columns: docs/PROTOCOLS.md, "K3. Localization".
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from vlminterp.experiments.kaduri_text import token_mentions, token_spans
-from vlminterp.experiments.session import Session
 from vlminterp.geometry import category_mask, object_tokens, token_distance
-from vlminterp.interventions import Condition, From, Knockout
-from vlminterp.specs import configured
 from vlminterp.stats import cluster_bootstrap_ci, excluded_counts
+from vlminterp.experiments.kaduri_specs import (  # noqa: F401  (the settings live in a light module)
+    ROW_KINDS, SCOPES, LocalizationSpec)
+
+if TYPE_CHECKING:  # loads torch and transformers: the stage's functions get an open session
+    from vlminterp.experiments.session import Session
 
 log = logging.getLogger(__name__)
 
-ROW_KINDS = ("token", "predicting")
-SCOPES = ("disappearing", "all")
 LOCALIZATION_COLUMNS = ("image_id", "mention", "category", "surface", "token_index", "position", "row_kind",
                         "disappears", "layer", "head", "peak_cell", "peak_tile", "peak_row", "peak_col",
                         "peak_attention", "image_mass", "distance", "hit", "n_object_cells", "chance", "tolerance",
                         "permuted_image_id", "permuted_category", "hit_permuted", "chance_permuted", "excluded")
 MEAN_HEAD = -1
-
-
-@dataclass(frozen=True)
-@configured("kaduri.localization")
-class LocalizationSpec:
-    """Settings of K3, config section kaduri.localization (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml); the description cap is the session's
-    (`DescribePrompt.description_tokens`)."""
-
-    tolerance: int
-    attention_row: str
-    min_overlap: float
-    per_head: bool
-    scope: str
-    band_width: int
-
-    def __post_init__(self):
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-        if self.attention_row not in ROW_KINDS:
-            raise ValueError(f"attention_row must be one of {ROW_KINDS}, got {self.attention_row!r}")
-        if self.tolerance < 0:
-            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
 
 
 def image_localization(session: Session, image_id: int, present: set[str], spec: LocalizationSpec) -> list[dict]:
@@ -147,6 +124,8 @@ def _permuted_hit(permuted, peak: int, tolerance: int) -> dict:
 def knocked_out_categories(session: Session, item) -> set[str]:
     """Categories the description still names when the generated tokens never see the image (K2's
     image->generated: every layer, decode steps only)."""
+    from vlminterp.interventions import Condition, From, Knockout
+
     blind = Condition(knockouts=(Knockout(From(item.prompt_length), list(item.groups.image_span)),),
                       label="image->generated")
     tokens = session.engine.generate(item.prepared, [blind], session.prompt.description_tokens,

@@ -12,51 +12,30 @@ methods and columns: docs/PROTOCOLS.md, "K4. Re-prompting from a compressed cach
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from vlminterp.data.questions import NEGATIVE_STRATEGIES
 from vlminterp.batching import BATCH_COLUMNS
-from vlminterp.experiments.session import Session
-from vlminterp.specs import configured
+from vlminterp.runtime import no_grad
 from vlminterp.stats import cluster_bootstrap_ci
 from vlminterp.summaries import method_label
+from vlminterp.experiments.kaduri_specs import (  # noqa: F401  (the settings live in a light module)
+    TOPK_POSITION_METHODS, RepromptSpec)
+
+if TYPE_CHECKING:  # loads torch and transformers: the stage's functions get an open session
+    import torch
+
+    from vlminterp.experiments.session import Session
 
 log = logging.getLogger(__name__)
 
 METHODS = ("single_turn", "full_image", "full_cache", "prompt_cache", "image_topk", "image_topk_after_prompt",
            "prompt_image_topk", "description_text")
-#: Where the question continues after the top-k-only cache -> the method it gives.
-TOPK_POSITION_METHODS = {"after_kept": "image_topk", "after_prompt": "image_topk_after_prompt"}
 REPROMPT_COLUMNS = ("image_id", "question_id", "question", "category", "answer", "negative_type", "method",
                     "k_fraction", "k_tokens", "context_tokens", "input_tokens", "response", "predicted", "correct")
-
-
-@dataclass(frozen=True)
-@configured("kaduri.reprompt")
-class RepromptSpec:
-    """Settings of K4, config section kaduri.reprompt (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml); the description cap is the session's
-    (`DescribePrompt.description_tokens`)."""
-
-    answer_tokens: int
-    top_k_fractions: tuple[float, ...]
-    questions_per_image: int
-    continuation: str
-    image_topk_positions: tuple[str, ...]
-
-    def __post_init__(self):
-        unknown = set(self.image_topk_positions) - set(TOPK_POSITION_METHODS)
-        if not self.image_topk_positions or unknown:
-            raise ValueError(f"image_topk_positions must be some of {tuple(TOPK_POSITION_METHODS)}, "
-                             f"got {self.image_topk_positions}")
-        if not self.top_k_fractions or any(not 0 < f <= 1 for f in self.top_k_fractions):
-            raise ValueError(f"top_k_fractions must be in (0, 1], got {self.top_k_fractions}")
-        if "{question}" not in self.continuation:
-            raise ValueError("continuation must contain {question}")
 
 
 def top_k_count(fraction: float, n_image: int) -> int:
@@ -82,7 +61,7 @@ def top_image_positions(received: list[torch.Tensor], image_positions, k: int) -
     return out
 
 
-@torch.no_grad()
+@no_grad
 def image_reprompting(session: Session, image_id: int, questions: pd.DataFrame, spec: RepromptSpec) -> list[dict]:
     """Rows of the K4 table for one image and its questions."""
     engine, adapter = session.engine, session.adapter

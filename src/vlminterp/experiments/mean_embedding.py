@@ -10,34 +10,20 @@ The images are shown the way the session shows them (`session.prompt.geometry`, 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from vlminterp.data.coco import CocoDataset
 from vlminterp.batching import AdaptiveBatch
 from vlminterp.geometry import check_geometry
-from vlminterp.interventions import StreamingMean
 from vlminterp.io import atomic_path
-from vlminterp.specs import configured
+from vlminterp.runtime import no_grad
+from vlminterp.experiments.neo_specs import MeanSpec  # noqa: F401  (the settings live in a light module)
 
-
-@dataclass(frozen=True)
-@configured("neo.mean")
-class MeanSpec:
-    """The mean image embedding's settings, config section neo.mean (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml)."""
-
-    split: str
-    max_images: int
-    batch_size: int
-
-    def __post_init__(self):
-        if self.max_images < 1 or self.batch_size < 1:
-            raise ValueError("max_images and batch_size must be >= 1")
+if TYPE_CHECKING:
+    import torch
 
 
 def mean_image_ids(dataset: CocoDataset, max_images: int, seed: int, exclude: Iterable[int] = ()) -> list[int]:
@@ -51,7 +37,7 @@ def mean_image_ids(dataset: CocoDataset, max_images: int, seed: int, exclude: It
     return ids
 
 
-@torch.no_grad()
+@no_grad
 def compute_mean_embedding(session, image_ids: Sequence[int],
                            batch_size: int | AdaptiveBatch = 16) -> tuple[torch.Tensor, int]:
     """Streaming mean of the post-projector image embedding over every position of `image_ids`
@@ -60,6 +46,10 @@ def compute_mean_embedding(session, image_ids: Sequence[int],
     Returns (mean (d,) float32, number of vectors averaged). Memory is one batch of images; pass an
     `AdaptiveBatch` to read back the batch size used after CUDA out-of-memory halved it.
     """
+    import torch
+
+    from vlminterp.interventions import StreamingMean
+
     check_geometry(session.adapter, session.prompt.geometry, "compute_mean_embedding")
     batches = batch_size if isinstance(batch_size, AdaptiveBatch) else AdaptiveBatch(batch_size, "mean embedding")
     running = StreamingMean()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from vlminterp.batching import AdaptiveBatch
 from vlminterp.data.coco import CocoDataset
 from vlminterp.batching import AdaptiveBatch
-from vlminterp.experiments.neo_prompts import (SETTINGS, PromptSpec, question_image_ids,
+from vlminterp.experiments.neo_prompts import (PromptSpec, question_image_ids,
                                                vqa_questions)
 from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells, random_cells
@@ -31,8 +31,9 @@ from vlminterp.interventions import Ablation, Condition
 from vlminterp.interventions.engine import input_gradients
 from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.pieces import first_pieces
-from vlminterp.specs import configured
 from vlminterp.summaries import flip_summary  # noqa: F401  (its summary, shared with the figures)
+from vlminterp.experiments.neo_specs import (  # noqa: F401  (the settings live in a light module)
+    IG_CHOICES, AblationSpec)
 
 log = logging.getLogger(__name__)
 
@@ -41,50 +42,8 @@ ABLATION_COLUMNS = [
     "n_requested", "n_tokens", "replacement", "success", "baseline_success", "included", "flipped",
     "p_correct", "answer", "batch_size", "ig_batch_size", "oom_retries", "excluded",
 ]
-IG_CHOICES = {"ig_target": ("polling_yes", "vqa_answer"), "ig_objective": ("logit", "probability"),
-              "ig_ranking": ("sum_of_abs", "abs_of_sum"), "ig_points": ("linspace", "midpoint")}
 _YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
 _NO = re.compile(r"^\W*no\b", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-@configured("neo.ablation")
-class AblationSpec:
-    """Settings of N1, config section neo.ablation (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml); seed: the random baselines' and the absent polling
-    category's (the run's seed)."""
-
-    replacement: str
-    mean_vector: str
-    settings: tuple[str, ...]
-    random_counts: tuple[int, ...]
-    register_std: float
-    ig_steps: int
-    ig_batch_size: int
-    ig_target: str
-    ig_objective: str
-    ig_ranking: str
-    ig_points: str
-    description_tokens: int
-    answer_tokens: int
-    batch_size: int
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.replacement not in ("mean", "zero"):
-            raise ValueError(f"replacement must be 'mean' or 'zero', got {self.replacement!r}")
-        if self.mean_vector not in ("run", "authors"):
-            raise ValueError(f"mean_vector must be 'run' or 'authors', got {self.mean_vector!r}")
-        unknown = set(self.settings) - set(SETTINGS)
-        if unknown or not self.settings:
-            raise ValueError(f"settings must be a non-empty subset of {SETTINGS}, got {self.settings}")
-        if self.ig_steps < 1 or self.ig_batch_size < 1:
-            raise ValueError("ig_steps and ig_batch_size must be >= 1")
-        if any(n < 1 for n in self.random_counts):
-            raise ValueError(f"random_counts must be positive, got {self.random_counts}")
-        for key, allowed in IG_CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
 
 
 # ---- token sets -------------------------------------------------------------------------------------

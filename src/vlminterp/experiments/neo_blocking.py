@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,33 +26,22 @@ from vlminterp.geometry import TargetCells
 from vlminterp.interventions import Condition, Knockout
 from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.pieces import first_pieces
-from vlminterp.specs import configured
+from vlminterp.experiments.neo_specs import (  # noqa: F401  (the settings live in a light module)
+    FixedWindow, BLOCK_SETS, LAST_ROW_QUERIES, DROP_OF, BlockingSpec)
 
 log = logging.getLogger(__name__)
 
+
 # The paper's windows on 32 layers (0-indexed, inclusive): early 0-9, mid 11-20, late 21-31,
 # early-mid 5-14, mid-late 15-24, all; as [start, end) fractions of the depth.
-class FixedWindow(NamedTuple):
-    """A fixed window of layers: [start, end) as fractions of the depth (config neo.blocking.fixed_windows)."""
-
-    name: str
-    start: float
-    end: float
-
-
 FIXED_WINDOWS: tuple[FixedWindow, ...] = tuple(FixedWindow(*window) for window in (
     ("early", 0 / 32, 10 / 32), ("mid", 11 / 32, 21 / 32), ("late", 21 / 32, 32 / 32),
     ("early-mid", 5 / 32, 15 / 32), ("mid-late", 15 / 32, 25 / 32), ("all", 0.0, 1.0),
 ))
-BLOCK_SETS = ("object", "non_object", "object_to_last_row", "image_to_last_row", "object_to_text")
-LAST_ROW_QUERIES = ("all", "outside_object")
 BLOCKING_COLUMNS = ["image_id", "annotation_id", "category", "block_set", "window_kind", "window", "window_start",
                     "window_end", "n_layers", "n_blocked", "p_correct", "correct", "p_baseline", "baseline_correct",
                     "included", "p_top1", "p_top1_baseline", "drop_of", "drop", "relative_drop", *BATCH_COLUMNS,
                     "excluded"]
-#: What N3's drop measures (BlockingSpec.drop_of): the correct token's probability, or each run's
-#: own top-1 probability (the authors'), base minus blocked.
-DROP_OF = ("correct", "top1")
 
 
 @dataclass(frozen=True)
@@ -61,39 +49,6 @@ class Window:
     kind: str  # "sliding" | "fixed"
     name: str
     layers: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-@configured("neo.blocking")
-class BlockingSpec:
-    """Settings of N3, config section neo.blocking (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml)."""
-
-    window: int
-    fixed_windows: tuple[FixedWindow, ...]
-    block_sets: tuple[str, ...]
-    control_buffer: int
-    last_row_buffer: int
-    last_row_queries: str
-    batch_size: int
-    drop_of: str
-
-    def __post_init__(self):
-        if self.drop_of not in DROP_OF:
-            raise ValueError(f"drop_of must be one of {DROP_OF}, got {self.drop_of!r}")
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
-        unknown = set(self.block_sets) - set(BLOCK_SETS)
-        if unknown:
-            raise ValueError(f"unknown block sets {sorted(unknown)}")
-        if self.control_buffer < 0 or self.last_row_buffer < 0:
-            raise ValueError(f"control_buffer and last_row_buffer must be >= 0, got "
-                             f"{self.control_buffer}, {self.last_row_buffer}")
-        if self.last_row_queries not in LAST_ROW_QUERIES:
-            raise ValueError(f"last_row_queries must be one of {LAST_ROW_QUERIES}, got {self.last_row_queries!r}")
-        for entry in self.fixed_windows:
-            if len(entry) != 3 or not 0.0 <= float(entry[1]) < float(entry[2]) <= 1.0:
-                raise ValueError(f"a fixed window is (name, start, end) with 0 <= start < end <= 1, got {entry}")
 
 
 def fraction_window(n_layers: int, start: float, end: float) -> tuple[int, ...]:

@@ -12,21 +12,24 @@ through the final norm and the unembedding. Protocol, measures and tables: docs/
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset
 from vlminterp.experiments.neo_prompts import PromptSpec
-from vlminterp.experiments.session import Session
 from vlminterp.geometry import TargetCells
-from vlminterp.interventions import Capture
 from vlminterp.scoring.pieces import first_pieces
+from vlminterp.runtime import no_grad
 from vlminterp.scoring.vocabulary import SynonymVocabulary
-from vlminterp.specs import configured
+from vlminterp.experiments.neo_specs import LensSpec  # noqa: F401  (the settings live in a light module)
+
+if TYPE_CHECKING:  # loads torch and transformers: the stage's functions get an open session
+    import torch
+
+    from vlminterp.experiments.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +39,6 @@ SCORE_COLUMNS = ["image_id", "annotation_id", "category", "layer", "region", "n_
                  "name_top1", "name_rank1", "name_rank", "n_categories", "null_category", "null_in_topk",
                  "null_top1", "null_rank1"]
 MEASURES = ["name_in_topk", "name_top1", "name_rank1"]
-
-
-@dataclass(frozen=True)
-@configured("neo.logit_lens")
-class LensSpec:
-    """Settings of N2, config section neo.logit_lens (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml)."""
-
-    top_k: int
-    background_buffer: int
-    html_images: int
-
-    def __post_init__(self):
-        if self.top_k < 1 or self.background_buffer < 0:
-            raise ValueError("top_k must be >= 1 and background_buffer >= 0")
 
 
 def name_token_ids(tokenizer, vocabulary: SynonymVocabulary, category: str, prefix: str) -> set[int]:
@@ -77,13 +65,17 @@ def lens_logits(adapter, hidden: torch.Tensor) -> torch.Tensor:
     return adapter.unembed(adapter.final_norm(hidden))
 
 
-@torch.no_grad()
+@no_grad
 def run_logit_lens(session: Session, selection: pd.DataFrame, spec: LensSpec, *,
                    cells: dict[int, TargetCells], prompts: PromptSpec,
                    null_labels: dict[int, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(topk, scores) tables of N2 for the selected images (module docstring). `null_labels`:
     image id -> the permuted label of the null control (`permuted_labels`; by default the
     selection's own labels permuted with seed 0)."""
+    import torch
+
+    from vlminterp.interventions import Capture
+
     adapter, dataset, engine = session.adapter, session.dataset, session.engine
     tokenizer, vocabulary = session.tokenizer, session.vocabulary
     categories = list(dataset.category_names().values())

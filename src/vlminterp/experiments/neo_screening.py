@@ -12,56 +12,28 @@ and object cells", the noising filter.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from vlminterp.data.coco import CocoDataset, SelectionSpec
 from vlminterp.experiments.neo_prompts import PromptSpec
-from vlminterp.experiments.session import Session
 from vlminterp.geometry import CellSpec, check_geometry, image_object_tokens
-from vlminterp.interventions import Condition
-from vlminterp.specs import configured
+from vlminterp.experiments.neo_specs import (  # noqa: F401  (the settings live in a light module)
+    SCREEN_SETTINGS, NOISE_REGIONS, ORDERS, ScreeningSpec)
+from vlminterp.runtime import no_grad
+
+if TYPE_CHECKING:  # loads torch and transformers: the stage's functions get an open session
+    from vlminterp.experiments.session import Session
 
 log = logging.getLogger(__name__)
 
-SCREEN_SETTINGS = ("generative", "polling")
-NOISE_REGIONS = ("cells", "mask")
-ORDERS = ("file", "seeded")
 SCREENING_COLUMNS = ["order", "image_id", "annotation_id", "category", "status", "baseline_success",
                      "noised_success", "baseline_answer", "noised_answer"]
-
-
-@dataclass(frozen=True)
-@configured("neo.screening")
-class ScreeningSpec:
-    """The noising filter's settings, config section neo.screening (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml); seed: the noise's and the walk's (the run's seed)."""
-
-    enabled: bool
-    until_included: bool
-    max_candidates: int | None
-    order: str
-    setting: str
-    noise_region: str
-    exempt_question_images: bool
-    description_tokens: int
-    seed: int = 0
-
-    def __post_init__(self):
-        for key, value, allowed in (("order", self.order, ORDERS), ("setting", self.setting, SCREEN_SETTINGS),
-                                    ("noise_region", self.noise_region, NOISE_REGIONS)):
-            if value not in allowed:
-                raise ValueError(f"neo.screening.{key} must be one of {allowed}, got {value!r}")
-        if self.max_candidates is not None and self.max_candidates < 1:
-            raise ValueError(f"neo.screening.max_candidates must be >= 1 or null, got {self.max_candidates}")
-        if self.description_tokens < 1:
-            raise ValueError(f"neo.screening.description_tokens must be >= 1, got {self.description_tokens}")
 
 
 def candidate_spec(selection: SelectionSpec, spec: ScreeningSpec) -> SelectionSpec:
@@ -138,13 +110,14 @@ def choose_screened(ordered: pd.DataFrame, test: Callable[[object], dict], *, ma
     return rows.sort_values(["image_id", "annotation_id"], kind="stable").reset_index(drop=True), screening
 
 
-@torch.no_grad()
+@no_grad
 def screen_targets(session: Session, candidates: pd.DataFrame, spec: ScreeningSpec, *, prompts: PromptSpec,
                    cell_spec: CellSpec, max_images: int | None,
                    exempt: Iterable[int] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The noising filter over `candidates` (module docstring): (kept targets, screening table);
     the session shows images with `cell_spec.geometry` and names objects with its vocabulary."""
     from vlminterp.experiments.neo_ablation import _YES
+    from vlminterp.interventions import Condition
 
     adapter, dataset, tokenizer, vocabulary = session.adapter, session.dataset, session.tokenizer, session.vocabulary
     check_geometry(adapter, cell_spec.geometry, "screen_targets")

@@ -11,35 +11,22 @@ patching".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
-from vlminterp.specs import configured
+from vlminterp.experiments.patching_specs import (  # noqa: F401  (the settings live in a light module)
+    CONDITIONS, PatchingSpec)
+from vlminterp.runtime import no_grad
+
+if TYPE_CHECKING:
+    import torch
 
 COLUMNS = ["target_image_id", "target_category", "source_image_id", "source_category", "condition", "patched_from",
            "layer", "n_patched", "answer", "becomes_source", "keeps_target", "p_source", "p_target", "n_categories",
            "excluded"]
-CONDITIONS = ("object", "same_object", "background")
 MEASURES = ("becomes_source", "keeps_target")
-
-
-@dataclass(frozen=True)
-@configured("patching")
-class PatchingSpec:
-    """Settings of the object patching, config section patching (types, defaults, meanings:
-    workflow/schemas/config.schema.yaml); seed: the pairing's shuffle (the run's seed)."""
-
-    enabled: bool
-    n_pairs: int | None
-    batch_size: int
-    seed: int = 0
-
-    def __post_init__(self):
-        if (self.n_pairs is not None and self.n_pairs < 1) or self.batch_size < 1:
-            raise ValueError("n_pairs and batch_size must be >= 1")
 
 
 def pairs(targets: pd.DataFrame, n_pairs: int | None, seed: int) -> list[tuple[int, list[int], int | None]]:
@@ -64,7 +51,7 @@ def pairs(targets: pd.DataFrame, n_pairs: int | None, seed: int) -> list[tuple[i
     return out
 
 
-@torch.no_grad()
+@no_grad
 def run_patching(session, selection: pd.DataFrame, spec: PatchingSpec, *, cells: dict, prompts) -> pd.DataFrame:
     """The patching table (module docstring)."""
     from vlminterp.experiments.neo_prompts import vqa_questions

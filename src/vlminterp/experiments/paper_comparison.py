@@ -21,7 +21,7 @@ from vlminterp.experiments.kaduri_knockout import summarize_knockouts
 from vlminterp.experiments.kaduri_localization import MEAN_HEAD, summarize_localization
 from vlminterp.experiments.kaduri_reprompt import (MEAN_SETTING, SUMMARY_SETTINGS, setting_weights,
                                                    summarize_reprompting)
-from vlminterp.experiments.neo_ablation import flip_summary
+from vlminterp.summaries import flip_summary
 from vlminterp.scoring.vocabulary import SynonymVocabulary
 from vlminterp.stats import cluster_bootstrap_ci
 from vlminterp.summaries import random_control

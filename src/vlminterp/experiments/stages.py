@@ -13,14 +13,16 @@ their rows (`sharding.shard_rows`).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
-from vlminterp.experiments.session import Session, StageConfig
 from vlminterp.io import read_table
 from vlminterp.sharding import shard_rows
 from vlminterp.specs import build_spec
+
+if TYPE_CHECKING:  # the session loads torch and transformers: imported by the stages that run a model
+    from vlminterp.experiments.session import Session
 
 PathLike = str | os.PathLike
 Section = Mapping[str, Any]
@@ -29,6 +31,8 @@ Section = Mapping[str, Any]
 def open_session(session: Section, stage: str, batch_size: int | None = None) -> Session:
     """The session of a stage from StageConfig's keyword arguments; its engine, the stage's only
     one, runs `batch_size` rows at most (the stage's spec.batch_size; default: the session's)."""
+    from vlminterp.experiments.session import Session, StageConfig
+
     sized = {"batch_size": batch_size} if batch_size is not None else {}
     return Session.open(build_spec(StageConfig, {**session, "stage": stage, **sized}, where="session"))
 

@@ -19,11 +19,11 @@ object token is excluded, under one of the EXCLUDED_* reasons (`exclusion_reason
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .boxes import mask_tokens
 from .grid import cells_to_positions
@@ -217,8 +217,9 @@ class TargetCells(TokenLayout):
     def check_prompt(self, image_positions) -> np.ndarray:
         """The prompt's image-token positions (`adapter.image_positions`, one image) as int64,
         after checking that the prompt shows exactly this table's tokens."""
-        image_positions = np.asarray(image_positions.cpu() if isinstance(image_positions, torch.Tensor)
-                                     else image_positions, dtype=np.int64).reshape(-1)
+        torch = sys.modules.get("torch")  # a tensor only where torch is loaded: never imported here
+        is_tensor = torch is not None and isinstance(image_positions, torch.Tensor)
+        image_positions = np.asarray(image_positions.cpu() if is_tensor else image_positions, dtype=np.int64).reshape(-1)
         if len(image_positions) != self.num_tokens:
             raise ValueError(f"image {self.image_id}: the prompt holds {len(image_positions)} image tokens but the "
                              f"cell table has {self.num_tokens}: cells mapped with another geometry or processor")

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-ROUTINGS = ("direct", "query_routed", "window")
+from vlminterp.models.organism.spec import ROUTINGS
+
 CONFIG_KEY = "vlminterp_routing"
 _ATTRIBUTE = "_vlminterp_routing"
 

@@ -11,35 +11,32 @@
 
 The saved directory is an ordinary Hugging Face LLaVA checkpoint (``LlavaForConditionalGeneration``
 + ``LlavaProcessor``), so every experiment treats it exactly like ``llava-hf/llava-1.5-7b-hf``.
-Modules: ``architecture`` (spec and config), ``tokenizer`` (the SentencePiece tokenizer trained on the
+Modules: ``architecture`` (the LLaVA configuration), ``tokenizer`` (the SentencePiece tokenizer trained on the
 world's text, and a word-level one), ``tasks`` (the task mix and the text documents), ``train`` (LLaVA's
-staged training), ``evaluate`` (greedy evaluation).
+staged training), ``evaluate`` (greedy evaluation), ``spec`` (OrganismSpec, light: the config checks read it).
+The names below are imported from their module on first use, so that importing a light submodule
+(``spec``, ``tasks``) does not load torch and transformers.
 """
-from vlminterp.models.organism.architecture import OrganismSpec, build_config, build_model, num_image_tokens
-from vlminterp.models.organism.evaluate import (
-    EVAL_TASKS,
-    evaluate_organism,
-    load_organism,
-    summarize_evaluation,
-)
-from vlminterp.models.organism.tasks import (
-    PROMPT_TEMPLATE,
-    TASKS,
-    VQA_ANSWER_PREFIX,
-    Scene,
-    SceneObject,
-    TaskExample,
-    format_prompt,
-    load_scenes,
-    task_examples,
-    vocabulary_words,
-)
-from vlminterp.models.organism.tokenizer import build_processor, build_tokenizer
-from vlminterp.models.organism.train import load_training_summary, train_organism
+import importlib
 
-__all__ = [
-    "EVAL_TASKS", "OrganismSpec", "PROMPT_TEMPLATE", "Scene", "SceneObject", "TASKS", "TaskExample",
-    "VQA_ANSWER_PREFIX", "build_config", "build_model", "build_processor", "build_tokenizer", "evaluate_organism",
-    "format_prompt", "load_organism", "load_scenes", "load_training_summary", "num_image_tokens",
-    "summarize_evaluation", "task_examples", "train_organism", "vocabulary_words",
-]
+_MODULES = {
+    "spec": ("OrganismSpec",),
+    "architecture": ("build_config", "build_model", "num_image_tokens"),
+    "evaluate": ("EVAL_TASKS", "evaluate_organism", "load_organism", "summarize_evaluation"),
+    "tasks": ("PROMPT_TEMPLATE", "TASKS", "VQA_ANSWER_PREFIX", "Scene", "SceneObject", "TaskExample",
+              "format_prompt", "load_scenes", "task_examples", "vocabulary_words"),
+    "tokenizer": ("build_processor", "build_tokenizer"),
+    "train": ("load_training_summary", "train_organism"),
+}
+_MODULE_OF = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """A public name, imported from its submodule on first use."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
