@@ -1,10 +1,11 @@
-"""The paper run rehearsed (tests/rehearsal.py): `configs/llava-1.5-7b.yaml` from the root of a checkout,
-by the real Snakemake CLI, on real COCO 2017 files and LLaVA-1.5's real tokenizer; every stage
-N1-K4 runs. Its tables are checked against computations written here from the raw files
-(pycocotools on the annotation JSON, integer pixel arithmetic on the decoded masks), not with
-the library's code."""
+"""The paper runs rehearsed (tests/rehearsal.py): `configs/llava-1.5-7b.yaml` and `configs/smolvlm-256m.yaml`
+from the root of a checkout, by the real Snakemake CLI, on real COCO 2017 files and the family's real
+tokenizer and processor; every stage N1-K4 runs. LLaVA-1.5's tables are checked against computations
+written here from the raw files (pycocotools on the annotation JSON, integer pixel arithmetic on the
+decoded masks), not with the library's code; SmolVLM's image-token counts against its real processor."""
 from __future__ import annotations
 
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -15,20 +16,38 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from rehearsal import PAPER_CONFIG, ROOT, SNAKEMAKE, rehearse
-from shared_fixtures import COCO_MINI, LLAMA2_TOKENIZER, require
+from rehearsal import LLAVA_1_5, SMOLVLM, SNAKEMAKE, rehearse
+from shared_fixtures import COCO_MINI, require
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 GRID, PATCH, SIDE = 24, 14, 336
 
 
-@pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory):
-    require(COCO_MINI), require(LLAMA2_TOKENIZER)
-    run = rehearse(tmp_path_factory.mktemp("rehearsal"))
+def _rehearsed(family, tmp_path_factory):
+    for path in family.fixtures:
+        require(path)
+    run = rehearse(tmp_path_factory.mktemp(family.run), family)
+    print(f"{family.config}: {run.seconds:.0f} s wall, {run.cpu_seconds:.0f} CPU-s")
     assert run.proc.returncode == 0, f"{run.proc.stdout[-3000:]}\n{run.proc.stderr[-6000:]}"
     return run
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    """LLaVA-1.5's rehearsal."""
+    return _rehearsed(LLAVA_1_5, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def smolvlm_rehearsal(tmp_path_factory):
+    return _rehearsed(SMOLVLM, tmp_path_factory)
+
+
+@pytest.fixture(params=["llava-1.5", "smolvlm"])
+def any_rehearsal(request):
+    """Each family's rehearsal, for what every family must show."""
+    return request.getfixturevalue({"llava-1.5": "rehearsal", "smolvlm": "smolvlm_rehearsal"}[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +59,45 @@ def _table(run, path) -> pd.DataFrame:
     return pd.read_csv(run.run_dir / path, keep_default_na=False, na_values=[""])
 
 
-def test_nothing_left_to_do_afterwards(rehearsal):
-    overlay = rehearsal.root.parent / "rehearsal.yaml"
-    proc = subprocess.run([str(SNAKEMAKE), "-n", "--configfile", PAPER_CONFIG, str(overlay)],
-                          cwd=rehearsal.root, capture_output=True, text=True, check=True)
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+def _effective(run) -> dict:
+    return yaml.safe_load((run.run_dir / "config" / "effective_config.yaml").read_text())
+
+
+# one rule of each stage N1-N3, K1-K4 (and the object-patching stage): each must have run
+STAGE_RULES = {"ablate_object_tokens", "apply_logit_lens", "block_object_attention", "patch_object_tokens",
+               "measure_attention_fractions", "run_group_knockouts", "localize_objects",
+               "answer_reprompt_questions", "compare_with_papers"}
+
+
+def test_every_output_exists_and_nothing_is_left_to_do(any_rehearsal):
+    """Every file of Snakemake's own summary of the run is on disk, up to date and planned for no
+    update (one Snakemake call: it is what `-n` would say), every stage's among them."""
+    run = any_rehearsal
+    proc = subprocess.run([str(SNAKEMAKE), "--summary", "--configfile", run.family.config, str(run.overlay)],
+                          cwd=run.root, capture_output=True, text=True, check=True)
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if "\t" in line]
+    header, rows = rows[0], rows[1:]
+    name, rule, status, plan = (header.index(column) for column in ("output_file", "rule", "status", "plan"))
+    assert STAGE_RULES <= {row[rule] for row in rows}
+    assert [row[name] for row in rows if row[status] != "ok" or row[plan] != "no update"
+            or not (run.root / row[name]).exists()] == []
+
+
+def test_every_model_rule_loaded_the_checkpoint_behind_the_familys_adapter(any_rehearsal):
+    run = any_rehearsal
+    loaded = {}
+    for log in (run.run_dir / "logs").glob("*.log"):
+        for path, adapter in re.findall(r"loaded model (\S+) \(.*?\) in [0-9.]+ s, behind (\w+)", log.read_text()):
+            loaded[log.stem] = (path, adapter)
+    assert loaded, "no rule log says it loaded a model"
+    assert set(loaded.values()) == {(str(run.checkpoint), run.family.adapter)}, loaded
 
 
 def test_the_effective_config_is_the_papers(rehearsal):
     """Run from a root with config.yaml beside it: the paper's area rule, not the default run's
     (every config: tests/workflow/test_paper_configs.py)."""
-    effective = yaml.safe_load((rehearsal.run_dir / "config" / "effective_config.yaml").read_text())
-    assert effective["config_files"][0] == PAPER_CONFIG
+    effective = _effective(rehearsal)
+    assert effective["config_files"][0] == LLAVA_1_5.config
     assert effective["neo"]["selection"]["target_area_range"] == [1000.0, 2000.0]
     assert effective["neo"]["selection"]["exclude_crowd_targets"] is True
     assert effective["neo"]["logit_lens"]["html_images"] == 20
@@ -102,7 +148,7 @@ def _crop_cell_sets(mask: np.ndarray) -> set[tuple[int, int]]:
 
 def test_object_cells_are_the_masks_pixels_under_the_crop(rehearsal, coco_train):
     cells = _table(rehearsal, "neo/cells.csv")
-    effective = yaml.safe_load((rehearsal.run_dir / "config" / "effective_config.yaml").read_text())
+    effective = _effective(rehearsal)
     assert effective["neo"]["cells"]["geometry"] == "crop" and effective["neo"]["cells"]["min_overlap"] == 0
     for annotation_id, part in cells.groupby("annotation_id"):
         mask = coco_train.annToMask(coco_train.anns[int(annotation_id)])
@@ -110,7 +156,8 @@ def test_object_cells_are_the_masks_pixels_under_the_crop(rehearsal, coco_train)
         assert got == _crop_cell_sets(mask), f"annotation {annotation_id}"
 
 
-def test_only_the_selected_images_were_downloaded(rehearsal):
+def test_only_the_selected_images_were_downloaded(any_rehearsal):
+    rehearsal = any_rehearsal
     manifest = pd.read_csv(rehearsal.coco_dir / "images" / "train2017.manifest.csv")
     wanted = set()
     for table in ("neo/selection.csv", "neo/mean_images.csv", "kaduri/images.csv"):
@@ -120,10 +167,11 @@ def test_only_the_selected_images_were_downloaded(rehearsal):
     assert on_disk == wanted
 
 
-def test_every_stage_wrote_rows_for_its_images(rehearsal):
+def test_every_stage_wrote_rows_for_its_images(any_rehearsal):
+    rehearsal = any_rehearsal
     targets = set(_table(rehearsal, "neo/selection.csv")["image_id"])
     kaduri = set(_table(rehearsal, "kaduri/images.csv")["image_id"])
-    assert len(kaduri) == 4
+    assert targets and len(kaduri) == _effective(rehearsal)["kaduri"]["n_images"]
     assert set(_table(rehearsal, "neo/ablation/ablation.csv")["image_id"]) == targets
     assert set(_table(rehearsal, "neo/blocking/blocking.csv")["image_id"]) == targets
     cells = _table(rehearsal, "neo/cells.csv")
@@ -141,3 +189,21 @@ def test_the_ablation_ran_on_llava_sized_inputs(rehearsal):
     ablation = _table(rehearsal, "neo/ablation/ablation.csv")
     everything = ablation[ablation["condition"] == "all_image"]
     assert len(everything) and set(everything["n_tokens"]) == {GRID * GRID}
+
+
+def test_smolvlm_ablated_every_image_token_the_real_processor_makes(smolvlm_rehearsal):
+    """The 'all image tokens' condition ablates exactly the `<image>` tokens SmolVLM's real processor
+    (resize target capped to 1024: tiles plus the global image, 64 tokens each) puts in each prompt."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(smolvlm_rehearsal.checkpoint))
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    ablation = _table(smolvlm_rehearsal, "neo/ablation/ablation.csv")
+    everything = ablation[ablation["condition"] == "all_image"]
+    assert len(everything)
+    for image_id, n_tokens in everything.groupby("image_id")["n_tokens"].unique().items():
+        with Image.open(smolvlm_rehearsal.coco_dir / "images" / "train2017" / f"{int(image_id):012d}.jpg") as image:
+            ids = processor(text="<image>", images=[[image.convert("RGB")]], return_tensors="pt")["input_ids"]
+        expected = int((ids == image_token).sum())
+        assert expected > 64 and list(n_tokens) == [expected], image_id   # tiled, not the global image alone

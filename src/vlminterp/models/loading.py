@@ -195,7 +195,8 @@ def _check_quantization(spec: ModelSpec) -> None:
 
 def load_model(spec: ModelSpec):
     """Load (model, processor) for `spec`; the model is in eval mode on the requested device. Logs the
-    time it took (a `loaded model ... in X s` line, which benchmarks/gpu_smoke.py reads from rule logs)."""
+    time it took and the adapter class (a `loaded model ... in X s, behind <Adapter>` line, which
+    benchmarks/gpu_smoke.py and the paper rehearsal read from rule logs)."""
     from transformers import AutoConfig
 
     from .adapters import adapter_class_for_config
@@ -232,9 +233,9 @@ def load_model(spec: ModelSpec):
     from vlminterp.models.routing import install_routing
 
     install_routing(model)  # a planted organism's constraint (config.vlminterp_routing), else nothing
-    log.info("loaded model %s (%s, %s) in %.1f s", spec.id_or_path,
+    log.info("loaded model %s (%s, %s) in %.1f s, behind %s", spec.id_or_path,
              spec.dtype if spec.quantization == "none" else f"{spec.dtype}, {spec.quantization}", spec.device,
-             time.perf_counter() - started)
+             time.perf_counter() - started, adapter_class.__name__)
     return model.eval(), processor
 
 
