@@ -33,7 +33,7 @@ from vlminterp.interventions import InterventionEngine  # noqa: E402
 from vlminterp.io import write_json  # noqa: E402
 from vlminterp.models.adapters import LLAVA_SYSTEM_PROMPT, adapter_for  # noqa: E402
 from vlminterp.models.loading import ModelSpec, load_model  # noqa: E402
-from vlminterp.models.synthetic import (  # noqa: E402
+from vlminterp.testing.synthetic import (  # noqa: E402
     SYNTHETIC_VARIANTS,
     build_model_from_config,
     build_processor,

@@ -20,7 +20,7 @@ world at the model's input size, --images images in every stage, the paper confi
 lengths and batch sizes for 7b (short ones for tiny), device cuda + bf16 or cpu + fp32. (3) Run
 `snakemake --cores all --resources gpu=1` on it in a fresh <workdir>/results (model jobs declare
 gpu=1, so they run one at a time and each rule's time and memory are its own). (4) Read every
-rule's log: `finished in X s` and `peak GPU memory: N bytes` (vlminterp.runtime.rule_context),
+rule's log: `finished in X s` and `peak GPU memory: N bytes` (vlminterp.workflow.runtime.rule_context),
 `loaded model ... in X s` (vlminterp.models.loading); count the images each model rule was given;
 write benchmarks/results/gpu_smoke_<device>_<size>.json and print a Markdown table.
 """
@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import RESULTS_DIR, environment, mark_start, save
-from vlminterp.experiments.registry import STAGES
+from vlminterp.workflow.registry import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = ROOT / "configs" / "llava-1.5-7b.yaml"
@@ -51,10 +51,10 @@ SIZES = ("7b", "tiny")
 # LLaVA-1.5's (Llama 2) token layout: llava-hf/llava-1.5-7b-hf adds <image> and <pad> after the
 # 32000 Llama tokens and pads the embedding to 32064 rows.
 LLAVA_1_5_SPECIAL_IDS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001}
-# The tiny model: a 6 x 6 grid (48 px, 8 px patches) on the tiny Llama of models/synthetic.py.
+# The tiny model: a 6 x 6 grid (48 px, 8 px patches) on the tiny Llama of testing/synthetic.py.
 TINY_SIZES = {"image_size": 48, "patch_size": 8}
 # Rules that load the model and process images (the registry's sharded stages); the table each one
-# is given its images from (shards are contiguous blocks of it, `vlminterp.sharding`).
+# is given its images from (shards are contiguous blocks of it, `vlminterp.workflow.sharding`).
 # compute_mean_embedding: the file's `n_images` metadata.
 EXPERIMENT_RULES = {"compute_mean_embedding": "neo/mean_images.csv",
                     **{stage.rule: stage.images for stage in STAGES if stage.sharded}}
@@ -95,8 +95,8 @@ def tokenizer_words(config: dict) -> list[str]:
     """The word-level vocabulary: the organism's (tasks, shapes, colours, LLaVA's system prompt) plus
     every word of the run's prompts."""
     from vlminterp.data.shapes import ShapesWorldSpec
-    from vlminterp.models.organism.tasks import vocabulary_words
-    from vlminterp.models.organism.tokenizer import split_words
+    from vlminterp.organism.tasks import vocabulary_words
+    from vlminterp.organism.tokenizer import split_words
 
     world = ShapesWorldSpec()
     shapes = config["dataset"]["shapes"].get("shapes", world.shapes)
@@ -110,8 +110,8 @@ def tokenizer_words(config: dict) -> list[str]:
 def checkpoint_model(size: str, words: list[str]):
     """(model config, processor) of the checkpoint: the tokenizer's layout matches the config's
     vocabulary (7b: LLaVA-1.5's published layout, checked; tiny: the config is fitted to it)."""
-    from vlminterp.models.organism.tokenizer import IMAGE, build_processor
-    from vlminterp.models.synthetic import llava_1_5_7b_config, synthetic_config, with_sizes
+    from vlminterp.organism.tokenizer import IMAGE, build_processor
+    from vlminterp.testing.synthetic import llava_1_5_7b_config, synthetic_config, with_sizes
 
     if size == "7b":
         config = llava_1_5_7b_config()
@@ -137,7 +137,7 @@ def checkpoint_model(size: str, words: list[str]):
 def _write_checkpoint(size: str, words: list[str], directory: str, device: str, seed: int) -> dict:
     import torch
 
-    from vlminterp.models.synthetic import save_random_checkpoint
+    from vlminterp.testing.synthetic import save_random_checkpoint
 
     config, processor = checkpoint_model(size, words)
     dtype = torch.bfloat16 if size == "7b" else torch.float32
@@ -202,7 +202,7 @@ def model_summary(model_dir: Path) -> dict:
     """Sizes of the checkpoint as written (its config.json; parameters counted on the meta device)."""
     from transformers import AutoConfig
 
-    from vlminterp.models.synthetic import build_on_meta
+    from vlminterp.testing.synthetic import build_on_meta
 
     config = AutoConfig.from_pretrained(model_dir)
     text, vision = config.text_config, config.vision_config
@@ -231,7 +231,7 @@ def parse_rule_log(text: str) -> dict:
 def images_given(run_dir: Path, rule: str, shard: str | None, images_per_shard: int) -> int | None:
     """Images an experiment rule (one shard of it) was given."""
     from vlminterp.io import read_table
-    from vlminterp.sharding import shard_rows
+    from vlminterp.workflow.sharding import shard_rows
 
     if rule == "compute_mean_embedding":
         from safetensors import safe_open

@@ -63,7 +63,7 @@ def corner_offsets(side: int, inset: int) -> list[tuple[int, int]]:
 def adapter_for_meta(variant: str, resample=None):
     """The family adapter of a synthetic variant on a meta-device model (geometry needs no weights)."""
     from vlminterp.models.adapters import adapter_class_for_config
-    from vlminterp.models.synthetic import build_processor, synthetic_config
+    from vlminterp.testing.synthetic import build_processor, synthetic_config
 
     processor = build_processor(variant)
     if resample is not None:

@@ -17,6 +17,13 @@ import torch
 from PIL import Image
 
 from vlminterp.interventions import Ablation, Condition, From, Knockout
+from vlminterp.scoring.pieces import first_pieces
+from vlminterp.scoring.vocabulary import SynonymVocabulary
+
+
+def name_token_ids(tokenizer, vocabulary: SynonymVocabulary, category: str, prefix: str) -> set[int]:
+    """Token ids that name `category`: its collision-free first pieces (`scoring.pieces`)."""
+    return set(first_pieces(tokenizer, vocabulary, prefix, [category]).credits[category])
 
 
 def random_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:

@@ -67,7 +67,7 @@ def write_llava_1_5_checkpoint(directory: Path) -> Path:
     """A tiny random-weight LLaVA with LLaVA-1.5-7B's layout and real processor, saved in bf16."""
     import torch
 
-    from vlminterp.models.synthetic import llava_1_5_config, llava_1_5_processor, save_random_checkpoint
+    from vlminterp.testing.synthetic import llava_1_5_config, llava_1_5_processor, save_random_checkpoint
 
     processor = llava_1_5_processor(LLAMA2_TOKENIZER)
     save_random_checkpoint(llava_1_5_config(**TINY_SIZES), processor, directory, dtype=torch.bfloat16, std=0.1)
@@ -79,7 +79,7 @@ def write_smolvlm_checkpoint(directory: Path) -> Path:
     processor, whose saved resize target is SMOLVLM_LONGEST_EDGE; saved in bf16."""
     import torch
 
-    from vlminterp.models.tiny_idefics3 import build_tiny_idefics3
+    from vlminterp.testing.tiny_idefics3 import build_tiny_idefics3
 
     model, processor = build_tiny_idefics3(SMOLVLM_PROCESSOR, max_longest_edge=SMOLVLM_LONGEST_EDGE)
     model.to(torch.bfloat16).save_pretrained(directory)

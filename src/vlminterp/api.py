@@ -81,7 +81,7 @@ def open_model(name: str, *, dtype: str = "fp32", device: str = "cpu", attn_impl
                revision: str | None = None, seed: int = 0, batch_size: int = 64) -> VLM:
     """A synthetic variant name (random weights, `seed`), a local model directory (the organism's
     results/<run>/model, a saved checkpoint) or a hub id (`revision` pins it)."""
-    from .models import synthetic
+    from vlminterp.testing import synthetic
 
     if name in {**synthetic.SYNTHETIC_VARIANTS, **synthetic.INTERNVL_VARIANTS, **synthetic.QWEN2_VL_VARIANTS}:
         dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -22,6 +22,7 @@ at WARNING level.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -114,3 +115,19 @@ class AdaptiveBatch:
         log.warning("%s: CUDA out of memory at batch size %d; retrying the same work at batch size %d "
                     "(OOM retry %d, configured batch size %d)", self.stage, failed, self.size, self.retries,
                     self.requested)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def no_grad(function: F) -> F:
+    """`@torch.no_grad()` that imports torch when `function` runs, not when its module is imported
+    (a module whose tables cheap rules read stays importable without torch)."""
+    @functools.wraps(function)
+    def without_gradients(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return without_gradients

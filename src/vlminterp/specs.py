@@ -10,7 +10,7 @@ workflow/schemas/config.schema.yaml holds each setting's type, default and descr
 dataclass declares its fields' Python types and takes the defaults from there (`configured`).
 A config section passes whole: a list becomes a tuple, a list of mappings whose field is
 `tuple[SomeNamedTuple, ...]` a tuple of those (`BlockingSpec.fixed_windows`), a sub-section the
-nested spec dataclass of its field. Which section maps onto which dataclass: `experiments.registry`.
+nested spec dataclass of its field. Which section maps onto which dataclass: `workflow.registry`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import yaml
 
 from shared_run import copy_tiny_run
 from snakemake_runner import ROOT, TINY_CONFIG, snakemake
-from vlminterp.experiments.registry import STAGES
+from vlminterp.workflow.registry import STAGES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.workflow]
 

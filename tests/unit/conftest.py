@@ -8,7 +8,7 @@ import torch
 from helpers import encode, random_image
 
 from vlminterp.models.adapters import adapter_for
-from vlminterp.models.synthetic import build_synthetic
+from vlminterp.testing.synthetic import build_synthetic
 
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread pool
 # oversubscribes badly (measured: test_engine.py 47 s with the default pool, 3 s with one thread).

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vlminterp.geometry import PatchGrid
 from vlminterp.models.adapters import LlavaAdapter, UnsupportedModelError, adapter_for
-from vlminterp.models.synthetic import SYNTHETIC_VARIANTS, build_processor
+from vlminterp.testing.synthetic import SYNTHETIC_VARIANTS, build_processor
 
 # ---------------------------------------------------------------------------------------------
 # Geometry: paint every cell's box (as the adapter maps it) in its own colour on a non-square
@@ -137,7 +137,7 @@ def test_unknown_geometry_is_an_error():
 
 
 def _adapter_with_processor(variant: str, processor) -> LlavaAdapter:
-    from vlminterp.models.synthetic import synthetic_config
+    from vlminterp.testing.synthetic import synthetic_config
 
     # A meta-device model is enough: geometry reads only the config and the processor.
     with torch.device("meta"):

@@ -14,7 +14,7 @@ from shared_fixtures import COCO_MINI, GEMMA3_PROCESSOR, require
 from vlminterp.interventions import Ablation, Capture, From, InterventionEngine, Knockout, reference_generate, reference_logits
 from vlminterp.models.adapters import Gemma3Adapter, adapter_for
 from vlminterp.models.adapters.gemma3 import ImageBlockError
-from vlminterp.models.tiny_gemma3 import build_tiny_gemma3
+from vlminterp.testing.tiny_gemma3 import build_tiny_gemma3
 
 IMAGE = "val2017/000000000139.jpg"
 

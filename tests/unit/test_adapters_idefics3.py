@@ -16,7 +16,7 @@ from vlminterp.interventions import (Ablation, Capture, From, InterventionEngine
                                      reference_logits)
 from vlminterp.geometry.objects import object_tokens
 from vlminterp.models.adapters import Idefics3Adapter, adapter_for
-from vlminterp.models.tiny_idefics3 import build_tiny_idefics3
+from vlminterp.testing.tiny_idefics3 import build_tiny_idefics3
 
 IMAGE, PORTRAIT = "val2017/000000000139.jpg", "val2017/000000011813.jpg"  # 640 x 426, 333 x 500
 
@@ -146,7 +146,7 @@ def test_image_tokens_and_markers_match_the_processors_token_layout(smolvlm):
     # K1's shares and K2's knockouts take the whole span as the image: the markers after the first
     # tile have read the tiles before them
     assert set(groups.labels(ids.shape[1])[list(groups.image_markers)]) == {"image"}
-    from vlminterp.experiments.kaduri_knockout import KnockoutSpec, knockout_conditions
+    from vlminterp.experiments.kaduri.knockout import KnockoutSpec, knockout_conditions
 
     (_, everything, *_) = knockout_conditions(groups, 2, KnockoutSpec(window_step=0, start_layer_step=0))
     assert [list(k.key_positions) for k in everything.condition.knockouts] == [span.tolist()]
@@ -319,9 +319,9 @@ def test_kaduri_attention_and_the_mean_embedding_run_through_a_session(smolvlm):
     every layer (the markers count as the image), and N1's mean embedding averages every real tile's
     tokens of two images."""
     from vlminterp.data.coco import CocoDataset
-    from vlminterp.experiments.kaduri_attention import AttentionFractionSpec, image_attention_fractions
-    from vlminterp.experiments.mean_embedding import compute_mean_embedding
-    from vlminterp.experiments.session import DescribePrompt, Session
+    from vlminterp.experiments.kaduri.attention import AttentionFractionSpec, image_attention_fractions
+    from vlminterp.experiments.neo.mean_embedding import compute_mean_embedding
+    from vlminterp.experiments.shared.session import DescribePrompt, Session
 
     model, adapter, _ = smolvlm()
     prompt = DescribePrompt(geometry="resize", description_tokens=3)

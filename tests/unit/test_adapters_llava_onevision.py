@@ -17,12 +17,13 @@ from PIL import Image
 from shared_fixtures import COCO_MINI, FIXTURES, require
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.geometry import CellSpec, cells_by_image, dilate_tokens, map_object_cells
+from vlminterp.experiments.shared.cells import CellSpec, cells_by_image, map_object_cells
+from vlminterp.geometry import dilate_tokens
 from vlminterp.geometry.objects import object_overlap
 from vlminterp.interventions import Ablation, InterventionEngine, Knockout
 from vlminterp.interventions.reference import reference_interventions
 from vlminterp.models.adapters import LlavaOnevisionAdapter, SiteError, adapter_for
-from vlminterp.models.tiny_llava_onevision import (
+from vlminterp.testing.tiny_llava_onevision import (
     build_onevision_processor, build_tiny_llava_onevision, tiny_llava_onevision_config)
 
 QWEN2_FOLDER = FIXTURES / "processors" / "Qwen--Qwen2-VL-2B"  # Qwen2's vocab.json / merges.txt

@@ -17,8 +17,8 @@ from vlminterp.interventions import Ablation, InterventionEngine, reference_gene
 from vlminterp.interventions.ablation import apply_ablations
 from vlminterp.models.adapters import Qwen2_5_VLAdapter, Qwen3VLAdapter, adapter_for
 from vlminterp.models.adapters.qwen3_vl import DeepStackError
-from vlminterp.models.compatibility import SHRUNK_IMAGE_SIDE
-from vlminterp.models.tiny_qwen import build_tiny_qwen
+from vlminterp.testing.compatibility import SHRUNK_IMAGE_SIDE
+from vlminterp.testing.tiny_qwen import build_tiny_qwen
 
 FOLDERS = {"qwen2_5_vl": QWEN2_5_VL_PROCESSOR, "qwen3_vl": QWEN3_VL_PROCESSOR}
 ADAPTERS = {"qwen2_5_vl": Qwen2_5_VLAdapter, "qwen3_vl": Qwen3VLAdapter}
@@ -269,8 +269,8 @@ def test_a_saved_random_checkpoint_loads_as_the_pipeline_loads_models(tmp_path):
     family = "qwen2_5_vl"
     require(FOLDERS[family])
     from vlminterp.models.loading import ModelSpec, load_model
-    from vlminterp.models.synthetic import save_random_checkpoint
-    from vlminterp.models.tiny_qwen import tiny_qwen_config
+    from vlminterp.testing.synthetic import save_random_checkpoint
+    from vlminterp.testing.tiny_qwen import tiny_qwen_config
 
     save_random_checkpoint(tiny_qwen_config(FOLDERS[family]), _processor(family), tmp_path, dtype=torch.float32)
     model, processor = load_model(ModelSpec(str(tmp_path)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from vlminterp.artifacts import has_hash, pull, push
+from vlminterp.workflow.artifacts import has_hash, pull, push
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "coco-run"
@@ -90,7 +90,7 @@ def test_pulled_stage_is_restored_once_in_recorded_order_after_the_code(tmp_path
     not in the future; a file Snakemake rewrites later is never stamped back."""
     import time
 
-    from vlminterp.artifacts import PROVENANCE_FILE, record_provenance, restore_pulled_stages
+    from vlminterp.workflow.artifacts import PROVENANCE_FILE, record_provenance, restore_pulled_stages
 
     stage = tmp_path / "results" / RUN / "neo"
     (stage / "sub").mkdir(parents=True)

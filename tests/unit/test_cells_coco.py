@@ -33,11 +33,12 @@ from shared_fixtures import COCO_MINI, require
 
 from vlminterp.data.coco import CocoDataset
 from vlminterp.data.coco import SelectionSpec, select_targets
-from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
-from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
-from vlminterp.experiments.neo_prompts import PromptSpec
-from vlminterp.experiments.session import Session
-from vlminterp.geometry import EXCLUDED_OUTSIDE_CROP, CellSpec, cells_by_image, map_object_cells, mask_tokens
+from vlminterp.experiments.neo.ablation import AblationSpec, run_token_ablation
+from vlminterp.experiments.neo.blocking import BlockingSpec, run_attention_blocking
+from vlminterp.experiments.neo.prompts import PromptSpec
+from vlminterp.experiments.shared.session import Session
+from vlminterp.geometry import EXCLUDED_OUTSIDE_CROP, mask_tokens
+from vlminterp.experiments.shared.cells import CellSpec, cells_by_image, map_object_cells
 from vlminterp.scoring.vocabulary import load_vocabulary
 from vlminterp.stats import excluded_counts, excluded_note
 

@@ -1,4 +1,4 @@
-"""docs/COMPATIBILITY.md is what `python -m vlminterp.models.compatibility` measures: every family x
+"""docs/COMPATIBILITY.md is what `python -m vlminterp.testing.compatibility` measures: every family x
 operation cell present, refusals equal to the adapters' own, every supported cell within tolerance,
 and the synthetic families re-measured now give the committed verdicts."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from shared_fixtures import FIXTURES, ROOT, require
 
-from vlminterp.models import compatibility
+from vlminterp.testing import compatibility
 from vlminterp.models.adapters import ADAPTERS, OPERATIONS
 
 TABLE = ROOT / "docs" / "COMPATIBILITY.md"
@@ -81,7 +81,7 @@ def test_a_refused_operation_is_raised_by_name_before_any_work(operation):
     from vlminterp.interventions import Ablation, InterventionEngine, Knockout
     from vlminterp.interventions.engine import PreparedInput
     from vlminterp.models.adapters import LlavaAdapter, UnsupportedOperationError
-    from vlminterp.models.synthetic import build_synthetic
+    from vlminterp.testing.synthetic import build_synthetic
 
     class Refusing(LlavaAdapter):
         refused_operations = {operation: "not exact in this family"}

@@ -1,5 +1,5 @@
 """Config rules the schema cannot express fail at validation, one line each naming the keys
-(vlminterp.config_checks; the CLI side is tests/workflow/test_config_validation.py)."""
+(vlminterp.workflow.config_checks; the CLI side is tests/workflow/test_config_validation.py)."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlminterp.config_checks import ConfigError, check_config, check_judge_key
+from vlminterp.workflow.config_checks import ConfigError, check_config, check_judge_key
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

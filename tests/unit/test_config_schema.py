@@ -19,7 +19,7 @@ SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 def _spec_sections():
     """(config section, spec dataclass, spec fields the config does not hold): every section."""
-    from vlminterp.config_checks import section_specs
+    from vlminterp.workflow.config_checks import section_specs
 
     return [(name, cls, filled) for name, (cls, filled) in section_specs().items()]
 
@@ -141,7 +141,7 @@ def test_field_types_agree_with_the_schema(name, spec_cls, filled):
 def test_every_section_maps_onto_a_spec_or_the_session():
     """Each object section of neo: and kaduri: is a spec section (or the workflow's own:
     neo.authors_data); kaduri's shared keys are the session's (StageConfig, DescribePrompt)."""
-    from vlminterp.experiments.session import DescribePrompt, StageConfig
+    from vlminterp.experiments.shared.session import DescribePrompt, StageConfig
 
     specs = {name for name, _, _ in _spec_sections()}
     for paper in ("neo", "kaduri"):
@@ -160,7 +160,7 @@ def test_every_section_maps_onto_a_spec_or_the_session():
 def test_a_section_passes_whole():
     """The default config builds every spec from its section as it is, and every value of the
     section reads back from the spec (no key dropped, renamed or injected)."""
-    from vlminterp.config_checks import config_section
+    from vlminterp.workflow.config_checks import config_section
     from vlminterp.specs import build_spec
 
     config = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}}

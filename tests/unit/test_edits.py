@@ -359,7 +359,7 @@ def test_calls_of_rows_hold_at_most_row_positions(synthetic, make_inputs):
 
 
 def test_experiment_stages_pin_the_batching_their_tables_were_recorded_with(synthetic):
-    from vlminterp.experiments import session
+    from vlminterp.experiments.shared import session
 
     model, processor, _ = synthetic("tiny-llama")
     stage = session.Session.from_model(model, processor, dataset=None)

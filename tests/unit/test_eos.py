@@ -16,18 +16,18 @@ from helpers import continuation_ids, encode
 
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
-from vlminterp.experiments.kaduri_knockout import KnockoutSpec, image_knockouts
-from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
-from vlminterp.experiments.neo_prompts import PromptSpec
-from vlminterp.experiments.session import DescribePrompt, Session
-from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
+from vlminterp.experiments.kaduri.knockout import KnockoutSpec, image_knockouts
+from vlminterp.experiments.neo.ablation import AblationSpec, run_token_ablation
+from vlminterp.experiments.neo.prompts import PromptSpec
+from vlminterp.experiments.shared.session import DescribePrompt, Session
+from vlminterp.experiments.shared.cells import CellSpec, cells_by_image, map_object_cells
 from vlminterp.interventions import InterventionEngine, reference_generate
 from vlminterp.interventions.cache import continue_generation, prefill_cache, select_cache
 from vlminterp.interventions.engine import until_eos
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.adapters.config_values import token_ids
 from vlminterp.models.loading import ModelSpec, load_model
-from vlminterp.models.synthetic import save_synthetic
+from vlminterp.testing.synthetic import save_synthetic
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 NEW_TOKENS = 8

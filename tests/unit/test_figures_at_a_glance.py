@@ -169,7 +169,7 @@ def test_k4_fractions_keeping_the_same_tokens_are_drawn_once(monkeypatch, tmp_pa
     """On 36-token images 2% and 5% keep one token each: one point, labelled with both; with a
     100-token image (2 vs 5 tokens there) both are drawn."""
     import vlminterp.plots.kaduri as kaduri
-    from vlminterp.experiments.kaduri_reprompt import summarize_reprompting
+    from vlminterp.experiments.kaduri.reprompt import summarize_reprompting
 
     figures = _capture(monkeypatch, kaduri)
     answers = _k4_answers(image_tokens)
@@ -196,7 +196,7 @@ def test_organism_evaluation_marks_each_tasks_chance(monkeypatch, tmp_path):
     """Chance = the commonest expected answer given to every question: polling 2 yes / 2 no -> 0.5,
     colour 3 of 4 "red" -> 0.75; describe has none. The figure draws exactly these."""
     import vlminterp.plots.organism as organism
-    from vlminterp.models.organism.evaluate import summarize_evaluation
+    from vlminterp.organism.evaluate import summarize_evaluation
 
     figures = _capture(monkeypatch, organism)
     table = pd.DataFrame({"task": ["describe"] * 2 + ["polling"] * 4 + ["color"] * 4,

@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import gpu_smoke  # noqa: E402
-from vlminterp.runtime import rule_context  # noqa: E402
+from vlminterp.workflow.runtime import rule_context  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def config_7b(tmp_path_factory):
 
 
 def test_7b_checkpoint_has_llava_1_5_7b_sizes_without_allocating_weights(config_7b):
-    from vlminterp.models.synthetic import build_on_meta
+    from vlminterp.testing.synthetic import build_on_meta
 
     config, processor = gpu_smoke.checkpoint_model("7b", gpu_smoke.tokenizer_words(config_7b))
     text, vision = config.text_config, config.vision_config

@@ -15,26 +15,35 @@ from vlminterp.batching import BatchOutOfMemoryError
 from vlminterp.data.coco import CocoDataset
 from vlminterp.data.questions import build_pope_questions
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
-from vlminterp.experiments.kaduri_attention import (AttentionFractionSpec, attention_fractions, key_shares,
+from vlminterp.experiments.kaduri.attention import (AttentionFractionSpec, attention_fractions, key_shares,
                                                     summarize_attention_fractions)
-from vlminterp.experiments import stages
-from vlminterp.experiments.description_attention import KEY_GROUPS
-from vlminterp.experiments.kaduri_images import select_images
-from vlminterp.experiments.kaduri_text import dataset_vocabulary, token_mentions, token_spans
-from vlminterp.experiments.session import DescribePrompt, Session
-from vlminterp.experiments.kaduri_knockout import (KnockoutSpec, chance_recall, group_knockouts,
+from vlminterp.workflow import stages
+from vlminterp.experiments.shared.description_attention import KEY_GROUPS
+from vlminterp.experiments.kaduri.images import select_images
+from vlminterp.experiments.kaduri.text import token_mentions, token_spans
+from vlminterp.experiments.shared.session import DescribePrompt, Session
+from vlminterp.experiments.kaduri.knockout import (KnockoutSpec, chance_recall, group_knockouts,
                                                    knockout_chance, knockout_conditions, llm_judge_knockouts,
                                                    summarize_knockouts, window_grid)
-from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization, summarize_localization
-from vlminterp.experiments.kaduri_reprompt import (METHODS, RepromptSpec, parse_yes_no, reprompting,
-                                                   summarize_reprompting, top_k_count)
+from vlminterp.experiments.kaduri.localization import LocalizationSpec, localization, summarize_localization
+from vlminterp.experiments.kaduri.reprompt import (RepromptSpec, parse_yes_no, reprompting, summarize_reprompting,
+                                                   top_k_count)
 from vlminterp.geometry import category_mask, cell_overlap, chebyshev_distance, dilate_cells, object_tokens
 from vlminterp.interventions import Capture, From, reference_generate
 from vlminterp.models.adapters import LLAVA_SYSTEM_PROMPT, TOKEN_GROUPS
+from vlminterp.scoring.vocabulary import SynonymVocabulary, load_vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the fake chat server
 from fake_chat_server import FakeChatServer  # noqa: E402
 from oomfixtures import out_of_memory_above  # noqa: E402
+
+METHODS = ("single_turn", "full_image", "full_cache", "prompt_cache", "image_topk", "image_topk_after_prompt",
+           "prompt_image_topk", "description_text")
+
+
+def dataset_vocabulary(name: str, dataset: CocoDataset) -> SynonymVocabulary:
+    """The judge's vocabulary (packaged name or YAML path), extended by the dataset's categories."""
+    return load_vocabulary(name, categories=list(dataset.category_names().values()))
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +294,7 @@ def test_a_stage_runs_on_its_shard_of_the_images_table(synthetic, world, dataset
     """What rule run_group_knockouts calls: plain values in (the session's and the section's dicts,
     paths), the table of its shard out, equal to the experiment run on those rows."""
     from vlminterp.io import write_table
-    from vlminterp.models.synthetic import save_synthetic
+    from vlminterp.testing.synthetic import save_synthetic
 
     model, processor, _ = synthetic("tiny-llama")
     save_synthetic(model, processor, tmp_path / "model")
@@ -304,7 +313,7 @@ def test_a_stage_runs_on_its_shard_of_the_images_table(synthetic, world, dataset
 
 def test_judge_scores_on_a_hand_made_table(dataset):
     vocabulary = dataset_vocabulary("shapes", dataset)
-    from vlminterp.experiments.kaduri_knockout import judge_knockouts
+    from vlminterp.experiments.kaduri.knockout import judge_knockouts
 
     table = pd.DataFrame({"image_id": [1, 1, 1], "condition": ["none", "a", "b"],
                           "description": ["A red circle and a square.", "", "Two circles."],
@@ -443,7 +452,7 @@ def test_localization_null_control_scores_the_peak_against_another_images_object
 def test_localization_excludes_and_counts_a_mention_without_object_cells(synthetic, dataset, monkeypatch):
     """A mention whose object has no cell (here: its mask emptied) gets one excluded row, and the
     summary leaves it out of the accuracy and counts it."""
-    import vlminterp.experiments.kaduri_localization as k3
+    import vlminterp.experiments.kaduri.localization as k3
 
     session = _session(synthetic, dataset)
     images = select_images(dataset, 6, seed=0)
@@ -468,7 +477,7 @@ def test_localization_scope_keeps_the_objects_the_image_to_generated_knockout_re
                                                                                        monkeypatch):
     """`disappears` against the naive oracle's image->generated description; scope "disappearing"
     keeps only those mentions."""
-    from vlminterp.experiments import kaduri_localization as k3
+    from vlminterp.experiments.kaduri import localization as k3
     from vlminterp.interventions import Condition, Knockout, reference_generate
 
     session = _session(synthetic, dataset)
@@ -558,7 +567,7 @@ def test_top_k_only_cache_continues_after_the_highest_kept_position(synthetic, d
 
 
 def test_top_image_positions_follow_the_received_attention():
-    from vlminterp.experiments.kaduri_reprompt import top_image_positions
+    from vlminterp.experiments.kaduri.reprompt import top_image_positions
 
     received = [torch.tensor([[0.1, 0.5, 0.2, 0.5]]), torch.tensor([[0.9, 0.0, 0.3, 0.1]])]
     assert top_image_positions(received, (10, 11, 12, 13), 2) == [[11, 13], [10, 12]]

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from vlminterp.experiments.kaduri_knockout import LLMJudgeConfig
+from vlminterp.experiments.kaduri.knockout import LLMJudgeConfig
 from vlminterp.models.adapters import ADAPTERS
 from vlminterp.specs import build_spec
 

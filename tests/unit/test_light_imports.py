@@ -68,13 +68,13 @@ def local_rules() -> dict[str, str]:
 
 def test_the_snakefile_parse_loads_neither_torch_nor_transformers():
     modules = workflow_imports()
-    assert "vlminterp.config_checks" in modules and "vlminterp.experiments.registry" in modules
+    assert "vlminterp.workflow.config_checks" in modules and "vlminterp.workflow.registry" in modules
     result = run_checked(f"""
 import dataclasses, importlib, json, yaml
 from pathlib import Path
 for module in {modules!r}:
     importlib.import_module(module)
-from vlminterp.config_checks import check_config, config_section, section_specs
+from vlminterp.workflow.config_checks import check_config, config_section, section_specs
 from vlminterp.specs import build_spec
 config = check_config(yaml.safe_load(Path("tests/configs/tiny.yaml").read_text()),
                       Path("workflow/schemas/config.schema.yaml"), ["tiny.yaml"])
@@ -109,10 +109,10 @@ for rule, script in {rules!r}.items():
             imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
             exec(compile(ast.Module(imports, []), script, "exec"), {{}})
             if script.endswith("run_stage.py"):
-                from vlminterp.experiments.registry import by_rule, stage_function
+                from vlminterp.workflow.registry import by_rule, stage_function
                 assert not by_rule(rule).model, f"{{rule}} loads the model but is local"
                 stage_function(rule)
-            from vlminterp.runtime import rule_context
+            from vlminterp.workflow.runtime import rule_context
             with rule_context(os.path.join(tempfile.mkdtemp(), "rule.log"), seed=0):
                 pass
             payload = FIRST

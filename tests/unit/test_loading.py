@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vlminterp.models.loading import ModelSpec, WeightsNotAvailableError, check_model_files, load_model
-from vlminterp.models.synthetic import (
+from vlminterp.testing.synthetic import (
     SYNTHETIC_VARIANTS,
     build_synthetic,
     llava_1_5_7b_config,
@@ -82,7 +82,7 @@ def test_family_round_trip_without_torchvision(variant, tmp_path, make_inputs):
     """load_model picks the family's class and processor; where transformers' video processors need
     torchvision (not installed here), an image-only processor is built from the checkpoint's parts."""
     from vlminterp.models.adapters import adapter_for
-    from vlminterp.models.synthetic import save_synthetic
+    from vlminterp.testing.synthetic import save_synthetic
 
     model, processor = build_synthetic(variant)
     save_synthetic(model, processor, tmp_path)
@@ -168,7 +168,7 @@ def test_4bit_spec_builds_the_bitsandbytes_config_transformers_expects():
 
 
 def test_4bit_on_a_cpu_fails_with_one_clear_message_before_any_job():
-    from vlminterp.config_checks import ConfigError, check_config, stage_precision
+    from vlminterp.workflow.config_checks import ConfigError, check_config, stage_precision
 
     schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
     base = {"run": "x", "dataset": {"kind": "shapes"}, "model": {"kind": "organism"}, "device": "cpu"}

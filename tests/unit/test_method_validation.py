@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from vlminterp.data.questions import NEGATIVE_STRATEGIES
-from vlminterp.experiments.kaduri_reprompt import summarize_reprompting
+from vlminterp.experiments.kaduri.reprompt import summarize_reprompting
 from vlminterp.experiments.method_validation import Planted, ValidationTables, k2_truth, method_validation
 
 

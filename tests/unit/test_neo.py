@@ -14,17 +14,19 @@ from oomfixtures import out_of_memory_above
 from vlminterp.batching import BatchOutOfMemoryError
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
-from vlminterp.experiments.neo_ablation import (AblationSpec, integrated_gradients, register_cells,
+from vlminterp.experiments.neo.ablation import (AblationSpec, integrated_gradients, register_cells,
                                                 run_token_ablation)
-from vlminterp.experiments.neo_blocking import BlockingSpec, fraction_window, layer_windows, run_attention_blocking
-from vlminterp.experiments.mean_embedding import (compute_mean_embedding, load_mean_embedding, mean_image_ids,
-                                                  save_mean_embedding)
-from vlminterp.experiments.neo_prompts import PromptSpec, question_image_ids, vqa_questions
+from vlminterp.experiments.neo.blocking import BlockingSpec, layer_windows, run_attention_blocking
+from vlminterp.experiments.shared.layers import fraction_window
+from vlminterp.experiments.neo.mean_embedding import (compute_mean_embedding, load_mean_embedding, mean_image_ids,
+                                                      save_mean_embedding)
+from vlminterp.experiments.neo.prompts import PromptSpec, question_image_ids, vqa_questions
 from vlminterp.models.adapters import answer_first_token
-from vlminterp.experiments.session import DescribePrompt, Session
-from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
-from vlminterp.experiments.neo_logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
-from vlminterp.geometry import cell_box_grid, cell_overlap, cells_by_image, map_object_cells
+from vlminterp.experiments.shared.session import DescribePrompt, Session
+from vlminterp.experiments.shared.cells import CellSpec, cells_by_image, map_object_cells
+from vlminterp.experiments.neo.logit_lens import LensSpec, lens_logits, run_logit_lens, write_lens_pages
+from vlminterp.geometry import cell_box_grid, cell_overlap
+from vlminterp.experiments.shared.cells import cells_by_image, map_object_cells
 from vlminterp.interventions import Capture, From, InterventionEngine
 from vlminterp.scoring.vocabulary import SynonymVocabulary, load_vocabulary
 
@@ -144,7 +146,7 @@ def test_vqa_setting_and_blocking_run_only_on_images_with_a_question(setup, tmp_
 
 
 def test_answer_first_token_is_the_names_first_sub_token(synthetic):
-    from vlminterp.models.organism import build_tokenizer
+    from vlminterp.organism import build_tokenizer
 
     word_level = build_tokenizer(["It", "is", "a", "circle", "square"])
     assert word_level.convert_ids_to_tokens(answer_first_token(word_level, "It is a", "circle")) == "circle"
@@ -227,7 +229,7 @@ def test_logit_lens_tables(setup, tmp_path):
 
 
 def test_null_labels_permute_the_selections_categories():
-    from vlminterp.experiments.neo_logit_lens import permuted_labels
+    from vlminterp.experiments.neo.logit_lens import permuted_labels
 
     selection = pd.DataFrame({"image_id": [5, 3, 9, 1, 7, 2], "category_name": list("aabbcc")})
     labels = permuted_labels(selection, 3)
@@ -247,7 +249,7 @@ def test_logit_lens_skips_excluded_targets(setup):
 
 
 def test_lens_pages_show_hits_and_misses():
-    from vlminterp.experiments.neo_logit_lens import example_targets
+    from vlminterp.experiments.neo.logit_lens import example_targets
 
     selection = pd.DataFrame({"image_id": [1, 2, 3, 4, 5], "category_name": list("abcde")})
     peak = {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.5, 5: np.nan}  # image 4 the only hit; 5 unscorable
@@ -259,7 +261,7 @@ def test_lens_pages_show_hits_and_misses():
 
 
 def test_lens_summaries_by_category_and_null_control_by_hand():
-    from vlminterp.experiments.neo_logit_lens import summarize_lens
+    from vlminterp.experiments.neo.logit_lens import summarize_lens
 
     rows = []
     for image_id, category, hit, null_hit in ((1, "a", 1.0, 0.0), (2, "a", 0.5, 1.0), (3, "b", 0.0, 0.0),
@@ -406,7 +408,7 @@ def test_blocking_drop_of_top1_is_each_runs_own_top1_probability(setup):
     """drop_of "top1" (the authors'): base minus blocked probability of each run's own top-1 token,
     checked against a plain forward pass of the unblocked prompt; "correct" keeps the correct
     token's drop; the two tables differ only in drop, relative_drop and drop_of."""
-    from vlminterp.experiments.neo_blocking import summarize_blocking
+    from vlminterp.experiments.neo.blocking import summarize_blocking
 
     s = setup
     top1 = run_attention_blocking(s["session"], s["selection"], BlockingSpec(window=2, drop_of="top1"),
@@ -475,7 +477,7 @@ def test_geometry_adapter_without_weights_matches_the_loaded_one(tmp_path, synth
 # ---- the authors' N3 sets and the matched random draws, on a hand-drawn 4x4 grid --------------------------
 def _hand_grid(object_b: dict[int, list[int]], side: int = 4, image_id: int = 1):
     """A single-tile side x side token table whose object sets are the given token lists."""
-    from vlminterp.geometry import TargetCells
+    from vlminterp.experiments.shared.cells import TargetCells
 
     n = side * side
     flags = {b: np.isin(np.arange(n), tokens) for b, tokens in object_b.items()}
@@ -487,7 +489,7 @@ def _hand_grid(object_b: dict[int, list[int]], side: int = 4, image_id: int = 1)
 def test_blocking_sets_are_the_authors_on_a_hand_drawn_grid():
     """Object at token 5 (row 1, col 1) of a 4x4 grid; image tokens at positions 10..25, last = 30.
     b1 by hand: rows 0-2 x cols 0-2 = tokens 0,1,2,4,5,6,8,9,10."""
-    from vlminterp.experiments.neo_blocking import block_sets
+    from vlminterp.experiments.neo.blocking import block_sets
 
     b1 = [0, 1, 2, 4, 5, 6, 8, 9, 10]
     cells = _hand_grid({0: [5], 2: list(range(16))})     # b1 not studied: dilated from b0 here
@@ -509,7 +511,7 @@ def test_blocking_sets_are_the_authors_on_a_hand_drawn_grid():
 def test_matched_random_draws_avoid_the_whole_buffered_set():
     """random_matched_b{b} never touches the object dilated b times (8x8 grid, object at token 27),
     and is skipped when fewer tokens than |b| lie outside it."""
-    from vlminterp.experiments.neo_ablation import token_sets
+    from vlminterp.experiments.neo.ablation import token_sets
 
     b1 = [18, 19, 20, 26, 27, 28, 34, 35, 36]
     b2 = [r * 8 + c for r in range(1, 6) for c in range(1, 6)]
@@ -528,7 +530,7 @@ def test_matched_random_draws_avoid_the_whole_buffered_set():
 def test_high_gradient_sweep_takes_the_top_n_tokens_by_hand():
     """Attribution scores by hand on a 4x4 grid: the sweep's sets are the n largest, for every n of
     random_counts (capped at 16), beside the count-matched set."""
-    from vlminterp.experiments.neo_ablation import token_sets
+    from vlminterp.experiments.neo.ablation import token_sets
 
     scores = np.array([0.1, 9, 0.2, 3, 0.3, 8, 0.4, 0.5, 7, 0.6, 0.7, 0.8, 6, 0.9, 1.0, 5])
     cells = _hand_grid({0: [5]})

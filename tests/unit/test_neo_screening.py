@@ -13,11 +13,11 @@ from PIL import Image
 
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
-from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
-from vlminterp.experiments.neo_prompts import PromptSpec
-from vlminterp.experiments.session import Session
-from vlminterp.geometry import CellSpec, cells_by_image, map_object_cells
-from vlminterp.experiments.neo_screening import (ScreeningSpec, candidate_spec, choose_screened, noise_object,
+from vlminterp.experiments.neo.ablation import AblationSpec, run_token_ablation
+from vlminterp.experiments.neo.prompts import PromptSpec
+from vlminterp.experiments.shared.session import Session
+from vlminterp.experiments.shared.cells import CellSpec, cells_by_image, map_object_cells
+from vlminterp.experiments.neo.screening import (ScreeningSpec, candidate_spec, choose_screened, noise_object,
                                                  noise_region_mask, screen_targets, walk_order)
 from vlminterp.scoring.vocabulary import load_vocabulary
 

@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from vlminterp.data.shapes import ShapesWorldSpec, generate_world
-from vlminterp.models.organism import (
+from vlminterp.organism import (
     TASKS,
     OrganismSpec,
     build_model,
@@ -26,8 +26,8 @@ from vlminterp.models.organism import (
     train_organism,
     vocabulary_words,
 )
-from vlminterp.models.organism.evaluate import score_answer
-from vlminterp.models.organism.train import (
+from vlminterp.organism.evaluate import score_answer
+from vlminterp.organism.train import (
     IGNORE_INDEX,
     answer_loss,
     prepare_training_data,
@@ -78,7 +78,7 @@ def test_subword_tokenizer_is_the_sentencepiece_model_trained_on_the_worlds_text
     text; names split into several pieces; training is deterministic; any ASCII prompt encodes."""
     import sentencepiece
 
-    from vlminterp.models.organism.tokenizer import name_pieces, train_sentencepiece
+    from vlminterp.organism.tokenizer import name_pieces, train_sentencepiece
 
     spec = OrganismSpec.tiny()
     model = train_sentencepiece(documents, spec.tokenizer_vocab_size, spec.tokenizer_max_piece_length)
@@ -107,7 +107,7 @@ def test_shapes_sharing_a_first_piece_are_refused(documents):
 
 
 def test_word_vocabulary_default_layout_and_a_checkpoints_layout():
-    from vlminterp.models.organism.tokenizer import SPECIAL_TOKENS, build_tokenizer, word_vocabulary
+    from vlminterp.organism.tokenizer import SPECIAL_TOKENS, build_tokenizer, word_vocabulary
 
     words = vocabulary_words(WORLD.shapes, WORLD.colors)
     default = word_vocabulary(words)
@@ -200,7 +200,7 @@ def test_task_mix_matches_annotations(world_dir):
 
 
 def test_text_documents_put_a_caption_in_place_of_the_image(world_dir):
-    from vlminterp.models.organism.tasks import load_captions, text_documents
+    from vlminterp.organism.tasks import load_captions, text_documents
 
     raw = json.loads((world_dir / "annotations" / "captions_train.json").read_text())["annotations"]
     scene = load_scenes(world_dir, "train")[1]
@@ -257,7 +257,7 @@ def test_training_data_labels_only_answer_tokens(processor, world_dir):
 def test_planted_answer_start_is_where_the_loss_starts(processor, world_dir):
     """A planted routing's inference layout (after the first answer marker) is its training layout
     (where the loss starts), for every example of every task."""
-    from vlminterp.models.organism.train import answer_marker_ids
+    from vlminterp.organism.train import answer_marker_ids
     from vlminterp.models.routing import RoutingConstraint
 
     spec = OrganismSpec.tiny(max_train_images=10)
@@ -277,7 +277,7 @@ def test_planted_answer_start_is_where_the_loss_starts(processor, world_dir):
 def test_each_stage_trains_only_its_modules(processor, world_dir, stage):
     """text: the language model; align: the projector; instruct: projector + language model.
     The tower is frozen after stage 0 (tower_lr_scale=0)."""
-    from vlminterp.models.organism.train import sequence_stages, train_sequences
+    from vlminterp.organism.train import sequence_stages, train_sequences
 
     spec = OrganismSpec.tiny(text_steps=2, align_steps=2, language_steps=2, max_train_images=12, warmup_steps=0)
     scenes = training_scenes(world_dir, spec)
@@ -301,7 +301,7 @@ def test_a_planted_constraint_is_applied_in_training(processor, world_dir, stage
     """Every attention call of an image stage sees the query_routed constraint with the batch's own
     layout (answer from the loss start); a training loop that dropped it (no layout: nothing
     blocked) fails here."""
-    from vlminterp.models.organism.train import sequence_stages, train_sequences
+    from vlminterp.organism.train import sequence_stages, train_sequences
     from vlminterp.models.routing import RoutingConstraint
 
     spec = OrganismSpec.tiny(routing="query_routed", align_steps=2, language_steps=2, max_train_images=12,
@@ -339,7 +339,7 @@ def test_answer_loss_ignores_unlabelled_positions():
 
 
 def test_score_answer_rules():
-    from vlminterp.models.organism.tasks import TaskExample
+    from vlminterp.organism.tasks import TaskExample
 
     matcher = MentionMatcher({s: [s] for s in WORLD.shapes})
     polling = TaskExample(1, "polling", "Is there a circle in this image?", "Yes", "circle")
@@ -352,7 +352,7 @@ def test_score_answer_rules():
 
 
 def test_evaluation_out_of_memory_halves_the_batch_with_the_same_answers(processor, world_dir, tmp_path, monkeypatch):
-    import vlminterp.models.organism.evaluate as evaluate
+    import vlminterp.organism.evaluate as evaluate
 
     model = _untrained_model(processor)
     monkeypatch.setattr(evaluate, "load_organism", lambda model_dir: (model, processor))
@@ -424,7 +424,7 @@ def test_training_resumes_from_its_checkpoint_with_the_same_weights(world_dir, t
     """A run stopped after its n-th checkpoint (as kill -9 would stop it: nothing cleaned up)
     resumes from there and ends with the weights and losses of an uninterrupted run.
     (The real kill -9 of the Snakemake job: tests/workflow/test_resume.py.)"""
-    from vlminterp.models.organism import train as training
+    from vlminterp.organism import train as training
 
     spec = RESUME_SPEC
     expected, expected_dir = uninterrupted
@@ -469,8 +469,8 @@ def _checkpoint_every_3(training):
 def test_cached_frozen_tower_features_give_the_models_own_logits():
     """Stage 2's shortcut (tower features computed once, projector + LM per step) equals a plain
     forward with pixel values."""
-    from vlminterp.models.organism.train import _embeds_with_image_features, _frozen_tower_features
-    from vlminterp.models.synthetic import build_synthetic
+    from vlminterp.organism.train import _embeds_with_image_features, _frozen_tower_features
+    from vlminterp.testing.synthetic import build_synthetic
 
     model, processor = build_synthetic("tiny-llama")
     images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8))
@@ -495,7 +495,7 @@ def _first_piece_by_sentencepiece(tokenizer, prefix: str, form: str) -> str:
 def test_first_pieces_of_the_shapes_vocabulary_credit_no_shared_piece(processor):
     """On the organism's tokenizer, a first piece that begins a form (name, synonym or plural) of
     two shapes credits neither: counted here from every form's token strings."""
-    from vlminterp.experiments.neo_logit_lens import name_token_ids
+    from helpers import name_token_ids
     from vlminterp.scoring.mentions import plural_forms
     from vlminterp.scoring.pieces import first_pieces
     from vlminterp.scoring.vocabulary import load_vocabulary

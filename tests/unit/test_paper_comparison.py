@@ -9,7 +9,7 @@ import pytest
 
 from shared_fixtures import COCO_MINI, require
 from vlminterp.experiments import controls
-from vlminterp.experiments.kaduri_reprompt import summarize_reprompting
+from vlminterp.experiments.kaduri.reprompt import summarize_reprompting
 from vlminterp.experiments.paper_comparison import (BREAKDOWN_COLUMNS, COLUMNS, ORGANISM_NOTE, UNSOURCED, RunTables,
                                                     by_category, paper_comparison)
 

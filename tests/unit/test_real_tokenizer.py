@@ -8,14 +8,14 @@ import pytest
 from PIL import Image
 
 from shared_fixtures import COCO_MINI, LLAMA2_TOKENIZER, require
-from vlminterp.experiments.kaduri_text import token_mentions, token_spans
+from vlminterp.experiments.kaduri.text import token_mentions, token_spans
 from vlminterp.models.adapters import answer_first_token
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 
 @pytest.fixture(scope="module")
 def processor():
-    from vlminterp.models.synthetic import llava_1_5_processor
+    from vlminterp.testing.synthetic import llava_1_5_processor
 
     return llava_1_5_processor(require(LLAMA2_TOKENIZER))
 
@@ -68,7 +68,7 @@ def test_multi_piece_plural_mentions_cover_their_tokens(processor, coco_vocabula
 
 
 def test_generated_yes_is_a_polling_success(processor):
-    from vlminterp.experiments.neo_ablation import _YES
+    from vlminterp.experiments.neo.ablation import _YES
 
     tokenizer = processor.tokenizer
     for answer in ("Yes, there is", "yes.", " Yes"):
@@ -116,7 +116,7 @@ def test_first_pieces_of_coco_under_llama2_credit_no_shared_piece(processor, coc
     that begins forms of two categories credits neither (e.g. giraffe's "▁g")."""
     import sentencepiece
 
-    from vlminterp.experiments.neo_logit_lens import name_token_ids
+    from helpers import name_token_ids
     from vlminterp.scoring.mentions import plural_forms
     from vlminterp.scoring.pieces import first_pieces
 

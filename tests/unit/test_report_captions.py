@@ -25,7 +25,7 @@ def test_caption_renders_without_docutils_messages(caption, config_name):
     import docutils.utils
     import jinja2
 
-    from vlminterp.config_checks import check_config
+    from vlminterp.workflow.config_checks import check_config
 
     config = _configs()[config_name]
     check_config(config, ROOT / "workflow/schemas/config.schema.yaml", ["test"])   # fills defaults

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from vlminterp.experiments.mean_embedding import load_mean_embedding, save_mean_embedding  # noqa: E402
+from vlminterp.experiments.neo.mean_embedding import load_mean_embedding, save_mean_embedding  # noqa: E402
 from vlminterp.plots.organism import save_figure  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def test_same_figure_gives_the_same_pdf_bytes(tmp_path, monkeypatch):
 
 SAVE = """
 import sys, torch
-from vlminterp.experiments.mean_embedding import save_mean_embedding
+from vlminterp.experiments.neo.mean_embedding import save_mean_embedding
 save_mean_embedding(torch.arange(8.0), 5, [3, 1, 2], sys.argv[1], batching={"batch_size": 4, "oom_retries": 0})
 """
 

@@ -11,9 +11,9 @@ import yaml
 from vlminterp.interventions import From, InterventionEngine, Knockout, reference_generate, reference_logits
 from vlminterp.models.adapters import adapter_for
 from vlminterp.models.loading import ModelSpec, load_model
-from vlminterp.models.organism import OrganismSpec
+from vlminterp.organism import OrganismSpec
 from vlminterp.models.routing import CONFIG_KEY, constraint_of, install_routing, routing_layout
-from vlminterp.models.synthetic import build_synthetic
+from vlminterp.testing.synthetic import build_synthetic
 
 VARIANT = "tiny-llama"
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 from tqdm.auto import tqdm
 
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 
 def test_progress_stays_in_the_log_and_warnings_reach_the_console(tmp_path, capfd):

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from vlminterp.io import write_table
-from vlminterp.sharding import gather_shards, num_shards, shard_names, shard_rows
+from vlminterp.workflow.sharding import gather_shards, num_shards, shard_names, shard_rows
 
 
 @pytest.mark.parametrize("n, per, expected", [(0, 5, 1), (1, 5, 1), (5, 5, 1), (6, 5, 2), (11, 5, 3)])

@@ -1,4 +1,4 @@
-"""The stage registry (vlminterp.experiments.registry) against the rules as written in the Snakefile
+"""The stage registry (vlminterp.workflow.registry) against the rules as written in the Snakefile
 and workflow/rules/*.smk (read as text: fast): every registered rule exists, every rule that loads
 the model is registered as such, every rule run by the generic script names a stages function."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import inspect
 import re
 from pathlib import Path
 
-from vlminterp.experiments import stages
+from vlminterp.workflow import stages
 from vlminterp.experiments.paper_comparison import RunTables
-from vlminterp.experiments.registry import STAGES, by_rule, resolve
+from vlminterp.workflow.registry import STAGES, by_rule, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE = re.compile(r"^( *)rule (\w+):\n((?:\1 +.*\n|\s*\n)*)", re.M)

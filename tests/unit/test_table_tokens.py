@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from shared_fixtures import FIXTURES, LLAMA2_TOKENIZER, require
-from vlminterp.experiments.neo_logit_lens import token_text
+from vlminterp.experiments.neo.logit_lens import token_text
 from vlminterp.io import MalformedTableError, read_table, write_table
-from vlminterp.sharding import gather_shards
+from vlminterp.workflow.sharding import gather_shards
 
 PROCESSORS = ["HuggingFaceTB--SmolVLM-256M-Instruct", "Qwen--Qwen2-VL-2B", "google--gemma-3-4b-it"]
 #: Same vocab.json and merges.txt as Qwen2-VL-2B (checked below); only their added tokens differ.
@@ -20,7 +20,7 @@ QWEN_SIBLINGS = ["Qwen--Qwen2.5-VL-7B-Instruct", "Qwen--Qwen3-VL-8B-Instruct"]
 
 def _tokenizer(name: str):
     if name == "llama2":
-        from vlminterp.models.synthetic import llava_1_5_processor
+        from vlminterp.testing.synthetic import llava_1_5_processor
 
         return llava_1_5_processor(require(LLAMA2_TOKENIZER)).tokenizer
     from transformers import AutoTokenizer

@@ -13,16 +13,16 @@ import torch
 from cocofixtures import CocoBuilder
 
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
-from vlminterp.experiments import session as session_module
-from vlminterp.experiments.kaduri_images import select_images
-from vlminterp.experiments.kaduri_localization import LocalizationSpec, localization
-from vlminterp.experiments.mean_embedding import compute_mean_embedding
-from vlminterp.experiments.neo_ablation import AblationSpec, run_token_ablation
-from vlminterp.experiments.neo_blocking import BlockingSpec, run_attention_blocking
-from vlminterp.experiments.neo_prompts import PromptSpec
-from vlminterp.experiments.session import DescribePrompt, Session
-from vlminterp.geometry import (CellSpec, cells_by_image, dilate_tokens, last_row_tokens, map_object_cells,
-                                object_tokens, token_distance)
+from vlminterp.experiments.shared import session as session_module
+from vlminterp.experiments.kaduri.images import select_images
+from vlminterp.experiments.kaduri.localization import LocalizationSpec, localization
+from vlminterp.experiments.neo.mean_embedding import compute_mean_embedding
+from vlminterp.experiments.neo.ablation import AblationSpec, run_token_ablation
+from vlminterp.experiments.neo.blocking import BlockingSpec, run_attention_blocking
+from vlminterp.experiments.neo.prompts import PromptSpec
+from vlminterp.experiments.shared.session import DescribePrompt, Session
+from vlminterp.experiments.shared.cells import CellSpec, cells_by_image, map_object_cells
+from vlminterp.geometry import dilate_tokens, last_row_tokens, object_tokens, token_distance
 from vlminterp.interventions import InterventionEngine
 from vlminterp.scoring.vocabulary import load_vocabulary
 
@@ -319,7 +319,7 @@ def test_logit_lens_tables_and_pages_per_tile(variant, synthetic, dataset, selec
     import json
     import re
 
-    from vlminterp.experiments.neo_logit_lens import LensSpec, run_logit_lens, write_lens_pages
+    from vlminterp.experiments.neo.logit_lens import LensSpec, run_logit_lens, write_lens_pages
 
     model, processor, adapter = synthetic(variant)
     cells = cells_by_image(map_object_cells(dataset, selection, adapter, CELLS))

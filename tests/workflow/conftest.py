@@ -15,7 +15,7 @@ def checkout(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_model(tmp_path_factory):
     """A saved tiny LLaVA: a local model directory the early model checks accept."""
-    from vlminterp.models.synthetic import build_synthetic, save_synthetic
+    from vlminterp.testing.synthetic import build_synthetic, save_synthetic
 
     directory = tmp_path_factory.mktemp("model")
     save_synthetic(*build_synthetic("tiny-llama"), directory)

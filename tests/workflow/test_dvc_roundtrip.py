@@ -17,7 +17,7 @@ import pytest
 
 from shared_run import copy_tiny_run
 from snakemake_runner import ROOT
-from vlminterp.artifacts import REMOTE_HELP, ArtifactError, main as artifacts_main, push
+from vlminterp.workflow.artifacts import REMOTE_HELP, ArtifactError, main as artifacts_main, push
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 
@@ -165,7 +165,7 @@ def test_relative_remote_is_named_resolved_in_push_and_pull_messages(tmp_path, c
     """Cheap (no DAG): push from one project with the repository's relative default remote, then pull
     into a clone in another parent directory: the failure names the clone's own resolved (missing)
     remote, and an absolute shared remote works (#27)."""
-    from vlminterp.artifacts import pull
+    from vlminterp.workflow.artifacts import pull
 
     project = tmp_path / "a" / "project"
     project.mkdir(parents=True)

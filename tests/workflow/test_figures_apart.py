@@ -12,7 +12,7 @@ import re
 import pytest
 
 from snakemake_runner import snakemake
-from vlminterp.experiments.registry import STAGES
+from vlminterp.workflow.registry import STAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.workflow]
 

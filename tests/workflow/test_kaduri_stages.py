@@ -108,7 +108,7 @@ def test_localization_uses_the_adapter_cell_geometry(tiny_run):
     from vlminterp.data.coco import CocoDataset
     from vlminterp.geometry import category_mask, object_tokens, token_distance
     from vlminterp.models.adapters import adapter_for
-    from vlminterp.models.organism import load_organism
+    from vlminterp.organism import load_organism
 
     peaks = _table(tiny_run, "localization/peaks.csv")
     assert len(peaks) > 0

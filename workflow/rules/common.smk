@@ -3,13 +3,13 @@
 import sys
 from pathlib import Path
 
-from vlminterp.artifacts import restore_pulled_stages, run_stage_dirs
-from vlminterp.config_checks import ConfigError, check_config, check_judge_key
-from vlminterp.experiments.registry import STAGES
+from vlminterp.workflow.artifacts import restore_pulled_stages, run_stage_dirs
+from vlminterp.workflow.config_checks import ConfigError, check_config, check_judge_key
+from vlminterp.workflow.registry import STAGES
 from vlminterp.io import write_effective_config
-from vlminterp.sharding import shard_names
+from vlminterp.workflow.sharding import shard_names
 from vlminterp.command_line import two_configfile_flags
-from vlminterp.stale_locks import another_snakemake_running, clear_stale_locks, explain_lock_refusal
+from vlminterp.workflow.stale_locks import another_snakemake_running, clear_stale_locks, explain_lock_refusal
 
 
 def config_sources():
@@ -36,14 +36,14 @@ RUN = config["run"]
 SEED = config["seed"]
 
 # Locks left by a Snakemake that was killed (kill -9, a lost session) are removed, so the same
-# command resumes; those of a Snakemake still running here are kept (vlminterp.stale_locks).
+# command resumes; those of a Snakemake still running here are kept (vlminterp.workflow.stale_locks).
 if workflow.is_main_process and clear_stale_locks(Path.cwd()):
     print("removed the locks of a Snakemake that is no longer running (resuming)", file=sys.stderr)
 if workflow.is_main_process and another_snakemake_running():
     explain_lock_refusal(Path.cwd())
 
 # Stages fetched by a plain `dvc pull` (or `dvc checkout`) get back the times and Snakemake
-# metadata recorded at push, before Snakemake compares them (vlminterp.artifacts).
+# metadata recorded at push, before Snakemake compares them (vlminterp.workflow.artifacts).
 for _stage in restore_pulled_stages(Path.cwd(), Path(workflow.basedir), run_stage_dirs(Path.cwd(), RUN)):
     print(f"restored the recorded times and Snakemake metadata of pulled {_stage.relative_to(Path.cwd())}/",
           file=sys.stderr)
@@ -145,7 +145,7 @@ def get_model_dir():
 def model_spec(stage=None):
     """Keyword arguments of vlminterp.models.loading.ModelSpec for this run's model, in the precision
     of `stage` (model.stages.<stage> over model.dtype / model.quantization)."""
-    from vlminterp.config_checks import stage_precision
+    from vlminterp.workflow.config_checks import stage_precision
 
     model = config["model"]
     if uses_organism():
@@ -249,14 +249,14 @@ def neo_questions_input():
 
 
 def neo_session(split, stage=None):
-    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.session.StageConfig
+    """A Neo stage's session on `split`: keyword arguments of vlminterp.experiments.shared.session.StageConfig
     (the model in `stage`'s precision)."""
     return dict(model=model_spec(stage), dataset_dir=dataset_root(), split=split, vocabulary=neo_vocabulary(),
                 prompt=dict(geometry=NEO["cells"]["geometry"], system_prompt=NEO["prompts"]["system_prompt"]))
 
 
 def neo_stage_params(stage):
-    """Params every per-image Neo stage (rule `stage`) passes to its vlminterp.experiments.stages function."""
+    """Params every per-image Neo stage (rule `stage`) passes to its vlminterp.workflow.stages function."""
     return dict(session=neo_session(NEO["selection"]["split"], stage), prompts=NEO["prompts"],
                 images_per_shard=config["sharding"]["images_per_shard"], seed=SEED)
 
@@ -296,7 +296,7 @@ def kaduri_vocabulary():
 
 
 def kaduri_session():
-    """The K stages' session: keyword arguments of vlminterp.experiments.session.StageConfig."""
+    """The K stages' session: keyword arguments of vlminterp.experiments.shared.session.StageConfig."""
     return dict(model=model_spec("kaduri"), dataset_dir=dataset_root(), split=kaduri_split(),
                 batch_size=KADURI["batch_size"], vocabulary=kaduri_vocabulary(),
                 prompt=dict(text=KADURI["prompt"], system_prompt=KADURI["system_prompt"],
@@ -321,7 +321,7 @@ def get_paper_comparison_inputs(wildcards):
 
 def get_final_output():
     """What the default target asks for: every output of each enabled stage's target rules
-    (vlminterp.experiments.registry: summary tables and figures, the effective config, the
+    (vlminterp.workflow.registry: summary tables and figures, the effective config, the
     paper comparison, and the optional stages this config enables)."""
     return [path for stage in STAGES if stage.enabled(config)
             for rule in stage.targets for path in getattr(rules, rule).output]

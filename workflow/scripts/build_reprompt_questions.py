@@ -1,9 +1,9 @@
 """Rule build_reprompt_questions (K4): POPE-style yes/no questions about the Kaduri images."""
 from vlminterp.data.coco import CocoDataset
 from vlminterp.data.questions import build_pope_questions
-from vlminterp.experiments.kaduri_images import load_images_table
+from vlminterp.experiments.kaduri.images import load_images_table
 from vlminterp.io import write_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 params = snakemake.params
 with rule_context(snakemake.log[0], seed=params.seed):

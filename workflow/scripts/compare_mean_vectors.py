@@ -3,9 +3,9 @@ their vector is also written in the run's format, for neo.ablation.mean_vector: 
 import json
 
 from vlminterp.data.authors_data import compare_means, load_authors_mean
-from vlminterp.experiments.mean_embedding import load_mean_embedding, save_mean_embedding
+from vlminterp.experiments.neo.mean_embedding import load_mean_embedding, save_mean_embedding
 from vlminterp.io import atomic_path
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]) as log:
     run_mean = load_mean_embedding(snakemake.input.run)

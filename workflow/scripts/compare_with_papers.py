@@ -3,7 +3,7 @@ with a null control each, and their per-category breakdown (by_category.csv)."""
 from vlminterp.experiments.paper_comparison import RunTables, by_category, paper_comparison
 from vlminterp.io import read_table, write_table
 from vlminterp.plots.tables import write_table_html
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 from vlminterp.scoring.vocabulary import load_vocabulary
 
 params, inputs = snakemake.params, snakemake.input

@@ -1,7 +1,7 @@
 """Rule convert_authors_questions: the authors' clean_questions.json as the (image_id, question) CSV the VQA stages read."""
 from vlminterp.data.authors_data import questions_table
 from vlminterp.io import atomic_path
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]) as log:
     table = questions_table(snakemake.input[0])

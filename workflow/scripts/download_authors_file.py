@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from vlminterp.data.authors_data import download_authors_file
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]) as log:
     output = Path(snakemake.output[0])

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from vlminterp.data.download import CocoDownloadSpec, download_annotations
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
     spec = CocoDownloadSpec.from_config(snakemake.params.coco)

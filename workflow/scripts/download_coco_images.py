@@ -5,7 +5,7 @@ import pandas as pd
 
 from vlminterp.data.download import CocoDownloadSpec, download_images
 from vlminterp.io import read_table, write_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
     spec = CocoDownloadSpec.from_config(snakemake.params.coco)

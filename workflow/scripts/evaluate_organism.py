@@ -1,7 +1,7 @@
 """Rule evaluate_organism: greedy answers of the organism on held-out images, per task."""
 from vlminterp.io import write_table
-from vlminterp.models.organism import evaluate_organism, summarize_evaluation
-from vlminterp.runtime import rule_context
+from vlminterp.organism import evaluate_organism, summarize_evaluation
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0], threads=snakemake.threads, seed=snakemake.params.seed):
     table = evaluate_organism(snakemake.input.model, snakemake.input.world,

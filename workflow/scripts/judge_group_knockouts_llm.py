@@ -1,9 +1,9 @@
 """Rule judge_group_knockouts_llm (K2, optional): the LLM judge scores the knockout descriptions."""
 from pathlib import Path
 
-from vlminterp.experiments.kaduri_knockout import LLMJudgeConfig, llm_judge_knockouts, summarize_knockouts
+from vlminterp.experiments.kaduri.knockout import LLMJudgeConfig, llm_judge_knockouts, summarize_knockouts
 from vlminterp.io import read_table, write_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 from vlminterp.scoring.vocabulary import load_vocabulary
 from vlminterp.specs import build_spec
 

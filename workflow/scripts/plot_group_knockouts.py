@@ -4,7 +4,7 @@ from pathlib import Path
 
 from vlminterp.io import read_table
 from vlminterp.plots.kaduri import plot_knockout_conditions, plot_knockout_start_layer, plot_knockout_windows
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 out = snakemake.output
 with rule_context(snakemake.log[0]):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from vlminterp.io import read_table
 from vlminterp.plots.kaduri import plot_localization
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
     summary = read_table(snakemake.input[0])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from vlminterp.io import read_table
 from vlminterp.plots import neo
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 FIGURES = {"ablation": neo.plot_flip_rates, "logit_lens": neo.plot_lens_curves, "blocking": neo.plot_blocking_drops}
 

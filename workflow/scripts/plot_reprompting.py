@@ -4,7 +4,7 @@ from pathlib import Path
 
 from vlminterp.io import read_table
 from vlminterp.plots.kaduri import plot_reprompting
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
     plot_reprompting(read_table(snakemake.input.summary), Path(snakemake.output.png).with_suffix(""),

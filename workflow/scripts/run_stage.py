@@ -1,10 +1,10 @@
-"""Every rule that runs a library stage: the `experiments.stages` function its registry entry names
-(`vlminterp.experiments.registry.run_rule`), called with the rule's params, named inputs and
+"""Every rule that runs a library stage: the `workflow.stages` function its registry entry names
+(`vlminterp.workflow.registry.run_rule`), called with the rule's params, named inputs and
 wildcards; the table(s) it returns written to the rule's outputs, in order. Torch is set up (threads,
 seed) only for a stage that loads the model: a summary imports neither torch nor transformers."""
-from vlminterp.experiments.registry import by_rule, run_rule
+from vlminterp.workflow.registry import by_rule, run_rule
 from vlminterp.io import write_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 params = dict(snakemake.params.items())
 threads = snakemake.threads if by_rule(snakemake.rule).model else None

@@ -3,9 +3,9 @@
 import pandas as pd
 
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.mean_embedding import mean_image_ids
+from vlminterp.experiments.neo.mean_embedding import mean_image_ids
 from vlminterp.io import read_table, write_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0], seed=snakemake.params.seed):
     params = snakemake.params

@@ -1,11 +1,11 @@
 """Rule select_neo_targets: the images and target objects of N1-N3 (Neo et al.'s selection rules);
-with the noising filter on, its candidates (`neo_screening.candidate_spec`)."""
+with the noising filter on, its candidates (`neo.screening.candidate_spec`)."""
 import pandas as pd
 
 from vlminterp.data.coco import CocoDataset, SelectionSpec, select_targets
-from vlminterp.experiments.neo_screening import ScreeningSpec, candidate_spec
+from vlminterp.experiments.neo.screening import ScreeningSpec, candidate_spec
 from vlminterp.io import write_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 from vlminterp.specs import build_spec
 
 with rule_context(snakemake.log[0], seed=snakemake.params.seed):

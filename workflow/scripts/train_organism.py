@@ -1,8 +1,8 @@
 """Rule train_organism: train the tiny LLaVA model organism on the shapes world."""
 from pathlib import Path
 
-from vlminterp.models.organism import OrganismSpec, train_organism
-from vlminterp.runtime import rule_context
+from vlminterp.organism import OrganismSpec, train_organism
+from vlminterp.workflow.runtime import rule_context
 from vlminterp.specs import build_spec
 
 with rule_context(snakemake.log[0], threads=snakemake.threads, seed=snakemake.params.seed):

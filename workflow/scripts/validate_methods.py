@@ -1,7 +1,7 @@
 """Rule validate_methods: each method's measured value beside the planted truth (method_validation.csv)."""
 from vlminterp.experiments.method_validation import Planted, ValidationTables, method_validation
 from vlminterp.io import read_table, write_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 params, inputs = snakemake.params, snakemake.input
 with rule_context(snakemake.log[0], seed=params.seed):

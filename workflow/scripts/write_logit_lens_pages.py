@@ -1,9 +1,9 @@
 """Rule write_logit_lens_pages: one self-contained interactive logit-lens page per image + an index."""
 from vlminterp.data.coco import CocoDataset
-from vlminterp.experiments.neo_logit_lens import write_lens_pages
-from vlminterp.geometry import cells_by_image
+from vlminterp.experiments.neo.logit_lens import write_lens_pages
+from vlminterp.experiments.shared.cells import cells_by_image
 from vlminterp.io import atomic_path, read_table
-from vlminterp.runtime import rule_context
+from vlminterp.workflow.runtime import rule_context
 
 with rule_context(snakemake.log[0]):
     selection = read_table(snakemake.input.selection)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vlminterp.experiments.kaduri_reprompt import MEAN_SETTING
+from vlminterp.experiments.kaduri.reprompt import MEAN_SETTING
 from vlminterp.stats import bootstrap_ci
 
 COLUMNS = ("routing", "routing_layers", "method", "condition", "truth", "expected", "value", "low", "high", "n",
@@ -169,7 +169,7 @@ def _n1_rows(ablation: pd.DataFrame, planted: Planted, seed: int) -> list[dict]:
 
 
 def _k3_rows(peaks: pd.DataFrame, planted: Planted, seed: int) -> list[dict]:
-    from vlminterp.experiments.kaduri_localization import summarize_localization
+    from vlminterp.experiments.kaduri.localization import summarize_localization
 
     summary = summarize_localization(peaks, seed=seed, band_width=max(planted.n_layers, 1)) if len(peaks) else None
     if summary is None or summary.empty:

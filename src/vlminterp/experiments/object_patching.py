@@ -18,7 +18,7 @@ import pandas as pd
 
 from vlminterp.experiments.patching_specs import (  # noqa: F401  (the settings live in a light module)
     CONDITIONS, PatchingSpec)
-from vlminterp.runtime import no_grad
+from vlminterp.batching import no_grad
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +54,7 @@ def pairs(targets: pd.DataFrame, n_pairs: int | None, seed: int) -> list[tuple[i
 @no_grad
 def run_patching(session, selection: pd.DataFrame, spec: PatchingSpec, *, cells: dict, prompts) -> pd.DataFrame:
     """The patching table (module docstring)."""
-    from vlminterp.experiments.neo_prompts import vqa_questions
+    from vlminterp.experiments.neo.prompts import vqa_questions
     from vlminterp.interventions import Condition, Patch, record_site
     from vlminterp.scoring.pieces import first_pieces
 
@@ -176,9 +176,9 @@ def patching_by_category(table: pd.DataFrame) -> pd.DataFrame:
 def patching_stage(*, session: dict, spec: dict, prompts: dict, selection, cells, seed: int,
                    questions=None) -> pd.DataFrame:
     """Rule patch_object_tokens: the patching table of the run's Neo targets (config section `patching`)."""
-    from vlminterp.experiments.neo_prompts import PromptSpec
-    from vlminterp.experiments.session import Session, StageConfig
-    from vlminterp.geometry import cells_by_image
+    from vlminterp.experiments.neo.prompts import PromptSpec
+    from vlminterp.experiments.shared.session import Session, StageConfig
+    from vlminterp.experiments.shared.cells import cells_by_image
     from vlminterp.io import read_table
     from vlminterp.specs import build_spec
 

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from vlminterp.experiments import controls
-from vlminterp.experiments.kaduri_knockout import summarize_knockouts
-from vlminterp.experiments.kaduri_localization import MEAN_HEAD, summarize_localization
-from vlminterp.experiments.kaduri_reprompt import (MEAN_SETTING, SUMMARY_SETTINGS, setting_weights,
+from vlminterp.experiments.kaduri.knockout import summarize_knockouts
+from vlminterp.experiments.kaduri.localization import MEAN_HEAD, summarize_localization
+from vlminterp.experiments.kaduri.reprompt import (MEAN_SETTING, SUMMARY_SETTINGS, setting_weights,
                                                    summarize_reprompting)
 from vlminterp.summaries import flip_summary
 from vlminterp.scoring.vocabulary import SynonymVocabulary
@@ -206,7 +206,7 @@ def _k3_rows(peaks: pd.DataFrame, seed: int) -> list[dict]:
 
 def _k3_control(part: pd.DataFrame, got: pd.Series, seed: int) -> dict:
     """The permuted-label control of a band (the peaks scored against another image's object,
-    `kaduri_localization.permuted_label`), against that object's uniform-peak chance; the
+    `kaduri.localization.permuted_label`), against that object's uniform-peak chance; the
     uniform-peak chance alone when the table has no permuted columns."""
     data = part[(part["layer"] >= 0) & (part["head"] == MEAN_HEAD)]
     if "excluded" in data:

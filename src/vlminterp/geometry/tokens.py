@@ -12,7 +12,7 @@ A tile is one square crop the vision tower saw: the single grid of LLaVA (tile 0
 InternVL's high-resolution tiles or its global thumbnail, the one dynamic grid of Qwen2-VL. A
 `TokenLayout` says where each image token of one image sits (tile, row, col, in image-token
 order) and each tile's (rows, cols); `ImageCells` (the adapter's geometry: exact boxes in the
-original image) and `geometry.objects.TargetCells` (the object-flag table of one target) are
+original image) and `experiments.shared.cells.TargetCells` (the object-flag table of one target) are
 token layouts. The functions below take any object with `tile`, `row`, `col` (N,) arrays and
 `tile_shapes`, and (N,) bool token sets in image-token order.
 

@@ -36,7 +36,7 @@ groups that each share their own prefix (`prefix_groups`), and a call of rows ho
 `row_positions` own positions (rows x positions after the prefix), so edits inside the image run
 as cache-sized calls instead of one batch of tens of thousands of positions (benchmarks/README.md).
 `ONE_PREFIX` is one prefix shared by all and `max_batch_size` rows per call: the layout every
-experiment's tables were recorded with, pinned by `experiments/session.py` (another layout gives
+experiment's tables were recorded with, pinned by `experiments/shared/session.py` (another layout gives
 equal results up to float rounding, not the same bits).
 `share_prefix=False, max_batch_size=1` turns both tricks off (a sequential baseline for benchmarks);
 `reference.py` is the naive oracle the tests compare against.
@@ -130,7 +130,7 @@ class Batching:
 # CPU's caches (36 conditions of 585 own positions: 0.66x as fast in one call as in calls of 4 rows).
 FAST = Batching(group_prefixes=True, row_positions=2048)
 # One prefix shared by every condition, `max_batch_size` rows per call: the layout every experiment
-# table was recorded with (experiments/session.py pins it).
+# table was recorded with (experiments/shared/session.py pins it).
 ONE_PREFIX = Batching(group_prefixes=False, row_positions=None)
 
 

@@ -1,1 +1,4 @@
 
+
+#: The planted attention constraints a model can carry (`models.routing`; the organism's spec reads it).
+ROUTINGS = ("direct", "query_routed", "window")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlminterp.models.organism.spec import ROUTINGS
+from vlminterp.models import ROUTINGS
 
 CONFIG_KEY = "vlminterp_routing"
 _ATTRIBUTE = "_vlminterp_routing"

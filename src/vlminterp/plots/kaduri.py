@@ -5,7 +5,7 @@
     plot_attention_fractions(summarize_attention_fractions(table), Path("results/.../fractions"))
     ...                                                              # -> .png and .pdf
 
-Summaries come from the `summarize_*` functions of `vlminterp.experiments.kaduri_*`.
+Summaries come from the `summarize_*` functions of `vlminterp.experiments.kaduri.*`.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Adapter for `LlavaOnevisionForConditionalGeneration` (llava-hf/llava-onevision-qwen2-*-ov-hf; a tiny
-random-weight model from the real config shape in the tests, `models.tiny_llava_onevision`).
+random-weight model from the real config shape in the tests, `testing.tiny_llava_onevision`).
 
     adapter = LlavaOnevisionAdapter(model, processor)
     layout = adapter.anyres_layout((640, 480))   # tiles, resize, padding and the kept (unpadded) grid

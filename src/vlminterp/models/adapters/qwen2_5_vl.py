@@ -1,5 +1,5 @@
 """Adapter for `Qwen2_5_VLForConditionalGeneration` (Qwen/Qwen2.5-VL-*-Instruct; a tiny random-weight
-model built from the real config in the tests, `models.tiny_qwen`).
+model built from the real config in the tests, `testing.tiny_qwen`).
 
     adapter = Qwen2_5_VLAdapter(model, processor)      # everything as Qwen2-VL's (qwen2_vl.py)
     positions = adapter.rope_positions(input_ids, image_grid_thw=...)   # the model's own M-RoPE ids

@@ -1,5 +1,5 @@
 """Adapter for `Qwen3VLForConditionalGeneration` (Qwen/Qwen3-VL-*-Instruct; a tiny random-weight model
-built from the real config in the tests, `models.tiny_qwen`).
+built from the real config in the tests, `testing.tiny_qwen`).
 
     adapter = Qwen3VLAdapter(model, processor)
     embeds = adapter.embed(input_ids, pixel_values, image_grid_thw=...)   # also keeps the DeepStack features

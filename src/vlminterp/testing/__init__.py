@@ -1,0 +1,1 @@
+"""Tiny random-weight models of every family, for tests and benchmarks, and the family report measured on them."""
