@@ -104,8 +104,8 @@ LLAVA_1_5 = Family("configs/llava-1.5-7b.yaml", "llava-1.5-7b", "LlavaAdapter", 
 SMOLVLM = Family("configs/smolvlm-256m.yaml", "smolvlm-256m", "Idefics3Adapter", write_smolvlm_checkpoint,
                  (COCO_MINI, SMOLVLM_PROCESSOR),
                  {"neo": {"selection": {"max_images": 2}, "mean": {"max_images": 2},
-                          "ablation": {"max_new_tokens": 4, "ig_steps": 2}},
-                  "kaduri": {"n_images": 2, "max_new_tokens": 4}})
+                          "ablation": {"description_tokens": 4, "ig_steps": 2}},
+                  "kaduri": {"n_images": 2, "description_tokens": 4}})
 FAMILIES = {"llava-1.5": LLAVA_1_5, "smolvlm": SMOLVLM}
 
 
