@@ -13,7 +13,8 @@ row whose `note` says what is absent, not an error. Quantities:
 - K2 conditions (image->query, image->generated, image->query+generated, all layers): F1 vs the
   unablated description, with the table's chance recall;
 - the layer band that matters, as a fraction of depth: N3's sliding blocking window with the
-  largest drop (and the drop per window start), K2's best narrowest window of image visibility and
+  largest drop (and the drop per window start), each with its control, the `non_object` set's drop
+  in the same window (no chance: a drop has none), K2's best narrowest window of image visibility and
   its start-layer effect (F1 per first blocked layer), K3's best localization layer (and accuracy
   per layer, with chance).
 
@@ -45,6 +46,9 @@ TABLES = {
     "K3": ("kaduri/localization/summary.csv", None),
 }
 K2_CONDITIONS = ("image->query", "image->generated", "image->query+generated")
+# N3's control: the last position blocked from the image tokens off the (dilated) object, in the same window.
+N3_CONTROL = "non_object"
+N3_NO_CHANCE = "chance: none for a drop in probability (no effect is a drop of 0)"
 COLUMNS = ["run", "model", "n_layers", "experiment", "quantity", "condition", "layer_start", "layer_end",
            "depth_start", "depth_end", "value", "low", "high", "n", "control", "control_value", "control_low",
            "control_high", "chance", "note"]
@@ -146,10 +150,11 @@ def _n1(run: Run) -> list[dict]:
 
 def _n3_drops(run: Run, table: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Sliding-window drops per block set and window start (the summary's rows, or the same
-    computed from the raw table), with each window's last layer."""
+    computed from the raw table for the object_b* sets and the control), with each window's last layer."""
     if kind == "raw":
+        sets = table["block_set"].astype(str)
         included = table[table["included"].astype(bool) & (table["window_kind"] == "sliding")
-                         & table["block_set"].astype(str).str.startswith("object_b")]
+                         & (sets.str.startswith("object_b") | (sets == N3_CONTROL))]
         drops = grouped_mean_ci(included, by=["block_set", "window_start"], value="drop")
     else:
         drops = table[table["window_kind"] == "sliding"]
@@ -169,10 +174,22 @@ def _n3(run: Run) -> list[dict]:
         return [run.row("N3", N3_BEST, note="absent: no sliding object_b* windows")]
     block_set = "object_b1" if "object_b1" in sets else sets[0]
     part = drops[drops["block_set"] == block_set].sort_values("window_start")
+    controls = drops[drops["block_set"] == N3_CONTROL].set_index("window_start")
     best = part.loc[part["mean"].idxmax()]
-    span = lambda r: {"layer_start": int(r["window_start"]), "layer_end": int(r["window_end"])}  # noqa: E731
-    rows = [run.row("N3", N3_BEST, condition=block_set, **span(best), **_estimate(best))]
-    rows += [run.row("N3", N3_CURVE, condition=block_set, **span(r), **_estimate(r)) for _, r in part.iterrows()]
+
+    def estimate(r) -> dict:
+        """The window's drop, the control's drop in the same window, and why N3 has no chance."""
+        got = {"layer_start": int(r["window_start"]), "layer_end": int(r["window_end"]), **_estimate(r),
+               "note": N3_NO_CHANCE}
+        if not len(controls):
+            return {**got, "control": f"none: the run blocked no {N3_CONTROL} set (neo.blocking.block_sets)"}
+        if r["window_start"] not in controls.index:
+            return {**got, "control": f"none: no {N3_CONTROL} row for this window"}
+        c = controls.loc[r["window_start"]]
+        return {**got, "control": N3_CONTROL, "control_value": float(c["mean"]), "control_low": float(c["low"]),
+                "control_high": float(c["high"])}
+    rows = [run.row("N3", N3_BEST, condition=block_set, **estimate(best))]
+    rows += [run.row("N3", N3_CURVE, condition=block_set, **estimate(r)) for _, r in part.iterrows()]
     return rows
 
 

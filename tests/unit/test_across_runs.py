@@ -164,3 +164,46 @@ def test_copies_of_one_run_stay_apart(runs, tmp_path):
     copy = shutil.copytree(runs[2], tmp_path / "elsewhere" / "partial")
     table = across_runs([runs[2], copy, runs[2]])
     assert set(table["run"]) == {f"partial ({runs[2]})", f"partial ({copy})"}
+
+
+def test_n3_rows_carry_the_non_object_control_of_their_window(tmp_path):
+    """Control = the non_object set's drop in the same sliding window (hand-joined here), chance none
+    (said in the note); a run without non_object, or a window without it, names that in `control`."""
+    summary = pd.DataFrame({
+        "window_kind": ["sliding"] * 6, "block_set": ["object_b1"] * 3 + ["non_object"] * 2 + ["object_b2"],
+        "window_start": [0, 1, 2, 0, 1, 1], "window": [None] * 6, "mean": [0.3, 0.6, 0.2, 0.05, 0.1, 0.9],
+        "low": [0.2, 0.5, 0.1, 0.0, 0.05, 0.8], "high": [0.4, 0.7, 0.3, 0.1, 0.15, 1.0], "n": [12] * 6})
+    # the raw table of another run: per image x block set x window start, its drop (one excluded image)
+    raw = pd.DataFrame([(image, block_set, "sliding", start, drop, image != 3)
+                        for image, drops in ((1, (0.4, 0.2, 0.0)), (2, (0.6, 0.0, 0.2)), (3, (1.0, 1.0, 1.0)))
+                        for block_set, drop in zip(("object_b1", "non_object", "object_b0"), drops)
+                        for start in (0, 1)],
+                       columns=["image_id", "block_set", "window_kind", "window_start", "drop", "included"])
+    organism = {"kind": "organism", "organism": {"text_layers": 3}}
+    runs = [make_run(tmp_path, "with", organism, {"neo/blocking/summary.csv": summary}),
+            make_run(tmp_path, "without", organism,
+                     {"neo/blocking/summary.csv": summary[summary["block_set"] != "non_object"]}),
+            make_run(tmp_path, "raw", organism, {"neo/blocking/blocking.csv": raw})]
+    table = across_runs(runs)
+    n3 = table[table["experiment"] == "N3"]
+    curve = n3[(n3["run"] == "with") & (n3["quantity"] == "N3 drop per window start")]
+    objects, controls = (summary[summary["block_set"] == s].set_index("window_start")
+                         for s in ("object_b1", "non_object"))
+    expected = objects.merge(controls, how="left", left_index=True, right_index=True,  # start 2: no control
+                             suffixes=("", "_control"))
+    assert list(curve["layer_start"]) == [0, 1, 2] and list(curve["value"]) == pytest.approx(list(expected["mean"]))
+    assert list(curve["control"]) == ["non_object", "non_object", "none: no non_object row for this window"]
+    for got, want in (("control_value", "mean_control"), ("control_low", "low_control"),
+                      ("control_high", "high_control")):
+        assert curve[got].to_numpy(dtype=float) == pytest.approx(expected[want].to_numpy(), nan_ok=True)
+    best = pick(table, "with", "N3 window with the largest drop")
+    assert (best["layer_start"], best["value"], best["control"], best["control_value"]) == (1, 0.6, "non_object", 0.1)
+    assert n3["note"].str.startswith("chance: none").all() and n3["chance"].isna().all()
+    without = n3[n3["run"] == "without"]
+    assert len(without) == 4 and without["control_value"].isna().all()
+    assert (without["control"] == "none: the run blocked no non_object set (neo.blocking.block_sets)").all()
+    # raw: included images 1 and 2 only, object_b0 before object_b1 in name order but b1 is chosen
+    raw_best = pick(table, "raw", "N3 window with the largest drop")
+    assert raw_best["condition"] == "object_b1" and raw_best["n"] == 2
+    assert (raw_best["value"], raw_best["control"], raw_best["control_value"]) == \
+        (pytest.approx((0.4 + 0.6) / 2), "non_object", pytest.approx((0.2 + 0.0) / 2))

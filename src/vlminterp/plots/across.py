@@ -59,7 +59,7 @@ def _bars(axis, rows: pd.DataFrame, runs: list[str], colours: dict, title: str, 
 def _curve(axis, rows: pd.DataFrame, runs: list[str], colours: dict, title: str, ylabel: str,
            best: pd.DataFrame) -> None:
     """A value per layer (x: the layer's first depth fraction) per run, intervals shaded, the `best`
-    rows starred, chance dashed in the run's colour."""
+    rows starred, chance dashed and the control dotted in the run's colour."""
     for run in runs:
         part = rows[(rows["run"] == run) & rows["depth_start"].notna()].sort_values("depth_start")
         if not len(part):
@@ -69,6 +69,8 @@ def _curve(axis, rows: pd.DataFrame, runs: list[str], colours: dict, title: str,
         axis.fill_between(x, part["low"].astype(float), part["high"].astype(float), color=colours[run], alpha=0.15)
         if part["chance"].notna().any():
             axis.axhline(float(part["chance"].dropna().iloc[0]), color=colours[run], linestyle="--", linewidth=1)
+        if part["control_value"].notna().any():
+            axis.plot(x, part["control_value"].astype(float), color=colours[run], linestyle=":", linewidth=1)
         top = best[(best["run"] == run) & best["value"].notna()]
         axis.plot(top["depth_start"], top["value"], marker="*", markersize=14, color=colours[run],
                   markeredgecolor="black", linestyle="none")
@@ -106,8 +108,9 @@ def plot_across_runs(table: pd.DataFrame, stem: Path) -> list[Path]:
     _bars(axes[0, 0], of(N1_FLIPS), runs, colours, "N1: object-token flip rate (diamond: as many random tokens)",
           "share of correct answers flipped")
     _bars(axes[0, 1], of(K2_F1), runs, colours, "K2: image knocked out of ..., all layers", "F1 vs unablated")
-    _curve(axes[0, 2], of(N3_CURVE), runs, colours, "N3: blocking the object's tokens, sliding window",
-           "drop in p(correct)", of(N3_BEST))
+    _curve(axes[0, 2], of(N3_CURVE), runs, colours,
+           "N3: blocking the object's tokens, sliding window (dotted: non-object tokens)", "drop in p(correct)",
+           of(N3_BEST))
     _curve(axes[1, 0], of(K2_START), runs, colours, "K2: image blocked from this layer on", "F1 vs unablated",
            of(None))
     _curve(axes[1, 1], of(K3_CURVE), runs, colours, "K3: attention peak on the object, per layer",
@@ -117,7 +120,7 @@ def plot_across_runs(table: pd.DataFrame, stem: Path) -> list[Path]:
     handles = [plt.Line2D([], [], color=colours[r.run], linewidth=6) for r in first.itertuples()]
     figure.legend(handles, [_label(r.run, r.model, r.n_layers) for r in first.itertuples()],
                   loc="upper center", ncol=min(4, len(runs)), fontsize=8)
-    figure.text(0.01, 0.005, "bars and shading: 95% bootstrap intervals; dashed: chance; star: the best band",
-                fontsize=7)
+    figure.text(0.01, 0.005, "bars and shading: 95% bootstrap intervals; dashed: chance; diamond, dotted: control; "
+                "star: the best band", fontsize=7)
     figure.tight_layout(rect=(0, 0.02, 1, 0.94))
     return save_figure(figure, stem)
