@@ -158,6 +158,24 @@ class ImageCells(TokenLayout):
             original_size=tuple(original_size),
         )
 
+    @classmethod
+    def from_tile_split(cls, original_size: tuple[int, int], cols: int, rows: int, token_grid: tuple[int, int],
+                        thumbnail: bool) -> "ImageCells":
+        """The whole image cut evenly into cols x rows tiles, row-major, each a `token_grid`
+        (token rows, cols), then, if `thumbnail`, the whole image as one more tile of that grid
+        (InternVL's thumbnail, Idefics3's global image)."""
+        width, height = original_size
+        token_rows, token_cols = token_grid
+        tiles = []
+        for index in range(cols * rows):
+            r, c = divmod(index, cols)
+            region = (Fraction(c * width, cols), Fraction(r * height, rows),
+                      Fraction((c + 1) * width, cols), Fraction((r + 1) * height, rows))
+            tiles.append(("tile", token_rows, token_cols, region))
+        if thumbnail:
+            tiles.append(("thumbnail", token_rows, token_cols, (0, 0, width, height)))
+        return cls.from_tiles(tiles, original_size)
+
 
 def _outer_box(boxes: np.ndarray) -> np.ndarray:
     """(1, 4) outer box of a grid's cells (NaN cells ignored)."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import torch
 from PIL import Image
@@ -169,17 +168,8 @@ class Idefics3Adapter(ConditionalGenerationAdapter):
         """Tiles row-major (each shows its rows x cols share of the whole image, stretched), then the
         global image; within a tile, token (i, j) is the 4 x 4-patch block i, j (row-major)."""
         self._geometry(geometry)
-        width, height = original_size
         cols, rows = self.tile_layout(original_size)
-        token_rows, token_cols = self.tile_grid
-        tiles = []
-        for index in range(cols * rows):
-            r, c = divmod(index, cols)
-            region = (Fraction(c * width, cols), Fraction(r * height, rows),
-                      Fraction((c + 1) * width, cols), Fraction((r + 1) * height, rows))
-            tiles.append(("tile", token_rows, token_cols, region))
-        tiles.append(("thumbnail", token_rows, token_cols, (0, 0, width, height)))
-        return ImageCells.from_tiles(tiles, original_size)
+        return ImageCells.from_tile_split(original_size, cols, rows, self.tile_grid, thumbnail=True)
 
     def image_blocks(self, input_ids: torch.Tensor) -> list[list[torch.Tensor]]:
         """Per batch row, the image-token positions of each image: every tile up to and including the

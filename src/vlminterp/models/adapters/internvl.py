@@ -21,8 +21,6 @@ row-major, so a tile is a (tile_size / patch / 2)-square token grid (16 x 16 = 2
 """
 from __future__ import annotations
 
-from fractions import Fraction
-
 import torch
 from PIL import Image
 from torch import nn
@@ -103,18 +101,9 @@ class InternVLAdapter(ConditionalGenerationAdapter):
 
     def image_cells(self, original_size: tuple[int, int], geometry: ImageGeometry | None = None) -> ImageCells:
         self._geometry(geometry)
-        width, height = original_size
         cols, rows = self.tile_layout(original_size)
-        token_rows, token_cols = self.tile_grid
-        tiles = []
-        for index in range(cols * rows):
-            r, c = divmod(index, cols)
-            region = (Fraction(c * width, cols), Fraction(r * height, rows),
-                      Fraction((c + 1) * width, cols), Fraction((r + 1) * height, rows))
-            tiles.append(("tile", token_rows, token_cols, region))
-        if cols * rows > 1:  # the processor appends a thumbnail only when it cut several tiles
-            tiles.append(("thumbnail", token_rows, token_cols, (0, 0, width, height)))
-        return ImageCells.from_tiles(tiles, original_size)
+        # the processor appends a thumbnail only when it cut several tiles
+        return ImageCells.from_tile_split(original_size, cols, rows, self.tile_grid, thumbnail=cols * rows > 1)
 
     def prepare_image(self, image: Image.Image, geometry: ImageGeometry | None = None) -> Image.Image:
         self._geometry(geometry)
