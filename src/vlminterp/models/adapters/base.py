@@ -470,8 +470,14 @@ class VLMAdapter(ABC):
             position_ids=position_ids,
             attention_mask=attention_mask,
             use_cache=use_cache,
+            **self.language_model_extras(inputs_embeds, past_key_values),
         )
         return out.last_hidden_state, out.past_key_values
+
+    def language_model_extras(self, inputs_embeds: torch.Tensor, past_key_values) -> dict:
+        """Further keyword arguments of this call of the text model (`language_model_forward`), e.g.
+        Qwen3-VL's DeepStack features; default: none."""
+        return {}
 
     def unembed(self, normed_hidden: torch.Tensor) -> torch.Tensor:
         """Logits from final-normed hidden states (apply `final_norm` first for the residual stream)."""

@@ -18,10 +18,11 @@ tokens' input embeddings alone leaves it in. Here:
 - `embed` keeps the DeepStack features of the input it embeds (a few inputs, keyed by their tokens
   up to the last image token and a digest of their image embeddings), and `observe` (the engine,
   before every run, with the prepared input's embeddings) picks the input's;
-- `language_model_forward` locates the call's tokens by cache slot (slot = sequence index in every
-  engine call on a prompt) and passes the text model the features of the image tokens among them,
-  per batch row, leaving out each row's ablated positions (`ablating`, entered by the engine's
-  `Ablation` edits): a token ablation removes the image from the input embedding AND the injections.
+- `language_model_forward`, through its hook `language_model_extras`, locates the call's tokens by
+  cache slot (slot = sequence index in every engine call on a prompt) and passes the text model the
+  features of the image tokens among them, per batch row, leaving out each row's ablated positions
+  (`ablating`, entered by the engine's `Ablation` edits): a token ablation removes the image from the
+  input embedding AND the injections.
   The naive reference (`interventions.ablation.replace_embeddings`) removes the same injections from
   the model's own call independently;
 - text appended after a kept cache is observed as text (cache.continue_batch), never as image.
@@ -157,8 +158,9 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         finally:
             self._ablated = previous
 
-    def _deepstack_inputs(self, inputs_embeds: torch.Tensor, past_key_values) -> dict:
-        """`visual_pos_masks` (B, Q) and per layer the features of those tokens, or {} when none."""
+    def language_model_extras(self, inputs_embeds: torch.Tensor, past_key_values) -> dict:
+        """DeepStack: each image token of the call (not ablated) gets its features. `visual_pos_masks`
+        (B, Q) and per layer the features of those tokens, or {} when none."""
         if self._observed is None:
             raise DeepStackError("qwen3_vl: language_model_forward before any input was observed (adapter.observe)")
         image, features = self._observed
@@ -181,19 +183,6 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         device = inputs_embeds.device
         return {"visual_pos_masks": masks.to(device),
                 "deepstack_visual_embeds": [f[index.to(f.device)].to(device) for f in features]}
-
-    def language_model_forward(self, inputs_embeds, *, past_key_values=None, position_ids=None,
-                               attention_mask=None, use_cache=True):
-        """The text model with DeepStack: each image token of the call (not ablated) gets its features."""
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
-            **self._deepstack_inputs(inputs_embeds, past_key_values),
-        )
-        return out.last_hidden_state, out.past_key_values
 
 
 class ImageOnlyQwen3VLProcessor(ImageOnlyProcessorMixin, Qwen3VLProcessor):
