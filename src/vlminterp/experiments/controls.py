@@ -248,7 +248,7 @@ def control_table(rows) -> pd.DataFrame:
 
 def control_of(table: pd.DataFrame, setting: str = "", condition: str = "") -> dict | None:
     """The control dict of `setting` and `condition` in a controls table, None when it has none."""
-    keys = table[["setting", "condition"]].fillna("")   # "" reads back from CSV as NaN
+    keys = table[["setting", "condition"]].astype(object).fillna("")   # "" reads back from CSV as NaN
     found = table[(keys["setting"] == setting) & (keys["condition"] == condition)]
     if found.empty:
         return None
