@@ -20,6 +20,13 @@ def random_control(part: pd.DataFrame, buffer: int) -> str:
     return min(sweep, key=lambda c: (abs(int(c[len("random_n"):]) - count), int(c[len("random_n"):])))
 
 
+def headline_buffer(conditions) -> int:
+    """N1's headline buffer among `conditions`: 1 where the run has object_b1, else its smallest
+    object_b{n} (0 without any)."""
+    buffers = sorted(int(c.rsplit("_b", 1)[1]) for c in conditions if c.startswith("object_b"))
+    return 1 if 1 in buffers else (buffers[0] if buffers else 0)
+
+
 def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000) -> pd.DataFrame:
     """N1: flip rate per setting x condition over included images, with bootstrap 95% intervals."""
     included = table[table["included"].astype(bool) & (table["condition"] != "none")]
@@ -27,6 +34,17 @@ def flip_summary(table: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000)
                               n_resamples=n_resamples)
     tokens = included.groupby(["setting", "condition"])["n_tokens"].mean().rename("mean_tokens").reset_index()
     return summary.merge(tokens, on=["setting", "condition"], how="left")
+
+
+def flip_by_category(table: pd.DataFrame) -> pd.DataFrame:
+    """N1: flip rate per setting x condition x target category over included images; columns
+    setting, condition, category, value, n (rows), n_images."""
+    included = table[table["included"].astype(bool) & (table["condition"] != "none")]
+    rows = [{"setting": setting, "condition": condition, "category": category,
+             "value": float(part["flipped"].astype(float).mean()), "n": len(part),
+             "n_images": int(part["image_id"].nunique())}
+            for (setting, condition, category), part in included.groupby(["setting", "condition", "category"])]
+    return pd.DataFrame(rows, columns=["setting", "condition", "category", "value", "n", "n_images"])
 
 
 def method_label(method: str, k_fraction: float) -> str:

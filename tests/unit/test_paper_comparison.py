@@ -1,6 +1,7 @@
-"""paper_comparison.csv: the papers' headline numbers beside a run's, read from hand-made tables
-whose expected values are counted by hand; K4 on balanced POPE questions (balance counted from the
-real COCO question table); null controls and the per-category breakdown."""
+"""paper_comparison.csv: the papers' headline numbers beside a run's, read from the summaries of
+hand-made per-image tables (computed as the summary rules compute them) whose expected values are
+counted by hand; K4 on balanced POPE questions (balance counted from the real COCO question table);
+null controls and the per-category breakdown."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +10,33 @@ import pytest
 
 from shared_fixtures import COCO_MINI, require
 from vlminterp.experiments import controls
+from vlminterp.experiments.kaduri.knockout import recall_by_category, summarize_knockouts
+from vlminterp.experiments.kaduri.localization import DEPTH_GROUPING, accuracy_by_category, summarize_localization
+from vlminterp.experiments.kaduri.reprompt import accuracy_by_category as answers_by_category
 from vlminterp.experiments.kaduri.reprompt import summarize_reprompting
-from vlminterp.experiments.paper_comparison import (BREAKDOWN_COLUMNS, COLUMNS, ORGANISM_NOTE, UNSOURCED, RunTables,
-                                                    by_category, paper_comparison)
+from vlminterp.experiments.paper_comparison import (BREAKDOWN_COLUMNS, COLUMNS, ORGANISM_NOTE, UNSOURCED,
+                                                    RunSummaries, by_category, paper_comparison)
+from vlminterp.summaries import ablation_summary, flip_by_category
+
+
+def summarized(ablation, knockout, peaks, answers, knockout_llm=None, judge_model="", vocabulary=None,
+               seed=0) -> RunSummaries:
+    """The summaries the summary rules write (workflow.stages) of hand-made per-image tables."""
+    flips = ablation_summary(ablation, seed=seed)
+    mentions = vocabulary.categories_in if vocabulary is not None else None
+
+    def judged(table):
+        return summarize_knockouts(table, seed=seed), controls.knockout_controls(table, seed), recall_by_category(table)
+
+    eighths = summarize_localization(peaks, seed=seed, depth=True)
+    localization = pd.concat([summarize_localization(peaks, seed=seed).assign(grouping="layer"),
+                              eighths.assign(grouping=DEPTH_GROUPING)], ignore_index=True)
+    llm = judged(knockout_llm) if knockout_llm is not None else (None, None, None)
+    return RunSummaries(flips, controls.ablation_controls(ablation, flips, mentions, seed), flip_by_category(ablation),
+                        *judged(knockout), localization, controls.localization_controls(peaks, eighths, seed),
+                        accuracy_by_category(peaks), summarize_reprompting(answers, seed=seed),
+                        controls.reprompt_controls(answers, seed), answers_by_category(answers), *llm,
+                        judge_model=judge_model)
 
 
 def _ablation() -> pd.DataFrame:
@@ -80,7 +105,7 @@ def _toy_questions() -> pd.DataFrame:
 
 
 def test_paper_comparison_reads_each_headline_from_the_run_tables():
-    tables = RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()))
+    tables = summarized(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()))
     table = paper_comparison(tables, model="llava-hf/llava-1.5-7b-hf", organism=False)
     assert list(table.columns) == list(COLUMNS)
     by = table.set_index(["experiment", "condition"])
@@ -113,7 +138,7 @@ def test_paper_comparison_reads_each_headline_from_the_run_tables():
 
 def test_k4_compares_each_balanced_strategy_and_their_mean_with_single_turn_as_the_full_image():
     questions = _toy_questions()
-    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(questions)), "m", False)
+    table = paper_comparison(summarized(_ablation(), _knockout(), _peaks(), _answers(questions)), "m", False)
     k4 = table[table["experiment"] == "K4"]
     assert k4["setting"].str.split(":").str[0].unique().tolist() == ["POPE random", "POPE popular",
                                                                      "POPE adversarial",
@@ -151,7 +176,7 @@ def test_an_always_no_answerer_scores_half_on_the_balanced_sets_of_real_coco_que
     single = summary[summary["method"] == "single_turn"].set_index("setting")
     assert single["accuracy"].tolist() == pytest.approx([0.5] * 4)
     assert single["truth_yes_share"].tolist() == pytest.approx([0.5] * 4)
-    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), answers), "m", False)
+    table = paper_comparison(summarized(_ablation(), _knockout(), _peaks(), answers), "m", False)
     k4 = table[table["experiment"] == "K4"]
     assert k4["value"].tolist() == pytest.approx([0.5] * len(k4))
     # the blind answerers are computed on the same questions: always-no is exactly at chance
@@ -183,7 +208,7 @@ def test_k4_mean_control_is_the_mean_of_the_strategies_controls():
     """The mean setting's blind answerers are fitted within each strategy's set and averaged, not
     fitted on the union (which repeats each positive three times)."""
     questions = _toy_questions()
-    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(questions)), "m", False)
+    table = paper_comparison(summarized(_ablation(), _knockout(), _peaks(), _answers(questions)), "m", False)
     k4 = table[(table["experiment"] == "K4") & (table["condition"] == "single_turn")]
     per_strategy = []
     for strategy in ("random", "popular", "adversarial"):
@@ -198,7 +223,7 @@ def test_k2_category_blind_f1_scores_against_other_images():
     control = controls.category_blind_f1(knockout, "image->generated", seed=0)
     # candidate {common} vs another image's reference {a_j, common}: precision 1, recall 1/2, F1 2/3
     assert control["control_value"] == pytest.approx(2 / 3)
-    table = paper_comparison(RunTables(_ablation(), knockout, _peaks(), _answers(_toy_questions())), "m", False)
+    table = paper_comparison(summarized(_ablation(), knockout, _peaks(), _answers(_toy_questions())), "m", False)
     k2 = table[(table["experiment"] == "K2")].set_index("condition")
     # the knocked-out F1 equals what any other image's description would get: flagged
     assert k2.loc["image->generated", "flag"] == controls.AT_CONTROL
@@ -210,35 +235,35 @@ def test_k3_permuted_label_control_is_flagged_when_off_its_chance():
     """A peak that hits whatever object it is scored against (hit_permuted 1, chance 0.1): the
     control is off chance and every K3 row is flagged; at its chance, none is."""
     off = _peaks().assign(hit_permuted=1.0, chance_permuted=0.1, image_id=[i % 4 for i in range(16)])
-    table = paper_comparison(RunTables(_ablation(), _knockout(), off, _answers(_toy_questions())), "m", False)
+    table = paper_comparison(summarized(_ablation(), _knockout(), off, _answers(_toy_questions())), "m", False)
     k3 = table[table["experiment"] == "K3"]
     assert (k3["control_value"] == 1.0).all() and (k3["chance"] == 0.1).all()
     assert (k3["flag"] == controls.CONTROL_OFF_CHANCE).all() and k3["control"].str.startswith("permuted").all()
     fair = off.assign(hit_permuted=[float(i % 10 == 0) for i in range(16)])
-    table = paper_comparison(RunTables(_ablation(), _knockout(), fair, _answers(_toy_questions())), "m", False)
+    table = paper_comparison(summarized(_ablation(), _knockout(), fair, _answers(_toy_questions())), "m", False)
     assert (table[table["experiment"] == "K3"]["flag"] == "").all()
 
 
 def test_k2_value_comes_from_the_llm_judge_when_it_ran():
     llm = _knockout().assign(f1=0.25)
-    tables = RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()), knockout_llm=llm,
+    tables = summarized(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()), knockout_llm=llm,
                        judge_model="gpt-4o-2024-08-06")
     k2 = paper_comparison(tables, "m", False).set_index("condition").loc["image->generated"]
     assert k2["value"] == 0.25 and "gpt-4o-2024-08-06" in k2["measure"] and k2["note"] == ""
 
 
 def test_n1_polling_control_counts_the_unablated_questions():
-    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions())), "m", False)
+    table = paper_comparison(summarized(_ablation(), _knockout(), _peaks(), _answers(_toy_questions())), "m", False)
     polling = table[(table["experiment"] == "N1") & (table["setting"] == "polling")]
     assert (polling["control_value"] == 0.5).all() and (polling["flag"] == "").all()
     generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")]
-    # without the vocabulary the descriptions cannot be read: the control says so, no value, no flag
-    assert generative["control"].str.contains("no vocabulary").all() and generative["control_value"].isna().all()
+    # without the vocabulary the descriptions cannot be read: no permuted pair, no value, no flag
+    assert generative["control"].str.contains("no such pair").all() and generative["control_value"].isna().all()
     assert (generative["flag"] == "").all()
 
 
 def test_by_category_breaks_every_headline_down():
-    tables = RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()))
+    tables = summarized(_ablation(), _knockout(), _peaks(), _answers(_toy_questions()))
     table = by_category(tables)
     assert list(table.columns) == list(BREAKDOWN_COLUMNS)
     n1 = table[(table["experiment"] == "N1") & (table["condition"] == "object_b1")].set_index("category")
@@ -251,7 +276,7 @@ def test_by_category_breaks_every_headline_down():
 
 
 def test_on_the_organism_every_row_says_it_is_not_llava_and_missing_bands_are_explained():
-    tables = RunTables(_ablation(), _knockout(), _peaks(2), _answers(_toy_questions()))
+    tables = summarized(_ablation(), _knockout(), _peaks(2), _answers(_toy_questions()))
     table = paper_comparison(tables, model="shapes organism", organism=True)
     assert table["note"].str.startswith(ORGANISM_NOTE).all()
     k3 = table[table["experiment"] == "K3"]
@@ -305,7 +330,7 @@ def test_generative_permuted_mention_flips_counted_by_hand():
         flips = flips.set_index("condition")
         assert flips["n_pairs"].tolist() == [2, 2, 2] and (flips["n_images"] == 3).all()
         assert flips["flip_rate"].to_dict() == {"object_b1": 0.0, "random_matched_b1": 0.5, "high_gradient_b1": 1.0}
-    table = paper_comparison(RunTables(_described(), _knockout(), _peaks(), _answers(_toy_questions()),
+    table = paper_comparison(summarized(_described(), _knockout(), _peaks(), _answers(_toy_questions()),
                                        vocabulary=vocabulary), "m", False)
     generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")].set_index("condition")
     assert generative.loc["object_b1", "value"] == 1.0 and generative.loc["random_matched_b1", "value"] == 0.0
@@ -342,7 +367,7 @@ def test_vqa_image_blind_answerer_against_the_answer_prior_by_hand():
     at_chance = controls.image_blind_vqa(_vqa([True, True, True, False, False, False]))
     assert (at_chance["control_value"], at_chance["chance"]) == (0.6, 0.6)
     assert "1/3" in at_chance["control"] and controls.flag(at_chance, 0.9, 1.0) == ""
-    table = paper_comparison(RunTables(_vqa([True] * 6), _knockout(), _peaks(), _answers(_toy_questions())), "m",
+    table = paper_comparison(summarized(_vqa([True] * 6), _knockout(), _peaks(), _answers(_toy_questions())), "m",
                              False)
     vqa = table[(table["experiment"] == "N1") & (table["setting"] == "vqa")].set_index("condition")
     # a blind answerer naming every target: the question gives the answer away, every VQA row flagged
@@ -353,7 +378,7 @@ def test_vqa_image_blind_answerer_against_the_answer_prior_by_hand():
 
 def test_by_category_holds_every_n1_setting():
     ablation = pd.concat([_ablation(), _described(), _vqa([True] * 6)], ignore_index=True)
-    breakdown = by_category(RunTables(ablation, _knockout(), _peaks(), _answers(_toy_questions())))
+    breakdown = by_category(summarized(ablation, _knockout(), _peaks(), _answers(_toy_questions())))
     n1 = breakdown[(breakdown["experiment"] == "N1") & (breakdown["condition"] == "object_b1")]
     assert set(n1["setting"]) == {"generative", "vqa"}  # polling: _ablation's polling rows are unablated only
     vqa = n1[n1["setting"] == "vqa"].set_index("category")
@@ -369,8 +394,32 @@ def test_generative_chance_falls_back_to_the_random_sweep_of_the_nearest_count()
     swept = described[described["condition"] == "random_matched_b1"].assign(condition="random_n5", n_tokens=5)
     wrecked = described[described["condition"] == "high_gradient_b1"].assign(condition="random_n20", n_tokens=20)
     ablation = pd.concat([described[described["condition"] != "random_matched_b1"], swept, wrecked])
-    table = paper_comparison(RunTables(ablation, _knockout(), _peaks(), _answers(_toy_questions()),
+    table = paper_comparison(summarized(ablation, _knockout(), _peaks(), _answers(_toy_questions()),
                                        vocabulary=load_vocabulary("shapes")), "m", False)
     generative = table[(table["experiment"] == "N1") & (table["setting"] == "generative")].set_index("condition")
     assert (generative["chance"].dropna() == 0.5).all() and generative["control"].str.contains("random_n5").all()
     assert generative.loc["high_gradient_b1", "flag"] == controls.CONTROL_OFF_CHANCE
+
+
+def test_the_comparison_reads_the_same_from_the_summary_files(tmp_path):
+    """The summary rules write CSV, where "" reads back as missing (K2's empty setting and target):
+    the comparison and breakdown of the summaries read back from disk equal those in memory."""
+    import dataclasses
+
+    from vlminterp.io import read_table, write_table
+    from vlminterp.scoring.vocabulary import load_vocabulary
+
+    ablation = pd.concat([_ablation(), _described(), _vqa([True] * 6)], ignore_index=True)
+    peaks = _peaks().assign(hit_permuted=1.0, chance_permuted=0.1, image_id=[i % 4 for i in range(16)])
+    summaries = summarized(ablation, _knockout(), peaks, _answers(_toy_questions()),
+                           vocabulary=load_vocabulary("shapes"))
+    frames = {}
+    for field in dataclasses.fields(summaries):
+        if isinstance(getattr(summaries, field.name), pd.DataFrame):
+            write_table(getattr(summaries, field.name), tmp_path / f"{field.name}.csv")
+            frames[field.name] = read_table(tmp_path / f"{field.name}.csv")
+    on_disk = dataclasses.replace(summaries, **frames)
+    expected = paper_comparison(summaries, "m", False)
+    assert expected["control_value"].notna().sum() > 20   # the controls were found, not left empty
+    pd.testing.assert_frame_equal(paper_comparison(on_disk, "m", False), expected)
+    pd.testing.assert_frame_equal(by_category(on_disk), by_category(summaries))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlminterp.experiments.paper_comparison import RunTables, paper_comparison
+from vlminterp.experiments.paper_comparison import paper_comparison
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,9 +55,9 @@ def test_every_paper_number_in_the_prose_names_its_model_and_source():
     names the model the comparison table attributes it to and its kind of source ("abstract" for
     the one number checked there, "unsourced" for the others); "middle quarter" is said of
     InternVL2-76B's window only."""
-    from test_paper_comparison import _ablation, _answers, _knockout, _peaks, _toy_questions
+    from test_paper_comparison import _ablation, _answers, _knockout, _peaks, _toy_questions, summarized
 
-    table = paper_comparison(RunTables(_ablation(), _knockout(), _peaks(), _answers(_toy_questions())), "m", False)
+    table = paper_comparison(summarized(_ablation(), _knockout(), _peaks(), _answers(_toy_questions())), "m", False)
     numbered = table[table["paper_value"].notna() & (table["relation"] != "~")]
     expected = {}
     for value, part in numbered[numbered["paper_value"] != 0].groupby("paper_value"):  # 0.00: quoted with 0.40

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from vlminterp.workflow import stages
-from vlminterp.experiments.paper_comparison import RunTables
+from vlminterp.experiments.paper_comparison import RunSummaries
 from vlminterp.workflow.registry import STAGES, by_rule, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,9 @@ def test_sharded_stages_declare_their_images_and_tables():
             assert f"logs(\"{stage.rule}/{{shard}}\")" in rule_bodies()[stage.rule], stage.rule
 
 
-def test_paper_comparison_fields_are_the_registered_tables():
-    frames = {f.name for f in dataclasses.fields(RunTables) if "DataFrame" in str(f.type)}
-    assert frames == {stage.compared_as for stage in STAGES if stage.compared_as}
+def test_paper_comparison_fields_are_the_registered_summary_tables():
+    frames = {f.name for f in dataclasses.fields(RunSummaries) if "DataFrame" in str(f.type)}
+    compared = [stage for stage in STAGES if stage.compared_as]
+    assert frames == {name for stage in compared for name in stage.compared_as}
+    assert all(stage.rule.startswith("summarize_") for stage in compared), "the comparison reads summaries only"
 

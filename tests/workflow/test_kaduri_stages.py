@@ -178,6 +178,12 @@ def test_llm_judge_stage_scores_the_same_generations(tiny_run, tmp_path):
     assert (_out(tiny_run) / "kaduri" / "knockout" / "llm_judge_cache.jsonl").is_file()
     summary = _table(tiny_run, "knockout/llm_judge_summary.csv")
     assert "image->query+generated" in set(summary["condition"])
+    # the paper comparison's K2 rows read the LLM judge's summaries (summarize_group_knockouts_llm)
+    k2 = pd.read_csv(_out(tiny_run) / "papers" / "paper_comparison.csv").query("experiment == 'K2'")
+    assert k2["measure"].str.contains("LLM judge (fake)", regex=False).all()
+    judged_summary = summary.set_index("condition")
+    row = k2[k2["condition"] == "image->generated"].iloc[0]
+    assert (row["value"], row["n"]) == tuple(judged_summary.loc["image->generated", ["mean", "n_images"]])
 
 
 def test_paper_comparison_on_the_organism(tiny_run):

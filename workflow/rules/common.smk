@@ -312,11 +312,11 @@ def get_image_selections(wildcards):
 
 
 def get_paper_comparison_inputs(wildcards):
-    """compare_with_papers reads the run's own tables: the first table of each enabled stage that
-    declares a `compared_as` field of paper_comparison.RunTables (N1 ablation, K2 judged
-    descriptions, K3 peaks, K4 answers; the LLM judge's K2 table when it runs)."""
-    return {stage.compared_as: results(stage.tables[0]) for stage in STAGES
-            if stage.compared_as and stage.enabled(config)}
+    """compare_with_papers reads summary tables only: each enabled summary stage's tables, named
+    by its `compared_as` after fields of paper_comparison.RunSummaries (N1, K2, K3, K4: summary,
+    controls, per-category breakdown; the LLM judge's K2 summaries when it runs)."""
+    return {name: results(path) for stage in STAGES if stage.compared_as and stage.enabled(config)
+            for name, path in zip(stage.compared_as, stage.tables)}
 
 
 def get_final_output():

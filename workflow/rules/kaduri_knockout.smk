@@ -49,6 +49,8 @@ rule summarize_group_knockouts:
     output:
         report(results("kaduri/knockout/summary.csv"), caption=caption("knockout_summary"),
                category="Kaduri et al.", subcategory="K2 knockout"),
+        results("kaduri/knockout/controls.csv"),
+        results("kaduri/knockout/by_category.csv"),
     params:
         dataset_dir=dataset_dir_of_input,
         split=kaduri_split(),
@@ -84,8 +86,6 @@ rule judge_group_knockouts_llm:
         rules.gather_group_knockouts.output[0],
     output:
         table=results("kaduri/knockout/llm_judge.csv"),
-        summary=report(results("kaduri/knockout/llm_judge_summary.csv"), caption=caption("knockout_llm_judge"),
-                       category="Kaduri et al.", subcategory="K2 knockout"),
     params:
         judge=KADURI["llm_judge"],
         cache=results(KADURI["llm_judge"]["cache"]),
@@ -97,3 +97,22 @@ rule judge_group_knockouts_llm:
         LIBRARY_ENV
     script:
         "../scripts/judge_group_knockouts_llm.py"
+
+
+rule summarize_group_knockouts_llm:
+    localrule: True
+    input:
+        table=rules.judge_group_knockouts_llm.output.table,
+    output:
+        report(results("kaduri/knockout/llm_judge_summary.csv"), caption=caption("knockout_llm_judge"),
+               category="Kaduri et al.", subcategory="K2 knockout"),
+        results("kaduri/knockout/llm_judge_controls.csv"),
+        results("kaduri/knockout/llm_judge_by_category.csv"),
+    params:
+        seed=SEED,
+    log:
+        logs("summarize_group_knockouts_llm"),
+    conda:
+        LIBRARY_ENV
+    script:
+        "../scripts/run_stage.py"

@@ -47,6 +47,8 @@ rule summarize_localization:
     output:
         report(results("kaduri/localization/summary.csv"), caption=caption("localization_summary"),
                category="Kaduri et al.", subcategory="K3 localization"),
+        results("kaduri/localization/controls.csv"),
+        results("kaduri/localization/by_category.csv"),
     params:
         band_width=KADURI["localization"]["band_width"],
         seed=SEED,

@@ -68,6 +68,8 @@ rule summarize_reprompting:
     output:
         report(results("kaduri/reprompt/summary.csv"), caption=caption("reprompt_summary"),
                category="Kaduri et al.", subcategory="K4 re-prompting"),
+        results("kaduri/reprompt/controls.csv"),
+        results("kaduri/reprompt/by_category.csv"),
     params:
         seed=SEED,
     log:

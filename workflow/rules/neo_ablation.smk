@@ -100,9 +100,12 @@ rule summarize_token_ablation:
         table=rules.gather_token_ablation.output[0],
     output:
         results("neo/ablation/summary.csv"),
+        results("neo/ablation/controls.csv"),
+        results("neo/ablation/by_category.csv"),
     params:
         seed=SEED,
         resamples=config["neo"]["bootstrap_resamples"],
+        vocabulary=neo_vocabulary(),
     log:
         logs("summarize_token_ablation"),
     conda:

@@ -1,5 +1,6 @@
 # The papers' headline numbers beside this run's (N1, K2-K4), with 95% intervals, a null control
-# each, and their per-category breakdown.
+# each, and their per-category breakdown: joined from the summary rules' tables (the registry's
+# `compared_as`), never from a gathered per-image table.
 
 
 rule compare_with_papers:
@@ -17,8 +18,6 @@ rule compare_with_papers:
         model=config["model"]["pretrained"]["id"] if not uses_organism() else "shapes organism",
         organism=uses_organism(),
         judge_model=KADURI["llm_judge"]["model"],
-        vocabulary=neo_vocabulary(),
-        seed=SEED,
     log:
         logs("compare_with_papers"),
     conda:

@@ -1,22 +1,19 @@
 """Rule compare_with_papers: the papers' headline numbers beside this run's (paper_comparison.csv),
-with a null control each, and their per-category breakdown (by_category.csv)."""
-from vlminterp.experiments.paper_comparison import RunTables, by_category, paper_comparison
+with a null control each, and their per-category breakdown (by_category.csv), joined from the
+summary rules' tables."""
+from vlminterp.experiments.paper_comparison import RunSummaries, by_category, paper_comparison
 from vlminterp.io import read_table, write_table
 from vlminterp.plots.tables import write_table_html
 from vlminterp.workflow.runtime import rule_context
-from vlminterp.scoring.vocabulary import load_vocabulary
 
 params, inputs = snakemake.params, snakemake.input
-with rule_context(snakemake.log[0], seed=params.seed):
-    # the inputs are named after RunTables' fields (each stage's `compared_as` in the registry)
-    read = {name: read_table(path) for name, path in inputs.items()}
-    # N1's vocabulary reads the generative control's descriptions: the stage's, extended (as the
-    # stage extends it by the dataset's categories) by the targets' categories it scores
-    vocabulary = load_vocabulary(params.vocabulary, categories=sorted(set(read["ablation"]["category"])))
-    tables = RunTables(**read, judge_model=params.judge_model, vocabulary=vocabulary)
-    comparison = paper_comparison(tables, model=params.model, organism=params.organism, seed=params.seed)
+with rule_context(snakemake.log[0]):
+    # the inputs are named after RunSummaries' fields (each summary stage's `compared_as` in the registry)
+    summaries = RunSummaries(**{name: read_table(path) for name, path in inputs.items()},
+                             judge_model=params.judge_model)
+    comparison = paper_comparison(summaries, model=params.model, organism=params.organism)
     write_table(comparison, snakemake.output.comparison)
-    breakdown = by_category(tables, seed=params.seed)
+    breakdown = by_category(summaries)
     write_table(breakdown, snakemake.output.by_category)
     write_table_html(breakdown, snakemake.output.by_category_page,
                      title=f"Every headline number by category ({params.model})",

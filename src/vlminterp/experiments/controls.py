@@ -5,7 +5,10 @@
 
 Each control is computed from the run's own tables: blind answerers (K4, N1 polling), the
 category-blind F1 (K2), permuted mention flips (N1 generative), the image-blind VQA answerer (N1
-VQA); `flag` turns one into the comparison table's flag column. What each measures and why:
+VQA), permuted labels (K3); `flag` turns one into the comparison table's flag column. The summary
+rules write each experiment's controls as a table (`ablation_controls`, `knockout_controls`,
+`localization_controls`, `reprompt_controls`: CONTROL_COLUMNS, one control per setting and
+condition), which the paper comparison reads back with `control_of`. What each measures and why:
 docs/PROTOCOLS.md, the null controls of the paper comparison.
 """
 from __future__ import annotations
@@ -15,10 +18,18 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from vlminterp.experiments.kaduri.localization import DEPTH_GROUPING, depth_band, scored_rows
+from vlminterp.experiments.kaduri.reprompt import MEAN_SETTING, SUMMARY_SETTINGS, setting_weights
 from vlminterp.stats import cluster_bootstrap_ci
+from vlminterp.summaries import headline_buffer, random_control
 
 BLIND_ANSWERERS = ("always_yes", "always_no", "answer_prior")
 CONTROL_OFF_CHANCE, AT_CONTROL = "control_off_chance", "at_control"
+CONTROL_FIELDS = ("control", "control_value", "control_low", "control_high", "chance")
+#: A controls table: the control of each setting and condition ("" where it holds for all of them).
+CONTROL_COLUMNS = ("setting", "condition", *CONTROL_FIELDS)
+NO_CONTROL = {"control": "", "control_value": np.nan, "control_low": np.nan, "control_high": np.nan,
+              "chance": np.nan}
 
 
 def answer_prior(questions: pd.DataFrame) -> pd.Series:
@@ -226,3 +237,114 @@ def flag(control: dict, low: float, high: float, *, control_sets_chance: bool = 
     if np.isnan(c_low) or np.isnan(chance):
         return ""
     return CONTROL_OFF_CHANCE if c_low > chance + 1e-12 else ""
+
+
+# ---- the controls tables of the summary rules -----------------------------------------------------
+def control_table(rows) -> pd.DataFrame:
+    """A controls table (CONTROL_COLUMNS) of (setting, condition, control dict) triples."""
+    return pd.DataFrame([{"setting": setting, "condition": condition, **{k: control[k] for k in CONTROL_FIELDS}}
+                         for setting, condition, control in rows], columns=list(CONTROL_COLUMNS))
+
+
+def control_of(table: pd.DataFrame, setting: str = "", condition: str = "") -> dict | None:
+    """The control dict of `setting` and `condition` in a controls table, None when it has none."""
+    keys = table[["setting", "condition"]].astype(object).fillna("")   # "" reads back from CSV as NaN
+    found = table[(keys["setting"] == setting) & (keys["condition"] == condition)]
+    if found.empty:
+        return None
+    row = found.iloc[0]
+    return {"control": "" if pd.isna(row["control"]) else str(row["control"]),
+            **{k: float(row[k]) for k in CONTROL_FIELDS[1:]}}
+
+
+def polling_control(ablation: pd.DataFrame, seed: int = 0) -> dict:
+    """N1 polling: always-yes / always-no on the unablated polling questions (target: "yes",
+    absent: "no"). The answer prior needs the absent category's name, which the N1 table does not keep."""
+    rows = ablation[(ablation["setting"] == "polling") & (ablation["condition"] == "none")]
+    if "excluded" in rows:
+        rows = rows[rows["excluded"].fillna("") == ""]
+    questions = pd.DataFrame({"image_id": rows["image_id"].to_numpy(),
+                              "category": rows["question_kind"].to_numpy(),  # no category: the prior is off
+                              "answer": np.where(rows["question_kind"].eq("target"), "yes", "no")})
+    table = blind_answerers(questions, seed=seed)
+    table = table[table["answerer"] != "answer_prior"]
+    if table.empty or table["accuracy"].isna().all():
+        return {**NO_CONTROL, "control": "always-yes / always-no: no polling questions"}
+    best = table.loc[table["accuracy"].idxmax()]
+    summary = ", ".join(f"{r.answerer} {r.accuracy:.3f}" for r in table.itertuples())
+    return {"control": f"best blind answerer on the unablated polling questions ({summary})",
+            "control_value": float(best["accuracy"]), "control_low": float(best["low"]),
+            "control_high": float(best["high"]), "chance": 0.5}
+
+
+def ablation_controls(ablation: pd.DataFrame, summary: pd.DataFrame, mentions: Callable[[str], set[str]] | None,
+                      seed: int = 0) -> pd.DataFrame:
+    """N1's controls table: polling's blind answerers and VQA's image-blind answerer (condition
+    ""), generative's permuted-label flips of each ablated condition against the rate of the
+    count-matched random tokens of the headline buffer (`summary`: N1's flip summary) on the same
+    pairs. `mentions`: the stage's vocabulary (None: no generative rows)."""
+    rows = [("polling", "", polling_control(ablation, seed)), ("vqa", "", image_blind_vqa(ablation, seed=seed))]
+    if mentions is not None:
+        flips = permuted_mention_flips(ablation, mentions, seed=seed)
+        part = summary[summary["setting"] == "generative"].set_index("condition")
+        base = random_control(part, headline_buffer(part.index))
+        rows += [("generative", condition, mention_control(flips, condition, base))
+                 for condition in flips["condition"]]
+    return control_table(rows)
+
+
+def knockout_controls(judged: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """K2's controls table: the category-blind F1 of each condition of a judged K2 table."""
+    return control_table(("", condition, category_blind_f1(judged, condition, seed=seed))
+                         for condition in pd.unique(judged["condition"]))
+
+
+def depth_setting(band: int) -> str:
+    """The controls table's setting of K3's eighth `band` of the depth."""
+    return f"{DEPTH_GROUPING} {band}"
+
+
+def localization_controls(peaks: pd.DataFrame, eighths: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """K3's controls table, one row per eighth of the depth (`eighths`: its accuracy rows, band and
+    chance): the permuted-label control (each peak scored against another image's object,
+    `kaduri.localization.permuted_label`) against that object's uniform-peak chance; the
+    uniform-peak chance alone when the table has no permuted columns."""
+    data = scored_rows(peaks[peaks["layer"] >= 0])
+    data = data.assign(band=depth_band(data["layer"]))
+    rows = []
+    for band, chance in zip(eighths["band"], eighths["chance"]):
+        part = data[data["band"] == band]
+        if "hit_permuted" in part and part["hit_permuted"].notna().any():
+            per_mention = part.dropna(subset=["hit_permuted"]).groupby(["image_id", "mention"])[
+                ["hit_permuted", "chance_permuted"]].mean()
+            low, high = cluster_bootstrap_ci(per_mention["hit_permuted"].to_numpy(dtype=float),
+                                             per_mention.index.get_level_values("image_id"), seed=seed)
+            control = {"control": "permuted labels: each peak scored against another image's object (its chance "
+                                  "beside)", "control_value": float(per_mention["hit_permuted"].mean()),
+                       "control_low": low, "control_high": high, "chance": float(per_mention["chance_permuted"].mean())}
+        else:
+            control = {"control": "uniform-peak chance (share of the image's tokens that count as hits); no "
+                                  "permuted labels in this table", "control_value": float(chance),
+                       "control_low": np.nan, "control_high": np.nan, "chance": float(chance)}
+        rows.append((depth_setting(int(band)), "", control))
+    return control_table(rows)
+
+
+def reprompt_controls(answers: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """K4's controls table, one row per setting (`kaduri.reprompt.SUMMARY_SETTINGS`): blind
+    answerers on the setting's questions; for the mean, on each strategy's own set (the prior
+    fitted within it) with weight 1/3 per row, so that it is the mean of the strategies' controls."""
+    questions = answers.drop_duplicates("question_id")
+    if questions.empty:
+        return control_table([])
+    rows = []
+    for setting in SUMMARY_SETTINGS:
+        if setting != MEAN_SETTING:
+            weights = setting_weights(questions, setting)
+            control = best_blind(questions[weights > 0], weights[weights > 0], seed=seed)
+        else:
+            parts = [questions[setting_weights(questions, s) > 0].assign(strategy=s) for s in SUMMARY_SETTINGS[:-1]]
+            stacked = pd.concat(parts, ignore_index=True)
+            control = best_blind(stacked, pd.Series(1.0, index=stacked.index), seed=seed, sets=stacked["strategy"])
+        rows.append((setting, "", control))
+    return control_table(rows)

@@ -36,7 +36,8 @@ class Stage:
     `tables`: what it writes under results/<run>/ (gathered, for a sharded stage); `images`: the
     table its images are taken from (a sharded stage, one job per shard of it). `model`: loads the
     model (a scheduler job; cheap rules are `localrule: True`). `targets`: rules whose outputs the default target asks for, when
-    `enabled(config)`. `compared_as`: its first table's field in `paper_comparison.RunTables`."""
+    `enabled(config)`. `compared_as`: a summary stage's tables, which the paper comparison reads,
+    as fields of `paper_comparison.RunSummaries` (one name per table, in order)."""
 
     name: str
     rule: str
@@ -49,7 +50,12 @@ class Stage:
     model: bool = False
     targets: tuple[str, ...] = ()
     enabled: Callable[[Mapping], bool] = field(default=_always, compare=False)
-    compared_as: str | None = None
+    compared_as: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.compared_as and len(self.compared_as) != len(self.tables):
+            raise ValueError(f"stage {self.name!r}: compared_as names {len(self.compared_as)} tables of "
+                             f"{len(self.tables)}")
 
     @property
     def sharded(self) -> bool:
@@ -83,9 +89,10 @@ STAGES: tuple[Stage, ...] = (
           enabled=lambda config: bool(config["neo"]["authors_data"]["mean_vector"])),
     Stage("N1 token ablation", "ablate_object_tokens", "neo.ablation", "vlminterp.experiments.neo.specs:AblationSpec",
           frozenset({"seed"}), run="token_ablation", tables=("neo/ablation/ablation.csv",), images="neo/selection.csv",
-          model=True, targets=("gather_token_ablation", "summarize_token_ablation", "plot_token_ablation"),
-          compared_as="ablation"),
-    Stage("N1 summary", "summarize_token_ablation", run="ablation_summary", tables=("neo/ablation/summary.csv",)),
+          model=True, targets=("gather_token_ablation", "summarize_token_ablation", "plot_token_ablation")),
+    Stage("N1 summary", "summarize_token_ablation", run="ablation_summary",
+          tables=("neo/ablation/summary.csv", "neo/ablation/controls.csv", "neo/ablation/by_category.csv"),
+          compared_as=("ablation", "ablation_controls", "ablation_by_category")),
     Stage("N2 logit lens", "apply_logit_lens", "neo.logit_lens", "vlminterp.experiments.neo.specs:LensSpec",
           run="logit_lens", tables=("neo/logit_lens/topk.csv.gz", "neo/logit_lens/scores.csv"),
           images="neo/selection.csv", model=True,
@@ -108,23 +115,33 @@ STAGES: tuple[Stage, ...] = (
     Stage("K2 group knockouts", "run_group_knockouts", "kaduri.knockout",
           "vlminterp.experiments.kaduri.specs:KnockoutSpec", run="group_knockouts",
           tables=("kaduri/knockout/descriptions.csv",), images="kaduri/images.csv", model=True,
-          targets=("summarize_group_knockouts", "plot_group_knockouts"), compared_as="knockout"),
-    Stage("K2 summary", "summarize_group_knockouts", run="knockout_summary", tables=("kaduri/knockout/summary.csv",)),
+          targets=("summarize_group_knockouts", "plot_group_knockouts")),
+    Stage("K2 summary", "summarize_group_knockouts", run="knockout_summary",
+          tables=("kaduri/knockout/summary.csv", "kaduri/knockout/controls.csv", "kaduri/knockout/by_category.csv"),
+          compared_as=("knockout", "knockout_controls", "knockout_by_category")),
     Stage("K2 LLM judge", "judge_group_knockouts_llm", "kaduri.llm_judge",
           "vlminterp.experiments.kaduri.specs:LLMJudgeConfig", tables=("kaduri/knockout/llm_judge.csv",),
-          targets=("judge_group_knockouts_llm",), enabled=lambda config: config["kaduri"]["llm_judge"]["enabled"],
-          compared_as="knockout_llm"),
+          enabled=lambda config: config["kaduri"]["llm_judge"]["enabled"]),
+    Stage("K2 LLM judge summary", "summarize_group_knockouts_llm", run="llm_judge_summary",
+          tables=("kaduri/knockout/llm_judge_summary.csv", "kaduri/knockout/llm_judge_controls.csv",
+                  "kaduri/knockout/llm_judge_by_category.csv"), targets=("summarize_group_knockouts_llm",),
+          enabled=lambda config: config["kaduri"]["llm_judge"]["enabled"],
+          compared_as=("knockout_llm", "knockout_llm_controls", "knockout_llm_by_category")),
     Stage("K3 localization", "localize_objects", "kaduri.localization",
           "vlminterp.experiments.kaduri.specs:LocalizationSpec", run="localization",
           tables=("kaduri/localization/peaks.csv",), images="kaduri/images.csv", model=True,
-          targets=("summarize_localization", "plot_localization"), compared_as="localization"),
+          targets=("summarize_localization", "plot_localization")),
     Stage("K3 summary", "summarize_localization", run="localization_summary",
-          tables=("kaduri/localization/summary.csv",)),
+          tables=("kaduri/localization/summary.csv", "kaduri/localization/controls.csv",
+                  "kaduri/localization/by_category.csv"),
+          compared_as=("localization", "localization_controls", "localization_by_category")),
     Stage("K4 re-prompting", "answer_reprompt_questions", "kaduri.reprompt",
           "vlminterp.experiments.kaduri.specs:RepromptSpec", run="reprompting",
           tables=("kaduri/reprompt/answers.csv",), images="kaduri/images.csv", model=True,
-          targets=("summarize_reprompting", "plot_reprompting"), compared_as="reprompt"),
-    Stage("K4 summary", "summarize_reprompting", run="reprompt_summary", tables=("kaduri/reprompt/summary.csv",)),
+          targets=("summarize_reprompting", "plot_reprompting")),
+    Stage("K4 summary", "summarize_reprompting", run="reprompt_summary",
+          tables=("kaduri/reprompt/summary.csv", "kaduri/reprompt/controls.csv", "kaduri/reprompt/by_category.csv"),
+          compared_as=("reprompt", "reprompt_controls", "reprompt_by_category")),
     # ---- cross-image activation patching of object tokens (on the Neo targets) ----
     Stage("object patching", "patch_object_tokens", "patching", "vlminterp.experiments.patching_specs:PatchingSpec",
           frozenset({"seed"}), run="vlminterp.experiments.object_patching:patching_stage",

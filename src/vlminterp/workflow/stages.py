@@ -195,11 +195,19 @@ def reprompting(*, session: Section, spec: Section, images: PathLike, questions:
 
 
 # ---- summaries: a stage's gathered table in, its summary table(s) out (the figures draw these) ----
-def ablation_summary(*, table: PathLike, seed: int, resamples: int) -> pd.DataFrame:
-    """Rule summarize_token_ablation: N1's flip rates with VQA's chance (`summaries.ablation_summary`)."""
+def ablation_summary(*, table: PathLike, seed: int, resamples: int, vocabulary: str) -> tuple[pd.DataFrame, ...]:
+    """Rule summarize_token_ablation: N1's flip rates with VQA's chance (`summaries.ablation_summary`),
+    its controls table (`controls.ablation_controls`, the generative descriptions read with the
+    stage's vocabulary extended by the targets' categories) and its flip rates per category."""
+    from vlminterp.experiments.controls import ablation_controls
+    from vlminterp.scoring.vocabulary import load_vocabulary
     from vlminterp.summaries import ablation_summary as summarize
+    from vlminterp.summaries import flip_by_category
 
-    return summarize(read_table(table), seed=seed, n_resamples=resamples)
+    ablation = read_table(table)
+    summary = summarize(ablation, seed=seed, n_resamples=resamples)
+    mentions = load_vocabulary(vocabulary, categories=sorted(set(ablation["category"]))).categories_in
+    return summary, ablation_controls(ablation, summary, mentions, seed=seed), flip_by_category(ablation)
 
 
 def lens_summary(*, table: PathLike, seed: int, resamples: int) -> tuple[pd.DataFrame, ...]:
@@ -226,9 +234,18 @@ def attention_summary(*, table: PathLike, seed: int) -> pd.DataFrame:
     return summarize_attention_fractions(read_table(table), seed=seed)
 
 
-def knockout_summary(*, table: PathLike, dataset_dir: PathLike, split: str, seed: int) -> pd.DataFrame:
+def _judged_tables(judged: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A judged K2 table's controls table (`controls.knockout_controls`) and recall per category."""
+    from vlminterp.experiments.controls import knockout_controls
+    from vlminterp.experiments.kaduri.knockout import recall_by_category
+
+    return knockout_controls(judged, seed=seed), recall_by_category(judged)
+
+
+def knockout_summary(*, table: PathLike, dataset_dir: PathLike, split: str, seed: int) -> tuple[pd.DataFrame, ...]:
     """Rule summarize_group_knockouts: K2's F1 per condition (`kaduri.knockout.summarize_knockouts`)
-    with the chance recall of a description naming the dataset's categories at random (`chance_recall`)."""
+    with the chance recall of a description naming the dataset's categories at random
+    (`chance_recall`), its controls table and its recall per category."""
     from vlminterp.data.coco import CocoDataset
     from vlminterp.experiments.kaduri.knockout import knockout_chance, summarize_knockouts
 
@@ -236,23 +253,41 @@ def knockout_summary(*, table: PathLike, dataset_dir: PathLike, split: str, seed
     n_categories = len(CocoDataset.load(dataset_dir, split).category_names())
     summary = summarize_knockouts(descriptions, seed=seed)
     summary["chance_recall"] = knockout_chance(descriptions, n_categories)
-    return summary
+    return (summary, *_judged_tables(descriptions, seed))
 
 
-def localization_summary(*, table: PathLike, band_width: int, seed: int) -> pd.DataFrame:
-    """Rule summarize_localization: K3's accuracy per layer and per band of `band_width` layers
-    (`kaduri.localization.summarize_localization`), told apart by `grouping`."""
-    from vlminterp.experiments.kaduri.localization import summarize_localization
+def llm_judge_summary(*, table: PathLike, seed: int) -> tuple[pd.DataFrame, ...]:
+    """Rule summarize_group_knockouts_llm: the LLM judge's K2 F1 per condition, controls table and
+    recall per category (as `knockout_summary`'s, without the chance recall)."""
+    from vlminterp.experiments.kaduri.knockout import summarize_knockouts
+
+    judged = read_table(table)
+    return (summarize_knockouts(judged, seed=seed), *_judged_tables(judged, seed))
+
+
+def localization_summary(*, table: PathLike, band_width: int, seed: int) -> tuple[pd.DataFrame, ...]:
+    """Rule summarize_localization: K3's accuracy per layer, per band of `band_width` layers and per
+    eighth of the depth (`kaduri.localization.summarize_localization`), told apart by `grouping`;
+    its controls table per eighth (`controls.localization_controls`) and accuracy per category."""
+    from vlminterp.experiments.controls import localization_controls
+    from vlminterp.experiments.kaduri.localization import (DEPTH_GROUPING, accuracy_by_category,
+                                                           summarize_localization)
 
     peaks = read_table(table)
     per_layer = summarize_localization(peaks, seed=seed)
     per_band = summarize_localization(peaks, seed=seed, band_width=band_width)
-    return pd.concat([per_layer.assign(grouping="layer"), per_band.assign(grouping=f"band of {band_width}")],
-                     ignore_index=True)
+    per_eighth = summarize_localization(peaks, seed=seed, depth=True)
+    summary = pd.concat([per_layer.assign(grouping="layer"), per_band.assign(grouping=f"band of {band_width}"),
+                         per_eighth.assign(grouping=DEPTH_GROUPING)], ignore_index=True)
+    return summary, localization_controls(peaks, per_eighth, seed=seed), accuracy_by_category(peaks)
 
 
-def reprompt_summary(*, table: PathLike, seed: int) -> pd.DataFrame:
-    """Rule summarize_reprompting: K4 per method and setting (`kaduri.reprompt.summarize_reprompting`)."""
-    from vlminterp.experiments.kaduri.reprompt import summarize_reprompting
+def reprompt_summary(*, table: PathLike, seed: int) -> tuple[pd.DataFrame, ...]:
+    """Rule summarize_reprompting: K4 per method and setting (`kaduri.reprompt.summarize_reprompting`),
+    its controls table per setting (`controls.reprompt_controls`) and accuracy per category."""
+    from vlminterp.experiments.controls import reprompt_controls
+    from vlminterp.experiments.kaduri.reprompt import accuracy_by_category, summarize_reprompting
 
-    return summarize_reprompting(read_table(table), seed=seed)
+    answers = read_table(table)
+    return summarize_reprompting(answers, seed=seed), reprompt_controls(answers, seed=seed), \
+        accuracy_by_category(answers)

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from vlminterp.batching import BATCH_COLUMNS
@@ -172,6 +173,25 @@ def summarize_knockouts(table: pd.DataFrame, seed: int = 0, score: str = "f1",
         row["gt_f1"] = float(part["gt_f1"].mean()) if "gt_f1" in part else float("nan")
         rows.append(row)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def recall_by_category(judged: pd.DataFrame) -> pd.DataFrame:
+    """K2 per condition and category: the share of images whose unablated description names the
+    category in which the condition's description still names it (recall per category; the
+    judge's `matched` / `missed` lists); columns condition, category, value, n, n_images."""
+    def named(value) -> set[str]:
+        return {c for c in value.split(";") if c} if isinstance(value, str) else set()
+
+    rows = []
+    for condition in sorted(set(judged["condition"])):
+        part = judged[judged["condition"] == condition].drop_duplicates("image_id")
+        kept: dict[str, list[float]] = {}
+        for matched, missed in zip(part["matched"], part["missed"]):
+            for category in named(matched) | named(missed):
+                kept.setdefault(category, []).append(float(category in named(matched)))
+        rows.extend({"condition": condition, "category": category, "value": float(np.mean(values)),
+                     "n": len(values), "n_images": len(values)} for category, values in sorted(kept.items()))
+    return pd.DataFrame(rows, columns=["condition", "category", "value", "n", "n_images"])
 
 
 def llm_judge_knockouts(table: pd.DataFrame, judge_spec, vocabulary: SynonymVocabulary) -> pd.DataFrame:

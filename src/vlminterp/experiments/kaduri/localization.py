@@ -3,6 +3,7 @@
     table = localization(session, images, LocalizationSpec())   # one row per mention x layer x head
     per_layer = summarize_localization(table, seed=0)           # accuracy per layer with intervals
     per_band = summarize_localization(table, band_width=8)      # ... per band of layers
+    per_eighth = summarize_localization(table, depth=True)      # ... per eighth of the depth
 
 Finds each description's object mentions (matched as the offline judge matches them), reads the
 attention row of each mention's first token over the image tokens per layer and scores its peak
@@ -144,17 +145,33 @@ def localization(session: Session, images: pd.DataFrame, spec: LocalizationSpec)
     return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS))
 
 
-def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int | None = None) -> pd.DataFrame:
-    """Accuracy (heads averaged) per layer, or per band of `band_width` layers, over mentions (each
-    mention's hits averaged over the band's layers first), with a 95% bootstrap interval that
-    resamples images (the mentions of one description are not independent), and chance; excluded
-    mentions are left out and counted (n_excluded, the same on every row)."""
-    n_excluded = sum(excluded_counts(table, unit=("image_id", "mention")).values())
+#: K3's bands of depth: the eighths of the model's layers (band b: layers l with b <= 8 l / n_layers
+#: < b + 1), each the same fraction of the depth as 10 layers of InternVL2-76B's 80 (the paper's bands).
+DEPTH_BANDS, DEPTH_GROUPING = 8, "eighth of the depth"
+
+
+def depth_band(layers: pd.Series) -> pd.Series:
+    """Each layer's eighth of the depth (DEPTH_BANDS), the depth being the highest layer given + 1."""
+    return (DEPTH_BANDS * layers) // (int(layers.max()) + 1) if len(layers) else layers
+
+
+def scored_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows K3's accuracy reads: the heads' mean, excluded mentions left out."""
     if "excluded" in table:
         table = table[table["excluded"].fillna("") == ""]
-    data = table[table["head"] == MEAN_HEAD].copy()
-    width = band_width or 1
-    data["band"] = data["layer"] // width
+    return table[table["head"] == MEAN_HEAD]
+
+
+def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int | None = None,
+                           depth: bool = False) -> pd.DataFrame:
+    """Accuracy (heads averaged) per layer, per band of `band_width` layers, or (`depth`) per
+    eighth of the depth (`depth_band`), over mentions (each mention's hits averaged over the band's
+    layers first), with a 95% bootstrap interval that resamples images (the mentions of one
+    description are not independent), and chance; excluded mentions are left out and counted
+    (n_excluded, the same on every row)."""
+    n_excluded = sum(excluded_counts(table, unit=("image_id", "mention")).values())
+    data = scored_rows(table).copy()
+    data["band"] = depth_band(data["layer"]) if depth else data["layer"] // (band_width or 1)
     mention = ["image_id", "mention"]
     rows = []
     for band, part in data.groupby("band", sort=True):
@@ -168,3 +185,15 @@ def summarize_localization(table: pd.DataFrame, seed: int = 0, band_width: int |
                      "n_images": int(per_mention.index.get_level_values("image_id").nunique())})
     return pd.DataFrame(rows, columns=["band", "layer_start", "layer_end", "accuracy", "low", "high", "chance",
                                        "n_mentions", "n_excluded", "n_images"])
+
+
+def accuracy_by_category(table: pd.DataFrame) -> pd.DataFrame:
+    """K3 accuracy (heads averaged) per eighth of the depth (`band`, `depth_band`) and mentioned
+    category, over mentions; columns band, category, value, n (mentions), n_images."""
+    data = table[(table["layer"] >= 0) & (table["head"] == MEAN_HEAD)]
+    rows = []
+    for (band, category), part in data.assign(band=depth_band(data["layer"])).groupby(["band", "category"]):
+        per_mention = part.groupby(["image_id", "mention"])["hit"].mean()
+        rows.append({"band": int(band), "category": category, "value": float(per_mention.mean()),
+                     "n": len(per_mention), "n_images": int(per_mention.index.get_level_values(0).nunique())})
+    return pd.DataFrame(rows, columns=["band", "category", "value", "n", "n_images"])

@@ -211,3 +211,17 @@ def summarize_reprompting(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                          "other_ratio": float(part["predicted"].eq("other").mean()), "n_questions": int(part["question_id"].nunique()),
                          "n_images": int(part["image_id"].nunique())})
     return pd.DataFrame(rows)
+
+
+def accuracy_by_category(table: pd.DataFrame) -> pd.DataFrame:
+    """K4 accuracy per POPE strategy (its positives and its own negatives), method (and k) and
+    asked category; columns setting, method, condition (`summaries.method_label`), category,
+    value, n (questions), n_images."""
+    rows = []
+    for setting in SUMMARY_SETTINGS[:-1]:
+        part = table[setting_weights(table, setting) > 0]
+        for (method, fraction, category), group in part.groupby(["method", "k_fraction", "category"], dropna=False):
+            rows.append({"setting": setting, "method": method, "condition": method_label(method, fraction),
+                         "category": category, "value": float(group["correct"].astype(float).mean()),
+                         "n": len(group), "n_images": int(group["image_id"].nunique())})
+    return pd.DataFrame(rows, columns=["setting", "method", "condition", "category", "value", "n", "n_images"])
