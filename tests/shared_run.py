@@ -83,7 +83,7 @@ def build_killed_and_resumed(run_dir: Path, checkpoint: str, *args: str, timeout
     run the same command (no --unlock) to the end. Into `build_record(run_dir)`: the outputs of the
     three commands (killed.log, refused.log, resumed.log) and facts.json (what was seen after the
     refusal and after the kill, return codes, wall seconds)."""
-    from snakemake_runner import snakemake, snakemake_command
+    from snakemake_runner import snakemake, snakemake_command   # it imports this module
 
     record, started = build_record(run_dir), time.monotonic()
     cmd, env = snakemake_command(run_dir, *args)
@@ -118,12 +118,11 @@ def build_killed_and_resumed(run_dir: Path, checkpoint: str, *args: str, timeout
 def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float, output: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"snakemake ended ({process.returncode}) before {path} appeared, so the "
-                                 f"kill -9 cannot land during its job; see {output}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout_s:.0f} s, so the kill -9 cannot "
-                                 f"land during its job; see {output}")
+        ended = process.poll() is not None
+        if ended or time.monotonic() > deadline:
+            why = f"snakemake ended ({process.returncode})" if ended else f"{timeout_s:.0f} s passed"
+            raise AssertionError(f"{why} before {path} appeared, so the kill -9 could not land during its "
+                                 f"job; the end of its output ({output}):\n{output.read_text()[-4000:]}")
         time.sleep(0.2)
 
 
