@@ -113,4 +113,5 @@ def tiny_run(tmp_path_factory) -> Path:
         base = base.parent
     run = yaml.safe_load(TINY_CONFIG.read_text())["run"]
     checkpoint = f"results/{run}/.model.checkpoint/checkpoint.pt"    # written by rule train_organism only
-    return build_once(base / "tiny_run", lambda workdir: build_killed_and_resumed(workdir, checkpoint, "--cores", "2"))
+    return build_once(base / "tiny_run",
+                      lambda workdir: build_killed_and_resumed(workdir, checkpoint, "--cores", "2"))

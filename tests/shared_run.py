@@ -111,8 +111,8 @@ def build_killed_and_resumed(run_dir: Path, checkpoint: str, *args: str, timeout
     facts["wall_s"]["resumed"] = round(time.monotonic() - resuming, 1)
     (record / "facts.json").write_text(json.dumps(facts, indent=1))
     if resumed.returncode:
-        raise AssertionError(f"the resumed {' '.join(cmd)} failed ({resumed.returncode}); see {record}/resumed.log:\n"
-                             f"{resumed.stderr[-4000:]}")
+        raise AssertionError(f"the resumed {' '.join(cmd)} failed ({resumed.returncode}); "
+                             f"see {record}/resumed.log:\n{resumed.stderr[-4000:]}")
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float, output: Path) -> None:
