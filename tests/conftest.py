@@ -99,12 +99,19 @@ def _group_for_workers(items) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A working directory in which the whole default DAG has run once on tests/configs/tiny.yaml,
-    shared by the workflow, DVC and SLURM tests of every xdist worker (tests/shared_run.py)."""
-    from shared_run import build_once
-    from snakemake_runner import snakemake
+    """A working directory in which the whole default DAG has run on tests/configs/tiny.yaml, shared
+    by the workflow, DVC and SLURM tests of every xdist worker (tests/shared_run.py). It is built by
+    killing `snakemake --cores 2` with kill -9 once the organism's training has checkpointed and
+    running the same command again (`build_killed_and_resumed`; tests/workflow/test_resume.py)."""
+    import yaml
+
+    from shared_run import build_killed_and_resumed, build_once
+    from snakemake_runner import TINY_CONFIG
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):   # a worker's basetemp is <the run's basetemp>/popen-gwN
         base = base.parent
-    return build_once(base / "tiny_run", lambda workdir: snakemake(workdir, "--cores", "2"))
+    run = yaml.safe_load(TINY_CONFIG.read_text())["run"]
+    checkpoint = f"results/{run}/.model.checkpoint/checkpoint.pt"    # written by rule train_organism only
+    return build_once(base / "tiny_run",
+                      lambda workdir: build_killed_and_resumed(workdir, checkpoint, "--cores", "2"))

@@ -1,5 +1,9 @@
 """The session's tiny run, built once for every pytest-xdist worker and shared between them.
 
+It is built as a user's story (`build_killed_and_resumed`): the DAG command is killed with kill -9
+in the middle of the organism's training and the same command is run again to the end; what the
+build saw is kept in `<run>.build/` beside the run (tests/workflow/test_resume.py reads it).
+
     from shared_run import copy_tiny_run, writing
 
     copy_tiny_run(tiny_run, tmp_path / "work")                     # the whole run directory
@@ -19,7 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -46,19 +55,75 @@ def _flock(path: Path, mode: int) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def build_record(run_dir: Path) -> Path:
+    """`<run>.build/`: what the build of a shared run saw (outputs, facts.json), beside the run."""
+    return Path(run_dir).parent / f"{Path(run_dir).name}.build"
+
+
 def build_once(run_dir: Path, build: Callable[[Path], None]) -> Path:
     """`build(run_dir)` unless another process already completed it; a failed or interrupted build
-    is removed and made again by the next process that asks."""
+    (and its record) is removed and made again by the next process that asks."""
     run_dir = Path(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     _access_lock(run_dir).touch()
     with _flock(run_dir.parent / f"{run_dir.name}.build.lock", fcntl.LOCK_EX):
         if not (run_dir / COMPLETE).is_file():
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir()
+            for directory in (run_dir, build_record(run_dir)):
+                shutil.rmtree(directory, ignore_errors=True)
+                directory.mkdir()
             build(run_dir)
             (run_dir / COMPLETE).touch()
     return run_dir
+
+
+def build_killed_and_resumed(run_dir: Path, checkpoint: str, *args: str, timeout_s: float = 1200.0) -> None:
+    """Run `snakemake *args` in `run_dir` as a user who kills it mid-job: start it, wait for
+    `checkpoint` (a path in `run_dir` that only the job to be killed writes), start the same command
+    again (Snakemake must refuse it while the first lives), kill -9 the first's process group, then
+    run the same command (no --unlock) to the end. Into `build_record(run_dir)`: the outputs of the
+    three commands (killed.log, refused.log, resumed.log) and facts.json (what was seen after the
+    refusal and after the kill, return codes, wall seconds)."""
+    from snakemake_runner import snakemake, snakemake_command   # it imports this module
+
+    record, started = build_record(run_dir), time.monotonic()
+    cmd, env = snakemake_command(run_dir, *args)
+    with open(record / "killed.log", "w") as log:
+        first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(run_dir / checkpoint, first, timeout_s, record / "killed.log")
+        checkpointed = time.monotonic()
+        refused = snakemake(run_dir, *args, check=False)
+        first_alive = first.poll() is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):   # its group is gone already
+            os.killpg(first.pid, signal.SIGKILL)        # Snakemake and its jobs
+        first.wait()
+    (record / "refused.log").write_text(refused.stdout + refused.stderr)
+    facts = {"refused_returncode": refused.returncode, "first_alive_after_the_refusal": first_alive,
+             "locks_after_the_kill": sorted(p.name for p in (run_dir / ".snakemake" / "locks").glob("*.lock")),
+             "checkpoint_after_the_kill": (run_dir / checkpoint).is_file(),
+             "wall_s": {"until_the_checkpoint": round(checkpointed - started, 1),
+                        "refused": round(time.monotonic() - checkpointed, 1)}}
+    resuming = time.monotonic()
+    resumed = snakemake(run_dir, *args, check=False)
+    (record / "resumed.log").write_text(resumed.stdout + resumed.stderr)
+    facts["resumed_returncode"] = resumed.returncode
+    facts["wall_s"]["resumed"] = round(time.monotonic() - resuming, 1)
+    (record / "facts.json").write_text(json.dumps(facts, indent=1))
+    if resumed.returncode:
+        raise AssertionError(f"the resumed {' '.join(cmd)} failed ({resumed.returncode}); "
+                             f"see {record}/resumed.log:\n{resumed.stderr[-4000:]}")
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float, output: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        ended = process.poll() is not None
+        if ended or time.monotonic() > deadline:
+            why = f"snakemake ended ({process.returncode})" if ended else f"{timeout_s:.0f} s passed"
+            raise AssertionError(f"{why} before {path} appeared, so the kill -9 could not land during its "
+                                 f"job; the end of its output ({output}):\n{output.read_text()[-4000:]}")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """The repository's own DAG (tiny config) on the real single-node SLURM cluster: every shard of a
 per-image stage is its own SLURM job, and every file (tables, figures, pages) is byte-identical
 to the local run's, logs and timings aside. The world and the trained organism are taken from the
-local run (the workflow's same-config training is compared byte for byte in
-tests/workflow/test_resume.py); every experiment stage runs again, sharded, on the cluster. This
+local run (training resumed after kill -9 equals an uninterrupted one byte for byte in
+tests/unit/test_organism.py); every experiment stage runs again, sharded, on the cluster. This
 is also the suite's same-config-twice check of the experiments where a cluster runs
 (tests/workflow/test_other_world.py runs the whole DAG twice locally otherwise), and it covers the
 sharded-equals-unsharded checks of tests/workflow/test_{neo,kaduri}_stages.py, which then skip."""

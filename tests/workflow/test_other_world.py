@@ -3,10 +3,12 @@
 * A second world that differs from the default in shapes, colours, grid (56-px images on a 14-px
   grid), object count and seed, with a briefly trained organism whose accuracies sit at 0% or
   100% (where an interval bound 1e-16 on the wrong side once stopped the plots).
-* The tiny config run again from scratch: every file is byte-identical to the session's run
-  except the logs and the files named as timings (model/timings.json). Where the SLURM cluster
-  runs (CI: VLMINTERP_REQUIRE_SLURM=1), its test is that second run (tests/slurm), so this one
-  is skipped rather than training and running the tiny DAG a third time.
+* The tiny config run again from scratch, uninterrupted: every file is byte-identical to the
+  session's run except the logs and the files named as timings (model/timings.json). The session's
+  run was killed (kill -9) during training and resumed (tests/workflow/test_resume.py), so this
+  also compares a resumed run with an uninterrupted one. Where the SLURM cluster runs (CI:
+  VLMINTERP_REQUIRE_SLURM=1), its test is that second run (tests/slurm), so this one is skipped
+  rather than training and running the tiny DAG a third time.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ def _is_timing_or_log(relative: str) -> bool:
 @pytest.mark.skipif(os.environ.get("VLMINTERP_REQUIRE_SLURM") == "1",
                     reason="the SLURM test's run is the second run, compared file by file with the first")
 def test_the_same_config_twice_gives_byte_identical_files(tiny_run, tmp_path):
+    """A fresh, uninterrupted run equals the session's killed-and-resumed one, logs and timings aside."""
     run = yaml.safe_load(TINY_CONFIG.read_text())["run"]
     snakemake(tmp_path, "--cores", "2")
     first, second = tiny_run / "results" / run, tmp_path / "results" / run
