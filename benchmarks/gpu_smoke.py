@@ -4,7 +4,7 @@ papers' run loads llava-hf/llava-1.5-7b-hf; records per rule the wall time, the 
 the time per image and the peak GPU memory.
 
     python -m benchmarks.gpu_smoke --size 7b --device cuda      # make smoke-gpu (~14 GB disk, one GPU)
-    python -m benchmarks.gpu_smoke --size tiny --device cpu     # the same path at tiny size (~170 CPU-s)
+    python -m benchmarks.gpu_smoke --size tiny --device cpu     # the same path at tiny size (~2 CPU-min)
     python -m benchmarks.gpu_smoke --rules localize_objects     # one stage again (and what it needs)
 
 Steps: (1) write a random-weight checkpoint directory (`save_pretrained` model + processor) under
