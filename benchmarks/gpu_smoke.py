@@ -4,7 +4,8 @@ papers' run loads llava-hf/llava-1.5-7b-hf; records per rule the wall time, the 
 the time per image and the peak GPU memory.
 
     python -m benchmarks.gpu_smoke --size 7b --device cuda      # make smoke-gpu (~14 GB disk, one GPU)
-    python -m benchmarks.gpu_smoke --size tiny --device cpu     # the same path at tiny size (tests, ~1.5 min)
+    python -m benchmarks.gpu_smoke --size tiny --device cpu     # the same path at tiny size (~2 CPU-min)
+    python -m benchmarks.gpu_smoke --rules localize_objects     # one stage again (and what it needs)
 
 Steps: (1) write a random-weight checkpoint directory (`save_pretrained` model + processor) under
 <workdir>/checkpoint: `--size 7b` = `llava_1_5_7b_config()` (32064-token vocabulary, 336 px CLIP
@@ -19,10 +20,11 @@ model.pretrained.id = that directory (as configs/llava-1.5-7b.yaml names the hub
 world at the model's input size, --images images in every stage, the paper config's generation
 lengths and batch sizes for 7b (short ones for tiny), device cuda + bf16 or cpu + fp32. (3) Run
 `snakemake --cores all --resources gpu=1` on it in a fresh <workdir>/results (model jobs declare
-gpu=1, so they run one at a time and each rule's time and memory are its own). (4) Read every
+gpu=1, so they run one at a time and each rule's time and memory are its own); with --rules, on
+the tables of those experiment rules only (Snakemake runs them and the jobs they need). (4) Read every
 rule's log: `finished in X s` and `peak GPU memory: N bytes` (vlminterp.workflow.runtime.rule_context),
 `loaded model ... in X s` (vlminterp.models.loading); count the images each model rule was given;
-write benchmarks/results/gpu_smoke_<device>_<size>.json and print a Markdown table.
+write benchmarks/results/gpu_smoke_<device>_<size>[_<rules>].json and print a Markdown table.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import RESULTS_DIR, environment, mark_start, save
-from vlminterp.workflow.registry import STAGES
+from vlminterp.workflow.registry import STAGES, by_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = ROOT / "configs" / "llava-1.5-7b.yaml"
@@ -291,7 +293,8 @@ def markdown_table(result: dict) -> str:
         e = rules[rule]
         lines.append(f"| {rule} | {e['jobs']} | {fmt(e['wall_s'])} | {fmt(e['load_s'])} | {e['images'] or '-'} | "
                      f"{fmt(e['s_per_image'], 2)} | {fmt(e['s_per_image_excl_load'], 2)} | {fmt(e['peak_gpu_gib'], 2)} |")
-    lines.append(f"\nwhole DAG: {result['snakemake']['seconds']:.0f} s ({result['snakemake']['jobs']} jobs); "
+    ran = "whole DAG" if result["requested_rules"] is None else " + ".join(result["requested_rules"])
+    lines.append(f"\n{ran}: {result['snakemake']['seconds']:.0f} s ({result['snakemake']['jobs']} jobs); "
                  f"checkpoint: {result['checkpoint']['seconds']:.0f} s"
                  f"{' (reused)' if result['checkpoint']['reused'] else ''}")
     return "\n".join(lines)
@@ -306,11 +309,18 @@ def _shown(path) -> str:
     return text[len(str(ROOT)) + 1:] if text.startswith(str(ROOT) + os.sep) else text
 
 
-def run_snakemake(workdir: Path, configfile: Path) -> tuple[subprocess.CompletedProcess, float, list[str]]:
+def rule_targets(run: str, rules: list[str] | None) -> list[str]:
+    """Snakemake's targets for experiment rules `rules` (paths under the workdir): the tables their
+    stages write (gathered); none for all rules (the default target, the whole DAG)."""
+    return [f"results/{run}/{table}" for rule in rules or () for table in by_rule(rule).tables]
+
+
+def run_snakemake(workdir: Path, configfile: Path,
+                  targets: list[str] = ()) -> tuple[subprocess.CompletedProcess, float, list[str]]:
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake) if snakemake.exists() else "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+    cmd = [str(snakemake) if snakemake.exists() else "snakemake", *targets, "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(workdir), "--configfile", str(configfile), "--cores", "all",
-           "--resources", "gpu=1"]
+           "--resources", "gpu=1"]  # targets first: --configfile and --resources take several values
     python_path = str(ROOT / "src")  # the rule scripts import this checkout's library
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env["PYTHONPATH"] = python_path + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -330,8 +340,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="scratch directory (default results/gpu-smoke/<device>-<size>, git-ignored)")
     parser.add_argument("--fresh", action="store_true", help="rewrite the checkpoint even if one matches")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default benchmarks/results/gpu_smoke_<device>_<size>.json)")
+                        help="JSON path (default benchmarks/results/gpu_smoke_<device>_<size>[_<rules>].json)")
+    parser.add_argument("--rules", nargs="+", choices=list(EXPERIMENT_RULES), metavar="RULE", default=None,
+                        help="smoke-test only these experiment rules and the jobs they need, e.g. to retry "
+                             "one stage (default: the whole DAG). One of: " + ", ".join(EXPERIMENT_RULES))
     args = parser.parse_args(argv)
+    requested = None if args.rules is None else list(dict.fromkeys(args.rules))
     mark_start()
     import torch
 
@@ -350,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     for stale in ("results", ".snakemake"):  # every rule runs, and its log is this run's
         shutil.rmtree(workdir / stale, ignore_errors=True)
     print(f"running snakemake in {workdir} ...", flush=True)
-    proc, seconds, cmd = run_snakemake(workdir, configfile)
+    proc, seconds, cmd = run_snakemake(workdir, configfile, rule_targets(config["run"], requested))
     run_dir = workdir / "results" / config["run"]
     images_per_shard = config.get("sharding", {}).get("images_per_shard", 1000)
     rules = collect(run_dir, images_per_shard) if (run_dir / "logs").exists() else {}
@@ -360,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": args.device,
         "dtype": config["model"]["dtype"],
         "images": args.images,
+        "requested_rules": requested,
         "model": model_summary(model_dir),
         "checkpoint": {"path": _shown(model_dir), **checkpoint},
         "snakemake": {"command": " ".join(_shown(part) for part in cmd), "returncode": proc.returncode,
@@ -373,7 +388,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 default=None),
         "environment": environment(),
     }
-    save(result, args.out or RESULTS_DIR / f"gpu_smoke_{args.device}_{args.size}.json")
+    suffix = "".join(f"_{rule}" for rule in requested or ())
+    save(result, args.out or RESULTS_DIR / f"gpu_smoke_{args.device}_{args.size}{suffix}.json")
     print(markdown_table(result))
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n", file=sys.stderr)

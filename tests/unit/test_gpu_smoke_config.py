@@ -1,6 +1,6 @@
 """The GPU smoke run's pieces without a GPU: the 7B checkpoint's config (on the meta device, no weights),
 its tokenizer and run config, the peak-GPU-memory line of rule_context and the log parsing.
-(The whole run at tiny size through Snakemake: tests/workflow/test_gpu_smoke_run.py.)"""
+(The run at tiny size through Snakemake, on two rules: tests/workflow/test_gpu_smoke_run.py.)"""
 from __future__ import annotations
 
 import sys

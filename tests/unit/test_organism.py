@@ -521,13 +521,18 @@ def test_tiny_query_routed_organism_learns_under_its_constraint(world_dir, tmp_p
     """A tiny planted organism (issue #24): trained under the query_routed constraint, saved and loaded
     with it, it still answers from the image (above chance: the image reaches the answer through
     the prompt), and the engine shows the constraint: hiding the image from the generated tokens is
-    an exact no-op, hiding it from the query and generated tokens changes the answers."""
+    an exact no-op, hiding it from the query and generated tokens changes the answers.
+
+    300 instruction steps, not the preset's 600: held-out colour / shape accuracy on seed 0 (40 val
+    images; the bar is 0.55) was 0.51 / 0.57 at 200 steps, 0.68 / 0.66 at 250, 0.81 / 0.90 at 300,
+    0.99 / 0.95 at 400; fewer text (50, 75) or alignment (30) steps cost more than they save (shape
+    0.24 to 0.48 at 300). Hiding the image from the query changed all 4 descriptions at every count."""
     from vlminterp.interventions import From, InterventionEngine, Knockout
     from vlminterp.models.adapters import adapter_for
     from vlminterp.models.loading import ModelSpec, load_model
     from vlminterp.models.routing import constraint_of
 
-    spec = OrganismSpec.tiny(routing="query_routed")
+    spec = OrganismSpec.tiny(routing="query_routed", language_steps=300)
     train_organism(spec, world_dir, tmp_path / "model")
     model, processor = load_model(ModelSpec(str(tmp_path / "model")))
     constraint = constraint_of(model)

@@ -1,6 +1,8 @@
 """benchmarks/gpu_smoke.py at tiny size on the CPU: a random-weight checkpoint directory loaded as a
-published model (model.kind pretrained), every stage through the real Snakemake CLI, and the JSON
-with each experiment rule's time and images. (`make smoke-gpu` runs the same at LLaVA-1.5-7B size.)"""
+published model (model.kind pretrained), two experiment rules through the real Snakemake CLI
+(`--rules`), and the JSON with their time and images. The whole DAG on a checkpoint directory runs in
+the paper rehearsals (test_paper_rehearsal.py); `make smoke-gpu` runs every rule at LLaVA-1.5-7B size,
+planned below."""
 from __future__ import annotations
 
 import json
@@ -18,35 +20,43 @@ from benchmarks import gpu_smoke  # noqa: E402
 
 pytestmark = pytest.mark.workflow
 
+# One rule of each images_given path (a safetensors' metadata, a sharded table), neither needing
+# the other nor any other experiment rule.
+RULES = ("compute_mean_embedding", "run_group_knockouts")
+
+
+def planned_rules(workdir, *targets) -> set[str]:
+    """The rules a dry run of the smoke config in `workdir` would still run for `targets`."""
+    proc = snakemake(workdir, "-n", "--cores", "1", *targets, configfile=workdir / "config.yaml")
+    return set(re.findall(r"^rule (\w+):", proc.stdout, flags=re.M))
+
 
 @pytest.mark.slow
-def test_tiny_smoke_run_on_cpu_times_every_experiment_rule(tmp_path, capsys):
-    out = tmp_path / "gpu_smoke_cpu_tiny.json"
-    gpu_smoke.main(["--size", "tiny", "--device", "cpu", "--images", "3", "--workdir", str(tmp_path / "work"),
-                    "--out", str(out)])
+def test_tiny_smoke_run_on_cpu_times_the_rules_asked_for(tmp_path, capsys):
+    out, work = tmp_path / "gpu_smoke_cpu_tiny.json", tmp_path / "work"
+    gpu_smoke.main(["--size", "tiny", "--device", "cpu", "--images", "3", "--workdir", str(work),
+                    "--out", str(out), "--rules", *RULES])
     result = json.loads(out.read_text())
-    assert result["snakemake"]["returncode"] == 0
+    assert result["snakemake"]["returncode"] == 0 and result["requested_rules"] == list(RULES)
     assert result["model"]["image_tokens"] == 36 and result["dtype"] == "fp32"
     assert result["checkpoint"]["reused"] is False
-    assert set(result["experiment_rules"]) == set(gpu_smoke.EXPERIMENT_RULES)
-    for rule in gpu_smoke.EXPERIMENT_RULES:
+    assert result["experiment_rules"] == list(RULES)  # no other experiment rule ran
+    for rule in RULES:
         entry = result["rules"][rule]
         assert entry["wall_s"] > 0 and entry["images"] == 3 and entry["s_per_image"] > 0, (rule, entry)
         assert entry["load_s"] > 0 and entry["peak_gpu_bytes"] is None  # the CPU: no memory line
     assert result["max_peak_gpu_gib"] is None
-    # every final output of the DAG was made, by a model loaded from the checkpoint directory
-    run_dir = tmp_path / "work" / "results" / "gpu-smoke-tiny"
-    for table in ("neo/ablation/ablation.csv", "neo/logit_lens/scores.csv", "neo/blocking/blocking.csv",
-                  "kaduri/attention/fractions.csv", "kaduri/knockout/summary.csv",
-                  "kaduri/localization/summary.csv", "kaduri/reprompt/summary.csv"):
-        assert (run_dir / table).exists(), table
-    log = (run_dir / "logs" / "ablate_object_tokens" / "000.log").read_text()
-    assert f"loaded model {tmp_path / 'work' / 'checkpoint'} (fp32, cpu)" in log
+    log = (work / "results" / "gpu-smoke-tiny" / "logs" / "run_group_knockouts" / "000.log").read_text()
+    assert f"loaded model {work / 'checkpoint'} (fp32, cpu)" in log
     printed = capsys.readouterr().out
-    assert "| run_group_knockouts | 1 |" in printed
-    # nothing left to do: the DAG is complete
-    dry = snakemake(tmp_path / "work", "-n", "--cores", "1", configfile=tmp_path / "work" / "config.yaml")
-    assert not re.findall(r"^rule (\w+):", dry.stdout, flags=re.M)
+    assert "| run_group_knockouts | 1 |" in printed and "| compute_mean_embedding | 1 |" in printed
+    assert "compute_mean_embedding + run_group_knockouts:" in printed
+    # nothing left to do for the two rules' tables; the rest of the DAG was not run
+    tables = ["results/gpu-smoke-tiny/neo/mean_embedding.safetensors",
+              "results/gpu-smoke-tiny/kaduri/knockout/descriptions.csv"]
+    assert planned_rules(work, *tables) == set()
+    rest = planned_rules(work)
+    assert set(gpu_smoke.EXPERIMENT_RULES) - set(RULES) <= rest and not set(RULES) & rest
 
 
 def test_7b_smoke_config_plans_every_stage(tmp_path):
@@ -59,3 +69,11 @@ def test_7b_smoke_config_plans_every_stage(tmp_path):
     planned = set(re.findall(r"^rule (\w+):", proc.stdout, flags=re.M))
     assert set(gpu_smoke.EXPERIMENT_RULES) <= planned
     assert "train_organism" not in planned and "download_coco_annotations" not in planned
+
+
+def test_rules_must_be_experiment_rules(capsys):
+    """A misspelt --rules name stops before anything is written, naming the rule and the choices."""
+    with pytest.raises(SystemExit):
+        gpu_smoke.main(["--size", "tiny", "--device", "cpu", "--rules", "localise_objects"])
+    error = capsys.readouterr().err
+    assert "'localise_objects'" in error and "localize_objects" in error
