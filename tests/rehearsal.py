@@ -41,12 +41,12 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 OVERRIDES = {
     "device": "cpu",
     "neo": {
-        "selection": {"max_images": 8,    # a cap: coco-mini has few images that pass the paper's rule
+        "selection": {"max_images": 4,    # a cap: coco-mini has few images that pass the paper's rule
                       "include_question_images": False},
-        "mean": {"max_images": 6},
+        "mean": {"max_images": 4},
         # the paper config ablates with the authors' released mean (4096-d, LLaVA-1.5-7B's): the tiny
         # model keeps this run's own mean instead
-        "ablation": {"description_tokens": 12, "ig_steps": 8, "mean_vector": "run"},
+        "ablation": {"description_tokens": 12, "ig_steps": 4, "mean_vector": "run"},
         "authors_data": {"questions": False, "mean_vector": None},
         "prompts": {"vqa_images": "all"},
         # a tiny random model names no object, so the noising filter would keep nothing; the filter
