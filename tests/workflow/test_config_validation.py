@@ -122,6 +122,26 @@ def test_planted_routing_runs_the_method_validation(tmp_path, organism, planned)
     assert ("validate_methods" in proc.stdout) == planned, proc.stdout[-2000:]
 
 
+def test_the_tiny_direct_run_recovers_its_planted_truth(tiny_run, tmp_path):
+    """The method validation on the session's tiny run (#24), asked for by name as the README does for
+    the direct organism: its one planted truth (hiding the image from the query and generated tokens
+    leaves no route, so K2 finds one description for every image) is recovered, and the methods
+    without a planted truth are reported, not judged."""
+    import pandas as pd
+
+    from shared_run import copy_tiny_run
+
+    run = yaml.safe_load(TINY_CONFIG.read_text())["run"]
+    work = copy_tiny_run(tiny_run, tmp_path / "work")
+    proc = snakemake(work, "--cores", "1", f"results/{run}/papers/method_validation.csv")
+    assert "validate_methods" in proc.stdout + proc.stderr
+    table = pd.read_csv(work / "results" / run / "papers" / "method_validation.csv")
+    assert set(table["routing"]) == {"direct"} and {"N1", "K2", "K3", "K4"} <= set(table["method"])
+    judged = table[table["passed"].notna()]
+    assert list(judged["condition"]) == ["image->query+generated"], judged
+    assert judged["passed"].astype(bool).all() and (judged["expected"] == "destroys").all(), judged.to_dict("records")
+
+
 def test_planted_window_beyond_the_depth_names_the_key(tmp_path):
     """The band is checked against the organism's depth before any job (the tiny organism has 2
     layers); the other routing checks: tests/unit/test_routing.py."""
