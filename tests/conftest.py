@@ -22,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when torch loads: set before any import
+# One torch thread in each pytest worker (two workers share the cores); a Snakemake job sets its
+# own (rule_context: the rule's threads), so the DAGs the tests run keep theirs.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # `import dvc` binds DVC's log handlers to the sys.stdout/stderr of that moment: imported here, they
 # get pytest's session-long streams, not the `capsys` stream of whichever test imports it first

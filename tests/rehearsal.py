@@ -9,8 +9,8 @@ have replaced:
   shrunk, its real processor with the resize target capped, see `write_smolvlm_checkpoint`);
 - COCO's host: a server on 127.0.0.1 serving ../shared/fixtures/coco-mini in the official layout
   (the annotation archive's own size and MD5 stated, since it is not the official archive);
-- the device (cpu: no GPU), image counts and generation lengths (`OVERRIDES`, then the family's own
-  `Family.overrides` laid over them);
+- the device (cpu: no GPU; one thread per model job), image counts and generation lengths
+  (`OVERRIDES`, then the family's own `Family.overrides` laid over them);
 - Neo et al.'s released files: coco-mini holds none of their 100 question images and the tiny model
   is not LLaVA-1.5-7B (their mean is 4096-d), so the rehearsal asks the template question on every
   target and keeps its own mean (tests/workflow/test_authors_data_cli.py runs their files by the CLI).
@@ -40,6 +40,9 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 # Everything but the model, the host and the device: smaller counts and lengths, the paper's rules.
 OVERRIDES = {
     "device": "cpu",
+    # one torch thread per model job, so `--cores 2` runs two at once: on the 2-core CI machine
+    # the LLaVA-1.5 run took 152 -> 90 s and SmolVLM's 115 -> 54 s, idle, back to back
+    "resources": {"model_jobs": {"threads": 1}},
     "neo": {
         "selection": {"max_images": 4,    # a cap: coco-mini has few images that pass the paper's rule
                       "include_question_images": False},

@@ -245,6 +245,13 @@ class LocalSlurmCluster:
                 states[int(jid)] = state
         return states
 
+    def job_partitions(self, job_ids: Iterable[int]) -> dict[int, str]:
+        """{job id: partition it ran in} from ``squeue --states=all``."""
+        res = self.run(["squeue", "--states=all", "--noheader", "--format=%i|%P",
+                        "--jobs=" + ",".join(str(i) for i in job_ids)], check=False)
+        rows = (line.strip().partition("|") for line in res.stdout.splitlines())
+        return {int(jid): partition for jid, _, partition in rows if jid.isdigit()}
+
     def wait_job(self, job_id: int, timeout: float = 60) -> str:
         """Block until ``job_id`` is in a final state; return it."""
         deadline = time.monotonic() + timeout
