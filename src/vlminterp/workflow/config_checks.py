@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import yaml
+from vlminterp.specs import read_schema
 
 SECRET_KEYS = ("api_key_env",)      # values that may be a pasted secret: never echoed
 MAX_VALUE_CHARS = 80
@@ -227,7 +227,7 @@ def check_config(config: dict, schema_path: Path, sources: Sequence[str]) -> dic
     """Fill the schema's defaults into `config` and raise ConfigError listing every problem.
 
     `sources` names where the config came from (the --configfile files), for the message."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = read_schema(schema_path)
     problems = list(dict.fromkeys(_schema_problems(config, schema)))
     if not problems:
         problems = list(dict.fromkeys([*_cross_key_problems(config), *_neo_problems(config),
