@@ -233,24 +233,20 @@ class LocalSlurmCluster:
 
     def job_states(self, job_ids: Iterable[int] | None = None) -> dict[int, str]:
         """{job id: state} from ``squeue --states=all`` (finished jobs stay for MinJobAge)."""
-        args = ["squeue", "--states=all", "--noheader", "--format=%i|%T"]
-        ids = list(job_ids) if job_ids is not None else None
-        if ids:
-            args.append("--jobs=" + ",".join(str(i) for i in ids))
-        res = self.run(args, check=False)
-        states: dict[int, str] = {}
-        for line in res.stdout.splitlines():
-            jid, _, state = line.strip().partition("|")
-            if jid.isdigit():
-                states[int(jid)] = state
-        return states
+        return self._squeue_field("%T", job_ids)
 
     def job_partitions(self, job_ids: Iterable[int]) -> dict[int, str]:
         """{job id: partition it ran in} from ``squeue --states=all``."""
-        res = self.run(["squeue", "--states=all", "--noheader", "--format=%i|%P",
-                        "--jobs=" + ",".join(str(i) for i in job_ids)], check=False)
-        rows = (line.strip().partition("|") for line in res.stdout.splitlines())
-        return {int(jid): partition for jid, _, partition in rows if jid.isdigit()}
+        return self._squeue_field("%P", job_ids)
+
+    def _squeue_field(self, field: str, job_ids: Iterable[int] | None) -> dict[int, str]:
+        """{job id: one squeue format field} of the given jobs (all jobs when None)."""
+        args = ["squeue", "--states=all", "--noheader", f"--format=%i|{field}"]
+        ids = list(job_ids) if job_ids is not None else None
+        if ids:
+            args.append("--jobs=" + ",".join(str(i) for i in ids))
+        rows = (line.strip().partition("|") for line in self.run(args, check=False).stdout.splitlines())
+        return {int(jid): value for jid, _, value in rows if jid.isdigit()}
 
     def wait_job(self, job_id: int, timeout: float = 60) -> str:
         """Block until ``job_id`` is in a final state; return it."""
